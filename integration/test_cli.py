@@ -1,0 +1,46 @@
+"""The CLI's contract: bad specs and bad usage exit 2 with a message that names
+the file and the key; nothing connects anywhere first."""
+
+import subprocess
+
+from conftest import ROOT, WEIR
+
+
+def run(*args):
+    return subprocess.run([WEIR, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_unknown_key_exits_2_naming_file_and_key(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text((ROOT / "jobs/clickstream.toml").read_text().replace(
+        "[batching]", "[batching]\nmax_evnts = 5"))
+    result = run("run", spec, "--brokers", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert str(spec) in result.stderr and "max_evnts" in result.stderr
+
+
+def test_impossible_value_exits_2(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text((ROOT / "jobs/clickstream.toml").read_text().replace(
+        "max_wait_ms = 250", "max_wait_ms = 0"))
+    result = run("run", spec, "--brokers", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert "batching.max_wait_ms" in result.stderr
+
+
+def test_run_refuses_the_embedded_broker():
+    result = run("run", ROOT / "jobs/clickstream.toml")
+    assert result.returncode == 2
+    assert "weir demo --job" in result.stderr
+
+
+def test_missing_job_file_exits_2(tmp_path):
+    result = run("run", tmp_path / "nope.toml")
+    assert result.returncode == 2
+    assert "nope.toml" in result.stderr
+
+
+def test_every_command_has_help():
+    for command in ([], ["demo"], ["run"], ["produce"]):
+        result = run(*command, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout

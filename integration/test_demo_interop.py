@@ -1,0 +1,39 @@
+"""`weir demo` leaves Delta tables that other engines read with the same counts."""
+
+import re
+
+import polars as pl
+
+from conftest import duckdb_connection, table_path, weir
+
+
+def summary_count(stdout: str, table: str) -> int:
+    match = re.search(rf"^\s+{table}\s+(\d+)", stdout, re.MULTILINE)
+    assert match, stdout
+    return int(match.group(1))
+
+
+def test_demo_counts_match_duckdb_and_polars(tmp_path):
+    data = tmp_path / "demo"
+    out = weir("demo", "--seconds", 5, "--rate", 1000, "--data", data, timeout=180).stdout
+    assert "check: produced" in out and ": ok" in out, out
+    raw, dlq = summary_count(out, "raw"), summary_count(out, "dlq")
+    assert raw > 2000 and dlq > 0, out
+
+    con = duckdb_connection()
+    for table, expected in (("raw", raw), ("dlq", dlq)):
+        path = table_path(data, "clickstream", table)
+        assert con.sql(f"SELECT count(*) FROM delta_scan('{path}')").fetchone()[0] == expected
+        assert pl.read_delta(str(path)).height == expected
+
+    raw_path = table_path(data, "clickstream", "raw")
+    described = con.sql(f"DESCRIBE SELECT * FROM delta_scan('{raw_path}')").fetchall()
+    types = {row[0]: row[1] for row in described}
+    assert types["ts"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["_event_date"] == "DATE"
+    assert types["price"] == "DOUBLE"
+
+    # Running the demo again replaces its own earlier tables.
+    again = weir("demo", "--seconds", 2, "--rate", 500, "--data", data, timeout=180).stdout
+    assert con.sql(f"SELECT count(*) FROM delta_scan('{raw_path}')").fetchone()[0] == \
+        summary_count(again, "raw")

@@ -1,0 +1,177 @@
+use super::*;
+use crate::job::{Job, Overrides};
+use arrow::array::AsArray;
+use arrow::datatypes::{Date32Type, Int64Type, TimestampMicrosecondType};
+use std::path::Path;
+
+const JOB: &str = r#"
+name = "t"
+[source]
+brokers = "embedded"
+topic = "t"
+max_message_bytes = 200
+[schema]
+event_id = "id"
+event_time = "ts"
+fields = [
+  { name = "id", type = "string" },
+  { name = "ts", type = "timestamp" },
+  { name = "n",  type = "int64", nullable = false },
+  { name = "x",  type = "float64" },
+  { name = "s",  type = "string" },
+]
+[storage]
+root = "/tmp/unused"
+"#;
+
+fn decoder() -> Decoder {
+    let job = Job::parse(JOB, Path::new("t.toml"), &Overrides::default()).unwrap();
+    Decoder::new(job.contract, job.source.max_message_bytes)
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
+}
+
+fn batch(payloads: &[Option<&[u8]>]) -> MicroBatch {
+    MicroBatch {
+        topic: "t".into(),
+        messages: payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Message {
+                partition: (i % 3) as i32,
+                offset: 100 + i as i64,
+                kafka_ts: Some(1_700_000_000_000 + i as i64),
+                payload: p.map(<[u8]>::to_vec),
+            })
+            .collect(),
+    }
+}
+
+const GOOD: &[u8] = br#"{"id":"a","ts":"2026-11-21T11:59:00.250Z","n":1,"x":2.5,"s":"p"}"#;
+
+fn errors(d: &Decoded) -> Vec<String> {
+    d.rejected
+        .column_by_name("error")
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|s| s.unwrap().to_owned())
+        .collect()
+}
+
+fn offsets(b: &RecordBatch) -> Vec<i64> {
+    b.column_by_name(OFFSET)
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .values()
+        .to_vec()
+}
+
+#[test]
+fn valid_messages_become_raw_rows_with_weir_columns() {
+    let epoch_ms = br#"{"id":"b","ts":1795262400000,"n":2,"extra":"ignored"}"#;
+    let d = decoder()
+        .decode(&batch(&[Some(GOOD), Some(epoch_ms)]), now())
+        .unwrap();
+    assert_eq!(d.rejected.num_rows(), 0, "{:?}", errors(&d));
+    assert_eq!(d.valid.num_rows(), 2);
+    let ts = d.valid.column_by_name("ts").unwrap();
+    let ts = ts.as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(ts.value(0), 1_795_262_340_250_000);
+    assert_eq!(ts.value(1), 1_795_262_400_000_000);
+    let dates = d.valid.column_by_name(EVENT_DATE).unwrap();
+    assert_eq!(dates.as_primitive::<Date32Type>().value(0), 20778); // 2026-11-21
+    assert_eq!(offsets(&d.valid), vec![100, 101]);
+    let kafka = d.valid.column_by_name(KAFKA_TS).unwrap();
+    assert_eq!(
+        kafka.as_primitive::<TimestampMicrosecondType>().value(1),
+        1_700_000_000_001_000
+    );
+    assert_eq!(d.valid.schema(), *decoder().raw_schema());
+    // A missing nullable field is a null, not an error.
+    assert!(d.valid.column_by_name("x").unwrap().is_null(1));
+}
+
+/// Each kind of broken message, alone in a batch between two good ones.
+#[test]
+fn every_kind_of_bad_message_goes_to_the_dlq_with_its_reason() {
+    let big = format!(r#"{{"id":"a","ts":1,"n":1,"s":"{}"}}"#, "x".repeat(300));
+    let cases: Vec<(Option<&[u8]>, &str)> = vec![
+        (Some(br#"{"id":"a","ts":"#), "not valid JSON"),
+        (Some(b"not json at all"), "not valid JSON"),
+        (Some(b"[1,2,3]"), "does not match the schema"),
+        (Some(b"42"), "does not match the schema"),
+        (Some(br#"{"ts":"2026-11-21T11:00:00Z","n":1}"#), "missing event ID `id`"),
+        (Some(br#"{"id":null,"ts":"2026-11-21T11:00:00Z","n":1}"#), "missing event ID `id`"),
+        (Some(br#"{"id":"a","n":1}"#), "missing event time `ts`"),
+        (Some(br#"{"id":"a","ts":"2026-11-21T11:00:00Z"}"#), "missing required field `n`"),
+        (Some(br#"{"id":"a","ts":{"no":1},"n":1}"#), "does not match the schema"),
+        (Some(br#"{"id":"a","ts":"yesterday","n":1}"#), "does not match the schema"),
+        (Some(br#"{"id":"a","ts":"2026-11-21T11:00:00Z","n":"many"}"#), "does not match the schema"),
+        (Some(br#"{"id":7,"ts":"2026-11-21T11:00:00Z","n":1}"#), "does not match the schema"),
+        (Some(br#"{"id":"a","ts":"2999-01-01T00:00:00Z","n":1}"#), "outside the accepted range"),
+        (Some(br#"{"id":"a","ts":1700000000,"n":1}"#), "outside the accepted range"),
+        (Some(b"{\"id\":\"\xff\xfe\",\"ts\":1,\"n\":1}"), "does not match the schema"),
+        (Some(br#"{"id":"a","ts":1,"n":1} {"id":"b","ts":1,"n":1}"#), "more than one JSON value"),
+        (Some(b""), "empty message"),
+        (Some(b"   \n"), "empty message"),
+        (None, "no value (a tombstone)"),
+        (Some(big.as_bytes()), "exceeds source.max_message_bytes (200)"),
+    ];
+    for (payload, expected) in cases {
+        let d = decoder()
+            .decode(&batch(&[Some(GOOD), payload, Some(GOOD)]), now())
+            .unwrap();
+        let shown = payload.map(String::from_utf8_lossy);
+        assert_eq!(offsets(&d.valid), vec![100, 102], "{shown:?}");
+        assert_eq!(offsets(&d.rejected), vec![101], "{shown:?}");
+        let error = &errors(&d)[0];
+        assert!(error.contains(expected), "{shown:?}: got `{error}`");
+        let bytes = d.rejected.column_by_name("payload").unwrap();
+        match payload {
+            Some(p) => assert_eq!(bytes.as_binary::<i32>().value(0), p),
+            None => assert!(bytes.is_null(0)),
+        }
+    }
+}
+
+/// Two broken messages next to each other must not merge into something that
+/// parses (`{"a":` + `1}` is one valid object).
+#[test]
+fn adjacent_fragments_are_not_glued_together() {
+    let d = decoder()
+        .decode(
+            &batch(&[Some(br#"{"id":"a","ts":"#), Some(br#""2026-11-21T11:00:00Z","n":1}"#)]),
+            now(),
+        )
+        .unwrap();
+    assert_eq!(d.valid.num_rows(), 0);
+    assert_eq!(d.rejected.num_rows(), 2, "{:?}", errors(&d));
+}
+
+#[test]
+fn a_large_mixed_batch_splits_exactly() {
+    let bad: [&[u8]; 4] = [
+        b"{oops",
+        br#"{"id":"a","ts":"2026-11-21T11:00:00Z","n":"x"}"#,
+        br#"{"id":"a","ts":"2999-11-21T11:00:00Z","n":1}"#,
+        br#"{"ts":"2026-11-21T11:00:00Z","n":1}"#,
+    ];
+    let payloads: Vec<Option<&[u8]>> = (0..1000)
+        .map(|i| Some(if i % 37 == 5 { bad[i % 4] } else { GOOD }))
+        .collect();
+    let d = decoder().decode(&batch(&payloads), now()).unwrap();
+    let expected_bad: Vec<i64> = (0..1000).filter(|i| i % 37 == 5).map(|i| 100 + i).collect();
+    let expected_good: Vec<i64> = (0..1000).filter(|i| i % 37 != 5).map(|i| 100 + i).collect();
+    assert_eq!(offsets(&d.rejected), expected_bad);
+    assert_eq!(offsets(&d.valid), expected_good);
+}
+
+#[test]
+fn an_empty_batch_decodes_to_empty_tables() {
+    let d = decoder().decode(&batch(&[]), now()).unwrap();
+    assert_eq!(d.valid.num_rows(), 0);
+    assert_eq!(d.rejected.num_rows(), 0);
+}

@@ -1,0 +1,125 @@
+//! Fault points: named places where a test makes weir fail on purpose, to prove
+//! that a crash there loses and duplicates nothing.
+//!
+//! A plan is a comma-separated list of `point@hit:action`, read from the
+//! `WEIR_FAULTS` environment variable (or built directly in tests): `point` is a
+//! name such as `sink.after_commit.raw`, `hit` is which pass through it fails
+//! (1 = the first), and `action` is `error` (the operation returns an error, as
+//! an I/O failure would) or `crash` (the process aborts on the spot: no
+//! destructors, no flushing, like SIGKILL). With no plan, a check costs one
+//! look-up in an empty list.
+
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Error,
+    Crash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Point {
+    name: String,
+    hit: u64,
+    action: Action,
+}
+
+/// A parsed fault plan with its hit counters; clones share the counters.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    points: Arc<Vec<Point>>,
+    hits: Arc<Mutex<Vec<(String, u64)>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("injected fault at {0}")]
+    Injected(String),
+    #[error("invalid fault plan entry `{0}`: expected point@hit:error|crash")]
+    Plan(String),
+}
+
+impl Faults {
+    /// The plan in `WEIR_FAULTS`, or none.
+    pub fn from_env() -> Result<Self, FaultError> {
+        match std::env::var("WEIR_FAULTS") {
+            Ok(plan) if !plan.trim().is_empty() => Self::parse(&plan),
+            _ => Ok(Self::default()),
+        }
+    }
+
+    pub fn parse(plan: &str) -> Result<Self, FaultError> {
+        let points = plan
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|entry| {
+                let bad = || FaultError::Plan(entry.to_owned());
+                let (name, rest) = entry.split_once('@').ok_or_else(bad)?;
+                let (hit, action) = rest.split_once(':').ok_or_else(bad)?;
+                Ok(Point {
+                    name: name.to_owned(),
+                    hit: hit.parse().ok().filter(|h| *h > 0).ok_or_else(bad)?,
+                    action: match action {
+                        "error" => Action::Error,
+                        "crash" => Action::Crash,
+                        _ => return Err(bad()),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            points: Arc::new(points),
+            hits: Arc::default(),
+        })
+    }
+
+    /// Passes through the point `name`: fails if the plan says this pass fails.
+    pub fn check(&self, name: &str) -> Result<(), FaultError> {
+        if !self.points.iter().any(|p| p.name == name) {
+            return Ok(());
+        }
+        let hit = {
+            let mut hits = self.hits.lock().unwrap();
+            let entry = match hits.iter_mut().find(|(n, _)| n == name) {
+                Some(entry) => entry,
+                None => {
+                    hits.push((name.to_owned(), 0));
+                    hits.last_mut().expect("just pushed")
+                }
+            };
+            entry.1 += 1;
+            entry.1
+        };
+        match self.points.iter().find(|p| p.name == name && p.hit == hit) {
+            Some(p) if p.action == Action::Crash => {
+                eprintln!("weir: injected crash at {name} (pass {hit})");
+                std::process::abort();
+            }
+            Some(_) => Err(FaultError::Injected(format!("{name} (pass {hit})"))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fails_on_the_planned_pass_only() {
+        let f = Faults::parse("a@2:error").unwrap();
+        assert!(f.check("a").is_ok());
+        assert!(f.check("b").is_ok());
+        assert!(matches!(f.check("a"), Err(FaultError::Injected(_))));
+        assert!(f.check("a").is_ok());
+    }
+
+    #[test]
+    fn bad_plans_are_refused() {
+        for plan in ["a", "a@x:error", "a@0:error", "a@1:explode"] {
+            assert!(Faults::parse(plan).is_err(), "{plan}");
+        }
+        assert!(Faults::parse("").unwrap().check("a").is_ok());
+    }
+}

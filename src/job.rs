@@ -1,0 +1,725 @@
+//! The job spec: what a user writes in `jobs/*.toml`, and the validated [`Job`]
+//! the rest of weir runs on.
+//!
+//! Parsing happens in two steps on purpose. `serde` turns the TOML into a raw
+//! `*Spec` mirror (unknown keys and wrong TOML types fail here, with toml's own
+//! line/column report), then [`Job::from_spec`] checks everything TOML cannot
+//! express (cross-field rules, ranges, names) and builds types that cannot hold
+//! an invalid value. Both kinds of error name the file and the key, and both
+//! happen before anything connects anywhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+use url::Url;
+
+/// Why a job spec was refused. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("cannot read job spec {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid job spec {file}: {source}")]
+    Parse {
+        file: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid job spec {file}: key `{key}`: expected {expected}, found {found}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        expected: String,
+        found: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Raw spec, exactly as written in TOML.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobSpec {
+    name: String,
+    source: SourceSpec,
+    schema: SchemaSpec,
+    #[serde(default)]
+    batching: BatchingSpec,
+    storage: StorageSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSpec {
+    brokers: String,
+    topic: String,
+    group: Option<String>,
+    #[serde(default)]
+    start_from: StartFrom,
+    #[serde(default = "default_format")]
+    format: String,
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: u64,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaSpec {
+    event_id: String,
+    event_time: String,
+    #[serde(default = "default_event_time_range")]
+    event_time_range: String,
+    fields: Vec<FieldSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldSpec {
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default = "default_true")]
+    nullable: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchingSpec {
+    #[serde(default = "default_min_events")]
+    min_events: u64,
+    #[serde(default = "default_max_events")]
+    max_events: u64,
+    #[serde(default = "default_max_wait_ms")]
+    max_wait_ms: u64,
+}
+
+impl Default for BatchingSpec {
+    fn default() -> Self {
+        Self {
+            min_events: default_min_events(),
+            max_events: default_max_events(),
+            max_wait_ms: default_max_wait_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSpec {
+    root: String,
+}
+
+fn default_format() -> String {
+    "json".into()
+}
+fn default_max_message_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_event_time_range() -> String {
+    "10years".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_min_events() -> u64 {
+    100
+}
+fn default_max_events() -> u64 {
+    1000
+}
+fn default_max_wait_ms() -> u64 {
+    250
+}
+
+// ---------------------------------------------------------------------------
+// The validated job.
+
+/// Where a consumer starts on a partition for which neither the Delta tables nor
+/// the consumer group know a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+impl StartFrom {
+    /// The librdkafka `auto.offset.reset` value with the same meaning.
+    pub fn as_offset_reset(self) -> &'static str {
+        match self {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        }
+    }
+}
+
+/// Which brokers a job reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Brokers {
+    /// librdkafka's in-process mock cluster, started by `weir demo`.
+    Embedded,
+    /// A `host:port,…` bootstrap list.
+    List(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub brokers: Brokers,
+    pub topic: String,
+    pub group: String,
+    pub start_from: StartFrom,
+    pub max_message_bytes: usize,
+    /// Extra librdkafka properties; they override weir's defaults.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The type a user may declare for a field. Kept deliberately small: every one
+/// maps to a Delta type that Spark, Trino, DuckDB and polars all read the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Bool,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// RFC 3339 strings or epoch milliseconds in JSON; stored as UTC microseconds.
+    Timestamp,
+    /// `YYYY-MM-DD` strings in JSON.
+    Date,
+}
+
+const FIELD_TYPES: &str = "one of string, bool, int32, int64, float32, float64, timestamp, date";
+
+impl FieldType {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "string" => Self::String,
+            "bool" => Self::Bool,
+            "int32" => Self::Int32,
+            "int64" => Self::Int64,
+            "float32" => Self::Float32,
+            "float64" => Self::Float64,
+            "timestamp" => Self::Timestamp,
+            "date" => Self::Date,
+            _ => return None,
+        })
+    }
+
+    /// The type the JSON decoder produces. Timestamps decode as milliseconds so
+    /// that a JSON number means epoch millis; see [`FieldType::stored_type`].
+    pub fn decode_type(self) -> DataType {
+        match self {
+            Self::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            other => other.stored_type(),
+        }
+    }
+
+    /// The type written to Delta (Delta timestamps are microseconds, UTC).
+    pub fn stored_type(self) -> DataType {
+        match self {
+            Self::String => DataType::Utf8,
+            Self::Bool => DataType::Boolean,
+            Self::Int32 => DataType::Int32,
+            Self::Int64 => DataType::Int64,
+            Self::Float32 => DataType::Float32,
+            Self::Float64 => DataType::Float64,
+            Self::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Self::Date => DataType::Date32,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FieldDef {
+    pub name: String,
+    pub ty: FieldType,
+    pub nullable: bool,
+}
+
+/// The schema contract of a job's messages. The event ID and event time fields
+/// are always required (never nullable), whatever the spec says.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    pub fields: Vec<FieldDef>,
+    pub event_id: usize,
+    pub event_time: usize,
+    /// Event times further than this from now (either way) are refused.
+    pub event_time_range: Duration,
+}
+
+impl Contract {
+    pub fn event_id_name(&self) -> &str {
+        &self.fields[self.event_id].name
+    }
+
+    pub fn event_time_name(&self) -> &str {
+        &self.fields[self.event_time].name
+    }
+
+    /// The Arrow schema the JSON decoder targets: all fields nullable, so that a
+    /// missing required field becomes a DLQ row with a precise reason instead of
+    /// a decoder error for the whole batch.
+    pub fn decode_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.fields
+                .iter()
+                .map(|f| Field::new(&f.name, f.ty.decode_type(), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// The user fields as stored in Delta.
+    pub fn stored_fields(&self) -> Vec<Field> {
+        self.fields
+            .iter()
+            .map(|f| Field::new(&f.name, f.ty.stored_type(), f.nullable))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub min_events: usize,
+    pub max_events: usize,
+    pub max_wait: Duration,
+}
+
+/// Where a job's tables live. Ingest writes to the hot tier; the tier roots are
+/// `<root>/hot`, `<root>/warm`, `<root>/cold`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    pub root: Url,
+}
+
+impl Storage {
+    /// Parses a local path (relative paths are made absolute) or a URL.
+    pub fn parse(root: &str) -> Result<Self, String> {
+        if root.trim().is_empty() {
+            return Err("an empty string".into());
+        }
+        let url = if root.contains("://") {
+            Url::parse(root).map_err(|e| format!("`{root}` ({e})"))?
+        } else {
+            let path = std::path::absolute(root).map_err(|e| format!("`{root}` ({e})"))?;
+            Url::from_directory_path(&path).map_err(|()| format!("`{root}`"))?
+        };
+        match url.scheme() {
+            "file" => Ok(Self { root: url }),
+            other => Err(format!(
+                "`{root}` (scheme `{other}` is not supported by this build; use a local path or file://)"
+            )),
+        }
+    }
+
+    /// The location of one table in the hot tier.
+    pub fn hot_table(&self, job: &str, table: &str) -> Url {
+        let base = self.root.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/hot/{job}/{table}/")).expect("joined URL stays valid")
+    }
+}
+
+/// A validated job: everything weir needs to run it, with no way to hold an
+/// impossible value.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub file: PathBuf,
+    pub source: Source,
+    pub contract: Contract,
+    pub batching: Batching,
+    pub storage: Storage,
+}
+
+/// Command-line values that replace what the spec says (`--data`, `--brokers`, `--topic`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data: Option<PathBuf>,
+    pub brokers: Option<String>,
+    pub topic: Option<String>,
+}
+
+impl Job {
+    /// Reads, parses and validates a job spec file, then applies the overrides.
+    pub fn load(file: &Path, overrides: &Overrides) -> Result<Job, JobError> {
+        let text = std::fs::read_to_string(file).map_err(|source| JobError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, file, overrides)
+    }
+
+    /// Parses and validates spec text; `file` is only used to name errors.
+    pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Job, JobError> {
+        let mut spec: JobSpec = toml::from_str(text).map_err(|e| JobError::Parse {
+            file: file.to_owned(),
+            source: Box::new(e),
+        })?;
+        if let Some(data) = &overrides.data {
+            spec.storage.root = data.to_string_lossy().into_owned();
+        }
+        if let Some(brokers) = &overrides.brokers {
+            spec.source.brokers = brokers.clone();
+        }
+        if let Some(topic) = &overrides.topic {
+            spec.source.topic = topic.clone();
+        }
+        Self::from_spec(spec, file)
+    }
+
+    fn from_spec(spec: JobSpec, file: &Path) -> Result<Job, JobError> {
+        let invalid = |key: &str, expected: &str, found: String| JobError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            expected: expected.to_owned(),
+            found,
+        };
+
+        if !is_identifier(&spec.name) {
+            return Err(invalid(
+                "name",
+                "a name of letters, digits, `_` or `-` (it is used in paths and Delta txn app IDs)",
+                format!("`{}`", spec.name),
+            ));
+        }
+        let source = validate_source(spec.source, &spec.name, &invalid)?;
+        let contract = validate_schema(spec.schema, &invalid)?;
+        let batching = validate_batching(spec.batching, &invalid)?;
+        let storage = Storage::parse(&spec.storage.root)
+            .map_err(|found| invalid("storage.root", "a local path or a file:// URL", found))?;
+
+        Ok(Job {
+            name: spec.name,
+            file: file.to_owned(),
+            source,
+            contract,
+            batching,
+            storage,
+        })
+    }
+
+    /// The Delta `txn` application ID that records this job's progress on one partition.
+    pub fn app_id(&self, partition: i32) -> String {
+        format!("weir:{}:{}:{}", self.name, self.source.topic, partition)
+    }
+}
+
+type Invalid<'a> = dyn Fn(&str, &str, String) -> JobError + 'a;
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn validate_source(spec: SourceSpec, job: &str, invalid: &Invalid) -> Result<Source, JobError> {
+    let brokers = match spec.brokers.trim() {
+        "embedded" => Brokers::Embedded,
+        "" => {
+            return Err(invalid(
+                "source.brokers",
+                "`embedded` or a `host:port,…` list",
+                "an empty string".into(),
+            ));
+        }
+        list => {
+            if let Some(bad) = list.split(',').find(|b| !is_host_port(b.trim())) {
+                return Err(invalid(
+                    "source.brokers",
+                    "`embedded` or a `host:port,…` list",
+                    format!("`{bad}`"),
+                ));
+            }
+            Brokers::List(list.to_owned())
+        }
+    };
+    // Kafka's own topic-name rule.
+    if spec.topic.is_empty()
+        || spec.topic.len() > 249
+        || !spec
+            .topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid(
+            "source.topic",
+            "a Kafka topic name (1–249 of a-z A-Z 0-9 . _ -)",
+            format!("`{}`", spec.topic),
+        ));
+    }
+    let group = spec.group.unwrap_or_else(|| format!("weir-{job}"));
+    if group.trim().is_empty() {
+        return Err(invalid("source.group", "a consumer group name", "an empty string".into()));
+    }
+    if spec.format != "json" {
+        return Err(invalid("source.format", "`json`", format!("`{}`", spec.format)));
+    }
+    if !(1..=256 * 1024 * 1024).contains(&spec.max_message_bytes) {
+        return Err(invalid(
+            "source.max_message_bytes",
+            "a size between 1 byte and 256 MiB",
+            spec.max_message_bytes.to_string(),
+        ));
+    }
+    for reserved in ["group.id", "bootstrap.servers", "enable.auto.commit"] {
+        if spec.properties.contains_key(reserved) {
+            return Err(invalid(
+                &format!("source.properties.\"{reserved}\""),
+                "no such property here (weir sets it from source.brokers/source.group, and commits offsets itself)",
+                "it".into(),
+            ));
+        }
+    }
+    Ok(Source {
+        brokers,
+        topic: spec.topic,
+        group,
+        start_from: spec.start_from,
+        max_message_bytes: spec.max_message_bytes as usize,
+        properties: spec.properties,
+    })
+}
+
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobError> {
+    if spec.fields.is_empty() {
+        return Err(invalid("schema.fields", "at least one field", "none".into()));
+    }
+    let mut fields = Vec::with_capacity(spec.fields.len());
+    for (i, f) in spec.fields.into_iter().enumerate() {
+        let key = format!("schema.fields[{i}]");
+        if !is_identifier(&f.name) || f.name.starts_with('_') {
+            return Err(invalid(
+                &format!("{key}.name"),
+                "a name of letters, digits, `_` or `-`, not starting with `_` (reserved for weir's columns)",
+                format!("`{}`", f.name),
+            ));
+        }
+        if fields.iter().any(|d: &FieldDef| d.name == f.name) {
+            return Err(invalid(
+                &format!("{key}.name"),
+                "a name not used by another field",
+                format!("`{}` twice", f.name),
+            ));
+        }
+        let ty = FieldType::parse(&f.ty)
+            .ok_or_else(|| invalid(&format!("{key}.type"), FIELD_TYPES, format!("`{}`", f.ty)))?;
+        fields.push(FieldDef {
+            name: f.name,
+            ty,
+            nullable: f.nullable,
+        });
+    }
+    let position = |key: &str, name: &str| {
+        fields.iter().position(|f| f.name == name).ok_or_else(|| {
+            invalid(key, "the name of a field in schema.fields", format!("`{name}`"))
+        })
+    };
+    let event_id = position("schema.event_id", &spec.event_id)?;
+    let event_time = position("schema.event_time", &spec.event_time)?;
+    if !matches!(fields[event_id].ty, FieldType::String | FieldType::Int64) {
+        return Err(invalid(
+            "schema.event_id",
+            "a field of type string or int64",
+            format!("`{}` of another type", spec.event_id),
+        ));
+    }
+    if fields[event_time].ty != FieldType::Timestamp {
+        return Err(invalid(
+            "schema.event_time",
+            "a field of type timestamp",
+            format!("`{}` of another type", spec.event_time),
+        ));
+    }
+    if event_id == event_time {
+        return Err(invalid(
+            "schema.event_time",
+            "a field other than the event ID",
+            format!("`{}`", spec.event_time),
+        ));
+    }
+    fields[event_id].nullable = false;
+    fields[event_time].nullable = false;
+    let event_time_range = humantime::parse_duration(&spec.event_time_range)
+        .ok()
+        .filter(|d| *d >= Duration::from_secs(60) && *d <= Duration::from_secs(100 * 366 * 86400))
+        .ok_or_else(|| {
+            invalid(
+                "schema.event_time_range",
+                "a duration between 1min and 100years, like \"10years\" or \"30days\"",
+                format!("`{}`", spec.event_time_range),
+            )
+        })?;
+    Ok(Contract {
+        fields,
+        event_id,
+        event_time,
+        event_time_range,
+    })
+}
+
+fn validate_batching(spec: BatchingSpec, invalid: &Invalid) -> Result<Batching, JobError> {
+    const MAX_EVENTS: u64 = 1_000_000;
+    if !(1..=MAX_EVENTS).contains(&spec.max_events) {
+        return Err(invalid(
+            "batching.max_events",
+            "a number of events between 1 and 1000000",
+            spec.max_events.to_string(),
+        ));
+    }
+    if !(1..=spec.max_events).contains(&spec.min_events) {
+        return Err(invalid(
+            "batching.min_events",
+            "a number of events between 1 and batching.max_events",
+            spec.min_events.to_string(),
+        ));
+    }
+    if !(1..=3_600_000).contains(&spec.max_wait_ms) {
+        return Err(invalid(
+            "batching.max_wait_ms",
+            "milliseconds between 1 and 3600000",
+            spec.max_wait_ms.to_string(),
+        ));
+    }
+    Ok(Batching {
+        min_events: spec.min_events as usize,
+        max_events: spec.max_events as usize,
+        max_wait: Duration::from_millis(spec.max_wait_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "clicks"
+[source]
+brokers = "localhost:9092"
+topic = "clicks"
+[schema]
+event_id = "id"
+event_time = "ts"
+fields = [
+  { name = "id", type = "string" },
+  { name = "ts", type = "timestamp" },
+  { name = "n",  type = "int64", nullable = false },
+]
+[storage]
+root = "/tmp/weir-test"
+"#;
+
+    fn parse(text: &str) -> Result<Job, JobError> {
+        Job::parse(text, Path::new("jobs/t.toml"), &Overrides::default())
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("spec should be refused").to_string()
+    }
+
+    #[test]
+    fn good_spec_gets_defaults() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(job.source.group, "weir-clicks");
+        assert_eq!(job.source.start_from, StartFrom::Earliest);
+        assert_eq!(job.batching.min_events, 100);
+        assert_eq!(job.batching.max_events, 1000);
+        assert_eq!(job.batching.max_wait, Duration::from_millis(250));
+        assert_eq!(job.contract.event_id_name(), "id");
+        assert!(!job.contract.fields[2].nullable);
+        assert_eq!(job.app_id(3), "weir:clicks:clicks:3");
+        assert_eq!(
+            job.storage.hot_table("clicks", "raw").as_str(),
+            "file:///tmp/weir-test/hot/clicks/raw/"
+        );
+    }
+
+    #[test]
+    fn overrides_replace_spec_values() {
+        let overrides = Overrides {
+            data: Some("/tmp/elsewhere".into()),
+            brokers: Some("embedded".into()),
+            topic: Some("other".into()),
+        };
+        let job = Job::parse(GOOD, Path::new("t.toml"), &overrides).unwrap();
+        assert_eq!(job.storage.root.as_str(), "file:///tmp/elsewhere/");
+        assert_eq!(job.source.brokers, Brokers::Embedded);
+        assert_eq!(job.source.topic, "other");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_file() {
+        let err = error_of(&GOOD.replace("[storage]", "[storage]\nrot = 1"));
+        assert!(err.contains("jobs/t.toml"), "{err}");
+        assert!(err.contains("unknown field `rot`"), "{err}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let err = error_of(&GOOD.replace("topic = \"clicks\"", ""));
+        assert!(err.contains("missing field `topic`"), "{err}");
+    }
+
+    #[test]
+    fn impossible_values_are_named() {
+        let cases = [
+            (GOOD.replace("[storage]", "[batching]\nmax_events = 0\n[storage]"), "batching.max_events"),
+            (
+                GOOD.replace("[storage]", "[batching]\nmin_events = 50\nmax_events = 10\n[storage]"),
+                "batching.min_events",
+            ),
+            (GOOD.replace("[storage]", "[batching]\nmax_wait_ms = 0\n[storage]"), "batching.max_wait_ms"),
+            (GOOD.replace("localhost:9092", "localhost"), "source.brokers"),
+            (GOOD.replace("topic = \"clicks\"", "topic = \"a b\""), "source.topic"),
+            (GOOD.replace("event_id = \"id\"", "event_id = \"nope\""), "schema.event_id"),
+            (GOOD.replace("event_time = \"ts\"", "event_time = \"n\""), "schema.event_time"),
+            (GOOD.replace("type = \"int64\"", "type = \"decimal\""), "schema.fields[2].type"),
+            (GOOD.replace("name = \"n\"", "name = \"_n\""), "schema.fields[2].name"),
+            (GOOD.replace("name = \"n\"", "name = \"id\""), "schema.fields[2].name"),
+            (
+                GOOD.replace("event_time = \"ts\"", "event_time = \"ts\"\nevent_time_range = \"forever\""),
+                "schema.event_time_range",
+            ),
+            (GOOD.replace("/tmp/weir-test", "gs://bucket/x"), "storage.root"),
+            (GOOD.replace("name = \"clicks\"", "name = \"a/b\""), "name"),
+            (
+                GOOD.replace("[schema]", "properties = { \"group.id\" = \"x\" }\n[schema]"),
+                "source.properties.\"group.id\"",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = error_of(&text);
+            assert!(err.contains(&format!("key `{key}`")), "expected key {key} in: {err}");
+            assert!(err.contains("jobs/t.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn shipped_example_jobs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Job::load(&path, &Overrides::default()).unwrap();
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1);
+    }
+}

@@ -1,0 +1,16 @@
+//! weir: a micro-batch columnar processor. Kafka topics become Delta tables
+//! within seconds, exactly once.
+//!
+//! The data path runs one way: [`source`] (Kafka micro-batches) → [`decode`]
+//! (bytes to Arrow under the job's contract; rejects to the DLQ) → [`sink`]
+//! (Delta commits carrying the Kafka offsets). [`pipeline`] is the trigger loop
+//! that drives it; [`job`] is the validated job spec everything runs on.
+
+pub mod decode;
+pub mod demo;
+pub mod fault;
+pub mod job;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod telemetry;

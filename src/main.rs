@@ -1,0 +1,289 @@
+//! The `weir` command line: parses arguments, builds a validated job, and hands
+//! over to the library. Exit codes: 0 success, 1 failure, 2 bad usage or bad spec.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tracing::{info, warn};
+
+use weir::demo::{self, DemoOptions};
+use weir::fault::Faults;
+use weir::job::{Brokers, Job, JobError, Overrides};
+use weir::pipeline::Pipeline;
+use weir::source::generator::{self, Generator, Limits, Mix};
+
+/// The example job `weir demo` and `weir produce` use when given no --job.
+const DEFAULT_JOB: &str = include_str!("../jobs/clickstream.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Kafka topics into Delta Lake tables within seconds, exactly once.",
+    long_about = "weir reads a Kafka topic in micro-batches, checks every message against the \
+                  job's schema, and commits valid events to a Delta table `raw` and rejected ones \
+                  (with the reason) to `dlq`. Each commit carries the Kafka offsets it covers, so \
+                  a restart never loses or duplicates an event."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job on an embedded, in-process Kafka broker with generated traffic,
+    /// then report where every event went. Needs no service.
+    Demo(DemoArgs),
+    /// Run a job against a real Kafka broker until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Send generated events (with duplicates and malformed messages) to a topic.
+    Produce(ProduceArgs),
+}
+
+#[derive(Args)]
+struct JobArgs {
+    /// Override the job's storage root; tables go to DIR/hot/<job>/<table>.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Override the job's Kafka bootstrap list (host:port,…).
+    #[arg(long, value_name = "BROKERS")]
+    brokers: Option<String>,
+    /// Override the job's topic.
+    #[arg(long, value_name = "TOPIC")]
+    topic: Option<String>,
+}
+
+impl JobArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            data: self.data.clone(),
+            brokers: self.brokers.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Job spec to run [default: the built-in jobs/clickstream.toml].
+    #[arg(long, value_name = "PATH")]
+    job: Option<PathBuf>,
+    /// How long to produce events.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    seconds: u64,
+    /// Events per second to produce.
+    #[arg(long, default_value_t = 2000.0, value_name = "EVENTS_PER_S")]
+    rate: f64,
+    /// Partitions of the demo topic.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    partitions: i32,
+    /// Where the tables go [default: ./data]. A directory the demo wrote before is
+    /// replaced; one it did not write is refused.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The job spec (TOML) to run.
+    #[arg(value_name = "JOB.toml")]
+    job: PathBuf,
+    #[command(flatten)]
+    job_args: JobArgs,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Kafka bootstrap list (host:port,…).
+    #[arg(long, value_name = "BROKERS")]
+    brokers: String,
+    /// Topic to send to.
+    #[arg(long, value_name = "TOPIC")]
+    topic: String,
+    /// Job spec whose schema shapes the events [default: the built-in clickstream job].
+    #[arg(long, value_name = "PATH")]
+    job: Option<PathBuf>,
+    /// Events per second [default: as fast as the broker takes them].
+    #[arg(long, value_name = "EVENTS_PER_S")]
+    rate: Option<f64>,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "N")]
+    seconds: Option<u64>,
+    /// Share of messages that break the schema contract (0–1).
+    #[arg(long, default_value_t = 0.005, value_name = "X")]
+    malformed_ratio: f64,
+    /// Share of messages that re-send an earlier event (0–1).
+    #[arg(long, default_value_t = 0.01, value_name = "Y")]
+    duplicate_ratio: f64,
+    /// Random seed, for a reproducible stream.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Write one CSV line per delivered message (partition,offset,kind) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Extra librdkafka producer property, KEY=VALUE (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    property: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// A failure the user caused by what they asked for (exit 2), not a runtime one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    weir::telemetry::init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo_command(args).await,
+        Command::Run(args) => run_command(args).await,
+        Command::Produce(args) => produce_command(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: error: {e:#}");
+            let usage = e.downcast_ref::<JobError>().is_some() || e.downcast_ref::<Usage>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+/// Loads `path`, or the built-in example job when there is none.
+fn load_job(path: Option<&Path>, overrides: &Overrides) -> Result<Job, JobError> {
+    match path {
+        Some(path) => Job::load(path, overrides),
+        None => Job::parse(DEFAULT_JOB, Path::new("jobs/clickstream.toml (built in)"), overrides),
+    }
+}
+
+async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
+    if args.seconds == 0 || !(args.rate > 0.0) || !(1..=64).contains(&args.partitions) {
+        bail!(Usage(
+            "--seconds must be at least 1, --rate above 0 and --partitions 1–64".into()
+        ));
+    }
+    let overrides = Overrides {
+        data: Some(args.data.unwrap_or_else(|| PathBuf::from("data"))),
+        ..Overrides::default()
+    };
+    let job = load_job(args.job.as_deref(), &overrides)?;
+    let options = DemoOptions {
+        seconds: args.seconds,
+        rate: args.rate,
+        partitions: args.partitions,
+        ..DemoOptions::default()
+    };
+    let summary = demo::run(&job, &options).await?;
+    println!("{summary}");
+    if !summary.balanced() {
+        bail!("the demo's tables do not account for every produced message");
+    }
+    Ok(())
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    let job = Job::load(&args.job, &args.job_args.overrides())?;
+    let Brokers::List(bootstrap) = &job.source.brokers else {
+        bail!(Usage(format!(
+            "{}: source.brokers is \"embedded\"; `weir run` needs a real broker. \
+             Pass --brokers host:port, or try the job with `weir demo --job {}`",
+            job.file.display(),
+            job.file.display()
+        )));
+    };
+    let faults = Faults::from_env().map_err(|e| Usage(e.to_string()))?;
+    let pipeline = Arc::new(Pipeline::start(&job, bootstrap, faults).await?);
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn(stop_on_signal(stop.clone()));
+    info!(job = %job.name, brokers = %bootstrap, topic = %job.source.topic, "running; SIGINT or SIGTERM stops after the batch in flight");
+    let task = {
+        let (pipeline, stop) = (pipeline.clone(), stop.clone());
+        tokio::spawn(async move { pipeline.run(&stop).await })
+    };
+    task.await.context("the trigger loop panicked")??;
+    let stats = pipeline.stats();
+    info!(
+        batches = stats.batches.load(Ordering::Relaxed),
+        raw = stats.raw_rows.load(Ordering::Relaxed),
+        dlq = stats.dlq_rows.load(Ordering::Relaxed),
+        "stopped cleanly"
+    );
+    Ok(())
+}
+
+/// Sets `stop` on the first SIGINT or SIGTERM.
+async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("stop requested; committing the batch in flight, then exiting");
+    stop.store(true, Ordering::Relaxed);
+}
+
+async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
+    let ratios_ok = (0.0..=1.0).contains(&args.malformed_ratio)
+        && (0.0..=1.0).contains(&args.duplicate_ratio)
+        && args.malformed_ratio + args.duplicate_ratio <= 1.0;
+    if !ratios_ok || args.rate.is_some_and(|r| !(r > 0.0)) {
+        bail!(Usage(
+            "--malformed-ratio and --duplicate-ratio must be in 0–1 (sum at most 1), --rate above 0"
+                .into()
+        ));
+    }
+    let job = load_job(args.job.as_deref(), &Overrides::default())?;
+    let mix = Mix {
+        malformed_ratio: args.malformed_ratio,
+        duplicate_ratio: args.duplicate_ratio,
+    };
+    let mut generator = Generator::new(job.contract, mix, args.seed.unwrap_or_else(rand::random));
+    let limits = Limits {
+        rate: args.rate,
+        count: args.count,
+        duration: args.seconds.map(Duration::from_secs),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn(stop_on_signal(stop.clone()));
+    let delivered =
+        generator::produce(&args.brokers, &args.topic, &mut generator, limits, &stop, &args.property)
+            .await?;
+    if let Some(path) = &args.report {
+        let mut csv = String::from("partition,offset,kind\n");
+        for d in &delivered {
+            csv.push_str(&format!("{},{},{}\n", d.partition, d.offset, d.kind.label()));
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let malformed = delivered.iter().filter(|d| !d.kind.is_valid()).count();
+    println!(
+        "produced {} messages to {} ({} malformed)",
+        delivered.len(),
+        args.topic,
+        malformed
+    );
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The trigger loop: source → decode → sink, one micro-batch at a time.
+//!
+//! One task owns the whole loop, so the consumer's rebalance callback (which
+//! runs inside `poll`) can consult the sink without racing a commit. The poll
+//! blocks inside `block_in_place`; the callback uses the runtime handle to read
+//! the Delta tables. A stop request is honoured between batches: the open batch
+//! is committed first, so a stop never leaves a half-committed trigger.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::error::ArrowError;
+use chrono::Utc;
+use tokio::runtime::Handle;
+use tracing::{debug, info};
+
+use crate::decode::{Decoder, EVENT_DATE};
+use crate::fault::Faults;
+use crate::job::Job;
+use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
+use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("decoding a micro-batch failed inside Arrow: {0}")]
+    Decode(#[from] ArrowError),
+}
+
+/// Counters of a running pipeline, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub consumed: AtomicU64,
+    pub raw_rows: AtomicU64,
+    pub dlq_rows: AtomicU64,
+    /// Rows re-read after a restart that the tables already held.
+    pub replayed: AtomicU64,
+    pub commit_latencies: Mutex<Vec<Duration>>,
+    /// Per partition, the next offset every table holds.
+    pub positions: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl Stats {
+    /// Whether every partition in `targets` has been committed up to its offset.
+    pub fn reached(&self, targets: &BTreeMap<i32, i64>) -> bool {
+        let positions = self.positions.lock().unwrap();
+        targets
+            .iter()
+            .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end))
+    }
+}
+
+/// The tables the spine writes, in commit order: `raw` first, then `dlq`.
+pub fn table_specs(decoder: &Decoder) -> Vec<TableSpec> {
+    vec![
+        TableSpec {
+            name: "raw".into(),
+            schema: decoder.raw_schema().clone(),
+            partition_columns: vec![EVENT_DATE.into()],
+        },
+        TableSpec {
+            name: "dlq".into(),
+            schema: decoder.dlq_schema().clone(),
+            partition_columns: vec![],
+        },
+    ]
+}
+
+/// A job's running trigger loop.
+pub struct Pipeline {
+    decoder: Decoder,
+    source: KafkaSource,
+    sink: SharedSink,
+    stats: Arc<Stats>,
+}
+
+/// Lets the rebalance callback ask the sink for resume positions.
+struct SinkPositions {
+    sink: SharedSink,
+    runtime: Handle,
+}
+
+impl ResumePositions for SinkPositions {
+    fn resume_positions(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String> {
+        self.runtime
+            .block_on(async { self.sink.lock().await.resume_positions(partitions).await })
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Pipeline {
+    /// Opens the tables and connects the consumer. Must run on a multi-threaded
+    /// tokio runtime (the poll blocks in `block_in_place`).
+    pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Result<Self, PipelineError> {
+        let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+        let sink = Sink::open(job, table_specs(&decoder), faults).await?;
+        for (name, url) in sink.table_urls() {
+            info!(table = name, %url, "table ready");
+        }
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
+        let resolver = Arc::new(SinkPositions {
+            sink: sink.clone(),
+            runtime: Handle::current(),
+        });
+        let source = KafkaSource::connect(job, bootstrap, resolver)?;
+        Ok(Self {
+            decoder,
+            source,
+            sink,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn sink(&self) -> SharedSink {
+        self.sink.clone()
+    }
+
+    /// Runs triggers until `stop` is set (the open batch is committed first) or
+    /// an error occurs.
+    pub async fn run(&self, stop: &AtomicBool) -> Result<(), PipelineError> {
+        while let Some(batch) = tokio::task::block_in_place(|| self.source.next_batch(stop))? {
+            let first = batch.first_offsets();
+            let next = batch.next_offsets();
+            let decoded = self.decoder.decode(&batch, Utc::now())?;
+            let report = self
+                .sink
+                .lock()
+                .await
+                .commit(vec![decoded.valid, decoded.rejected], &first, &next)
+                .await?;
+            self.source.commit_offsets(&next);
+            debug!(
+                events = batch.len(),
+                raw = report.written[0],
+                dlq = report.written[1],
+                ms = report.elapsed.as_millis() as u64,
+                "trigger"
+            );
+
+            let s = &self.stats;
+            s.batches.fetch_add(1, Ordering::Relaxed);
+            s.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            s.raw_rows.fetch_add(report.written[0] as u64, Ordering::Relaxed);
+            s.dlq_rows.fetch_add(report.written[1] as u64, Ordering::Relaxed);
+            s.replayed
+                .fetch_add(report.replayed.iter().sum::<usize>() as u64, Ordering::Relaxed);
+            s.commit_latencies.lock().unwrap().push(report.elapsed);
+            s.positions.lock().unwrap().extend(next);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,408 @@
+//! The output end of the data path: Delta tables, committed exactly once.
+//!
+//! Every commit of a table carries, per Kafka partition it covers, a Delta `txn`
+//! action `weir:<job>:<topic>:<partition>` whose version is the next offset to
+//! read. Data and progress land in one atomic commit or not at all, so a table's
+//! txn versions say exactly which offsets it holds. After a crash the source
+//! re-reads from the lowest version over all tables, and each table drops the
+//! replayed rows its own versions say it already has (`filter_replayed`): every
+//! table converges to exactly-once, even after a crash between two tables'
+//! commits.
+//!
+//! A table that has never seen a partition first gets a data-less "base" commit
+//! at the batch's first offset for it, before any table commits data. Without
+//! it, a crash after the first table's first commit would leave the second
+//! table with no version, and the resume position (the lowest *known* version)
+//! would skip the rows that table never got.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
+use arrow::compute;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use serde_json::json;
+use tracing::{debug, info};
+use url::Url;
+
+use crate::decode::{OFFSET, PARTITION};
+use crate::fault::{FaultError, Faults};
+use crate::job::Job;
+
+/// Commits between Delta checkpoints, so the log stays cheap to read.
+pub const CHECKPOINT_INTERVAL: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("Delta table {table} at {url}: {source}")]
+    Delta {
+        table: String,
+        url: Url,
+        source: DeltaTableError,
+    },
+    #[error("cannot create the directory for table {table} at {url}: {source}")]
+    Directory {
+        table: String,
+        url: Url,
+        source: std::io::Error,
+    },
+    #[error("table {table}: {source}")]
+    Arrow { table: String, source: ArrowError },
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+}
+
+/// What a table is: its name, its Arrow schema, how it is partitioned.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub partition_columns: Vec<String>,
+}
+
+/// One table of a job and the txn versions it is known to hold.
+pub struct TableSink {
+    spec: TableSpec,
+    url: Url,
+    table: DeltaTable,
+    versions: BTreeMap<i32, i64>,
+}
+
+impl TableSink {
+    async fn open(url: Url, spec: TableSpec) -> Result<Self, SinkError> {
+        let fail = |source| SinkError::Delta {
+            table: spec.name.clone(),
+            url: url.clone(),
+            source,
+        };
+        if url.scheme() == "file"
+            && let Ok(path) = url.to_file_path()
+        {
+            std::fs::create_dir_all(&path).map_err(|source| SinkError::Directory {
+                table: spec.name.clone(),
+                url: url.clone(),
+                source,
+            })?;
+        }
+        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
+        if table.version().is_none() {
+            let columns: StructType = spec
+                .schema
+                .as_ref()
+                .try_into_kernel()
+                .map_err(|e| fail(DeltaTableError::from(e)))?;
+            let created = table
+                .create()
+                .with_table_name(&spec.name)
+                .with_columns(columns.fields().cloned())
+                .with_partition_columns(spec.partition_columns.clone())
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(CHECKPOINT_INTERVAL.to_string()),
+                )
+                .with_save_mode(SaveMode::Ignore)
+                .await;
+            table = match created {
+                Ok(t) => t,
+                // Another writer created it first: use theirs.
+                Err(_) => DeltaTable::try_from_url(url.clone()).await.map_err(fail)?,
+            };
+            info!(table = %spec.name, %url, "created Delta table");
+        }
+        Ok(Self {
+            spec,
+            url,
+            table,
+            versions: BTreeMap::new(),
+        })
+    }
+
+    fn fail(&self, source: DeltaTableError) -> SinkError {
+        SinkError::Delta {
+            table: self.spec.name.clone(),
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// Re-reads the log and the txn versions of `partitions`.
+    async fn refresh(&mut self, job: &Job, partitions: &[i32]) -> Result<(), SinkError> {
+        self.table.update_state().await.map_err(|e| self.fail(e))?;
+        for &p in partitions {
+            let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
+            let version = snapshot
+                .transaction_version(self.table.log_store().as_ref(), job.app_id(p))
+                .await
+                .map_err(|e| self.fail(e))?;
+            match version {
+                Some(v) => self.versions.insert(p, v),
+                None => self.versions.remove(&p),
+            };
+        }
+        Ok(())
+    }
+
+    /// Commits `actions` plus the txn versions that advance; returns `false` when
+    /// there was nothing to commit (no data, no progress).
+    async fn commit(
+        &mut self,
+        job: &Job,
+        actions: Vec<Action>,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<bool, SinkError> {
+        let advancing: Vec<(i32, i64)> = next
+            .iter()
+            .filter(|(p, v)| self.versions.get(p).is_none_or(|known| *v > known))
+            .map(|(p, v)| (*p, *v))
+            .collect();
+        if actions.is_empty() && advancing.is_empty() {
+            return Ok(false);
+        }
+        let txns = advancing
+            .iter()
+            .map(|(p, v)| Transaction::new(job.app_id(*p), *v))
+            .collect();
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata([
+                ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
+                ("weir.job".to_owned(), json!(job.name)),
+            ]);
+        let partition_by = (!self.spec.partition_columns.is_empty())
+            .then(|| self.spec.partition_columns.clone());
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by,
+            predicate: None,
+        };
+        let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.table.state = Some(finalized.snapshot());
+        self.versions.extend(advancing);
+        Ok(true)
+    }
+
+    /// Writes `rows` as parquet files and returns their `add` actions.
+    async fn write_files(&self, rows: RecordBatch) -> Result<Vec<Action>, SinkError> {
+        if rows.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(|e| self.fail(e))?;
+        writer.write(rows).await.map_err(|e| self.fail(e))?;
+        let adds = writer.flush().await.map_err(|e| self.fail(e))?;
+        Ok(adds.into_iter().map(Action::Add).collect())
+    }
+}
+
+/// The rows of `rows` this table does not hold yet: those at or after its txn
+/// version for their partition.
+pub fn filter_replayed(
+    rows: &RecordBatch,
+    versions: &BTreeMap<i32, i64>,
+) -> Result<RecordBatch, ArrowError> {
+    if versions.is_empty() || rows.num_rows() == 0 {
+        return Ok(rows.clone());
+    }
+    let column = |name: &str| {
+        rows.column_by_name(name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("missing column {name}")))
+    };
+    let partitions = column(PARTITION)?;
+    let partitions = partitions
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .ok_or_else(|| ArrowError::SchemaError(format!("{PARTITION} is not int32")))?;
+    let offsets = column(OFFSET)?;
+    let offsets = offsets
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| ArrowError::SchemaError(format!("{OFFSET} is not int64")))?;
+    let keep: BooleanArray = partitions
+        .values()
+        .iter()
+        .zip(offsets.values().iter())
+        .map(|(p, o)| Some(versions.get(p).is_none_or(|v| o >= v)))
+        .collect();
+    if keep.true_count() == rows.num_rows() {
+        return Ok(rows.clone());
+    }
+    compute::filter_record_batch(rows, &keep)
+}
+
+/// What one trigger's commits did.
+#[derive(Debug, Clone, Default)]
+pub struct CommitReport {
+    /// Per table (in the sink's order): rows written.
+    pub written: Vec<usize>,
+    /// Per table: replayed rows dropped because the table already held them.
+    pub replayed: Vec<usize>,
+    /// Commits made (data-less base and progress commits included).
+    pub commits: usize,
+    pub elapsed: Duration,
+}
+
+/// All the tables of a job, committed together once per trigger.
+pub struct Sink {
+    job: Job,
+    tables: Vec<TableSink>,
+    faults: Faults,
+}
+
+impl Sink {
+    /// Opens (creating where needed) the job's tables in the hot tier.
+    pub async fn open(job: &Job, specs: Vec<TableSpec>, faults: Faults) -> Result<Self, SinkError> {
+        let mut tables = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let url = job.storage.hot_table(&job.name, &spec.name);
+            tables.push(TableSink::open(url, spec).await?);
+        }
+        Ok(Self {
+            job: job.clone(),
+            tables,
+            faults,
+        })
+    }
+
+    pub fn table_names(&self) -> Vec<&str> {
+        self.tables.iter().map(|t| t.spec.name.as_str()).collect()
+    }
+
+    /// Per table, where it is stored.
+    pub fn table_urls(&self) -> Vec<(&str, &Url)> {
+        self.tables
+            .iter()
+            .map(|t| (t.spec.name.as_str(), &t.url))
+            .collect()
+    }
+
+    /// Reloads the tables' progress for `partitions` and returns, per partition
+    /// any table knows, the lowest next offset over the tables that know it.
+    pub async fn resume_positions(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        for table in &mut self.tables {
+            table.refresh(&self.job, partitions).await?;
+        }
+        let mut positions = BTreeMap::new();
+        for table in &self.tables {
+            for (&p, &v) in table.versions.iter().filter(|(p, _)| partitions.contains(p)) {
+                let e = positions.entry(p).or_insert(v);
+                *e = (*e).min(v);
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Commits one trigger: `rows[i]` goes to the i-th table. `first` and `next`
+    /// are the batch's first and next offsets per partition.
+    pub async fn commit(
+        &mut self,
+        rows: Vec<RecordBatch>,
+        first: &BTreeMap<i32, i64>,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<CommitReport, SinkError> {
+        assert_eq!(rows.len(), self.tables.len(), "one batch per table");
+        let started = Instant::now();
+        let mut report = CommitReport::default();
+        report.commits += self.commit_bases(first).await?;
+
+        for (table, rows) in self.tables.iter_mut().zip(rows) {
+            let fresh = filter_replayed(&rows, &table.versions).map_err(|source| {
+                SinkError::Arrow {
+                    table: table.spec.name.clone(),
+                    source,
+                }
+            })?;
+            report.replayed.push(rows.num_rows() - fresh.num_rows());
+            report.written.push(fresh.num_rows());
+            let actions = table.write_files(fresh).await?;
+            if table.commit(&self.job, actions, next).await? {
+                report.commits += 1;
+            }
+            self.faults
+                .check(&format!("sink.after_commit.{}", table.spec.name))?;
+        }
+        report.elapsed = started.elapsed();
+        debug!(?report, "trigger committed");
+        Ok(report)
+    }
+
+    /// Gives every table a version for every partition in the batch, before any
+    /// table commits data for it (see the module doc).
+    async fn commit_bases(&mut self, first: &BTreeMap<i32, i64>) -> Result<usize, SinkError> {
+        let mut commits = 0;
+        for table in &mut self.tables {
+            let unseen: BTreeMap<i32, i64> = first
+                .iter()
+                .filter(|(p, _)| !table.versions.contains_key(p))
+                .map(|(p, v)| (*p, *v))
+                .collect();
+            if !unseen.is_empty() && table.commit(&self.job, Vec::new(), &unseen).await? {
+                commits += 1;
+            }
+        }
+        Ok(commits)
+    }
+
+    /// The txn versions every table holds, per table name (for status and tests).
+    pub fn versions(&self) -> HashMap<String, BTreeMap<i32, i64>> {
+        self.tables
+            .iter()
+            .map(|t| (t.spec.name.clone(), t.versions.clone()))
+            .collect()
+    }
+}
+
+/// Shares one sink between the trigger loop and the consumer's rebalance callback.
+pub type SharedSink = Arc<tokio::sync::Mutex<Sink>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn rows(parts: &[i32], offs: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(PARTITION, DataType::Int32, false),
+            Field::new(OFFSET, DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int32Array::from(parts.to_vec())),
+                Arc::new(Int64Array::from(offs.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn replayed_rows_are_dropped_per_partition() {
+        let batch = rows(&[0, 0, 1, 1, 2], &[5, 6, 5, 6, 0]);
+        let versions = BTreeMap::from([(0, 6), (1, 100)]);
+        let kept = filter_replayed(&batch, &versions).unwrap();
+        let offsets = kept.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let parts = kept.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+        assert_eq!(parts.values().to_vec(), vec![0, 2]);
+        assert_eq!(offsets.values().to_vec(), vec![6, 0]);
+    }
+
+    #[test]
+    fn nothing_known_keeps_everything() {
+        let batch = rows(&[0, 1], &[1, 2]);
+        assert_eq!(filter_replayed(&batch, &BTreeMap::new()).unwrap().num_rows(), 2);
+    }
+}

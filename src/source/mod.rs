@@ -1,0 +1,83 @@
+//! The input end of the data path: Kafka micro-batches (and the things that feed
+//! a Kafka topic in demos and tests).
+
+pub mod embedded;
+pub mod generator;
+pub mod kafka;
+
+use std::collections::BTreeMap;
+
+/// One Kafka record as weir keeps it: enough to decode it, to locate it again,
+/// and to put it in the DLQ untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's Kafka timestamp in epoch milliseconds, when the broker gave one.
+    pub kafka_ts: Option<i64>,
+    /// `None` for a record with no value (a tombstone).
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The unit of work of one trigger: messages from one topic, in offset order
+/// within each partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MicroBatch {
+    pub topic: String,
+    pub messages: Vec<Message>,
+}
+
+impl MicroBatch {
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Per partition, the offset to read next once this batch is committed: the
+    /// `version` of the Delta `txn` action for that partition.
+    pub fn next_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut next = BTreeMap::new();
+        for m in &self.messages {
+            let e = next.entry(m.partition).or_insert(m.offset + 1);
+            *e = (*e).max(m.offset + 1);
+        }
+        next
+    }
+
+    /// Per partition, the lowest offset in this batch.
+    pub fn first_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut first = BTreeMap::new();
+        for m in &self.messages {
+            let e = first.entry(m.partition).or_insert(m.offset);
+            *e = (*e).min(m.offset);
+        }
+        first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(partition: i32, offset: i64) -> Message {
+        Message {
+            partition,
+            offset,
+            kafka_ts: None,
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn offsets_per_partition() {
+        let batch = MicroBatch {
+            topic: "t".into(),
+            messages: vec![msg(0, 5), msg(1, 9), msg(0, 6), msg(1, 10), msg(0, 7)],
+        };
+        assert_eq!(batch.next_offsets(), BTreeMap::from([(0, 8), (1, 11)]));
+        assert_eq!(batch.first_offsets(), BTreeMap::from([(0, 5), (1, 9)]));
+    }
+}

@@ -1,0 +1,43 @@
+//! Logging setup and the small statistics weir reports.
+
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+
+/// Logs go to stderr (stdout is for output meant for people and scripts).
+/// `RUST_LOG` overrides the default filter. The default silences the Delta
+/// kernel's "No files in log segment" error, which it logs when opening an
+/// empty table location although the open succeeds.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,weir=info,buoyant_kernel=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The `q`-quantile (0.0–1.0) of `samples` by nearest rank; `None` when empty.
+pub fn quantile(samples: &[Duration], q: f64) -> Option<Duration> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let ms: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        assert_eq!(quantile(&ms, 0.5), Some(Duration::from_millis(50)));
+        assert_eq!(quantile(&ms, 0.99), Some(Duration::from_millis(99)));
+        assert_eq!(quantile(&ms, 1.0), Some(Duration::from_millis(100)));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+}

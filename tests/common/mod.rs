@@ -1,0 +1,120 @@
+//! Helpers for the tests that run the spine against librdkafka's mock cluster.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type};
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use url::Url;
+
+use weir::job::{Job, Overrides};
+use weir::pipeline::{Pipeline, PipelineError};
+use weir::source::generator::{self, Delivered, Generator, Limits, Mix};
+
+/// The clickstream job with its storage under `dir` and the given batching.
+pub fn job(dir: &Path, max_events: usize) -> Job {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("min_events = 100", "min_events = 1")
+        .replace("max_events = 1000", &format!("max_events = {max_events}"))
+        .replace("max_wait_ms = 250", "max_wait_ms = 50");
+    let overrides = Overrides {
+        data: Some(dir.to_owned()),
+        ..Overrides::default()
+    };
+    Job::parse(&text, &path, &overrides).unwrap()
+}
+
+pub async fn produce(bootstrap: &str, job: &Job, count: u64, mix: Mix, seed: u64) -> Vec<Delivered> {
+    let mut g = Generator::new(job.contract.clone(), mix, seed);
+    let limits = Limits {
+        rate: None,
+        count: Some(count),
+        duration: None,
+    };
+    generator::produce(bootstrap, &job.source.topic, &mut g, limits, &AtomicBool::new(false), &[])
+        .await
+        .unwrap()
+}
+
+/// Runs the pipeline until it has committed `targets` (or fails), then stops it.
+pub async fn run_until(
+    pipeline: Arc<Pipeline>,
+    targets: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<(), PipelineError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let (p, s) = (pipeline.clone(), stop.clone());
+        tokio::spawn(async move { p.run(&s).await })
+    };
+    let stats = pipeline.stats();
+    let deadline = Instant::now() + timeout;
+    while !stats.reached(targets) && !task.is_finished() {
+        assert!(Instant::now() < deadline, "not drained within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap()
+}
+
+pub fn table_url(job: &Job, table: &str) -> Url {
+    job.storage.hot_table(&job.name, table)
+}
+
+pub async fn read_table(job: &Job, table: &str) -> Vec<RecordBatch> {
+    let table = deltalake::open_table(table_url(job, table)).await.unwrap();
+    let (_, stream) = table.scan_table().await.unwrap();
+    stream.try_collect().await.unwrap()
+}
+
+/// Every (partition, offset) in a table, in any order, duplicates kept.
+pub async fn offsets(job: &Job, table: &str) -> Vec<(i32, i64)> {
+    let mut out = Vec::new();
+    for b in read_table(job, table).await {
+        let p = b.column_by_name("_partition").unwrap().as_primitive::<Int32Type>();
+        let o = b.column_by_name("_offset").unwrap().as_primitive::<Int64Type>();
+        out.extend(p.values().iter().copied().zip(o.values().iter().copied()));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The (partition, offset) of delivered messages that pass `keep`, sorted.
+pub fn expected(delivered: &[Delivered], keep: impl Fn(&Delivered) -> bool) -> Vec<(i32, i64)> {
+    let mut out: Vec<_> = delivered.iter().filter(|d| keep(d)).map(|d| (d.partition, d.offset)).collect();
+    out.sort_unstable();
+    out
+}
+
+/// Asserts a sorted list has no repeated element.
+pub fn assert_unique(rows: &[(i32, i64)], what: &str) {
+    let set: HashSet<_> = rows.iter().collect();
+    assert_eq!(set.len(), rows.len(), "{what} holds duplicates");
+}
+
+/// The txn versions a table holds for `partitions`, read straight from its log.
+pub async fn txn_versions(job: &Job, table: &str, partitions: &[i32]) -> BTreeMap<i32, i64> {
+    let table: DeltaTable = deltalake::open_table(table_url(job, table)).await.unwrap();
+    let mut out = BTreeMap::new();
+    for &p in partitions {
+        let v = table
+            .snapshot()
+            .unwrap()
+            .transaction_version(table.log_store().as_ref(), job.app_id(p))
+            .await
+            .unwrap();
+        if let Some(v) = v {
+            out.insert(p, v);
+        }
+    }
+    out
+}
