@@ -2,13 +2,14 @@
 //!
 //! The happy path is one vectorized arrow-json decode for the whole micro-batch.
 //! A message that breaks the contract must cost the batch only a few re-decodes,
-//! never the batch itself: structural faults (not JSON, two values in one
-//! message, a truncated value) are pinned to their message while feeding the
-//! decoder, and value faults (wrong types, bad UTF-8), which arrow-json reports
-//! only for a whole flush, are found by bisecting the failing range. Row rules
-//! that are easier to check on columns (required fields present, event time in
-//! range) run vectorized afterwards. Every rejected message becomes a DLQ row
-//! with its bytes and the reason; none is dropped and none stops the job.
+//! never the batch itself. Syntax is checked per message first with a strict
+//! parser (arrow-json's tape reader tolerates missing or doubled commas, and a
+//! contract that lets `{"a":1 "b":2}` through is no contract); value faults
+//! (wrong types, bad UTF-8), which arrow-json reports only for a whole flush, are
+//! found by bisecting the failing range. Row rules that are easier to check on
+//! columns (required fields present, event time in range) run vectorized
+//! afterwards. Every rejected message becomes a DLQ row with its bytes and the
+//! reason; none is dropped and none stops the job.
 //!
 //! This stage is a pure function: the caller passes the ingest time in.
 
@@ -85,14 +86,6 @@ pub fn dlq_schema() -> SchemaRef {
 /// A message refused by the contract: its index in the micro-batch and why.
 type Rejection = (usize, String);
 
-/// Why one decode attempt over a range of messages failed.
-enum RangeError {
-    /// The message at this position of the range is structurally broken.
-    At(usize, String),
-    /// Some value in the range does not fit the schema; arrow-json does not say which.
-    Flush(String),
-}
-
 impl Decoder {
     pub fn new(contract: Contract, max_message_bytes: usize) -> Self {
         Self {
@@ -152,9 +145,13 @@ impl Decoder {
                 self.max_message_bytes
             ));
         }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err("empty message".into());
+        match bytes.trim_ascii_start().first() {
+            None => return Err("empty message".into()),
+            Some(b'{') => {}
+            Some(_) => return Err("not a JSON object".into()),
         }
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| format!("not valid JSON: {e}"))?;
         Ok(bytes)
     }
 
@@ -178,15 +175,10 @@ impl Decoder {
                     rows.extend(range.iter().map(|(i, _)| *i));
                     parts.push(part);
                 }
-                Err(RangeError::At(at, reason)) => {
-                    rejected.push((range[at].0, reason));
-                    work.push(&range[at + 1..]);
-                    work.push(&range[..at]);
-                }
-                Err(RangeError::Flush(reason)) if range.len() == 1 => {
+                Err(reason) if range.len() == 1 => {
                     rejected.push((range[0].0, format!("does not match the schema: {reason}")));
                 }
-                Err(RangeError::Flush(_)) => {
+                Err(_) => {
                     let (left, right) = range.split_at(range.len() / 2);
                     work.push(right);
                     work.push(left);
@@ -196,28 +188,23 @@ impl Decoder {
         Ok((rows, concat_batches(&self.decode_schema, &parts)?))
     }
 
-    /// One decode attempt, checking that every message is exactly one JSON value.
-    fn decode_range(&self, range: &[(usize, &[u8])]) -> Result<RecordBatch, RangeError> {
+    /// One decode attempt over syntactically valid messages. Each must become
+    /// exactly one row: the row → message mapping is what ties a row to its offset.
+    fn decode_range(&self, range: &[(usize, &[u8])]) -> Result<RecordBatch, String> {
         let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
             .with_batch_size(range.len() + 1)
             .build_decoder()
-            .map_err(|e| RangeError::Flush(e.to_string()))?;
-        for (at, (_, bytes)) in range.iter().enumerate() {
-            let before = decoder.len();
-            let consumed = decoder
-                .decode(bytes)
-                .map_err(|e| RangeError::At(at, format!("not valid JSON: {e}")))?;
-            if decoder.has_partial_record() {
-                return Err(RangeError::At(at, "not valid JSON: the value is incomplete".into()));
-            }
-            if consumed != bytes.len() || decoder.len() != before + 1 {
-                return Err(RangeError::At(at, "more than one JSON value in one message".into()));
-            }
+            .map_err(|e| e.to_string())?;
+        for (_, bytes) in range {
+            decoder.decode(bytes).map_err(|e| e.to_string())?;
+        }
+        if decoder.has_partial_record() || decoder.len() != range.len() {
+            return Err("the messages did not decode to one row each".into());
         }
         match decoder.flush() {
             Ok(Some(batch)) => Ok(batch),
             Ok(None) => Ok(RecordBatch::new_empty(self.decode_schema.clone())),
-            Err(e) => Err(RangeError::Flush(e.to_string())),
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -73,7 +73,7 @@ impl ConsumerContext for WeirContext {
             .iter()
             .map(|e| e.partition())
             .collect();
-        let cooperative = consumer.rebalance_protocol() == RebalanceProtocol::Cooperative;
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.position_assignment(&partitions, tpl);
