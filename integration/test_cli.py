@@ -10,22 +10,25 @@ def run(*args):
     return subprocess.run([WEIR, *map(str, args)], capture_output=True, text=True, timeout=60)
 
 
-def test_unknown_key_exits_2_naming_file_and_key(tmp_path):
+def bad_spec(tmp_path, old: str, new: str):
+    """The example job with one edit, run against an address nothing listens on."""
     spec = tmp_path / "bad.toml"
-    spec.write_text((ROOT / "jobs/clickstream.toml").read_text().replace(
-        "[batching]", "[batching]\nmax_evnts = 5"))
-    result = run("run", spec, "--brokers", "127.0.0.1:1")
+    text = (ROOT / "jobs/clickstream.toml").read_text()
+    assert old in text
+    spec.write_text(text.replace(old, new))
+    return spec, run("run", spec, "--brokers", "127.0.0.1:1")
+
+
+def test_unknown_key_exits_2_naming_file_and_key(tmp_path):
+    spec, result = bad_spec(tmp_path, "[batching]", "[batching]\nmax_evnts = 5")
     assert result.returncode == 2
     assert str(spec) in result.stderr and "max_evnts" in result.stderr
 
 
 def test_impossible_value_exits_2(tmp_path):
-    spec = tmp_path / "bad.toml"
-    spec.write_text((ROOT / "jobs/clickstream.toml").read_text().replace(
-        "max_wait_ms = 250", "max_wait_ms = 0"))
-    result = run("run", spec, "--brokers", "127.0.0.1:1")
+    spec, result = bad_spec(tmp_path, "max_wait_ms = 250", "max_wait_ms = 0")
     assert result.returncode == 2
-    assert "batching.max_wait_ms" in result.stderr
+    assert str(spec) in result.stderr and "batching.max_wait_ms" in result.stderr
 
 
 def test_run_refuses_the_embedded_broker():

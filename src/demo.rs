@@ -18,7 +18,7 @@ use tracing::info;
 
 use crate::fault::Faults;
 use crate::job::Job;
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::source::embedded::EmbeddedBroker;
 use crate::source::generator::{self, Delivered, Generator, Kind, Limits, Mix};
 use crate::telemetry::quantile;
@@ -167,6 +167,7 @@ async fn run_against(
         tokio::spawn(async move { pipeline.run(&stop).await })
     };
 
+    let progress = tokio::spawn(report_progress(stats.clone()));
     let mut generator = Generator::new(job.contract.clone(), options.mix, rand::random());
     let limits = Limits {
         rate: Some(options.rate),
@@ -181,6 +182,7 @@ async fn run_against(
         Err(_) => false,
     };
     stop.store(true, Ordering::Relaxed);
+    progress.abort();
     task.await??;
     let delivered = produced?;
     if !drained {
@@ -215,6 +217,21 @@ async fn run_against(
     })
 }
 
+/// Logs what has been committed so far, every two seconds, until aborted.
+async fn report_progress(stats: Arc<Stats>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        info!(
+            batches = stats.batches.load(Ordering::Relaxed),
+            raw = stats.raw_rows.load(Ordering::Relaxed),
+            dlq = stats.dlq_rows.load(Ordering::Relaxed),
+            "committed so far"
+        );
+    }
+}
+
 /// Per partition, the offset after the last delivered message.
 pub fn end_offsets(delivered: &[Delivered]) -> BTreeMap<i32, i64> {
     let mut ends = BTreeMap::new();
@@ -228,7 +245,7 @@ pub fn end_offsets(delivered: &[Delivered]) -> BTreeMap<i32, i64> {
 /// Waits until the pipeline has committed up to `targets`, showing progress;
 /// gives up after `timeout` or when the pipeline task ends.
 async fn wait_for(
-    stats: &crate::pipeline::Stats,
+    stats: &Stats,
     targets: &BTreeMap<i32, i64>,
     timeout: Duration,
     task: &tokio::task::JoinHandle<Result<(), PipelineError>>,

@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use weir::demo::end_offsets;
 use weir::fault::Faults;
-use weir::pipeline::{Pipeline, PipelineError};
+use weir::pipeline::PipelineError;
 use weir::sink::{CHECKPOINT_INTERVAL, SinkError};
 use weir::source::embedded::EmbeddedBroker;
 use weir::source::generator::{Kind, Mix};
@@ -31,11 +30,7 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     let ends = end_offsets(&delivered);
     assert_eq!(ends.values().sum::<i64>(), 3000);
 
-    let pipeline = Arc::new(
-        Pipeline::start(&job, &broker.bootstrap_servers(), Faults::default())
-            .await
-            .unwrap(),
-    );
+    let pipeline = start(&job, &broker.bootstrap_servers(), Faults::default()).await;
     run_until(pipeline.clone(), &ends, DRAIN).await.unwrap();
     drop(pipeline);
 
@@ -75,11 +70,7 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
 
     // First run: the 3rd trigger fails after `raw` committed and before `dlq` did.
     let faults = Faults::parse("sink.after_commit.raw@3:error").unwrap();
-    let pipeline = Arc::new(
-        Pipeline::start(&job, &broker.bootstrap_servers(), faults)
-            .await
-            .unwrap(),
-    );
+    let pipeline = start(&job, &broker.bootstrap_servers(), faults).await;
     let crashed = run_until(pipeline.clone(), &ends, DRAIN).await;
     assert!(
         matches!(crashed, Err(PipelineError::Sink(SinkError::Fault(_)))),
@@ -92,11 +83,7 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     let raw_before = offsets(&job, "raw").await.len();
 
     // Restart: replays from the lowest version; raw drops what it has.
-    let pipeline = Arc::new(
-        Pipeline::start(&job, &broker.bootstrap_servers(), Faults::default())
-            .await
-            .unwrap(),
-    );
+    let pipeline = start(&job, &broker.bootstrap_servers(), Faults::default()).await;
     run_until(pipeline.clone(), &ends, DRAIN).await.unwrap();
     let stats = pipeline.stats();
     drop(pipeline);
@@ -123,13 +110,13 @@ async fn clean_restart_resumes_where_the_tables_end() {
     let broker = EmbeddedBroker::start(&job.source.topic, 2).unwrap();
     let bootstrap = broker.bootstrap_servers();
     let first = produce(&bootstrap, &job, 500, Mix::default(), 1).await;
-    let pipeline = Arc::new(Pipeline::start(&job, &bootstrap, Faults::default()).await.unwrap());
+    let pipeline = start(&job, &bootstrap, Faults::default()).await;
     run_until(pipeline.clone(), &end_offsets(&first), DRAIN).await.unwrap();
     drop(pipeline);
 
     let second = produce(&bootstrap, &job, 500, Mix::default(), 2).await;
     let all: Vec<_> = first.iter().chain(&second).copied().collect();
-    let pipeline = Arc::new(Pipeline::start(&job, &bootstrap, Faults::default()).await.unwrap());
+    let pipeline = start(&job, &bootstrap, Faults::default()).await;
     run_until(pipeline.clone(), &end_offsets(&all), DRAIN).await.unwrap();
     let stats = pipeline.stats();
     drop(pipeline);

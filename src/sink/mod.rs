@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
 use arrow::compute;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -107,6 +107,10 @@ impl TableSink {
                 .with_configuration_property(
                     TableProperty::CheckpointInterval,
                     Some(CHECKPOINT_INTERVAL.to_string()),
+                )
+                .with_configuration_property(
+                    TableProperty::DataSkippingStatsColumns,
+                    Some(stats_columns(&spec.schema)),
                 )
                 .with_save_mode(SaveMode::Ignore)
                 .await;
@@ -204,6 +208,18 @@ impl TableSink {
         let adds = writer.flush().await.map_err(|e| self.fail(e))?;
         Ok(adds.into_iter().map(Action::Add).collect())
     }
+}
+
+/// Min/max statistics are kept for every column but binary ones, which have no
+/// useful order (and delta-rs warns on every file it would skip them in).
+fn stats_columns(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| !matches!(f.data_type(), DataType::Binary | DataType::LargeBinary))
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The rows of `rows` this table does not hold yet: those at or after its txn
@@ -372,7 +388,7 @@ pub type SharedSink = Arc<tokio::sync::Mutex<Sink>>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::datatypes::{Field, Schema};
 
     fn rows(parts: &[i32], offs: &[i64]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![

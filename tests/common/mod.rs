@@ -14,6 +14,7 @@ use deltalake::DeltaTable;
 use futures::TryStreamExt;
 use url::Url;
 
+use weir::fault::Faults;
 use weir::job::{Job, Overrides};
 use weir::pipeline::{Pipeline, PipelineError};
 use weir::source::generator::{self, Delivered, Generator, Limits, Mix};
@@ -43,6 +44,10 @@ pub async fn produce(bootstrap: &str, job: &Job, count: u64, mix: Mix, seed: u64
     generator::produce(bootstrap, &job.source.topic, &mut g, limits, &AtomicBool::new(false), &[])
         .await
         .unwrap()
+}
+
+pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Arc<Pipeline> {
+    Arc::new(Pipeline::start(job, bootstrap, faults).await.unwrap())
 }
 
 /// Runs the pipeline until it has committed `targets` (or fails), then stops it.
