@@ -9,6 +9,14 @@ export WEIR_VENV=${WEIR_VENV:-$HOME/.cache/weir-venv}
 export WEIR_BIN=$CARGO_TARGET_DIR/debug/weir
 
 integration/setup.sh
+
+# One arrow (and parquet) in the dependency tree: deltalake pins them, and a second
+# copy would make Arrow types from one crate unusable in the other.
+if cargo tree --duplicates --edges normal --depth 0 | grep -E '^(arrow|parquet)(-[a-z]+)? v'; then
+  echo "run-tests.sh: more than one arrow/parquet version in the dependency tree" >&2
+  exit 1
+fi
+
 cargo build --bin weir
 cargo test
 "$WEIR_VENV/bin/python" -m pytest integration -v -p no:cacheprovider "$@"

@@ -2,6 +2,7 @@
 DuckDB's delta extension and polars: a known set lands exactly once, and keeps
 landing exactly once while the weir process is SIGKILLed again and again."""
 
+import os
 import random
 import signal
 import subprocess
@@ -28,6 +29,11 @@ def committed_count(data, job="clickstream") -> int:
     return total
 
 
+def stored(report) -> int:
+    """Messages that end up in raw or dlq: all but the re-sent duplicates."""
+    return sum(1 for _, _, kind in report if kind != "duplicate")
+
+
 def wait_for_count(data, expected: int, timeout: float, proc) -> None:
     deadline = time.monotonic() + timeout
     while committed_count(data) < expected:
@@ -47,14 +53,15 @@ def stop_gracefully(proc) -> int:
 
 
 def assert_exactly_once(data, report):
-    valid = sorted((p, o) for p, o, kind in report if not kind.startswith("malformed"))
+    # Re-sent events ("duplicate") are dropped by event-ID dedup.
+    valid = sorted((p, o) for p, o, kind in report if kind == "valid")
     malformed = sorted((p, o) for p, o, kind in report if kind.startswith("malformed"))
     assert malformed, "the stream must include malformed messages"
     for read in (duckdb_offsets, polars_offsets):
         raw = read(data, "clickstream", "raw")
         dlq = read(data, "clickstream", "dlq")
         assert len(raw) == len(set(raw)), f"{read.__name__}: raw holds duplicates"
-        assert raw == valid, f"{read.__name__}: raw differs from the valid messages"
+        assert raw == valid, f"{read.__name__}: raw differs from the valid originals"
         assert dlq == malformed, f"{read.__name__}: dlq differs from the malformed messages"
 
 
@@ -71,12 +78,24 @@ def test_known_set_lands_exactly_once(broker, tmp_path):
     job = write_job(tmp_path / "job.toml", broker, "clicks", data)
     with open(tmp_path / "run.log", "w") as log:
         proc = start_run(job, log)
-        wait_for_count(data, 3000, 120, proc)
+        wait_for_count(data, stored(produced), 120, proc)
         assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
     assert_exactly_once(data, produced)
 
 
+def wait_for_progress(data, before: int, proc, timeout: float = 60) -> None:
+    """Waits until the tables hold more than `before` rows (this process committed)."""
+    deadline = time.monotonic() + timeout
+    while committed_count(data) <= before:
+        assert proc.poll() is None, f"weir run exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, "the restarted process committed nothing"
+        time.sleep(0.2)
+
+
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(broker, tmp_path):
+    """Each round starts `weir run`, waits until it has committed, then kills it:
+    with SIGKILL after a random delay, or (every third round) with a crash
+    injected between the raw and dlq commits of a random trigger."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     print(f"kill schedule seed: {seed}")
@@ -85,26 +104,35 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(broker, tmp_path
     report = tmp_path / "produced.csv"
     job = write_job(tmp_path / "job.toml", broker, "clicks", data, max_events=100)
     producer = subprocess.Popen(
-        [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "400",
-         "--seconds", "25", "--malformed-ratio", "0.01", "--duplicate-ratio", "0.02",
+        [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "300",
+         "--seconds", "45", "--malformed-ratio", "0.02", "--duplicate-ratio", "0.02",
          "--report", str(report), *ONE_RECORD_BATCHES],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     kills = 0
     with open(tmp_path / "run.log", "w") as log:
-        while producer.poll() is None and kills < 8:
-            proc = start_run(job, log)
-            time.sleep(rng.uniform(1.0, 4.0))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        while producer.poll() is None and kills < 7:
+            if kills % 3 == 2:
+                hit = rng.randint(1, 5)
+                env = {**os.environ, "WEIR_FAULTS": f"sink.after_commit.raw@{hit}:crash"}
+                proc = subprocess.Popen([WEIR, "run", str(job)], stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+                assert proc.wait(timeout=90) != 0, "the injected crash did not happen"
+            else:
+                before = committed_count(data)
+                proc = start_run(job, log)
+                wait_for_progress(data, before, proc)
+                time.sleep(rng.uniform(0.0, 1.5))
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
             kills += 1
         assert kills >= 4, "the producer finished before enough kills"
-        assert committed_count(data) > 0, "no kill happened after a commit"
         assert producer.wait(timeout=120) == 0, producer.stdout.read()
         produced = read_report(report)
 
         proc = start_run(job, log)
-        wait_for_count(data, len(produced), 180, proc)
+        wait_for_count(data, stored(produced), 180, proc)
         time.sleep(1)  # let a stray late commit show itself before checking
         assert stop_gracefully(proc) == 0
+    assert "injected crash at sink.after_commit.raw" in (tmp_path / "run.log").read_text()
     assert_exactly_once(data, produced)

@@ -50,7 +50,28 @@ struct JobSpec {
     schema: SchemaSpec,
     #[serde(default)]
     batching: BatchingSpec,
+    #[serde(default)]
+    dedup: DedupSpec,
     storage: StorageSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DedupSpec {
+    #[serde(default = "default_horizon")]
+    horizon: String,
+}
+
+impl Default for DedupSpec {
+    fn default() -> Self {
+        Self {
+            horizon: default_horizon(),
+        }
+    }
+}
+
+fn default_horizon() -> String {
+    "1h".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,6 +357,8 @@ pub struct Job {
     pub source: Source,
     pub contract: Contract,
     pub batching: Batching,
+    /// How long an accepted event ID is remembered (in event time).
+    pub dedup_horizon: Duration,
     pub storage: Storage,
 }
 
@@ -393,6 +416,13 @@ impl Job {
         let source = validate_source(spec.source, &spec.name, &invalid)?;
         let contract = validate_schema(spec.schema, &invalid)?;
         let batching = validate_batching(spec.batching, &invalid)?;
+        let dedup_horizon = parse_duration(&spec.dedup.horizon, 1, 30 * 86400).ok_or_else(|| {
+            invalid(
+                "dedup.horizon",
+                "a duration between 1s and 30days, like \"1h\"",
+                format!("`{}`", spec.dedup.horizon),
+            )
+        })?;
         let storage = Storage::parse(&spec.storage.root)
             .map_err(|found| invalid("storage.root", "a local path or a file:// URL", found))?;
 
@@ -402,6 +432,7 @@ impl Job {
             source,
             contract,
             batching,
+            dedup_horizon,
             storage,
         })
     }
@@ -555,9 +586,7 @@ fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobE
     }
     fields[event_id].nullable = false;
     fields[event_time].nullable = false;
-    let event_time_range = humantime::parse_duration(&spec.event_time_range)
-        .ok()
-        .filter(|d| *d >= Duration::from_secs(60) && *d <= Duration::from_secs(100 * 366 * 86400))
+    let event_time_range = parse_duration(&spec.event_time_range, 60, 100 * 366 * 86400)
         .ok_or_else(|| {
             invalid(
                 "schema.event_time_range",
@@ -571,6 +600,13 @@ fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobE
         event_time,
         event_time_range,
     })
+}
+
+/// A humantime duration (`"90s"`, `"1h"`, `"10years"`) within `min..=max` seconds.
+fn parse_duration(text: &str, min_secs: u64, max_secs: u64) -> Option<Duration> {
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|d| (Duration::from_secs(min_secs)..=Duration::from_secs(max_secs)).contains(d))
 }
 
 fn validate_batching(spec: BatchingSpec, invalid: &Invalid) -> Result<Batching, JobError> {
@@ -640,6 +676,7 @@ root = "/tmp/weir-test"
         assert_eq!(job.batching.min_events, 100);
         assert_eq!(job.batching.max_events, 1000);
         assert_eq!(job.batching.max_wait, Duration::from_millis(250));
+        assert_eq!(job.dedup_horizon, Duration::from_secs(3600));
         assert_eq!(job.contract.event_id_name(), "id");
         assert!(!job.contract.fields[2].nullable);
         assert_eq!(job.app_id(3), "weir:clicks:clicks:3");
@@ -696,6 +733,7 @@ root = "/tmp/weir-test"
                 "schema.event_time_range",
             ),
             (GOOD.replace("/tmp/weir-test", "gs://bucket/x"), "storage.root"),
+            (GOOD.replace("[storage]", "[dedup]\nhorizon = \"0s\"\n[storage]"), "dedup.horizon"),
             (GOOD.replace("name = \"clicks\"", "name = \"a/b\""), "name"),
             (
                 GOOD.replace("[schema]", "properties = { \"group.id\" = \"x\" }\n[schema]"),

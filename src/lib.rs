@@ -2,11 +2,13 @@
 //! within seconds, exactly once.
 //!
 //! The data path runs one way: [`source`] (Kafka micro-batches) → [`decode`]
-//! (bytes to Arrow under the job's contract; rejects to the DLQ) → [`sink`]
+//! (bytes to Arrow under the job's contract; rejects to the DLQ) → [`dedup`]
+//! (re-sent events dropped by event ID) → [`sink`]
 //! (Delta commits carrying the Kafka offsets). [`pipeline`] is the trigger loop
 //! that drives it; [`job`] is the validated job spec everything runs on.
 
 pub mod decode;
+pub mod dedup;
 pub mod demo;
 pub mod fault;
 pub mod job;

@@ -223,6 +223,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         batches = stats.batches.load(Ordering::Relaxed),
         raw = stats.raw_rows.load(Ordering::Relaxed),
         dlq = stats.dlq_rows.load(Ordering::Relaxed),
+        duplicates = stats.duplicates.load(Ordering::Relaxed),
         "stopped cleanly"
     );
     Ok(())

@@ -1,4 +1,4 @@
-//! The trigger loop: source → decode → sink, one micro-batch at a time.
+//! The trigger loop: source → decode → dedup → sink, one micro-batch at a time.
 //!
 //! One task owns the whole loop, so the consumer's rebalance callback (which
 //! runs inside `poll`) can consult the sink without racing a commit. The poll
@@ -16,7 +16,8 @@ use chrono::Utc;
 use tokio::runtime::Handle;
 use tracing::{debug, info};
 
-use crate::decode::{Decoder, EVENT_DATE};
+use crate::decode::{Decoder, EVENT_DATE, OFFSET, PARTITION};
+use crate::dedup::Dedup;
 use crate::fault::Faults;
 use crate::job::Job;
 use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
@@ -28,8 +29,8 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("decoding a micro-batch failed inside Arrow: {0}")]
-    Decode(#[from] ArrowError),
+    #[error("an Arrow operation on a micro-batch failed: {0}")]
+    Arrow(#[from] ArrowError),
 }
 
 /// Counters of a running pipeline, readable while it runs.
@@ -39,6 +40,8 @@ pub struct Stats {
     pub consumed: AtomicU64,
     pub raw_rows: AtomicU64,
     pub dlq_rows: AtomicU64,
+    /// Re-sent events dropped by dedup.
+    pub duplicates: AtomicU64,
     /// Rows re-read after a restart that the tables already held.
     pub replayed: AtomicU64,
     pub commit_latencies: Mutex<Vec<Duration>>,
@@ -72,9 +75,28 @@ pub fn table_specs(decoder: &Decoder) -> Vec<TableSpec> {
     ]
 }
 
+/// Rebuilds the dedup index from `raw`: the IDs accepted within the horizon of
+/// its newest event. State is derived from the data, never kept beside it.
+async fn rebuild_dedup(job: &Job, sink: &Sink) -> Result<Dedup, PipelineError> {
+    let mut dedup = Dedup::new(&job.contract, job.dedup_horizon);
+    let id = format!("\"{}\"", job.contract.event_id_name());
+    let ts = format!("\"{}\"", job.contract.event_time_name());
+    let sql = format!(
+        "SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM raw \
+         WHERE {ts} >= (SELECT max({ts}) FROM raw) - INTERVAL '{} seconds'",
+        job.dedup_horizon.as_secs()
+    );
+    for batch in sink.query("raw", &sql).await? {
+        dedup.seed(&batch)?;
+    }
+    info!(ids = dedup.index().len(), "dedup index rebuilt from raw");
+    Ok(dedup)
+}
+
 /// A job's running trigger loop.
 pub struct Pipeline {
     decoder: Decoder,
+    dedup: Mutex<Dedup>,
     source: KafkaSource,
     sink: SharedSink,
     stats: Arc<Stats>,
@@ -103,6 +125,7 @@ impl Pipeline {
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");
         }
+        let dedup = rebuild_dedup(job, &sink).await?;
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let resolver = Arc::new(SinkPositions {
             sink: sink.clone(),
@@ -111,6 +134,7 @@ impl Pipeline {
         let source = KafkaSource::connect(job, bootstrap, resolver)?;
         Ok(Self {
             decoder,
+            dedup: Mutex::new(dedup),
             source,
             sink,
             stats: Arc::default(),
@@ -132,17 +156,19 @@ impl Pipeline {
             let first = batch.first_offsets();
             let next = batch.next_offsets();
             let decoded = self.decoder.decode(&batch, Utc::now())?;
+            let (valid, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
             let report = self
                 .sink
                 .lock()
                 .await
-                .commit(vec![decoded.valid, decoded.rejected], &first, &next)
+                .commit(vec![valid, decoded.rejected], &first, &next)
                 .await?;
             self.source.commit_offsets(&next);
             debug!(
                 events = batch.len(),
                 raw = report.written[0],
                 dlq = report.written[1],
+                duplicates,
                 ms = report.elapsed.as_millis() as u64,
                 "trigger"
             );
@@ -152,6 +178,7 @@ impl Pipeline {
             s.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
             s.raw_rows.fetch_add(report.written[0] as u64, Ordering::Relaxed);
             s.dlq_rows.fetch_add(report.written[1] as u64, Ordering::Relaxed);
+            s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
             s.replayed
                 .fetch_add(report.replayed.iter().sum::<usize>() as u64, Ordering::Relaxed);
             s.commit_latencies.lock().unwrap().push(report.elapsed);

@@ -38,16 +38,19 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     let dlq = offsets(&job, "dlq").await;
     assert_unique(&raw, "raw");
     assert_unique(&dlq, "dlq");
-    let valid = expected(&delivered, |d| d.kind.is_valid());
+    let originals = expected(&delivered, |d| d.kind == Kind::Valid);
     let malformed = expected(&delivered, |d| !d.kind.is_valid());
     assert!(delivered.iter().any(|d| d.kind == Kind::Duplicate));
     assert!(malformed.len() > 30, "the mix must include malformed messages");
-    assert_eq!(raw, valid, "raw holds exactly the valid messages");
+    assert_eq!(raw, originals, "raw holds exactly the valid messages, re-sends dropped");
     assert_eq!(dlq, malformed, "dlq holds exactly the malformed messages");
 
     let partitions: Vec<i32> = ends.keys().copied().collect();
     assert_eq!(txn_versions(&job, "raw", &partitions).await, ends);
     assert_eq!(txn_versions(&job, "dlq", &partitions).await, ends);
+
+    // The consumer group shows the same progress (for lag tools).
+    assert_eq!(group_offsets(&job, &broker.bootstrap_servers(), &partitions), ends);
 
     // ~150 triggers × 2 tables: a checkpoint exists at the interval.
     let log = table_url(&job, "raw").to_file_path().unwrap().join("_delta_log");
@@ -97,7 +100,7 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     assert!(raw.len() > raw_before);
     assert_unique(&raw, "raw");
     assert_unique(&dlq, "dlq");
-    assert_eq!(raw, expected(&delivered, |d| d.kind.is_valid()));
+    assert_eq!(raw, expected(&delivered, |d| d.kind == Kind::Valid));
     assert_eq!(dlq, expected(&delivered, |d| !d.kind.is_valid()));
     assert_eq!(txn_versions(&job, "raw", &partitions).await, ends);
     assert_eq!(txn_versions(&job, "dlq", &partitions).await, ends);
@@ -127,5 +130,28 @@ async fn clean_restart_resumes_where_the_tables_end() {
         500,
         "the second run read only the new messages"
     );
-    assert_eq!(offsets(&job, "raw").await, expected(&all, |d| d.kind.is_valid()));
+    assert_eq!(offsets(&job, "raw").await, expected(&all, |d| d.kind == Kind::Valid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_after_a_restart_are_still_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), 100);
+    let broker = EmbeddedBroker::start(&job.source.topic, 2).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let first = produce(&bootstrap, &job, 400, Mix::default(), 5).await;
+    let pipeline = start(&job, &bootstrap, Faults::default()).await;
+    run_until(pipeline.clone(), &end_offsets(&first), DRAIN).await.unwrap();
+    drop(pipeline);
+
+    // The same seed generates the same event IDs: every valid event is re-sent.
+    let again = produce(&bootstrap, &job, 400, Mix::default(), 5).await;
+    let all: Vec<_> = first.iter().chain(&again).copied().collect();
+    let pipeline = start(&job, &bootstrap, Faults::default()).await;
+    run_until(pipeline.clone(), &end_offsets(&all), DRAIN).await.unwrap();
+    let dropped = pipeline.stats().duplicates.load(std::sync::atomic::Ordering::Relaxed);
+    drop(pipeline);
+
+    assert_eq!(dropped as usize, again.iter().filter(|d| d.kind.is_valid()).count());
+    assert_eq!(offsets(&job, "raw").await, expected(&first, |d| d.kind == Kind::Valid));
 }

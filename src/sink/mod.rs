@@ -15,7 +15,7 @@
 //! table with no version, and the resume position (the lowest *known* version)
 //! would skip the rows that table never got.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
 use arrow::compute;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
+use datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType, Transaction};
@@ -56,6 +57,11 @@ pub enum SinkError {
     },
     #[error("table {table}: {source}")]
     Arrow { table: String, source: ArrowError },
+    #[error("query over table {table}: {source}")]
+    Query {
+        table: String,
+        source: datafusion::error::DataFusionError,
+    },
     #[error(transparent)]
     Fault(#[from] FaultError),
 }
@@ -291,16 +297,34 @@ impl Sink {
         })
     }
 
-    pub fn table_names(&self) -> Vec<&str> {
-        self.tables.iter().map(|t| t.spec.name.as_str()).collect()
-    }
-
     /// Per table, where it is stored.
     pub fn table_urls(&self) -> Vec<(&str, &Url)> {
         self.tables
             .iter()
             .map(|t| (t.spec.name.as_str(), &t.url))
             .collect()
+    }
+
+    /// Runs DataFusion SQL in which table `name` of this job is registered
+    /// under its own name.
+    pub async fn query(&self, name: &str, sql: &str) -> Result<Vec<RecordBatch>, SinkError> {
+        let table = self
+            .tables
+            .iter()
+            .find(|t| t.spec.name == name)
+            .unwrap_or_else(|| panic!("no table {name} in this sink"));
+        let fail = |source| SinkError::Query {
+            table: name.to_owned(),
+            source,
+        };
+        let ctx = SessionContext::new();
+        table
+            .table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| table.fail(e))?;
+        let provider = table.table.table_provider().await.map_err(fail)?;
+        ctx.register_table(name, provider).map_err(fail)?;
+        ctx.sql(sql).await.map_err(fail)?.collect().await.map_err(fail)
     }
 
     /// Reloads the tables' progress for `partitions` and returns, per partition
@@ -371,14 +395,6 @@ impl Sink {
             }
         }
         Ok(commits)
-    }
-
-    /// The txn versions every table holds, per table name (for status and tests).
-    pub fn versions(&self) -> HashMap<String, BTreeMap<i32, i64>> {
-        self.tables
-            .iter()
-            .map(|t| (t.spec.name.clone(), t.versions.clone()))
-            .collect()
     }
 }
 

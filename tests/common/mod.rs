@@ -12,6 +12,9 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use url::Url;
 
 use weir::fault::Faults;
@@ -122,4 +125,27 @@ pub async fn txn_versions(job: &Job, table: &str, partitions: &[i32]) -> BTreeMa
         }
     }
     out
+}
+
+/// The offsets the job's consumer group has committed.
+pub fn group_offsets(job: &Job, bootstrap: &str, partitions: &[i32]) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &job.source.group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(&job.source.topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
 }
