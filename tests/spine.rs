@@ -4,15 +4,17 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
 use weir::demo::end_offsets;
 use weir::fault::Faults;
-use weir::pipeline::PipelineError;
+use weir::pipeline::{PipelineError, Stats};
 use weir::sink::{CHECKPOINT_INTERVAL, SinkError};
 use weir::source::embedded::EmbeddedBroker;
-use weir::source::generator::{Kind, Mix};
+use weir::source::generator::{Delivered, Kind, Mix};
 
 const DRAIN: Duration = Duration::from_secs(60);
 
@@ -91,7 +93,7 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     let stats = pipeline.stats();
     drop(pipeline);
     assert!(
-        stats.replayed.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        stats.replayed.load(Relaxed) > 0,
         "the restart re-read rows raw already held"
     );
 
@@ -106,52 +108,50 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     assert_eq!(txn_versions(&job, "dlq", &partitions).await, ends);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clean_restart_resumes_where_the_tables_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let job = job(dir.path(), 100);
+/// Two runs of the job: the first over `first_seed`'s messages, then a restart
+/// over `second_seed`'s, produced while it was down. Returns both deliveries
+/// and the second run's stats.
+async fn restart_over(
+    dir: &std::path::Path,
+    first_seed: u64,
+    second_seed: u64,
+) -> (weir::job::Job, Vec<Delivered>, Vec<Delivered>, Arc<Stats>) {
+    let job = job(dir, 100);
     let broker = EmbeddedBroker::start(&job.source.topic, 2).unwrap();
     let bootstrap = broker.bootstrap_servers();
-    let first = produce(&bootstrap, &job, 500, Mix::default(), 1).await;
+    let first = produce(&bootstrap, &job, 400, Mix::default(), first_seed).await;
     let pipeline = start(&job, &bootstrap, Faults::default()).await;
     run_until(pipeline.clone(), &end_offsets(&first), DRAIN).await.unwrap();
     drop(pipeline);
 
-    let second = produce(&bootstrap, &job, 500, Mix::default(), 2).await;
+    let second = produce(&bootstrap, &job, 400, Mix::default(), second_seed).await;
     let all: Vec<_> = first.iter().chain(&second).copied().collect();
     let pipeline = start(&job, &bootstrap, Faults::default()).await;
     run_until(pipeline.clone(), &end_offsets(&all), DRAIN).await.unwrap();
     let stats = pipeline.stats();
-    drop(pipeline);
+    (job, first, second, stats)
+}
 
-    assert_eq!(stats.replayed.load(std::sync::atomic::Ordering::Relaxed), 0);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_restart_resumes_where_the_tables_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, first, second, stats) = restart_over(dir.path(), 1, 2).await;
+    assert_eq!(stats.replayed.load(Relaxed), 0);
     assert_eq!(
-        stats.consumed.load(std::sync::atomic::Ordering::Relaxed),
-        500,
+        stats.consumed.load(Relaxed),
+        second.len() as u64,
         "the second run read only the new messages"
     );
+    let all: Vec<_> = first.iter().chain(&second).copied().collect();
     assert_eq!(offsets(&job, "raw").await, expected(&all, |d| d.kind == Kind::Valid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resends_after_a_restart_are_still_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let job = job(dir.path(), 100);
-    let broker = EmbeddedBroker::start(&job.source.topic, 2).unwrap();
-    let bootstrap = broker.bootstrap_servers();
-    let first = produce(&bootstrap, &job, 400, Mix::default(), 5).await;
-    let pipeline = start(&job, &bootstrap, Faults::default()).await;
-    run_until(pipeline.clone(), &end_offsets(&first), DRAIN).await.unwrap();
-    drop(pipeline);
-
     // The same seed generates the same event IDs: every valid event is re-sent.
-    let again = produce(&bootstrap, &job, 400, Mix::default(), 5).await;
-    let all: Vec<_> = first.iter().chain(&again).copied().collect();
-    let pipeline = start(&job, &bootstrap, Faults::default()).await;
-    run_until(pipeline.clone(), &end_offsets(&all), DRAIN).await.unwrap();
-    let dropped = pipeline.stats().duplicates.load(std::sync::atomic::Ordering::Relaxed);
-    drop(pipeline);
-
-    assert_eq!(dropped as usize, again.iter().filter(|d| d.kind.is_valid()).count());
+    let (job, first, again, stats) = restart_over(dir.path(), 5, 5).await;
+    let resent = again.iter().filter(|d| d.kind.is_valid()).count();
+    assert_eq!(stats.duplicates.load(Relaxed) as usize, resent);
     assert_eq!(offsets(&job, "raw").await, expected(&first, |d| d.kind == Kind::Valid));
 }
