@@ -181,3 +181,36 @@ fn an_empty_batch_decodes_to_empty_tables() {
     assert_eq!(d.valid.num_rows(), 0);
     assert_eq!(d.rejected.num_rows(), 0);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Messages that are mostly valid events with random damage: truncation,
+    /// random bytes, wrong types, missing fields.
+    fn message() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            4 => Just(Some(GOOD.to_vec())),
+            1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Some),
+            1 => (0..GOOD.len()).prop_map(|n| Some(GOOD[..n].to_vec())),
+            1 => (any::<i64>(), "[a-z]{0,8}").prop_map(|(n, s)| Some(
+                format!(r#"{{"id":"{s}","ts":{n},"n":{n},"x":"{s}"}}"#).into_bytes())),
+            1 => Just(None),
+        ]
+    }
+
+    proptest! {
+        /// Whatever arrives, decode never panics or errors, and every message
+        /// lands in exactly one of the two outputs.
+        #[test]
+        fn every_message_lands_exactly_once(payloads in prop::collection::vec(message(), 0..60)) {
+            let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| p.as_deref()).collect();
+            let d = decoder().decode(&batch(&refs), now()).unwrap();
+            let mut all = offsets(&d.valid);
+            all.extend(offsets(&d.rejected));
+            all.sort_unstable();
+            let expected: Vec<i64> = (0..payloads.len() as i64).map(|i| 100 + i).collect();
+            prop_assert_eq!(all, expected);
+        }
+    }
+}
