@@ -44,6 +44,12 @@ def test_missing_job_file_exits_2(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ([], ["demo"], ["run"], ["produce"]):
+    for command in ([], ["demo"], ["run"], ["produce"], ["query"]):
         result = run(*command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_query_before_the_job_ran_says_so(tmp_path):
+    spec = ROOT / "jobs/clickstream.toml"
+    result = run("query", "--job", spec, "--data", tmp_path, "SELECT 1")
+    assert result.returncode == 1 and "run the job first" in result.stderr

@@ -1,10 +1,12 @@
 """`weir demo` leaves Delta tables that other engines read with the same counts."""
 
+import json
 import re
+import subprocess
 
 import polars as pl
 
-from conftest import duckdb_connection, table_path, weir
+from conftest import ROOT, WEIR, duckdb_connection, table_path, weir
 
 
 def summary_count(stdout: str, table: str) -> int:
@@ -32,6 +34,19 @@ def test_demo_counts_match_duckdb_and_polars(tmp_path):
     assert types["ts"] == "TIMESTAMP WITH TIME ZONE"
     assert types["_event_date"] == "DATE"
     assert types["price"] == "DOUBLE"
+
+    # `weir query` (DataFusion) and DuckDB agree row for row.
+    sql = ("SELECT _partition, count(*) AS events, min(_offset) AS first, max(_offset) AS last, "
+           "count(price) AS priced, sum(CAST(round(price * 100) AS BIGINT)) AS revenue_cents "
+           "FROM raw GROUP BY _partition ORDER BY _partition")
+    weir_rows = json.loads(weir("query", "--job", ROOT / "jobs/clickstream.toml", "--data", data,
+                                "--format", "json", sql).stdout)
+    duck_rows = con.sql(sql.replace("FROM raw", f"FROM delta_scan('{raw_path}')")).fetchall()
+    assert [tuple(r.values()) for r in weir_rows] == [tuple(r) for r in duck_rows]
+
+    bad = subprocess.run([WEIR, "query", "--job", ROOT / "jobs/clickstream.toml", "--data", data,
+                          "SELECT nope FROM raw"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "No field named nope" in bad.stderr, bad.stderr
 
     # Running the demo again replaces its own earlier tables.
     again = weir("demo", "--seconds", 2, "--rate", 500, "--data", data, timeout=180).stdout

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod fault;
 pub mod job;
 pub mod pipeline;
+pub mod query;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use weir::demo::{self, DemoOptions};
 use weir::fault::Faults;
 use weir::job::{Brokers, Job, JobError, Overrides};
 use weir::pipeline::Pipeline;
+use weir::query::{self, Format};
 use weir::source::generator::{self, Generator, Limits, Mix};
 
 /// The example job `weir demo` and `weir produce` use when given no --job.
@@ -44,6 +45,8 @@ enum Command {
     Run(RunArgs),
     /// Send generated events (with duplicates and malformed messages) to a topic.
     Produce(ProduceArgs),
+    /// Run SQL (DataFusion dialect) over a job's tables: `raw`, `dlq`.
+    Query(QueryArgs),
 }
 
 #[derive(Args)]
@@ -96,6 +99,22 @@ struct RunArgs {
     job: PathBuf,
     #[command(flatten)]
     job_args: JobArgs,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// The job spec whose tables to query.
+    #[arg(long, value_name = "PATH")]
+    job: PathBuf,
+    /// Override the job's storage root.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Output format: table, csv or json (an array of objects).
+    #[arg(long, default_value = "table", value_name = "FORMAT")]
+    format: Format,
+    /// The SQL, e.g. "SELECT _event_date, count(*) FROM raw GROUP BY 1".
+    #[arg(value_name = "SQL")]
+    sql: String,
 }
 
 #[derive(Args)]
@@ -154,6 +173,7 @@ async fn main() -> ExitCode {
         Command::Demo(args) => demo_command(args).await,
         Command::Run(args) => run_command(args).await,
         Command::Produce(args) => produce_command(args).await,
+        Command::Query(args) => query_command(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -244,6 +264,23 @@ async fn stop_on_signal(stop: Arc<AtomicBool>) {
     }
     info!("stop requested; committing the batch in flight, then exiting");
     stop.store(true, Ordering::Relaxed);
+}
+
+async fn query_command(args: QueryArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data: args.data,
+        ..Overrides::default()
+    };
+    let job = Job::load(&args.job, &overrides)?;
+    let (schema, batches) = query::run(&job, &args.sql).await.map_err(|e| {
+        if let (true, query::QueryError::Sql(sql)) = (e.is_usage(), &e) {
+            anyhow::Error::new(Usage(sql.find_root().to_string()))
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
+    print!("{}", query::render(&schema, &batches, args.format)?);
+    Ok(())
 }
 
 async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {

@@ -318,12 +318,9 @@ impl Sink {
             source,
         };
         let ctx = SessionContext::new();
-        table
-            .table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| table.fail(e))?;
-        let provider = table.table.table_provider().await.map_err(fail)?;
-        ctx.register_table(name, provider).map_err(fail)?;
+        crate::query::register(&ctx, name, &table.table)
+            .await
+            .map_err(fail)?;
         ctx.sql(sql).await.map_err(fail)?.collect().await.map_err(fail)
     }
 

@@ -1,0 +1,202 @@
+//! `weir query`: DataFusion SQL over a job's tables, printed for people or scripts.
+//!
+//! Tables are opened read-only straight from their Delta logs, so a query sees
+//! exactly the committed state and never creates or changes anything.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use deltalake::{DeltaTable, DeltaTableError};
+use url::Url;
+
+use crate::job::Job;
+
+/// The tables every job has.
+pub const TABLES: [&str; 2] = ["raw", "dlq"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("table {table} does not exist yet at {url}: run the job first")]
+    Missing { table: String, url: Url },
+    #[error("cannot open table {table} at {url}: {source}")]
+    Open {
+        table: String,
+        url: Url,
+        source: DeltaTableError,
+    },
+    #[error(transparent)]
+    Sql(#[from] DataFusionError),
+    #[error("cannot format the result: {0}")]
+    Format(#[from] ArrowError),
+}
+
+impl QueryError {
+    /// Whether the SQL itself is wrong (a usage error), not the tables or the run.
+    /// DataFusion wraps such errors in context; the root says what is wrong.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            QueryError::Sql(e) => matches!(
+                e.find_root(),
+                DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "table" => Ok(Self::Table),
+            "csv" => Ok(Self::Csv),
+            "json" => Ok(Self::Json),
+            other => Err(format!("`{other}` is not one of table, csv, json")),
+        }
+    }
+}
+
+/// Registers `table` in `ctx` under `name`, reading through its Delta log.
+pub async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    table: &DeltaTable,
+) -> Result<(), DataFusionError> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    ctx.register_table(name, table.table_provider().await?)?;
+    Ok(())
+}
+
+/// Runs `sql` with the job's tables registered by name; returns the result's
+/// schema and rows.
+pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    let ctx = SessionContext::new();
+    for name in TABLES {
+        let url = job.storage.hot_table(&job.name, name);
+        let table = open(name, &url).await?;
+        register(&ctx, name, &table).await?;
+    }
+    let frame = ctx.sql(sql).await?;
+    let schema = SchemaRef::new(frame.schema().as_arrow().clone());
+    Ok((schema, frame.collect().await?))
+}
+
+async fn open(name: &str, url: &Url) -> Result<DeltaTable, QueryError> {
+    let missing = || QueryError::Missing {
+        table: name.to_owned(),
+        url: url.clone(),
+    };
+    if url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.join("_delta_log").exists()) {
+        return Err(missing());
+    }
+    deltalake::open_table(url.clone())
+        .await
+        .map_err(|source| QueryError::Open {
+            table: name.to_owned(),
+            url: url.clone(),
+            source,
+        })
+}
+
+/// Renders rows as an aligned table, CSV with a header, or a JSON array of objects.
+pub fn render(schema: &SchemaRef, batches: &[RecordBatch], format: Format) -> Result<String, QueryError> {
+    Ok(match format {
+        Format::Table => {
+            let mut out = String::new();
+            let table = arrow::util::pretty::pretty_format_batches_with_schema(schema.clone(), batches)?;
+            let _ = writeln!(out, "{table}");
+            out
+        }
+        Format::Csv => {
+            let mut out = Vec::new();
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            if batches.is_empty() {
+                writer.write(&RecordBatch::new_empty(schema.clone()))?;
+            }
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            drop(writer);
+            String::from_utf8_lossy(&out).into_owned()
+        }
+        Format::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            let mut out = String::from_utf8_lossy(&writer.into_inner()).into_owned();
+            if out.is_empty() {
+                out.push_str("[]");
+            }
+            out.push('\n');
+            out
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn rows() -> (SchemaRef, Vec<RecordBatch>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("page", DataType::Utf8, false),
+            Field::new("views", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["/a", "/b"])),
+                Arc::new(Int64Array::from(vec![3, 1])),
+            ],
+        )
+        .unwrap();
+        (schema, vec![batch])
+    }
+
+    #[test]
+    fn renders_every_format() {
+        let (schema, batches) = rows();
+        let table = render(&schema, &batches, Format::Table).unwrap();
+        assert!(table.contains("| page | views |"), "{table}");
+        assert_eq!(render(&schema, &batches, Format::Csv).unwrap(), "page,views\n/a,3\n/b,1\n");
+        assert_eq!(
+            render(&schema, &batches, Format::Json).unwrap(),
+            "[{\"page\":\"/a\",\"views\":3},{\"page\":\"/b\",\"views\":1}]\n"
+        );
+    }
+
+    #[test]
+    fn empty_results_still_show_their_shape() {
+        let (schema, _) = rows();
+        assert!(render(&schema, &[], Format::Table).unwrap().contains("page"));
+        assert_eq!(render(&schema, &[], Format::Csv).unwrap(), "page,views\n");
+        assert_eq!(render(&schema, &[], Format::Json).unwrap(), "[]\n");
+    }
+
+    #[test]
+    fn formats_parse_with_a_clear_error() {
+        assert_eq!("csv".parse::<Format>(), Ok(Format::Csv));
+        assert!("xml".parse::<Format>().unwrap_err().contains("table, csv, json"));
+    }
+}
