@@ -17,7 +17,7 @@ if cargo tree --duplicates --edges normal --depth 0 | grep -E '^(arrow|parquet)(
   exit 1
 fi
 
-cargo build --bin weir
 # --all-targets also runs each criterion bench once, so a broken bench fails here.
+# It builds the `weir` binary too ($WEIR_BIN), which pytest drives.
 cargo test --all-targets
 "$WEIR_VENV/bin/python" -m pytest integration -v -p no:cacheprovider "$@"
