@@ -34,7 +34,13 @@ fn decode(c: &mut Criterion) {
     let job = Job::load(&path, &Overrides::default()).unwrap();
     let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
     let mut group = c.benchmark_group("decode");
-    for (size, malformed) in [(100, 0.0), (1000, 0.0), (10_000, 0.0), (1000, 0.005), (1000, 0.05)] {
+    for (size, malformed) in [
+        (100, 0.0),
+        (1000, 0.0),
+        (10_000, 0.0),
+        (1000, 0.005),
+        (1000, 0.05),
+    ] {
         let input = batch(&job, size, malformed);
         group.throughput(Throughput::Elements(size as u64));
         let id = BenchmarkId::new(format!("malformed_{malformed}"), size);

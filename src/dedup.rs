@@ -65,10 +65,7 @@ impl DedupIndex {
     /// Decides, in order, which candidates to keep, and remembers the kept ones.
     /// Returns the keep mask (false = duplicate).
     pub fn apply(&mut self, candidates: &[Candidate]) -> BooleanArray {
-        candidates
-            .iter()
-            .map(|c| Some(self.accept(c)))
-            .collect()
+        candidates.iter().map(|c| Some(self.accept(c))).collect()
     }
 
     fn accept(&mut self, c: &Candidate) -> bool {
@@ -199,9 +196,21 @@ pub fn hash_ids(ids: &dyn Array) -> Result<Vec<Option<u128>>, ArrowError> {
             .iter()
             .map(|v| v.map(|v| xxh3_128(&v.to_le_bytes())))
             .collect(),
-        DataType::Utf8 => ids.as_string::<i32>().iter().map(|v| hash(v.map(str::as_bytes))).collect(),
-        DataType::LargeUtf8 => ids.as_string::<i64>().iter().map(|v| hash(v.map(str::as_bytes))).collect(),
-        DataType::Utf8View => ids.as_string_view().iter().map(|v| hash(v.map(str::as_bytes))).collect(),
+        DataType::Utf8 => ids
+            .as_string::<i32>()
+            .iter()
+            .map(|v| hash(v.map(str::as_bytes)))
+            .collect(),
+        DataType::LargeUtf8 => ids
+            .as_string::<i64>()
+            .iter()
+            .map(|v| hash(v.map(str::as_bytes)))
+            .collect(),
+        DataType::Utf8View => ids
+            .as_string_view()
+            .iter()
+            .map(|v| hash(v.map(str::as_bytes)))
+            .collect(),
         other => {
             return Err(ArrowError::SchemaError(format!(
                 "event IDs must be strings or int64, not {other}"
@@ -236,7 +245,10 @@ mod tests {
             vec![true, true, false]
         );
         // After a restart the same positions come again: replays, kept.
-        assert_eq!(keep(&mut index, &[c(1, 0, 0, 10), c(1, 5, 1, 3)]), vec![true, false]);
+        assert_eq!(
+            keep(&mut index, &[c(1, 0, 0, 10), c(1, 5, 1, 3)]),
+            vec![true, false]
+        );
     }
 
     #[test]

@@ -64,11 +64,17 @@ pub enum DemoError {
     #[error(transparent)]
     Produce(#[from] generator::ProduceError),
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(Box<PipelineError>),
     #[error("the pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("not everything produced was committed within {0:?} after producing stopped")]
     Drain(Duration),
+}
+
+impl From<PipelineError> for DemoError {
+    fn from(e: PipelineError) -> Self {
+        Self::Pipeline(Box::new(e))
+    }
 }
 
 /// Where the demo's events went.
@@ -117,14 +123,24 @@ impl fmt::Display for DemoSummary {
             self.produced, self.valid, self.duplicates, self.malformed
         )?;
         writeln!(f, "  raw        {:>9}  valid events committed", self.raw)?;
-        writeln!(f, "  duplicates {:>9}  re-sent events dropped by event ID", self.dropped)?;
-        writeln!(f, "  dlq        {:>9}  rejected messages committed, with the reason", self.dlq)?;
-        let mean = if self.batches == 0 {
-            0
-        } else {
-            (self.raw + self.dropped + self.dlq) / self.batches
-        };
-        writeln!(f, "  batches    {:>9}  (mean {} events)", self.batches, mean)?;
+        writeln!(
+            f,
+            "  duplicates {:>9}  re-sent events dropped by event ID",
+            self.dropped
+        )?;
+        writeln!(
+            f,
+            "  dlq        {:>9}  rejected messages committed, with the reason",
+            self.dlq
+        )?;
+        let mean = (self.raw + self.dropped + self.dlq)
+            .checked_div(self.batches)
+            .unwrap_or(0);
+        writeln!(
+            f,
+            "  batches    {:>9}  (mean {} events)",
+            self.batches, mean
+        )?;
         writeln!(
             f,
             "  commit latency per batch: p50 {}, p99 {}",
@@ -165,7 +181,8 @@ async fn run_against(
     bootstrap: &str,
     started: Instant,
 ) -> Result<DemoSummary, DemoError> {
-    let pipeline = Arc::new(Pipeline::start(job, bootstrap, Faults::from_env().unwrap_or_default()).await?);
+    let pipeline =
+        Arc::new(Pipeline::start(job, bootstrap, Faults::from_env().unwrap_or_default()).await?);
     let stats = pipeline.stats();
     let stop = Arc::new(AtomicBool::new(false));
     let task = {
@@ -182,9 +199,25 @@ async fn run_against(
     };
     let never = AtomicBool::new(false);
     info!(seconds = options.seconds, rate = options.rate, "producing");
-    let produced = generator::produce(bootstrap, &job.source.topic, &mut generator, limits, &never, &[]).await;
+    let produced = generator::produce(
+        bootstrap,
+        &job.source.topic,
+        &mut generator,
+        limits,
+        &never,
+        &[],
+    )
+    .await;
     let drained = match &produced {
-        Ok(delivered) => wait_for(&stats, &end_offsets(delivered), options.drain_timeout, &task).await,
+        Ok(delivered) => {
+            wait_for(
+                &stats,
+                &end_offsets(delivered),
+                options.drain_timeout,
+                &task,
+            )
+            .await
+        }
         Err(_) => false,
     };
     stop.store(true, Ordering::Relaxed);
@@ -285,6 +318,9 @@ fn prepare_directory(job: &Job) -> Result<(), DemoError> {
         std::fs::remove_dir_all(&dir).map_err(io)?;
     }
     std::fs::create_dir_all(&dir).map_err(io)?;
-    std::fs::write(dir.join(MARKER), "tables written by `weir demo`; a later demo run replaces them\n")
-        .map_err(io)
+    std::fs::write(
+        dir.join(MARKER),
+        "tables written by `weir demo`; a later demo run replaces them\n",
+    )
+    .map_err(io)
 }

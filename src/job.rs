@@ -416,13 +416,14 @@ impl Job {
         let source = validate_source(spec.source, &spec.name, &invalid)?;
         let contract = validate_schema(spec.schema, &invalid)?;
         let batching = validate_batching(spec.batching, &invalid)?;
-        let dedup_horizon = parse_duration(&spec.dedup.horizon, 1, 30 * 86400).ok_or_else(|| {
-            invalid(
-                "dedup.horizon",
-                "a duration between 1s and 30days, like \"1h\"",
-                format!("`{}`", spec.dedup.horizon),
-            )
-        })?;
+        let dedup_horizon =
+            parse_duration(&spec.dedup.horizon, 1, 30 * 86400).ok_or_else(|| {
+                invalid(
+                    "dedup.horizon",
+                    "a duration between 1s and 30days, like \"1h\"",
+                    format!("`{}`", spec.dedup.horizon),
+                )
+            })?;
         let storage = Storage::parse(&spec.storage.root)
             .map_err(|found| invalid("storage.root", "a local path or a file:// URL", found))?;
 
@@ -489,10 +490,18 @@ fn validate_source(spec: SourceSpec, job: &str, invalid: &Invalid) -> Result<Sou
     }
     let group = spec.group.unwrap_or_else(|| format!("weir-{job}"));
     if group.trim().is_empty() {
-        return Err(invalid("source.group", "a consumer group name", "an empty string".into()));
+        return Err(invalid(
+            "source.group",
+            "a consumer group name",
+            "an empty string".into(),
+        ));
     }
     if spec.format != "json" {
-        return Err(invalid("source.format", "`json`", format!("`{}`", spec.format)));
+        return Err(invalid(
+            "source.format",
+            "`json`",
+            format!("`{}`", spec.format),
+        ));
     }
     if !(1..=256 * 1024 * 1024).contains(&spec.max_message_bytes) {
         return Err(invalid(
@@ -529,7 +538,11 @@ fn is_host_port(s: &str) -> bool {
 
 fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobError> {
     if spec.fields.is_empty() {
-        return Err(invalid("schema.fields", "at least one field", "none".into()));
+        return Err(invalid(
+            "schema.fields",
+            "at least one field",
+            "none".into(),
+        ));
     }
     let mut fields = Vec::with_capacity(spec.fields.len());
     for (i, f) in spec.fields.into_iter().enumerate() {
@@ -558,7 +571,11 @@ fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobE
     }
     let position = |key: &str, name: &str| {
         fields.iter().position(|f| f.name == name).ok_or_else(|| {
-            invalid(key, "the name of a field in schema.fields", format!("`{name}`"))
+            invalid(
+                key,
+                "the name of a field in schema.fields",
+                format!("`{name}`"),
+            )
         })
     };
     let event_id = position("schema.event_id", &spec.event_id)?;
@@ -715,34 +732,79 @@ root = "/tmp/weir-test"
     #[test]
     fn impossible_values_are_named() {
         let cases = [
-            (GOOD.replace("[storage]", "[batching]\nmax_events = 0\n[storage]"), "batching.max_events"),
             (
-                GOOD.replace("[storage]", "[batching]\nmin_events = 50\nmax_events = 10\n[storage]"),
+                GOOD.replace("[storage]", "[batching]\nmax_events = 0\n[storage]"),
+                "batching.max_events",
+            ),
+            (
+                GOOD.replace(
+                    "[storage]",
+                    "[batching]\nmin_events = 50\nmax_events = 10\n[storage]",
+                ),
                 "batching.min_events",
             ),
-            (GOOD.replace("[storage]", "[batching]\nmax_wait_ms = 0\n[storage]"), "batching.max_wait_ms"),
-            (GOOD.replace("localhost:9092", "localhost"), "source.brokers"),
-            (GOOD.replace("topic = \"clicks\"", "topic = \"a b\""), "source.topic"),
-            (GOOD.replace("event_id = \"id\"", "event_id = \"nope\""), "schema.event_id"),
-            (GOOD.replace("event_time = \"ts\"", "event_time = \"n\""), "schema.event_time"),
-            (GOOD.replace("type = \"int64\"", "type = \"decimal\""), "schema.fields[2].type"),
-            (GOOD.replace("name = \"n\"", "name = \"_n\""), "schema.fields[2].name"),
-            (GOOD.replace("name = \"n\"", "name = \"id\""), "schema.fields[2].name"),
             (
-                GOOD.replace("event_time = \"ts\"", "event_time = \"ts\"\nevent_time_range = \"forever\""),
+                GOOD.replace("[storage]", "[batching]\nmax_wait_ms = 0\n[storage]"),
+                "batching.max_wait_ms",
+            ),
+            (
+                GOOD.replace("localhost:9092", "localhost"),
+                "source.brokers",
+            ),
+            (
+                GOOD.replace("topic = \"clicks\"", "topic = \"a b\""),
+                "source.topic",
+            ),
+            (
+                GOOD.replace("event_id = \"id\"", "event_id = \"nope\""),
+                "schema.event_id",
+            ),
+            (
+                GOOD.replace("event_time = \"ts\"", "event_time = \"n\""),
+                "schema.event_time",
+            ),
+            (
+                GOOD.replace("type = \"int64\"", "type = \"decimal\""),
+                "schema.fields[2].type",
+            ),
+            (
+                GOOD.replace("name = \"n\"", "name = \"_n\""),
+                "schema.fields[2].name",
+            ),
+            (
+                GOOD.replace("name = \"n\"", "name = \"id\""),
+                "schema.fields[2].name",
+            ),
+            (
+                GOOD.replace(
+                    "event_time = \"ts\"",
+                    "event_time = \"ts\"\nevent_time_range = \"forever\"",
+                ),
                 "schema.event_time_range",
             ),
-            (GOOD.replace("/tmp/weir-test", "gs://bucket/x"), "storage.root"),
-            (GOOD.replace("[storage]", "[dedup]\nhorizon = \"0s\"\n[storage]"), "dedup.horizon"),
+            (
+                GOOD.replace("/tmp/weir-test", "gs://bucket/x"),
+                "storage.root",
+            ),
+            (
+                GOOD.replace("[storage]", "[dedup]\nhorizon = \"0s\"\n[storage]"),
+                "dedup.horizon",
+            ),
             (GOOD.replace("name = \"clicks\"", "name = \"a/b\""), "name"),
             (
-                GOOD.replace("[schema]", "properties = { \"group.id\" = \"x\" }\n[schema]"),
+                GOOD.replace(
+                    "[schema]",
+                    "properties = { \"group.id\" = \"x\" }\n[schema]",
+                ),
                 "source.properties.\"group.id\"",
             ),
         ];
         for (text, key) in cases {
             let err = error_of(&text);
-            assert!(err.contains(&format!("key `{key}`")), "expected key {key} in: {err}");
+            assert!(
+                err.contains(&format!("key `{key}`")),
+                "expected key {key} in: {err}"
+            );
             assert!(err.contains("jobs/t.toml"), "{err}");
         }
     }

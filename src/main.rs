@@ -160,6 +160,11 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
+/// A finite rate above zero (NaN is not).
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
 /// A failure the user caused by what they asked for (exit 2), not a runtime one.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -179,7 +184,8 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir: error: {e:#}");
-            let usage = e.downcast_ref::<JobError>().is_some() || e.downcast_ref::<Usage>().is_some();
+            let usage =
+                e.downcast_ref::<JobError>().is_some() || e.downcast_ref::<Usage>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -189,12 +195,16 @@ async fn main() -> ExitCode {
 fn load_job(path: Option<&Path>, overrides: &Overrides) -> Result<Job, JobError> {
     match path {
         Some(path) => Job::load(path, overrides),
-        None => Job::parse(DEFAULT_JOB, Path::new("jobs/clickstream.toml (built in)"), overrides),
+        None => Job::parse(
+            DEFAULT_JOB,
+            Path::new("jobs/clickstream.toml (built in)"),
+            overrides,
+        ),
     }
 }
 
 async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
-    if args.seconds == 0 || !(args.rate > 0.0) || !(1..=64).contains(&args.partitions) {
+    if args.seconds == 0 || !positive(args.rate) || !(1..=64).contains(&args.partitions) {
         bail!(Usage(
             "--seconds must be at least 1, --rate above 0 and --partitions 1–64".into()
         ));
@@ -287,7 +297,7 @@ async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
     let ratios_ok = (0.0..=1.0).contains(&args.malformed_ratio)
         && (0.0..=1.0).contains(&args.duplicate_ratio)
         && args.malformed_ratio + args.duplicate_ratio <= 1.0;
-    if !ratios_ok || args.rate.is_some_and(|r| !(r > 0.0)) {
+    if !ratios_ok || args.rate.is_some_and(|r| !positive(r)) {
         bail!(Usage(
             "--malformed-ratio and --duplicate-ratio must be in 0–1 (sum at most 1), --rate above 0"
                 .into()
@@ -306,13 +316,24 @@ async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
-    let delivered =
-        generator::produce(&args.brokers, &args.topic, &mut generator, limits, &stop, &args.property)
-            .await?;
+    let delivered = generator::produce(
+        &args.brokers,
+        &args.topic,
+        &mut generator,
+        limits,
+        &stop,
+        &args.property,
+    )
+    .await?;
     if let Some(path) = &args.report {
         let mut csv = String::from("partition,offset,kind\n");
         for d in &delivered {
-            csv.push_str(&format!("{},{},{}\n", d.partition, d.offset, d.kind.label()));
+            csv.push_str(&format!(
+                "{},{},{}\n",
+                d.partition,
+                d.offset,
+                d.kind.label()
+            ));
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -176,11 +176,15 @@ impl Pipeline {
             let s = &self.stats;
             s.batches.fetch_add(1, Ordering::Relaxed);
             s.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            s.raw_rows.fetch_add(report.written[0] as u64, Ordering::Relaxed);
-            s.dlq_rows.fetch_add(report.written[1] as u64, Ordering::Relaxed);
+            s.raw_rows
+                .fetch_add(report.written[0] as u64, Ordering::Relaxed);
+            s.dlq_rows
+                .fetch_add(report.written[1] as u64, Ordering::Relaxed);
             s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
-            s.replayed
-                .fetch_add(report.replayed.iter().sum::<usize>() as u64, Ordering::Relaxed);
+            s.replayed.fetch_add(
+                report.replayed.iter().sum::<usize>() as u64,
+                Ordering::Relaxed,
+            );
             s.commit_latencies.lock().unwrap().push(report.elapsed);
             s.positions.lock().unwrap().extend(next);
         }

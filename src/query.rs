@@ -27,7 +27,7 @@ pub enum QueryError {
     Open {
         table: String,
         url: Url,
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error(transparent)]
     Sql(#[from] DataFusionError),
@@ -42,7 +42,9 @@ impl QueryError {
         match self {
             QueryError::Sql(e) => matches!(
                 e.find_root(),
-                DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..)
+                DataFusionError::SQL(..)
+                    | DataFusionError::Plan(_)
+                    | DataFusionError::SchemaError(..)
             ),
             _ => false,
         }
@@ -102,7 +104,11 @@ async fn open(name: &str, url: &Url) -> Result<DeltaTable, QueryError> {
         table: name.to_owned(),
         url: url.clone(),
     };
-    if url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.join("_delta_log").exists()) {
+    if url.scheme() == "file"
+        && url
+            .to_file_path()
+            .is_ok_and(|p| !p.join("_delta_log").exists())
+    {
         return Err(missing());
     }
     deltalake::open_table(url.clone())
@@ -110,22 +116,29 @@ async fn open(name: &str, url: &Url) -> Result<DeltaTable, QueryError> {
         .map_err(|source| QueryError::Open {
             table: name.to_owned(),
             url: url.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 
 /// Renders rows as an aligned table, CSV with a header, or a JSON array of objects.
-pub fn render(schema: &SchemaRef, batches: &[RecordBatch], format: Format) -> Result<String, QueryError> {
+pub fn render(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    format: Format,
+) -> Result<String, QueryError> {
     Ok(match format {
         Format::Table => {
             let mut out = String::new();
-            let table = arrow::util::pretty::pretty_format_batches_with_schema(schema.clone(), batches)?;
+            let table =
+                arrow::util::pretty::pretty_format_batches_with_schema(schema.clone(), batches)?;
             let _ = writeln!(out, "{table}");
             out
         }
         Format::Csv => {
             let mut out = Vec::new();
-            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
             if batches.is_empty() {
                 writer.write(&RecordBatch::new_empty(schema.clone()))?;
             }
@@ -179,7 +192,10 @@ mod tests {
         let (schema, batches) = rows();
         let table = render(&schema, &batches, Format::Table).unwrap();
         assert!(table.contains("| page | views |"), "{table}");
-        assert_eq!(render(&schema, &batches, Format::Csv).unwrap(), "page,views\n/a,3\n/b,1\n");
+        assert_eq!(
+            render(&schema, &batches, Format::Csv).unwrap(),
+            "page,views\n/a,3\n/b,1\n"
+        );
         assert_eq!(
             render(&schema, &batches, Format::Json).unwrap(),
             "[{\"page\":\"/a\",\"views\":3},{\"page\":\"/b\",\"views\":1}]\n"
@@ -189,7 +205,11 @@ mod tests {
     #[test]
     fn empty_results_still_show_their_shape() {
         let (schema, _) = rows();
-        assert!(render(&schema, &[], Format::Table).unwrap().contains("page"));
+        assert!(
+            render(&schema, &[], Format::Table)
+                .unwrap()
+                .contains("page")
+        );
         assert_eq!(render(&schema, &[], Format::Csv).unwrap(), "page,views\n");
         assert_eq!(render(&schema, &[], Format::Json).unwrap(), "[]\n");
     }
@@ -197,6 +217,11 @@ mod tests {
     #[test]
     fn formats_parse_with_a_clear_error() {
         assert_eq!("csv".parse::<Format>(), Ok(Format::Csv));
-        assert!("xml".parse::<Format>().unwrap_err().contains("table, csv, json"));
+        assert!(
+            "xml"
+                .parse::<Format>()
+                .unwrap_err()
+                .contains("table, csv, json")
+        );
     }
 }

@@ -43,8 +43,14 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     let originals = expected(&delivered, |d| d.kind == Kind::Valid);
     let malformed = expected(&delivered, |d| !d.kind.is_valid());
     assert!(delivered.iter().any(|d| d.kind == Kind::Duplicate));
-    assert!(malformed.len() > 30, "the mix must include malformed messages");
-    assert_eq!(raw, originals, "raw holds exactly the valid messages, re-sends dropped");
+    assert!(
+        malformed.len() > 30,
+        "the mix must include malformed messages"
+    );
+    assert_eq!(
+        raw, originals,
+        "raw holds exactly the valid messages, re-sends dropped"
+    );
     assert_eq!(dlq, malformed, "dlq holds exactly the malformed messages");
 
     let partitions: Vec<i32> = ends.keys().copied().collect();
@@ -52,12 +58,25 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     assert_eq!(txn_versions(&job, "dlq", &partitions).await, ends);
 
     // The consumer group shows the same progress (for lag tools).
-    assert_eq!(group_offsets(&job, &broker.bootstrap_servers(), &partitions), ends);
+    assert_eq!(
+        group_offsets(&job, &broker.bootstrap_servers(), &partitions),
+        ends
+    );
 
     // ~150 triggers × 2 tables: a checkpoint exists at the interval.
-    let log = table_url(&job, "raw").to_file_path().unwrap().join("_delta_log");
-    let checkpoint = log.join(format!("{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
-    assert!(checkpoint.exists(), "no checkpoint at {}", checkpoint.display());
+    let log = table_url(&job, "raw")
+        .to_file_path()
+        .unwrap()
+        .join("_delta_log");
+    let checkpoint = log.join(format!(
+        "{:020}.checkpoint.parquet",
+        CHECKPOINT_INTERVAL - 1
+    ));
+    assert!(
+        checkpoint.exists(),
+        "no checkpoint at {}",
+        checkpoint.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +103,10 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     drop(pipeline);
     let raw_versions = txn_versions(&job, "raw", &partitions).await;
     let dlq_versions = txn_versions(&job, "dlq", &partitions).await;
-    assert_ne!(raw_versions, dlq_versions, "the crash left raw ahead of dlq");
+    assert_ne!(
+        raw_versions, dlq_versions,
+        "the crash left raw ahead of dlq"
+    );
     let raw_before = offsets(&job, "raw").await.len();
 
     // Restart: replays from the lowest version; raw drops what it has.
@@ -121,13 +143,17 @@ async fn restart_over(
     let bootstrap = broker.bootstrap_servers();
     let first = produce(&bootstrap, &job, 400, Mix::default(), first_seed).await;
     let pipeline = start(&job, &bootstrap, Faults::default()).await;
-    run_until(pipeline.clone(), &end_offsets(&first), DRAIN).await.unwrap();
+    run_until(pipeline.clone(), &end_offsets(&first), DRAIN)
+        .await
+        .unwrap();
     drop(pipeline);
 
     let second = produce(&bootstrap, &job, 400, Mix::default(), second_seed).await;
     let all: Vec<_> = first.iter().chain(&second).copied().collect();
     let pipeline = start(&job, &bootstrap, Faults::default()).await;
-    run_until(pipeline.clone(), &end_offsets(&all), DRAIN).await.unwrap();
+    run_until(pipeline.clone(), &end_offsets(&all), DRAIN)
+        .await
+        .unwrap();
     let stats = pipeline.stats();
     (job, first, second, stats)
 }
@@ -143,7 +169,10 @@ async fn clean_restart_resumes_where_the_tables_end() {
         "the second run read only the new messages"
     );
     let all: Vec<_> = first.iter().chain(&second).copied().collect();
-    assert_eq!(offsets(&job, "raw").await, expected(&all, |d| d.kind == Kind::Valid));
+    assert_eq!(
+        offsets(&job, "raw").await,
+        expected(&all, |d| d.kind == Kind::Valid)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,5 +182,8 @@ async fn resends_after_a_restart_are_still_duplicates() {
     let (job, first, again, stats) = restart_over(dir.path(), 5, 5).await;
     let resent = again.iter().filter(|d| d.kind.is_valid()).count();
     assert_eq!(stats.duplicates.load(Relaxed) as usize, resent);
-    assert_eq!(offsets(&job, "raw").await, expected(&first, |d| d.kind == Kind::Valid));
+    assert_eq!(
+        offsets(&job, "raw").await,
+        expected(&first, |d| d.kind == Kind::Valid)
+    );
 }

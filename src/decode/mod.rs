@@ -16,8 +16,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Int32Array, Int64Array,
-    RecordBatch, StringArray, TimestampMicrosecondArray, TimestampMillisecondArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray, TimestampMillisecondArray,
 };
 use arrow::compute::{self, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -237,7 +237,9 @@ impl Decoder {
         });
         let time = c.event_time_name();
         let times = decoded.column(c.event_time);
-        note(&compute::is_null(times)?, &|_| format!("missing event time `{time}`"));
+        note(&compute::is_null(times)?, &|_| {
+            format!("missing event time `{time}`")
+        });
         for (i, f) in c.fields.iter().enumerate() {
             if !f.nullable {
                 note(&compute::is_null(decoded.column(i))?, &|_| {
@@ -294,13 +296,16 @@ impl Decoder {
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
             .expect("event time decodes as millisecond timestamps");
-        let dates: Date32Array = compute::kernels::arity::unary(times, |ms: i64| {
-            ms.div_euclid(MS_PER_DAY) as i32
-        });
+        let dates: Date32Array =
+            compute::kernels::arity::unary(times, |ms: i64| ms.div_euclid(MS_PER_DAY) as i32);
         let picked = || rows.iter().map(|&i| &messages[i]);
         columns.push(Arc::new(dates));
-        columns.push(Arc::new(Int32Array::from_iter_values(picked().map(|m| m.partition))));
-        columns.push(Arc::new(Int64Array::from_iter_values(picked().map(|m| m.offset))));
+        columns.push(Arc::new(Int32Array::from_iter_values(
+            picked().map(|m| m.partition),
+        )));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            picked().map(|m| m.offset),
+        )));
         columns.push(Arc::new(kafka_ts(picked())));
         RecordBatch::try_new(self.raw_schema.clone(), columns)
     }
@@ -314,7 +319,9 @@ impl Decoder {
         let picked = || rejected.iter().map(|(i, _)| &batch.messages[*i]);
         let now_us = now.timestamp_micros();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(picked().map(|_| batch.topic.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                picked().map(|_| batch.topic.as_str()),
+            )),
             Arc::new(Int32Array::from_iter_values(picked().map(|m| m.partition))),
             Arc::new(Int64Array::from_iter_values(picked().map(|m| m.offset))),
             Arc::new(kafka_ts(picked())),
@@ -322,8 +329,12 @@ impl Decoder {
                 TimestampMicrosecondArray::from_iter_values(picked().map(|_| now_us))
                     .with_timezone("UTC"),
             ),
-            Arc::new(StringArray::from_iter_values(rejected.iter().map(|(_, r)| r.as_str()))),
-            Arc::new(BinaryArray::from_iter(picked().map(|m| m.payload.as_deref()))),
+            Arc::new(StringArray::from_iter_values(
+                rejected.iter().map(|(_, r)| r.as_str()),
+            )),
+            Arc::new(BinaryArray::from_iter(
+                picked().map(|m| m.payload.as_deref()),
+            )),
         ];
         RecordBatch::try_new(self.dlq_schema.clone(), columns)
     }

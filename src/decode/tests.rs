@@ -108,23 +108,59 @@ fn every_kind_of_bad_message_goes_to_the_dlq_with_its_reason() {
         (Some(b"[1,2,3]"), "not a JSON object"),
         (Some(b"42"), "not a JSON object"),
         (Some(br#""a string""#), "not a JSON object"),
-        (Some(br#"{"ts":"2026-11-21T11:00:00Z","n":1}"#), "missing event ID `id`"),
-        (Some(br#"{"id":null,"ts":"2026-11-21T11:00:00Z","n":1}"#), "missing event ID `id`"),
+        (
+            Some(br#"{"ts":"2026-11-21T11:00:00Z","n":1}"#),
+            "missing event ID `id`",
+        ),
+        (
+            Some(br#"{"id":null,"ts":"2026-11-21T11:00:00Z","n":1}"#),
+            "missing event ID `id`",
+        ),
         (Some(br#"{"id":"a","n":1}"#), "missing event time `ts`"),
-        (Some(br#"{"id":"a","ts":"2026-11-21T11:00:00Z"}"#), "missing required field `n`"),
-        (Some(br#"{"id":"a","ts":{"no":1},"n":1}"#), "does not match the schema"),
-        (Some(br#"{"id":"a","ts":"yesterday","n":1}"#), "does not match the schema"),
-        (Some(br#"{"id":"a","ts":"2026-11-21T11:00:00Z","n":"many"}"#), "does not match the schema"),
-        (Some(br#"{"id":7,"ts":"2026-11-21T11:00:00Z","n":1}"#), "does not match the schema"),
-        (Some(br#"{"id":"a","ts":"2999-01-01T00:00:00Z","n":1}"#), "outside the accepted range"),
-        (Some(br#"{"id":"a","ts":1700000000,"n":1}"#), "outside the accepted range"),
-        (Some(b"{\"id\":\"\xff\xfe\",\"ts\":1,\"n\":1}"), "does not match the schema"),
-        (Some(br#"{"id":"a","ts":1,"n":1} {"id":"b","ts":1,"n":1}"#), "not valid JSON: trailing characters"),
+        (
+            Some(br#"{"id":"a","ts":"2026-11-21T11:00:00Z"}"#),
+            "missing required field `n`",
+        ),
+        (
+            Some(br#"{"id":"a","ts":{"no":1},"n":1}"#),
+            "does not match the schema",
+        ),
+        (
+            Some(br#"{"id":"a","ts":"yesterday","n":1}"#),
+            "does not match the schema",
+        ),
+        (
+            Some(br#"{"id":"a","ts":"2026-11-21T11:00:00Z","n":"many"}"#),
+            "does not match the schema",
+        ),
+        (
+            Some(br#"{"id":7,"ts":"2026-11-21T11:00:00Z","n":1}"#),
+            "does not match the schema",
+        ),
+        (
+            Some(br#"{"id":"a","ts":"2999-01-01T00:00:00Z","n":1}"#),
+            "outside the accepted range",
+        ),
+        (
+            Some(br#"{"id":"a","ts":1700000000,"n":1}"#),
+            "outside the accepted range",
+        ),
+        (
+            Some(b"{\"id\":\"\xff\xfe\",\"ts\":1,\"n\":1}"),
+            "does not match the schema",
+        ),
+        (
+            Some(br#"{"id":"a","ts":1,"n":1} {"id":"b","ts":1,"n":1}"#),
+            "not valid JSON: trailing characters",
+        ),
         (Some(br#"{"id":"a",,"ts":1,"n":1}"#), "not valid JSON"),
         (Some(b""), "empty message"),
         (Some(b"   \n"), "empty message"),
         (None, "no value (a tombstone)"),
-        (Some(big.as_bytes()), "exceeds source.max_message_bytes (200)"),
+        (
+            Some(big.as_bytes()),
+            "exceeds source.max_message_bytes (200)",
+        ),
     ];
     for (payload, expected) in cases {
         let d = decoder()
@@ -149,7 +185,10 @@ fn every_kind_of_bad_message_goes_to_the_dlq_with_its_reason() {
 fn adjacent_fragments_are_not_glued_together() {
     let d = decoder()
         .decode(
-            &batch(&[Some(br#"{"id":"a","ts":"#), Some(br#""2026-11-21T11:00:00Z","n":1}"#)]),
+            &batch(&[
+                Some(br#"{"id":"a","ts":"#),
+                Some(br#""2026-11-21T11:00:00Z","n":1}"#),
+            ]),
             now(),
         )
         .unwrap();

@@ -47,7 +47,7 @@ pub enum SinkError {
     Delta {
         table: String,
         url: Url,
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error("cannot create the directory for table {table} at {url}: {source}")]
     Directory {
@@ -87,7 +87,7 @@ impl TableSink {
         let fail = |source| SinkError::Delta {
             table: spec.name.clone(),
             url: url.clone(),
-            source,
+            source: Box::new(source),
         };
         if url.scheme() == "file"
             && let Ok(path) = url.to_file_path()
@@ -139,7 +139,7 @@ impl TableSink {
         SinkError::Delta {
             table: self.spec.name.clone(),
             url: self.url.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -186,8 +186,8 @@ impl TableSink {
                 ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
                 ("weir.job".to_owned(), json!(job.name)),
             ]);
-        let partition_by = (!self.spec.partition_columns.is_empty())
-            .then(|| self.spec.partition_columns.clone());
+        let partition_by =
+            (!self.spec.partition_columns.is_empty()).then(|| self.spec.partition_columns.clone());
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by,
@@ -321,7 +321,12 @@ impl Sink {
         crate::query::register(&ctx, name, &table.table)
             .await
             .map_err(fail)?;
-        ctx.sql(sql).await.map_err(fail)?.collect().await.map_err(fail)
+        ctx.sql(sql)
+            .await
+            .map_err(fail)?
+            .collect()
+            .await
+            .map_err(fail)
     }
 
     /// Reloads the tables' progress for `partitions` and returns, per partition
@@ -335,7 +340,11 @@ impl Sink {
         }
         let mut positions = BTreeMap::new();
         for table in &self.tables {
-            for (&p, &v) in table.versions.iter().filter(|(p, _)| partitions.contains(p)) {
+            for (&p, &v) in table
+                .versions
+                .iter()
+                .filter(|(p, _)| partitions.contains(p))
+            {
                 let e = positions.entry(p).or_insert(v);
                 *e = (*e).min(v);
             }
@@ -357,12 +366,11 @@ impl Sink {
         report.commits += self.commit_bases(first).await?;
 
         for (table, rows) in self.tables.iter_mut().zip(rows) {
-            let fresh = filter_replayed(&rows, &table.versions).map_err(|source| {
-                SinkError::Arrow {
+            let fresh =
+                filter_replayed(&rows, &table.versions).map_err(|source| SinkError::Arrow {
                     table: table.spec.name.clone(),
                     source,
-                }
-            })?;
+                })?;
             report.replayed.push(rows.num_rows() - fresh.num_rows());
             report.written.push(fresh.num_rows());
             let actions = table.write_files(fresh).await?;
@@ -423,8 +431,16 @@ mod tests {
         let batch = rows(&[0, 0, 1, 1, 2], &[5, 6, 5, 6, 0]);
         let versions = BTreeMap::from([(0, 6), (1, 100)]);
         let kept = filter_replayed(&batch, &versions).unwrap();
-        let offsets = kept.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-        let parts = kept.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+        let offsets = kept
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let parts = kept
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .unwrap();
         assert_eq!(parts.values().to_vec(), vec![0, 2]);
         assert_eq!(offsets.values().to_vec(), vec![6, 0]);
     }
@@ -432,6 +448,11 @@ mod tests {
     #[test]
     fn nothing_known_keeps_everything() {
         let batch = rows(&[0, 1], &[1, 2]);
-        assert_eq!(filter_replayed(&batch, &BTreeMap::new()).unwrap().num_rows(), 2);
+        assert_eq!(
+            filter_replayed(&batch, &BTreeMap::new())
+                .unwrap()
+                .num_rows(),
+            2
+        );
     }
 }

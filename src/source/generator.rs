@@ -229,7 +229,7 @@ impl Generator {
         match kind {
             Malformed::NotJson => {
                 let text = serde_json::to_string(&event).expect("JSON serializes");
-                text[..text.len() / 2].as_bytes().to_vec()
+                text.as_bytes()[..text.len() / 2].to_vec()
             }
             Malformed::NotAnObject => b"[1, 2, 3]".to_vec(),
             Malformed::MissingEventId => {

@@ -34,7 +34,10 @@ pub enum SourceError {
     #[error("cannot subscribe to topic `{topic}`: {source}")]
     Subscribe { topic: String, source: KafkaError },
     #[error("cannot decide where to resume partitions {partitions:?}: {reason}")]
-    Resume { partitions: Vec<i32>, reason: String },
+    Resume {
+        partitions: Vec<i32>,
+        reason: String,
+    },
     #[error("fatal Kafka consumer error: {0}")]
     Fatal(KafkaError),
 }
@@ -73,7 +76,10 @@ impl ConsumerContext for WeirContext {
             .iter()
             .map(|e| e.partition())
             .collect();
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.position_assignment(&partitions, tpl);
@@ -243,7 +249,8 @@ impl KafkaSource {
     pub fn commit_offsets(&self, next_offsets: &BTreeMap<i32, i64>) {
         let mut tpl = TopicPartitionList::new();
         for (&partition, &offset) in next_offsets {
-            if let Err(e) = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset)) {
+            if let Err(e) = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+            {
                 warn!(partition, error = %e, "cannot build the offset commit");
                 return;
             }

@@ -37,16 +37,29 @@ pub fn job(dir: &Path, max_events: usize) -> Job {
     Job::parse(&text, &path, &overrides).unwrap()
 }
 
-pub async fn produce(bootstrap: &str, job: &Job, count: u64, mix: Mix, seed: u64) -> Vec<Delivered> {
+pub async fn produce(
+    bootstrap: &str,
+    job: &Job,
+    count: u64,
+    mix: Mix,
+    seed: u64,
+) -> Vec<Delivered> {
     let mut g = Generator::new(job.contract.clone(), mix, seed);
     let limits = Limits {
         rate: None,
         count: Some(count),
         duration: None,
     };
-    generator::produce(bootstrap, &job.source.topic, &mut g, limits, &AtomicBool::new(false), &[])
-        .await
-        .unwrap()
+    generator::produce(
+        bootstrap,
+        &job.source.topic,
+        &mut g,
+        limits,
+        &AtomicBool::new(false),
+        &[],
+    )
+    .await
+    .unwrap()
 }
 
 pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Arc<Pipeline> {
@@ -88,8 +101,14 @@ pub async fn read_table(job: &Job, table: &str) -> Vec<RecordBatch> {
 pub async fn offsets(job: &Job, table: &str) -> Vec<(i32, i64)> {
     let mut out = Vec::new();
     for b in read_table(job, table).await {
-        let p = b.column_by_name("_partition").unwrap().as_primitive::<Int32Type>();
-        let o = b.column_by_name("_offset").unwrap().as_primitive::<Int64Type>();
+        let p = b
+            .column_by_name("_partition")
+            .unwrap()
+            .as_primitive::<Int32Type>();
+        let o = b
+            .column_by_name("_offset")
+            .unwrap()
+            .as_primitive::<Int64Type>();
         out.extend(p.values().iter().copied().zip(o.values().iter().copied()));
     }
     out.sort_unstable();
@@ -98,7 +117,11 @@ pub async fn offsets(job: &Job, table: &str) -> Vec<(i32, i64)> {
 
 /// The (partition, offset) of delivered messages that pass `keep`, sorted.
 pub fn expected(delivered: &[Delivered], keep: impl Fn(&Delivered) -> bool) -> Vec<(i32, i64)> {
-    let mut out: Vec<_> = delivered.iter().filter(|d| keep(d)).map(|d| (d.partition, d.offset)).collect();
+    let mut out: Vec<_> = delivered
+        .iter()
+        .filter(|d| keep(d))
+        .map(|d| (d.partition, d.offset))
+        .collect();
     out.sort_unstable();
     out
 }
