@@ -14,6 +14,7 @@ pub mod fault;
 pub mod job;
 pub mod pipeline;
 pub mod query;
+pub mod replay;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

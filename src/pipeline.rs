@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use chrono::Utc;
 use tokio::runtime::Handle;
@@ -20,6 +21,7 @@ use crate::decode::{Decoder, EVENT_DATE, OFFSET, PARTITION};
 use crate::dedup::Dedup;
 use crate::fault::Faults;
 use crate::job::Job;
+use crate::replay::filter_replayed;
 use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
 use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
 
@@ -73,6 +75,21 @@ pub fn table_specs(decoder: &Decoder) -> Vec<TableSpec> {
             partition_columns: vec![],
         },
     ]
+}
+
+/// Each table's rows without those it already holds, and how many were dropped.
+fn fresh_rows<const N: usize>(
+    versions: &[&BTreeMap<i32, i64>],
+    rows: [RecordBatch; N],
+) -> Result<(Vec<RecordBatch>, usize), ArrowError> {
+    let mut replayed = 0;
+    let mut fresh = Vec::with_capacity(N);
+    for (rows, versions) in rows.iter().zip(versions) {
+        let kept = filter_replayed(rows, versions)?;
+        replayed += rows.num_rows() - kept.num_rows();
+        fresh.push(kept);
+    }
+    Ok((fresh, replayed))
 }
 
 /// Rebuilds the dedup index from `raw`: the IDs accepted within the horizon of
@@ -157,12 +174,10 @@ impl Pipeline {
             let next = batch.next_offsets();
             let decoded = self.decoder.decode(&batch, Utc::now())?;
             let (valid, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
-            let report = self
-                .sink
-                .lock()
-                .await
-                .commit(vec![valid, decoded.rejected], &first, &next)
-                .await?;
+            let mut sink = self.sink.lock().await;
+            let (rows, replayed) = fresh_rows(&sink.versions(), [valid, decoded.rejected])?;
+            let report = sink.commit(rows, &first, &next).await?;
+            drop(sink);
             self.source.commit_offsets(&next);
             debug!(
                 events = batch.len(),
@@ -181,10 +196,7 @@ impl Pipeline {
             s.dlq_rows
                 .fetch_add(report.written[1] as u64, Ordering::Relaxed);
             s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
-            s.replayed.fetch_add(
-                report.replayed.iter().sum::<usize>() as u64,
-                Ordering::Relaxed,
-            );
+            s.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
             s.commit_latencies.lock().unwrap().push(report.elapsed);
             s.positions.lock().unwrap().extend(next);
         }

@@ -5,9 +5,10 @@
 //! read. Data and progress land in one atomic commit or not at all, so a table's
 //! txn versions say exactly which offsets it holds. After a crash the source
 //! re-reads from the lowest version over all tables, and each table drops the
-//! replayed rows its own versions say it already has (`filter_replayed`): every
+//! replayed rows its own versions say it already has: every
 //! table converges to exactly-once, even after a crash between two tables'
-//! commits.
+//! commits. (The filtering itself is the pure [`crate::replay`] stage; the
+//! sink only stores what it is given and reports its versions.)
 //!
 //! A table that has never seen a partition first gets a data-less "base" commit
 //! at the batch's first offset for it, before any table commits data. Without
@@ -19,10 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
-use arrow::compute;
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
-use arrow::error::ArrowError;
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -34,7 +33,6 @@ use serde_json::json;
 use tracing::{debug, info};
 use url::Url;
 
-use crate::decode::{OFFSET, PARTITION};
 use crate::fault::{FaultError, Faults};
 use crate::job::Job;
 
@@ -55,8 +53,6 @@ pub enum SinkError {
         url: Url,
         source: std::io::Error,
     },
-    #[error("table {table}: {source}")]
-    Arrow { table: String, source: ArrowError },
     #[error("query over table {table}: {source}")]
     Query {
         table: String,
@@ -228,48 +224,11 @@ fn stats_columns(schema: &SchemaRef) -> String {
         .join(",")
 }
 
-/// The rows of `rows` this table does not hold yet: those at or after its txn
-/// version for their partition.
-pub fn filter_replayed(
-    rows: &RecordBatch,
-    versions: &BTreeMap<i32, i64>,
-) -> Result<RecordBatch, ArrowError> {
-    if versions.is_empty() || rows.num_rows() == 0 {
-        return Ok(rows.clone());
-    }
-    let column = |name: &str| {
-        rows.column_by_name(name)
-            .ok_or_else(|| ArrowError::SchemaError(format!("missing column {name}")))
-    };
-    let partitions = column(PARTITION)?;
-    let partitions = partitions
-        .as_any()
-        .downcast_ref::<Int32Array>()
-        .ok_or_else(|| ArrowError::SchemaError(format!("{PARTITION} is not int32")))?;
-    let offsets = column(OFFSET)?;
-    let offsets = offsets
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .ok_or_else(|| ArrowError::SchemaError(format!("{OFFSET} is not int64")))?;
-    let keep: BooleanArray = partitions
-        .values()
-        .iter()
-        .zip(offsets.values().iter())
-        .map(|(p, o)| Some(versions.get(p).is_none_or(|v| o >= v)))
-        .collect();
-    if keep.true_count() == rows.num_rows() {
-        return Ok(rows.clone());
-    }
-    compute::filter_record_batch(rows, &keep)
-}
-
 /// What one trigger's commits did.
 #[derive(Debug, Clone, Default)]
 pub struct CommitReport {
     /// Per table (in the sink's order): rows written.
     pub written: Vec<usize>,
-    /// Per table: replayed rows dropped because the table already held them.
-    pub replayed: Vec<usize>,
     /// Commits made (data-less base and progress commits included).
     pub commits: usize,
     pub elapsed: Duration,
@@ -352,8 +311,15 @@ impl Sink {
         Ok(positions)
     }
 
-    /// Commits one trigger: `rows[i]` goes to the i-th table. `first` and `next`
-    /// are the batch's first and next offsets per partition.
+    /// Per table (in order), the next offset it holds for each partition it
+    /// knows: what the trigger loop filters replayed rows with.
+    pub fn versions(&self) -> Vec<&BTreeMap<i32, i64>> {
+        self.tables.iter().map(|t| &t.versions).collect()
+    }
+
+    /// Commits one trigger: `rows[i]` (already free of rows the table holds) goes
+    /// to the i-th table. `first` and `next` are the batch's first and next
+    /// offsets per partition.
     pub async fn commit(
         &mut self,
         rows: Vec<RecordBatch>,
@@ -366,14 +332,8 @@ impl Sink {
         report.commits += self.commit_bases(first).await?;
 
         for (table, rows) in self.tables.iter_mut().zip(rows) {
-            let fresh =
-                filter_replayed(&rows, &table.versions).map_err(|source| SinkError::Arrow {
-                    table: table.spec.name.clone(),
-                    source,
-                })?;
-            report.replayed.push(rows.num_rows() - fresh.num_rows());
-            report.written.push(fresh.num_rows());
-            let actions = table.write_files(fresh).await?;
+            report.written.push(rows.num_rows());
+            let actions = table.write_files(rows).await?;
             if table.commit(&self.job, actions, next).await? {
                 report.commits += 1;
             }
@@ -405,54 +365,3 @@ impl Sink {
 
 /// Shares one sink between the trigger loop and the consumer's rebalance callback.
 pub type SharedSink = Arc<tokio::sync::Mutex<Sink>>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::datatypes::{Field, Schema};
-
-    fn rows(parts: &[i32], offs: &[i64]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(PARTITION, DataType::Int32, false),
-            Field::new(OFFSET, DataType::Int64, false),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int32Array::from(parts.to_vec())),
-                Arc::new(Int64Array::from(offs.to_vec())),
-            ],
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn replayed_rows_are_dropped_per_partition() {
-        let batch = rows(&[0, 0, 1, 1, 2], &[5, 6, 5, 6, 0]);
-        let versions = BTreeMap::from([(0, 6), (1, 100)]);
-        let kept = filter_replayed(&batch, &versions).unwrap();
-        let offsets = kept
-            .column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        let parts = kept
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .unwrap();
-        assert_eq!(parts.values().to_vec(), vec![0, 2]);
-        assert_eq!(offsets.values().to_vec(), vec![6, 0]);
-    }
-
-    #[test]
-    fn nothing_known_keeps_everything() {
-        let batch = rows(&[0, 1], &[1, 2]);
-        assert_eq!(
-            filter_replayed(&batch, &BTreeMap::new())
-                .unwrap()
-                .num_rows(),
-            2
-        );
-    }
-}
