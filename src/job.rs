@@ -53,6 +53,29 @@ struct JobSpec {
     #[serde(default)]
     dedup: DedupSpec,
     storage: StorageSpec,
+    #[serde(default)]
+    outputs: Vec<OutputSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputSpec {
+    name: String,
+    window: String,
+    hop: Option<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    filter: Option<String>,
+    aggregates: Vec<AggregateSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AggregateSpec {
+    name: String,
+    #[serde(rename = "fn")]
+    func: String,
+    field: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,7 +383,43 @@ pub struct Job {
     /// How long an accepted event ID is remembered (in event time).
     pub dedup_horizon: Duration,
     pub storage: Storage,
+    /// Windowed aggregations, each written to its own table as partials.
+    pub outputs: Vec<WindowOutput>,
 }
+
+/// A windowed aggregation over event time: tumbling when `hop == size`,
+/// hopping (overlapping windows of `size` starting every `hop`) otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowOutput {
+    pub name: String,
+    pub size: Duration,
+    pub hop: Duration,
+    /// Indices into the contract's fields.
+    pub keys: Vec<usize>,
+    /// A SQL predicate over the event's fields; only matching events count.
+    pub filter: Option<String>,
+    pub aggregates: Vec<Aggregate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateFn {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregate {
+    pub name: String,
+    pub func: AggregateFn,
+    /// Index into the contract's fields; `None` only for `count` (all events).
+    pub field: Option<usize>,
+}
+
+/// Table names weir uses itself; outputs may not take them.
+pub const RESERVED_TABLES: [&str; 3] = ["raw", "dlq", "late"];
 
 /// Command-line values that replace what the spec says (`--data`, `--brokers`, `--topic`).
 #[derive(Debug, Clone, Default)]
@@ -427,6 +486,22 @@ impl Job {
         let storage = Storage::parse(&spec.storage.root)
             .map_err(|found| invalid("storage.root", "a local path or a file:// URL", found))?;
 
+        let outputs = spec
+            .outputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| validate_output(o, i, &contract, &invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, o) in outputs.iter().enumerate() {
+            if outputs[..i].iter().any(|earlier| earlier.name == o.name) {
+                return Err(invalid(
+                    &format!("outputs[{i}].name"),
+                    "a name no other output uses",
+                    format!("`{}` twice", o.name),
+                ));
+            }
+        }
+
         Ok(Job {
             name: spec.name,
             file: file.to_owned(),
@@ -435,6 +510,7 @@ impl Job {
             batching,
             dedup_horizon,
             storage,
+            outputs,
         })
     }
 
@@ -624,6 +700,145 @@ fn parse_duration(text: &str, min_secs: u64, max_secs: u64) -> Option<Duration> 
     humantime::parse_duration(text)
         .ok()
         .filter(|d| (Duration::from_secs(min_secs)..=Duration::from_secs(max_secs)).contains(d))
+}
+
+fn validate_output(
+    spec: OutputSpec,
+    i: usize,
+    contract: &Contract,
+    invalid: &Invalid,
+) -> Result<WindowOutput, JobError> {
+    let key = |k: &str| format!("outputs[{i}].{k}");
+    if !is_identifier(&spec.name)
+        || spec.name.starts_with('_')
+        || RESERVED_TABLES.contains(&spec.name.as_str())
+    {
+        return Err(invalid(
+            &key("name"),
+            "a name of letters, digits, `_` or `-`, not starting with `_`, and not raw, dlq or late",
+            format!("`{}`", spec.name),
+        ));
+    }
+    let size = parse_duration(&spec.window, 1, 86400).ok_or_else(|| {
+        invalid(
+            &key("window"),
+            "a duration between 1s and 1day, like \"1m\"",
+            format!("`{}`", spec.window),
+        )
+    })?;
+    let hop = match &spec.hop {
+        None => size,
+        Some(text) => parse_duration(text, 1, 86400)
+            .filter(|hop| *hop <= size && size.as_millis() % hop.as_millis() == 0)
+            .ok_or_else(|| {
+                invalid(
+                    &key("hop"),
+                    "a duration that divides the window, like \"30s\" for a 1m window",
+                    format!("`{text}`"),
+                )
+            })?,
+    };
+    if size.subsec_millis() != 0 || hop.subsec_millis() != 0 {
+        return Err(invalid(
+            &key("window"),
+            "whole seconds",
+            format!("`{}`", spec.window),
+        ));
+    }
+    let field = |k: &str, name: &str| {
+        contract
+            .fields
+            .iter()
+            .position(|f| f.name == name)
+            .ok_or_else(|| {
+                invalid(
+                    k,
+                    "the name of a field in schema.fields",
+                    format!("`{name}`"),
+                )
+            })
+    };
+    let keys = spec
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(k, name)| field(&key(&format!("keys[{k}]")), name))
+        .collect::<Result<Vec<_>, _>>()?;
+    if spec.aggregates.is_empty() {
+        return Err(invalid(
+            &key("aggregates"),
+            "at least one aggregate",
+            "none".into(),
+        ));
+    }
+    let mut aggregates: Vec<Aggregate> = Vec::new();
+    for (a, agg) in spec.aggregates.into_iter().enumerate() {
+        let akey = |k: &str| key(&format!("aggregates[{a}].{k}"));
+        let taken = ["window_start", "window_end"].contains(&agg.name.as_str())
+            || keys.iter().any(|&k| contract.fields[k].name == agg.name)
+            || aggregates.iter().any(|earlier| earlier.name == agg.name);
+        if !is_identifier(&agg.name) || agg.name.contains("__") || taken {
+            return Err(invalid(
+                &akey("name"),
+                "a new column name (letters, digits, `_`; no `__`; not a key or window column)",
+                format!("`{}`", agg.name),
+            ));
+        }
+        let func = match agg.func.as_str() {
+            "count" => AggregateFn::Count,
+            "sum" => AggregateFn::Sum,
+            "min" => AggregateFn::Min,
+            "max" => AggregateFn::Max,
+            "avg" => AggregateFn::Avg,
+            other => {
+                return Err(invalid(
+                    &akey("fn"),
+                    "one of count, sum, min, max, avg",
+                    format!("`{other}`"),
+                ));
+            }
+        };
+        let field = match (&agg.field, func) {
+            (None, AggregateFn::Count) => None,
+            (None, _) => {
+                return Err(invalid(
+                    &akey("field"),
+                    "the field to aggregate",
+                    "nothing".into(),
+                ));
+            }
+            (Some(name), _) => Some(field(&akey("field"), name)?),
+        };
+        let numeric = |f: usize| {
+            matches!(
+                contract.fields[f].ty,
+                FieldType::Int32 | FieldType::Int64 | FieldType::Float32 | FieldType::Float64
+            )
+        };
+        if let Some(f) = field
+            && matches!(func, AggregateFn::Sum | AggregateFn::Avg)
+            && !numeric(f)
+        {
+            return Err(invalid(
+                &akey("field"),
+                "a numeric field (int32, int64, float32, float64)",
+                format!("`{}`", contract.fields[f].name),
+            ));
+        }
+        aggregates.push(Aggregate {
+            name: agg.name,
+            func,
+            field,
+        });
+    }
+    Ok(WindowOutput {
+        name: spec.name,
+        size,
+        hop,
+        keys,
+        filter: spec.filter,
+        aggregates,
+    })
 }
 
 fn validate_batching(spec: BatchingSpec, invalid: &Invalid) -> Result<Batching, JobError> {

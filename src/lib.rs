@@ -18,3 +18,4 @@ pub mod replay;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub mod transform;

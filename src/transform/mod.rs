@@ -1,0 +1,218 @@
+//! Transforms: deduplicated events in, output rows out, with DataFusion.
+//!
+//! Windowed aggregations are written as append-only *partials*: each trigger
+//! appends, per (window, keys), mergeable states (counts, sums, mins, maxes, and
+//! sum + count for averages). No state is carried between triggers, so a late
+//! event simply adds a partial row, a replayed trigger adds nothing (its input
+//! rows were filtered by the output table's txn versions), and any reader gets
+//! the exact answer by merging with `GROUP BY` ([`WindowAggregate::merge_sql`]).
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+
+use crate::job::{AggregateFn, Contract, FieldType, WindowOutput};
+
+pub const WINDOW_START: &str = "window_start";
+pub const WINDOW_END: &str = "window_end";
+
+/// A compiled windowed aggregation: the SQL that turns a batch of events into
+/// partial rows, and the partial table's schema.
+#[derive(Debug, Clone)]
+pub struct WindowAggregate {
+    output: WindowOutput,
+    partial_schema: SchemaRef,
+    partial_sql: String,
+    merge_columns: Vec<String>,
+    group_columns: Vec<String>,
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+impl WindowAggregate {
+    pub fn new(output: &WindowOutput, contract: &Contract) -> Self {
+        let field = |i: usize| &contract.fields[i];
+        let time = quote(contract.event_time_name());
+        let size_ms = output.size.as_millis();
+        let hop_ms = output.hop.as_millis();
+
+        let mut fields = vec![
+            Field::new(WINDOW_START, utc_micros(), false),
+            Field::new(WINDOW_END, utc_micros(), false),
+        ];
+        let mut group_columns = vec![quote(WINDOW_START), quote(WINDOW_END)];
+        for &k in &output.keys {
+            let f = field(k);
+            fields.push(Field::new(&f.name, f.ty.stored_type(), true));
+            group_columns.push(quote(&f.name));
+        }
+
+        let mut states = Vec::new();
+        let mut merges = Vec::new();
+        for agg in &output.aggregates {
+            let name = &agg.name;
+            let input = agg.field.map(|f| quote(&field(f).name));
+            let input_ty = agg.field.map(|f| field(f).ty);
+            let sum_ty = match input_ty {
+                Some(FieldType::Int32 | FieldType::Int64) => DataType::Int64,
+                _ => DataType::Float64,
+            };
+            match agg.func {
+                AggregateFn::Count => {
+                    let counted = input.unwrap_or_else(|| "*".into());
+                    states.push((format!("count({counted})"), quote(name)));
+                    fields.push(Field::new(name, DataType::Int64, false));
+                    merges.push(format!("sum({0}) AS {0}", quote(name)));
+                }
+                AggregateFn::Sum => {
+                    let input = input.expect("validated: sum has a field");
+                    states.push((format!("sum({input})"), quote(name)));
+                    fields.push(Field::new(name, sum_ty, true));
+                    merges.push(format!("sum({0}) AS {0}", quote(name)));
+                }
+                AggregateFn::Min | AggregateFn::Max => {
+                    let input = input.expect("validated: min/max have a field");
+                    let f = if agg.func == AggregateFn::Min {
+                        "min"
+                    } else {
+                        "max"
+                    };
+                    states.push((format!("{f}({input})"), quote(name)));
+                    let ty = input_ty.expect("validated").stored_type();
+                    fields.push(Field::new(name, ty, true));
+                    merges.push(format!("{f}({0}) AS {0}", quote(name)));
+                }
+                AggregateFn::Avg => {
+                    let input = input.expect("validated: avg has a field");
+                    let (sum, count) = (
+                        quote(&format!("{name}__sum")),
+                        quote(&format!("{name}__count")),
+                    );
+                    // Written exactly as a `sum` of the same field would be, so the
+                    // two share one aggregate (DataFusion refuses duplicates).
+                    let summed = match input_ty {
+                        Some(FieldType::Float64) => input.clone(),
+                        _ => format!("CAST({input} AS DOUBLE)"),
+                    };
+                    states.push((format!("sum({summed})"), sum.clone()));
+                    states.push((format!("count({input})"), count.clone()));
+                    fields.push(Field::new(format!("{name}__sum"), DataType::Float64, true));
+                    fields.push(Field::new(format!("{name}__count"), DataType::Int64, false));
+                    merges.push(format!(
+                        "CASE WHEN sum({count}) = 0 THEN NULL \
+                         ELSE sum({sum}) / CAST(sum({count}) AS DOUBLE) END AS {}",
+                        quote(name)
+                    ));
+                }
+            }
+        }
+
+        // One event belongs to size/hop windows: the one its hop-aligned bucket
+        // starts, and those starting up to size − hop earlier.
+        let filter = output
+            .filter
+            .as_ref()
+            .map_or(String::new(), |f| format!(" WHERE ({f})"));
+        let assignments: Vec<String> = (0..size_ms / hop_ms)
+            .map(|k| {
+                format!(
+                    "SELECT date_bin(INTERVAL '{hop_ms} milliseconds', {time}) \
+                     - INTERVAL '{} milliseconds' AS {ws}, * FROM batch{filter}",
+                    k * hop_ms,
+                    ws = quote(WINDOW_START),
+                )
+            })
+            .collect();
+        let keys: Vec<String> = group_columns[2..].to_vec();
+        // Each distinct aggregate is computed once, then projected under every
+        // column name that wants it.
+        let mut distinct: Vec<&str> = Vec::new();
+        let projected: Vec<String> = states
+            .iter()
+            .map(|(expr, column)| {
+                let i = distinct.iter().position(|d| d == expr).unwrap_or_else(|| {
+                    distinct.push(expr);
+                    distinct.len() - 1
+                });
+                format!("__s{i} AS {column}")
+            })
+            .collect();
+        let computed: Vec<String> = distinct
+            .iter()
+            .enumerate()
+            .map(|(i, expr)| format!("{expr} AS __s{i}"))
+            .collect();
+        let keys_list = keys.iter().map(|k| format!(", {k}")).collect::<String>();
+        let partial_sql = format!(
+            "SELECT {ws}, {ws} + INTERVAL '{size_ms} milliseconds' AS {we}{keys_list}, {projected} \
+             FROM (SELECT {ws}{keys_list}, {computed} FROM ({windows}) AS assigned \
+             GROUP BY {ws}{keys_list}) AS aggregated",
+            ws = quote(WINDOW_START),
+            we = quote(WINDOW_END),
+            projected = projected.join(", "),
+            computed = computed.join(", "),
+            windows = assignments.join(" UNION ALL "),
+        );
+        Self {
+            output: output.clone(),
+            partial_schema: Arc::new(Schema::new(fields)),
+            partial_sql,
+            merge_columns: merges,
+            group_columns,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.output.name
+    }
+
+    pub fn partial_schema(&self) -> &SchemaRef {
+        &self.partial_schema
+    }
+
+    /// The partial rows for one batch of events (rows in the `raw` schema).
+    pub async fn apply(&self, events: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        if events.num_rows() == 0 {
+            return Ok(RecordBatch::new_empty(self.partial_schema.clone()));
+        }
+        let ctx = SessionContext::new();
+        let table = MemTable::try_new(events.schema(), vec![vec![events.clone()]])?;
+        ctx.register_table("batch", Arc::new(table))?;
+        let batches = ctx.sql(&self.partial_sql).await?.collect().await?;
+        let mut conformed = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(self.partial_schema.fields())
+                .map(|(c, f)| cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            conformed.push(RecordBatch::try_new(self.partial_schema.clone(), columns)?);
+        }
+        Ok(concat_batches(&self.partial_schema, &conformed)?)
+    }
+
+    /// SQL that merges the partials in `table` into one final row per (window,
+    /// keys). The same text runs in DataFusion and DuckDB.
+    pub fn merge_sql(&self, table: &str) -> String {
+        let groups = self.group_columns.join(", ");
+        format!(
+            "SELECT {groups}, {} FROM {table} GROUP BY {groups}",
+            self.merge_columns.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

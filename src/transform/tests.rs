@@ -1,0 +1,185 @@
+use super::*;
+use crate::decode::Decoder;
+use crate::job::{Job, Overrides};
+use crate::source::{Message, MicroBatch};
+use arrow::array::AsArray;
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+use chrono::{TimeZone, Utc};
+use std::path::Path;
+
+const JOB: &str = r#"
+name = "t"
+[source]
+brokers = "embedded"
+topic = "t"
+[schema]
+event_id = "id"
+event_time = "ts"
+fields = [
+  { name = "id", type = "string" },
+  { name = "ts", type = "timestamp" },
+  { name = "page", type = "string" },
+  { name = "kind", type = "string" },
+  { name = "price", type = "float64" },
+]
+[storage]
+root = "/tmp/unused"
+[[outputs]]
+name = "per_minute"
+window = "1m"
+keys = ["page"]
+filter = "kind = 'view'"
+aggregates = [
+  { name = "views", fn = "count" },
+  { name = "revenue", fn = "sum", field = "price" },
+  { name = "cheapest", fn = "min", field = "price" },
+  { name = "dearest", fn = "max", field = "price" },
+  { name = "avg_price", fn = "avg", field = "price" },
+]
+[[outputs]]
+name = "hopping"
+window = "1m"
+hop = "30s"
+aggregates = [{ name = "events", fn = "count" }]
+"#;
+
+fn job() -> Job {
+    Job::parse(JOB, Path::new("t.toml"), &Overrides::default()).unwrap()
+}
+
+/// Events as (seconds after 12:00, page, kind, price), decoded like the live loop does.
+fn events(job: &Job, rows: &[(i64, &str, &str, Option<f64>)]) -> RecordBatch {
+    let base = Utc
+        .with_ymd_and_hms(2026, 11, 21, 12, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    let messages = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (s, page, kind, price))| {
+            let price = price.map_or("null".to_string(), |p| p.to_string());
+            let json = format!(
+                r#"{{"id":"e{i}","ts":{},"page":"{page}","kind":"{kind}","price":{price}}}"#,
+                base + s * 1000
+            );
+            Message {
+                partition: 0,
+                offset: i as i64,
+                kafka_ts: None,
+                payload: Some(json.into_bytes()),
+            }
+        })
+        .collect();
+    let batch = MicroBatch {
+        topic: "t".into(),
+        messages,
+    };
+    let decoder = Decoder::new(job.contract.clone(), 1 << 20);
+    let now = Utc.with_ymd_and_hms(2026, 11, 21, 12, 30, 0).unwrap();
+    let decoded = decoder.decode(&batch, now).unwrap();
+    assert_eq!(decoded.rejected.num_rows(), 0);
+    decoded.valid
+}
+
+async fn merged(agg: &WindowAggregate, partials: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(agg.partial_schema().clone(), vec![partials]).unwrap();
+    ctx.register_table("p", Arc::new(table)).unwrap();
+    let sql = format!("{} ORDER BY 1, 3", agg.merge_sql("p"));
+    ctx.sql(&sql).await.unwrap().collect().await.unwrap()
+}
+
+#[tokio::test]
+async fn partials_of_two_batches_merge_to_the_exact_answer() {
+    let job = job();
+    let agg = WindowAggregate::new(&job.outputs[0], &job.contract);
+    // Minute 0: /a views 10.0, 20.0 (split over two batches), /b one view; a
+    // click that the filter drops; minute 1: /a view with no price.
+    let first = events(
+        &job,
+        &[
+            (5, "/a", "view", Some(10.0)),
+            (7, "/b", "view", Some(1.5)),
+            (9, "/a", "click", Some(99.0)),
+        ],
+    );
+    let second = events(
+        &job,
+        &[(50, "/a", "view", Some(20.0)), (61, "/a", "view", None)],
+    );
+    let partials = vec![
+        agg.apply(&first).await.unwrap(),
+        agg.apply(&second).await.unwrap(),
+    ];
+    assert_eq!(
+        partials[0].num_rows(),
+        2,
+        "one partial row per (window, page)"
+    );
+    assert_eq!(partials[0].schema(), *agg.partial_schema());
+
+    let out = merged(&agg, partials).await;
+    let out = concat_batches(&out[0].schema(), &out).unwrap();
+    assert_eq!(out.num_rows(), 3);
+    let start = out.column(0).as_primitive::<TimestampMicrosecondType>();
+    let noon = Utc
+        .with_ymd_and_hms(2026, 11, 21, 12, 0, 0)
+        .unwrap()
+        .timestamp_micros();
+    assert_eq!(start.values().to_vec(), vec![noon, noon, noon + 60_000_000]);
+    let page = out.column(2).as_string::<i32>();
+    assert_eq!(
+        page.iter().flatten().collect::<Vec<_>>(),
+        vec!["/a", "/b", "/a"]
+    );
+    let views = out
+        .column_by_name("views")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!(views.values().to_vec(), vec![2, 1, 1]);
+    let f64s = |name: &str| -> Vec<Option<f64>> {
+        out.column_by_name(name)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect()
+    };
+    assert_eq!(f64s("revenue"), vec![Some(30.0), Some(1.5), None]);
+    assert_eq!(f64s("cheapest"), vec![Some(10.0), Some(1.5), None]);
+    assert_eq!(f64s("dearest"), vec![Some(20.0), Some(1.5), None]);
+    assert_eq!(f64s("avg_price"), vec![Some(15.0), Some(1.5), None]);
+}
+
+#[tokio::test]
+async fn hopping_windows_count_an_event_in_each_window_that_covers_it() {
+    let job = job();
+    let agg = WindowAggregate::new(&job.outputs[1], &job.contract);
+    let batch = events(&job, &[(45, "/a", "view", None), (10, "/a", "view", None)]);
+    let partials = agg.apply(&batch).await.unwrap();
+    let out = merged(&agg, vec![partials]).await;
+    let out = concat_batches(&out[0].schema(), &out).unwrap();
+    let noon = Utc
+        .with_ymd_and_hms(2026, 11, 21, 12, 0, 0)
+        .unwrap()
+        .timestamp_micros();
+    let half = 30_000_000;
+    let start = out.column(0).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(
+        start.values().to_vec(),
+        vec![noon - half, noon, noon + half]
+    );
+    let events = out
+        .column_by_name("events")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    // 12:00:10 is in [11:59:30, 12:00:30) and [12:00:00, 12:01:00); 12:00:45 in the last two.
+    assert_eq!(events.values().to_vec(), vec![1, 2, 1]);
+}
+
+#[tokio::test]
+async fn no_events_no_partials() {
+    let job = job();
+    let agg = WindowAggregate::new(&job.outputs[0], &job.contract);
+    let empty = RecordBatch::new_empty(crate::decode::raw_schema(&job.contract));
+    assert_eq!(agg.apply(&empty).await.unwrap().num_rows(), 0);
+}
