@@ -45,7 +45,8 @@ enum Command {
     Run(RunArgs),
     /// Send generated events (with duplicates and malformed messages) to a topic.
     Produce(ProduceArgs),
-    /// Run SQL (DataFusion dialect) over a job's tables: `raw`, `dlq`.
+    /// Run SQL (DataFusion dialect) over a job's tables: `raw`, `dlq`, and each
+    /// output as final values (`<output>__partials` holds the raw partials).
     Query(QueryArgs),
 }
 

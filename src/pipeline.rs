@@ -1,4 +1,5 @@
-//! The trigger loop: source → decode → dedup → sink, one micro-batch at a time.
+//! The trigger loop: source → decode → dedup → transform → sink, one micro-batch
+//! at a time.
 //!
 //! One task owns the whole loop, so the consumer's rebalance callback (which
 //! runs inside `poll`) can consult the sink without racing a commit. The poll
@@ -14,6 +15,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use chrono::Utc;
+use datafusion::error::DataFusionError;
 use tokio::runtime::Handle;
 use tracing::{debug, info};
 
@@ -24,6 +26,7 @@ use crate::job::Job;
 use crate::replay::filter_replayed;
 use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
 use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
+use crate::transform::WindowAggregate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -33,6 +36,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("an Arrow operation on a micro-batch failed: {0}")]
     Arrow(#[from] ArrowError),
+    #[error("computing an output failed: {0}")]
+    Transform(#[from] DataFusionError),
 }
 
 /// Counters of a running pipeline, readable while it runs.
@@ -61,9 +66,10 @@ impl Stats {
     }
 }
 
-/// The tables the spine writes, in commit order: `raw` first, then `dlq`.
-pub fn table_specs(decoder: &Decoder) -> Vec<TableSpec> {
-    vec![
+/// The tables a job writes, in commit order: `raw` first (it is what dedup and
+/// reprocessing derive from), then `dlq`, then one partials table per output.
+pub fn table_specs(decoder: &Decoder, outputs: &[WindowAggregate]) -> Vec<TableSpec> {
+    let mut specs = vec![
         TableSpec {
             name: "raw".into(),
             schema: decoder.raw_schema().clone(),
@@ -74,19 +80,28 @@ pub fn table_specs(decoder: &Decoder) -> Vec<TableSpec> {
             schema: decoder.dlq_schema().clone(),
             partition_columns: vec![],
         },
-    ]
+    ];
+    specs.extend(outputs.iter().map(|o| TableSpec {
+        name: o.name().to_owned(),
+        schema: o.partial_schema().clone(),
+        partition_columns: vec![],
+    }));
+    specs
 }
 
-/// Each table's rows without those it already holds, and how many were dropped.
-fn fresh_rows<const N: usize>(
+/// Each table's input without the rows that table already holds, and how many
+/// rows of `raw` and `dlq` were dropped as replays.
+fn fresh_inputs(
     versions: &[&BTreeMap<i32, i64>],
-    rows: [RecordBatch; N],
+    inputs: Vec<&RecordBatch>,
 ) -> Result<(Vec<RecordBatch>, usize), ArrowError> {
     let mut replayed = 0;
-    let mut fresh = Vec::with_capacity(N);
-    for (rows, versions) in rows.iter().zip(versions) {
+    let mut fresh = Vec::with_capacity(inputs.len());
+    for (i, (rows, versions)) in inputs.into_iter().zip(versions).enumerate() {
         let kept = filter_replayed(rows, versions)?;
-        replayed += rows.num_rows() - kept.num_rows();
+        if i < 2 {
+            replayed += rows.num_rows() - kept.num_rows();
+        }
         fresh.push(kept);
     }
     Ok((fresh, replayed))
@@ -114,6 +129,7 @@ async fn rebuild_dedup(job: &Job, sink: &Sink) -> Result<Dedup, PipelineError> {
 pub struct Pipeline {
     decoder: Decoder,
     dedup: Mutex<Dedup>,
+    outputs: Vec<WindowAggregate>,
     source: KafkaSource,
     sink: SharedSink,
     stats: Arc<Stats>,
@@ -138,7 +154,12 @@ impl Pipeline {
     /// tokio runtime (the poll blocks in `block_in_place`).
     pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Result<Self, PipelineError> {
         let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
-        let sink = Sink::open(job, table_specs(&decoder), faults).await?;
+        let outputs: Vec<WindowAggregate> = job
+            .outputs
+            .iter()
+            .map(|o| WindowAggregate::new(o, &job.contract))
+            .collect();
+        let sink = Sink::open(job, table_specs(&decoder, &outputs), faults).await?;
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");
         }
@@ -152,6 +173,7 @@ impl Pipeline {
         Ok(Self {
             decoder,
             dedup: Mutex::new(dedup),
+            outputs,
             source,
             sink,
             stats: Arc::default(),
@@ -175,7 +197,12 @@ impl Pipeline {
             let decoded = self.decoder.decode(&batch, Utc::now())?;
             let (valid, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
             let mut sink = self.sink.lock().await;
-            let (rows, replayed) = fresh_rows(&sink.versions(), [valid, decoded.rejected])?;
+            let mut inputs = vec![&valid, &decoded.rejected];
+            inputs.extend(self.outputs.iter().map(|_| &valid));
+            let (mut rows, replayed) = fresh_inputs(&sink.versions(), inputs)?;
+            for (output, rows) in self.outputs.iter().zip(&mut rows[2..]) {
+                *rows = output.apply(rows).await?;
+            }
             let report = sink.commit(rows, &first, &next).await?;
             drop(sink);
             self.source.commit_offsets(&next);

@@ -15,8 +15,9 @@ use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
 use crate::job::Job;
+use crate::transform::WindowAggregate;
 
-/// The tables every job has.
+/// The tables every job has (outputs come on top).
 pub const TABLES: [&str; 2] = ["raw", "dlq"];
 
 #[derive(Debug, thiserror::Error)]
@@ -85,14 +86,26 @@ pub async fn register(
     Ok(())
 }
 
-/// Runs `sql` with the job's tables registered by name; returns the result's
-/// schema and rows.
+/// Runs `sql` with the job's tables registered by name: `raw`, `dlq`, and per
+/// output a view of final values (its partials merged) under the output's
+/// name, with the partials themselves as `<output>__partials`. Returns the
+/// result's schema and rows.
 pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let ctx = SessionContext::new();
     for name in TABLES {
         let url = job.storage.hot_table(&job.name, name);
         let table = open(name, &url).await?;
         register(&ctx, name, &table).await?;
+    }
+    for output in &job.outputs {
+        let url = job.storage.hot_table(&job.name, &output.name);
+        let table = open(&output.name, &url).await?;
+        let partials = format!("{}__partials", output.name);
+        register(&ctx, &partials, &table).await?;
+        let merge =
+            WindowAggregate::new(output, &job.contract).merge_sql(&format!("\"{partials}\""));
+        let view = ctx.sql(&merge).await?.into_view();
+        ctx.register_table(output.name.as_str(), view)?;
     }
     let frame = ctx.sql(sql).await?;
     let schema = SchemaRef::new(frame.schema().as_arrow().clone());

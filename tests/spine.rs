@@ -4,10 +4,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
 use common::*;
 use weir::demo::end_offsets;
 use weir::fault::Faults;
@@ -53,7 +56,7 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     );
     assert_eq!(dlq, malformed, "dlq holds exactly the malformed messages");
 
-    let partitions: Vec<i32> = ends.keys().copied().collect();
+    let partitions: Vec<i32> = ends.keys().cloned().collect();
     assert_eq!(txn_versions(&job, "raw", &partitions).await, ends);
     assert_eq!(txn_versions(&job, "dlq", &partitions).await, ends);
 
@@ -90,7 +93,7 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     };
     let delivered = produce(&broker.bootstrap_servers(), &job, 1000, mix, 7).await;
     let ends = end_offsets(&delivered);
-    let partitions: Vec<i32> = ends.keys().copied().collect();
+    let partitions: Vec<i32> = ends.keys().cloned().collect();
 
     // First run: the 3rd trigger fails after `raw` committed and before `dlq` did.
     let faults = Faults::parse("sink.after_commit.raw@3:error").unwrap();
@@ -149,7 +152,7 @@ async fn restart_over(
     drop(pipeline);
 
     let second = produce(&bootstrap, &job, 400, Mix::default(), second_seed).await;
-    let all: Vec<_> = first.iter().chain(&second).copied().collect();
+    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
     let pipeline = start(&job, &bootstrap, Faults::default()).await;
     run_until(pipeline.clone(), &end_offsets(&all), DRAIN)
         .await
@@ -168,7 +171,7 @@ async fn clean_restart_resumes_where_the_tables_end() {
         second.len() as u64,
         "the second run read only the new messages"
     );
-    let all: Vec<_> = first.iter().chain(&second).copied().collect();
+    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
     assert_eq!(
         offsets(&job, "raw").await,
         expected(&all, |d| d.kind == Kind::Valid)
@@ -186,4 +189,121 @@ async fn resends_after_a_restart_are_still_duplicates() {
         offsets(&job, "raw").await,
         expected(&first, |d| d.kind == Kind::Valid)
     );
+}
+
+/// Per (minute, page, country): views, purchases, revenue (cents) — computed
+/// here from the generator's own messages, not by weir's code.
+type Oracle = BTreeMap<(i64, String, String), (i64, i64, i64)>;
+
+fn oracle(delivered: &[Delivered]) -> Oracle {
+    let mut out = Oracle::new();
+    for d in delivered.iter().filter(|d| d.kind == Kind::Valid) {
+        let event: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+        let ms = match &event["ts"] {
+            serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis(),
+            other => other.as_i64().unwrap(),
+        };
+        let text = |k: &str| event[k].as_str().unwrap_or("").to_owned();
+        let key = (
+            ms.div_euclid(60_000) * 60_000,
+            text("page"),
+            text("country"),
+        );
+        let entry = out.entry(key).or_default();
+        match text("action").as_str() {
+            "view" => entry.0 += 1,
+            "purchase" => {
+                entry.1 += 1;
+                entry.2 += event["price"]
+                    .as_f64()
+                    .map_or(0, |p| (p * 100.0).round() as i64);
+            }
+            _ => {}
+        }
+    }
+    out.retain(|_, v| *v != (0, 0, 0));
+    out
+}
+
+/// The same figures, from the outputs' merged views via `weir query`.
+async fn merged_outputs(job: &weir::job::Job) -> Oracle {
+    let sql = "SELECT CAST(to_unixtime(w) * 1000 AS BIGINT), page, country, \
+               sum(v), sum(p), sum(c) FROM ( \
+                 SELECT window_start AS w, page, country, views AS v, 0 AS p, 0 AS c FROM page_views \
+                 UNION ALL \
+                 SELECT window_start, page, country, 0, purchases, \
+                        CAST(round(coalesce(revenue, 0) * 100) AS BIGINT) FROM revenue) \
+               GROUP BY 1, 2, 3";
+    let (_, batches) = weir::query::run(job, sql).await.unwrap();
+    let mut out = Oracle::new();
+    for b in batches {
+        let ints = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
+        let strs = |i: usize| b.column(i).as_string_view().clone();
+        let (w, page, country, v, p, c) = (ints(0), strs(1), strs(2), ints(3), ints(4), ints(5));
+        for r in 0..b.num_rows() {
+            let text = |a: &arrow::array::StringViewArray| {
+                if a.is_null(r) {
+                    String::new()
+                } else {
+                    a.value(r).to_owned()
+                }
+            };
+            out.insert(
+                (w.value(r), text(&page), text(&country)),
+                (v.value(r), p.value(r), c.value(r)),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_equal_an_independent_computation_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), 60);
+    assert_eq!(
+        job.outputs.len(),
+        2,
+        "the example job declares page_views and revenue"
+    );
+    let broker = EmbeddedBroker::start(&job.source.topic, 3).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let mix = Mix {
+        malformed_ratio: 0.02,
+        duplicate_ratio: 0.05,
+    };
+    let delivered = produce(&bootstrap, &job, 2000, mix, 11).await;
+    let ends = end_offsets(&delivered);
+
+    // Crash after dlq committed and before page_views did, then restart.
+    let faults = Faults::parse("sink.after_commit.dlq@4:error").unwrap();
+    let crashed = run_until(start(&job, &bootstrap, faults).await, &ends, DRAIN).await;
+    assert!(crashed.is_err());
+    run_until(
+        start(&job, &bootstrap, Faults::default()).await,
+        &ends,
+        DRAIN,
+    )
+    .await
+    .unwrap();
+
+    let expected = oracle(&delivered);
+    assert!(
+        expected.values().map(|v| v.1).sum::<i64>() > 20,
+        "the stream has purchases"
+    );
+    let actual = merged_outputs(&job).await;
+    assert_eq!(actual.len(), expected.len());
+    for (key, want) in &expected {
+        let got = actual
+            .get(key)
+            .unwrap_or_else(|| panic!("no output row for {key:?}"));
+        assert_eq!((got.0, got.1), (want.0, want.1), "{key:?}");
+        assert!(
+            (got.2 - want.2).abs() <= 1,
+            "{key:?}: revenue {got:?} vs {want:?}"
+        );
+    }
 }

@@ -208,6 +208,27 @@ impl Generator {
     }
 
     fn value(&mut self, name: &str, ty: FieldType) -> Value {
+        // A few well-known clickstream fields get realistic values.
+        match (name, ty) {
+            ("action", FieldType::String) => {
+                let roll: f64 = self.rng.random();
+                let action = if roll < 0.70 {
+                    "view"
+                } else if roll < 0.95 {
+                    "click"
+                } else {
+                    "purchase"
+                };
+                return json!(action);
+            }
+            ("country", FieldType::String) => {
+                const COUNTRIES: [&str; 10] =
+                    ["US", "DE", "GB", "FR", "IN", "BR", "JP", "NL", "SE", "PL"];
+                return json!(COUNTRIES[self.zipf(10) as usize - 1]);
+            }
+            ("page", FieldType::String) => return json!(format!("/p/{}", self.zipf(200))),
+            _ => {}
+        }
         match ty {
             FieldType::String => json!(format!("{name}_{}", self.zipf(200))),
             FieldType::Bool => json!(self.rng.random_bool(0.3)),
@@ -255,12 +276,13 @@ impl Generator {
     }
 }
 
-/// Where one sent message landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where one sent message landed, and what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     pub partition: i32,
     pub offset: i64,
     pub kind: Kind,
+    pub payload: Vec<u8>,
 }
 
 /// When to stop producing.
@@ -309,7 +331,7 @@ pub async fn produce(
     })?;
 
     let start = Instant::now();
-    let mut pending: VecDeque<(Kind, DeliveryFuture)> = VecDeque::new();
+    let mut pending: VecDeque<(Generated, DeliveryFuture)> = VecDeque::new();
     let mut delivered = Vec::new();
     let mut sent: u64 = 0;
     loop {
@@ -347,7 +369,7 @@ pub async fn produce(
                 }
             }
         };
-        pending.push_back((message.kind, future));
+        pending.push_back((message, future));
         sent += 1;
         if pending.len() >= IN_FLIGHT {
             await_oldest(&mut pending, &mut delivered, topic).await?;
@@ -361,11 +383,11 @@ pub async fn produce(
 }
 
 async fn await_oldest(
-    pending: &mut VecDeque<(Kind, DeliveryFuture)>,
+    pending: &mut VecDeque<(Generated, DeliveryFuture)>,
     delivered: &mut Vec<Delivered>,
     topic: &str,
 ) -> Result<(), ProduceError> {
-    let Some((kind, future)) = pending.pop_front() else {
+    let Some((message, future)) = pending.pop_front() else {
         return Ok(());
     };
     let failed = |source| ProduceError::Delivery {
@@ -377,7 +399,8 @@ async fn await_oldest(
             delivered.push(Delivered {
                 partition: d.partition,
                 offset: d.offset,
-                kind,
+                kind: message.kind,
+                payload: message.payload,
             });
             Ok(())
         }
