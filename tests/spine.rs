@@ -277,8 +277,9 @@ async fn outputs_equal_an_independent_computation_across_a_crash() {
     let delivered = produce(&bootstrap, &job, 2000, mix, 11).await;
     let ends = end_offsets(&delivered);
 
-    // Crash after dlq committed and before page_views did, then restart.
-    let faults = Faults::parse("sink.after_commit.dlq@4:error").unwrap();
+    // Crash after page_views committed and before revenue did, then restart:
+    // the replay must reach revenue and must not count twice in page_views.
+    let faults = Faults::parse("sink.after_commit.page_views@4:error").unwrap();
     let crashed = run_until(start(&job, &bootstrap, faults).await, &ends, DRAIN).await;
     assert!(crashed.is_err());
     run_until(
