@@ -79,3 +79,35 @@ def test_notebooks_run_against_demo_tables(tmp_path):
                     rows = shown.aggregate("count(*)").fetchone()[0]
                     assert rows > 0, f"{path.name}: a cell shows no rows"
         assert "DATA" in scope and str(data) in str(scope["DATA"]), path
+
+
+def test_duckdb_views_equal_weir_query(tmp_path):
+    """`weir views --dialect duckdb` run in DuckDB gives the rows `weir query` gives."""
+    import math
+
+    data = tmp_path / "data"
+    spec = ROOT / "jobs/clickstream.toml"
+    weir("demo", "--seconds", 3, "--rate", 1000, "--data", data, timeout=180)
+    con = duckdb_connection()
+    views = weir("views", "--job", spec, "--data", data, "--dialect", "duckdb").stdout
+    for statement in views.split(";\n"):
+        if statement.strip():
+            con.sql(statement)
+
+    columns = "page, country, purchases, revenue, avg_price, max_price"
+    order = "ORDER BY 1, page NULLS FIRST, country NULLS FIRST"
+    duck = con.sql(f"SELECT epoch_ms(window_start), {columns} FROM revenue {order}").fetchall()
+    ours = json.loads(weir("query", "--job", spec, "--data", data, "--format", "json",
+                           f"SELECT CAST(to_unixtime(window_start) * 1000 AS BIGINT) AS w, "
+                           f"{columns} FROM revenue {order}").stdout)
+    assert len(duck) > 10 and len(duck) == len(ours)
+    for d, o in zip(duck, ours):
+        o = [o.get(k) for k in ["w", "page", "country", "purchases", "revenue", "avg_price",
+                                "max_price"]]
+        assert d[:4] == tuple(o[:4]), (d, o)
+        for a, b in zip(d[4:], o[4:]):
+            assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-9), (d, o)
+    views_total = con.sql("SELECT sum(views) FROM page_views").fetchone()[0]
+    raw = table_path(data, "clickstream", "raw")
+    raw_views = con.sql(f"SELECT count(*) FROM delta_scan('{raw}') WHERE action = 'view'").fetchone()[0]
+    assert views_total == raw_views

@@ -17,6 +17,7 @@ use weir::job::{Brokers, Job, JobError, Overrides};
 use weir::pipeline::Pipeline;
 use weir::query::{self, Format};
 use weir::source::generator::{self, Generator, Limits, Mix};
+use weir::views::{self, Dialect};
 
 /// The example job `weir demo` and `weir produce` use when given no --job.
 const DEFAULT_JOB: &str = include_str!("../jobs/clickstream.toml");
@@ -48,6 +49,9 @@ enum Command {
     /// Run SQL (DataFusion dialect) over a job's tables: `raw`, `dlq`, and each
     /// output as final values (`<output>__partials` holds the raw partials).
     Query(QueryArgs),
+    /// Print SQL views that merge each output's partials into final values, for
+    /// DataFusion, DuckDB, Spark SQL or Trino.
+    Views(ViewsArgs),
 }
 
 #[derive(Args)]
@@ -119,6 +123,19 @@ struct QueryArgs {
 }
 
 #[derive(Args)]
+struct ViewsArgs {
+    /// The job spec whose outputs to describe.
+    #[arg(long, value_name = "PATH")]
+    job: PathBuf,
+    /// Override the job's storage root (table paths in the SQL follow it).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// datafusion, duckdb, spark or trino.
+    #[arg(long, value_name = "DIALECT")]
+    dialect: Dialect,
+}
+
+#[derive(Args)]
 struct ProduceArgs {
     /// Kafka bootstrap list (host:port,…).
     #[arg(long, value_name = "BROKERS")]
@@ -180,6 +197,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => run_command(args).await,
         Command::Produce(args) => produce_command(args).await,
         Command::Query(args) => query_command(args).await,
+        Command::Views(args) => views_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -291,6 +309,16 @@ async fn query_command(args: QueryArgs) -> anyhow::Result<()> {
         }
     })?;
     print!("{}", query::render(&schema, &batches, args.format)?);
+    Ok(())
+}
+
+fn views_command(args: ViewsArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data: args.data,
+        ..Overrides::default()
+    };
+    let job = Job::load(&args.job, &overrides)?;
+    print!("{}", views::render(&job, args.dialect));
     Ok(())
 }
 
