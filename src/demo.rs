@@ -147,8 +147,9 @@ impl fmt::Display for DemoSummary {
             ms(self.commit_p50),
             ms(self.commit_p99)
         )?;
+        let width = self.tables.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         for (name, url) in &self.tables {
-            writeln!(f, "  table {name:<4} {url}")?;
+            writeln!(f, "  table {name:<width$}  {url}")?;
         }
         let verdict = if self.balanced() {
             "ok: every message accounted for once, in the right place"
