@@ -111,3 +111,24 @@ def test_duckdb_views_equal_weir_query(tmp_path):
     raw = table_path(data, "clickstream", "raw")
     raw_views = con.sql(f"SELECT count(*) FROM delta_scan('{raw}') WHERE action = 'view'").fetchone()[0]
     assert views_total == raw_views
+
+
+def test_payments_demo_aggregates_every_approved_payment(tmp_path):
+    data = tmp_path / "data"
+    spec = ROOT / "jobs/payments.toml"
+    out = weir("demo", "--job", spec, "--seconds", 3, "--rate", 1000, "--data", data,
+               timeout=180).stdout
+    assert ": ok" in out, out
+    con = duckdb_connection()
+    views = weir("views", "--job", spec, "--data", data, "--dialect", "duckdb").stdout
+    for statement in views.split(";\n"):
+        if statement.strip():
+            con.sql(statement)
+    raw = f"delta_scan('{table_path(data, 'payments', 'raw')}')"
+    got = con.sql("SELECT merchant, sum(payments), round(sum(amount), 2) FROM merchant_10s "
+                  "GROUP BY 1 ORDER BY 1").fetchall()
+    want = con.sql(f"SELECT merchant, count(*), round(sum(amount), 2) FROM {raw} WHERE approved "
+                   "GROUP BY 1 ORDER BY 1").fetchall()
+    assert len(got) > 5
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert all(abs(g[2] - w[2]) < 0.011 for g, w in zip(got, want))

@@ -227,6 +227,9 @@ impl Generator {
                 return json!(COUNTRIES[self.zipf(10) as usize - 1]);
             }
             ("page", FieldType::String) => return json!(format!("/p/{}", self.zipf(200))),
+            ("currency", FieldType::String) => {
+                return json!(["EUR", "USD", "GBP", "CHF"][self.zipf(4) as usize - 1]);
+            }
             _ => {}
         }
         match ty {
