@@ -1,43 +1,23 @@
 //! Dedup stage throughput: drop re-sent events from decoded micro-batches of
-//! 100, 1,000 and 10,000 events, against an index already holding a horizon's worth.
+//! 100, 1,000 and 10,000 events, against an index already holding 100,000 IDs.
 
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use weir::decode::Decoder;
 use weir::dedup::Dedup;
-use weir::job::{Job, Overrides};
-use weir::source::generator::{Generator, Mix};
-use weir::source::{Message, MicroBatch};
 
 fn dedup(c: &mut Criterion) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
-    let job = Job::load(&path, &Overrides::default()).unwrap();
+    let job = common::clickstream();
     let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
-    let mix = Mix {
-        malformed_ratio: 0.0,
-        duplicate_ratio: 0.01,
-    };
-    let mut generator = Generator::new(job.contract.clone(), mix, 3);
+    let mut generator = common::generator(&job, 0.0, 0.01, 3);
     let mut offset = 0;
     let mut next_batch = |size: usize| {
-        let messages = (0..size)
-            .map(|_| {
-                offset += 1;
-                Message {
-                    partition: 0,
-                    offset,
-                    kafka_ts: None,
-                    payload: Some(generator.next_message().payload),
-                }
-            })
-            .collect();
-        let batch = MicroBatch {
-            topic: "clicks".into(),
-            messages,
-        };
+        let batch = common::micro_batch(&mut generator, size, offset);
+        offset += size as i64;
         decoder.decode(&batch, Utc::now()).unwrap().valid
     };
 

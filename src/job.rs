@@ -1024,6 +1024,72 @@ root = "/tmp/weir-test"
         }
     }
 
+    /// GOOD plus one output with these lines.
+    fn with_output(lines: &str) -> String {
+        format!("{GOOD}\n[[outputs]]\n{lines}\n")
+    }
+
+    const OUTPUT: &str = "name = \"o\"\nwindow = \"1m\"\nkeys = [\"n\"]\n\
+                          aggregates = [{ name = \"c\", fn = \"count\" }]";
+
+    #[test]
+    fn outputs_are_validated_with_named_keys() {
+        let job = parse(&with_output(OUTPUT)).unwrap();
+        assert_eq!(job.outputs[0].size, Duration::from_secs(60));
+        assert_eq!(
+            job.outputs[0].hop, job.outputs[0].size,
+            "tumbling by default"
+        );
+        assert_eq!(job.outputs[0].keys, vec![2]);
+
+        let cases = [
+            (OUTPUT.replace("\"1m\"", "\"0s\""), "outputs[0].window"),
+            (OUTPUT.replace("\"1m\"", "\"1500ms\""), "outputs[0].window"),
+            (format!("{OUTPUT}\nhop = \"25s\""), "outputs[0].hop"),
+            (
+                OUTPUT.replace("[\"n\"]", "[\"nope\"]"),
+                "outputs[0].keys[0]",
+            ),
+            (OUTPUT.replace("\"o\"", "\"raw\""), "outputs[0].name"),
+            (
+                OUTPUT.replace("fn = \"count\"", "fn = \"median\""),
+                "outputs[0].aggregates[0].fn",
+            ),
+            (
+                OUTPUT.replace("fn = \"count\"", "fn = \"sum\""),
+                "outputs[0].aggregates[0].field",
+            ),
+            (
+                OUTPUT.replace("fn = \"count\"", "fn = \"sum\", field = \"id\""),
+                "outputs[0].aggregates[0].field",
+            ),
+            (
+                OUTPUT.replace("name = \"c\"", "name = \"n\""),
+                "outputs[0].aggregates[0].name",
+            ),
+            (
+                OUTPUT.replace("name = \"c\"", "name = \"a__b\""),
+                "outputs[0].aggregates[0].name",
+            ),
+            (
+                OUTPUT.replace(
+                    "aggregates = [{ name = \"c\", fn = \"count\" }]",
+                    "aggregates = []",
+                ),
+                "outputs[0].aggregates",
+            ),
+        ];
+        for (lines, key) in cases {
+            let err = error_of(&with_output(&lines));
+            assert!(
+                err.contains(&format!("key `{key}`")),
+                "expected key {key} in: {err}"
+            );
+        }
+        let twice = format!("{}\n[[outputs]]\n{OUTPUT}\n", with_output(OUTPUT));
+        assert!(error_of(&twice).contains("key `outputs[1].name`"));
+    }
+
     #[test]
     fn shipped_example_jobs_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");

@@ -154,11 +154,7 @@ impl Pipeline {
     /// tokio runtime (the poll blocks in `block_in_place`).
     pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Result<Self, PipelineError> {
         let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
-        let outputs: Vec<WindowAggregate> = job
-            .outputs
-            .iter()
-            .map(|o| WindowAggregate::new(o, &job.contract))
-            .collect();
+        let outputs = WindowAggregate::all(job);
         let sink = Sink::open(job, table_specs(&decoder, &outputs), faults).await?;
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");

@@ -97,15 +97,16 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
         let table = open(name, &url).await?;
         register(&ctx, name, &table).await?;
     }
-    for output in &job.outputs {
-        let url = job.storage.hot_table(&job.name, &output.name);
-        let table = open(&output.name, &url).await?;
-        let partials = format!("{}__partials", output.name);
+    for output in WindowAggregate::all(job) {
+        let url = job.storage.hot_table(&job.name, output.name());
+        let table = open(output.name(), &url).await?;
+        let partials = output.partials_table();
         register(&ctx, &partials, &table).await?;
-        let merge =
-            WindowAggregate::new(output, &job.contract).merge_sql(&format!("\"{partials}\""));
-        let view = ctx.sql(&merge).await?.into_view();
-        ctx.register_table(output.name.as_str(), view)?;
+        let view = ctx
+            .sql(&output.merge_sql(&format!("\"{partials}\"")))
+            .await?
+            .into_view();
+        ctx.register_table(output.name(), view)?;
     }
     let frame = ctx.sql(sql).await?;
     let schema = SchemaRef::new(frame.schema().as_arrow().clone());

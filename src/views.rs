@@ -52,17 +52,17 @@ pub fn render(job: &Job, dialect: Dialect) -> String {
         "-- weir views for job `{}` ({:?}): each output merged into final values.\n",
         job.name, dialect
     );
-    for output in &job.outputs {
-        let url = job.storage.hot_table(&job.name, &output.name);
+    for output in WindowAggregate::all(job) {
+        let url = job.storage.hot_table(&job.name, output.name());
         let path = location(&url);
-        let partials = format!("{}__partials", output.name);
+        let partials = output.partials_table();
         let source = match dialect {
             Dialect::DataFusion => format!("\"{partials}\""),
             Dialect::DuckDb => format!("delta_scan('{path}')"),
             Dialect::Spark => format!("delta.`{path}`"),
             Dialect::Trino => format!("delta.weir.\"{}_{partials}\"", job.name),
         };
-        let merge = WindowAggregate::new(output, &job.contract).merge_sql(&source);
+        let merge = output.merge_sql(&source);
         match dialect {
             Dialect::DataFusion => out.push_str(&format!(
                 "-- register the Delta table at {path} as \"{partials}\" first\n"
@@ -77,8 +77,8 @@ pub fn render(job: &Job, dialect: Dialect) -> String {
         let (view, merge) = match dialect {
             // Spark quotes identifiers with backticks; names are plain identifiers,
             // and the merge SQL holds no string literals.
-            Dialect::Spark => (format!("`{}`", output.name), merge.replace('"', "`")),
-            _ => (format!("\"{}\"", output.name), merge),
+            Dialect::Spark => (format!("`{}`", output.name()), merge.replace('"', "`")),
+            _ => (format!("\"{}\"", output.name()), merge),
         };
         let create = match dialect {
             Dialect::Spark => "CREATE OR REPLACE TEMPORARY VIEW",

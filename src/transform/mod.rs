@@ -16,7 +16,7 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use crate::job::{AggregateFn, Contract, FieldType, WindowOutput};
+use crate::job::{AggregateFn, Contract, FieldType, Job, WindowOutput};
 
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
@@ -173,8 +173,21 @@ impl WindowAggregate {
         }
     }
 
+    /// The compiled outputs of a job, in spec order.
+    pub fn all(job: &Job) -> Vec<Self> {
+        job.outputs
+            .iter()
+            .map(|o| Self::new(o, &job.contract))
+            .collect()
+    }
+
     pub fn name(&self) -> &str {
         &self.output.name
+    }
+
+    /// The name under which `weir query` registers the partials table.
+    pub fn partials_table(&self) -> String {
+        format!("{}__partials", self.output.name)
     }
 
     pub fn partial_schema(&self) -> &SchemaRef {

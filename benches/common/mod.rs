@@ -1,0 +1,35 @@
+//! What every stage bench starts from: the example job and generated batches.
+
+use std::path::Path;
+
+use weir::job::{Job, Overrides};
+use weir::source::generator::{Generator, Mix};
+use weir::source::{Message, MicroBatch};
+
+pub fn clickstream() -> Job {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
+    Job::load(&path, &Overrides::default()).unwrap()
+}
+
+pub fn generator(job: &Job, malformed_ratio: f64, duplicate_ratio: f64, seed: u64) -> Generator {
+    let mix = Mix {
+        malformed_ratio,
+        duplicate_ratio,
+    };
+    Generator::new(job.contract.clone(), mix, seed)
+}
+
+/// `size` generated messages on partition 0, from `first_offset` on.
+pub fn micro_batch(generator: &mut Generator, size: usize, first_offset: i64) -> MicroBatch {
+    MicroBatch {
+        topic: "clicks".into(),
+        messages: (0..size)
+            .map(|i| Message {
+                partition: 0,
+                offset: first_offset + i as i64,
+                kafka_ts: Some(0),
+                payload: Some(generator.next_message().payload),
+            })
+            .collect(),
+    }
+}
