@@ -114,8 +114,8 @@ struct QueryArgs {
     /// Override the job's storage root.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Output format: table, csv or json (an array of objects).
-    #[arg(long, default_value = "table", value_name = "FORMAT")]
+    /// Output format (json: an array of objects).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// The SQL, e.g. "SELECT _event_date, count(*) FROM raw GROUP BY 1".
     #[arg(value_name = "SQL")]
@@ -130,8 +130,8 @@ struct ViewsArgs {
     /// Override the job's storage root (table paths in the SQL follow it).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// datafusion, duckdb, spark or trino.
-    #[arg(long, value_name = "DIALECT")]
+    /// The engine the SQL is for.
+    #[arg(long, value_enum)]
     dialect: Dialect,
 }
 
