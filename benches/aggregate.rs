@@ -6,13 +6,13 @@ mod common;
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use weir::decode::Decoder;
-use weir::transform::WindowAggregate;
+use weir::transform::Transform;
 
 fn aggregate(c: &mut Criterion) {
     let job = common::clickstream();
     let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
-    let outputs = WindowAggregate::all(&job);
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let outputs = runtime.block_on(Transform::all(&job)).unwrap();
     let mut generator = common::generator(&job, 0.0, 0.0, 5);
 
     let mut group = c.benchmark_group("aggregate");

@@ -90,6 +90,9 @@ def assert_outputs_match_raw(job, data):
     assert [g[:4] for g in got] == [w[:4] for w in want]
     for g, w in zip(got, want):
         assert (g[4] is None and w[4] is None) or math.isclose(g[4], w[4], rel_tol=1e-9), (g, w)
+    got = con.sql("SELECT event_id FROM purchases ORDER BY 1").fetchall()
+    want = con.sql(f"SELECT event_id FROM {raw} WHERE action = 'purchase' ORDER BY 1").fetchall()
+    assert got == want and got
 
 
 def test_known_set_lands_exactly_once(broker, tmp_path):

@@ -61,12 +61,14 @@ struct JobSpec {
 #[serde(deny_unknown_fields)]
 struct OutputSpec {
     name: String,
-    window: String,
+    window: Option<String>,
     hop: Option<String>,
     #[serde(default)]
     keys: Vec<String>,
     filter: Option<String>,
+    #[serde(default)]
     aggregates: Vec<AggregateSpec>,
+    sql: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,8 +385,32 @@ pub struct Job {
     /// How long an accepted event ID is remembered (in event time).
     pub dedup_horizon: Duration,
     pub storage: Storage,
-    /// Windowed aggregations, each written to its own table as partials.
-    pub outputs: Vec<WindowOutput>,
+    /// Each written to its own table, in the same trigger as `raw`.
+    pub outputs: Vec<Output>,
+}
+
+/// What a job derives from its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A windowed aggregation, stored as mergeable partials.
+    Window(WindowOutput),
+    /// A stateless DataFusion query over each trigger's events (`batch`).
+    Sql(SqlOutput),
+}
+
+impl Output {
+    pub fn name(&self) -> &str {
+        match self {
+            Output::Window(w) => &w.name,
+            Output::Sql(q) => &q.name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlOutput {
+    pub name: String,
+    pub sql: String,
 }
 
 /// A windowed aggregation over event time: tumbling when `hop == size`,
@@ -493,11 +519,14 @@ impl Job {
             .map(|(i, o)| validate_output(o, i, &contract, &invalid))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, o) in outputs.iter().enumerate() {
-            if outputs[..i].iter().any(|earlier| earlier.name == o.name) {
+            if outputs[..i]
+                .iter()
+                .any(|earlier| earlier.name() == o.name())
+            {
                 return Err(invalid(
                     &format!("outputs[{i}].name"),
                     "a name no other output uses",
-                    format!("`{}` twice", o.name),
+                    format!("`{}` twice", o.name()),
                 ));
             }
         }
@@ -707,7 +736,7 @@ fn validate_output(
     i: usize,
     contract: &Contract,
     invalid: &Invalid,
-) -> Result<WindowOutput, JobError> {
+) -> Result<Output, JobError> {
     let key = |k: &str| format!("outputs[{i}].{k}");
     if !is_identifier(&spec.name)
         || spec.name.starts_with('_')
@@ -719,11 +748,46 @@ fn validate_output(
             format!("`{}`", spec.name),
         ));
     }
-    let size = parse_duration(&spec.window, 1, 86400).ok_or_else(|| {
+    let window = match (spec.window, spec.sql) {
+        (None, Some(sql)) => {
+            let windowed = spec.hop.is_some()
+                || !spec.keys.is_empty()
+                || spec.filter.is_some()
+                || !spec.aggregates.is_empty();
+            if windowed || sql.trim().is_empty() {
+                return Err(invalid(
+                    &key("sql"),
+                    "a query over `batch`, alone (hop, keys, filter and aggregates belong to windowed outputs)",
+                    if windowed {
+                        "window settings beside it".into()
+                    } else {
+                        "an empty query".into()
+                    },
+                ));
+            }
+            return Ok(Output::Sql(SqlOutput {
+                name: spec.name,
+                sql,
+            }));
+        }
+        (Some(window), None) => window,
+        (window, _) => {
+            return Err(invalid(
+                &key("window"),
+                "either `window` (with aggregates) or `sql`",
+                if window.is_some() {
+                    "both".into()
+                } else {
+                    "neither".into()
+                },
+            ));
+        }
+    };
+    let size = parse_duration(&window, 1, 86400).ok_or_else(|| {
         invalid(
             &key("window"),
             "a duration between 1s and 1day, like \"1m\"",
-            format!("`{}`", spec.window),
+            format!("`{window}`"),
         )
     })?;
     let hop = match &spec.hop {
@@ -742,7 +806,7 @@ fn validate_output(
         return Err(invalid(
             &key("window"),
             "whole seconds",
-            format!("`{}`", spec.window),
+            format!("`{window}`"),
         ));
     }
     let field = |k: &str, name: &str| {
@@ -831,14 +895,14 @@ fn validate_output(
             field,
         });
     }
-    Ok(WindowOutput {
+    Ok(Output::Window(WindowOutput {
         name: spec.name,
         size,
         hop,
         keys,
         filter: spec.filter,
         aggregates,
-    })
+    }))
 }
 
 fn validate_batching(spec: BatchingSpec, invalid: &Invalid) -> Result<Batching, JobError> {
@@ -1035,12 +1099,20 @@ root = "/tmp/weir-test"
     #[test]
     fn outputs_are_validated_with_named_keys() {
         let job = parse(&with_output(OUTPUT)).unwrap();
-        assert_eq!(job.outputs[0].size, Duration::from_secs(60));
+        let Output::Window(window) = &job.outputs[0] else {
+            panic!("a windowed output: {:?}", job.outputs[0]);
+        };
+        assert_eq!(window.size, Duration::from_secs(60));
+        assert_eq!(window.hop, window.size, "tumbling by default");
+        assert_eq!(window.keys, vec![2]);
+        let sql = parse(&with_output("name = \"q\"\nsql = \"SELECT id FROM batch\"")).unwrap();
         assert_eq!(
-            job.outputs[0].hop, job.outputs[0].size,
-            "tumbling by default"
+            sql.outputs[0],
+            Output::Sql(SqlOutput {
+                name: "q".into(),
+                sql: "SELECT id FROM batch".into()
+            })
         );
-        assert_eq!(job.outputs[0].keys, vec![2]);
 
         let cases = [
             (OUTPUT.replace("\"1m\"", "\"0s\""), "outputs[0].window"),
@@ -1086,6 +1158,22 @@ root = "/tmp/weir-test"
                 "expected key {key} in: {err}"
             );
         }
+        for lines in [
+            format!("{OUTPUT}\nsql = \"SELECT 1\""),
+            "name = \"q\"\nsql = \" \"".to_string(),
+            "name = \"q\"\nsql = \"SELECT 1\"\nkeys = [\"n\"]".to_string(),
+        ] {
+            let err = error_of(&with_output(&lines));
+            assert!(
+                err.contains("key `outputs[0].window`") || err.contains("key `outputs[0].sql`"),
+                "{err}"
+            );
+        }
+        let neither = error_of(&with_output("name = \"q\""));
+        assert!(
+            neither.contains("key `outputs[0].window`") && neither.contains("neither"),
+            "{neither}"
+        );
         let twice = format!("{}\n[[outputs]]\n{OUTPUT}\n", with_output(OUTPUT));
         assert!(error_of(&twice).contains("key `outputs[1].name`"));
     }

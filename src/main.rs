@@ -203,8 +203,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir: error: {e:#}");
-            let usage =
-                e.downcast_ref::<JobError>().is_some() || e.downcast_ref::<Usage>().is_some();
+            // A bad spec may surface from inside the pipeline (an output's SQL
+            // is only checked by planning it).
+            let usage = e.chain().any(|c| c.is::<JobError>() || c.is::<Usage>());
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

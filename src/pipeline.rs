@@ -26,7 +26,7 @@ use crate::job::Job;
 use crate::replay::filter_replayed;
 use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
 use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
-use crate::transform::WindowAggregate;
+use crate::transform::Transform;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -38,6 +38,8 @@ pub enum PipelineError {
     Arrow(#[from] ArrowError),
     #[error("computing an output failed: {0}")]
     Transform(#[from] DataFusionError),
+    #[error(transparent)]
+    Job(#[from] crate::job::JobError),
 }
 
 /// Counters of a running pipeline, readable while it runs.
@@ -67,8 +69,8 @@ impl Stats {
 }
 
 /// The tables a job writes, in commit order: `raw` first (it is what dedup and
-/// reprocessing derive from), then `dlq`, then one partials table per output.
-pub fn table_specs(decoder: &Decoder, outputs: &[WindowAggregate]) -> Vec<TableSpec> {
+/// reprocessing derive from), then `dlq`, then one table per output.
+pub fn table_specs(decoder: &Decoder, outputs: &[Transform]) -> Vec<TableSpec> {
     let mut specs = vec![
         TableSpec {
             name: "raw".into(),
@@ -83,7 +85,7 @@ pub fn table_specs(decoder: &Decoder, outputs: &[WindowAggregate]) -> Vec<TableS
     ];
     specs.extend(outputs.iter().map(|o| TableSpec {
         name: o.name().to_owned(),
-        schema: o.partial_schema().clone(),
+        schema: o.schema().clone(),
         partition_columns: vec![],
     }));
     specs
@@ -129,7 +131,7 @@ async fn rebuild_dedup(job: &Job, sink: &Sink) -> Result<Dedup, PipelineError> {
 pub struct Pipeline {
     decoder: Decoder,
     dedup: Mutex<Dedup>,
-    outputs: Vec<WindowAggregate>,
+    outputs: Vec<Transform>,
     source: KafkaSource,
     sink: SharedSink,
     stats: Arc<Stats>,
@@ -154,7 +156,7 @@ impl Pipeline {
     /// tokio runtime (the poll blocks in `block_in_place`).
     pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Result<Self, PipelineError> {
         let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
-        let outputs = WindowAggregate::all(job);
+        let outputs = Transform::all(job).await?;
         let sink = Sink::open(job, table_specs(&decoder, &outputs), faults).await?;
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");

@@ -14,7 +14,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
 use crate::job::Job;
-use crate::transform::WindowAggregate;
+use crate::transform::{stored_table, view_sql};
 
 /// The tables every job has (outputs come on top).
 pub const TABLES: [&str; 2] = ["raw", "dlq"];
@@ -73,9 +73,9 @@ pub async fn register(
 }
 
 /// Runs `sql` with the job's tables registered by name: `raw`, `dlq`, and per
-/// output a view of final values (its partials merged) under the output's
-/// name, with the partials themselves as `<output>__partials`. Returns the
-/// result's schema and rows.
+/// output a view of final values under the output's name (windowed outputs'
+/// partials merged; their stored tables as `<output>__partials`, query
+/// outputs' as `<output>__rows`). Returns the result's schema and rows.
 pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let ctx = SessionContext::new();
     for name in TABLES {
@@ -83,16 +83,13 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
         let table = open(name, &url).await?;
         register(&ctx, name, &table).await?;
     }
-    for output in WindowAggregate::all(job) {
+    for output in &job.outputs {
         let url = job.storage.hot_table(&job.name, output.name());
         let table = open(output.name(), &url).await?;
-        let partials = output.partials_table();
-        register(&ctx, &partials, &table).await?;
-        let view = ctx
-            .sql(&output.merge_sql(&format!("\"{partials}\"")))
-            .await?
-            .into_view();
-        ctx.register_table(output.name(), view)?;
+        let stored = stored_table(output);
+        register(&ctx, &stored, &table).await?;
+        let view = view_sql(output, &job.contract, &format!("\"{stored}\""));
+        ctx.register_table(output.name(), ctx.sql(&view).await?.into_view())?;
     }
     let frame = ctx.sql(sql).await?;
     let schema = SchemaRef::new(frame.schema().as_arrow().clone());

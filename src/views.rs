@@ -9,7 +9,7 @@
 use url::Url;
 
 use crate::job::Job;
-use crate::transform::WindowAggregate;
+use crate::transform::{stored_table, view_sql};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dialect {
@@ -36,17 +36,17 @@ pub fn render(job: &Job, dialect: Dialect) -> String {
         "-- weir views for job `{}`: each output merged into final values.\n",
         job.name
     );
-    for output in WindowAggregate::all(job) {
+    for output in &job.outputs {
         let url = job.storage.hot_table(&job.name, output.name());
         let path = location(&url);
-        let partials = output.partials_table();
+        let partials = stored_table(output);
         let source = match dialect {
             Dialect::DataFusion => format!("\"{partials}\""),
             Dialect::DuckDb => format!("delta_scan('{path}')"),
             Dialect::Spark => format!("delta.`{path}`"),
             Dialect::Trino => format!("delta.weir.\"{}_{partials}\"", job.name),
         };
-        let merge = output.merge_sql(&source);
+        let merge = view_sql(output, &job.contract, &source);
         match dialect {
             Dialect::DataFusion => out.push_str(&format!(
                 "-- register the Delta table at {path} as \"{partials}\" first\n"
@@ -114,5 +114,8 @@ mod tests {
             "{trino}"
         );
         assert!(render(&job, Dialect::DataFusion).contains("FROM \"page_views__partials\""));
+        assert!(duck.contains(
+            "CREATE OR REPLACE VIEW \"purchases\" AS SELECT * FROM delta_scan('/data/hot/clickstream/purchases')"
+        ), "{duck}");
     }
 }

@@ -265,8 +265,8 @@ async fn outputs_equal_an_independent_computation_across_a_crash() {
     let job = job(dir.path(), 60);
     assert_eq!(
         job.outputs.len(),
-        2,
-        "the example job declares page_views and revenue"
+        3,
+        "the example job declares page_views, revenue and purchases"
     );
     let broker = EmbeddedBroker::start(&job.source.topic, 3).unwrap();
     let bootstrap = broker.bootstrap_servers();

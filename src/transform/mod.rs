@@ -16,7 +16,10 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use crate::job::{AggregateFn, Contract, FieldType, Job, WindowOutput};
+use crate::decode::raw_schema;
+use crate::job::{
+    AggregateFn, Contract, FieldType, Job, JobError, Output, SqlOutput, WindowOutput,
+};
 
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
@@ -173,21 +176,8 @@ impl WindowAggregate {
         }
     }
 
-    /// The compiled outputs of a job, in spec order.
-    pub fn all(job: &Job) -> Vec<Self> {
-        job.outputs
-            .iter()
-            .map(|o| Self::new(o, &job.contract))
-            .collect()
-    }
-
     pub fn name(&self) -> &str {
         &self.output.name
-    }
-
-    /// The name under which `weir query` registers the partials table.
-    pub fn partials_table(&self) -> String {
-        format!("{}__partials", self.output.name)
     }
 
     pub fn partial_schema(&self) -> &SchemaRef {
@@ -196,24 +186,7 @@ impl WindowAggregate {
 
     /// The partial rows for one batch of events (rows in the `raw` schema).
     pub async fn apply(&self, events: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
-        if events.num_rows() == 0 {
-            return Ok(RecordBatch::new_empty(self.partial_schema.clone()));
-        }
-        let ctx = SessionContext::new();
-        let table = MemTable::try_new(events.schema(), vec![vec![events.clone()]])?;
-        ctx.register_table("batch", Arc::new(table))?;
-        let batches = ctx.sql(&self.partial_sql).await?.collect().await?;
-        let mut conformed = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(self.partial_schema.fields())
-                .map(|(c, f)| cast(c, f.data_type()))
-                .collect::<Result<Vec<_>, _>>()?;
-            conformed.push(RecordBatch::try_new(self.partial_schema.clone(), columns)?);
-        }
-        Ok(concat_batches(&self.partial_schema, &conformed)?)
+        run_over_batch(&self.partial_sql, events, &self.partial_schema).await
     }
 
     /// SQL that merges the partials in `table` into one final row per (window,
@@ -224,6 +197,175 @@ impl WindowAggregate {
             "SELECT {groups}, {} FROM {table} GROUP BY {groups}",
             self.merge_columns.join(", ")
         )
+    }
+}
+
+/// Runs `sql` with `events` registered as `batch`, and conforms the result to
+/// `schema` (the output table's), column by column.
+async fn run_over_batch(
+    sql: &str,
+    events: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, DataFusionError> {
+    if events.num_rows() == 0 {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(events.schema(), vec![vec![events.clone()]])?;
+    ctx.register_table("batch", Arc::new(table))?;
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut conformed = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| cast(c, f.data_type()))
+            .collect::<Result<Vec<_>, _>>()?;
+        conformed.push(RecordBatch::try_new(schema.clone(), columns)?);
+    }
+    Ok(concat_batches(schema, &conformed)?)
+}
+
+/// A stateless output: a DataFusion query over each trigger's events. Its
+/// table's schema is what the query returns over the `raw` schema, in types
+/// every Delta reader shares.
+#[derive(Debug, Clone)]
+pub struct SqlTransform {
+    name: String,
+    sql: String,
+    schema: SchemaRef,
+}
+
+impl SqlTransform {
+    /// Plans the query once over an empty `batch`; a query that does not plan,
+    /// or returns a type Delta cannot store, is a bad job spec.
+    pub async fn new(index: usize, output: &SqlOutput, job: &Job) -> Result<Self, JobError> {
+        let invalid = |found: String| JobError::Invalid {
+            file: job.file.clone(),
+            key: format!("outputs[{index}].sql"),
+            expected: "a DataFusion query over `batch` (the trigger's events, in raw's columns)"
+                .into(),
+            found,
+        };
+        let ctx = SessionContext::new();
+        let empty = MemTable::try_new(raw_schema(&job.contract), vec![vec![]])
+            .map_err(|e| invalid(e.to_string()))?;
+        ctx.register_table("batch", Arc::new(empty))
+            .map_err(|e| invalid(e.to_string()))?;
+        let frame = ctx
+            .sql(&output.sql)
+            .await
+            .map_err(|e| invalid(e.find_root().to_string()))?;
+        let fields = frame
+            .schema()
+            .as_arrow()
+            .fields()
+            .iter()
+            .map(|f| {
+                delta_type(f.data_type())
+                    .map(|ty| Field::new(f.name(), ty, true))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "column `{}` of type {}, which Delta tables cannot hold",
+                            f.name(),
+                            f.data_type()
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name: output.name.clone(),
+            sql: output.sql.clone(),
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    pub async fn apply(&self, events: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        run_over_batch(&self.sql, events, &self.schema).await
+    }
+}
+
+/// The Delta type a query result column is stored as; `None` when there is none.
+fn delta_type(ty: &DataType) -> Option<DataType> {
+    Some(match ty {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => DataType::Binary,
+        DataType::Timestamp(_, _) => utc_micros(),
+        DataType::Boolean
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Date32
+        | DataType::Decimal128(_, _) => ty.clone(),
+        DataType::UInt8 | DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 => DataType::Int64,
+        _ => return None,
+    })
+}
+
+/// A job's output, compiled.
+#[derive(Debug, Clone)]
+pub enum Transform {
+    Window(WindowAggregate),
+    Sql(SqlTransform),
+}
+
+impl Transform {
+    /// Compiles a job's outputs, in spec order.
+    pub async fn all(job: &Job) -> Result<Vec<Self>, JobError> {
+        let mut out = Vec::with_capacity(job.outputs.len());
+        for (i, output) in job.outputs.iter().enumerate() {
+            out.push(match output {
+                Output::Window(w) => Self::Window(WindowAggregate::new(w, &job.contract)),
+                Output::Sql(q) => Self::Sql(SqlTransform::new(i, q, job).await?),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Window(w) => w.name(),
+            Self::Sql(q) => &q.name,
+        }
+    }
+
+    /// The schema of the output's Delta table.
+    pub fn schema(&self) -> &SchemaRef {
+        match self {
+            Self::Window(w) => w.partial_schema(),
+            Self::Sql(q) => &q.schema,
+        }
+    }
+
+    /// The rows this output appends for a batch of events.
+    pub async fn apply(&self, events: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        match self {
+            Self::Window(w) => w.apply(events).await,
+            Self::Sql(q) => q.apply(events).await,
+        }
+    }
+}
+
+/// The name under which `weir query` registers an output's Delta table; the
+/// output's own name is the view of final values ([`view_sql`]).
+pub fn stored_table(output: &Output) -> String {
+    match output {
+        Output::Window(w) => format!("{}__partials", w.name),
+        Output::Sql(q) => format!("{}__rows", q.name),
+    }
+}
+
+/// The SQL of an output's view of final values over its stored table `source`:
+/// windows merge their partials; query outputs are their rows.
+pub fn view_sql(output: &Output, contract: &Contract, source: &str) -> String {
+    match output {
+        Output::Window(w) => WindowAggregate::new(w, contract).merge_sql(source),
+        Output::Sql(_) => format!("SELECT * FROM {source}"),
     }
 }
 

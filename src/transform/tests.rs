@@ -43,6 +43,13 @@ hop = "30s"
 aggregates = [{ name = "events", fn = "count" }]
 "#;
 
+fn window(job: &Job, i: usize) -> &crate::job::WindowOutput {
+    match &job.outputs[i] {
+        crate::job::Output::Window(w) => w,
+        other => panic!("output {i} is not windowed: {other:?}"),
+    }
+}
+
 fn job() -> Job {
     Job::parse(JOB, Path::new("t.toml"), &Overrides::default()).unwrap()
 }
@@ -92,7 +99,7 @@ async fn merged(agg: &WindowAggregate, partials: Vec<RecordBatch>) -> Vec<Record
 #[tokio::test]
 async fn partials_of_two_batches_merge_to_the_exact_answer() {
     let job = job();
-    let agg = WindowAggregate::new(&job.outputs[0], &job.contract);
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
     // Minute 0: /a views 10.0, 20.0 (split over two batches), /b one view; a
     // click that the filter drops; minute 1: /a view with no price.
     let first = events(
@@ -153,7 +160,7 @@ async fn partials_of_two_batches_merge_to_the_exact_answer() {
 #[tokio::test]
 async fn hopping_windows_count_an_event_in_each_window_that_covers_it() {
     let job = job();
-    let agg = WindowAggregate::new(&job.outputs[1], &job.contract);
+    let agg = WindowAggregate::new(window(&job, 1), &job.contract);
     let batch = events(&job, &[(45, "/a", "view", None), (10, "/a", "view", None)]);
     let partials = agg.apply(&batch).await.unwrap();
     let out = merged(&agg, vec![partials]).await;
@@ -179,7 +186,55 @@ async fn hopping_windows_count_an_event_in_each_window_that_covers_it() {
 #[tokio::test]
 async fn no_events_no_partials() {
     let job = job();
-    let agg = WindowAggregate::new(&job.outputs[0], &job.contract);
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
     let empty = RecordBatch::new_empty(crate::decode::raw_schema(&job.contract));
     assert_eq!(agg.apply(&empty).await.unwrap().num_rows(), 0);
+}
+
+#[tokio::test]
+async fn query_outputs_keep_their_rows_in_delta_types() {
+    let text = format!(
+        "{JOB}\n[[outputs]]\nname = \"views\"\nsql = \"SELECT id, ts, upper(page) AS page, price * 2 AS doubled FROM batch WHERE kind = 'view'\"\n"
+    );
+    let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
+    let transforms = Transform::all(&job).await.unwrap();
+    let query = &transforms[2];
+    assert_eq!(query.name(), "views");
+    let types: Vec<_> = query
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            DataType::Utf8,
+            utc_micros(),
+            DataType::Utf8,
+            DataType::Float64
+        ]
+    );
+    let rows = query
+        .apply(&events(
+            &job,
+            &[(1, "/a", "view", Some(2.5)), (2, "/b", "click", None)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.num_rows(), 1);
+    assert_eq!(rows.column(2).as_string::<i32>().value(0), "/A");
+    assert_eq!(rows.column(3).as_primitive::<Float64Type>().value(0), 5.0);
+}
+
+#[tokio::test]
+async fn a_query_that_does_not_plan_is_a_bad_spec_naming_its_key() {
+    let text = format!("{JOB}\n[[outputs]]\nname = \"q\"\nsql = \"SELECT nope FROM batch\"\n");
+    let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
+    let err = Transform::all(&job).await.unwrap_err().to_string();
+    assert!(
+        err.contains("t.toml") && err.contains("key `outputs[2].sql`"),
+        "{err}"
+    );
+    assert!(err.contains("nope"), "{err}");
 }
