@@ -53,3 +53,13 @@ def test_query_before_the_job_ran_says_so(tmp_path):
     spec = ROOT / "jobs/clickstream.toml"
     result = run("query", "--job", spec, "--data", tmp_path, "SELECT 1")
     assert result.returncode == 1 and "run the job first" in result.stderr
+
+
+def test_output_sql_that_does_not_plan_exits_2_before_connecting(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text((ROOT / "jobs/clickstream.toml").read_text()
+                    + '\n[[outputs]]\nname = "broken"\nsql = "SELECT nope FROM batch"\n')
+    result = run("run", spec, "--brokers", "127.0.0.1:1", "--data", tmp_path / "data")
+    assert result.returncode == 2, result.stderr
+    assert "outputs[3].sql" in result.stderr and "nope" in result.stderr
+    assert not (tmp_path / "data").exists(), "nothing is created before the spec is valid"

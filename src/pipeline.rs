@@ -38,7 +38,8 @@ pub enum PipelineError {
     Arrow(#[from] ArrowError),
     #[error("computing an output failed: {0}")]
     Transform(#[from] DataFusionError),
-    #[error(transparent)]
+    /// Kept as the source (not transparent) so the CLI finds it and exits 2.
+    #[error("the job cannot run as specified")]
     Job(#[from] crate::job::JobError),
 }
 
