@@ -128,3 +128,15 @@ def polars_offsets(data: pathlib.Path, job: str, table: str) -> list[tuple[int, 
     df = pl.read_delta(str(table_path(data, job, table))).select("_partition", "_offset").sort(
         "_partition", "_offset")
     return [(int(p), int(o)) for p, o in df.iter_rows()]
+
+
+def duckdb_with_views(job, data=None):
+    """A DuckDB connection where `weir views --dialect duckdb` has been run."""
+    con = duckdb_connection()
+    args = ["views", "--job", job, "--dialect", "duckdb"]
+    if data is not None:
+        args += ["--data", data]
+    for statement in weir(*args).stdout.split(";\n"):
+        if statement.strip():
+            con.sql(statement)
+    return con

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import time
 
-from conftest import (WEIR, duckdb_connection, duckdb_offsets, polars_offsets, read_report,
-                      table_path, weir, write_job)
+from conftest import (WEIR, duckdb_connection, duckdb_offsets, duckdb_with_views, polars_offsets,
+                      read_report, table_path, weir, write_job)
 
 # tansu's memory storage skips ahead when a fetch starts inside a record batch
 # (see ../shared/STACK.md); one record per batch keeps every offset addressable.
@@ -71,11 +71,7 @@ def assert_outputs_match_raw(job, data):
     exact: so the outputs are exact too, whatever crashes happened."""
     import math
 
-    con = duckdb_connection()
-    views = weir("views", "--job", job, "--dialect", "duckdb").stdout
-    for statement in views.split(";\n"):
-        if statement.strip():
-            con.sql(statement)
+    con = duckdb_with_views(job)
     raw = f"delta_scan('{table_path(data, 'clickstream', 'raw')}')"
     minute = "(epoch_ms(ts) // 60000) * 60000"
     got = con.sql("SELECT epoch_ms(window_start), page, country, views FROM page_views "

@@ -6,7 +6,7 @@ import subprocess
 
 import polars as pl
 
-from conftest import ROOT, WEIR, duckdb_connection, table_path, weir
+from conftest import ROOT, WEIR, duckdb_connection, duckdb_with_views, table_path, weir
 
 
 def summary_count(stdout: str, table: str) -> int:
@@ -88,11 +88,7 @@ def test_duckdb_views_equal_weir_query(tmp_path):
     data = tmp_path / "data"
     spec = ROOT / "jobs/clickstream.toml"
     weir("demo", "--seconds", 3, "--rate", 1000, "--data", data, timeout=180)
-    con = duckdb_connection()
-    views = weir("views", "--job", spec, "--data", data, "--dialect", "duckdb").stdout
-    for statement in views.split(";\n"):
-        if statement.strip():
-            con.sql(statement)
+    con = duckdb_with_views(spec, data)
 
     columns = "page, country, purchases, revenue, avg_price, max_price"
     order = "ORDER BY 1, page NULLS FIRST, country NULLS FIRST"
@@ -119,11 +115,7 @@ def test_payments_demo_aggregates_every_approved_payment(tmp_path):
     out = weir("demo", "--job", spec, "--seconds", 3, "--rate", 1000, "--data", data,
                timeout=180).stdout
     assert ": ok" in out, out
-    con = duckdb_connection()
-    views = weir("views", "--job", spec, "--data", data, "--dialect", "duckdb").stdout
-    for statement in views.split(";\n"):
-        if statement.strip():
-            con.sql(statement)
+    con = duckdb_with_views(spec, data)
     raw = f"delta_scan('{table_path(data, 'payments', 'raw')}')"
     got = con.sql("SELECT merchant, sum(payments), round(sum(amount), 2) FROM merchant_10s "
                   "GROUP BY 1 ORDER BY 1").fetchall()
