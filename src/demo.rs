@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub mix: Mix,
     /// How long to wait, after producing stops, for the last events to commit.
     pub drain_timeout: Duration,
+    /// Fault points for crash tests (none by default).
+    pub faults: Faults,
 }
 
 impl Default for DemoOptions {
@@ -43,6 +45,7 @@ impl Default for DemoOptions {
             partitions: 3,
             mix: Mix::default(),
             drain_timeout: Duration::from_secs(60),
+            faults: Faults::default(),
         }
     }
 }
@@ -182,8 +185,7 @@ async fn run_against(
     bootstrap: &str,
     started: Instant,
 ) -> Result<DemoSummary, DemoError> {
-    let pipeline =
-        Arc::new(Pipeline::start(job, bootstrap, Faults::from_env().unwrap_or_default()).await?);
+    let pipeline = Arc::new(Pipeline::start(job, bootstrap, options.faults.clone()).await?);
     let stats = pipeline.stats();
     let stop = Arc::new(AtomicBool::new(false));
     let task = {

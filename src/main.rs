@@ -238,6 +238,7 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
         seconds: args.seconds,
         rate: args.rate,
         partitions: args.partitions,
+        faults: faults_from_env()?,
         ..DemoOptions::default()
     };
     let summary = demo::run(&job, &options).await?;
@@ -258,7 +259,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
             job.file.display()
         )));
     };
-    let faults = Faults::from_env().map_err(|e| Usage(e.to_string()))?;
+    let faults = faults_from_env()?;
     let pipeline = Arc::new(Pipeline::start(&job, bootstrap, faults).await?);
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
@@ -277,6 +278,11 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         "stopped cleanly"
     );
     Ok(())
+}
+
+/// The fault plan in `WEIR_FAULTS`; a malformed plan is a usage error.
+fn faults_from_env() -> Result<Faults, Usage> {
+    Faults::from_env().map_err(|e| Usage(e.to_string()))
 }
 
 /// Sets `stop` on the first SIGINT or SIGTERM.
