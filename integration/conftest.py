@@ -91,12 +91,25 @@ def write_job(path: pathlib.Path, broker: Broker, topic: str, data: pathlib.Path
     return path
 
 
-def read_report(path: pathlib.Path) -> list[tuple[int, int, str]]:
-    rows = []
-    for line in path.read_text().splitlines()[1:]:
-        p, o, kind = line.split(",")
-        rows.append((int(p), int(o), kind))
-    return rows
+@dataclass(frozen=True)
+class Sent:
+    """One message `weir produce --report` says it delivered."""
+    partition: int
+    offset: int
+    kind: str
+    payload: str
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.partition, self.offset)
+
+
+def read_report(path: pathlib.Path) -> list[Sent]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [Sent(int(r["partition"]), int(r["offset"]), r["kind"], r["payload"])
+                for r in csv.DictReader(f)]
 
 
 def duckdb_connection():

@@ -19,11 +19,11 @@ def test_demo_counts_match_duckdb_and_polars(tmp_path):
     data = tmp_path / "demo"
     out = weir("demo", "--seconds", 5, "--rate", 1000, "--data", data, timeout=180).stdout
     assert "check: produced" in out and ": ok" in out, out
-    raw, dlq = summary_count(out, "raw"), summary_count(out, "dlq")
-    assert raw > 2000 and dlq > 0, out
+    raw, dlq, late = (summary_count(out, t) for t in ("raw", "dlq", "late"))
+    assert raw > 2000 and dlq > 0 and late > 0, out
 
     con = duckdb_connection()
-    for table, expected in (("raw", raw), ("dlq", dlq)):
+    for table, expected in (("raw", raw), ("dlq", dlq), ("late", late)):
         path = table_path(data, "clickstream", table)
         assert con.sql(f"SELECT count(*) FROM delta_scan('{path}')").fetchone()[0] == expected
         assert pl.read_delta(str(path)).height == expected
@@ -43,6 +43,17 @@ def test_demo_counts_match_duckdb_and_polars(tmp_path):
                                 "--format", "json", sql).stdout)
     duck_rows = con.sql(sql.replace("FROM raw", f"FROM delta_scan('{raw_path}')")).fetchall()
     assert [tuple(r.values()) for r in weir_rows] == [tuple(r) for r in duck_rows]
+
+    # The merged outputs account for every committed event, none more.
+    totals = json.loads(weir("query", "--job", ROOT / "jobs/clickstream.toml", "--data", data,
+                             "--format", "json",
+                             "SELECT (SELECT sum(views) FROM page_views) AS views, "
+                             "(SELECT count(*) FROM raw WHERE action = 'view') AS raw_views, "
+                             "(SELECT sum(purchases) FROM revenue) AS purchases, "
+                             "(SELECT count(*) FROM raw WHERE action = 'purchase') AS raw_purchases"
+                             ).stdout)[0]
+    assert totals["views"] == totals["raw_views"] > 1000, totals
+    assert totals["purchases"] == totals["raw_purchases"] > 0, totals
 
     bad = subprocess.run([WEIR, "query", "--job", ROOT / "jobs/clickstream.toml", "--data", data,
                           "SELECT nope FROM raw"], capture_output=True, text=True, timeout=60)

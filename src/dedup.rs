@@ -110,15 +110,12 @@ impl DedupIndex {
 }
 
 /// The dedup stage: drops re-sent events from batches in the `raw` schema.
-///
-/// Eviction follows the highest event time seen (minus the horizon); the job's
-/// watermark will take its place once there is one.
+/// The caller evicts by the job's watermark ([`Dedup::evict`]).
 #[derive(Debug)]
 pub struct Dedup {
     index: DedupIndex,
     id_column: String,
     time_column: String,
-    max_time_ms: Option<i64>,
 }
 
 impl Dedup {
@@ -127,12 +124,12 @@ impl Dedup {
             index: DedupIndex::new(horizon),
             id_column: contract.event_id_name().to_owned(),
             time_column: contract.event_time_name().to_owned(),
-            max_time_ms: None,
         }
     }
 
-    /// Remembers already-accepted events (rows of `raw`, or a projection with
-    /// the ID, event time, `_partition` and `_offset` columns) without judging them.
+    /// Remembers already-accepted events (rows of `raw` or `late`, or a
+    /// projection with the ID, event time, `_partition` and `_offset` columns)
+    /// without judging them.
     pub fn seed(&mut self, accepted: &RecordBatch) -> Result<(), ArrowError> {
         self.apply(accepted).map(|_| ())
     }
@@ -142,13 +139,7 @@ impl Dedup {
         if batch.num_rows() == 0 {
             return Ok((batch.clone(), 0));
         }
-        let candidates = self.candidates(batch)?;
-        let keep = self.index.apply(&candidates);
-        if let Some(max) = candidates.iter().map(|c| c.time_ms).max() {
-            let max = self.max_time_ms.map_or(max, |m| m.max(max));
-            self.max_time_ms = Some(max);
-            self.index.evict(max);
-        }
+        let keep = self.index.apply(&self.candidates(batch)?);
         let duplicates = batch.num_rows() - keep.true_count();
         let kept = if duplicates == 0 {
             batch.clone()
@@ -156,6 +147,11 @@ impl Dedup {
             compute::filter_record_batch(batch, &keep)?
         };
         Ok((kept, duplicates))
+    }
+
+    /// Forgets IDs older than `watermark_us − horizon`.
+    pub fn evict(&mut self, watermark_us: i64) {
+        self.index.evict(watermark_us.div_euclid(1000));
     }
 
     pub fn index(&self) -> &DedupIndex {

@@ -52,6 +52,8 @@ struct JobSpec {
     batching: BatchingSpec,
     #[serde(default)]
     dedup: DedupSpec,
+    #[serde(default)]
+    watermark: WatermarkSpec,
     storage: StorageSpec,
     #[serde(default)]
     outputs: Vec<OutputSpec>,
@@ -97,6 +99,31 @@ impl Default for DedupSpec {
 
 fn default_horizon() -> String {
     "1h".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatermarkSpec {
+    #[serde(default = "default_allowed_lateness")]
+    allowed_lateness: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+}
+
+impl Default for WatermarkSpec {
+    fn default() -> Self {
+        Self {
+            allowed_lateness: default_allowed_lateness(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_allowed_lateness() -> String {
+    "1m".into()
+}
+fn default_idle_timeout() -> String {
+    "30s".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +359,16 @@ impl Contract {
     }
 }
 
+/// How the job's watermark follows event time. The watermark is the minimum,
+/// over partitions that delivered data within `idle_timeout`, of each
+/// partition's newest event time minus `allowed_lateness`; events older than it
+/// go to the `late` table instead of the outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkPolicy {
+    pub allowed_lateness: Duration,
+    pub idle_timeout: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
     pub min_events: usize,
@@ -384,6 +421,7 @@ pub struct Job {
     pub batching: Batching,
     /// How long an accepted event ID is remembered (in event time).
     pub dedup_horizon: Duration,
+    pub watermark: WatermarkPolicy,
     pub storage: Storage,
     /// Each written to its own table, in the same trigger as `raw`.
     pub outputs: Vec<Output>,
@@ -509,6 +547,7 @@ impl Job {
                     format!("`{}`", spec.dedup.horizon),
                 )
             })?;
+        let watermark = validate_watermark(spec.watermark, &invalid)?;
         let storage = Storage::parse(&spec.storage.root)
             .map_err(|found| invalid("storage.root", "a local path or a file:// URL", found))?;
 
@@ -538,6 +577,7 @@ impl Job {
             contract,
             batching,
             dedup_horizon,
+            watermark,
             storage,
             outputs,
         })
@@ -721,6 +761,28 @@ fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobE
         event_id,
         event_time,
         event_time_range,
+    })
+}
+
+fn validate_watermark(spec: WatermarkSpec, invalid: &Invalid) -> Result<WatermarkPolicy, JobError> {
+    let allowed_lateness =
+        parse_duration(&spec.allowed_lateness, 0, 7 * 86400).ok_or_else(|| {
+            invalid(
+                "watermark.allowed_lateness",
+                "a duration between 0s and 7days, like \"1m\"",
+                format!("`{}`", spec.allowed_lateness),
+            )
+        })?;
+    let idle_timeout = parse_duration(&spec.idle_timeout, 1, 86400).ok_or_else(|| {
+        invalid(
+            "watermark.idle_timeout",
+            "a duration between 1s and 1day, like \"30s\"",
+            format!("`{}`", spec.idle_timeout),
+        )
+    })?;
+    Ok(WatermarkPolicy {
+        allowed_lateness,
+        idle_timeout,
     })
 }
 
@@ -1068,6 +1130,17 @@ root = "/tmp/weir-test"
             (
                 GOOD.replace("[storage]", "[dedup]\nhorizon = \"0s\"\n[storage]"),
                 "dedup.horizon",
+            ),
+            (
+                GOOD.replace(
+                    "[storage]",
+                    "[watermark]\nallowed_lateness = \"-1m\"\n[storage]",
+                ),
+                "watermark.allowed_lateness",
+            ),
+            (
+                GOOD.replace("[storage]", "[watermark]\nidle_timeout = \"0s\"\n[storage]"),
+                "watermark.idle_timeout",
             ),
             (GOOD.replace("name = \"clicks\"", "name = \"a/b\""), "name"),
             (

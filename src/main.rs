@@ -28,9 +28,11 @@ const DEFAULT_JOB: &str = include_str!("../jobs/clickstream.toml");
     version,
     about = "Kafka topics into Delta Lake tables within seconds, exactly once.",
     long_about = "weir reads a Kafka topic in micro-batches, checks every message against the \
-                  job's schema, and commits valid events to a Delta table `raw` and rejected ones \
-                  (with the reason) to `dlq`. Each commit carries the Kafka offsets it covers, so \
-                  a restart never loses or duplicates an event."
+                  job's schema, drops re-sent events by ID, and commits valid events to a Delta \
+                  table `raw`, events behind the watermark to `late` and rejected ones (with the \
+                  reason) to `dlq`, and each output's rows to its own table, all in one trigger. \
+                  Each commit carries the Kafka offsets it covers, so a restart never loses or \
+                  duplicates an event."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,9 +46,9 @@ enum Command {
     Demo(DemoArgs),
     /// Run a job against a real Kafka broker until SIGINT/SIGTERM.
     Run(RunArgs),
-    /// Send generated events (with duplicates and malformed messages) to a topic.
+    /// Send generated events (with duplicates, late events and malformed messages) to a topic.
     Produce(ProduceArgs),
-    /// Run SQL (DataFusion dialect) over a job's tables: `raw`, `dlq`, and each
+    /// Run SQL (DataFusion dialect) over a job's tables: `raw`, `dlq`, `late`, and each
     /// output as final values (`<output>__partials` holds the raw partials).
     Query(QueryArgs),
     /// Print SQL views that merge each output's partials into final values, for
@@ -161,10 +163,14 @@ struct ProduceArgs {
     /// Share of messages that re-send an earlier event (0–1).
     #[arg(long, default_value_t = 0.01, value_name = "Y")]
     duplicate_ratio: f64,
+    /// Share of events 10–60 minutes behind the clock, so behind the watermark (0–1).
+    #[arg(long, default_value_t = 0.005, value_name = "Z")]
+    late_ratio: f64,
     /// Random seed, for a reproducible stream.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
-    /// Write one CSV line per delivered message (partition,offset,kind) to FILE.
+    /// Write one CSV line per delivered message to FILE: partition, offset,
+    /// kind, and the payload (quoted; invalid UTF-8 replaced by U+FFFD).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// Extra librdkafka producer property, KEY=VALUE (repeatable).
@@ -274,6 +280,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         batches = stats.batches.load(Ordering::Relaxed),
         raw = stats.raw_rows.load(Ordering::Relaxed),
         dlq = stats.dlq_rows.load(Ordering::Relaxed),
+        late = stats.late_rows.load(Ordering::Relaxed),
         duplicates = stats.duplicates.load(Ordering::Relaxed),
         "stopped cleanly"
     );
@@ -330,12 +337,13 @@ fn views_command(args: ViewsArgs) -> anyhow::Result<()> {
 }
 
 async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
-    let ratios_ok = (0.0..=1.0).contains(&args.malformed_ratio)
-        && (0.0..=1.0).contains(&args.duplicate_ratio)
-        && args.malformed_ratio + args.duplicate_ratio <= 1.0;
+    let ratios = [args.malformed_ratio, args.duplicate_ratio, args.late_ratio];
+    let ratios_ok =
+        ratios.iter().all(|r| (0.0..=1.0).contains(r)) && ratios.iter().sum::<f64>() <= 1.0;
     if !ratios_ok || args.rate.is_some_and(|r| !positive(r)) {
         bail!(Usage(
-            "--malformed-ratio and --duplicate-ratio must be in 0–1 (sum at most 1), --rate above 0"
+            "--malformed-ratio, --duplicate-ratio and --late-ratio must be in 0–1 (sum at most 1), \
+             --rate above 0"
                 .into()
         ));
     }
@@ -343,6 +351,7 @@ async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
     let mix = Mix {
         malformed_ratio: args.malformed_ratio,
         duplicate_ratio: args.duplicate_ratio,
+        late_ratio: args.late_ratio,
     };
     let mut generator = Generator::new(job.contract, mix, args.seed.unwrap_or_else(rand::random));
     let limits = Limits {
@@ -362,10 +371,11 @@ async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(path) = &args.report {
-        let mut csv = String::from("partition,offset,kind\n");
+        let mut csv = String::from("partition,offset,kind,payload\n");
         for d in &delivered {
+            let payload = String::from_utf8_lossy(&d.payload).replace('"', "\"\"");
             csv.push_str(&format!(
-                "{},{},{}\n",
+                "{},{},{},\"{payload}\"\n",
                 d.partition,
                 d.offset,
                 d.kind.label()

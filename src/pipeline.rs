@@ -7,12 +7,13 @@
 //! the Delta tables. A stop request is honoured between batches: the open batch
 //! is committed first, so a stop never leaves a half-committed trigger.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use chrono::Utc;
 use datafusion::error::DataFusionError;
@@ -27,6 +28,7 @@ use crate::replay::filter_replayed;
 use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
 use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
 use crate::transform::Transform;
+use crate::watermark::{Settled, Watermark};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -50,6 +52,8 @@ pub struct Stats {
     pub consumed: AtomicU64,
     pub raw_rows: AtomicU64,
     pub dlq_rows: AtomicU64,
+    /// Events behind the watermark, written to `late`.
+    pub late_rows: AtomicU64,
     /// Re-sent events dropped by dedup.
     pub duplicates: AtomicU64,
     /// Rows re-read after a restart that the tables already held.
@@ -69,9 +73,18 @@ impl Stats {
     }
 }
 
-/// The tables a job writes, in commit order: `raw` first (it is what dedup and
-/// reprocessing derive from), then `dlq`, then one table per output.
-pub fn table_specs(decoder: &Decoder, outputs: &[Transform]) -> Vec<TableSpec> {
+/// The tables every job writes before its outputs, in commit order: `raw` first
+/// (dedup, the watermark and reprocessing derive from it, and its txn versions
+/// settle which re-read events were late), then `dlq`, then `late`.
+pub const INGEST_TABLES: [&str; 3] = ["raw", "dlq", "late"];
+
+/// The tables a job writes, in commit order: [`INGEST_TABLES`], then one table
+/// per output.
+pub fn table_specs(
+    decoder: &Decoder,
+    watermark: &Watermark,
+    outputs: &[Transform],
+) -> Vec<TableSpec> {
     let mut specs = vec![
         TableSpec {
             name: "raw".into(),
@@ -83,6 +96,11 @@ pub fn table_specs(decoder: &Decoder, outputs: &[Transform]) -> Vec<TableSpec> {
             schema: decoder.dlq_schema().clone(),
             partition_columns: vec![],
         },
+        TableSpec {
+            name: "late".into(),
+            schema: watermark.late_schema().clone(),
+            partition_columns: vec![EVENT_DATE.into()],
+        },
     ];
     specs.extend(outputs.iter().map(|o| TableSpec {
         name: o.name().to_owned(),
@@ -93,7 +111,7 @@ pub fn table_specs(decoder: &Decoder, outputs: &[Transform]) -> Vec<TableSpec> {
 }
 
 /// Each table's input without the rows that table already holds, and how many
-/// rows of `raw` and `dlq` were dropped as replays.
+/// rows of the ingest tables were dropped as replays.
 fn fresh_inputs(
     versions: &[&BTreeMap<i32, i64>],
     inputs: Vec<&RecordBatch>,
@@ -102,7 +120,7 @@ fn fresh_inputs(
     let mut fresh = Vec::with_capacity(inputs.len());
     for (i, (rows, versions)) in inputs.into_iter().zip(versions).enumerate() {
         let kept = filter_replayed(rows, versions)?;
-        if i < 2 {
+        if i < INGEST_TABLES.len() {
             replayed += rows.num_rows() - kept.num_rows();
         }
         fresh.push(kept);
@@ -110,28 +128,108 @@ fn fresh_inputs(
     Ok((fresh, replayed))
 }
 
-/// Rebuilds the dedup index from `raw`: the IDs accepted within the horizon of
-/// its newest event. State is derived from the data, never kept beside it.
-async fn rebuild_dedup(job: &Job, sink: &Sink) -> Result<Dedup, PipelineError> {
+/// Restores the watermark and the dedup index from the tables: each partition's
+/// clock from its newest event in `raw`, then the IDs accepted (into `raw` or
+/// `late`) within the horizon of that watermark. State is derived from the
+/// data, never kept beside it.
+async fn restore(job: &Job, sink: &Sink) -> Result<(Watermark, Dedup), PipelineError> {
+    let ts = format!("\"{}\"", job.contract.event_time_name());
+    let mut watermark = Watermark::new(&job.contract, job.watermark);
+    let sql = format!("SELECT {PARTITION}, max({ts}) FROM raw GROUP BY {PARTITION}");
+    let mut newest = Vec::new();
+    for batch in sink.query(&["raw"], &sql).await? {
+        let partitions = batch.column(0).as_primitive::<Int32Type>();
+        let times = batch.column(1).as_primitive::<TimestampMicrosecondType>();
+        newest.extend(
+            partitions
+                .values()
+                .iter()
+                .copied()
+                .zip(times.iter().flatten()),
+        );
+    }
+    watermark.restore(newest, Instant::now());
+
     let mut dedup = Dedup::new(&job.contract, job.dedup_horizon);
     let id = format!("\"{}\"", job.contract.event_id_name());
-    let ts = format!("\"{}\"", job.contract.event_time_name());
-    let sql = format!(
-        "SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM raw \
-         WHERE {ts} >= (SELECT max({ts}) FROM raw) - INTERVAL '{} seconds'",
-        job.dedup_horizon.as_secs()
-    );
-    for batch in sink.query("raw", &sql).await? {
+    let since = watermark.current_us().map_or(String::new(), |w| {
+        let cutoff = w.saturating_sub(job.dedup_horizon.as_micros() as i64);
+        let day = chrono::DateTime::from_timestamp_micros(cutoff).unwrap_or_default();
+        // The date bound prunes partitions; the cast compares exactly.
+        format!(
+            " WHERE {EVENT_DATE} >= DATE '{}' AND CAST({ts} AS BIGINT) >= {cutoff}",
+            day.format("%Y-%m-%d")
+        )
+    });
+    let select =
+        |table: &str| format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM {table}{since}");
+    let sql = format!("{} UNION ALL {}", select("raw"), select("late"));
+    for batch in sink.query(&["raw", "late"], &sql).await? {
         dedup.seed(&batch)?;
     }
-    info!(ids = dedup.index().len(), "dedup index rebuilt from raw");
-    Ok(dedup)
+    if let Some(w) = watermark.current_us() {
+        dedup.evict(w);
+    }
+    info!(
+        ids = dedup.index().len(),
+        watermark = watermark.current_us(),
+        "dedup index and watermark restored from the tables"
+    );
+    Ok((watermark, dedup))
+}
+
+/// The stored fate of accepted events that `raw` has already settled (offsets
+/// below its txn version): those in `raw` were on time, the others late. Only
+/// re-reads after a restart or rebalance hit the table.
+async fn settled(sink: &Sink, accepted: &RecordBatch) -> Result<Settled, PipelineError> {
+    let below = sink.versions()[0].clone();
+    let partitions = accepted
+        .column_by_name(PARTITION)
+        .map(|c| c.as_primitive::<Int32Type>().clone());
+    let offsets = accepted
+        .column_by_name(OFFSET)
+        .map(|c| c.as_primitive::<Int64Type>().clone());
+    let (Some(partitions), Some(offsets)) = (partitions, offsets) else {
+        return Ok(Settled::default());
+    };
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for (p, o) in partitions.values().iter().zip(offsets.values()) {
+        if let Some(&v) = below.get(p).filter(|v| o < *v) {
+            let range = ranges.entry(*p).or_insert((*o, v));
+            range.0 = range.0.min(*o);
+        }
+    }
+    let mut on_time = HashSet::new();
+    if !ranges.is_empty() {
+        let conditions: Vec<String> = ranges
+            .iter()
+            .map(|(p, (lo, hi))| {
+                format!("({PARTITION} = {p} AND {OFFSET} >= {lo} AND {OFFSET} < {hi})")
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {PARTITION}, {OFFSET} FROM raw WHERE {}",
+            conditions.join(" OR ")
+        );
+        for batch in sink.query(&["raw"], &sql).await? {
+            let p = batch.column(0).as_primitive::<Int32Type>();
+            let o = batch.column(1).as_primitive::<Int64Type>();
+            on_time.extend(p.values().iter().copied().zip(o.values().iter().copied()));
+        }
+        debug!(
+            ?ranges,
+            on_time = on_time.len(),
+            "re-read events settled from raw"
+        );
+    }
+    Ok(Settled { below, on_time })
 }
 
 /// A job's running trigger loop.
 pub struct Pipeline {
     decoder: Decoder,
     dedup: Mutex<Dedup>,
+    watermark: Mutex<Watermark>,
     outputs: Vec<Transform>,
     source: KafkaSource,
     sink: SharedSink,
@@ -158,11 +256,16 @@ impl Pipeline {
     pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Result<Self, PipelineError> {
         let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
         let outputs = Transform::all(job).await?;
-        let sink = Sink::open(job, table_specs(&decoder, &outputs), faults).await?;
+        let specs = table_specs(
+            &decoder,
+            &Watermark::new(&job.contract, job.watermark),
+            &outputs,
+        );
+        let sink = Sink::open(job, specs, faults).await?;
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");
         }
-        let dedup = rebuild_dedup(job, &sink).await?;
+        let (watermark, dedup) = restore(job, &sink).await?;
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let resolver = Arc::new(SinkPositions {
             sink: sink.clone(),
@@ -172,6 +275,7 @@ impl Pipeline {
         Ok(Self {
             decoder,
             dedup: Mutex::new(dedup),
+            watermark: Mutex::new(watermark),
             outputs,
             source,
             sink,
@@ -194,12 +298,14 @@ impl Pipeline {
             let first = batch.first_offsets();
             let next = batch.next_offsets();
             let decoded = self.decoder.decode(&batch, Utc::now())?;
-            let (valid, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
+            let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
             let mut sink = self.sink.lock().await;
-            let mut inputs = vec![&valid, &decoded.rejected];
-            inputs.extend(self.outputs.iter().map(|_| &valid));
+            let settled = settled(&sink, &accepted).await?;
+            let split = self.judge(&accepted, &settled)?;
+            let mut inputs = vec![&split.on_time, &decoded.rejected, &split.late];
+            inputs.extend(self.outputs.iter().map(|_| &split.on_time));
             let (mut rows, replayed) = fresh_inputs(&sink.versions(), inputs)?;
-            for (output, rows) in self.outputs.iter().zip(&mut rows[2..]) {
+            for (output, rows) in self.outputs.iter().zip(&mut rows[INGEST_TABLES.len()..]) {
                 *rows = output.apply(rows).await?;
             }
             let report = sink.commit(rows, &first, &next).await?;
@@ -209,6 +315,7 @@ impl Pipeline {
                 events = batch.len(),
                 raw = report.written[0],
                 dlq = report.written[1],
+                late = report.written[2],
                 duplicates,
                 ms = report.elapsed.as_millis() as u64,
                 "trigger"
@@ -221,11 +328,29 @@ impl Pipeline {
                 .fetch_add(report.written[0] as u64, Ordering::Relaxed);
             s.dlq_rows
                 .fetch_add(report.written[1] as u64, Ordering::Relaxed);
+            s.late_rows
+                .fetch_add(report.written[2] as u64, Ordering::Relaxed);
             s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
             s.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
             s.commit_latencies.lock().unwrap().push(report.elapsed);
             s.positions.lock().unwrap().extend(next);
         }
         Ok(())
+    }
+
+    /// Splits accepted events by the watermark, then moves the watermark on
+    /// and lets dedup forget what fell behind it.
+    fn judge(
+        &self,
+        accepted: &RecordBatch,
+        settled: &Settled,
+    ) -> Result<crate::watermark::Split, ArrowError> {
+        let mut watermark = self.watermark.lock().unwrap();
+        let split = watermark.split(accepted, settled)?;
+        watermark.advance(&split.on_time, Instant::now())?;
+        if let Some(w) = watermark.current_us() {
+            self.dedup.lock().unwrap().evict(w);
+        }
+        Ok(split)
     }
 }

@@ -14,10 +14,8 @@ use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
 use crate::job::Job;
+use crate::pipeline::INGEST_TABLES;
 use crate::transform::{stored_table, view_sql};
-
-/// The tables every job has (outputs come on top).
-pub const TABLES: [&str; 2] = ["raw", "dlq"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -72,13 +70,13 @@ pub async fn register(
     Ok(())
 }
 
-/// Runs `sql` with the job's tables registered by name: `raw`, `dlq`, and per
+/// Runs `sql` with the job's tables registered by name: `raw`, `dlq`, `late`, and per
 /// output a view of final values under the output's name (windowed outputs'
 /// partials merged; their stored tables as `<output>__partials`, query
 /// outputs' as `<output>__rows`). Returns the result's schema and rows.
 pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let ctx = SessionContext::new();
-    for name in TABLES {
+    for name in INGEST_TABLES {
         let url = job.storage.hot_table(&job.name, name);
         let table = open(name, &url).await?;
         register(&ctx, name, &table).await?;

@@ -30,6 +30,7 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     let mix = Mix {
         malformed_ratio: 0.03,
         duplicate_ratio: 0.03,
+        late_ratio: 0.0,
     };
     let delivered = produce(&broker.bootstrap_servers(), &job, 3000, mix, 42).await;
     let ends = end_offsets(&delivered);
@@ -90,6 +91,7 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     let mix = Mix {
         malformed_ratio: 0.1,
         duplicate_ratio: 0.02,
+        late_ratio: 0.0,
     };
     let delivered = produce(&broker.bootstrap_servers(), &job, 1000, mix, 7).await;
     let ends = end_offsets(&delivered);
@@ -144,14 +146,18 @@ async fn restart_over(
     let job = job(dir, 100);
     let broker = EmbeddedBroker::start(&job.source.topic, 2).unwrap();
     let bootstrap = broker.bootstrap_servers();
-    let first = produce(&bootstrap, &job, 400, Mix::default(), first_seed).await;
+    let mix = Mix {
+        late_ratio: 0.0,
+        ..Mix::default()
+    };
+    let first = produce(&bootstrap, &job, 400, mix, first_seed).await;
     let pipeline = start(&job, &bootstrap, Faults::default()).await;
     run_until(pipeline.clone(), &end_offsets(&first), DRAIN)
         .await
         .unwrap();
     drop(pipeline);
 
-    let second = produce(&bootstrap, &job, 400, Mix::default(), second_seed).await;
+    let second = produce(&bootstrap, &job, 400, mix, second_seed).await;
     let all: Vec<_> = first.iter().chain(&second).cloned().collect();
     let pipeline = start(&job, &bootstrap, Faults::default()).await;
     run_until(pipeline.clone(), &end_offsets(&all), DRAIN)
@@ -259,8 +265,23 @@ async fn merged_outputs(job: &weir::job::Job) -> Oracle {
     out
 }
 
+/// Drains everything delivered so far, crashing once on `fault` and restarting.
+async fn drain_across_crash(
+    job: &weir::job::Job,
+    bootstrap: &str,
+    ends: &BTreeMap<i32, i64>,
+    fault: &str,
+) {
+    let faults = Faults::parse(fault).unwrap();
+    let crashed = run_until(start(job, bootstrap, faults).await, ends, DRAIN).await;
+    assert!(crashed.is_err(), "{fault} did not fire");
+    run_until(start(job, bootstrap, Faults::default()).await, ends, DRAIN)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outputs_equal_an_independent_computation_across_a_crash() {
+async fn outputs_equal_an_independent_computation_across_crashes() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), 60);
     assert_eq!(
@@ -270,25 +291,46 @@ async fn outputs_equal_an_independent_computation_across_a_crash() {
     );
     let broker = EmbeddedBroker::start(&job.source.topic, 3).unwrap();
     let bootstrap = broker.bootstrap_servers();
-    let mix = Mix {
+    let mut mix = Mix {
         malformed_ratio: 0.02,
         duplicate_ratio: 0.05,
+        late_ratio: 0.0,
     };
-    let delivered = produce(&bootstrap, &job, 2000, mix, 11).await;
-    let ends = end_offsets(&delivered);
-
-    // Crash after page_views committed and before revenue did, then restart:
-    // the replay must reach revenue and must not count twice in page_views.
-    let faults = Faults::parse("sink.after_commit.page_views@4:error").unwrap();
-    let crashed = run_until(start(&job, &bootstrap, faults).await, &ends, DRAIN).await;
-    assert!(crashed.is_err());
+    // A first stream sets every partition's clock, so the job has a watermark
+    // before any late event arrives (before it, nothing can be late).
+    let mut delivered = produce(&bootstrap, &job, 600, mix, 11).await;
     run_until(
         start(&job, &bootstrap, Faults::default()).await,
-        &ends,
+        &end_offsets(&delivered),
         DRAIN,
     )
     .await
     .unwrap();
+
+    // Then out-of-order, late and re-sent events, with a crash between raw and
+    // late, and one between page_views and revenue: the replays must neither
+    // count twice nor judge an event differently than the first time.
+    mix.late_ratio = 0.04;
+    for (seed, fault) in [
+        (12, "sink.after_commit.raw@3:error"),
+        (13, "sink.after_commit.page_views@2:error"),
+    ] {
+        delivered.extend(produce(&bootstrap, &job, 800, mix, seed).await);
+        drain_across_crash(&job, &bootstrap, &end_offsets(&delivered), fault).await;
+    }
+
+    let late = expected(&delivered, |d| d.kind == Kind::Late);
+    assert!(late.len() > 30, "the stream has late events");
+    assert_eq!(
+        offsets(&job, "late").await,
+        late,
+        "late holds exactly the late events"
+    );
+    assert_eq!(
+        offsets(&job, "raw").await,
+        expected(&delivered, |d| d.kind == Kind::Valid),
+        "raw holds exactly the on-time originals"
+    );
 
     let expected = oracle(&delivered);
     assert!(
@@ -307,4 +349,25 @@ async fn outputs_equal_an_independent_computation_across_a_crash() {
             "{key:?}: revenue {got:?} vs {want:?}"
         );
     }
+
+    // The stateless output holds exactly the on-time purchases, once each.
+    let mut want: Vec<String> = delivered
+        .iter()
+        .filter(|d| d.kind == Kind::Valid)
+        .map(|d| serde_json::from_slice::<serde_json::Value>(&d.payload).unwrap())
+        .filter(|e| e["action"] == "purchase")
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    want.sort();
+    let (_, batches) = weir::query::run(&job, "SELECT event_id FROM purchases ORDER BY 1")
+        .await
+        .unwrap();
+    let got: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column(0).as_string_view().clone();
+            (0..ids.len()).map(move |i| ids.value(i).to_owned())
+        })
+        .collect();
+    assert_eq!(got, want);
 }

@@ -15,6 +15,7 @@ pub fn generator(job: &Job, malformed_ratio: f64, duplicate_ratio: f64, seed: u6
     let mix = Mix {
         malformed_ratio,
         duplicate_ratio,
+        late_ratio: 0.0,
     };
     Generator::new(job.contract.clone(), mix, seed)
 }

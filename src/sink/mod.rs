@@ -53,9 +53,9 @@ pub enum SinkError {
         url: Url,
         source: std::io::Error,
     },
-    #[error("query over table {table}: {source}")]
+    #[error("query over table(s) {tables}: {source}")]
     Query {
-        table: String,
+        tables: String,
         source: datafusion::error::DataFusionError,
     },
     #[error(transparent)]
@@ -264,22 +264,24 @@ impl Sink {
             .collect()
     }
 
-    /// Runs DataFusion SQL in which table `name` of this job is registered
-    /// under its own name.
-    pub async fn query(&self, name: &str, sql: &str) -> Result<Vec<RecordBatch>, SinkError> {
-        let table = self
-            .tables
-            .iter()
-            .find(|t| t.spec.name == name)
-            .unwrap_or_else(|| panic!("no table {name} in this sink"));
+    /// Runs DataFusion SQL in which the job's tables `names` are registered
+    /// under their own names.
+    pub async fn query(&self, names: &[&str], sql: &str) -> Result<Vec<RecordBatch>, SinkError> {
         let fail = |source| SinkError::Query {
-            table: name.to_owned(),
+            tables: names.join(", "),
             source,
         };
         let ctx = SessionContext::new();
-        crate::query::register(&ctx, name, &table.table)
-            .await
-            .map_err(fail)?;
+        for name in names {
+            let table = self
+                .tables
+                .iter()
+                .find(|t| t.spec.name == *name)
+                .unwrap_or_else(|| panic!("no table {name} in this sink"));
+            crate::query::register(&ctx, name, &table.table)
+                .await
+                .map_err(fail)?;
+        }
         ctx.sql(sql)
             .await
             .map_err(fail)?

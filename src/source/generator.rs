@@ -1,8 +1,9 @@
 //! A synthetic event stream shaped by a job's schema contract, and a producer
 //! that sends it to any broker. It feeds `weir demo`, `weir produce` and the
 //! tests, so it deliberately includes what real streams contain: skewed keys,
-//! out-of-order event times, events re-sent at later offsets, and malformed
-//! messages of every kind the decoder must route to the DLQ.
+//! out-of-order event times, events so late the watermark has passed them,
+//! events re-sent at later offsets, and malformed messages of every kind the
+//! decoder must route to the DLQ.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,11 @@ use crate::job::{Contract, FieldType};
 /// What a generated message is meant to be, so tests can check where it landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// A valid event at most [`STRAGGLER_MS`] behind the wall clock.
     Valid,
+    /// A valid event [`LATE_MS`] behind the wall clock: behind the watermark of
+    /// any job whose allowed lateness is under 10 minutes.
+    Late,
     /// The exact bytes of an earlier valid event, sent again.
     Duplicate,
     Malformed(Malformed),
@@ -52,6 +57,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Valid => "valid",
+            Kind::Late => "late",
             Kind::Duplicate => "duplicate",
             Kind::Malformed(m) => match m {
                 Malformed::NotJson => "malformed:not_json",
@@ -83,6 +89,7 @@ pub struct Generated {
 pub struct Mix {
     pub malformed_ratio: f64,
     pub duplicate_ratio: f64,
+    pub late_ratio: f64,
 }
 
 impl Default for Mix {
@@ -90,9 +97,15 @@ impl Default for Mix {
         Self {
             malformed_ratio: 0.005,
             duplicate_ratio: 0.01,
+            late_ratio: 0.005,
         }
     }
 }
+
+/// How far behind the wall clock an on-time event may be (a few are this far).
+pub const STRAGGLER_MS: i64 = 30_000;
+/// How far behind the wall clock a late event is.
+pub const LATE_MS: std::ops::Range<i64> = 600_000..3_600_000;
 
 /// Generates messages for a contract. Deterministic for a given seed, except
 /// for event times, which follow the wall clock like a real stream's.
@@ -140,8 +153,15 @@ impl Generator {
                 kind: Kind::Duplicate,
             };
         }
+        let late = roll < self.mix.malformed_ratio + self.mix.duplicate_ratio + self.mix.late_ratio;
         let key = self.key();
-        let payload = serde_json::to_vec(&Value::Object(self.event())).expect("JSON serializes");
+        let delay_ms = if late {
+            self.rng.random_range(LATE_MS)
+        } else {
+            self.straggle()
+        };
+        let payload =
+            serde_json::to_vec(&Value::Object(self.event(delay_ms))).expect("JSON serializes");
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -149,7 +169,16 @@ impl Generator {
         Generated {
             key,
             payload,
-            kind: Kind::Valid,
+            kind: if late { Kind::Late } else { Kind::Valid },
+        }
+    }
+
+    /// An on-time event's delay: usually under 3 s, sometimes up to [`STRAGGLER_MS`].
+    fn straggle(&mut self) -> i64 {
+        if self.rng.random_bool(0.02) {
+            self.rng.random_range(0..STRAGGLER_MS)
+        } else {
+            self.rng.random_range(0..3_000)
         }
     }
 
@@ -164,14 +193,14 @@ impl Generator {
         ((n as f64).powf(u) as u64).clamp(1, n)
     }
 
-    fn event(&mut self) -> Map<String, Value> {
+    fn event(&mut self, delay_ms: i64) -> Map<String, Value> {
         self.seq += 1;
         let mut object = Map::new();
         for (i, field) in self.contract.fields.clone().iter().enumerate() {
             let value = if i == self.contract.event_id {
                 self.event_id(field.ty)
             } else if i == self.contract.event_time {
-                self.event_time()
+                event_time(Utc::now().timestamp_millis() - delay_ms, &mut self.rng)
             } else if field.nullable && self.rng.random_bool(0.05) {
                 continue;
             } else {
@@ -187,23 +216,6 @@ impl Generator {
         match ty {
             FieldType::Int64 => json!(self.seq as i64 * 1_000_000 + (salt % 1_000_000) as i64),
             _ => json!(format!("{:08x}-{:012x}", salt, self.seq)),
-        }
-    }
-
-    /// Now, minus a delay that is usually small and sometimes minutes, so the
-    /// stream is out of order; half as RFC 3339 strings, half as epoch millis.
-    fn event_time(&mut self) -> Value {
-        let delay_ms: i64 = if self.rng.random_bool(0.02) {
-            self.rng.random_range(0..180_000)
-        } else {
-            self.rng.random_range(0..3_000)
-        };
-        let ms = Utc::now().timestamp_millis() - delay_ms;
-        if self.rng.random_bool(0.5) {
-            json!(ms)
-        } else {
-            let t = Utc.timestamp_millis_opt(ms).single().expect("in range");
-            json!(t.to_rfc3339_opts(SecondsFormat::Millis, true))
         }
     }
 
@@ -241,13 +253,17 @@ impl Generator {
                 let amount = (self.rng.random::<f64>().powi(3) * 500.0 * 100.0).round() / 100.0;
                 json!(amount)
             }
-            FieldType::Timestamp => self.event_time(),
+            FieldType::Timestamp => {
+                let delay = self.straggle();
+                event_time(Utc::now().timestamp_millis() - delay, &mut self.rng)
+            }
             FieldType::Date => json!(Utc::now().format("%Y-%m-%d").to_string()),
         }
     }
 
     fn malformed(&mut self, kind: Malformed) -> Vec<u8> {
-        let mut event = self.event();
+        let delay = self.straggle();
+        let mut event = self.event(delay);
         let id = self.contract.event_id_name().to_owned();
         let time = self.contract.event_time_name().to_owned();
         match kind {
@@ -276,6 +292,16 @@ impl Generator {
                 bytes
             }
         }
+    }
+}
+
+/// An event time (epoch ms), half the time as an RFC 3339 string, half as epoch millis.
+fn event_time(ms: i64, rng: &mut StdRng) -> Value {
+    if rng.random_bool(0.5) {
+        json!(ms)
+    } else {
+        let t = Utc.timestamp_millis_opt(ms).single().expect("in range");
+        json!(t.to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 }
 
@@ -428,11 +454,14 @@ mod tests {
         let mix = Mix {
             malformed_ratio: 0.05,
             duplicate_ratio: 0.1,
+            late_ratio: 0.02,
         };
         let mut g = Generator::new(clickstream().contract, mix, 7);
         let kinds: Vec<Kind> = (0..20_000).map(|_| g.next_message().kind).collect();
         let malformed = kinds.iter().filter(|k| !k.is_valid()).count();
         let dups = kinds.iter().filter(|k| **k == Kind::Duplicate).count();
+        let late = kinds.iter().filter(|k| **k == Kind::Late).count();
+        assert!((300..500).contains(&late), "{late}");
         assert!((800..1200).contains(&malformed), "{malformed}");
         assert!((1700..2300).contains(&dups), "{dups}");
         for m in MALFORMED_KINDS {

@@ -62,7 +62,11 @@ pub async fn produce(
     .unwrap()
 }
 
+/// Starts a pipeline; with `RUST_LOG` set, its logs go to stderr.
 pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Arc<Pipeline> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        weir::telemetry::init_logging();
+    }
     Arc::new(Pipeline::start(job, bootstrap, faults).await.unwrap())
 }
 
