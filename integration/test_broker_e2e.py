@@ -86,7 +86,7 @@ def event_ms(ts) -> int:
 def oracle(report):
     """Per (minute, page, country): page views, purchases and revenue, computed
     here from the producer's own messages (the on-time originals), not by weir."""
-    views, purchases, revenue, purchase_ids = {}, {}, {}, []
+    views, visitors, purchases, revenue, purchase_ids = {}, {}, {}, {}, []
     for sent in report:
         if sent.kind != "valid":
             continue
@@ -94,21 +94,27 @@ def oracle(report):
         key = (event_ms(event["ts"]) // 60000 * 60000, event.get("page"), event.get("country"))
         if event.get("action") == "view":
             views[key] = views.get(key, 0) + 1
+            if event.get("user_id") is not None:
+                visitors.setdefault(key, set()).add(event["user_id"])
         elif event.get("action") == "purchase":
             purchases[key] = purchases.get(key, 0) + 1
             purchase_ids.append(event["event_id"])
             if event.get("price") is not None:
                 revenue[key] = revenue.get(key, 0.0) + event["price"]
-    return views, purchases, revenue, sorted(purchase_ids)
+    visitors = {k: len(visitors.get(k, ())) for k in views}
+    return views, visitors, purchases, revenue, sorted(purchase_ids)
 
 
 def assert_outputs_match_oracle(job, report):
     """The outputs' merged views, as `weir views --dialect duckdb` defines them
     and DuckDB computes them, equal the oracle row for row."""
-    views, purchases, revenue, purchase_ids = oracle(report)
+    views, visitors, purchases, revenue, purchase_ids = oracle(report)
     con = duckdb_with_views(job)
-    got = con.sql("SELECT epoch_ms(window_start), page, country, views FROM page_views").fetchall()
-    assert {(w, p, c): v for w, p, c, v in got} == views and len(got) == len(views) > 10
+    got = con.sql("SELECT epoch_ms(window_start), page, country, views, visitors "
+                  "FROM page_views").fetchall()
+    assert {(w, p, c): v for w, p, c, v, _ in got} == views and len(got) == len(views) > 10
+    assert {(w, p, c): u for w, p, c, _, u in got} == visitors
+    assert any(u < v for *_, v, u in got), "some visitor viewed a page twice in a minute"
     got = con.sql("SELECT epoch_ms(window_start), page, country, purchases, revenue "
                   "FROM revenue").fetchall()
     assert {(w, p, c): n for w, p, c, n, _ in got} == purchases and len(got) == len(purchases)

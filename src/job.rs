@@ -472,6 +472,8 @@ pub enum AggregateFn {
     Min,
     Max,
     Avg,
+    /// Exact distinct count of a field's non-null values within a window.
+    CountDistinct,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -916,10 +918,11 @@ fn validate_output(
             "min" => AggregateFn::Min,
             "max" => AggregateFn::Max,
             "avg" => AggregateFn::Avg,
+            "count_distinct" => AggregateFn::CountDistinct,
             other => {
                 return Err(invalid(
                     &akey("fn"),
-                    "one of count, sum, min, max, avg",
+                    "one of count, sum, min, max, avg, count_distinct",
                     format!("`{other}`"),
                 ));
             }

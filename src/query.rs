@@ -15,7 +15,7 @@ use url::Url;
 
 use crate::job::Job;
 use crate::pipeline::INGEST_TABLES;
-use crate::transform::{stored_table, view_sql};
+use crate::transform::{Dialect, stored_table, view_sql};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -86,7 +86,12 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
         let table = open(output.name(), &url).await?;
         let stored = stored_table(output);
         register(&ctx, &stored, &table).await?;
-        let view = view_sql(output, &job.contract, &format!("\"{stored}\""));
+        let view = view_sql(
+            output,
+            &job.contract,
+            &format!("\"{stored}\""),
+            Dialect::DataFusion,
+        );
         ctx.register_table(output.name(), ctx.sql(&view).await?.into_view())?;
     }
     let frame = ctx.sql(sql).await?;

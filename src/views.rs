@@ -2,24 +2,16 @@
 //! numbers `weir query` shows, without knowing about partials.
 //!
 //! Every output is a view that merges its partials table with `GROUP BY window,
-//! keys` and each state's merge function. The merge SQL uses only what all four
-//! engines share (SUM, MIN, MAX, CASE, CAST AS DOUBLE); what differs is how an
-//! identifier is quoted and how a Delta table is named.
+//! keys` and each state's merge function. The merge SQL uses what all four
+//! engines share (SUM, MIN, MAX, CASE, CAST) except for the list functions of
+//! `count_distinct`; what differs besides is how an identifier is quoted and
+//! how a Delta table is named.
 
 use url::Url;
 
 use crate::job::Job;
+pub use crate::transform::Dialect;
 use crate::transform::{stored_table, view_sql};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Dialect {
-    #[value(name = "datafusion")]
-    DataFusion,
-    #[value(name = "duckdb")]
-    DuckDb,
-    Spark,
-    Trino,
-}
 
 /// Where a table's files are, as the engine wants to see it.
 fn location(url: &Url) -> String {
@@ -46,7 +38,7 @@ pub fn render(job: &Job, dialect: Dialect) -> String {
             Dialect::Spark => format!("delta.`{path}`"),
             Dialect::Trino => format!("delta.weir.\"{}_{partials}\"", job.name),
         };
-        let merge = view_sql(output, &job.contract, &source);
+        let merge = view_sql(output, &job.contract, &source, dialect);
         match dialect {
             Dialect::DataFusion => out.push_str(&format!(
                 "-- register the Delta table at {path} as \"{partials}\" first\n"
@@ -93,7 +85,7 @@ mod tests {
         let job = job();
         let duck = render(&job, Dialect::DuckDb);
         assert!(duck.contains(
-            "CREATE OR REPLACE VIEW \"page_views\" AS SELECT \"window_start\", \"window_end\", \"page\", \"country\", sum(\"views\") AS \"views\" FROM delta_scan('/data/hot/clickstream/page_views') GROUP BY"
+            "CREATE OR REPLACE VIEW \"page_views\" AS SELECT \"window_start\", \"window_end\", \"page\", \"country\", sum(\"views\") AS \"views\", CAST("
         ), "{duck}");
         let spark = render(&job, Dialect::Spark);
         assert!(
@@ -114,6 +106,10 @@ mod tests {
             "{trino}"
         );
         assert!(render(&job, Dialect::DataFusion).contains("FROM \"page_views__partials\""));
+        // count_distinct merges with each engine's list functions.
+        assert!(duck.contains("CAST(coalesce(array_length(array_distinct(flatten(array_agg(\"visitors__distinct\") FILTER (WHERE \"visitors__distinct\" IS NOT NULL)))), 0) AS BIGINT) AS \"visitors\" FROM delta_scan('/data/hot/clickstream/page_views') GROUP BY"), "{duck}");
+        assert!(spark.contains("CAST(coalesce(size(array_distinct(flatten(collect_list(`visitors__distinct`)))), 0) AS BIGINT) AS `visitors`"), "{spark}");
+        assert!(trino.contains("CAST(coalesce(cardinality(array_distinct(flatten(array_agg(\"visitors__distinct\") FILTER"), "{trino}");
         assert!(duck.contains(
             "CREATE OR REPLACE VIEW \"purchases\" AS SELECT * FROM delta_scan('/data/hot/clickstream/purchases')"
         ), "{duck}");

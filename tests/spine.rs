@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -197,12 +197,12 @@ async fn resends_after_a_restart_are_still_duplicates() {
     );
 }
 
-/// Per (minute, page, country): views, purchases, revenue (cents) — computed
-/// here from the generator's own messages, not by weir's code.
-type Oracle = BTreeMap<(i64, String, String), (i64, i64, i64)>;
+/// Per (minute, page, country): views, distinct viewers, purchases, revenue
+/// (cents) — computed here from the generator's own messages, not by weir's code.
+type Oracle = BTreeMap<(i64, String, String), (i64, i64, i64, i64)>;
 
 fn oracle(delivered: &[Delivered]) -> Oracle {
-    let mut out = Oracle::new();
+    let mut figures: BTreeMap<_, (i64, HashSet<String>, i64, i64)> = BTreeMap::new();
     for d in delivered.iter().filter(|d| d.kind == Kind::Valid) {
         let event: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
         let ms = match &event["ts"] {
@@ -217,29 +217,38 @@ fn oracle(delivered: &[Delivered]) -> Oracle {
             text("page"),
             text("country"),
         );
-        let entry = out.entry(key).or_default();
+        let entry = figures.entry(key).or_default();
         match text("action").as_str() {
-            "view" => entry.0 += 1,
+            "view" => {
+                entry.0 += 1;
+                if let Some(user) = event["user_id"].as_str() {
+                    entry.1.insert(user.to_owned());
+                }
+            }
             "purchase" => {
-                entry.1 += 1;
-                entry.2 += event["price"]
+                entry.2 += 1;
+                entry.3 += event["price"]
                     .as_f64()
                     .map_or(0, |p| (p * 100.0).round() as i64);
             }
             _ => {}
         }
     }
-    out.retain(|_, v| *v != (0, 0, 0));
-    out
+    figures
+        .into_iter()
+        .map(|(k, (v, users, p, c))| (k, (v, users.len() as i64, p, c)))
+        .filter(|(_, v)| *v != (0, 0, 0, 0))
+        .collect()
 }
 
 /// The same figures, from the outputs' merged views via `weir query`.
 async fn merged_outputs(job: &weir::job::Job) -> Oracle {
     let sql = "SELECT CAST(to_unixtime(w) * 1000 AS BIGINT), page, country, \
-               sum(v), sum(p), sum(c) FROM ( \
-                 SELECT window_start AS w, page, country, views AS v, 0 AS p, 0 AS c FROM page_views \
+               sum(v), sum(u), sum(p), sum(c) FROM ( \
+                 SELECT window_start AS w, page, country, views AS v, visitors AS u, \
+                        0 AS p, 0 AS c FROM page_views \
                  UNION ALL \
-                 SELECT window_start, page, country, 0, purchases, \
+                 SELECT window_start, page, country, 0, 0, purchases, \
                         CAST(round(coalesce(revenue, 0) * 100) AS BIGINT) FROM revenue) \
                GROUP BY 1, 2, 3";
     let (_, batches) = weir::query::run(job, sql).await.unwrap();
@@ -247,7 +256,8 @@ async fn merged_outputs(job: &weir::job::Job) -> Oracle {
     for b in batches {
         let ints = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
         let strs = |i: usize| b.column(i).as_string_view().clone();
-        let (w, page, country, v, p, c) = (ints(0), strs(1), strs(2), ints(3), ints(4), ints(5));
+        let (w, page, country) = (ints(0), strs(1), strs(2));
+        let (v, u, p, c) = (ints(3), ints(4), ints(5), ints(6));
         for r in 0..b.num_rows() {
             let text = |a: &arrow::array::StringViewArray| {
                 if a.is_null(r) {
@@ -258,7 +268,7 @@ async fn merged_outputs(job: &weir::job::Job) -> Oracle {
             };
             out.insert(
                 (w.value(r), text(&page), text(&country)),
-                (v.value(r), p.value(r), c.value(r)),
+                (v.value(r), u.value(r), p.value(r), c.value(r)),
             );
         }
     }
@@ -334,7 +344,7 @@ async fn outputs_equal_an_independent_computation_across_crashes() {
 
     let expected = oracle(&delivered);
     assert!(
-        expected.values().map(|v| v.1).sum::<i64>() > 20,
+        expected.values().map(|v| v.2).sum::<i64>() > 20,
         "the stream has purchases"
     );
     let actual = merged_outputs(&job).await;
@@ -343,9 +353,9 @@ async fn outputs_equal_an_independent_computation_across_crashes() {
         let got = actual
             .get(key)
             .unwrap_or_else(|| panic!("no output row for {key:?}"));
-        assert_eq!((got.0, got.1), (want.0, want.1), "{key:?}");
+        assert_eq!((got.0, got.1, got.2), (want.0, want.1, want.2), "{key:?}");
         assert!(
-            (got.2 - want.2).abs() <= 1,
+            (got.3 - want.3).abs() <= 1,
             "{key:?}: revenue {got:?} vs {want:?}"
         );
     }

@@ -24,6 +24,62 @@ use crate::job::{
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
 
+/// The SQL engines whose merge views weir writes. They share SUM, MIN, MAX,
+/// CASE and CAST; they differ in list functions (for `count_distinct`),
+/// identifier quoting and how a Delta table is named ([`crate::views`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dialect {
+    #[value(name = "datafusion")]
+    DataFusion,
+    #[value(name = "duckdb")]
+    DuckDb,
+    Spark,
+    Trino,
+}
+
+/// How one aggregate's partial states merge into its final value.
+#[derive(Debug, Clone)]
+enum Merge {
+    /// SUM of partial counts or sums.
+    Sum(String),
+    Min(String),
+    Max(String),
+    /// SUM(sum) / SUM(count).
+    Avg {
+        sum: String,
+        count: String,
+    },
+    /// The size of the union of the partials' distinct-value lists.
+    Distinct(String),
+}
+
+impl Merge {
+    /// The merge expression, aliased to the aggregate's name `alias` (quoted).
+    fn sql(&self, alias: &str, dialect: Dialect) -> String {
+        let expr = match self {
+            Merge::Sum(c) => format!("sum({c})"),
+            Merge::Min(c) => format!("min({c})"),
+            Merge::Max(c) => format!("max({c})"),
+            Merge::Avg { sum, count } => format!(
+                "CASE WHEN sum({count}) = 0 THEN NULL \
+                 ELSE sum({sum}) / CAST(sum({count}) AS DOUBLE) END"
+            ),
+            Merge::Distinct(c) => {
+                let lists = format!("array_agg({c}) FILTER (WHERE {c} IS NOT NULL)");
+                let size = match dialect {
+                    Dialect::DataFusion | Dialect::DuckDb => {
+                        format!("array_length(array_distinct(flatten({lists})))")
+                    }
+                    Dialect::Trino => format!("cardinality(array_distinct(flatten({lists})))"),
+                    Dialect::Spark => format!("size(array_distinct(flatten(collect_list({c}))))"),
+                };
+                format!("CAST(coalesce({size}, 0) AS BIGINT)")
+            }
+        };
+        format!("{expr} AS {alias}")
+    }
+}
+
 /// A compiled windowed aggregation: the SQL that turns a batch of events into
 /// partial rows, and the partial table's schema.
 #[derive(Debug, Clone)]
@@ -31,7 +87,8 @@ pub struct WindowAggregate {
     output: WindowOutput,
     partial_schema: SchemaRef,
     partial_sql: String,
-    merge_columns: Vec<String>,
+    /// Per aggregate: its quoted name and how its states merge.
+    merges: Vec<(String, Merge)>,
     group_columns: Vec<String>,
 }
 
@@ -76,25 +133,25 @@ impl WindowAggregate {
                     let counted = input.unwrap_or_else(|| "*".into());
                     states.push((format!("count({counted})"), quote(name)));
                     fields.push(Field::new(name, DataType::Int64, false));
-                    merges.push(format!("sum({0}) AS {0}", quote(name)));
+                    merges.push((quote(name), Merge::Sum(quote(name))));
                 }
                 AggregateFn::Sum => {
                     let input = input.expect("validated: sum has a field");
                     states.push((format!("sum({input})"), quote(name)));
                     fields.push(Field::new(name, sum_ty, true));
-                    merges.push(format!("sum({0}) AS {0}", quote(name)));
+                    merges.push((quote(name), Merge::Sum(quote(name))));
                 }
                 AggregateFn::Min | AggregateFn::Max => {
                     let input = input.expect("validated: min/max have a field");
-                    let f = if agg.func == AggregateFn::Min {
-                        "min"
+                    let (f, merge) = if agg.func == AggregateFn::Min {
+                        ("min", Merge::Min(quote(name)))
                     } else {
-                        "max"
+                        ("max", Merge::Max(quote(name)))
                     };
                     states.push((format!("{f}({input})"), quote(name)));
                     let ty = input_ty.expect("validated").stored_type();
                     fields.push(Field::new(name, ty, true));
-                    merges.push(format!("{f}({0}) AS {0}", quote(name)));
+                    merges.push((quote(name), merge));
                 }
                 AggregateFn::Avg => {
                     let input = input.expect("validated: avg has a field");
@@ -112,11 +169,25 @@ impl WindowAggregate {
                     states.push((format!("count({input})"), count.clone()));
                     fields.push(Field::new(format!("{name}__sum"), DataType::Float64, true));
                     fields.push(Field::new(format!("{name}__count"), DataType::Int64, false));
-                    merges.push(format!(
-                        "CASE WHEN sum({count}) = 0 THEN NULL \
-                         ELSE sum({sum}) / CAST(sum({count}) AS DOUBLE) END AS {}",
-                        quote(name)
+                    merges.push((quote(name), Merge::Avg { sum, count }));
+                }
+                AggregateFn::CountDistinct => {
+                    // Exact: each partial keeps its distinct values; the merge
+                    // counts their union.
+                    let input = input.expect("validated: count_distinct has a field");
+                    let column = quote(&format!("{name}__distinct"));
+                    states.push((
+                        format!("array_agg(DISTINCT {input}) FILTER (WHERE {input} IS NOT NULL)"),
+                        column.clone(),
                     ));
+                    let ty = input_ty.expect("validated").stored_type();
+                    let element = Field::new("element", ty, true);
+                    fields.push(Field::new(
+                        format!("{name}__distinct"),
+                        DataType::List(Arc::new(element)),
+                        true,
+                    ));
+                    merges.push((quote(name), Merge::Distinct(column)));
                 }
             }
         }
@@ -171,7 +242,7 @@ impl WindowAggregate {
             output: output.clone(),
             partial_schema: Arc::new(Schema::new(fields)),
             partial_sql,
-            merge_columns: merges,
+            merges,
             group_columns,
         }
     }
@@ -190,12 +261,17 @@ impl WindowAggregate {
     }
 
     /// SQL that merges the partials in `table` into one final row per (window,
-    /// keys). The same text runs in DataFusion and DuckDB.
-    pub fn merge_sql(&self, table: &str) -> String {
+    /// keys), in `dialect` (identifiers double-quoted).
+    pub fn merge_sql(&self, table: &str, dialect: Dialect) -> String {
         let groups = self.group_columns.join(", ");
+        let merged: Vec<String> = self
+            .merges
+            .iter()
+            .map(|(alias, merge)| merge.sql(alias, dialect))
+            .collect();
         format!(
             "SELECT {groups}, {} FROM {table} GROUP BY {groups}",
-            self.merge_columns.join(", ")
+            merged.join(", ")
         )
     }
 }
@@ -362,9 +438,9 @@ pub fn stored_table(output: &Output) -> String {
 
 /// The SQL of an output's view of final values over its stored table `source`:
 /// windows merge their partials; query outputs are their rows.
-pub fn view_sql(output: &Output, contract: &Contract, source: &str) -> String {
+pub fn view_sql(output: &Output, contract: &Contract, source: &str, dialect: Dialect) -> String {
     match output {
-        Output::Window(w) => WindowAggregate::new(w, contract).merge_sql(source),
+        Output::Window(w) => WindowAggregate::new(w, contract).merge_sql(source, dialect),
         Output::Sql(_) => format!("SELECT * FROM {source}"),
     }
 }

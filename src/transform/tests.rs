@@ -35,6 +35,7 @@ aggregates = [
   { name = "cheapest", fn = "min", field = "price" },
   { name = "dearest", fn = "max", field = "price" },
   { name = "avg_price", fn = "avg", field = "price" },
+  { name = "prices", fn = "count_distinct", field = "price" },
 ]
 [[outputs]]
 name = "hopping"
@@ -92,7 +93,7 @@ async fn merged(agg: &WindowAggregate, partials: Vec<RecordBatch>) -> Vec<Record
     let ctx = SessionContext::new();
     let table = MemTable::try_new(agg.partial_schema().clone(), vec![partials]).unwrap();
     ctx.register_table("p", Arc::new(table)).unwrap();
-    let sql = format!("{} ORDER BY 1, 3", agg.merge_sql("p"));
+    let sql = format!("{} ORDER BY 1, 3", agg.merge_sql("p", Dialect::DataFusion));
     ctx.sql(&sql).await.unwrap().collect().await.unwrap()
 }
 
@@ -155,6 +156,39 @@ async fn partials_of_two_batches_merge_to_the_exact_answer() {
     assert_eq!(f64s("cheapest"), vec![Some(10.0), Some(1.5), None]);
     assert_eq!(f64s("dearest"), vec![Some(20.0), Some(1.5), None]);
     assert_eq!(f64s("avg_price"), vec![Some(15.0), Some(1.5), None]);
+    let prices = out.column_by_name("prices").unwrap();
+    assert_eq!(
+        prices.as_primitive::<Int64Type>().values().to_vec(),
+        vec![2, 1, 0],
+        "nulls are not a value"
+    );
+}
+
+#[tokio::test]
+async fn distinct_counts_merge_across_partials_without_double_counting() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    let batch = |rows: &[(i64, Option<f64>)]| {
+        let rows: Vec<_> = rows.iter().map(|(s, p)| (*s, "/a", "view", *p)).collect();
+        events(&job, &rows)
+    };
+    let partials = vec![
+        agg.apply(&batch(&[(1, Some(5.0)), (2, Some(5.0)), (3, Some(7.0))]))
+            .await
+            .unwrap(),
+        agg.apply(&batch(&[(4, Some(7.0)), (5, Some(9.0)), (6, None)]))
+            .await
+            .unwrap(),
+    ];
+    let out = merged(&agg, partials).await;
+    let column = |name: &str| {
+        out[0]
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0)
+    };
+    assert_eq!((column("views"), column("prices")), (6, 3));
 }
 
 #[tokio::test]
