@@ -83,15 +83,17 @@ def event_ms(ts) -> int:
         datetime.timedelta(milliseconds=1)
 
 
-def oracle(report):
-    """Per (minute, page, country): page views, purchases and revenue, computed
-    here from the producer's own messages (the on-time originals), not by weir."""
+def oracle(report, window_ms=60_000):
+    """Per (window, page, country): page views, visitors, purchases and revenue,
+    computed here from the producer's own messages (the on-time originals), not
+    by weir."""
     views, visitors, purchases, revenue, purchase_ids = {}, {}, {}, {}, []
     for sent in report:
         if sent.kind != "valid":
             continue
         event = json.loads(sent.payload)
-        key = (event_ms(event["ts"]) // 60000 * 60000, event.get("page"), event.get("country"))
+        key = (event_ms(event["ts"]) // window_ms * window_ms, event.get("page"),
+               event.get("country"))
         if event.get("action") == "view":
             views[key] = views.get(key, 0) + 1
             if event.get("user_id") is not None:
@@ -105,10 +107,10 @@ def oracle(report):
     return views, visitors, purchases, revenue, sorted(purchase_ids)
 
 
-def assert_outputs_match_oracle(job, report):
+def assert_outputs_match_oracle(job, report, window_ms=60_000):
     """The outputs' merged views, as `weir views --dialect duckdb` defines them
     and DuckDB computes them, equal the oracle row for row."""
-    views, visitors, purchases, revenue, purchase_ids = oracle(report)
+    views, visitors, purchases, revenue, purchase_ids = oracle(report, window_ms)
     con = duckdb_with_views(job)
     got = con.sql("SELECT epoch_ms(window_start), page, country, views, visitors "
                   "FROM page_views").fetchall()

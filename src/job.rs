@@ -54,6 +54,8 @@ struct JobSpec {
     dedup: DedupSpec,
     #[serde(default)]
     watermark: WatermarkSpec,
+    #[serde(default)]
+    maintenance: MaintenanceSpec,
     storage: StorageSpec,
     #[serde(default)]
     outputs: Vec<OutputSpec>,
@@ -117,6 +119,43 @@ impl Default for WatermarkSpec {
             idle_timeout: default_idle_timeout(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceSpec {
+    #[serde(default = "default_maintenance_every")]
+    every: String,
+    #[serde(default = "default_target_file_mib")]
+    target_file_mib: u64,
+    #[serde(default = "default_vacuum_retention")]
+    vacuum_retention: String,
+    #[serde(default = "default_log_retention")]
+    log_retention: String,
+}
+
+impl Default for MaintenanceSpec {
+    fn default() -> Self {
+        Self {
+            every: default_maintenance_every(),
+            target_file_mib: default_target_file_mib(),
+            vacuum_retention: default_vacuum_retention(),
+            log_retention: default_log_retention(),
+        }
+    }
+}
+
+fn default_maintenance_every() -> String {
+    "10m".into()
+}
+fn default_target_file_mib() -> u64 {
+    128
+}
+fn default_vacuum_retention() -> String {
+    "7days".into()
+}
+fn default_log_retention() -> String {
+    "30days".into()
 }
 
 fn default_allowed_lateness() -> String {
@@ -369,6 +408,17 @@ pub struct WatermarkPolicy {
     pub idle_timeout: Duration,
 }
 
+/// Table upkeep: how often `weir run` runs it, and what it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maintenance {
+    pub every: Duration,
+    pub target_file_bytes: u64,
+    /// Files a commit removed are deleted once they are this old.
+    pub vacuum_retention: Duration,
+    /// Log entries older than this (and older than a checkpoint) are deleted.
+    pub log_retention: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
     pub min_events: usize,
@@ -422,6 +472,7 @@ pub struct Job {
     /// How long an accepted event ID is remembered (in event time).
     pub dedup_horizon: Duration,
     pub watermark: WatermarkPolicy,
+    pub maintenance: Maintenance,
     pub storage: Storage,
     /// Each written to its own table, in the same trigger as `raw`.
     pub outputs: Vec<Output>,
@@ -550,6 +601,7 @@ impl Job {
                 )
             })?;
         let watermark = validate_watermark(spec.watermark, &invalid)?;
+        let maintenance = validate_maintenance(spec.maintenance, &invalid)?;
         let storage = Storage::parse(&spec.storage.root)
             .map_err(|found| invalid("storage.root", "a local path or a file:// URL", found))?;
 
@@ -580,6 +632,7 @@ impl Job {
             batching,
             dedup_horizon,
             watermark,
+            maintenance,
             storage,
             outputs,
         })
@@ -786,6 +839,55 @@ fn validate_watermark(spec: WatermarkSpec, invalid: &Invalid) -> Result<Watermar
         allowed_lateness,
         idle_timeout,
     })
+}
+
+fn validate_maintenance(spec: MaintenanceSpec, invalid: &Invalid) -> Result<Maintenance, JobError> {
+    let duration = |key: &str, text: &str, min: u64, max: u64, like: &str| {
+        parse_duration(text, min, max).ok_or_else(|| {
+            invalid(
+                &format!("maintenance.{key}"),
+                &format!(
+                    "a duration between {} and {}, like \"{like}\"",
+                    secs(min),
+                    secs(max)
+                ),
+                format!("`{text}`"),
+            )
+        })
+    };
+    let every = duration("every", &spec.every, 1, 7 * 86400, "10m")?;
+    let vacuum_retention = duration(
+        "vacuum_retention",
+        &spec.vacuum_retention,
+        0,
+        3650 * 86400,
+        "7days",
+    )?;
+    let log_retention = duration(
+        "log_retention",
+        &spec.log_retention,
+        0,
+        3650 * 86400,
+        "30days",
+    )?;
+    if !(1..=4096).contains(&spec.target_file_mib) {
+        return Err(invalid(
+            "maintenance.target_file_mib",
+            "a size in MiB between 1 and 4096",
+            spec.target_file_mib.to_string(),
+        ));
+    }
+    Ok(Maintenance {
+        every,
+        target_file_bytes: spec.target_file_mib * 1024 * 1024,
+        vacuum_retention,
+        log_retention,
+    })
+}
+
+/// A bound in seconds, as a person would write it.
+fn secs(s: u64) -> String {
+    humantime::format_duration(Duration::from_secs(s)).to_string()
 }
 
 /// A humantime duration (`"90s"`, `"1h"`, `"10years"`) within `min..=max` seconds.
@@ -1144,6 +1246,14 @@ root = "/tmp/weir-test"
             (
                 GOOD.replace("[storage]", "[watermark]\nidle_timeout = \"0s\"\n[storage]"),
                 "watermark.idle_timeout",
+            ),
+            (
+                GOOD.replace("[storage]", "[maintenance]\nevery = \"soon\"\n[storage]"),
+                "maintenance.every",
+            ),
+            (
+                GOOD.replace("[storage]", "[maintenance]\ntarget_file_mib = 0\n[storage]"),
+                "maintenance.target_file_mib",
             ),
             (GOOD.replace("name = \"clicks\"", "name = \"a/b\""), "name"),
             (

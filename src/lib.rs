@@ -12,6 +12,7 @@ pub mod dedup;
 pub mod demo;
 pub mod fault;
 pub mod job;
+pub mod maintain;
 pub mod pipeline;
 pub mod query;
 pub mod replay;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use weir::demo::{self, DemoOptions};
 use weir::fault::Faults;
 use weir::job::{Brokers, Job, JobError, Overrides};
+use weir::maintain;
 use weir::pipeline::Pipeline;
 use weir::query::{self, Format};
 use weir::source::generator::{self, Generator, Limits, Mix};
@@ -54,6 +55,9 @@ enum Command {
     /// Print SQL views that merge each output's partials into final values, for
     /// DataFusion, DuckDB, Spark SQL or Trino.
     Views(ViewsArgs),
+    /// Fold closed windows' partials, merge small files, checkpoint and clean the
+    /// Delta log, vacuum: now (--once) or every `maintenance.every` until stopped.
+    Maintain(MaintainArgs),
 }
 
 #[derive(Args)]
@@ -122,6 +126,19 @@ struct QueryArgs {
     /// The SQL, e.g. "SELECT _event_date, count(*) FROM raw GROUP BY 1".
     #[arg(value_name = "SQL")]
     sql: String,
+}
+
+#[derive(Args)]
+struct MaintainArgs {
+    /// The job spec whose tables to maintain.
+    #[arg(long, value_name = "PATH")]
+    job: PathBuf,
+    /// Override the job's storage root.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// One round, then exit.
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Args)]
@@ -204,6 +221,7 @@ async fn main() -> ExitCode {
         Command::Produce(args) => produce_command(args).await,
         Command::Query(args) => query_command(args).await,
         Command::Views(args) => views_command(args),
+        Command::Maintain(args) => maintain_command(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -274,7 +292,10 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         let (pipeline, stop) = (pipeline.clone(), stop.clone());
         tokio::spawn(async move { pipeline.run(&stop).await })
     };
-    task.await.context("the trigger loop panicked")??;
+    let upkeep = tokio::spawn(maintain_every(job.clone()));
+    let result = task.await.context("the trigger loop panicked");
+    upkeep.abort();
+    result??;
     let stats = pipeline.stats();
     info!(
         batches = stats.batches.load(Ordering::Relaxed),
@@ -285,6 +306,24 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         "stopped cleanly"
     );
     Ok(())
+}
+
+/// Runs table upkeep beside ingest every `maintenance.every`. A failed round is
+/// logged and retried next time; it never stops ingest.
+async fn maintain_every(job: Job) {
+    let mut tick = tokio::time::interval(job.maintenance.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match maintain::run_once(&job).await {
+            Ok(report) => info!(
+                seconds = report.elapsed.as_secs_f64(),
+                "maintenance round done"
+            ),
+            Err(e) => warn!(error = %e, "maintenance round failed; ingest goes on"),
+        }
+    }
 }
 
 /// The fault plan in `WEIR_FAULTS`; a malformed plan is a usage error.
@@ -324,6 +363,29 @@ async fn query_command(args: QueryArgs) -> anyhow::Result<()> {
     })?;
     print!("{}", query::render(&schema, &batches, args.format)?);
     Ok(())
+}
+
+async fn maintain_command(args: MaintainArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data: args.data,
+        ..Overrides::default()
+    };
+    let job = Job::load(&args.job, &overrides)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn(stop_on_signal(stop.clone()));
+    loop {
+        println!("{}", maintain::run_once(&job).await?);
+        if args.once {
+            return Ok(());
+        }
+        let next = tokio::time::Instant::now() + job.maintenance.every;
+        while tokio::time::Instant::now() < next {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 fn views_command(args: ViewsArgs) -> anyhow::Result<()> {

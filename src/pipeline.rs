@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{Int32Type, Int64Type};
 use arrow::error::ArrowError;
 use chrono::Utc;
 use datafusion::error::DataFusionError;
@@ -28,7 +28,7 @@ use crate::replay::filter_replayed;
 use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
 use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
 use crate::transform::Transform;
-use crate::watermark::{Settled, Watermark};
+use crate::watermark::{Settled, Watermark, newest_rows, newest_sql};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -135,19 +135,7 @@ fn fresh_inputs(
 async fn restore(job: &Job, sink: &Sink) -> Result<(Watermark, Dedup), PipelineError> {
     let ts = format!("\"{}\"", job.contract.event_time_name());
     let mut watermark = Watermark::new(&job.contract, job.watermark);
-    let sql = format!("SELECT {PARTITION}, max({ts}) FROM raw GROUP BY {PARTITION}");
-    let mut newest = Vec::new();
-    for batch in sink.query(&["raw"], &sql).await? {
-        let partitions = batch.column(0).as_primitive::<Int32Type>();
-        let times = batch.column(1).as_primitive::<TimestampMicrosecondType>();
-        newest.extend(
-            partitions
-                .values()
-                .iter()
-                .copied()
-                .zip(times.iter().flatten()),
-        );
-    }
+    let newest = newest_rows(&sink.query(&["raw"], &newest_sql(&job.contract)).await?);
     watermark.restore(newest, Instant::now());
 
     let mut dedup = Dedup::new(&job.contract, job.dedup_horizon);

@@ -99,7 +99,8 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
     Ok((schema, frame.collect().await?))
 }
 
-async fn open(name: &str, url: &Url) -> Result<DeltaTable, QueryError> {
+/// Opens a job table read from its Delta log; a location without a log is `Missing`.
+pub async fn open(name: &str, url: &Url) -> Result<DeltaTable, QueryError> {
     let missing = || QueryError::Missing {
         table: name.to_owned(),
         url: url.clone(),

@@ -1,10 +1,12 @@
 //! Logging setup and the small statistics weir reports.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-/// Logs go to stderr (stdout is for output meant for people and scripts).
+/// Logs go to stderr (stdout is for output meant for people and scripts),
+/// colored only on a terminal so log files stay greppable.
 /// `RUST_LOG` overrides the default filter. The default silences the Delta
 /// kernel's "No files in log segment" error, which it logs when opening an
 /// empty table location although the open succeeds.
@@ -13,6 +15,7 @@ pub fn init_logging() {
         .unwrap_or_else(|_| EnvFilter::new("warn,weir=info,buoyant_kernel=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

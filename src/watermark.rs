@@ -50,6 +50,26 @@ pub fn late_schema(contract: &Contract) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// SQL over `raw` giving each partition's newest event time, the input of
+/// [`Watermark::restore`] (via [`newest_rows`]).
+pub fn newest_sql(contract: &Contract) -> String {
+    let ts = format!("\"{}\"", contract.event_time_name());
+    format!("SELECT {PARTITION}, max({ts}) FROM raw GROUP BY {PARTITION}")
+}
+
+/// The (partition, newest event time µs) pairs of [`newest_sql`]'s result.
+pub fn newest_rows(batches: &[RecordBatch]) -> Vec<(i32, i64)> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let partitions = batch.column(0).as_primitive::<Int32Type>();
+        let times = batch.column(1).as_primitive::<TimestampMicrosecondType>();
+        for (p, t) in partitions.values().iter().zip(times.iter()) {
+            out.extend(t.map(|t| (*p, t)));
+        }
+    }
+    out
+}
+
 /// Fates the tables already hold for re-read events: an event at an offset
 /// below `below[partition]` is on time exactly when `on_time` holds it.
 #[derive(Debug, Clone, Default)]

@@ -184,10 +184,13 @@ impl TableSink {
             ]);
         let partition_by =
             (!self.spec.partition_columns.is_empty()).then(|| self.spec.partition_columns.clone());
+        // A blind append reads no rows. Saying so (a read predicate that matches
+        // nothing) keeps the conflict checker from failing ingest when upkeep
+        // (a fold, a file merge) removed files since this table's snapshot.
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by,
-            predicate: None,
+            predicate: Some("false".into()),
         };
         let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
         let finalized = CommitBuilder::from(properties)

@@ -78,6 +78,21 @@ impl Merge {
         };
         format!("{expr} AS {alias}")
     }
+
+    /// The expressions that fold many partial states into one, in the partial
+    /// table's column order (the states stay states).
+    fn fold(&self) -> Vec<String> {
+        let folded = |f: &str, c: &String| format!("{f}({c}) AS {c}");
+        match self {
+            Merge::Sum(c) => vec![folded("sum", c)],
+            Merge::Min(c) => vec![folded("min", c)],
+            Merge::Max(c) => vec![folded("max", c)],
+            Merge::Avg { sum, count } => vec![folded("sum", sum), folded("sum", count)],
+            Merge::Distinct(c) => vec![format!(
+                "array_distinct(flatten(array_agg({c}) FILTER (WHERE {c} IS NOT NULL))) AS {c}"
+            )],
+        }
+    }
 }
 
 /// A compiled windowed aggregation: the SQL that turns a batch of events into
@@ -260,6 +275,17 @@ impl WindowAggregate {
         run_over_batch(&self.partial_sql, events, &self.partial_schema).await
     }
 
+    /// DataFusion SQL that folds the partials in `table` matching `filter` into
+    /// one partial row per (window, keys): what compaction writes back.
+    pub fn fold_sql(&self, table: &str, filter: &str) -> String {
+        let groups = self.group_columns.join(", ");
+        let folded: Vec<String> = self.merges.iter().flat_map(|(_, m)| m.fold()).collect();
+        format!(
+            "SELECT {groups}, {} FROM {table} WHERE {filter} GROUP BY {groups}",
+            folded.join(", ")
+        )
+    }
+
     /// SQL that merges the partials in `table` into one final row per (window,
     /// keys), in `dialect` (identifiers double-quoted).
     pub fn merge_sql(&self, table: &str, dialect: Dialect) -> String {
@@ -290,6 +316,14 @@ async fn run_over_batch(
     let table = MemTable::try_new(events.schema(), vec![vec![events.clone()]])?;
     ctx.register_table("batch", Arc::new(table))?;
     let batches = ctx.sql(sql).await?.collect().await?;
+    conform(batches, schema)
+}
+
+/// Casts query results column by column to `schema` (a table's), as one batch.
+pub fn conform(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, DataFusionError> {
     let mut conformed = Vec::with_capacity(batches.len());
     for batch in batches {
         let columns = batch

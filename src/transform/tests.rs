@@ -192,6 +192,51 @@ async fn distinct_counts_merge_across_partials_without_double_counting() {
 }
 
 #[tokio::test]
+async fn folding_partials_keeps_the_merged_answer_and_leaves_one_row_per_window() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    let batches = [
+        events(
+            &job,
+            &[(5, "/a", "view", Some(10.0)), (7, "/b", "view", Some(1.5))],
+        ),
+        events(
+            &job,
+            &[(50, "/a", "view", Some(20.0)), (61, "/a", "view", None)],
+        ),
+        events(
+            &job,
+            &[
+                (52, "/a", "view", Some(10.0)),
+                (65, "/b", "view", Some(3.0)),
+            ],
+        ),
+    ];
+    let mut partials = Vec::new();
+    for b in &batches {
+        partials.push(agg.apply(b).await.unwrap());
+    }
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(agg.partial_schema().clone(), vec![partials.clone()]).unwrap();
+    ctx.register_table("p", Arc::new(table)).unwrap();
+    let folded = ctx
+        .sql(&agg.fold_sql("p", "true"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let folded = conform(folded, agg.partial_schema()).unwrap();
+    assert_eq!(folded.num_rows(), 4, "one row per (minute, page)");
+    let before = merged(&agg, partials).await;
+    let after = merged(&agg, vec![folded]).await;
+    assert_eq!(
+        concat_batches(&before[0].schema(), &before).unwrap(),
+        concat_batches(&after[0].schema(), &after).unwrap()
+    );
+}
+
+#[tokio::test]
 async fn hopping_windows_count_an_event_in_each_window_that_covers_it() {
     let job = job();
     let agg = WindowAggregate::new(window(&job, 1), &job.contract);

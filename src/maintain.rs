@@ -1,0 +1,320 @@
+//! Table upkeep: what keeps a streaming job's tables cheap to read after
+//! months of one small commit per trigger.
+//!
+//! Per table, in order: fold the partials of closed windows into one row per
+//! (window, keys); merge small files into large ones; write a checkpoint and
+//! delete log entries older than the log retention; vacuum files removed longer
+//! ago than the vacuum retention. None of it changes what a reader sees: a fold
+//! replaces the closed windows' partials with their merge in one commit, and
+//! file merges rewrite rows unchanged.
+//!
+//! Ingest is never blocked or failed by upkeep. Ingest commits are blind appends
+//! carrying txn actions, which never conflict with a file merge; a fold replaces
+//! rows by predicate, and if an append added rows matching it meanwhile, the
+//! fold's commit is the one refused (and retried on the new snapshot).
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::num::NonZeroU64;
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use chrono::{DateTime, SecondsFormat, Utc};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::{debug, info, warn};
+
+use crate::job::{Job, Output};
+use crate::pipeline::INGEST_TABLES;
+use crate::query::{QueryError, register};
+use crate::transform::{WINDOW_END, WindowAggregate, conform};
+use crate::watermark::{Watermark, newest_rows, newest_sql};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaintainError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("{step} of table {table}: {source}")]
+    Delta {
+        step: &'static str,
+        table: String,
+        source: Box<DeltaTableError>,
+    },
+    #[error("folding the partials of {table}: {source}")]
+    Fold {
+        table: String,
+        source: DataFusionError,
+    },
+}
+
+/// What one round did to one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableReport {
+    pub table: String,
+    pub files_before: usize,
+    pub files_after: usize,
+    /// Partial rows of closed windows before and after folding.
+    pub folded: Option<(usize, usize)>,
+    pub logs_removed: usize,
+    pub files_vacuumed: usize,
+}
+
+/// A round over all of a job's tables.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub tables: Vec<TableReport>,
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<16} {:>7} {:>7} {:>16} {:>12} {:>9}",
+            "table", "files", "→ now", "closed partials", "logs removed", "vacuumed"
+        )?;
+        for t in &self.tables {
+            let folded = t
+                .folded
+                .map_or("-".into(), |(before, after)| format!("{before} → {after}"));
+            writeln!(
+                f,
+                "{:<16} {:>7} {:>7} {:>16} {:>12} {:>9}",
+                t.table, t.files_before, t.files_after, folded, t.logs_removed, t.files_vacuumed
+            )?;
+        }
+        write!(f, "maintenance took {:.1} s", self.elapsed.as_secs_f64())
+    }
+}
+
+/// Shows progress: a bar on a terminal, log lines otherwise.
+struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    fn new(steps: usize) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .expect("the template is valid"),
+        );
+        Self(Some(bar))
+    }
+
+    fn step(&self, table: &str, step: &str) {
+        match &self.0 {
+            Some(bar) => {
+                bar.set_message(format!("{table}: {step}"));
+                bar.inc(1);
+            }
+            None => debug!(table, step, "maintenance"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+const STEPS_PER_TABLE: usize = 4;
+/// A fold that keeps losing to concurrent appends gives up for this round.
+const FOLD_ATTEMPTS: usize = 5;
+
+/// Runs one round of upkeep over every table of `job` that exists.
+pub async fn run_once(job: &Job) -> Result<Report, MaintainError> {
+    let started = Instant::now();
+    let watermark = watermark(job).await?;
+    let mut names: Vec<(String, Option<WindowAggregate>)> = INGEST_TABLES
+        .iter()
+        .map(|t| (t.to_string(), None))
+        .collect();
+    names.extend(job.outputs.iter().map(|o| {
+        let fold = match o {
+            Output::Window(w) => Some(WindowAggregate::new(w, &job.contract)),
+            Output::Sql(_) => None,
+        };
+        (o.name().to_owned(), fold)
+    }));
+    let progress = Progress::new(names.len() * STEPS_PER_TABLE);
+    let mut tables = Vec::with_capacity(names.len());
+    for (name, fold) in &names {
+        let url = job.storage.hot_table(&job.name, name);
+        let table = crate::query::open(name, &url).await?;
+        let report = maintain_table(job, name, table, fold.as_ref(), watermark, &progress).await?;
+        info!(
+            table = name,
+            files = report.files_before,
+            now = report.files_after,
+            folded = ?report.folded,
+            "table maintained"
+        );
+        tables.push(report);
+    }
+    progress.finish();
+    Ok(Report {
+        tables,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The job's watermark as restored from `raw`: never ahead of the live one,
+/// so every window it calls closed is closed for ingest too.
+async fn watermark(job: &Job) -> Result<Option<i64>, MaintainError> {
+    let (_, batches) = crate::query::run(job, &newest_sql(&job.contract)).await?;
+    let mut watermark = Watermark::new(&job.contract, job.watermark);
+    watermark.restore(newest_rows(&batches), std::time::Instant::now());
+    Ok(watermark.current_us())
+}
+
+async fn maintain_table(
+    job: &Job,
+    name: &str,
+    mut table: DeltaTable,
+    fold: Option<&WindowAggregate>,
+    watermark: Option<i64>,
+    progress: &Progress,
+) -> Result<TableReport, MaintainError> {
+    let delta = |step: &'static str| {
+        move |source| MaintainError::Delta {
+            step,
+            table: name.to_owned(),
+            source: Box::new(source),
+        }
+    };
+    let mut report = TableReport {
+        table: name.to_owned(),
+        files_before: file_count(&table),
+        ..TableReport::default()
+    };
+
+    progress.step(name, "fold closed windows");
+    if let (Some(agg), Some(w)) = (fold, watermark) {
+        let (folded, counts) = fold_closed_windows(name, table, agg, w).await?;
+        table = folded;
+        report.folded = counts;
+    }
+
+    progress.step(name, "merge small files");
+    let target = NonZeroU64::new(job.maintenance.target_file_bytes).expect("validated: above 0");
+    let (merged, _) = table
+        .optimize()
+        .with_target_size(target)
+        .await
+        .map_err(delta("merging small files"))?;
+    table = merged;
+
+    progress.step(name, "checkpoint and log cleanup");
+    create_checkpoint(&table, None)
+        .await
+        .map_err(delta("checkpointing"))?;
+    let version = table.version().unwrap_or(0);
+    let cutoff = Utc::now().timestamp_millis() - job.maintenance.log_retention.as_millis() as i64;
+    report.logs_removed =
+        cleanup_expired_logs_for(version, table.log_store().as_ref(), cutoff, None)
+            .await
+            .map_err(delta("cleaning up the log"))?;
+
+    progress.step(name, "vacuum");
+    let retention = chrono::Duration::from_std(job.maintenance.vacuum_retention)
+        .unwrap_or(chrono::Duration::MAX);
+    let (vacuumed, metrics) = table
+        .vacuum()
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .await
+        .map_err(delta("vacuuming"))?;
+    report.files_vacuumed = metrics.files_deleted.len();
+    report.files_after = file_count(&vacuumed);
+    Ok(report)
+}
+
+fn file_count(table: &DeltaTable) -> usize {
+    table.get_file_uris().map_or(0, |files| files.count())
+}
+
+/// Replaces the partials of windows that ended at or before the watermark with
+/// one partial row per (window, keys), in one commit. Returns the table and
+/// the closed windows' row counts before and after (`None` when none are closed
+/// or all are folded already).
+async fn fold_closed_windows(
+    name: &str,
+    mut table: DeltaTable,
+    agg: &WindowAggregate,
+    watermark_us: i64,
+) -> Result<(DeltaTable, Option<(usize, usize)>), MaintainError> {
+    let cutoff = DateTime::<Utc>::from_timestamp_micros(watermark_us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true);
+    let closed = format!("\"{WINDOW_END}\" <= '{cutoff}'");
+    let fold_error = |source| MaintainError::Fold {
+        table: name.to_owned(),
+        source,
+    };
+    for attempt in 1..=FOLD_ATTEMPTS {
+        let ctx = SessionContext::new();
+        register(&ctx, "partials", &table)
+            .await
+            .map_err(fold_error)?;
+        let count = format!("SELECT count(*) FROM partials WHERE {closed}");
+        let before = count_value(&ctx, &count).await.map_err(fold_error)?;
+        let rows = ctx
+            .sql(&agg.fold_sql("partials", &closed))
+            .await
+            .map_err(fold_error)?
+            .collect()
+            .await
+            .map_err(fold_error)?;
+        let folded = conform(rows, agg.partial_schema()).map_err(fold_error)?;
+        let after = folded.num_rows();
+        if after == 0 || after == before {
+            return Ok((table, None));
+        }
+        let commit = CommitProperties::default().with_metadata([
+            ("weir.operation".to_owned(), serde_json::json!("fold")),
+            ("weir.watermark".to_owned(), serde_json::json!(cutoff)),
+        ]);
+        match table
+            .clone()
+            .write(vec![folded])
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(closed.clone())
+            .with_commit_properties(commit)
+            .await
+        {
+            Ok(written) => return Ok((written, Some((before, after)))),
+            Err(e) if attempt < FOLD_ATTEMPTS => {
+                warn!(table = name, attempt, error = %e, "fold lost to a concurrent commit; retrying");
+                table.load().await.map_err(|source| MaintainError::Delta {
+                    step: "reloading",
+                    table: name.to_owned(),
+                    source: Box::new(source),
+                })?;
+            }
+            Err(source) => {
+                return Err(MaintainError::Delta {
+                    step: "folding closed windows",
+                    table: name.to_owned(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn count_value(ctx: &SessionContext, sql: &str) -> Result<usize, DataFusionError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(batches.first().map_or(0, |b| {
+        b.column(0).as_primitive::<Int64Type>().value(0) as usize
+    }))
+}
