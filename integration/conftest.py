@@ -5,6 +5,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -113,14 +114,58 @@ def read_report(path: pathlib.Path) -> list[Sent]:
 
 
 def duckdb_connection():
+    """DuckDB with the delta and httpfs extensions loaded from their PyPI
+    packages; when AWS_ENDPOINT_URL is set (the `s3` fixture), a secret for it."""
     import duckdb
     import duckdb_extension_delta
+    import duckdb_extension_httpfs
 
-    ext = (pathlib.Path(duckdb_extension_delta.__file__).parent / "extensions"
-           / f"v{duckdb.__version__}" / "delta.duckdb_extension")
     con = duckdb.connect()
-    con.sql(f"LOAD '{ext}'")
+    for package, name in ((duckdb_extension_delta, "delta"), (duckdb_extension_httpfs, "httpfs")):
+        ext = (pathlib.Path(package.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+               / f"{name}.duckdb_extension")
+        con.sql(f"LOAD '{ext}'")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        con.sql(f"""CREATE SECRET (TYPE S3, KEY_ID '{os.environ["AWS_ACCESS_KEY_ID"]}',
+                    SECRET '{os.environ["AWS_SECRET_ACCESS_KEY"]}', REGION '{os.environ["AWS_REGION"]}',
+                    ENDPOINT '{endpoint.split("://", 1)[1]}', URL_STYLE 'path', USE_SSL false)""")
     return con
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """An S3-compatible server (moto) on a free loopback port, with a fresh
+    bucket; the AWS_* variables point weir, DuckDB and polars at it. Yields
+    the bucket's s3:// URL."""
+    port = free_port()
+    log = open(tmp_path / "moto.log", "w")
+    binary = pathlib.Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "weir-test",
+           "AWS_SECRET_ACCESS_KEY": "weir-test-secret", "AWS_REGION": "us-east-1",
+           "AWS_ALLOW_HTTP": "true"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                          region_name=env["AWS_REGION"])
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.create_bucket(Bucket="weir")
+            break
+        except Exception:
+            assert proc.poll() is None, (tmp_path / "moto.log").read_text()
+            assert time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.2)
+    yield "s3://weir"
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 def table_path(data: pathlib.Path, job: str, table: str) -> pathlib.Path:

@@ -106,19 +106,43 @@ def test_maintain_folds_and_merges_without_changing_any_answer(tmp_path):
             assert frame.height == len(before[table]), table
 
 
+def upkeep_job(tmp_path, broker, data, root=None):
+    """The fast job against `broker`, with upkeep every second beside ingest."""
+    job = write_job(tmp_path / "job.toml", broker, "clicks", data, max_events=100)
+    text = fast_job(job, job.read_text()).read_text().replace('every = "10m"', 'every = "1s"')
+    if root is not None:
+        text = text.replace(f'root = "{data}"', f'root = "{root}"')
+    job.write_text(text)
+    return job
+
+
+def produce_in_background(broker, report, rate, seconds):
+    return subprocess.Popen(
+        [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", str(rate),
+         "--seconds", str(seconds), "--late-ratio", "0", "--report", str(report),
+         *ONE_RECORD_BATCHES],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def assert_upkeep_ran_and_outputs_exact(job, log, produced, late):
+    """Upkeep folded windows and never failed; the outputs equal the oracle over
+    the on-time events. With a 5 s lateness some stragglers are late: which
+    ones is weir's call (`late`), and exactly those must be missing."""
+    assert "maintenance round failed" not in log, log
+    assert "folded=Some" in log, "no maintenance round folded closed windows"
+    assert late <= set(positions(produced, lambda k: k == "valid"))
+    on_time = [dataclasses.replace(s, kind="late") if s.position in late else s for s in produced]
+    assert_outputs_match_oracle(job, on_time, window_ms=10_000)
+
+
 def test_run_with_frequent_maintenance_stays_exactly_once(broker, tmp_path):
     """`weir run` schedules maintenance every second beside ingest: folds and file
     merges commit between triggers, and every number still equals the oracle."""
     broker.create_topic("clicks", 3)
     data = tmp_path / "data"
-    job = write_job(tmp_path / "job.toml", broker, "clicks", data, max_events=100)
-    text = fast_job(job, job.read_text()).read_text()
-    job.write_text(text.replace('every = "10m"', 'every = "1s"'))
+    job = upkeep_job(tmp_path, broker, data)
     report = tmp_path / "produced.csv"
-    producer = subprocess.Popen(
-        [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "300",
-         "--seconds", "25", "--late-ratio", "0", "--report", str(report), *ONE_RECORD_BATCHES],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    producer = produce_in_background(broker, report, 300, 25)
     with open(tmp_path / "run.log", "w") as log:
         proc = start_run(job, log)
         assert producer.wait(timeout=120) == 0, producer.stdout.read()
@@ -126,15 +150,37 @@ def test_run_with_frequent_maintenance_stays_exactly_once(broker, tmp_path):
         wait_for_count(data, stored(produced), 120, proc)
         time.sleep(2)  # one more maintenance round after the last trigger
         assert stop_gracefully(proc) == 0
-    log = (tmp_path / "run.log").read_text()
-    assert "maintenance round failed" not in log, log
-    assert "folded=Some" in log, "no maintenance round folded closed windows"
-
-    # With a 5 s lateness some on-time stragglers are late: which ones is weir's
-    # call, and exactly those must be missing from the outputs.
-    duck = duckdb_connection()
     late_path = table_path(data, "clickstream", "late")
-    late = set(duck.sql(f"SELECT _partition, _offset FROM delta_scan('{late_path}')").fetchall())
-    assert late <= set(positions(produced, lambda k: k == "valid"))
-    on_time = [dataclasses.replace(s, kind="late") if s.position in late else s for s in produced]
-    assert_outputs_match_oracle(job, on_time, window_ms=10_000)
+    late = set(duckdb_connection().sql(
+        f"SELECT _partition, _offset FROM delta_scan('{late_path}')").fetchall())
+    assert_upkeep_ran_and_outputs_exact(job, (tmp_path / "run.log").read_text(), produced, late)
+
+
+def test_a_crash_anywhere_in_maintenance_changes_no_answer(tmp_path):
+    """Injected crashes after each step of a table's upkeep, then SIGKILLs at
+    random moments: every re-run finishes the work, and readers see the same
+    rows throughout."""
+    import os
+    import random
+
+    job = fast_job(tmp_path / "job.toml")
+    data = tmp_path / "data"
+    weir("demo", "--job", job, "--seconds", 20, "--rate", 400, "--data", data, timeout=240)
+    before = snapshot(job, data)
+    command = [WEIR, "maintain", "--job", str(job), "--data", str(data), "--once"]
+    for point in ("fold.page_views", "merge.revenue", "checkpoint.raw", "vacuum.late"):
+        env = {**os.environ, "WEIR_FAULTS": f"maintain.after_{point}@1:crash"}
+        crashed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        assert crashed.returncode != 0 and "injected crash" in crashed.stderr, crashed.stderr
+        assert snapshot(job, data) == before, f"a crash after {point} changed the answer"
+    rng = random.Random()
+    for _ in range(4):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.kill()
+        proc.wait()
+        assert snapshot(job, data) == before, "a SIGKILL during maintenance changed the answer"
+    weir("maintain", "--job", job, "--data", data, "--once", timeout=240)
+    assert snapshot(job, data) == before
+    for table in TABLES:
+        assert active_files(data, table) == 1, table

@@ -445,12 +445,14 @@ impl Storage {
             let path = std::path::absolute(root).map_err(|e| format!("`{root}` ({e})"))?;
             Url::from_directory_path(&path).map_err(|()| format!("`{root}`"))?
         };
-        match url.scheme() {
-            "file" => Ok(Self { root: url }),
-            other => Err(format!(
-                "`{root}` (scheme `{other}` is not supported by this build; use a local path or file://)"
-            )),
+        if !crate::storage::SCHEMES.contains(&url.scheme()) {
+            return Err(format!(
+                "`{root}` (scheme `{}` is not supported; use a local path, file:// or s3://)",
+                url.scheme()
+            ));
         }
+        crate::storage::register();
+        Ok(Self { root: url })
     }
 
     /// The location of one table in the hot tier.
@@ -602,8 +604,13 @@ impl Job {
             })?;
         let watermark = validate_watermark(spec.watermark, &invalid)?;
         let maintenance = validate_maintenance(spec.maintenance, &invalid)?;
-        let storage = Storage::parse(&spec.storage.root)
-            .map_err(|found| invalid("storage.root", "a local path or a file:// URL", found))?;
+        let storage = Storage::parse(&spec.storage.root).map_err(|found| {
+            invalid(
+                "storage.root",
+                "a local path, a file:// URL or an s3://bucket/prefix URL",
+                found,
+            )
+        })?;
 
         let outputs = spec
             .outputs
@@ -1129,6 +1136,20 @@ root = "/tmp/weir-test"
 
     fn error_of(text: &str) -> String {
         parse(text).expect_err("spec should be refused").to_string()
+    }
+
+    #[test]
+    fn storage_roots_are_paths_file_or_s3_urls() {
+        let s3 = Storage::parse("s3://bucket/weir").unwrap();
+        assert_eq!(
+            s3.hot_table("j", "raw").as_str(),
+            "s3://bucket/weir/hot/j/raw/"
+        );
+        let local = Storage::parse("relative/dir").unwrap();
+        assert_eq!(local.root.scheme(), "file");
+        assert!(local.root.path().ends_with("/relative/dir/"));
+        let err = Storage::parse("gs://bucket/x").unwrap_err();
+        assert!(err.contains("scheme `gs` is not supported"), "{err}");
     }
 
     #[test]

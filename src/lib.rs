@@ -18,6 +18,7 @@ pub mod query;
 pub mod replay;
 pub mod sink;
 pub mod source;
+pub mod storage;
 pub mod telemetry;
 pub mod transform;
 pub mod views;

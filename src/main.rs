@@ -62,7 +62,7 @@ enum Command {
 
 #[derive(Args)]
 struct JobArgs {
-    /// Override the job's storage root; tables go to DIR/hot/<job>/<table>.
+    /// Override the job's storage root (a path or s3://bucket/prefix); tables go to DIR/hot/<job>/<table>.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Override the job's Kafka bootstrap list (host:port,…).
@@ -117,7 +117,7 @@ struct QueryArgs {
     /// The job spec whose tables to query.
     #[arg(long, value_name = "PATH")]
     job: PathBuf,
-    /// Override the job's storage root.
+    /// Override the job's storage root (a path or s3://bucket/prefix).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Output format (json: an array of objects).
@@ -133,7 +133,7 @@ struct MaintainArgs {
     /// The job spec whose tables to maintain.
     #[arg(long, value_name = "PATH")]
     job: PathBuf,
-    /// Override the job's storage root.
+    /// Override the job's storage root (a path or s3://bucket/prefix).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// One round, then exit.
@@ -284,7 +284,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         )));
     };
     let faults = faults_from_env()?;
-    let pipeline = Arc::new(Pipeline::start(&job, bootstrap, faults).await?);
+    let pipeline = Arc::new(Pipeline::start(&job, bootstrap, faults.clone()).await?);
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
     info!(job = %job.name, brokers = %bootstrap, topic = %job.source.topic, "running; SIGINT or SIGTERM stops after the batch in flight");
@@ -292,7 +292,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         let (pipeline, stop) = (pipeline.clone(), stop.clone());
         tokio::spawn(async move { pipeline.run(&stop).await })
     };
-    let upkeep = tokio::spawn(maintain_every(job.clone()));
+    let upkeep = tokio::spawn(maintain_every(job.clone(), faults.clone()));
     let result = task.await.context("the trigger loop panicked");
     upkeep.abort();
     result??;
@@ -310,13 +310,13 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
 
 /// Runs table upkeep beside ingest every `maintenance.every`. A failed round is
 /// logged and retried next time; it never stops ingest.
-async fn maintain_every(job: Job) {
+async fn maintain_every(job: Job, faults: Faults) {
     let mut tick = tokio::time::interval(job.maintenance.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match maintain::run_once(&job).await {
+        match maintain::run_once(&job, &faults).await {
             Ok(report) => info!(
                 seconds = report.elapsed.as_secs_f64(),
                 "maintenance round done"
@@ -371,10 +371,11 @@ async fn maintain_command(args: MaintainArgs) -> anyhow::Result<()> {
         ..Overrides::default()
     };
     let job = Job::load(&args.job, &overrides)?;
+    let faults = faults_from_env()?;
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
     loop {
-        println!("{}", maintain::run_once(&job).await?);
+        println!("{}", maintain::run_once(&job, &faults).await?);
         if args.once {
             return Ok(());
         }

@@ -30,6 +30,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{debug, info, warn};
 
+use crate::fault::{FaultError, Faults};
 use crate::job::{Job, Output};
 use crate::pipeline::INGEST_TABLES;
 use crate::query::{QueryError, register};
@@ -46,6 +47,8 @@ pub enum MaintainError {
         table: String,
         source: Box<DeltaTableError>,
     },
+    #[error(transparent)]
+    Fault(#[from] FaultError),
     #[error("folding the partials of {table}: {source}")]
     Fold {
         table: String,
@@ -130,8 +133,9 @@ const STEPS_PER_TABLE: usize = 4;
 /// A fold that keeps losing to concurrent appends gives up for this round.
 const FOLD_ATTEMPTS: usize = 5;
 
-/// Runs one round of upkeep over every table of `job` that exists.
-pub async fn run_once(job: &Job) -> Result<Report, MaintainError> {
+/// Runs one round of upkeep over every table of `job`. Fault points (for crash
+/// tests) follow each step: `maintain.after_<fold|merge|checkpoint|vacuum>.<table>`.
+pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainError> {
     let started = Instant::now();
     let watermark = watermark(job).await?;
     let mut names: Vec<(String, Option<WindowAggregate>)> = INGEST_TABLES
@@ -150,7 +154,12 @@ pub async fn run_once(job: &Job) -> Result<Report, MaintainError> {
     for (name, fold) in &names {
         let url = job.storage.hot_table(&job.name, name);
         let table = crate::query::open(name, &url).await?;
-        let report = maintain_table(job, name, table, fold.as_ref(), watermark, &progress).await?;
+        let step = Step {
+            name,
+            progress: &progress,
+            faults,
+        };
+        let report = maintain_table(job, table, fold.as_ref(), watermark, &step).await?;
         info!(
             table = name,
             files = report.files_before,
@@ -176,14 +185,29 @@ async fn watermark(job: &Job) -> Result<Option<i64>, MaintainError> {
     Ok(watermark.current_us())
 }
 
+/// Where a table's upkeep reports each step done.
+struct Step<'a> {
+    name: &'a str,
+    progress: &'a Progress,
+    faults: &'a Faults,
+}
+
+impl Step<'_> {
+    fn done(&self, step: &str, point: &str) -> Result<(), FaultError> {
+        self.progress.step(self.name, step);
+        self.faults
+            .check(&format!("maintain.after_{point}.{}", self.name))
+    }
+}
+
 async fn maintain_table(
     job: &Job,
-    name: &str,
     mut table: DeltaTable,
     fold: Option<&WindowAggregate>,
     watermark: Option<i64>,
-    progress: &Progress,
+    step: &Step<'_>,
 ) -> Result<TableReport, MaintainError> {
+    let name = step.name;
     let delta = |step: &'static str| {
         move |source| MaintainError::Delta {
             step,
@@ -197,14 +221,13 @@ async fn maintain_table(
         ..TableReport::default()
     };
 
-    progress.step(name, "fold closed windows");
     if let (Some(agg), Some(w)) = (fold, watermark) {
         let (folded, counts) = fold_closed_windows(name, table, agg, w).await?;
         table = folded;
         report.folded = counts;
     }
+    step.done("fold closed windows", "fold")?;
 
-    progress.step(name, "merge small files");
     let target = NonZeroU64::new(job.maintenance.target_file_bytes).expect("validated: above 0");
     let (merged, _) = table
         .optimize()
@@ -212,8 +235,8 @@ async fn maintain_table(
         .await
         .map_err(delta("merging small files"))?;
     table = merged;
+    step.done("merge small files", "merge")?;
 
-    progress.step(name, "checkpoint and log cleanup");
     create_checkpoint(&table, None)
         .await
         .map_err(delta("checkpointing"))?;
@@ -223,8 +246,8 @@ async fn maintain_table(
         cleanup_expired_logs_for(version, table.log_store().as_ref(), cutoff, None)
             .await
             .map_err(delta("cleaning up the log"))?;
+    step.done("checkpoint and log cleanup", "checkpoint")?;
 
-    progress.step(name, "vacuum");
     let retention = chrono::Duration::from_std(job.maintenance.vacuum_retention)
         .unwrap_or(chrono::Duration::MAX);
     let (vacuumed, metrics) = table
@@ -235,6 +258,7 @@ async fn maintain_table(
         .map_err(delta("vacuuming"))?;
     report.files_vacuumed = metrics.files_deleted.len();
     report.files_after = file_count(&vacuumed);
+    step.done("vacuum", "vacuum")?;
     Ok(report)
 }
 
