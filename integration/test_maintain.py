@@ -2,6 +2,7 @@
 and vacuumed, and no reader ever sees a different answer: not after, not during,
 not while `weir run` keeps ingesting."""
 
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -50,6 +51,32 @@ def rows(relation):
     return sorted((tuple(plain(v) for v in row) for row in relation.fetchall()), key=repr)
 
 
+def query_totals(job, data):
+    return json.loads(weir("query", "--job", job, "--data", data, "--format", "json",
+                           TOTALS, timeout=120).stdout)
+
+
+@contextlib.contextmanager
+def totals_never_change(job, data):
+    """A reader polls the totals while the block runs: every poll must equal
+    the totals from before it."""
+    totals = query_totals(job, data)
+    seen, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            seen.append(query_totals(job, data))
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reader.join()
+    assert seen and all(s == totals for s in seen), [s for s in seen if s != totals][:1]
+
+
 def snapshot(job, data):
     """Every output's merged rows (DuckDB over `weir views`) and every table's rows."""
     con = duckdb_with_views(job, data)
@@ -70,26 +97,9 @@ def test_maintain_folds_and_merges_without_changing_any_answer(tmp_path):
     files_before = {t: active_files(data, t) for t in TABLES}
     partials_before = json.loads(weir("query", "--job", job, "--data", data, "--format", "json",
                                       "SELECT count(*) AS n FROM page_views__partials").stdout)[0]
-    totals = json.loads(weir("query", "--job", job, "--data", data, "--format", "json",
-                             TOTALS).stdout)
-
-    # A reader polls the totals the whole time maintenance runs.
-    seen, stop = [], threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            seen.append(json.loads(weir("query", "--job", job, "--data", data, "--format",
-                                        "json", TOTALS).stdout))
-
-    reader = threading.Thread(target=poll)
-    reader.start()
-    try:
+    with totals_never_change(job, data):
         report = weir("maintain", "--job", job, "--data", data, "--once", timeout=240).stdout
         weir("maintain", "--job", job, "--data", data, "--once", timeout=240)
-    finally:
-        stop.set()
-        reader.join()
-    assert seen and all(s == totals for s in seen), [s for s in seen if s != totals][:1]
 
     assert snapshot(job, data) == before, "maintenance changed what a reader sees"
     for table in TABLES:

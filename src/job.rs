@@ -58,6 +58,8 @@ struct JobSpec {
     maintenance: MaintenanceSpec,
     storage: StorageSpec,
     #[serde(default)]
+    tiers: TiersSpec,
+    #[serde(default)]
     outputs: Vec<OutputSpec>,
 }
 
@@ -226,6 +228,31 @@ impl Default for BatchingSpec {
 #[serde(deny_unknown_fields)]
 struct StorageSpec {
     root: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TiersSpec {
+    #[serde(default)]
+    hot: TierSpec,
+    #[serde(default)]
+    warm: TierSpec,
+    #[serde(default)]
+    cold: ColdTierSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierSpec {
+    root: Option<String>,
+    max_age: Option<String>,
+}
+
+/// Cold keeps everything older than warm's age: it has no age of its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ColdTierSpec {
+    root: Option<String>,
 }
 
 fn default_format() -> String {
@@ -426,39 +453,96 @@ pub struct Batching {
     pub max_wait: Duration,
 }
 
-/// Where a job's tables live. Ingest writes to the hot tier; the tier roots are
-/// `<root>/hot`, `<root>/warm`, `<root>/cold`.
+/// A storage tier. Ingest writes to hot; `weir maintain` moves rows to warm
+/// and then cold as they age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    Hot,
+    Warm,
+    Cold,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Hot, Tier::Warm, Tier::Cold];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Warm => "warm",
+            Tier::Cold => "cold",
+        }
+    }
+}
+
+/// Where a job's tables live: one root per tier (by default `<root>/hot`,
+/// `<root>/warm`, `<root>/cold`), and how old rows get before they move on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Storage {
     pub root: Url,
+    /// Hot, warm and cold roots, in that order.
+    pub tiers: [Url; 3],
+    /// Rows older than this leave hot for warm.
+    pub hot_max_age: Duration,
+    /// Rows older than this leave warm for cold.
+    pub warm_max_age: Duration,
+}
+
+/// URL schemes a storage root may use.
+fn parse_root(root: &str) -> Result<Url, String> {
+    if root.trim().is_empty() {
+        return Err("an empty string".into());
+    }
+    let url = if root.contains("://") {
+        Url::parse(root).map_err(|e| format!("`{root}` ({e})"))?
+    } else {
+        let path = std::path::absolute(root).map_err(|e| format!("`{root}` ({e})"))?;
+        Url::from_directory_path(&path).map_err(|()| format!("`{root}`"))?
+    };
+    if !crate::storage::SCHEMES.contains(&url.scheme()) {
+        return Err(format!(
+            "`{root}` (scheme `{}` is not supported; use a local path, file:// or s3://)",
+            url.scheme()
+        ));
+    }
+    crate::storage::register();
+    Ok(url)
+}
+
+fn join(base: &Url, path: &str) -> Url {
+    let base = base.as_str().trim_end_matches('/');
+    Url::parse(&format!("{base}/{path}/")).expect("joined URL stays valid")
 }
 
 impl Storage {
-    /// Parses a local path (relative paths are made absolute) or a URL.
+    /// Parses a local path (relative paths are made absolute) or a URL; the
+    /// tiers get their default roots and ages.
     pub fn parse(root: &str) -> Result<Self, String> {
-        if root.trim().is_empty() {
-            return Err("an empty string".into());
-        }
-        let url = if root.contains("://") {
-            Url::parse(root).map_err(|e| format!("`{root}` ({e})"))?
-        } else {
-            let path = std::path::absolute(root).map_err(|e| format!("`{root}` ({e})"))?;
-            Url::from_directory_path(&path).map_err(|()| format!("`{root}`"))?
-        };
-        if !crate::storage::SCHEMES.contains(&url.scheme()) {
-            return Err(format!(
-                "`{root}` (scheme `{}` is not supported; use a local path, file:// or s3://)",
-                url.scheme()
-            ));
-        }
-        crate::storage::register();
-        Ok(Self { root: url })
+        let root = parse_root(root)?;
+        Ok(Self {
+            tiers: Tier::ALL.map(|t| join(&root, t.name())),
+            root,
+            hot_max_age: Duration::from_secs(86400),
+            warm_max_age: Duration::from_secs(30 * 86400),
+        })
     }
 
-    /// The location of one table in the hot tier.
+    /// The location of one table in one tier.
+    pub fn table(&self, tier: Tier, job: &str, table: &str) -> Url {
+        join(&self.tiers[tier as usize], &format!("{job}/{table}"))
+    }
+
+    /// The location of one table in the hot tier, where ingest writes.
     pub fn hot_table(&self, job: &str, table: &str) -> Url {
-        let base = self.root.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/hot/{job}/{table}/")).expect("joined URL stays valid")
+        self.table(Tier::Hot, job, table)
+    }
+
+    /// The age after which rows leave `tier` (`None` for cold, which keeps them).
+    pub fn max_age(&self, tier: Tier) -> Option<Duration> {
+        match tier {
+            Tier::Hot => Some(self.hot_max_age),
+            Tier::Warm => Some(self.warm_max_age),
+            Tier::Cold => None,
+        }
     }
 }
 
@@ -604,13 +688,14 @@ impl Job {
             })?;
         let watermark = validate_watermark(spec.watermark, &invalid)?;
         let maintenance = validate_maintenance(spec.maintenance, &invalid)?;
-        let storage = Storage::parse(&spec.storage.root).map_err(|found| {
-            invalid(
-                "storage.root",
-                "a local path, a file:// URL or an s3://bucket/prefix URL",
-                found,
-            )
-        })?;
+        let storage = validate_storage(spec.storage, spec.tiers, &invalid)?;
+        if storage.hot_max_age < dedup_horizon + watermark.allowed_lateness {
+            return Err(invalid(
+                "tiers.hot.max_age",
+                "at least dedup.horizon + watermark.allowed_lateness (dedup and the watermark are restored from hot)",
+                humantime::format_duration(storage.hot_max_age).to_string(),
+            ));
+        }
 
         let outputs = spec
             .outputs
@@ -846,6 +931,45 @@ fn validate_watermark(spec: WatermarkSpec, invalid: &Invalid) -> Result<Watermar
         allowed_lateness,
         idle_timeout,
     })
+}
+
+const ROOT_EXPECTED: &str = "a local path, a file:// URL or an s3://bucket/prefix URL";
+
+fn validate_storage(
+    spec: StorageSpec,
+    tiers: TiersSpec,
+    invalid: &Invalid,
+) -> Result<Storage, JobError> {
+    let mut storage = Storage::parse(&spec.root)
+        .map_err(|found| invalid("storage.root", ROOT_EXPECTED, found))?;
+    let roots = [&tiers.hot.root, &tiers.warm.root, &tiers.cold.root];
+    for (tier, root) in Tier::ALL.into_iter().zip(roots) {
+        if let Some(root) = root {
+            let key = format!("tiers.{}.root", tier.name());
+            storage.tiers[tier as usize] =
+                parse_root(root).map_err(|found| invalid(&key, ROOT_EXPECTED, found))?;
+        }
+    }
+    let age = |tier: &TierSpec, name: &str, default: Duration| match &tier.max_age {
+        None => Ok(default),
+        Some(text) => parse_duration(text, 1, 100 * 366 * 86400).ok_or_else(|| {
+            invalid(
+                &format!("tiers.{name}.max_age"),
+                "a duration between 1s and 100years, like \"24h\"",
+                format!("`{text}`"),
+            )
+        }),
+    };
+    storage.hot_max_age = age(&tiers.hot, "hot", storage.hot_max_age)?;
+    storage.warm_max_age = age(&tiers.warm, "warm", storage.warm_max_age)?;
+    if storage.warm_max_age <= storage.hot_max_age {
+        return Err(invalid(
+            "tiers.warm.max_age",
+            "an age above tiers.hot.max_age (rows reach warm at hot's age)",
+            humantime::format_duration(storage.warm_max_age).to_string(),
+        ));
+    }
+    Ok(storage)
 }
 
 fn validate_maintenance(spec: MaintenanceSpec, invalid: &Invalid) -> Result<Maintenance, JobError> {

@@ -20,6 +20,7 @@ pub mod sink;
 pub mod source;
 pub mod storage;
 pub mod telemetry;
+pub mod tier;
 pub mod transform;
 pub mod views;
 pub mod watermark;

@@ -30,12 +30,17 @@ use deltalake::{DeltaTable, DeltaTableError};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{debug, info, warn};
 
+use crate::decode::Decoder;
 use crate::fault::{FaultError, Faults};
-use crate::job::{Job, Output};
-use crate::pipeline::INGEST_TABLES;
+use crate::job::{Job, JobError, Output, Tier};
 use crate::query::{QueryError, register};
+use crate::sink::{TableSpec, open_or_create};
+use crate::tier::{self, Moved};
+use crate::transform::Transform;
 use crate::transform::{WINDOW_END, WindowAggregate, conform};
 use crate::watermark::{Watermark, newest_rows, newest_sql};
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaintainError {
@@ -49,6 +54,15 @@ pub enum MaintainError {
     },
     #[error(transparent)]
     Fault(#[from] FaultError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Job(Box<JobError>),
+    #[error("reading the rows of {table} to move: {source}")]
+    Move {
+        table: String,
+        source: DataFusionError,
+    },
     #[error("folding the partials of {table}: {source}")]
     Fold {
         table: String,
@@ -57,9 +71,12 @@ pub enum MaintainError {
 }
 
 /// What one round did to one table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableReport {
     pub table: String,
+    pub tier: Tier,
+    /// Rows this round moved out of this tier to the next.
+    pub moved: Option<Moved>,
     pub files_before: usize,
     pub files_after: usize,
     /// Partial rows of closed windows before and after folding.
@@ -79,17 +96,38 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<16} {:>7} {:>7} {:>16} {:>12} {:>9}",
-            "table", "files", "→ now", "closed partials", "logs removed", "vacuumed"
+            "{:<16} {:<5} {:>10} {:>7} {:>7} {:>16} {:>12} {:>9}",
+            "table",
+            "tier",
+            "moved on",
+            "files",
+            "→ now",
+            "closed partials",
+            "logs removed",
+            "vacuumed"
         )?;
         for t in &self.tables {
             let folded = t
                 .folded
                 .map_or("-".into(), |(before, after)| format!("{before} → {after}"));
+            let moved = t.moved.map_or("-".into(), |m| {
+                if m.resumed {
+                    "resumed".to_owned()
+                } else {
+                    m.rows.to_string()
+                }
+            });
             writeln!(
                 f,
-                "{:<16} {:>7} {:>7} {:>16} {:>12} {:>9}",
-                t.table, t.files_before, t.files_after, folded, t.logs_removed, t.files_vacuumed
+                "{:<16} {:<5} {:>10} {:>7} {:>7} {:>16} {:>12} {:>9}",
+                t.table,
+                t.tier.name(),
+                moved,
+                t.files_before,
+                t.files_after,
+                folded,
+                t.logs_removed,
+                t.files_vacuumed
             )?;
         }
         write!(f, "maintenance took {:.1} s", self.elapsed.as_secs_f64())
@@ -133,41 +171,74 @@ const STEPS_PER_TABLE: usize = 4;
 /// A fold that keeps losing to concurrent appends gives up for this round.
 const FOLD_ATTEMPTS: usize = 5;
 
-/// Runs one round of upkeep over every table of `job`. Fault points (for crash
-/// tests) follow each step: `maintain.after_<fold|merge|checkpoint|vacuum>.<table>`.
+/// The job's tables, as ingest creates them.
+async fn table_specs(job: &Job) -> Result<Vec<TableSpec>, MaintainError> {
+    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+    let outputs = Transform::all(job)
+        .await
+        .map_err(|e| MaintainError::Job(Box::new(e)))?;
+    let watermark = Watermark::new(&job.contract, job.watermark);
+    Ok(crate::pipeline::table_specs(&decoder, &watermark, &outputs))
+}
+
+/// Runs one round of upkeep over every table of `job`: first the tier moves
+/// (hot → warm → cold, by age), then per tier table the fold, merge, log and
+/// vacuum steps. Fault points (for crash tests) follow each step:
+/// `maintain.after_<move_write|move_delete|fold|merge|checkpoint|vacuum>.<table>`.
 pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainError> {
     let started = Instant::now();
     let watermark = watermark(job).await?;
-    let mut names: Vec<(String, Option<WindowAggregate>)> = INGEST_TABLES
-        .iter()
-        .map(|t| (t.to_string(), None))
-        .collect();
-    names.extend(job.outputs.iter().map(|o| {
-        let fold = match o {
-            Output::Window(w) => Some(WindowAggregate::new(w, &job.contract)),
-            Output::Sql(_) => None,
+    let specs = table_specs(job).await?;
+    let progress = Progress::new(specs.len() * Tier::ALL.len() * STEPS_PER_TABLE);
+    let mut tables = Vec::new();
+    for spec in &specs {
+        let name = spec.name.as_str();
+        let fold = job.outputs.iter().find_map(|o| match o {
+            Output::Window(w) if w.name == name => Some(WindowAggregate::new(w, &job.contract)),
+            _ => None,
+        });
+        let mut moved = [None, None];
+        if let Some(age) = tier::age_of(job, name) {
+            for (i, (from, to)) in [(Tier::Hot, Tier::Warm), (Tier::Warm, Tier::Cold)]
+                .into_iter()
+                .enumerate()
+            {
+                let Some(cutoff) = tier::cutoff_us(job, &age, from, watermark) else {
+                    continue;
+                };
+                let url = job.storage.table(from, &job.name, name);
+                let source = open_or_create(url, spec).await?;
+                moved[i] =
+                    tier::move_rows(job, spec, &age, from, to, source, cutoff, faults).await?;
+            }
+        }
+        // Query outputs have no age: they stay hot.
+        let tiers: &[Tier] = match tier::age_of(job, name) {
+            Some(_) => &Tier::ALL,
+            None => &[Tier::Hot],
         };
-        (o.name().to_owned(), fold)
-    }));
-    let progress = Progress::new(names.len() * STEPS_PER_TABLE);
-    let mut tables = Vec::with_capacity(names.len());
-    for (name, fold) in &names {
-        let url = job.storage.hot_table(&job.name, name);
-        let table = crate::query::open(name, &url).await?;
-        let step = Step {
-            name,
-            progress: &progress,
-            faults,
-        };
-        let report = maintain_table(job, table, fold.as_ref(), watermark, &step).await?;
-        info!(
-            table = name,
-            files = report.files_before,
-            now = report.files_after,
-            folded = ?report.folded,
-            "table maintained"
-        );
-        tables.push(report);
+        for &tier in tiers {
+            let url = job.storage.table(tier, &job.name, name);
+            let table = open_or_create(url, spec).await?;
+            let step = Step {
+                name,
+                progress: &progress,
+                faults,
+            };
+            let mut report =
+                maintain_table(job, tier, table, fold.as_ref(), watermark, &step).await?;
+            report.moved = moved.get(tier as usize).copied().flatten();
+            info!(
+                table = name,
+                tier = tier.name(),
+                files = report.files_before,
+                now = report.files_after,
+                folded = ?report.folded,
+                moved = ?report.moved,
+                "table maintained"
+            );
+            tables.push(report);
+        }
     }
     progress.finish();
     Ok(Report {
@@ -202,6 +273,7 @@ impl Step<'_> {
 
 async fn maintain_table(
     job: &Job,
+    tier: Tier,
     mut table: DeltaTable,
     fold: Option<&WindowAggregate>,
     watermark: Option<i64>,
@@ -217,8 +289,13 @@ async fn maintain_table(
     };
     let mut report = TableReport {
         table: name.to_owned(),
+        tier,
+        moved: None,
         files_before: file_count(&table),
-        ..TableReport::default()
+        files_after: 0,
+        folded: None,
+        logs_removed: 0,
+        files_vacuumed: 0,
     };
 
     if let (Some(agg), Some(w)) = (fold, watermark) {
@@ -229,11 +306,17 @@ async fn maintain_table(
     step.done("fold closed windows", "fold")?;
 
     let target = NonZeroU64::new(job.maintenance.target_file_bytes).expect("validated: above 0");
-    let (merged, _) = table
-        .optimize()
-        .with_target_size(target)
-        .await
-        .map_err(delta("merging small files"))?;
+    let mut merge = table.optimize().with_target_size(target);
+    if tier == Tier::Cold {
+        // The archive: smallest files, slowest to write, read rarely.
+        let zstd = ZstdLevel::try_new(19).expect("19 is a valid zstd level");
+        merge = merge.with_writer_properties(
+            WriterProperties::builder()
+                .set_compression(Compression::ZSTD(zstd))
+                .build(),
+        );
+    }
+    let (merged, _) = merge.await.map_err(delta("merging small files"))?;
     table = merged;
     step.done("merge small files", "merge")?;
 

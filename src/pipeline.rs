@@ -23,7 +23,7 @@ use tracing::{debug, info};
 use crate::decode::{Decoder, EVENT_DATE, OFFSET, PARTITION};
 use crate::dedup::Dedup;
 use crate::fault::Faults;
-use crate::job::Job;
+use crate::job::{Job, Tier};
 use crate::replay::filter_replayed;
 use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
 use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
@@ -249,6 +249,16 @@ impl Pipeline {
             &Watermark::new(&job.contract, job.watermark),
             &outputs,
         );
+        // Every tier's table exists from the start, so readers and views can
+        // name them all before the first move.
+        for spec in &specs {
+            if crate::tier::age_of(job, &spec.name).is_some() {
+                for tier in [Tier::Warm, Tier::Cold] {
+                    let url = job.storage.table(tier, &job.name, &spec.name);
+                    crate::sink::open_or_create(url, spec).await?;
+                }
+            }
+        }
         let sink = Sink::open(job, specs, faults).await?;
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");
@@ -285,11 +295,12 @@ impl Pipeline {
         while let Some(batch) = tokio::task::block_in_place(|| self.source.next_batch(stop))? {
             let first = batch.first_offsets();
             let next = batch.next_offsets();
-            let decoded = self.decoder.decode(&batch, Utc::now())?;
+            let now = Utc::now();
+            let decoded = self.decoder.decode(&batch, now)?;
             let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
             let mut sink = self.sink.lock().await;
             let settled = settled(&sink, &accepted).await?;
-            let split = self.judge(&accepted, &settled)?;
+            let split = self.judge(&accepted, &settled, now)?;
             let mut inputs = vec![&split.on_time, &decoded.rejected, &split.late];
             inputs.extend(self.outputs.iter().map(|_| &split.on_time));
             let (mut rows, replayed) = fresh_inputs(&sink.versions(), inputs)?;
@@ -332,9 +343,10 @@ impl Pipeline {
         &self,
         accepted: &RecordBatch,
         settled: &Settled,
+        now: chrono::DateTime<Utc>,
     ) -> Result<crate::watermark::Split, ArrowError> {
         let mut watermark = self.watermark.lock().unwrap();
-        let split = watermark.split(accepted, settled)?;
+        let split = watermark.split(accepted, settled, now)?;
         watermark.advance(&split.on_time, Instant::now())?;
         if let Some(w) = watermark.current_us() {
             self.dedup.lock().unwrap().evict(w);

@@ -13,8 +13,9 @@ use datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
-use crate::job::Job;
+use crate::job::{Job, Tier};
 use crate::pipeline::INGEST_TABLES;
+use crate::tier;
 use crate::transform::{Dialect, stored_table, view_sql};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,15 +78,11 @@ pub async fn register(
 pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let ctx = SessionContext::new();
     for name in INGEST_TABLES {
-        let url = job.storage.hot_table(&job.name, name);
-        let table = open(name, &url).await?;
-        register(&ctx, name, &table).await?;
+        register_tiers(&ctx, job, name, name).await?;
     }
     for output in &job.outputs {
-        let url = job.storage.hot_table(&job.name, output.name());
-        let table = open(output.name(), &url).await?;
         let stored = stored_table(output);
-        register(&ctx, &stored, &table).await?;
+        register_tiers(&ctx, job, output.name(), &stored).await?;
         let view = view_sql(
             output,
             &job.contract,
@@ -97,6 +94,41 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
     let frame = ctx.sql(sql).await?;
     let schema = SchemaRef::new(frame.schema().as_arrow().clone());
     Ok((schema, frame.collect().await?))
+}
+
+/// Registers job table `table` under `name`: each tier's table as
+/// `<name>__<tier>`, and `name` as their union routed by age
+/// ([`tier::union_sql`]). Tiers are opened hot first, so a move that commits
+/// meanwhile is seen either not at all or whole. Tables that never move (query
+/// outputs) are hot only.
+async fn register_tiers(
+    ctx: &SessionContext,
+    job: &Job,
+    table: &str,
+    name: &str,
+) -> Result<(), QueryError> {
+    let hot = open(table, &job.storage.hot_table(&job.name, table)).await?;
+    let Some(age) = tier::age_of(job, table) else {
+        return Ok(register(ctx, name, &hot).await?);
+    };
+    let mut names = Vec::new();
+    for t in Tier::ALL {
+        let opened = match t {
+            Tier::Hot => hot.clone(),
+            _ => match open(table, &job.storage.table(t, &job.name, table)).await {
+                Ok(opened) => opened,
+                // Tables written before tiers existed have no warm or cold yet.
+                Err(QueryError::Missing { .. }) => continue,
+                Err(e) => return Err(e),
+            },
+        };
+        let tier_name = format!("{name}__{}", t.name());
+        register(ctx, &tier_name, &opened).await?;
+        names.push(format!("\"{tier_name}\""));
+    }
+    let union = tier::union_sql(&names, &age.column, '"');
+    ctx.register_table(name, ctx.sql(&union).await?.into_view())?;
+    Ok(())
 }
 
 /// Opens a job table read from its Delta log; a location without a log is `Missing`.
@@ -114,10 +146,13 @@ pub async fn open(name: &str, url: &Url) -> Result<DeltaTable, QueryError> {
     }
     deltalake::open_table(url.clone())
         .await
-        .map_err(|source| QueryError::Open {
-            table: name.to_owned(),
-            url: url.clone(),
-            source: Box::new(source),
+        .map_err(|source| match source {
+            DeltaTableError::NotATable(_) => missing(),
+            source => QueryError::Open {
+                table: name.to_owned(),
+                url: url.clone(),
+                source: Box::new(source),
+            },
         })
 }
 

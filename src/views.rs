@@ -9,7 +9,9 @@
 
 use url::Url;
 
-use crate::job::Job;
+use crate::job::{Job, Tier};
+use crate::pipeline::INGEST_TABLES;
+use crate::tier;
 pub use crate::transform::Dialect;
 use crate::transform::{stored_table, view_sql};
 
@@ -21,46 +23,82 @@ fn location(url: &Url) -> String {
     }
 }
 
-/// One `CREATE VIEW` per output (plus, for Trino, the call that registers the
-/// partials table), ready to paste into the engine.
-pub fn render(job: &Job, dialect: Dialect) -> String {
-    let mut out = format!(
-        "-- weir views for job `{}`: each output merged into final values.\n",
-        job.name
-    );
-    for output in &job.outputs {
-        let url = job.storage.hot_table(&job.name, output.name());
-        let path = location(&url);
-        let partials = stored_table(output);
-        let source = match dialect {
-            Dialect::DataFusion => format!("\"{partials}\""),
+/// The tiers a table spans: all of them, unless it never moves (query outputs).
+fn tiers_of(job: &Job, table: &str) -> &'static [Tier] {
+    match tier::age_of(job, table) {
+        Some(_) => &Tier::ALL,
+        None => &[Tier::Hot],
+    }
+}
+
+/// How the engine reads one job table across its tiers (a table expression),
+/// with the statements that must run first (Trino registers each tier table).
+fn tiered_source(job: &Job, table: &str, registered: &str, dialect: Dialect) -> (String, String) {
+    let mut setup = String::new();
+    let mut sources = Vec::new();
+    for t in tiers_of(job, table) {
+        let path = location(&job.storage.table(*t, &job.name, table));
+        let trino_name = format!("{}_{registered}_{}", job.name, t.name());
+        sources.push(match dialect {
+            Dialect::DataFusion => format!("\"{registered}__{}\"", t.name()),
             Dialect::DuckDb => format!("delta_scan('{path}')"),
             Dialect::Spark => format!("delta.`{path}`"),
-            Dialect::Trino => format!("delta.weir.\"{}_{partials}\"", job.name),
-        };
-        let merge = view_sql(output, &job.contract, &source, dialect);
+            Dialect::Trino => format!("delta.weir.\"{trino_name}\""),
+        });
         match dialect {
-            Dialect::DataFusion => out.push_str(&format!(
-                "-- register the Delta table at {path} as \"{partials}\" first\n"
+            Dialect::DataFusion => setup.push_str(&format!(
+                "-- register the Delta table at {path} as \"{registered}__{}\" first\n",
+                t.name()
             )),
-            Dialect::Trino => out.push_str(&format!(
+            Dialect::Trino => setup.push_str(&format!(
                 "CALL delta.system.register_table(schema_name => 'weir', \
-                 table_name => '{}_{partials}', table_location => '{path}');\n",
-                job.name
+                 table_name => '{trino_name}', table_location => '{path}');\n"
             )),
             Dialect::DuckDb | Dialect::Spark => {}
         }
-        let (view, merge) = match dialect {
+    }
+    let source = match tier::age_of(job, table) {
+        Some(age) if sources.len() > 1 => {
+            format!("({}) AS tiers", tier::union_sql(&sources, &age.column, '"'))
+        }
+        _ => sources.remove(0),
+    };
+    (setup, source)
+}
+
+/// One `CREATE VIEW` per table: `raw`, `dlq` and `late` across their tiers, and
+/// each output merged into final values (plus, for Trino, the calls that
+/// register the tier tables), ready to paste into the engine.
+pub fn render(job: &Job, dialect: Dialect) -> String {
+    let mut out = format!(
+        "-- weir views for job `{}`: every table across its tiers, each output merged \
+         into final values.\n",
+        job.name
+    );
+    let mut views: Vec<(String, String, String)> = Vec::new();
+    for table in INGEST_TABLES {
+        let (setup, source) = tiered_source(job, table, table, dialect);
+        views.push((table.to_owned(), setup, format!("SELECT * FROM {source}")));
+    }
+    for output in &job.outputs {
+        let partials = stored_table(output);
+        let (setup, source) = tiered_source(job, output.name(), &partials, dialect);
+        let merge = view_sql(output, &job.contract, &source, dialect);
+        views.push((output.name().to_owned(), setup, merge));
+    }
+    for (name, setup, body) in views {
+        out.push_str(&setup);
+        let (view, body) = match dialect {
             // Spark quotes identifiers with backticks; names are plain identifiers,
-            // and the merge SQL holds no string literals.
-            Dialect::Spark => (format!("`{}`", output.name()), merge.replace('"', "`")),
-            _ => (format!("\"{}\"", output.name()), merge),
+            // and the SQL holds no string literals with double quotes.
+            Dialect::Spark => (format!("`{name}`"), body.replace('"', "`")),
+            _ => (format!("\"{name}\""), body),
         };
         let create = match dialect {
             Dialect::Spark => "CREATE OR REPLACE TEMPORARY VIEW",
             _ => "CREATE OR REPLACE VIEW",
         };
-        out.push_str(&format!("{create} {view} AS {merge};\n"));
+        out.push_str(&format!("{create} {view} AS {body};\n"));
     }
     out
 }
@@ -102,12 +140,17 @@ mod tests {
             "{trino}"
         );
         assert!(
-            trino.contains("FROM delta.weir.\"clickstream_revenue__partials\""),
+            trino.contains("FROM (SELECT * FROM delta.weir.\"clickstream_revenue__partials_hot\" UNION ALL SELECT * FROM delta.weir.\"clickstream_revenue__partials_warm\""),
             "{trino}"
         );
-        assert!(render(&job, Dialect::DataFusion).contains("FROM \"page_views__partials\""));
+        assert!(
+            render(&job, Dialect::DataFusion)
+                .contains("FROM (SELECT * FROM \"page_views__partials__hot\" UNION ALL")
+        );
+        // Each tier serves only rows older than every row of the tier before it.
+        assert!(duck.contains("UNION ALL SELECT * FROM delta_scan('/data/warm/clickstream/page_views') WHERE \"window_start\" < (SELECT min(\"window_start\") FROM delta_scan('/data/hot/clickstream/page_views')) OR (SELECT count(*) FROM delta_scan('/data/hot/clickstream/page_views')) = 0 UNION ALL SELECT * FROM delta_scan('/data/cold/clickstream/page_views') WHERE"), "{duck}");
         // count_distinct merges with each engine's list functions.
-        assert!(duck.contains("CAST(coalesce(array_length(array_distinct(flatten(array_agg(\"visitors__distinct\") FILTER (WHERE \"visitors__distinct\" IS NOT NULL)))), 0) AS BIGINT) AS \"visitors\" FROM delta_scan('/data/hot/clickstream/page_views') GROUP BY"), "{duck}");
+        assert!(duck.contains("CAST(coalesce(array_length(array_distinct(flatten(array_agg(\"visitors__distinct\") FILTER (WHERE \"visitors__distinct\" IS NOT NULL)))), 0) AS BIGINT) AS \"visitors\" FROM (SELECT * FROM delta_scan('/data/hot/clickstream/page_views') UNION ALL"), "{duck}");
         assert!(spark.contains("CAST(coalesce(size(array_distinct(flatten(collect_list(`visitors__distinct`)))), 0) AS BIGINT) AS `visitors`"), "{spark}");
         assert!(trino.contains("CAST(coalesce(cardinality(array_distinct(flatten(array_agg(\"visitors__distinct\") FILTER"), "{trino}");
         assert!(duck.contains(

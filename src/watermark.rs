@@ -23,16 +23,17 @@ use arrow::datatypes::{
     DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
 use arrow::error::ArrowError;
-use chrono::{DateTime, SecondsFormat};
+use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::decode::{OFFSET, PARTITION, raw_schema};
+use crate::decode::{INGEST_TS, OFFSET, PARTITION, raw_schema};
 use crate::job::{Contract, WatermarkPolicy};
 
 /// The watermark an event was judged against (null when a stored decision was reused).
 pub const WATERMARK: &str = "_watermark";
 pub const REASON: &str = "_reason";
 
-/// The `late` table: `raw`'s columns, the watermark that refused the event, and why.
+/// The `late` table: `raw`'s columns, the watermark that refused the event,
+/// why, and when it was read.
 pub fn late_schema(contract: &Contract) -> SchemaRef {
     let mut fields: Vec<Field> = raw_schema(contract)
         .fields()
@@ -46,6 +47,11 @@ pub fn late_schema(contract: &Contract) -> SchemaRef {
             true,
         ),
         Field::new(REASON, DataType::Utf8, false),
+        Field::new(
+            INGEST_TS,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -150,7 +156,12 @@ impl Watermark {
 
     /// Splits accepted events (in `raw`'s schema) by the current watermark,
     /// reusing the stored fate of events the tables have already settled.
-    pub fn split(&self, events: &RecordBatch, settled: &Settled) -> Result<Split, ArrowError> {
+    pub fn split(
+        &self,
+        events: &RecordBatch,
+        settled: &Settled,
+        ingest: DateTime<Utc>,
+    ) -> Result<Split, ArrowError> {
         let times = self.times(events)?;
         let (partitions, offsets) = positions(events)?;
         let mut reused = Vec::new();
@@ -173,7 +184,7 @@ impl Watermark {
         let on_time = compute::filter_record_batch(events, &compute::not(&late)?)?;
         let late_events = compute::filter_record_batch(events, &late)?;
         let reused = compute::filter(&BooleanArray::from(reused), &late)?;
-        let late_rows = self.annotate(&late_events, reused.as_boolean())?;
+        let late_rows = self.annotate(&late_events, reused.as_boolean(), ingest)?;
         Ok(Split {
             on_time,
             late: late_rows,
@@ -220,11 +231,12 @@ impl Watermark {
         Ok(column.as_primitive::<TimestampMicrosecondType>())
     }
 
-    /// Adds the watermark and the reason to late events.
+    /// Adds the watermark, the reason and the ingest time to late events.
     fn annotate(
         &self,
         late: &RecordBatch,
         reused: &BooleanArray,
+        ingest: DateTime<Utc>,
     ) -> Result<RecordBatch, ArrowError> {
         let times = self.times(late)?;
         let lateness = humantime::format_duration(self.policy.allowed_lateness);
@@ -254,6 +266,10 @@ impl Watermark {
             TimestampMicrosecondArray::from(watermarks).with_timezone("UTC"),
         ));
         columns.push(Arc::new(StringArray::from(reasons)));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![ingest.timestamp_micros(); late.num_rows()])
+                .with_timezone("UTC"),
+        ));
         RecordBatch::try_new(self.late_schema.clone(), columns)
     }
 }

@@ -32,6 +32,8 @@ pub const EVENT_DATE: &str = "_event_date";
 pub const PARTITION: &str = "_partition";
 pub const OFFSET: &str = "_offset";
 pub const KAFKA_TS: &str = "_kafka_ts";
+/// When weir read the message (UTC): what `dlq` and `late` rows are aged by.
+pub const INGEST_TS: &str = "_ingest_ts";
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -77,7 +79,7 @@ pub fn dlq_schema() -> SchemaRef {
         Field::new(PARTITION, DataType::Int32, false),
         Field::new(OFFSET, DataType::Int64, false),
         Field::new(KAFKA_TS, utc_micros(), true),
-        Field::new("_ingest_ts", utc_micros(), false),
+        Field::new(INGEST_TS, utc_micros(), false),
         Field::new("error", DataType::Utf8, false),
         Field::new("payload", DataType::Binary, true),
     ]))

@@ -80,49 +80,7 @@ pub struct TableSink {
 
 impl TableSink {
     async fn open(url: Url, spec: TableSpec) -> Result<Self, SinkError> {
-        let fail = |source| SinkError::Delta {
-            table: spec.name.clone(),
-            url: url.clone(),
-            source: Box::new(source),
-        };
-        if url.scheme() == "file"
-            && let Ok(path) = url.to_file_path()
-        {
-            std::fs::create_dir_all(&path).map_err(|source| SinkError::Directory {
-                table: spec.name.clone(),
-                url: url.clone(),
-                source,
-            })?;
-        }
-        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
-        if table.version().is_none() {
-            let columns: StructType = spec
-                .schema
-                .as_ref()
-                .try_into_kernel()
-                .map_err(|e| fail(DeltaTableError::from(e)))?;
-            let created = table
-                .create()
-                .with_table_name(&spec.name)
-                .with_columns(columns.fields().cloned())
-                .with_partition_columns(spec.partition_columns.clone())
-                .with_configuration_property(
-                    TableProperty::CheckpointInterval,
-                    Some(CHECKPOINT_INTERVAL.to_string()),
-                )
-                .with_configuration_property(
-                    TableProperty::DataSkippingStatsColumns,
-                    Some(stats_columns(&spec.schema)),
-                )
-                .with_save_mode(SaveMode::Ignore)
-                .await;
-            table = match created {
-                Ok(t) => t,
-                // Another writer created it first: use theirs.
-                Err(_) => DeltaTable::try_from_url(url.clone()).await.map_err(fail)?,
-            };
-            info!(table = %spec.name, %url, "created Delta table");
-        }
+        let table = open_or_create(url.clone(), &spec).await?;
         Ok(Self {
             spec,
             url,
@@ -235,6 +193,54 @@ pub struct CommitReport {
     /// Commits made (data-less base and progress commits included).
     pub commits: usize,
     pub elapsed: Duration,
+}
+
+/// Opens the Delta table at `url`, creating it from `spec` if there is none.
+pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, SinkError> {
+    let fail = |source| SinkError::Delta {
+        table: spec.name.clone(),
+        url: url.clone(),
+        source: Box::new(source),
+    };
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
+        std::fs::create_dir_all(&path).map_err(|source| SinkError::Directory {
+            table: spec.name.clone(),
+            url: url.clone(),
+            source,
+        })?;
+    }
+    let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
+    if table.version().is_some() {
+        return Ok(table);
+    }
+    let columns: StructType = spec
+        .schema
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| fail(DeltaTableError::from(e)))?;
+    let created = table
+        .create()
+        .with_table_name(&spec.name)
+        .with_columns(columns.fields().cloned())
+        .with_partition_columns(spec.partition_columns.clone())
+        .with_configuration_property(
+            TableProperty::CheckpointInterval,
+            Some(CHECKPOINT_INTERVAL.to_string()),
+        )
+        .with_configuration_property(
+            TableProperty::DataSkippingStatsColumns,
+            Some(stats_columns(&spec.schema)),
+        )
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    info!(table = %spec.name, %url, "created Delta table");
+    match created {
+        Ok(t) => Ok(t),
+        // Another writer created it first: use theirs.
+        Err(_) => DeltaTable::try_from_url(url.clone()).await.map_err(fail),
+    }
 }
 
 /// All the tables of a job, committed together once per trigger.

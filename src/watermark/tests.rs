@@ -95,7 +95,11 @@ fn an_idle_partition_stops_holding_the_watermark_back() {
 fn events_behind_the_watermark_are_late_with_a_reason() {
     let mut w = Watermark::new(&job().contract, policy(10, 30));
     let first = w
-        .split(&events(&[(0, 0, 100), (0, 1, 1)]), &Settled::default())
+        .split(
+            &events(&[(0, 0, 100), (0, 1, 1)]),
+            &Settled::default(),
+            chrono::Utc::now(),
+        )
         .unwrap();
     assert_eq!(first.late.num_rows(), 0, "no watermark before any event");
     w.advance(&first.on_time, Instant::now()).unwrap();
@@ -104,6 +108,7 @@ fn events_behind_the_watermark_are_late_with_a_reason() {
         .split(
             &events(&[(0, 2, 95), (0, 3, 89), (0, 4, 90), (0, 5, 200)]),
             &Settled::default(),
+            chrono::Utc::now(),
         )
         .unwrap();
     assert_eq!(
@@ -146,6 +151,7 @@ fn settled_events_keep_their_stored_fate_whatever_the_watermark() {
         .split(
             &events(&[(0, 3, 1), (0, 4, 500), (0, 10, 1), (1, 4, 500)]),
             &settled,
+            chrono::Utc::now(),
         )
         .unwrap();
     assert_eq!(

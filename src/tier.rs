@@ -1,0 +1,230 @@
+//! Tier moves: rows older than a tier's age move to the next tier, crash-safe.
+//!
+//! A move is two commits. First the rows older than the cutoff are appended to
+//! the destination with a txn action `weir:<job>:move:<from>-><to>` whose
+//! version is the cutoff (µs); then one commit on the source deletes them,
+//! carrying the same txn. A destination whose move txn is ahead of the
+//! source's has a move pending: re-running finishes it (the delete, with the
+//! recorded cutoff) and never writes the rows again.
+//!
+//! Readers need no boundary metadata: a tier serves only rows older than the
+//! youngest row still in the tier before it ([`union_sql`]). While a move is
+//! pending the copied rows are also in the source, so none of them is older
+//! than the source's youngest row and the destination hides them; once the
+//! delete commits they show in the destination. That works in any engine, and
+//! it holds because ingest never writes a row older than hot's cutoff (see
+//! [`age_of`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+
+use crate::fault::Faults;
+use crate::job::{Job, Output, Tier};
+use crate::maintain::MaintainError;
+use crate::query::register;
+use crate::sink::{TableSpec, open_or_create};
+use crate::transform::WINDOW_START;
+
+/// How a table's rows are aged, and from when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Age {
+    /// The timestamp column rows are aged by.
+    pub column: String,
+    /// Whether the column follows event time (aged against the watermark)
+    /// rather than ingest time (aged against the wall clock).
+    pub event_time: bool,
+    /// How far behind the watermark the column may be for rows still arriving
+    /// (a window starts up to its size before its events).
+    pub slack: Duration,
+    /// Moved rows are written in this order (a window's keys, then time), so
+    /// warm and cold files cluster what readers filter on.
+    pub sort: Vec<String>,
+}
+
+/// The age column of a job table; `None` for query outputs, which have no
+/// column weir can age by and stay hot.
+///
+/// Each choice keeps ingest from ever writing a row older than hot's cutoff:
+/// `raw` rows are at or after the watermark; a window's start is at most its
+/// size before that; `dlq` and `late` rows carry their ingest time.
+pub fn age_of(job: &Job, table: &str) -> Option<Age> {
+    let ingest = |column: &str| Age {
+        column: column.to_owned(),
+        event_time: false,
+        slack: Duration::ZERO,
+        sort: vec![column.to_owned()],
+    };
+    match table {
+        "raw" => Some(Age {
+            column: job.contract.event_time_name().to_owned(),
+            event_time: true,
+            slack: Duration::ZERO,
+            sort: vec![job.contract.event_time_name().to_owned()],
+        }),
+        "dlq" | "late" => Some(ingest(crate::decode::INGEST_TS)),
+        name => match job.outputs.iter().find(|o| o.name() == name)? {
+            Output::Window(w) => Some(Age {
+                column: WINDOW_START.to_owned(),
+                event_time: true,
+                slack: w.size,
+                sort: w
+                    .keys
+                    .iter()
+                    .map(|&k| job.contract.fields[k].name.clone())
+                    .chain([WINDOW_START.to_owned()])
+                    .collect(),
+            }),
+            Output::Sql(_) => None,
+        },
+    }
+}
+
+/// The cutoff (µs) below which rows leave `tier`: now (or the watermark, for
+/// event-time ages) minus the tier's age and the column's slack.
+pub fn cutoff_us(job: &Job, age: &Age, tier: Tier, watermark_us: Option<i64>) -> Option<i64> {
+    let max_age = job.storage.max_age(tier)?;
+    let reference = if age.event_time {
+        watermark_us?
+    } else {
+        Utc::now().timestamp_micros()
+    };
+    Some(reference - (max_age + age.slack).as_micros() as i64)
+}
+
+fn literal(us: i64) -> String {
+    let t = DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
+    format!("'{}'", t.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// The SQL that reads one table across tiers: `tables` are the tier tables'
+/// names in the engine, hot first; each later tier serves only rows older than
+/// every row of the tier before it (all its rows when that tier is empty).
+/// Plain SQL that DataFusion, DuckDB, Spark and Trino all run.
+pub fn union_sql(tables: &[String], age_column: &str, quote: char) -> String {
+    let age = format!("{quote}{age_column}{quote}");
+    let mut parts = Vec::with_capacity(tables.len());
+    for (i, table) in tables.iter().enumerate() {
+        parts.push(match i {
+            0 => format!("SELECT * FROM {table}"),
+            _ => {
+                let prev = &tables[i - 1];
+                format!(
+                    "SELECT * FROM {table} WHERE {age} < (SELECT min({age}) FROM {prev}) \
+                     OR (SELECT count(*) FROM {prev}) = 0"
+                )
+            }
+        });
+    }
+    parts.join(" UNION ALL ")
+}
+
+/// What one move did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub rows: usize,
+    /// The move had been interrupted after its first commit and was finished.
+    pub resumed: bool,
+}
+
+/// Moves the rows of `source` (tier `from`) older than the cutoff to the next
+/// tier. Returns `None` when there was nothing to move.
+#[allow(clippy::too_many_arguments)]
+pub async fn move_rows(
+    job: &Job,
+    spec: &TableSpec,
+    age: &Age,
+    from: Tier,
+    to: Tier,
+    source: DeltaTable,
+    cutoff_us: i64,
+    faults: &Faults,
+) -> Result<Option<Moved>, MaintainError> {
+    let name = spec.name.as_str();
+    let app_id = format!("weir:{}:move:{}->{}", job.name, from.name(), to.name());
+    let delta = |step: &'static str| {
+        move |source| MaintainError::Delta {
+            step,
+            table: format!("{name} ({})", from.name()),
+            source: Box::new(source),
+        }
+    };
+    let dest_url = job.storage.table(to, &job.name, name);
+    let dest = open_or_create(dest_url, spec).await?;
+    let moved_in = txn_version(&dest, &app_id)
+        .await
+        .map_err(delta("reading txn"))?;
+    let moved_out = txn_version(&source, &app_id)
+        .await
+        .map_err(delta("reading txn"))?;
+    let age_col = format!("\"{}\"", age.column);
+
+    let (cutoff, resumed, rows) = match moved_in {
+        Some(pending) if moved_out.is_none_or(|out| pending > out) => (pending, true, 0),
+        _ => {
+            if moved_out.is_some_and(|out| cutoff_us <= out) {
+                return Ok(None);
+            }
+            let read = |source| MaintainError::Move {
+                table: name.to_owned(),
+                source,
+            };
+            let ctx = SessionContext::new();
+            register(&ctx, "source", &source).await.map_err(read)?;
+            let order: Vec<String> = age.sort.iter().map(|c| format!("\"{c}\"")).collect();
+            let sql = format!(
+                "SELECT * FROM source WHERE {age_col} < {} ORDER BY {}",
+                literal(cutoff_us),
+                order.join(", ")
+            );
+            let rows = ctx
+                .sql(&sql)
+                .await
+                .map_err(read)?
+                .collect()
+                .await
+                .map_err(read)?;
+            let rows = crate::transform::conform(rows, &spec.schema).map_err(read)?;
+            if rows.num_rows() == 0 {
+                return Ok(None);
+            }
+            let count = rows.num_rows();
+            dest.write(vec![rows])
+                .with_save_mode(SaveMode::Append)
+                .with_partition_columns(spec.partition_columns.clone())
+                .with_commit_properties(move_txn(&app_id, cutoff_us))
+                .await
+                .map_err(delta("writing moved rows"))?;
+            faults.check(&format!("maintain.after_move_write.{name}"))?;
+            (cutoff_us, false, count)
+        }
+    };
+    source
+        .delete()
+        .with_predicate(format!("{age_col} < {}", literal(cutoff)))
+        .with_commit_properties(move_txn(&app_id, cutoff))
+        .await
+        .map_err(delta("deleting moved rows"))?;
+    faults.check(&format!("maintain.after_move_delete.{name}"))?;
+    Ok(Some(Moved { rows, resumed }))
+}
+
+/// Both commits of a move carry its txn, versioned by the cutoff.
+fn move_txn(app_id: &str, cutoff_us: i64) -> CommitProperties {
+    CommitProperties::default().with_application_transaction(Transaction::new(app_id, cutoff_us))
+}
+
+async fn txn_version(
+    table: &DeltaTable,
+    app_id: &str,
+) -> Result<Option<i64>, deltalake::DeltaTableError> {
+    table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id.to_owned())
+        .await
+}
