@@ -134,6 +134,16 @@ def produce_in_background(broker, report, rate, seconds):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def wait_for_fold(log, proc, timeout=180):
+    """Waits until a maintenance round of `proc` has folded closed windows: a
+    round can take longer than the ingest (on a slow object store, say)."""
+    deadline = time.monotonic() + timeout
+    while "folded=Some" not in log.read_text():
+        assert proc.poll() is None, f"weir run exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, "no maintenance round folded closed windows"
+        time.sleep(0.5)
+
+
 def assert_upkeep_ran_and_outputs_exact(job, log, produced, late):
     """Upkeep folded windows and never failed; the outputs equal the oracle over
     the on-time events. With a 5 s lateness some stragglers are late: which
@@ -158,7 +168,7 @@ def test_run_with_frequent_maintenance_stays_exactly_once(broker, tmp_path):
         assert producer.wait(timeout=120) == 0, producer.stdout.read()
         produced = read_report(report)
         wait_for_count(data, stored(produced), 120, proc)
-        time.sleep(2)  # one more maintenance round after the last trigger
+        wait_for_fold(tmp_path / "run.log", proc)
         assert stop_gracefully(proc) == 0
     late_path = table_path(data, "clickstream", "late")
     late = set(duckdb_connection().sql(

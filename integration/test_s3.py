@@ -12,7 +12,8 @@ import polars as pl
 
 from conftest import WEIR, duckdb_connection, read_report
 from test_broker_e2e import positions, start_run, stop_gracefully, stored
-from test_maintain import assert_upkeep_ran_and_outputs_exact, produce_in_background, upkeep_job
+from test_maintain import (assert_upkeep_ran_and_outputs_exact, produce_in_background, upkeep_job,
+                           wait_for_fold)
 
 
 def s3_table(root, table):
@@ -56,7 +57,7 @@ def test_s3_tables_stay_exactly_once_under_concurrent_commits_and_sigkill(broker
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
             assert time.monotonic() < deadline, f"{committed(job)} of {stored(produced)}"
             time.sleep(1)
-        time.sleep(2)
+        wait_for_fold(tmp_path / "run.log", proc)
         assert stop_gracefully(proc) == 0
     log = (tmp_path / "run.log").read_text()
     assert "weir-test-secret" not in log, "a secret was logged"
