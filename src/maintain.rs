@@ -208,8 +208,14 @@ pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainErro
                 };
                 let url = job.storage.table(from, &job.name, name);
                 let source = open_or_create(url, spec).await?;
-                moved[i] =
-                    tier::move_rows(job, spec, &age, from, to, source, cutoff, faults).await?;
+                let route = tier::Route {
+                    job,
+                    spec,
+                    age: &age,
+                    from,
+                    to,
+                };
+                moved[i] = tier::move_rows(route, source, cutoff, faults).await?;
             }
         }
         // Query outputs have no age: they stay hot.

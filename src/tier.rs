@@ -132,19 +132,31 @@ pub struct Moved {
     pub resumed: bool,
 }
 
-/// Moves the rows of `source` (tier `from`) older than the cutoff to the next
-/// tier. Returns `None` when there was nothing to move.
-#[allow(clippy::too_many_arguments)]
+/// One table's way from a tier to the next.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    pub job: &'a Job,
+    pub spec: &'a TableSpec,
+    pub age: &'a Age,
+    pub from: Tier,
+    pub to: Tier,
+}
+
+/// Moves the rows of `source` (the table in `route.from`) older than the
+/// cutoff to `route.to`. Returns `None` when there was nothing to move.
 pub async fn move_rows(
-    job: &Job,
-    spec: &TableSpec,
-    age: &Age,
-    from: Tier,
-    to: Tier,
+    route: Route<'_>,
     source: DeltaTable,
     cutoff_us: i64,
     faults: &Faults,
 ) -> Result<Option<Moved>, MaintainError> {
+    let Route {
+        job,
+        spec,
+        age,
+        from,
+        to,
+    } = route;
     let name = spec.name.as_str();
     let app_id = format!("weir:{}:move:{}->{}", job.name, from.name(), to.name());
     let delta = |step: &'static str| {
