@@ -487,7 +487,8 @@ pub struct Storage {
     pub warm_max_age: Duration,
 }
 
-/// URL schemes a storage root may use.
+/// Parses one storage root: a local path (made absolute) or a URL whose scheme
+/// weir can write to.
 fn parse_root(root: &str) -> Result<Url, String> {
     if root.trim().is_empty() {
         return Err("an empty string".into());
@@ -678,14 +679,13 @@ impl Job {
         let source = validate_source(spec.source, &spec.name, &invalid)?;
         let contract = validate_schema(spec.schema, &invalid)?;
         let batching = validate_batching(spec.batching, &invalid)?;
-        let dedup_horizon =
-            parse_duration(&spec.dedup.horizon, 1, 30 * 86400).ok_or_else(|| {
-                invalid(
-                    "dedup.horizon",
-                    "a duration between 1s and 30days, like \"1h\"",
-                    format!("`{}`", spec.dedup.horizon),
-                )
-            })?;
+        let dedup_horizon = duration_key(
+            &invalid,
+            "dedup.horizon",
+            &spec.dedup.horizon,
+            (1, 30 * DAY),
+            "a duration between 1s and 30days, like \"1h\"",
+        )?;
         let watermark = validate_watermark(spec.watermark, &invalid)?;
         let maintenance = validate_maintenance(spec.maintenance, &invalid)?;
         let storage = validate_storage(spec.storage, spec.tiers, &invalid)?;
@@ -895,14 +895,13 @@ fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobE
     }
     fields[event_id].nullable = false;
     fields[event_time].nullable = false;
-    let event_time_range = parse_duration(&spec.event_time_range, 60, 100 * 366 * 86400)
-        .ok_or_else(|| {
-            invalid(
-                "schema.event_time_range",
-                "a duration between 1min and 100years, like \"10years\" or \"30days\"",
-                format!("`{}`", spec.event_time_range),
-            )
-        })?;
+    let event_time_range = duration_key(
+        invalid,
+        "schema.event_time_range",
+        &spec.event_time_range,
+        (60, 100 * 366 * DAY),
+        "a duration between 1min and 100years, like \"10years\" or \"30days\"",
+    )?;
     Ok(Contract {
         fields,
         event_id,
@@ -912,21 +911,20 @@ fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobE
 }
 
 fn validate_watermark(spec: WatermarkSpec, invalid: &Invalid) -> Result<WatermarkPolicy, JobError> {
-    let allowed_lateness =
-        parse_duration(&spec.allowed_lateness, 0, 7 * 86400).ok_or_else(|| {
-            invalid(
-                "watermark.allowed_lateness",
-                "a duration between 0s and 7days, like \"1m\"",
-                format!("`{}`", spec.allowed_lateness),
-            )
-        })?;
-    let idle_timeout = parse_duration(&spec.idle_timeout, 1, 86400).ok_or_else(|| {
-        invalid(
-            "watermark.idle_timeout",
-            "a duration between 1s and 1day, like \"30s\"",
-            format!("`{}`", spec.idle_timeout),
-        )
-    })?;
+    let allowed_lateness = duration_key(
+        invalid,
+        "watermark.allowed_lateness",
+        &spec.allowed_lateness,
+        (0, 7 * DAY),
+        "a duration between 0s and 7days, like \"1m\"",
+    )?;
+    let idle_timeout = duration_key(
+        invalid,
+        "watermark.idle_timeout",
+        &spec.idle_timeout,
+        (1, DAY),
+        "a duration between 1s and 1day, like \"30s\"",
+    )?;
     Ok(WatermarkPolicy {
         allowed_lateness,
         idle_timeout,
@@ -952,13 +950,13 @@ fn validate_storage(
     }
     let age = |tier: &TierSpec, name: &str, default: Duration| match &tier.max_age {
         None => Ok(default),
-        Some(text) => parse_duration(text, 1, 100 * 366 * 86400).ok_or_else(|| {
-            invalid(
-                &format!("tiers.{name}.max_age"),
-                "a duration between 1s and 100years, like \"24h\"",
-                format!("`{text}`"),
-            )
-        }),
+        Some(text) => duration_key(
+            invalid,
+            &format!("tiers.{name}.max_age"),
+            text,
+            (1, 100 * 366 * DAY),
+            "a duration between 1s and 100years, like \"24h\"",
+        ),
     };
     storage.hot_max_age = age(&tiers.hot, "hot", storage.hot_max_age)?;
     storage.warm_max_age = age(&tiers.warm, "warm", storage.warm_max_age)?;
@@ -973,33 +971,26 @@ fn validate_storage(
 }
 
 fn validate_maintenance(spec: MaintenanceSpec, invalid: &Invalid) -> Result<Maintenance, JobError> {
-    let duration = |key: &str, text: &str, min: u64, max: u64, like: &str| {
-        parse_duration(text, min, max).ok_or_else(|| {
-            invalid(
-                &format!("maintenance.{key}"),
-                &format!(
-                    "a duration between {} and {}, like \"{like}\"",
-                    secs(min),
-                    secs(max)
-                ),
-                format!("`{text}`"),
-            )
-        })
-    };
-    let every = duration("every", &spec.every, 1, 7 * 86400, "10m")?;
-    let vacuum_retention = duration(
-        "vacuum_retention",
-        &spec.vacuum_retention,
-        0,
-        3650 * 86400,
-        "7days",
+    let every = duration_key(
+        invalid,
+        "maintenance.every",
+        &spec.every,
+        (1, 7 * DAY),
+        "a duration between 1s and 7days, like \"10m\"",
     )?;
-    let log_retention = duration(
-        "log_retention",
+    let vacuum_retention = duration_key(
+        invalid,
+        "maintenance.vacuum_retention",
+        &spec.vacuum_retention,
+        (0, 3650 * DAY),
+        "a duration between 0s and 3650days, like \"7days\"",
+    )?;
+    let log_retention = duration_key(
+        invalid,
+        "maintenance.log_retention",
         &spec.log_retention,
-        0,
-        3650 * 86400,
-        "30days",
+        (0, 3650 * DAY),
+        "a duration between 0s and 3650days, like \"30days\"",
     )?;
     if !(1..=4096).contains(&spec.target_file_mib) {
         return Err(invalid(
@@ -1016,9 +1007,19 @@ fn validate_maintenance(spec: MaintenanceSpec, invalid: &Invalid) -> Result<Main
     })
 }
 
-/// A bound in seconds, as a person would write it.
-fn secs(s: u64) -> String {
-    humantime::format_duration(Duration::from_secs(s)).to_string()
+const DAY: u64 = 86400;
+
+/// Parses duration key `key` within `bounds` (seconds, inclusive); otherwise
+/// the error says what was `expected` and what was found.
+fn duration_key(
+    invalid: &Invalid,
+    key: &str,
+    text: &str,
+    (min_secs, max_secs): (u64, u64),
+    expected: &str,
+) -> Result<Duration, JobError> {
+    parse_duration(text, min_secs, max_secs)
+        .ok_or_else(|| invalid(key, expected, format!("`{text}`")))
 }
 
 /// A humantime duration (`"90s"`, `"1h"`, `"10years"`) within `min..=max` seconds.
@@ -1080,13 +1081,13 @@ fn validate_output(
             ));
         }
     };
-    let size = parse_duration(&window, 1, 86400).ok_or_else(|| {
-        invalid(
-            &key("window"),
-            "a duration between 1s and 1day, like \"1m\"",
-            format!("`{window}`"),
-        )
-    })?;
+    let size = duration_key(
+        invalid,
+        &key("window"),
+        &window,
+        (1, DAY),
+        "a duration between 1s and 1day, like \"1m\"",
+    )?;
     let hop = match &spec.hop {
         None => size,
         Some(text) => parse_duration(text, 1, 86400)

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
@@ -218,12 +218,7 @@ pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainErro
                 moved[i] = tier::move_rows(route, source, cutoff, faults).await?;
             }
         }
-        // Query outputs have no age: they stay hot.
-        let tiers: &[Tier] = match tier::age_of(job, name) {
-            Some(_) => &Tier::ALL,
-            None => &[Tier::Hot],
-        };
-        for &tier in tiers {
+        for &tier in tier::tiers_of(job, name) {
             let url = job.storage.table(tier, &job.name, name);
             let table = open_or_create(url, spec).await?;
             let step = Step {
@@ -365,10 +360,8 @@ async fn fold_closed_windows(
     agg: &WindowAggregate,
     watermark_us: i64,
 ) -> Result<(DeltaTable, Option<(usize, usize)>), MaintainError> {
-    let cutoff = DateTime::<Utc>::from_timestamp_micros(watermark_us)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Micros, true);
-    let closed = format!("\"{WINDOW_END}\" <= '{cutoff}'");
+    let cutoff = tier::rfc3339_micros(watermark_us);
+    let closed = format!("\"{WINDOW_END}\" <= {}", tier::literal(watermark_us));
     let fold_error = |source| MaintainError::Fold {
         table: name.to_owned(),
         source,

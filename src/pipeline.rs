@@ -252,8 +252,8 @@ impl Pipeline {
         // Every tier's table exists from the start, so readers and views can
         // name them all before the first move.
         for spec in &specs {
-            if crate::tier::age_of(job, &spec.name).is_some() {
-                for tier in [Tier::Warm, Tier::Cold] {
+            for &tier in crate::tier::tiers_of(job, &spec.name) {
+                if tier != Tier::Hot {
                     let url = job.storage.table(tier, &job.name, &spec.name);
                     crate::sink::open_or_create(url, spec).await?;
                 }

@@ -126,7 +126,7 @@ async fn register_tiers(
         register(ctx, &tier_name, &opened).await?;
         names.push(format!("\"{tier_name}\""));
     }
-    let union = tier::union_sql(&names, &age.column, '"');
+    let union = tier::union_sql(&names, &age.column);
     ctx.register_table(name, ctx.sql(&union).await?.into_view())?;
     Ok(())
 }

@@ -85,6 +85,15 @@ pub fn age_of(job: &Job, table: &str) -> Option<Age> {
     }
 }
 
+/// The tiers a job table spans: all three, unless it has no age (query
+/// outputs), which keeps it hot.
+pub fn tiers_of(job: &Job, table: &str) -> &'static [Tier] {
+    match age_of(job, table) {
+        Some(_) => &Tier::ALL,
+        None => &[Tier::Hot],
+    }
+}
+
 /// The cutoff (µs) below which rows leave `tier`: now (or the watermark, for
 /// event-time ages) minus the tier's age and the column's slack.
 pub fn cutoff_us(job: &Job, age: &Age, tier: Tier, watermark_us: Option<i64>) -> Option<i64> {
@@ -97,17 +106,25 @@ pub fn cutoff_us(job: &Job, age: &Age, tier: Tier, watermark_us: Option<i64>) ->
     Some(reference - (max_age + age.slack).as_micros() as i64)
 }
 
-fn literal(us: i64) -> String {
-    let t = DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
-    format!("'{}'", t.to_rfc3339_opts(SecondsFormat::Micros, true))
+/// A timestamp (µs) as RFC 3339 to the microsecond, exact in any predicate.
+pub(crate) fn rfc3339_micros(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A timestamp (µs) as a SQL literal that compares with a UTC timestamp column.
+pub(crate) fn literal(us: i64) -> String {
+    format!("'{}'", rfc3339_micros(us))
 }
 
 /// The SQL that reads one table across tiers: `tables` are the tier tables'
 /// names in the engine, hot first; each later tier serves only rows older than
 /// every row of the tier before it (all its rows when that tier is empty).
-/// Plain SQL that DataFusion, DuckDB, Spark and Trino all run.
-pub fn union_sql(tables: &[String], age_column: &str, quote: char) -> String {
-    let age = format!("{quote}{age_column}{quote}");
+/// Plain SQL that DataFusion, DuckDB, Spark and Trino all run (identifiers
+/// double-quoted, as everywhere in weir's SQL).
+pub fn union_sql(tables: &[String], age_column: &str) -> String {
+    let age = format!("\"{age_column}\"");
     let mut parts = Vec::with_capacity(tables.len());
     for (i, table) in tables.iter().enumerate() {
         parts.push(match i {

@@ -9,7 +9,7 @@
 
 use url::Url;
 
-use crate::job::{Job, Tier};
+use crate::job::Job;
 use crate::pipeline::INGEST_TABLES;
 use crate::tier;
 pub use crate::transform::Dialect;
@@ -23,20 +23,12 @@ fn location(url: &Url) -> String {
     }
 }
 
-/// The tiers a table spans: all of them, unless it never moves (query outputs).
-fn tiers_of(job: &Job, table: &str) -> &'static [Tier] {
-    match tier::age_of(job, table) {
-        Some(_) => &Tier::ALL,
-        None => &[Tier::Hot],
-    }
-}
-
 /// How the engine reads one job table across its tiers (a table expression),
 /// with the statements that must run first (Trino registers each tier table).
 fn tiered_source(job: &Job, table: &str, registered: &str, dialect: Dialect) -> (String, String) {
     let mut setup = String::new();
     let mut sources = Vec::new();
-    for t in tiers_of(job, table) {
+    for t in tier::tiers_of(job, table) {
         let path = location(&job.storage.table(*t, &job.name, table));
         let trino_name = format!("{}_{registered}_{}", job.name, t.name());
         sources.push(match dialect {
@@ -59,7 +51,7 @@ fn tiered_source(job: &Job, table: &str, registered: &str, dialect: Dialect) -> 
     }
     let source = match tier::age_of(job, table) {
         Some(age) if sources.len() > 1 => {
-            format!("({}) AS tiers", tier::union_sql(&sources, &age.column, '"'))
+            format!("({}) AS tiers", tier::union_sql(&sources, &age.column))
         }
         _ => sources.remove(0),
     };

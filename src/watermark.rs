@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use arrow::array::{AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::compute;
 use arrow::datatypes::{
-    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
 };
 use arrow::error::ArrowError;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::decode::{INGEST_TS, OFFSET, PARTITION, raw_schema};
+use crate::decode::{INGEST_TS, OFFSET, PARTITION, raw_schema, utc_micros};
 use crate::job::{Contract, WatermarkPolicy};
 
 /// The watermark an event was judged against (null when a stored decision was reused).
@@ -41,17 +41,9 @@ pub fn late_schema(contract: &Contract) -> SchemaRef {
         .map(|f| f.as_ref().clone())
         .collect();
     fields.extend([
-        Field::new(
-            WATERMARK,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            true,
-        ),
+        Field::new(WATERMARK, utc_micros(), true),
         Field::new(REASON, DataType::Utf8, false),
-        Field::new(
-            INGEST_TS,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new(INGEST_TS, utc_micros(), false),
     ]);
     Arc::new(Schema::new(fields))
 }

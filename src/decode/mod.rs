@@ -56,7 +56,8 @@ pub struct Decoder {
     dlq_schema: SchemaRef,
 }
 
-fn utc_micros() -> DataType {
+/// The one timestamp type weir stores: UTC microseconds, which every reader shares.
+pub fn utc_micros() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::compute::{cast, concat_batches};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use crate::decode::raw_schema;
+use crate::decode::{raw_schema, utc_micros};
 use crate::job::{
     AggregateFn, Contract, FieldType, Job, JobError, Output, SqlOutput, WindowOutput,
 };
@@ -109,10 +109,6 @@ pub struct WindowAggregate {
 
 fn quote(name: &str) -> String {
     format!("\"{name}\"")
-}
-
-fn utc_micros() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
 impl WindowAggregate {
