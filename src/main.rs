@@ -229,7 +229,9 @@ async fn main() -> ExitCode {
             eprintln!("weir: error: {e:#}");
             // A bad spec may surface from inside the pipeline (an output's SQL
             // is only checked by planning it).
-            let usage = e.chain().any(|c| c.is::<JobError>() || c.is::<Usage>());
+            let usage = e.chain().any(|c| {
+                c.is::<JobError>() || c.is::<Usage>() || c.is::<weir::schema::Incompatible>()
+            });
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

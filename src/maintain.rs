@@ -34,10 +34,11 @@ use crate::decode::Decoder;
 use crate::fault::{FaultError, Faults};
 use crate::job::{Job, JobError, Output, Tier};
 use crate::query::{QueryError, register};
-use crate::sink::{TableSpec, open_or_create};
+use crate::schema::conform;
+use crate::sink::{TableSpec, open_or_create, stored_schema};
 use crate::tier::{self, Moved};
 use crate::transform::Transform;
-use crate::transform::{WINDOW_END, WindowAggregate, conform};
+use crate::transform::{WINDOW_END, WindowAggregate};
 use crate::watermark::{Watermark, newest_rows, newest_sql};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -380,7 +381,8 @@ async fn fold_closed_windows(
             .collect()
             .await
             .map_err(fold_error)?;
-        let folded = conform(rows, agg.partial_schema()).map_err(fold_error)?;
+        let stored = stored_schema(&table).map_err(|e| fold_error(e.into()))?;
+        let folded = conform(rows, &stored).map_err(fold_error)?;
         let after = folded.num_rows();
         if after == 0 || after == before {
             return Ok((table, None));

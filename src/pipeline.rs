@@ -85,27 +85,38 @@ pub fn table_specs(
     watermark: &Watermark,
     outputs: &[Transform],
 ) -> Vec<TableSpec> {
+    let id = decoder.contract().event_id_name().to_owned();
     let mut specs = vec![
         TableSpec {
             name: "raw".into(),
             schema: decoder.raw_schema().clone(),
             partition_columns: vec![EVENT_DATE.into()],
+            event_id: Some(id.clone()),
         },
         TableSpec {
             name: "dlq".into(),
             schema: decoder.dlq_schema().clone(),
             partition_columns: vec![],
+            event_id: None,
         },
         TableSpec {
             name: "late".into(),
             schema: watermark.late_schema().clone(),
             partition_columns: vec![EVENT_DATE.into()],
+            event_id: Some(id),
         },
     ];
-    specs.extend(outputs.iter().map(|o| TableSpec {
-        name: o.name().to_owned(),
-        schema: o.schema().clone(),
-        partition_columns: vec![],
+    specs.extend(outputs.iter().map(|o| {
+        TableSpec {
+            name: o.name().to_owned(),
+            schema: o.schema().clone(),
+            partition_columns: o
+                .schema()
+                .column_with_name(EVENT_DATE)
+                .map(|_| vec![EVENT_DATE.to_owned()])
+                .unwrap_or_default(),
+            event_id: None,
+        }
     }));
     specs
 }

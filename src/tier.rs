@@ -28,7 +28,7 @@ use crate::fault::Faults;
 use crate::job::{Job, Output, Tier};
 use crate::maintain::MaintainError;
 use crate::query::register;
-use crate::sink::{TableSpec, open_or_create};
+use crate::sink::{TableSpec, open_or_create, stored_schema};
 use crate::transform::WINDOW_START;
 
 /// How a table's rows are aged, and from when.
@@ -218,7 +218,8 @@ pub async fn move_rows(
                 .collect()
                 .await
                 .map_err(read)?;
-            let rows = crate::transform::conform(rows, &spec.schema).map_err(read)?;
+            let stored = stored_schema(&dest).map_err(delta("reading the schema"))?;
+            let rows = crate::schema::conform(rows, &stored).map_err(read)?;
             if rows.num_rows() == 0 {
                 return Ok(None);
             }

@@ -34,6 +34,10 @@ pub const OFFSET: &str = "_offset";
 pub const KAFKA_TS: &str = "_kafka_ts";
 /// When weir read the message (UTC): what `dlq` and `late` rows are aged by.
 pub const INGEST_TS: &str = "_ingest_ts";
+/// The message exactly as the producer sent it. `raw` keeps it so that
+/// reprocessing under a changed contract (a field added, a decoding bug fixed)
+/// sees what was sent, not only what the old contract kept.
+pub const PAYLOAD: &str = "_payload";
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -61,7 +65,9 @@ pub fn utc_micros() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// The `raw` table: the contract's fields, then weir's own columns.
+/// The `raw` table: the contract's fields, then weir's own columns. The
+/// payload is nullable only because tables written before weir kept it have
+/// none.
 pub fn raw_schema(contract: &Contract) -> SchemaRef {
     let mut fields = contract.stored_fields();
     fields.extend([
@@ -69,6 +75,7 @@ pub fn raw_schema(contract: &Contract) -> SchemaRef {
         Field::new(PARTITION, DataType::Int32, false),
         Field::new(OFFSET, DataType::Int64, false),
         Field::new(KAFKA_TS, utc_micros(), true),
+        Field::new(PAYLOAD, DataType::Binary, true),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -102,6 +109,10 @@ impl Decoder {
 
     pub fn raw_schema(&self) -> &SchemaRef {
         &self.raw_schema
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
     }
 
     pub fn dlq_schema(&self) -> &SchemaRef {
@@ -310,6 +321,7 @@ impl Decoder {
             picked().map(|m| m.offset),
         )));
         columns.push(Arc::new(kafka_ts(picked())));
+        columns.push(Arc::new(payloads(picked())));
         RecordBatch::try_new(self.raw_schema.clone(), columns)
     }
 
@@ -335,9 +347,7 @@ impl Decoder {
             Arc::new(StringArray::from_iter_values(
                 rejected.iter().map(|(_, r)| r.as_str()),
             )),
-            Arc::new(BinaryArray::from_iter(
-                picked().map(|m| m.payload.as_deref()),
-            )),
+            Arc::new(payloads(picked())),
         ];
         RecordBatch::try_new(self.dlq_schema.clone(), columns)
     }
@@ -346,6 +356,10 @@ impl Decoder {
 fn kafka_ts<'a>(messages: impl Iterator<Item = &'a Message>) -> TimestampMicrosecondArray {
     TimestampMicrosecondArray::from_iter(messages.map(|m| m.kafka_ts.map(|ms| ms * 1000)))
         .with_timezone("UTC")
+}
+
+fn payloads<'a>(messages: impl Iterator<Item = &'a Message>) -> BinaryArray {
+    BinaryArray::from_iter(messages.map(|m| m.payload.as_deref()))
 }
 
 fn format_ms(ms: i64) -> String {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -35,6 +35,7 @@ use url::Url;
 
 use crate::fault::{FaultError, Faults};
 use crate::job::Job;
+use crate::schema::{EVENT_ID_PROPERTY, Incompatible, Stored, Wanted, conform};
 
 /// Commits between Delta checkpoints, so the log stays cheap to read.
 pub const CHECKPOINT_INTERVAL: u64 = 100;
@@ -58,16 +59,24 @@ pub enum SinkError {
         tables: String,
         source: datafusion::error::DataFusionError,
     },
+    #[error("Delta table {table} at {url} cannot take what this job writes: {source}")]
+    Incompatible {
+        table: String,
+        url: Url,
+        source: Incompatible,
+    },
     #[error(transparent)]
     Fault(#[from] FaultError),
 }
 
-/// What a table is: its name, its Arrow schema, how it is partitioned.
+/// What a table is: its name, its Arrow schema, how it is partitioned, and
+/// (for tables of events) which column is the event ID.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
     pub name: String,
     pub schema: SchemaRef,
     pub partition_columns: Vec<String>,
+    pub event_id: Option<String>,
 }
 
 /// One table of a job and the txn versions it is known to hold.
@@ -75,26 +84,26 @@ pub struct TableSink {
     spec: TableSpec,
     url: Url,
     table: DeltaTable,
+    /// The table's own schema, which rows are conformed to before writing.
+    stored: SchemaRef,
     versions: BTreeMap<i32, i64>,
 }
 
 impl TableSink {
     async fn open(url: Url, spec: TableSpec) -> Result<Self, SinkError> {
         let table = open_or_create(url.clone(), &spec).await?;
+        let stored = stored_schema(&table).map_err(|e| delta_error(&spec, &url, e))?;
         Ok(Self {
             spec,
             url,
             table,
+            stored,
             versions: BTreeMap::new(),
         })
     }
 
     fn fail(&self, source: DeltaTableError) -> SinkError {
-        SinkError::Delta {
-            table: self.spec.name.clone(),
-            url: self.url.clone(),
-            source: Box::new(source),
-        }
+        delta_error(&self.spec, &self.url, source)
     }
 
     /// Re-reads the log and the txn versions of `partitions`.
@@ -166,6 +175,8 @@ impl TableSink {
         if rows.num_rows() == 0 {
             return Ok(Vec::new());
         }
+        let rows =
+            conform(vec![rows], &self.stored).map_err(|e| self.fail(DeltaTableError::from(e)))?;
         let mut writer = RecordBatchWriter::for_table(&self.table).map_err(|e| self.fail(e))?;
         writer.write(rows).await.map_err(|e| self.fail(e))?;
         let adds = writer.flush().await.map_err(|e| self.fail(e))?;
@@ -195,13 +206,24 @@ pub struct CommitReport {
     pub elapsed: Duration,
 }
 
-/// Opens the Delta table at `url`, creating it from `spec` if there is none.
-pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, SinkError> {
-    let fail = |source| SinkError::Delta {
+fn delta_error(spec: &TableSpec, url: &Url, source: DeltaTableError) -> SinkError {
+    SinkError::Delta {
         table: spec.name.clone(),
         url: url.clone(),
         source: Box::new(source),
-    };
+    }
+}
+
+/// A table's own schema in Arrow, the one every write must match.
+pub fn stored_schema(table: &DeltaTable) -> Result<SchemaRef, DeltaTableError> {
+    let schema = table.snapshot()?.schema();
+    Ok(Arc::new(schema.as_ref().try_into_arrow()?))
+}
+
+/// Opens the Delta table at `url`, creating it from `spec` if there is none,
+/// and evolving it if the job's contract gained fields ([`crate::schema`]).
+pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, SinkError> {
+    let fail = |source| delta_error(spec, &url, source);
     if url.scheme() == "file"
         && let Ok(path) = url.to_file_path()
     {
@@ -212,35 +234,98 @@ pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, Si
         })?;
     }
     let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
-    if table.version().is_some() {
-        return Ok(table);
-    }
     let columns: StructType = spec
         .schema
         .as_ref()
         .try_into_kernel()
         .map_err(|e| fail(DeltaTableError::from(e)))?;
+    if table.version().is_some() {
+        return evolve(table, spec, &url, &columns).await;
+    }
+    let mut configuration = vec![
+        (
+            TableProperty::CheckpointInterval.as_ref().to_owned(),
+            Some(CHECKPOINT_INTERVAL.to_string()),
+        ),
+        (
+            TableProperty::DataSkippingStatsColumns.as_ref().to_owned(),
+            Some(stats_columns(&spec.schema)),
+        ),
+    ];
+    if let Some(id) = &spec.event_id {
+        configuration.push((EVENT_ID_PROPERTY.to_owned(), Some(id.clone())));
+    }
     let created = table
         .create()
         .with_table_name(&spec.name)
         .with_columns(columns.fields().cloned())
         .with_partition_columns(spec.partition_columns.clone())
-        .with_configuration_property(
-            TableProperty::CheckpointInterval,
-            Some(CHECKPOINT_INTERVAL.to_string()),
-        )
-        .with_configuration_property(
-            TableProperty::DataSkippingStatsColumns,
-            Some(stats_columns(&spec.schema)),
-        )
+        .with_configuration(configuration)
+        // weir.eventId is weir's own property, unknown to Delta.
+        .with_raise_if_key_not_exists(false)
         .with_save_mode(SaveMode::Ignore)
         .await;
     info!(table = %spec.name, %url, "created Delta table");
     match created {
         Ok(t) => Ok(t),
-        // Another writer created it first: use theirs.
-        Err(_) => DeltaTable::try_from_url(url.clone()).await.map_err(fail),
+        Err(e) => {
+            // Another writer may have created it first: then use theirs.
+            let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
+            if table.version().is_none() {
+                return Err(fail(e));
+            }
+            evolve(table, spec, &url, &columns).await
+        }
     }
+}
+
+/// Adds the columns the job's contract gained to an existing table, or
+/// refuses a change the table cannot take.
+async fn evolve(
+    table: DeltaTable,
+    spec: &TableSpec,
+    url: &Url,
+    columns: &StructType,
+) -> Result<DeltaTable, SinkError> {
+    let fail = |source| delta_error(spec, url, source);
+    let snapshot = table.snapshot().map_err(fail)?;
+    let stored_columns = snapshot.schema();
+    let metadata = snapshot.metadata();
+    let added = crate::schema::evolve(
+        Stored {
+            schema: &stored_columns,
+            partition_columns: metadata.partition_columns(),
+            event_id: metadata
+                .configuration()
+                .get(EVENT_ID_PROPERTY)
+                .map(String::as_str),
+        },
+        Wanted {
+            schema: columns,
+            partition_columns: &spec.partition_columns,
+            event_id: spec.event_id.as_deref(),
+        },
+    )
+    .map_err(|source| SinkError::Incompatible {
+        table: spec.name.clone(),
+        url: url.clone(),
+        source,
+    })?;
+    if added.is_empty() {
+        return Ok(table);
+    }
+    let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
+    info!(table = %spec.name, %url, columns = ?names, "adding the job's new fields as nullable columns");
+    let commit = CommitProperties::default().with_metadata([
+        ("weir.operation".to_owned(), json!("evolve")),
+        ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
+    ]);
+    table
+        .add_columns()
+        .with_fields(added)
+        .with_commit_properties(commit)
+        .await
+        .map_err(fail)
 }
 
 /// All the tables of a job, committed together once per trigger.

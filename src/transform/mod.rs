@@ -10,16 +10,16 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use crate::decode::{raw_schema, utc_micros};
+use crate::decode::{EVENT_DATE, raw_schema, utc_micros};
 use crate::job::{
     AggregateFn, Contract, FieldType, Job, JobError, Output, SqlOutput, WindowOutput,
 };
+use crate::schema::conform;
 
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
@@ -89,7 +89,7 @@ impl Merge {
             Merge::Max(c) => vec![folded("max", c)],
             Merge::Avg { sum, count } => vec![folded("sum", sum), folded("sum", count)],
             Merge::Distinct(c) => vec![format!(
-                "array_distinct(flatten(array_agg({c}) FILTER (WHERE {c} IS NOT NULL))) AS {c}"
+                "array_sort(array_distinct(flatten(array_agg({c}) FILTER (WHERE {c} IS NOT NULL)))) AS {c}"
             )],
         }
     }
@@ -109,6 +109,15 @@ pub struct WindowAggregate {
 
 fn quote(name: &str) -> String {
     format!("\"{name}\"")
+}
+
+/// The partition column of a window table: the UTC date its window starts.
+fn window_date() -> String {
+    format!(
+        "CAST({} AS DATE) AS {}",
+        quote(WINDOW_START),
+        quote(EVENT_DATE)
+    )
 }
 
 impl WindowAggregate {
@@ -188,7 +197,9 @@ impl WindowAggregate {
                     let input = input.expect("validated: count_distinct has a field");
                     let column = quote(&format!("{name}__distinct"));
                     states.push((
-                        format!("array_agg(DISTINCT {input}) FILTER (WHERE {input} IS NOT NULL)"),
+                        format!(
+                            "array_sort(array_agg(DISTINCT {input}) FILTER (WHERE {input} IS NOT NULL))"
+                        ),
                         column.clone(),
                     ));
                     let ty = input_ty.expect("validated").stored_type();
@@ -202,6 +213,10 @@ impl WindowAggregate {
                 }
             }
         }
+
+        // Windows are stored partitioned by their start's date, so reprocessing
+        // a day replaces that day's files and no other.
+        fields.push(Field::new(EVENT_DATE, DataType::Date32, false));
 
         // One event belongs to size/hop windows: the one its hop-aligned bucket
         // starts, and those starting up to size − hop earlier.
@@ -240,14 +255,15 @@ impl WindowAggregate {
             .collect();
         let keys_list = keys.iter().map(|k| format!(", {k}")).collect::<String>();
         let partial_sql = format!(
-            "SELECT {ws}, {ws} + INTERVAL '{size_ms} milliseconds' AS {we}{keys_list}, {projected} \
-             FROM (SELECT {ws}{keys_list}, {computed} FROM ({windows}) AS assigned \
+            "SELECT {ws}, {ws} + INTERVAL '{size_ms} milliseconds' AS {we}{keys_list}, {projected}, \
+             {date} FROM (SELECT {ws}{keys_list}, {computed} FROM ({windows}) AS assigned \
              GROUP BY {ws}{keys_list}) AS aggregated",
             ws = quote(WINDOW_START),
             we = quote(WINDOW_END),
             projected = projected.join(", "),
             computed = computed.join(", "),
             windows = assignments.join(" UNION ALL "),
+            date = window_date(),
         );
         Self {
             output: output.clone(),
@@ -277,8 +293,9 @@ impl WindowAggregate {
         let groups = self.group_columns.join(", ");
         let folded: Vec<String> = self.merges.iter().flat_map(|(_, m)| m.fold()).collect();
         format!(
-            "SELECT {groups}, {} FROM {table} WHERE {filter} GROUP BY {groups}",
-            folded.join(", ")
+            "SELECT {groups}, {}, {} FROM {table} WHERE {filter} GROUP BY {groups}",
+            folded.join(", "),
+            window_date()
         )
     }
 
@@ -315,24 +332,6 @@ async fn run_over_batch(
     conform(batches, schema)
 }
 
-/// Casts query results column by column to `schema` (a table's), as one batch.
-pub fn conform(
-    batches: Vec<RecordBatch>,
-    schema: &SchemaRef,
-) -> Result<RecordBatch, DataFusionError> {
-    let mut conformed = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(c, f)| cast(c, f.data_type()))
-            .collect::<Result<Vec<_>, _>>()?;
-        conformed.push(RecordBatch::try_new(schema.clone(), columns)?);
-    }
-    Ok(concat_batches(schema, &conformed)?)
-}
-
 /// A stateless output: a DataFusion query over each trigger's events. Its
 /// table's schema is what the query returns over the `raw` schema, in types
 /// every Delta reader shares.
@@ -359,10 +358,30 @@ impl SqlTransform {
             .map_err(|e| invalid(e.to_string()))?;
         ctx.register_table("batch", Arc::new(empty))
             .map_err(|e| invalid(e.to_string()))?;
-        let frame = ctx
-            .sql(&output.sql)
-            .await
-            .map_err(|e| invalid(e.find_root().to_string()))?;
+        let (ctx, invalid) = (&ctx, &invalid);
+        let plan = |sql: String| async move {
+            ctx.sql(&sql)
+                .await
+                .map_err(|e| invalid(e.find_root().to_string()))
+        };
+        let mut sql = output.sql.clone();
+        let mut frame = plan(sql.clone()).await?;
+        // Rows that carry their event time are stored by its date, which is
+        // also what lets `weir reprocess` replace a date range of them.
+        let columns = frame.schema().as_arrow().clone();
+        let time = job.contract.event_time_name();
+        if columns.column_with_name(EVENT_DATE).is_none()
+            && columns
+                .column_with_name(time)
+                .is_some_and(|(_, f)| matches!(f.data_type(), DataType::Timestamp(..)))
+        {
+            sql = format!(
+                "SELECT *, CAST({} AS DATE) AS {} FROM ({sql}) AS q",
+                quote(time),
+                quote(EVENT_DATE)
+            );
+            frame = plan(sql.clone()).await?;
+        }
         let fields = frame
             .schema()
             .as_arrow()
@@ -382,7 +401,7 @@ impl SqlTransform {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             name: output.name.clone(),
-            sql: output.sql.clone(),
+            sql,
             schema: Arc::new(Schema::new(fields)),
         })
     }

@@ -3,6 +3,7 @@ use crate::decode::Decoder;
 use crate::job::{Job, Overrides};
 use crate::source::{Message, MicroBatch};
 use arrow::array::AsArray;
+use arrow::compute::concat_batches;
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 use chrono::{TimeZone, Utc};
 use std::path::Path;
@@ -226,7 +227,7 @@ async fn folding_partials_keeps_the_merged_answer_and_leaves_one_row_per_window(
         .collect()
         .await
         .unwrap();
-    let folded = conform(folded, agg.partial_schema()).unwrap();
+    let folded = crate::schema::conform(folded, agg.partial_schema()).unwrap();
     assert_eq!(folded.num_rows(), 4, "one row per (minute, page)");
     let before = merged(&agg, partials).await;
     let after = merged(&agg, vec![folded]).await;
@@ -291,7 +292,9 @@ async fn query_outputs_keep_their_rows_in_delta_types() {
             DataType::Utf8,
             utc_micros(),
             DataType::Utf8,
-            DataType::Float64
+            DataType::Float64,
+            // The event time's date, added because the rows carry `ts`.
+            DataType::Date32
         ]
     );
     let rows = query

@@ -1,6 +1,8 @@
 use super::*;
 use crate::job::{Job, Overrides};
-use arrow::array::{Array, ArrayRef, Date32Array, Float64Array, Int32Array, Int64Array};
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, Date32Array, Float64Array, Int32Array, Int64Array,
+};
 use std::path::Path;
 
 fn job() -> Job {
@@ -34,6 +36,7 @@ fn events(rows: &[(i32, i64, i64)]) -> RecordBatch {
                 "_event_date" => Arc::new(Date32Array::from(vec![0; n])),
                 "_partition" => Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
                 "_offset" => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                "_payload" => Arc::new(BinaryArray::from(vec![None; n])),
                 "_kafka_ts" => {
                     Arc::new(TimestampMicrosecondArray::from(vec![None; n]).with_timezone("UTC"))
                 }

@@ -1,0 +1,222 @@
+//! Table schemas over time: what a job writes against what a table stores.
+//!
+//! A job's contract may grow: a field added to the spec becomes a new nullable
+//! column of every table that carries it (old rows read as null, no file is
+//! rewritten), and messages of the older contract, which lack the field, are
+//! still accepted. Everything else would make stored rows mean something
+//! different from new ones, so it is refused before anything is written, with
+//! the way to migrate: a changed type, a dropped column, a changed event ID, a
+//! changed partitioning.
+
+use arrow::array::{RecordBatch, new_null_array};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use deltalake::kernel::{StructField, StructType};
+
+/// The table property that records which column is a table's event ID.
+pub const EVENT_ID_PROPERTY: &str = "weir.eventId";
+
+/// Why a stored table cannot take what the job now writes, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}. {migrate}")]
+pub struct Incompatible {
+    pub problem: String,
+    pub migrate: String,
+}
+
+/// What a table stores: its schema, partition columns and properties.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub schema: &'a StructType,
+    pub partition_columns: &'a [String],
+    pub event_id: Option<&'a str>,
+}
+
+/// What the job writes to the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub schema: &'a StructType,
+    pub partition_columns: &'a [String],
+    pub event_id: Option<&'a str>,
+}
+
+/// The columns to add so that `stored` takes `wanted` (always nullable: the
+/// rows already stored have no value), or why it cannot.
+pub fn evolve(stored: Stored<'_>, wanted: Wanted<'_>) -> Result<Vec<StructField>, Incompatible> {
+    if let (Some(was), Some(now)) = (stored.event_id, wanted.event_id)
+        && was != now
+    {
+        return Err(Incompatible {
+            problem: format!("its event ID is `{was}` but the job declares `{now}`"),
+            migrate: format!(
+                "Deduplication and exactly-once rest on the event ID, so it cannot change in \
+                 place: keep `event_id = \"{was}\"`, or run the new contract as a new job (a new \
+                 `name` or storage root) and rebuild its outputs with `weir reprocess`"
+            ),
+        });
+    }
+    if stored.partition_columns != wanted.partition_columns {
+        return Err(Incompatible {
+            problem: format!(
+                "it is partitioned by {:?} but this weir partitions it by {:?}",
+                stored.partition_columns, wanted.partition_columns
+            ),
+            migrate: "It was written by an earlier weir: move the table aside and rebuild it \
+                      from raw with `weir reprocess`"
+                .into(),
+        });
+    }
+    for column in stored.schema.fields() {
+        let name = column.name();
+        let Some(field) = wanted.schema.field(name) else {
+            return Err(Incompatible {
+                problem: format!("column `{name}` is stored but the job no longer declares it"),
+                migrate: "weir never drops a stored column: keep the field in the job (with \
+                          `nullable = true` new events may omit it); to reshape an output, give \
+                          it a new name and fill it with `weir reprocess`"
+                    .into(),
+            });
+        };
+        if field.data_type() != column.data_type() {
+            return Err(Incompatible {
+                problem: format!(
+                    "column `{name}` is stored as {} but the job declares {}",
+                    column.data_type(),
+                    field.data_type()
+                ),
+                migrate: format!(
+                    "weir never changes a stored column's type: declare the new type under a \
+                     new name (e.g. `{name}_v2`, nullable) and run `weir reprocess` for the \
+                     dates to fill (raw keeps every message as sent, in `_payload`)"
+                ),
+            });
+        }
+        if field.is_nullable() && !column.is_nullable() {
+            return Err(Incompatible {
+                problem: format!(
+                    "column `{name}` is stored as required but the job lets it be null"
+                ),
+                migrate: format!(
+                    "Keep `{name}` required (`nullable = false`), or declare a new nullable field"
+                ),
+            });
+        }
+    }
+    Ok(wanted
+        .schema
+        .fields()
+        .filter(|f| stored.schema.field(f.name()).is_none())
+        .map(|f| StructField::new(f.name(), f.data_type().clone(), true))
+        .collect())
+}
+
+/// Casts query results to `schema` (a table's) by column name, as one batch. By
+/// name, because a table that gained a column keeps it last whatever the
+/// contract's order; a nullable column the rows lack (rows read from a tier
+/// table not yet evolved) is null.
+pub fn conform(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, DataFusionError> {
+    let mut conformed = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| match batch.column_by_name(f.name()) {
+                Some(c) => Ok(cast(c, f.data_type())?),
+                None if f.is_nullable() => Ok(new_null_array(f.data_type(), batch.num_rows())),
+                None => Err(DataFusionError::Plan(format!(
+                    "the rows have no column `{}`, which the table requires",
+                    f.name()
+                ))),
+            })
+            .collect::<Result<Vec<_>, DataFusionError>>()?;
+        conformed.push(RecordBatch::try_new(schema.clone(), columns)?);
+    }
+    Ok(concat_batches(schema, &conformed)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::kernel::{DataType, PrimitiveType};
+
+    fn schema(fields: &[(&str, PrimitiveType, bool)]) -> StructType {
+        StructType::try_new(
+            fields
+                .iter()
+                .map(|(n, t, null)| StructField::new(*n, DataType::Primitive(t.clone()), *null)),
+        )
+        .unwrap()
+    }
+
+    fn check(
+        stored: &StructType,
+        wanted: &StructType,
+        ids: (&str, &str),
+    ) -> Result<Vec<StructField>, Incompatible> {
+        let parts = ["_event_date".to_owned()];
+        evolve(
+            Stored {
+                schema: stored,
+                partition_columns: &parts,
+                event_id: Some(ids.0),
+            },
+            Wanted {
+                schema: wanted,
+                partition_columns: &parts,
+                event_id: Some(ids.1),
+            },
+        )
+    }
+
+    const ID: (&str, &str) = ("id", "id");
+
+    #[test]
+    fn a_new_field_becomes_a_nullable_column() {
+        let v1 = schema(&[("id", PrimitiveType::String, false)]);
+        let v2 = schema(&[
+            ("id", PrimitiveType::String, false),
+            ("referrer", PrimitiveType::String, false),
+        ]);
+        let added = check(&v1, &v2, ID).unwrap();
+        assert_eq!(
+            added,
+            vec![StructField::new(
+                "referrer",
+                DataType::Primitive(PrimitiveType::String),
+                true
+            )]
+        );
+        assert_eq!(check(&v2, &v2, ID).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_type_change_is_refused_with_the_way_to_migrate() {
+        let v1 = schema(&[("price", PrimitiveType::Double, true)]);
+        let v2 = schema(&[("price", PrimitiveType::Long, true)]);
+        let e = check(&v1, &v2, ID).unwrap_err();
+        assert!(e.problem.contains("`price` is stored as double"), "{e}");
+        assert!(e.migrate.contains("price_v2"), "{e}");
+    }
+
+    #[test]
+    fn dropping_a_column_or_changing_the_event_id_is_refused() {
+        let v1 = schema(&[
+            ("id", PrimitiveType::String, false),
+            ("page", PrimitiveType::String, true),
+        ]);
+        let v2 = schema(&[("id", PrimitiveType::String, false)]);
+        let e = check(&v1, &v2, ID).unwrap_err();
+        assert!(e.problem.contains("`page` is stored but"), "{e}");
+        let e = check(&v1, &v1, ("id", "page")).unwrap_err();
+        assert!(e.problem.contains("event ID is `id`"), "{e}");
+        let relaxed = schema(&[
+            ("id", PrimitiveType::String, true),
+            ("page", PrimitiveType::String, true),
+        ]);
+        assert!(check(&v1, &relaxed, ID).is_err());
+    }
+}
