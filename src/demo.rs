@@ -35,6 +35,9 @@ pub struct DemoOptions {
     pub drain_timeout: Duration,
     /// Fault points for crash tests (none by default).
     pub faults: Faults,
+    /// Spread event times over this span before now instead of following the
+    /// clock (history to reprocess).
+    pub backfill: Option<Duration>,
 }
 
 impl Default for DemoOptions {
@@ -46,6 +49,7 @@ impl Default for DemoOptions {
             mix: Mix::default(),
             drain_timeout: Duration::from_secs(60),
             faults: Faults::default(),
+            backfill: None,
         }
     }
 }
@@ -211,6 +215,9 @@ async fn run_against(
 
     let progress = tokio::spawn(report_progress(stats.clone()));
     let mut generator = Generator::new(job.contract.clone(), options.mix, rand::random());
+    if let Some(span) = options.backfill {
+        generator = generator.backfill(span, (options.seconds as f64 * options.rate) as u64);
+    }
     let limits = Limits {
         rate: Some(options.rate),
         count: None,

@@ -553,6 +553,9 @@ impl Storage {
 pub struct Job {
     pub name: String,
     pub file: PathBuf,
+    /// A hash of the spec's text (xxh3, hex), stamped into the commits of
+    /// reprocessing so a table records which definition produced its rows.
+    pub spec_hash: String,
     pub source: Source,
     pub contract: Contract,
     pub batching: Batching,
@@ -658,10 +661,11 @@ impl Job {
         if let Some(topic) = &overrides.topic {
             spec.source.topic = topic.clone();
         }
-        Self::from_spec(spec, file)
+        let spec_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+        Self::from_spec(spec, file, spec_hash)
     }
 
-    fn from_spec(spec: JobSpec, file: &Path) -> Result<Job, JobError> {
+    fn from_spec(spec: JobSpec, file: &Path, spec_hash: String) -> Result<Job, JobError> {
         let invalid = |key: &str, expected: &str, found: String| JobError::Invalid {
             file: file.to_owned(),
             key: key.to_owned(),
@@ -719,6 +723,7 @@ impl Job {
         Ok(Job {
             name: spec.name,
             file: file.to_owned(),
+            spec_hash,
             source,
             contract,
             batching,

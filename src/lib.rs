@@ -16,6 +16,7 @@ pub mod maintain;
 pub mod pipeline;
 pub mod query;
 pub mod replay;
+pub mod reprocess;
 pub mod schema;
 pub mod sink;
 pub mod source;

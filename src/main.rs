@@ -17,6 +17,7 @@ use weir::job::{Brokers, Job, JobError, Overrides};
 use weir::maintain;
 use weir::pipeline::Pipeline;
 use weir::query::{self, Format};
+use weir::reprocess;
 use weir::source::generator::{self, Generator, Limits, Mix};
 use weir::views::{self, Dialect};
 
@@ -58,6 +59,12 @@ enum Command {
     /// Fold closed windows' partials, merge small files, checkpoint and clean the
     /// Delta log, vacuum: now (--once) or every `maintenance.every` until stopped.
     Maintain(MaintainArgs),
+    /// Rebuild outputs for a range of event dates from `raw` (all tiers) with the
+    /// job's current definition, replacing their rows in one commit per table and tier.
+    Reprocess(ReprocessArgs),
+    /// Reprocess a range into a scratch location and compare it with the live
+    /// outputs; exits 1 on any difference.
+    Verify(VerifyArgs),
 }
 
 #[derive(Args)]
@@ -101,6 +108,10 @@ struct DemoArgs {
     /// replaced; one it did not write is refused.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Spread event times evenly over this span before now (e.g. "3days"), oldest
+    /// first, instead of following the clock: history to reprocess.
+    #[arg(long, value_name = "SPAN", value_parser = humantime::parse_duration)]
+    backfill: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -139,6 +150,44 @@ struct MaintainArgs {
     /// One round, then exit.
     #[arg(long)]
     once: bool,
+}
+
+#[derive(Args)]
+struct RangeArgs {
+    /// The job spec whose outputs to rebuild.
+    #[arg(long, value_name = "PATH")]
+    job: PathBuf,
+    /// Override the job's storage root (a path or s3://bucket/prefix).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// First event date (UTC) of the range, YYYY-MM-DD.
+    #[arg(long, value_name = "DATE")]
+    from: chrono::NaiveDate,
+    /// Last event date (UTC) of the range, included.
+    #[arg(long, value_name = "DATE")]
+    to: chrono::NaiveDate,
+    /// Only this output (repeatable) [default: every output].
+    #[arg(long = "output", value_name = "NAME")]
+    outputs: Vec<String>,
+}
+
+#[derive(Args)]
+struct ReprocessArgs {
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Print what would be replaced, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Where to write the reprocessed tables (DIR/<job>/<output>, replaced on
+    /// each run) [default: a temporary directory, removed afterwards].
+    #[arg(long, value_name = "DIR")]
+    scratch: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -186,6 +235,10 @@ struct ProduceArgs {
     /// Random seed, for a reproducible stream.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// Spread event times evenly over this span before now (e.g. "3days"),
+    /// oldest first, instead of following the clock; needs --count.
+    #[arg(long, value_name = "SPAN", value_parser = humantime::parse_duration, requires = "count")]
+    backfill: Option<Duration>,
     /// Write one CSV line per delivered message to FILE: partition, offset,
     /// kind, and the payload (quoted; invalid UTF-8 replaced by U+FFFD).
     #[arg(long, value_name = "FILE")]
@@ -222,6 +275,8 @@ async fn main() -> ExitCode {
         Command::Query(args) => query_command(args).await,
         Command::Views(args) => views_command(args),
         Command::Maintain(args) => maintain_command(args).await,
+        Command::Reprocess(args) => reprocess_command(args).await,
+        Command::Verify(args) => verify_command(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -265,6 +320,7 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
         rate: args.rate,
         partitions: args.partitions,
         faults: faults_from_env()?,
+        backfill: args.backfill,
         ..DemoOptions::default()
     };
     let summary = demo::run(&job, &options).await?;
@@ -391,6 +447,58 @@ async fn maintain_command(args: MaintainArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The job, range and outputs a reprocess or verify works on.
+async fn range_request(
+    args: &RangeArgs,
+) -> anyhow::Result<(Job, reprocess::DateRange, Vec<reprocess::Target>)> {
+    let overrides = Overrides {
+        data: args.data.clone(),
+        ..Overrides::default()
+    };
+    let job = Job::load(&args.job, &overrides)?;
+    let usage = |e: reprocess::ReprocessError| {
+        if e.is_usage() {
+            anyhow::Error::new(Usage(e.to_string()))
+        } else {
+            e.into()
+        }
+    };
+    let range = reprocess::DateRange::new(args.from, args.to).map_err(usage)?;
+    let targets = reprocess::targets(&job, &args.outputs)
+        .await
+        .map_err(usage)?;
+    Ok((job, range, targets))
+}
+
+async fn reprocess_command(args: ReprocessArgs) -> anyhow::Result<()> {
+    let (job, range, targets) = range_request(&args.range).await?;
+    let faults = faults_from_env()?;
+    let report = reprocess::reprocess(&job, range, &targets, args.dry_run, &faults).await?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn verify_command(args: VerifyArgs) -> anyhow::Result<()> {
+    let (job, range, targets) = range_request(&args.range).await?;
+    let (scratch, temporary) = match args.scratch {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("weir-verify-{}-{}", job.name, std::process::id())),
+            true,
+        ),
+    };
+    let result = reprocess::verify(&job, range, &targets, &scratch).await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    let report = result?;
+    println!("{report}");
+    match report.differences() {
+        0 => Ok(()),
+        n => bail!("{n} differences between the live outputs and {range} reprocessed"),
+    }
+}
+
 fn views_command(args: ViewsArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         data: args.data,
@@ -419,6 +527,9 @@ async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
         late_ratio: args.late_ratio,
     };
     let mut generator = Generator::new(job.contract, mix, args.seed.unwrap_or_else(rand::random));
+    if let (Some(span), Some(count)) = (args.backfill, args.count) {
+        generator = generator.backfill(span, count);
+    }
     let limits = Limits {
         rate: args.rate,
         count: args.count,

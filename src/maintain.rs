@@ -14,7 +14,6 @@
 //! fold's commit is the one refused (and retried on the new snapshot).
 
 use std::fmt;
-use std::io::IsTerminal;
 use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
@@ -27,8 +26,7 @@ use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
-use indicatif::{ProgressBar, ProgressStyle};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::decode::Decoder;
 use crate::fault::{FaultError, Faults};
@@ -36,10 +34,11 @@ use crate::job::{Job, JobError, Output, Tier};
 use crate::query::{QueryError, register};
 use crate::schema::conform;
 use crate::sink::{TableSpec, open_or_create, stored_schema};
+use crate::telemetry::Progress;
 use crate::tier::{self, Moved};
 use crate::transform::Transform;
 use crate::transform::{WINDOW_END, WindowAggregate};
-use crate::watermark::{Watermark, newest_rows, newest_sql};
+use crate::watermark::Watermark;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 
@@ -135,39 +134,6 @@ impl fmt::Display for Report {
     }
 }
 
-/// Shows progress: a bar on a terminal, log lines otherwise.
-struct Progress(Option<ProgressBar>);
-
-impl Progress {
-    fn new(steps: usize) -> Self {
-        if !std::io::stderr().is_terminal() {
-            return Self(None);
-        }
-        let bar = ProgressBar::new(steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
-                .expect("the template is valid"),
-        );
-        Self(Some(bar))
-    }
-
-    fn step(&self, table: &str, step: &str) {
-        match &self.0 {
-            Some(bar) => {
-                bar.set_message(format!("{table}: {step}"));
-                bar.inc(1);
-            }
-            None => debug!(table, step, "maintenance"),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 const STEPS_PER_TABLE: usize = 4;
 /// A fold that keeps losing to concurrent appends gives up for this round.
 const FOLD_ATTEMPTS: usize = 5;
@@ -188,9 +154,9 @@ async fn table_specs(job: &Job) -> Result<Vec<TableSpec>, MaintainError> {
 /// `maintain.after_<move_write|move_delete|fold|merge|checkpoint|vacuum>.<table>`.
 pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainError> {
     let started = Instant::now();
-    let watermark = watermark(job).await?;
+    let watermark = crate::query::restored_watermark(job).await?;
     let specs = table_specs(job).await?;
-    let progress = Progress::new(specs.len() * Tier::ALL.len() * STEPS_PER_TABLE);
+    let progress = Progress::new(specs.len() * Tier::ALL.len() * STEPS_PER_TABLE, "steps");
     let mut tables = Vec::new();
     for spec in &specs {
         let name = spec.name.as_str();
@@ -249,15 +215,6 @@ pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainErro
     })
 }
 
-/// The job's watermark as restored from `raw`: never ahead of the live one,
-/// so every window it calls closed is closed for ingest too.
-async fn watermark(job: &Job) -> Result<Option<i64>, MaintainError> {
-    let (_, batches) = crate::query::run(job, &newest_sql(&job.contract)).await?;
-    let mut watermark = Watermark::new(&job.contract, job.watermark);
-    watermark.restore(newest_rows(&batches), std::time::Instant::now());
-    Ok(watermark.current_us())
-}
-
 /// Where a table's upkeep reports each step done.
 struct Step<'a> {
     name: &'a str,
@@ -267,7 +224,7 @@ struct Step<'a> {
 
 impl Step<'_> {
     fn done(&self, step: &str, point: &str) -> Result<(), FaultError> {
-        self.progress.step(self.name, step);
+        self.progress.advance(format!("{}: {step}", self.name));
         self.faults
             .check(&format!("maintain.after_{point}.{}", self.name))
     }

@@ -17,6 +17,7 @@ use crate::job::{Job, Tier};
 use crate::pipeline::INGEST_TABLES;
 use crate::tier;
 use crate::transform::{Dialect, stored_table, view_sql};
+use crate::watermark::{Watermark, newest_rows, newest_sql};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -96,12 +97,21 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
     Ok((schema, frame.collect().await?))
 }
 
+/// The job's watermark (µs) as restored from `raw`: never ahead of the live
+/// one, so every window or range it calls closed is closed for ingest too.
+pub async fn restored_watermark(job: &Job) -> Result<Option<i64>, QueryError> {
+    let (_, batches) = run(job, &newest_sql(&job.contract)).await?;
+    let mut watermark = Watermark::new(&job.contract, job.watermark);
+    watermark.restore(newest_rows(&batches), std::time::Instant::now());
+    Ok(watermark.current_us())
+}
+
 /// Registers job table `table` under `name`: each tier's table as
 /// `<name>__<tier>`, and `name` as their union routed by age
 /// ([`tier::union_sql`]). Tiers are opened hot first, so a move that commits
 /// meanwhile is seen either not at all or whole. Tables that never move (query
 /// outputs) are hot only.
-async fn register_tiers(
+pub async fn register_tiers(
     ctx: &SessionContext,
     job: &Job,
     table: &str,

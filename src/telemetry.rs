@@ -3,6 +3,8 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::debug;
 use tracing_subscriber::EnvFilter;
 
 /// Logs go to stderr (stdout is for output meant for people and scripts),
@@ -18,6 +20,48 @@ pub fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Progress of long work: a bar on a terminal, debug log lines otherwise (the
+/// work logs its own milestones).
+pub struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    /// A bar of `len` steps, counted in `unit`.
+    pub fn new(len: usize, unit: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = ProgressBar::new(len as u64);
+        let template = format!("{{bar:30}} {{pos}}/{{len}} {unit} {{msg}}");
+        bar.set_style(
+            ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self(Some(bar))
+    }
+
+    /// Shows `message` as the current state without counting a step.
+    pub fn note(&self, message: String) {
+        match &self.0 {
+            Some(bar) => bar.set_message(message),
+            None => debug!(progress = message),
+        }
+    }
+
+    /// Counts a step done, showing `message`.
+    pub fn advance(&self, message: String) {
+        self.note(message);
+        if let Some(bar) = &self.0 {
+            bar.inc(1);
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// The `q`-quantile (0.0–1.0) of `samples` by nearest rank; `None` when empty.

@@ -175,7 +175,7 @@ pub async fn move_rows(
         to,
     } = route;
     let name = spec.name.as_str();
-    let app_id = format!("weir:{}:move:{}->{}", job.name, from.name(), to.name());
+    let app_id = move_app_id(job, from, to);
     let delta = |step: &'static str| {
         move |source| MaintainError::Delta {
             step,
@@ -244,12 +244,18 @@ pub async fn move_rows(
     Ok(Some(Moved { rows, resumed }))
 }
 
+/// The txn app ID of a job's moves from one tier to the next; its version on
+/// each table is the cutoff (µs) of the last move it took part in.
+pub(crate) fn move_app_id(job: &Job, from: Tier, to: Tier) -> String {
+    format!("weir:{}:move:{}->{}", job.name, from.name(), to.name())
+}
+
 /// Both commits of a move carry its txn, versioned by the cutoff.
 fn move_txn(app_id: &str, cutoff_us: i64) -> CommitProperties {
     CommitProperties::default().with_application_transaction(Transaction::new(app_id, cutoff_us))
 }
 
-async fn txn_version(
+pub(crate) async fn txn_version(
     table: &DeltaTable,
     app_id: &str,
 ) -> Result<Option<i64>, deltalake::DeltaTableError> {

@@ -116,6 +116,8 @@ pub struct Generator {
     seq: u64,
     recent: VecDeque<(String, Vec<u8>)>,
     malformed_turn: usize,
+    /// With a backfill: the first event's time and the step per event (ms).
+    backfill: Option<(i64, f64)>,
 }
 
 /// How many recent valid events a duplicate may be drawn from.
@@ -130,6 +132,24 @@ impl Generator {
             seq: 0,
             recent: VecDeque::with_capacity(RECENT),
             malformed_turn: 0,
+            backfill: None,
+        }
+    }
+
+    /// Spreads the event times of the next `messages` messages evenly over the
+    /// `span` before now, oldest first: history to reprocess, in a few seconds.
+    pub fn backfill(mut self, span: std::time::Duration, messages: u64) -> Self {
+        let span_ms = span.as_millis() as i64;
+        let start = Utc::now().timestamp_millis() - span_ms;
+        self.backfill = Some((start, span_ms as f64 / messages.max(1) as f64));
+        self
+    }
+
+    /// The clock event times follow: the wall clock, or the backfill's.
+    fn now_ms(&self) -> i64 {
+        match self.backfill {
+            None => Utc::now().timestamp_millis(),
+            Some((start, step)) => start + (self.seq as f64 * step) as i64,
         }
     }
 
@@ -200,7 +220,7 @@ impl Generator {
             let value = if i == self.contract.event_id {
                 self.event_id(field.ty)
             } else if i == self.contract.event_time {
-                event_time(Utc::now().timestamp_millis() - delay_ms, &mut self.rng)
+                event_time(self.now_ms() - delay_ms, &mut self.rng)
             } else if field.nullable && self.rng.random_bool(0.05) {
                 continue;
             } else {
@@ -255,9 +275,14 @@ impl Generator {
             }
             FieldType::Timestamp => {
                 let delay = self.straggle();
-                event_time(Utc::now().timestamp_millis() - delay, &mut self.rng)
+                event_time(self.now_ms() - delay, &mut self.rng)
             }
-            FieldType::Date => json!(Utc::now().format("%Y-%m-%d").to_string()),
+            FieldType::Date => json!(
+                chrono::DateTime::from_timestamp_millis(self.now_ms())
+                    .unwrap_or_default()
+                    .format("%Y-%m-%d")
+                    .to_string()
+            ),
         }
     }
 

@@ -278,6 +278,11 @@ impl WindowAggregate {
         &self.output.name
     }
 
+    /// How long a window is: its rows take events up to this long after its start.
+    pub fn size(&self) -> std::time::Duration {
+        self.output.size
+    }
+
     pub fn partial_schema(&self) -> &SchemaRef {
         &self.partial_schema
     }
