@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use datafusion::prelude::SessionContext;
-use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+use tracing::warn;
 
 use crate::fault::Faults;
 use crate::job::{Job, Output, Tier};
@@ -192,10 +194,43 @@ pub async fn move_rows(
         .await
         .map_err(delta("reading txn"))?;
     let age_col = format!("\"{}\"", age.column);
+    let basis_app = format!("{app_id}:basis");
+    let mut dest = dest;
+    let mut pending = pending(moved_in, moved_out);
+    if let Some(cutoff) = pending {
+        let basis = txn_version(&dest, &basis_app)
+            .await
+            .map_err(delta("reading txn"))?;
+        if reprocessed_since(&source, basis.unwrap_or(-1))
+            .await
+            .map_err(delta("reading the history"))?
+        {
+            // The copies predate a reprocess of the source: drop them and
+            // move the reprocessed rows instead.
+            let from_us = moved_out.unwrap_or(i64::MIN);
+            let mut stale = format!("{age_col} < {}", literal(cutoff));
+            if let Some(out) = moved_out {
+                stale = format!("{age_col} >= {} AND {stale}", literal(out));
+            }
+            warn!(
+                table = name,
+                from = from.name(),
+                to = to.name(),
+                "a pending move's copies predate a reprocess; moving again"
+            );
+            (dest, _) = dest
+                .delete()
+                .with_predicate(stale)
+                .with_commit_properties(move_txn(&app_id, from_us))
+                .await
+                .map_err(delta("dropping stale moved rows"))?;
+            pending = None;
+        }
+    }
 
-    let (cutoff, resumed, rows) = match moved_in {
-        Some(pending) if moved_out.is_none_or(|out| pending > out) => (pending, true, 0),
-        _ => {
+    let (cutoff, resumed, rows) = match pending {
+        Some(pending) => (pending, true, 0),
+        None => {
             if moved_out.is_some_and(|out| cutoff_us <= out) {
                 return Ok(None);
             }
@@ -224,10 +259,15 @@ pub async fn move_rows(
                 return Ok(None);
             }
             let count = rows.num_rows();
+            // The source version the copies were read at, so that finishing
+            // the move later can tell whether the source was reprocessed since.
+            let basis = Transaction::new(&basis_app, source.version().unwrap_or(0) as i64);
             dest.write(vec![rows])
                 .with_save_mode(SaveMode::Append)
                 .with_partition_columns(spec.partition_columns.clone())
-                .with_commit_properties(move_txn(&app_id, cutoff_us))
+                .with_commit_properties(
+                    move_txn(&app_id, cutoff_us).with_application_transaction(basis),
+                )
                 .await
                 .map_err(delta("writing moved rows"))?;
             faults.check(&format!("maintain.after_move_write.{name}"))?;
@@ -250,6 +290,27 @@ pub(crate) fn move_app_id(job: &Job, from: Tier, to: Tier) -> String {
     format!("weir:{}:move:{}->{}", job.name, from.name(), to.name())
 }
 
+/// The cutoff of a move whose rows are copied to the next tier but not yet
+/// deleted from the source: the destination's move txn is ahead of the source's.
+pub(crate) fn pending(moved_in: Option<i64>, moved_out: Option<i64>) -> Option<i64> {
+    moved_in.filter(|v| *v > moved_out.unwrap_or(i64::MIN))
+}
+
+/// Whether a reprocess committed to `table` after `version`.
+async fn reprocessed_since(table: &DeltaTable, version: i64) -> Result<bool, DeltaTableError> {
+    let current = table.version().unwrap_or(0) as i64;
+    if current <= version {
+        return Ok(false);
+    }
+    let infos: Vec<_> = table
+        .history(Some((current - version) as usize))
+        .try_collect()
+        .await?;
+    Ok(infos
+        .iter()
+        .any(|i| i.info.get("weir.operation").and_then(|v| v.as_str()) == Some("reprocess")))
+}
+
 /// Both commits of a move carry its txn, versioned by the cutoff.
 fn move_txn(app_id: &str, cutoff_us: i64) -> CommitProperties {
     CommitProperties::default().with_application_transaction(Transaction::new(app_id, cutoff_us))
@@ -258,7 +319,7 @@ fn move_txn(app_id: &str, cutoff_us: i64) -> CommitProperties {
 pub(crate) async fn txn_version(
     table: &DeltaTable,
     app_id: &str,
-) -> Result<Option<i64>, deltalake::DeltaTableError> {
+) -> Result<Option<i64>, DeltaTableError> {
     table
         .snapshot()?
         .transaction_version(table.log_store().as_ref(), app_id.to_owned())

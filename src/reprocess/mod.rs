@@ -724,7 +724,7 @@ async fn spans(
         let app_id = tier::move_app_id(job, *from, *to);
         let out = move_txn(source, *from, name, &app_id).await?;
         let moved_in = move_txn(dest, *to, name, &app_id).await?;
-        if moved_in.is_some_and(|v| out.is_none_or(|o| v > o)) {
+        if tier::pending(moved_in, out).is_some() {
             return Err(ReprocessError::MovePending {
                 table: name.to_owned(),
                 from: from.name(),
