@@ -209,3 +209,43 @@ def test_reprocess_one_day_under_a_new_definition(remote, request, tmp_path):
     refused = subprocess.run([WEIR, "reprocess", "--job", str(new), "--data", str(data),
                               "--from", today, "--to", today], capture_output=True, text=True)
     assert refused.returncode == 1 and "is not closed yet" in refused.stderr, refused.stderr
+
+
+def test_a_move_that_raced_a_reprocess_moves_the_reprocessed_rows(tmp_path):
+    """A move copies page_views rows to warm while a reprocess (stalled between
+    planning and committing) replaces them in hot, and the move crashes before
+    deleting from hot. Finishing the move must not delete the reprocessed rows
+    and keep the stale copies: it drops the copies and moves again."""
+    old = history_job(tmp_path / "old.toml")
+    new = history_job(tmp_path / "new.toml", filter=NEW_FILTER)
+    data = tmp_path / "data"
+    weir("demo", "--job", old, "--seconds", 4, "--rate", 2000, "--backfill", "4days",
+         "--data", data, timeout=240)
+    tiers = tier_roots(data, None, None)
+    day = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)).date()
+    span = ["--from", day.isoformat(), "--to", day.isoformat(), "--output", "page_views"]
+    before = outputs_by_day(old, data)
+
+    stalled = subprocess.Popen(
+        [WEIR, "reprocess", "--job", str(new), "--data", str(data), *span],
+        env={**os.environ, "WEIR_FAULTS": "reprocess.after_plan.page_views@1:sleep=8000"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)  # planned: every row of the range is hot
+    env = {**os.environ, "WEIR_FAULTS": "maintain.after_move_write.page_views@1:crash"}
+    mover = subprocess.run([WEIR, "maintain", "--job", str(old), "--data", str(data), "--once"],
+                           env=env, capture_output=True, text=True, timeout=240)
+    assert "injected crash" in mover.stderr, mover.stderr
+    out, err = stalled.communicate(timeout=240)
+    assert stalled.returncode == 0 and "injected stall" in err, err
+    refused = subprocess.run([WEIR, "reprocess", "--job", str(new), "--data", str(data), *span],
+                             capture_output=True, text=True)
+    assert "move of page_views from hot to warm is unfinished" in refused.stderr, refused.stderr
+
+    weir("maintain", "--job", old, "--data", data, "--once", timeout=240)
+    after = outputs_by_day(new, data)
+    assert after[("page_views", day)] == expected_page_views(raw_frame(tiers), day)
+    for key in before:
+        if key[0] != "page_views" or key[1] != day:
+            assert after.get(key) == before[key], key
+    counts = query(new, data, "SELECT (SELECT count(*) FROM page_views__partials__warm) AS warm")
+    assert counts[0]["warm"] > 0

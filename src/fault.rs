@@ -5,9 +5,10 @@
 //! `WEIR_FAULTS` environment variable (or built directly in tests): `point` is a
 //! name such as `sink.after_commit.raw`, `hit` is which pass through it fails
 //! (1 = the first), and `action` is `error` (the operation returns an error, as
-//! an I/O failure would) or `crash` (the process aborts on the spot: no
-//! destructors, no flushing, like SIGKILL). With no plan, a check costs one
-//! look-up in an empty list.
+//! an I/O failure would), `crash` (the process aborts on the spot: no
+//! destructors, no flushing, like SIGKILL) or `sleep=MS` (the process stalls
+//! there, so a test can let another process act in between). With no plan, a
+//! check costs one look-up in an empty list.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 pub enum Action {
     Error,
     Crash,
+    Sleep(std::time::Duration),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +37,7 @@ pub struct Faults {
 pub enum FaultError {
     #[error("injected fault at {0}")]
     Injected(String),
-    #[error("invalid fault plan entry `{0}`: expected point@hit:error|crash")]
+    #[error("invalid fault plan entry `{0}`: expected point@hit:error|crash|sleep=MS")]
     Plan(String),
 }
 
@@ -60,9 +62,12 @@ impl Faults {
                 Ok(Point {
                     name: name.to_owned(),
                     hit: hit.parse().ok().filter(|h| *h > 0).ok_or_else(bad)?,
-                    action: match action {
-                        "error" => Action::Error,
-                        "crash" => Action::Crash,
+                    action: match action.split_once('=') {
+                        None if action == "error" => Action::Error,
+                        None if action == "crash" => Action::Crash,
+                        Some(("sleep", ms)) => Action::Sleep(std::time::Duration::from_millis(
+                            ms.parse().map_err(|_| bad())?,
+                        )),
                         _ => return Err(bad()),
                     },
                 })
@@ -92,11 +97,18 @@ impl Faults {
             entry.1
         };
         match self.points.iter().find(|p| p.name == name && p.hit == hit) {
-            Some(p) if p.action == Action::Crash => {
-                eprintln!("weir: injected crash at {name} (pass {hit})");
-                std::process::abort();
-            }
-            Some(_) => Err(FaultError::Injected(format!("{name} (pass {hit})"))),
+            Some(p) => match p.action {
+                Action::Crash => {
+                    eprintln!("weir: injected crash at {name} (pass {hit})");
+                    std::process::abort();
+                }
+                Action::Sleep(pause) => {
+                    eprintln!("weir: injected stall at {name} (pass {hit}) for {pause:?}");
+                    std::thread::sleep(pause);
+                    Ok(())
+                }
+                Action::Error => Err(FaultError::Injected(format!("{name} (pass {hit})"))),
+            },
             None => Ok(()),
         }
     }
@@ -117,9 +129,10 @@ mod tests {
 
     #[test]
     fn bad_plans_are_refused() {
-        for plan in ["a", "a@x:error", "a@0:error", "a@1:explode"] {
+        for plan in ["a", "a@x:error", "a@0:error", "a@1:explode", "a@1:sleep=x"] {
             assert!(Faults::parse(plan).is_err(), "{plan}");
         }
         assert!(Faults::parse("").unwrap().check("a").is_ok());
+        assert!(Faults::parse("a@1:sleep=1").unwrap().check("a").is_ok());
     }
 }

@@ -566,7 +566,8 @@ impl fmt::Display for Report {
 
 /// Rebuilds `targets` for `range` and replaces their rows (or, with
 /// `dry_run`, reports what would be replaced). Fault points for crash tests
-/// follow each commit: `reprocess.after_commit.<table>.<tier>`.
+/// follow each plan and commit: `reprocess.after_plan.<table>` (tier spans read,
+/// nothing written) and `reprocess.after_commit.<table>.<tier>`.
 pub async fn reprocess(
     job: &Job,
     range: DateRange,
@@ -644,6 +645,7 @@ async fn replace_tiers(
         tables.push((t, open_or_create(url, &target.spec).await?));
     }
     let spans = spans(job, name, &tables).await?;
+    faults.check(&format!("reprocess.after_plan.{name}"))?;
     let mut done = Vec::new();
     for ((tier, table), (lo, hi)) in tables.into_iter().zip(spans) {
         let (lo, hi) = (lo.max(range.start_us()), hi.min(range.end_us()));
