@@ -249,3 +249,150 @@ def test_a_move_that_raced_a_reprocess_moves_the_reprocessed_rows(tmp_path):
             assert after.get(key) == before[key], key
     counts = query(new, data, "SELECT (SELECT count(*) FROM page_views__partials__warm) AS warm")
     assert counts[0]["warm"] > 0
+
+
+def produce(broker, report, *args):
+    weir("produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--report", report,
+         "--late-ratio", 0, *args, *ONE_RECORD_BATCHES, timeout=180)
+    return read_report(report)
+
+
+def day_of(sent) -> datetime.date:
+    ms = event_ms(json.loads(sent.payload)["ts"])
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).date()
+
+
+def test_reprocess_beside_live_ingest_and_late_events(broker, tmp_path):
+    """While `weir run` ingests new events, one past day is reprocessed under a
+    new definition and events for that day arrive late. The day's outputs are
+    the new definition over exactly the events raw held; every other window is
+    the old definition over everything ingested; the late events are in `late`
+    and nowhere else; raw holds every on-time event once."""
+    broker.create_topic("clicks", 3)
+    data = tmp_path / "data"
+    old = write_job(tmp_path / "old.toml", broker, "clicks", data)
+    new = tmp_path / "new.toml"
+    new.write_text(old.read_text().replace("filter = \"action = 'view'\"",
+                                           f'filter = "{NEW_FILTER}"'))
+    history = produce(broker, tmp_path / "history.csv", "--count", 3000, "--backfill", "3days")
+    day = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)).date()
+    assert any(day_of(s) == day for s in history if s.kind == "valid")
+
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_run(old, log)
+        wait_for_count(data, stored(history), 120, proc)
+        live = subprocess.Popen(
+            [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "100",
+             "--seconds", "15", "--late-ratio", "0", "--report", str(tmp_path / "live.csv"),
+             *ONE_RECORD_BATCHES], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # Events for the past days arrive now: behind the watermark.
+        stragglers = produce(broker, tmp_path / "late.csv", "--count", 40, "--backfill", "3days",
+                             "--duplicate-ratio", 0, "--malformed-ratio", 0)
+        for _ in range(2):
+            weir("reprocess", "--job", new, *["--from", day.isoformat(), "--to", day.isoformat()],
+                 timeout=240)
+        assert live.wait(timeout=60) == 0
+        everything = history + read_report(tmp_path / "live.csv") + stragglers
+        wait_for_count(data, stored(everything), 120, proc)
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+
+    late = set(pl.read_delta(str(data / "hot/clickstream/late"))
+               .select("_partition", "_offset").iter_rows())
+    raw = pl.read_delta(str(data / "hot/clickstream/raw"))
+    raw_positions = sorted(raw.select("_partition", "_offset").iter_rows())
+    assert len(raw_positions) == len(set(raw_positions))
+    for s in stragglers:
+        if day_of(s) == day:
+            assert s.position in late, "an event for the reprocessed day is not in late"
+    # raw: every valid event not judged late, once. (A re-send that comes after
+    # its original left the dedup horizon is late, not a duplicate.)
+    on_time = [s for s in everything if s.kind == "valid" and s.position not in late]
+    assert raw_positions == sorted(s.position for s in on_time)
+    assert late <= {s.position for s in everything if s.kind in ("valid", "duplicate")}
+
+    views, visitors, *_ = oracle(on_time)
+    start, end = (int(t.timestamp() * 1000) for t in day_bounds(day))
+    for key in list(views):
+        if start <= key[0] < end and (key[2] is None or key[2] == "US"):
+            del views[key]  # the new definition drops them on the reprocessed day
+    got = query(new, data, "SELECT CAST(window_start AS BIGINT) / 1000 AS w, page, country, "
+                           "views, visitors FROM page_views")
+    got_views = {(r["w"], r.get("page"), r.get("country")): r["views"] for r in got}
+    assert got_views == views and len(got) == len(views)
+    assert {(r["w"], r.get("page"), r.get("country")): r["visitors"] for r in got} == \
+        {k: visitors[k] for k in views}
+
+
+def test_schema_evolution_adds_a_field_and_reprocess_fills_it(broker, tmp_path):
+    """A producer already sends `referrer`; the job declares it later. raw and
+    the purchases output gain a nullable column without rewriting a file; old
+    rows read null, messages of the old contract are still accepted, and a
+    reprocess fills purchases' referrer for past days from the raw payloads.
+    A type change or a new event ID is refused with the way to migrate."""
+    broker.create_topic("clicks", 2)
+    data = tmp_path / "data"
+    v1 = write_job(tmp_path / "v1.toml", broker, "clicks", data)
+    text = v1.read_text()
+    v2_text = text.replace(
+        '{ name = "price",    type = "float64" },',
+        '{ name = "price",    type = "float64" },\n  { name = "referrer", type = "string" },'
+    ).replace("round(price * 1.19, 2) AS price_gross",
+              "round(price * 1.19, 2) AS price_gross, referrer")
+    assert v2_text != text
+    v2 = tmp_path / "v2.toml"
+    v2.write_text(v2_text)
+
+    def ingest(job, reports, name):
+        with open(tmp_path / f"{name}.log", "w") as log:
+            proc = start_run(job, log)
+            wait_for_count(data, stored(reports), 120, proc)
+            assert stop_gracefully(proc) == 0, (tmp_path / f"{name}.log").read_text()
+
+    # History sent by a producer that already has `referrer`, ingested under v1.
+    history = produce(broker, tmp_path / "history.csv", "--job", v2, "--count", 1500,
+                      "--backfill", "3days", "--duplicate-ratio", 0)
+    ingest(v1, history, "v1")
+    files = {str(f) for f in (data / "hot/clickstream/raw").rglob("*.parquet")}
+    assert "referrer" not in pl.read_delta(str(data / "hot/clickstream/raw")).columns
+
+    # v2: new events with `referrer`, and events of the old contract without it.
+    newer = produce(broker, tmp_path / "v2.csv", "--job", v2, "--count", 300)
+    older = produce(broker, tmp_path / "v1.csv", "--job", v1, "--count", 300)
+    ingest(v2, history + newer + older, "v2")
+    raw = pl.read_delta(str(data / "hot/clickstream/raw")).select("event_id", "referrer")
+    assert {str(f) for f in (data / "hot/clickstream/raw").rglob("*.parquet")} >= files
+    referrers = dict(raw.iter_rows())
+    sent = {json.loads(s.payload)["event_id"]: json.loads(s.payload).get("referrer")
+            for s in history + newer + older if s.kind == "valid"}
+    assert set(referrers) == set(sent), "raw holds every valid event of both contracts"
+    for batch, expect in ((history, lambda e: None), (older, lambda e: None),
+                          (newer, lambda e: sent[e])):
+        for s in batch:
+            if s.kind == "valid":
+                event_id = json.loads(s.payload)["event_id"]
+                assert referrers[event_id] == expect(event_id), event_id
+    assert any(referrers[json.loads(s.payload)["event_id"]] for s in newer if s.kind == "valid")
+
+    # Reprocess the closed past days: purchases' referrer comes from the payloads.
+    first = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=3)).date()
+    last = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)).date()
+    weir("reprocess", "--job", v2, "--from", first.isoformat(), "--to", last.isoformat(),
+         "--output", "purchases", timeout=240)
+    purchases = dict(pl.read_delta(str(data / "hot/clickstream/purchases"))
+                     .select("event_id", "referrer").iter_rows())
+    past = [s for s in history if s.kind == "valid" and first <= day_of(s) <= last
+            and json.loads(s.payload).get("action") == "purchase"]
+    assert past and all(purchases[json.loads(s.payload)["event_id"]] ==
+                        sent[json.loads(s.payload)["event_id"]] for s in past)
+    assert any(purchases[json.loads(s.payload)["event_id"]] for s in past)
+
+    # Changes the stored tables cannot take are refused before anything runs.
+    for change, message in (
+            (('{ name = "price",    type = "float64" }', '{ name = "price",    type = "int64" }'),
+             "price_v2"),
+            (('event_id = "event_id"', 'event_id = "user_id"'), "event ID")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(v2_text.replace(*change))
+        result = subprocess.run([WEIR, "run", str(bad)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 2 and message in result.stderr, result.stderr

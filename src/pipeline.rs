@@ -357,6 +357,10 @@ impl Pipeline {
         now: chrono::DateTime<Utc>,
     ) -> Result<crate::watermark::Split, ArrowError> {
         let mut watermark = self.watermark.lock().unwrap();
+        let assigned = self.source.assigned();
+        if !assigned.is_empty() {
+            watermark.assign(&assigned, Instant::now());
+        }
         let split = watermark.split(accepted, settled, now)?;
         watermark.advance(&split.on_time, Instant::now())?;
         if let Some(w) = watermark.current_us() {

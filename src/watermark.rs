@@ -2,7 +2,10 @@
 //!
 //! Each partition's clock is the newest event time it has delivered; the job's
 //! watermark is the slowest clock among partitions that delivered within the
-//! idle timeout, minus the allowed lateness, and never moves back. An event
+//! idle timeout, minus the allowed lateness, and never moves back. An assigned
+//! partition that has not delivered yet holds the watermark where it is until
+//! it does or the idle timeout passes: when a backlog is read, one partition's
+//! burst must not make another's older events late. An event
 //! older than the watermark at the start of its trigger is late: it goes to the
 //! `late` table with the reason and is never aggregated (so `raw` holds exactly
 //! what the outputs counted).
@@ -94,7 +97,8 @@ pub struct Split {
 
 #[derive(Debug, Clone, Copy)]
 struct Clock {
-    newest_us: i64,
+    /// `None` for an assigned partition that has delivered nothing yet.
+    newest_us: Option<i64>,
     seen: Instant,
 }
 
@@ -129,12 +133,25 @@ impl Watermark {
             self.clocks.insert(
                 partition,
                 Clock {
-                    newest_us,
+                    newest_us: Some(newest_us),
                     seen: now,
                 },
             );
         }
         self.recompute(now);
+    }
+
+    /// Follows the consumer's assignment: partitions no longer assigned stop
+    /// counting; newly assigned ones count from `now`, holding the watermark
+    /// until they deliver or go idle.
+    pub fn assign(&mut self, partitions: &[i32], now: Instant) {
+        self.clocks.retain(|p, _| partitions.contains(p));
+        for &p in partitions {
+            self.clocks.entry(p).or_insert(Clock {
+                newest_us: None,
+                seen: now,
+            });
+        }
     }
 
     /// The watermark in epoch µs; `None` until some partition has delivered.
@@ -190,10 +207,10 @@ impl Watermark {
         let (partitions, _) = positions(on_time)?;
         for (p, t) in partitions.values().iter().zip(times.values()) {
             let clock = self.clocks.entry(*p).or_insert(Clock {
-                newest_us: *t,
+                newest_us: None,
                 seen: now,
             });
-            clock.newest_us = clock.newest_us.max(*t);
+            clock.newest_us = Some(clock.newest_us.map_or(*t, |n| n.max(*t)));
             clock.seen = now;
         }
         self.recompute(now);
@@ -201,13 +218,16 @@ impl Watermark {
     }
 
     fn recompute(&mut self, now: Instant) {
-        let slowest = self
+        let active: Vec<Option<i64>> = self
             .clocks
             .values()
             .filter(|c| now.saturating_duration_since(c.seen) <= self.policy.idle_timeout)
             .map(|c| c.newest_us)
-            .min();
-        if let Some(slowest) = slowest {
+            .collect();
+        if active.contains(&None) {
+            return;
+        }
+        if let Some(slowest) = active.into_iter().flatten().min() {
             let candidate = slowest.saturating_sub(self.lateness_us);
             self.current_us = Some(self.current_us.map_or(candidate, |w| w.max(candidate)));
         }

@@ -246,6 +246,19 @@ impl KafkaSource {
 
     /// Records progress in the consumer group, for lag monitoring only:
     /// correctness never depends on it (the Delta txn versions do).
+    /// The partitions of the topic this consumer is assigned now.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.consumer.assignment().map_or_else(
+            |_| Vec::new(),
+            |tpl| {
+                tpl.elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            },
+        )
+    }
+
     pub fn commit_offsets(&self, next_offsets: &BTreeMap<i32, i64>) {
         let mut tpl = TopicPartitionList::new();
         for (&partition, &offset) in next_offsets {

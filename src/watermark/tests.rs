@@ -95,6 +95,28 @@ fn an_idle_partition_stops_holding_the_watermark_back() {
 }
 
 #[test]
+fn an_assigned_partition_holds_the_watermark_until_it_delivers_or_idles() {
+    let mut w = Watermark::new(&job().contract, policy(0, 30));
+    let start = Instant::now();
+    w.assign(&[0, 1], start);
+    // A backlog: partition 0 delivers days of events first.
+    w.advance(&events(&[(0, 0, 100), (0, 1, 5000)]), start)
+        .unwrap();
+    assert_eq!(w.current_us(), None, "partition 1 has not delivered yet");
+    w.advance(&events(&[(1, 0, 50)]), start).unwrap();
+    assert_eq!(w.current_us(), Some(50 * SECOND));
+    // A partition that stays empty stops holding once the idle timeout passes.
+    let mut w = Watermark::new(&job().contract, policy(0, 30));
+    w.assign(&[0, 1], start);
+    w.advance(&events(&[(0, 0, 100)]), start + Duration::from_secs(31))
+        .unwrap();
+    assert_eq!(w.current_us(), Some(100 * SECOND));
+    // Revoked partitions stop counting.
+    w.assign(&[1], start + Duration::from_secs(31));
+    assert_eq!(w.current_us(), Some(100 * SECOND), "never moves back");
+}
+
+#[test]
 fn events_behind_the_watermark_are_late_with_a_reason() {
     let mut w = Watermark::new(&job().contract, policy(10, 30));
     let first = w
