@@ -44,9 +44,22 @@ def test_missing_job_file_exits_2(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ([], ["demo"], ["run"], ["produce"], ["query"]):
+    for command in ([], ["demo"], ["run"], ["produce"], ["query"], ["views"], ["maintain"],
+                    ["reprocess"], ["verify"]):
         result = run(*command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_bad_reprocess_requests_exit_2_saying_why(tmp_path):
+    spec = ROOT / "jobs/clickstream.toml"
+    for args, message in (
+            (["--from", "2026-11-20", "--to", "2026-11-19"], "is after --to"),
+            (["--from", "2026-11-31", "--to", "2026-12-01"], "--from"),
+            (["--from", "2026-11-19", "--to", "2026-11-19", "--output", "nope"],
+             "has no output `nope`; its outputs are: page_views, revenue, purchases")):
+        for command in ("reprocess", "verify"):
+            result = run(command, "--job", spec, "--data", tmp_path, *args)
+            assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def test_query_before_the_job_ran_says_so(tmp_path):
