@@ -34,6 +34,7 @@ use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{cast, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{NaiveDate, Utc};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
@@ -49,6 +50,7 @@ use crate::decode::{Decoder, EVENT_DATE, KAFKA_TS, OFFSET, PARTITION, PAYLOAD, u
 use crate::dedup::Dedup;
 use crate::fault::{FaultError, Faults};
 use crate::job::{Job, JobError, Tier};
+use crate::pipeline::INGEST_TABLES;
 use crate::query::{QueryError, register, register_tiers};
 use crate::schema::conform;
 use crate::sink::{SinkError, TableSpec, open_or_create, stored_schema};
@@ -227,7 +229,10 @@ pub async fn targets(job: &Job, names: &[String]) -> Result<Vec<Target>, Reproce
     let watermark = crate::watermark::Watermark::new(&job.contract, job.watermark);
     let specs = crate::pipeline::table_specs(&decoder, &watermark, &transforms);
     let mut out = Vec::new();
-    for (transform, spec) in transforms.into_iter().zip(specs.into_iter().skip(3)) {
+    for (transform, spec) in transforms
+        .into_iter()
+        .zip(specs.into_iter().skip(INGEST_TABLES.len()))
+    {
         if !names.is_empty() && !names.iter().any(|n| n == transform.name()) {
             continue;
         }
@@ -286,6 +291,30 @@ pub struct Rebuild {
     pub first_refusal: Option<String>,
     /// Events dropped by deduplication (non-zero only if the horizon grew).
     pub duplicates: usize,
+}
+
+impl Rebuild {
+    /// Counts DLQ-shaped rows of `raw` events the contract now refuses.
+    fn note_refusals(&mut self, refused: &RecordBatch) {
+        if refused.num_rows() == 0 {
+            return;
+        }
+        self.refused += refused.num_rows();
+        if self.first_refusal.is_none() {
+            let text = |name: &str| {
+                refused
+                    .column_by_name(name)
+                    .and_then(|c| ArrayFormatter::try_new(c, &FormatOptions::default()).ok())
+                    .map_or(String::new(), |f| f.value(0).to_string())
+            };
+            self.first_refusal = Some(format!(
+                "partition {} offset {}: {}",
+                text(PARTITION),
+                text(OFFSET),
+                text("error")
+            ));
+        }
+    }
 }
 
 /// Every target's new rows for the range, from `raw` in all tiers, day by day:
@@ -433,27 +462,7 @@ fn restore_events(
             messages,
         };
         let decoded = decoder.decode(&batch, Utc::now())?;
-        let refused = &decoded.rejected;
-        if refused.num_rows() > 0 {
-            stats.refused += refused.num_rows();
-            if stats.first_refusal.is_none() {
-                let p = refused
-                    .column_by_name(PARTITION)
-                    .map(|c| c.as_primitive::<Int32Type>().value(0));
-                let o = refused
-                    .column_by_name(OFFSET)
-                    .map(|c| c.as_primitive::<Int64Type>().value(0));
-                let reason = refused
-                    .column_by_name("error")
-                    .map(|c| c.as_string::<i32>().value(0).to_owned());
-                stats.first_refusal = Some(format!(
-                    "partition {} offset {}: {}",
-                    p.unwrap_or_default(),
-                    o.unwrap_or_default(),
-                    reason.unwrap_or_default()
-                ));
-            }
-        }
+        stats.note_refusals(&decoded.rejected);
         parts.push(decoded.valid);
     }
     let without = arrow::compute::not(&has_payload)?;
