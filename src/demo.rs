@@ -205,12 +205,13 @@ async fn run_against(
     bootstrap: &str,
     started: Instant,
 ) -> Result<DemoSummary, DemoError> {
-    let pipeline = Arc::new(Pipeline::start(job, bootstrap, options.faults.clone()).await?);
+    let metrics = crate::metrics::JobMetrics::detached(&job.name);
+    let pipeline =
+        Arc::new(Pipeline::start(job, bootstrap, options.faults.clone(), metrics).await?);
     let stats = pipeline.stats();
-    let stop = Arc::new(AtomicBool::new(false));
     let task = {
-        let (pipeline, stop) = (pipeline.clone(), stop.clone());
-        tokio::spawn(async move { pipeline.run(&stop).await })
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move { pipeline.run().await })
     };
 
     let progress = tokio::spawn(report_progress(stats.clone()));
@@ -246,7 +247,7 @@ async fn run_against(
         }
         Err(_) => false,
     };
-    stop.store(true, Ordering::Relaxed);
+    pipeline.stop();
     progress.abort();
     task.await??;
     let delivered = produced?;

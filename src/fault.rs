@@ -4,7 +4,7 @@
 //! A plan is a comma-separated list of `point@hit:action`, read from the
 //! `WEIR_FAULTS` environment variable (or built directly in tests): `point` is a
 //! name such as `sink.after_commit.raw`, `hit` is which pass through it fails
-//! (1 = the first), and `action` is `error` (the operation returns an error, as
+//! (1 = the first; `3-40` a range of passes, `*` every pass), and `action` is `error` (the operation returns an error, as
 //! an I/O failure would), `crash` (the process aborts on the spot: no
 //! destructors, no flushing, like SIGKILL) or `sleep=MS` (the process stalls
 //! there, so a test can let another process act in between). With no plan, a
@@ -22,7 +22,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Point {
     name: String,
-    hit: u64,
+    /// The passes it acts on, inclusive.
+    hits: (u64, u64),
     action: Action,
 }
 
@@ -37,7 +38,9 @@ pub struct Faults {
 pub enum FaultError {
     #[error("injected fault at {0}")]
     Injected(String),
-    #[error("invalid fault plan entry `{0}`: expected point@hit:error|crash|sleep=MS")]
+    #[error(
+        "invalid fault plan entry `{0}`: expected point@hit:error|crash|sleep=MS (hit: N, A-B or *)"
+    )]
     Plan(String),
 }
 
@@ -61,7 +64,7 @@ impl Faults {
                 let (hit, action) = rest.split_once(':').ok_or_else(bad)?;
                 Ok(Point {
                     name: name.to_owned(),
-                    hit: hit.parse().ok().filter(|h| *h > 0).ok_or_else(bad)?,
+                    hits: parse_hits(hit).ok_or_else(bad)?,
                     action: match action.split_once('=') {
                         None if action == "error" => Action::Error,
                         None if action == "crash" => Action::Crash,
@@ -96,7 +99,8 @@ impl Faults {
             entry.1 += 1;
             entry.1
         };
-        match self.points.iter().find(|p| p.name == name && p.hit == hit) {
+        let planned = |p: &&Point| p.name == name && (p.hits.0..=p.hits.1).contains(&hit);
+        match self.points.iter().find(planned) {
             Some(p) => match p.action {
                 Action::Crash => {
                     eprintln!("weir: injected crash at {name} (pass {hit})");
@@ -114,6 +118,16 @@ impl Faults {
     }
 }
 
+/// `N`, `A-B` or `*` (every pass), passes counted from 1.
+fn parse_hits(text: &str) -> Option<(u64, u64)> {
+    let pass = |s: &str| s.parse::<u64>().ok().filter(|h| *h > 0);
+    match text.split_once('-') {
+        _ if text == "*" => Some((1, u64::MAX)),
+        Some((a, b)) => Some((pass(a)?, pass(b)?)).filter(|(a, b)| a <= b),
+        None => pass(text).map(|h| (h, h)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,8 +142,26 @@ mod tests {
     }
 
     #[test]
+    fn ranges_and_every_pass() {
+        let f = Faults::parse("a@2-3:error,b@*:error").unwrap();
+        let fails = |n: &str| f.check(n).is_err();
+        assert_eq!(
+            [fails("a"), fails("a"), fails("a"), fails("a")],
+            [false, true, true, false]
+        );
+        assert!(fails("b") && fails("b"));
+    }
+
+    #[test]
     fn bad_plans_are_refused() {
-        for plan in ["a", "a@x:error", "a@0:error", "a@1:explode", "a@1:sleep=x"] {
+        for plan in [
+            "a",
+            "a@x:error",
+            "a@0:error",
+            "a@1:explode",
+            "a@1:sleep=x",
+            "a@3-2:error",
+        ] {
             assert!(Faults::parse(plan).is_err(), "{plan}");
         }
         assert!(Faults::parse("").unwrap().check("a").is_ok());

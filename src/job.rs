@@ -9,6 +9,7 @@
 //! happen before anything connects anywhere.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -316,8 +317,65 @@ pub struct Source {
     pub group: String,
     pub start_from: StartFrom,
     pub max_message_bytes: usize,
-    /// Extra librdkafka properties; they override weir's defaults.
-    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties (security among them); they override
+    /// weir's defaults.
+    pub properties: BTreeMap<String, Property>,
+}
+
+/// A librdkafka property value as written, where `${VAR}` references an
+/// environment variable so secrets stay out of job files. References are
+/// resolved only when a Kafka client is made ([`Job::kafka_properties`]), so
+/// commands that never connect (query, views, reprocess) do not need the
+/// secrets. Its `Debug` never shows a value that looks secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Property {
+    value: String,
+    secret: bool,
+}
+
+impl fmt::Debug for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.secret {
+            f.write_str("\"<redacted>\"")
+        } else {
+            write!(f, "{:?}", self.value)
+        }
+    }
+}
+
+/// Whether a librdkafka property holds a credential.
+fn is_secret(key: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "token",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+/// `text` with every `${VAR}` replaced by the variable's value; names the
+/// first variable that is not set.
+fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "an unclosed `${`".to_owned())?;
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| {
+            format!("`${{{name}}}`, but the environment variable {name} is not set")
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// The type a user may declare for a field. Kept deliberately small: every one
@@ -735,6 +793,25 @@ impl Job {
         })
     }
 
+    /// `source.properties` with `${VAR}` references resolved, for a Kafka
+    /// client; a variable that is not set is a spec error naming it (never the
+    /// value of one that is).
+    pub fn kafka_properties(&self) -> Result<Vec<(String, String)>, JobError> {
+        self.source
+            .properties
+            .iter()
+            .map(|(key, p)| {
+                let value = expand_env(&p.value).map_err(|found| JobError::Invalid {
+                    file: self.file.clone(),
+                    key: format!("source.properties.\"{key}\""),
+                    expected: "a value, or ${VAR} naming a set environment variable".into(),
+                    found,
+                })?;
+                Ok((key.clone(), value))
+            })
+            .collect()
+    }
+
     /// The Delta `txn` application ID that records this job's progress on one partition.
     pub fn app_id(&self, partition: i32) -> String {
         format!("weir:{}:{}:{}", self.name, self.source.topic, partition)
@@ -816,13 +893,21 @@ fn validate_source(spec: SourceSpec, job: &str, invalid: &Invalid) -> Result<Sou
             ));
         }
     }
+    let properties = spec
+        .properties
+        .into_iter()
+        .map(|(key, value)| {
+            let secret = is_secret(&key);
+            (key, Property { value, secret })
+        })
+        .collect();
     Ok(Source {
         brokers,
         topic: spec.topic,
         group,
         start_from: spec.start_from,
         max_message_bytes: spec.max_message_bytes as usize,
-        properties: spec.properties,
+        properties,
     })
 }
 

@@ -15,10 +15,10 @@ use weir::demo::{self, DemoOptions};
 use weir::fault::Faults;
 use weir::job::{Brokers, Job, JobError, Overrides};
 use weir::maintain;
-use weir::pipeline::Pipeline;
 use weir::query::{self, Format};
 use weir::reprocess;
 use weir::source::generator::{self, Generator, Limits, Mix};
+use weir::telemetry::LogFormat;
 use weir::views::{self, Dialect};
 
 /// The example job `weir demo` and `weir produce` use when given no --job.
@@ -39,6 +39,9 @@ const DEFAULT_JOB: &str = include_str!("../jobs/clickstream.toml");
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines (on stderr) for people or as JSON objects.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +68,10 @@ enum Command {
     /// Reprocess a range into a scratch location and compare it with the live
     /// outputs; exits 1 on any difference.
     Verify(VerifyArgs),
+    /// Where a job stands, from its tables and its broker (no running process
+    /// needed): per partition the committed offset, high watermark, lag and last
+    /// commit; hot partitions and a stalled watermark flagged.
+    Status(StatusArgs),
 }
 
 #[derive(Args)]
@@ -116,11 +123,18 @@ struct DemoArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The job spec (TOML) to run.
-    #[arg(value_name = "JOB.toml")]
-    job: PathBuf,
+    /// Job specs (TOML) to run in this process, or directories of them.
+    #[arg(value_name = "JOB.toml|DIR", required = true)]
+    jobs: Vec<PathBuf>,
     #[command(flatten)]
     job_args: JobArgs,
+    /// Where to serve /metrics (Prometheus) and /healthz.
+    #[arg(long, value_name = "ADDR", default_value = weir::metrics::DEFAULT_ADDR)]
+    metrics_addr: std::net::SocketAddr,
+    /// On SIGTERM/SIGINT, how long to wait for the batches in flight to commit
+    /// before abandoning them (nothing is half-committed either way).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -150,6 +164,15 @@ struct MaintainArgs {
     /// One round, then exit.
     #[arg(long)]
     once: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The job spec to report on.
+    #[arg(long, value_name = "PATH")]
+    job: PathBuf,
+    #[command(flatten)]
+    job_args: JobArgs,
 }
 
 #[derive(Args)]
@@ -266,8 +289,8 @@ struct Usage(String);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    weir::telemetry::init_logging();
     let cli = Cli::parse();
+    weir::telemetry::init_logging(cli.log_format);
     let result = match cli.command {
         Command::Demo(args) => demo_command(args).await,
         Command::Run(args) => run_command(args).await,
@@ -277,6 +300,7 @@ async fn main() -> ExitCode {
         Command::Maintain(args) => maintain_command(args).await,
         Command::Reprocess(args) => reprocess_command(args).await,
         Command::Verify(args) => verify_command(args).await,
+        Command::Status(args) => status_command(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -332,56 +356,56 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn run_command(args: RunArgs) -> anyhow::Result<()> {
-    let job = Job::load(&args.job, &args.job_args.overrides())?;
-    let Brokers::List(bootstrap) = &job.source.brokers else {
-        bail!(Usage(format!(
-            "{}: source.brokers is \"embedded\"; `weir run` needs a real broker. \
-             Pass --brokers host:port, or try the job with `weir demo --job {}`",
-            job.file.display(),
-            job.file.display()
-        )));
-    };
-    let faults = faults_from_env()?;
-    let pipeline = Arc::new(Pipeline::start(&job, bootstrap, faults.clone()).await?);
-    let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(stop_on_signal(stop.clone()));
-    info!(job = %job.name, brokers = %bootstrap, topic = %job.source.topic, "running; SIGINT or SIGTERM stops after the batch in flight");
-    let task = {
-        let (pipeline, stop) = (pipeline.clone(), stop.clone());
-        tokio::spawn(async move { pipeline.run(&stop).await })
-    };
-    let upkeep = tokio::spawn(maintain_every(job.clone(), faults.clone()));
-    let result = task.await.context("the trigger loop panicked");
-    upkeep.abort();
-    result??;
-    let stats = pipeline.stats();
-    info!(
-        batches = stats.batches.load(Ordering::Relaxed),
-        raw = stats.raw_rows.load(Ordering::Relaxed),
-        dlq = stats.dlq_rows.load(Ordering::Relaxed),
-        late = stats.late_rows.load(Ordering::Relaxed),
-        duplicates = stats.duplicates.load(Ordering::Relaxed),
-        "stopped cleanly"
-    );
-    Ok(())
-}
-
-/// Runs table upkeep beside ingest every `maintenance.every`. A failed round is
-/// logged and retried next time; it never stops ingest.
-async fn maintain_every(job: Job, faults: Faults) {
-    let mut tick = tokio::time::interval(job.maintenance.every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match maintain::run_once(&job, &faults).await {
-            Ok(report) => info!(
-                seconds = report.elapsed.as_secs_f64(),
-                "maintenance round done"
-            ),
-            Err(e) => warn!(error = %e, "maintenance round failed; ingest goes on"),
+    let mut files = Vec::new();
+    for path in &args.jobs {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading job directory {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                bail!(Usage(format!(
+                    "{}: no *.toml job specs in it",
+                    path.display()
+                )));
+            }
+            files.extend(found);
+        } else {
+            files.push(path.clone());
         }
     }
+    let mut jobs: Vec<Job> = Vec::new();
+    for file in &files {
+        let job = Job::load(file, &args.job_args.overrides())?;
+        if let Brokers::Embedded = job.source.brokers {
+            bail!(Usage(format!(
+                "{}: source.brokers is \"embedded\"; `weir run` needs a real broker. \
+                 Pass --brokers host:port, or try the job with `weir demo --job {}`",
+                job.file.display(),
+                job.file.display()
+            )));
+        }
+        if let Some(other) = jobs.iter().find(|j| j.name == job.name) {
+            bail!(Usage(format!(
+                "{} and {} both name a job `{}`: each job needs its own name (its tables are named by it)",
+                other.file.display(),
+                job.file.display(),
+                job.name
+            )));
+        }
+        jobs.push(job);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn(stop_on_signal(stop.clone()));
+    let options = weir::run::RunOptions {
+        shutdown_timeout: args.shutdown_timeout,
+        metrics_addr: args.metrics_addr,
+    };
+    info!(jobs = jobs.len(), metrics = %args.metrics_addr, "running; SIGINT or SIGTERM stops after the batches in flight");
+    weir::run::run(jobs, options, faults_from_env()?, stop).await?;
+    Ok(())
 }
 
 /// The fault plan in `WEIR_FAULTS`; a malformed plan is a usage error.
@@ -497,6 +521,12 @@ async fn verify_command(args: VerifyArgs) -> anyhow::Result<()> {
         0 => Ok(()),
         n => bail!("{n} differences between the live outputs and {range} reprocessed"),
     }
+}
+
+async fn status_command(args: StatusArgs) -> anyhow::Result<()> {
+    let job = Job::load(&args.job, &args.job_args.overrides())?;
+    println!("{}", weir::status::status(&job).await?);
+    Ok(())
 }
 
 fn views_command(args: ViewsArgs) -> anyhow::Result<()> {

@@ -1,11 +1,12 @@
 //! The trigger loop: source → decode → dedup → transform → sink, one micro-batch
 //! at a time.
 //!
-//! One task owns the whole loop, so the consumer's rebalance callback (which
-//! runs inside `poll`) can consult the sink without racing a commit. The poll
-//! blocks inside `block_in_place`; the callback uses the runtime handle to read
-//! the Delta tables. A stop request is honoured between batches: the open batch
-//! is committed first, so a stop never leaves a half-committed trigger.
+//! Polling runs on the source's own thread, which queues micro-batches (and
+//! pauses the partitions when the queue is full); one task owns the rest of
+//! the loop. The consumer's rebalance callback (which runs inside `poll`)
+//! reads the Delta tables through the shared sink's lock, so it never races a
+//! commit. A stop request is honoured between batches: the open batch is
+//! committed first, so a stop never leaves a half-committed trigger.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{Int32Type, Int64Type};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use chrono::Utc;
 use datafusion::error::DataFusionError;
@@ -24,8 +25,10 @@ use crate::decode::{Decoder, EVENT_DATE, OFFSET, PARTITION};
 use crate::dedup::Dedup;
 use crate::fault::Faults;
 use crate::job::{Job, Tier};
+use crate::metrics::JobMetrics;
 use crate::replay::filter_replayed;
-use crate::sink::{SharedSink, Sink, SinkError, TableSpec};
+use crate::sink::{CommitReport, SharedSink, Sink, SinkError, TableSpec};
+use crate::source::MicroBatch;
 use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
 use crate::transform::Transform;
 use crate::watermark::{Settled, Watermark, newest_rows, newest_sql};
@@ -230,9 +233,11 @@ pub struct Pipeline {
     dedup: Mutex<Dedup>,
     watermark: Mutex<Watermark>,
     outputs: Vec<Transform>,
-    source: KafkaSource,
+    source: tokio::sync::Mutex<KafkaSource>,
     sink: SharedSink,
     stats: Arc<Stats>,
+    metrics: JobMetrics,
+    stop: Arc<AtomicBool>,
 }
 
 /// Lets the rebalance callback ask the sink for resume positions.
@@ -250,9 +255,13 @@ impl ResumePositions for SinkPositions {
 }
 
 impl Pipeline {
-    /// Opens the tables and connects the consumer. Must run on a multi-threaded
-    /// tokio runtime (the poll blocks in `block_in_place`).
-    pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Result<Self, PipelineError> {
+    /// Opens the tables and connects the consumer, reporting to `metrics`.
+    pub async fn start(
+        job: &Job,
+        bootstrap: &str,
+        faults: Faults,
+        metrics: JobMetrics,
+    ) -> Result<Self, PipelineError> {
         let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
         let outputs = Transform::all(job).await?;
         let specs = table_specs(
@@ -270,7 +279,7 @@ impl Pipeline {
                 }
             }
         }
-        let sink = Sink::open(job, specs, faults).await?;
+        let sink = Sink::open(job, specs, faults, metrics.clone()).await?;
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");
         }
@@ -280,16 +289,25 @@ impl Pipeline {
             sink: sink.clone(),
             runtime: Handle::current(),
         });
-        let source = KafkaSource::connect(job, bootstrap, resolver)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let source = KafkaSource::connect(job, bootstrap, resolver, metrics.clone(), stop.clone())?;
         Ok(Self {
             decoder,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
             outputs,
-            source,
+            source: tokio::sync::Mutex::new(source),
             sink,
             stats: Arc::default(),
+            metrics,
+            stop,
         })
+    }
+
+    /// Asks the loop to stop after the batch in flight (and any batch already
+    /// cut) is committed.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -300,52 +318,118 @@ impl Pipeline {
         self.sink.clone()
     }
 
-    /// Runs triggers until `stop` is set (the open batch is committed first) or
-    /// an error occurs.
-    pub async fn run(&self, stop: &AtomicBool) -> Result<(), PipelineError> {
-        while let Some(batch) = tokio::task::block_in_place(|| self.source.next_batch(stop))? {
-            let first = batch.first_offsets();
-            let next = batch.next_offsets();
-            let now = Utc::now();
-            let decoded = self.decoder.decode(&batch, now)?;
-            let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
-            let mut sink = self.sink.lock().await;
-            let settled = settled(&sink, &accepted).await?;
-            let split = self.judge(&accepted, &settled, now)?;
-            let mut inputs = vec![&split.on_time, &decoded.rejected, &split.late];
-            inputs.extend(self.outputs.iter().map(|_| &split.on_time));
-            let (mut rows, replayed) = fresh_inputs(&sink.versions(), inputs)?;
-            for (output, rows) in self.outputs.iter().zip(&mut rows[INGEST_TABLES.len()..]) {
-                *rows = output.apply(rows).await?;
-            }
-            let report = sink.commit(rows, &first, &next).await?;
-            drop(sink);
-            self.source.commit_offsets(&next);
-            debug!(
-                events = batch.len(),
-                raw = report.written[0],
-                dlq = report.written[1],
-                late = report.written[2],
-                duplicates,
-                ms = report.elapsed.as_millis() as u64,
-                "trigger"
-            );
-
-            let s = &self.stats;
-            s.batches.fetch_add(1, Ordering::Relaxed);
-            s.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            s.raw_rows
-                .fetch_add(report.written[0] as u64, Ordering::Relaxed);
-            s.dlq_rows
-                .fetch_add(report.written[1] as u64, Ordering::Relaxed);
-            s.late_rows
-                .fetch_add(report.written[2] as u64, Ordering::Relaxed);
-            s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
-            s.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
-            s.commit_latencies.lock().unwrap().push(report.elapsed);
-            s.positions.lock().unwrap().extend(next);
+    /// Runs triggers until [`Pipeline::stop`] (the batches already cut are
+    /// committed first) or an error.
+    pub async fn run(&self) -> Result<(), PipelineError> {
+        loop {
+            let Some(batch) = self.source.lock().await.next_batch().await? else {
+                return Ok(());
+            };
+            self.trigger(&batch).await?;
         }
+    }
+
+    /// One trigger: decode, dedup, judge, transform, commit.
+    async fn trigger(&self, batch: &MicroBatch) -> Result<(), PipelineError> {
+        let m = &self.metrics;
+        let first = batch.first_offsets();
+        let next = batch.next_offsets();
+        let now = Utc::now();
+        let clock = Instant::now();
+        let decoded = self.decoder.decode(batch, now)?;
+        m.stage("decode", clock.elapsed());
+
+        let clock = Instant::now();
+        let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
+        m.stage("dedup", clock.elapsed());
+
+        let mut sink = self.sink.lock().await;
+        let clock = Instant::now();
+        let settled = settled(&sink, &accepted).await?;
+        let split = self.judge(&accepted, &settled, now)?;
+        let mut inputs = vec![&split.on_time, &decoded.rejected, &split.late];
+        inputs.extend(self.outputs.iter().map(|_| &split.on_time));
+        let (mut rows, replayed) = fresh_inputs(&sink.versions(), inputs)?;
+        for (output, rows) in self.outputs.iter().zip(&mut rows[INGEST_TABLES.len()..]) {
+            *rows = output.apply(rows).await?;
+        }
+        m.stage("transform", clock.elapsed());
+
+        let report = sink.commit(rows, &first, &next).await;
+        let report = report.inspect_err(|e| {
+            if e.is_conflict() {
+                m.commit_conflicts.inc();
+            }
+        })?;
+        m.stage("commit", report.elapsed);
+        m.commit_retries.inc_by(report.retries as u64);
+        drop(sink);
+        self.source.lock().await.commit_offsets(&next);
+        self.record(batch, &report, &split.on_time, duplicates, replayed, &next);
         Ok(())
+    }
+
+    /// Counts one committed trigger in the stats and the metrics.
+    fn record(
+        &self,
+        batch: &MicroBatch,
+        report: &CommitReport,
+        on_time: &RecordBatch,
+        duplicates: usize,
+        replayed: usize,
+        next: &BTreeMap<i32, i64>,
+    ) {
+        debug!(
+            events = batch.len(),
+            raw = report.written[0],
+            dlq = report.written[1],
+            late = report.written[2],
+            duplicates,
+            ms = report.elapsed.as_millis() as u64,
+            "trigger"
+        );
+        let s = &self.stats;
+        s.batches.fetch_add(1, Ordering::Relaxed);
+        s.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        s.raw_rows
+            .fetch_add(report.written[0] as u64, Ordering::Relaxed);
+        s.dlq_rows
+            .fetch_add(report.written[1] as u64, Ordering::Relaxed);
+        s.late_rows
+            .fetch_add(report.written[2] as u64, Ordering::Relaxed);
+        s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
+        s.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+        s.commit_latencies.lock().unwrap().push(report.elapsed);
+        s.positions.lock().unwrap().extend(next);
+
+        let m = &self.metrics;
+        m.events_in.inc_by(batch.len() as u64);
+        m.batch_events.observe(batch.len() as f64);
+        m.duplicates.inc_by(duplicates as u64);
+        m.replayed.inc_by(replayed as u64);
+        for (&p, &offset) in next {
+            m.partition(p, None, Some(offset));
+        }
+        let committed_us = Utc::now().timestamp_micros();
+        let since = |us: i64| (committed_us - us).max(0) as f64 / 1e6;
+        let event = m.end_to_end("event");
+        if let Some(times) = on_time
+            .column_by_name(self.decoder.contract().event_time_name())
+            .map(|c| c.as_primitive::<TimestampMicrosecondType>())
+        {
+            times.values().iter().for_each(|t| event.observe(since(*t)));
+        }
+        let kafka = m.end_to_end("kafka");
+        for ms in batch.messages.iter().filter_map(|m| m.kafka_ts) {
+            kafka.observe(since(ms * 1000));
+        }
+        let dedup = self.dedup.lock().unwrap();
+        m.dedup_entries.set(dedup.index().len() as i64);
+        m.dedup_bytes.set(dedup.index().bytes() as i64);
+        drop(dedup);
+        if let Some(w) = self.watermark.lock().unwrap().current_us() {
+            m.watermark.set(w as f64 / 1e6);
+        }
     }
 
     /// Splits accepted events by the watermark, then moves the watermark on
@@ -357,7 +441,11 @@ impl Pipeline {
         now: chrono::DateTime<Utc>,
     ) -> Result<crate::watermark::Split, ArrowError> {
         let mut watermark = self.watermark.lock().unwrap();
-        let assigned = self.source.assigned();
+        let assigned = self
+            .source
+            .try_lock()
+            .map(|source| source.assigned())
+            .unwrap_or_default();
         if !assigned.is_empty() {
             watermark.assign(&assigned, Instant::now());
         }

@@ -7,19 +7,33 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::debug;
 use tracing_subscriber::EnvFilter;
 
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one line per event, colored on a terminal.
+    #[default]
+    Text,
+    /// For log pipelines: one JSON object per line.
+    Json,
+}
+
 /// Logs go to stderr (stdout is for output meant for people and scripts),
 /// colored only on a terminal so log files stay greppable.
 /// `RUST_LOG` overrides the default filter. The default silences the Delta
 /// kernel's "No files in log segment" error, which it logs when opening an
 /// empty table location although the open succeeds.
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,weir=info,buoyant_kernel=off"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Progress of long work: a bar on a terminal, debug log lines otherwise (the

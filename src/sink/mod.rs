@@ -35,6 +35,7 @@ use url::Url;
 
 use crate::fault::{FaultError, Faults};
 use crate::job::Job;
+use crate::metrics::JobMetrics;
 use crate::schema::{EVENT_ID_PROPERTY, Incompatible, Stored, Wanted, conform};
 
 /// Commits between Delta checkpoints, so the log stays cheap to read.
@@ -69,6 +70,23 @@ pub enum SinkError {
     Fault(#[from] FaultError),
 }
 
+impl SinkError {
+    /// Whether a concurrent commit refused this one: another writer committed
+    /// the same partition's txn (this writer lost the partition and is fenced)
+    /// or removed what this one read.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            SinkError::Delta { source, .. } if matches!(
+                source.as_ref(),
+                DeltaTableError::Transaction {
+                    source: deltalake::kernel::transaction::TransactionError::CommitConflict(_)
+                }
+            )
+        )
+    }
+}
+
 /// What a table is: its name, its Arrow schema, how it is partitioned, and
 /// (for tables of events) which column is the event ID.
 #[derive(Debug, Clone)]
@@ -87,6 +105,8 @@ pub struct TableSink {
     /// The table's own schema, which rows are conformed to before writing.
     stored: SchemaRef,
     versions: BTreeMap<i32, i64>,
+    /// Commits rebased on concurrent ones since the sink last reported.
+    retries: usize,
 }
 
 impl TableSink {
@@ -99,6 +119,7 @@ impl TableSink {
             table,
             stored,
             versions: BTreeMap::new(),
+            retries: 0,
         })
     }
 
@@ -165,6 +186,7 @@ impl TableSink {
             .build(Some(snapshot), self.table.log_store(), operation)
             .await
             .map_err(|e| self.fail(e))?;
+        self.retries += finalized.metrics.num_retries as usize;
         self.table.state = Some(finalized.snapshot());
         self.versions.extend(advancing);
         Ok(true)
@@ -201,6 +223,8 @@ fn stats_columns(schema: &SchemaRef) -> String {
 pub struct CommitReport {
     /// Per table (in the sink's order): rows written.
     pub written: Vec<usize>,
+    /// Times a commit was rebased on a concurrent writer's commit.
+    pub retries: usize,
     /// Commits made (data-less base and progress commits included).
     pub commits: usize,
     pub elapsed: Duration,
@@ -333,11 +357,19 @@ pub struct Sink {
     job: Job,
     tables: Vec<TableSink>,
     faults: Faults,
+    metrics: JobMetrics,
 }
 
 impl Sink {
     /// Opens (creating where needed) the job's tables in the hot tier.
-    pub async fn open(job: &Job, specs: Vec<TableSpec>, faults: Faults) -> Result<Self, SinkError> {
+    /// Rows are counted in `metrics` as each table commits them, so the
+    /// counts agree with the tables even when a trigger fails half way.
+    pub async fn open(
+        job: &Job,
+        specs: Vec<TableSpec>,
+        faults: Faults,
+        metrics: JobMetrics,
+    ) -> Result<Self, SinkError> {
         let mut tables = Vec::with_capacity(specs.len());
         for spec in specs {
             let url = job.storage.hot_table(&job.name, &spec.name);
@@ -347,6 +379,7 @@ impl Sink {
             job: job.clone(),
             tables,
             faults,
+            metrics,
         })
     }
 
@@ -428,14 +461,21 @@ impl Sink {
         report.commits += self.commit_bases(first).await?;
 
         for (table, rows) in self.tables.iter_mut().zip(rows) {
-            report.written.push(rows.num_rows());
+            let count = rows.num_rows();
+            report.written.push(count);
             let actions = table.write_files(rows).await?;
             if table.commit(&self.job, actions, next).await? {
                 report.commits += 1;
             }
+            self.metrics.rows_out(&table.spec.name).inc_by(count as u64);
             self.faults
                 .check(&format!("sink.after_commit.{}", table.spec.name))?;
         }
+        report.retries = self
+            .tables
+            .iter_mut()
+            .map(|t| std::mem::take(&mut t.retries))
+            .sum();
         report.elapsed = started.elapsed();
         debug!(?report, "trigger committed");
         Ok(report)

@@ -1,7 +1,14 @@
 //! The Kafka micro-batch poller.
 //!
 //! The consumer is a librdkafka `BaseConsumer` in the job's consumer group, polled
-//! from the trigger loop's own thread. Its rebalance callback is where
+//! by a thread of its own that assembles micro-batches into a bounded queue.
+//! When the queue is full (the sink is slower than the input) the thread pauses
+//! the partitions and keeps polling: the group keeps its heartbeat and sees
+//! rebalances, nothing more is fetched, and memory stays bounded whatever the
+//! input rate; it resumes them once there is room. A batch whose partition
+//! was revoked (or revoked and assigned again) while it waited is dropped when
+//! it leaves the queue: the partition's owner re-reads it from the tables'
+//! positions. Its rebalance callback is where
 //! exactly-once starts: on every assignment it asks the sink (through
 //! [`ResumePositions`]) for the lowest offset any Delta table still needs, and
 //! assigns the partitions *at* those offsets, so nothing is ever consumed from a
@@ -9,20 +16,27 @@
 //! for lag visibility and are used only where the tables know nothing.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{Message, MicroBatch};
 use crate::job::{Batching, Job};
+use crate::metrics::JobMetrics;
+
+/// Micro-batches the poll thread may hold ready before it pauses its partitions.
+pub const QUEUE_BATCHES: usize = 2;
 
 /// How long one poll blocks while no batch is open, so a stop request is seen promptly.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -40,6 +54,8 @@ pub enum SourceError {
     },
     #[error("fatal Kafka consumer error: {0}")]
     Fatal(KafkaError),
+    #[error("the consumer cannot be configured as specified")]
+    Spec(#[from] crate::job::JobError),
 }
 
 /// Answers "from which offset must each of these partitions be re-read?" on a
@@ -60,9 +76,27 @@ pub struct WeirContext {
     revoked: Mutex<Vec<i32>>,
     /// A resume failure seen in the callback, surfaced by the next poll.
     failure: Mutex<Option<SourceError>>,
+    /// Per assigned partition, the number of the assignment it belongs to: a
+    /// queued batch is only good while its partitions' numbers are unchanged.
+    generations: Mutex<BTreeMap<i32, u64>>,
+    assignments: AtomicU64,
+    metrics: JobMetrics,
 }
 
-impl ClientContext for WeirContext {}
+impl ClientContext for WeirContext {
+    /// librdkafka's periodic statistics carry each partition's high watermark:
+    /// the lag metric's upper end.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (&partition, p) in &topic.partitions {
+            if partition >= 0 && p.hi_offset >= 0 {
+                self.metrics.partition(partition, Some(p.hi_offset), None);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for WeirContext {
     fn rebalance(
@@ -83,6 +117,10 @@ impl ConsumerContext for WeirContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.position_assignment(&partitions, tpl);
+                let mut generations = self.generations.lock().unwrap();
+                for &p in &partitions {
+                    generations.insert(p, self.assignments.fetch_add(1, Ordering::Relaxed));
+                }
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -91,7 +129,7 @@ impl ConsumerContext for WeirContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(?partitions, "partitions revoked");
-                self.revoked.lock().unwrap().extend(&partitions);
+                self.revoke(&partitions);
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -100,7 +138,7 @@ impl ConsumerContext for WeirContext {
             }
             other => {
                 warn!(error = ?other, "rebalance error; dropping the assignment");
-                self.revoked.lock().unwrap().extend(&partitions);
+                self.revoke(&partitions);
                 consumer.unassign()
             }
         };
@@ -111,6 +149,14 @@ impl ConsumerContext for WeirContext {
 }
 
 impl WeirContext {
+    fn revoke(&self, partitions: &[i32]) {
+        self.revoked.lock().unwrap().extend(partitions);
+        let mut generations = self.generations.lock().unwrap();
+        for p in partitions {
+            generations.remove(p);
+        }
+    }
+
     fn position_assignment(&self, partitions: &[i32], tpl: &mut TopicPartitionList) {
         match self.resolver.resume_positions(partitions) {
             Ok(positions) => {
@@ -133,20 +179,33 @@ impl WeirContext {
     }
 }
 
-/// A job's Kafka input: turns the consumer's message stream into micro-batches.
+/// A micro-batch with the assignment numbers of its partitions when it was cut.
+struct Polled {
+    batch: MicroBatch,
+    generations: BTreeMap<i32, u64>,
+}
+
+type Queued = Result<Polled, SourceError>;
+
+/// A job's Kafka input: micro-batches from the poll thread's bounded queue.
 pub struct KafkaSource {
-    consumer: BaseConsumer<WeirContext>,
+    consumer: Arc<BaseConsumer<WeirContext>>,
     topic: String,
-    batching: Batching,
+    queue: mpsc::Receiver<Queued>,
+    poller: Option<JoinHandle<()>>,
+    metrics: JobMetrics,
 }
 
 impl KafkaSource {
-    /// Creates the consumer and subscribes. `bootstrap` is the resolved broker
-    /// list (the job's, or the embedded cluster's).
+    /// Creates the consumer, subscribes, and starts the poll thread, which
+    /// runs until `stop` is set (its last batch is still delivered) or the
+    /// source is dropped. `bootstrap` is the resolved broker list.
     pub fn connect(
         job: &Job,
         bootstrap: &str,
         resolver: Arc<dyn ResumePositions>,
+        metrics: JobMetrics,
+        stop: Arc<AtomicBool>,
     ) -> Result<Self, SourceError> {
         let mut config = ClientConfig::new();
         config
@@ -156,8 +215,12 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", job.source.start_from.as_offset_reset());
-        for (key, value) in &job.source.properties {
+            .set("auto.offset.reset", job.source.start_from.as_offset_reset())
+            .set("statistics.interval.ms", "5000")
+            // What librdkafka may prefetch: with the queue's batches, the bound
+            // on buffered input whatever the input rate.
+            .set("queued.max.messages.kbytes", "16384");
+        for (key, value) in job.kafka_properties()? {
             config.set(key, value);
         }
         let context = WeirContext {
@@ -165,6 +228,9 @@ impl KafkaSource {
             resolver,
             revoked: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
+            generations: Mutex::new(BTreeMap::new()),
+            assignments: AtomicU64::new(0),
+            metrics: metrics.clone(),
         };
         let consumer: BaseConsumer<WeirContext> =
             config
@@ -179,40 +245,218 @@ impl KafkaSource {
                 topic: job.source.topic.clone(),
                 source,
             })?;
+        let consumer = Arc::new(consumer);
+        let (tx, queue) = mpsc::channel(QUEUE_BATCHES);
+        let poller = Poller {
+            consumer: consumer.clone(),
+            topic: job.source.topic.clone(),
+            batching: job.batching,
+            metrics: metrics.clone(),
+            paused: false,
+        };
+        let poller = std::thread::Builder::new()
+            .name(format!("weir-poll-{}", job.name))
+            .spawn(move || poller.run(&tx, &stop))
+            .expect("the OS starts a thread");
         Ok(Self {
             consumer,
             topic: job.source.topic.clone(),
-            batching: job.batching,
+            queue,
+            poller: Some(poller),
+            metrics,
         })
     }
 
-    /// Blocks until a micro-batch is ready: `max_events` buffered; or at least
-    /// `min_events` and nothing more ready right now; or `max_wait` since the
-    /// batch's first event. Returns `None` when `stop` is set and no batch is open;
-    /// an open batch is returned (to be committed) when `stop` is set.
-    pub fn next_batch(&self, stop: &AtomicBool) -> Result<Option<MicroBatch>, SourceError> {
+    /// The next micro-batch, without messages of partitions this consumer has
+    /// lost since it was cut. `None` once the poll thread has stopped.
+    pub async fn next_batch(&mut self) -> Result<Option<MicroBatch>, SourceError> {
         loop {
-            let messages = self.fill(stop)?;
-            if !messages.is_empty() {
-                return Ok(Some(MicroBatch {
-                    topic: self.topic.clone(),
-                    messages,
-                }));
-            }
-            if stop.load(Ordering::Relaxed) {
+            self.metrics
+                .queue("poll", self.queue.len(), self.queue.max_capacity());
+            let Some(polled) = self.queue.recv().await else {
                 return Ok(None);
+            };
+            let Polled {
+                mut batch,
+                generations,
+            } = polled?;
+            let current = self.consumer.context().generations.lock().unwrap().clone();
+            let before = batch.len();
+            batch
+                .messages
+                .retain(|m| current.get(&m.partition) == generations.get(&m.partition));
+            if batch.len() != before {
+                info!(
+                    dropped = before - batch.len(),
+                    "dropped queued messages of partitions reassigned since; their owner re-reads them"
+                );
+            }
+            if !batch.is_empty() {
+                return Ok(Some(batch));
             }
         }
     }
 
-    fn fill(&self, stop: &AtomicBool) -> Result<Vec<Message>, SourceError> {
+    /// The partitions of the topic this consumer is assigned now.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.consumer.assignment().map_or_else(
+            |_| Vec::new(),
+            |tpl| {
+                tpl.elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            },
+        )
+    }
+
+    /// Records progress in the consumer group, for lag monitoring only:
+    /// correctness never depends on it (the Delta txn versions do).
+    pub fn commit_offsets(&self, next_offsets: &BTreeMap<i32, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for (&partition, &offset) in next_offsets {
+            if let Err(e) = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+            {
+                warn!(partition, error = %e, "cannot build the offset commit");
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            debug!(error = %e, "consumer-group offset commit failed (lag display only)");
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Closing the queue ends the poll thread; the consumer leaves the
+        // group when the last reference to it goes.
+        self.queue.close();
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+    }
+}
+
+/// The poll thread: assembles micro-batches and queues them, pausing the
+/// partitions while the queue is full.
+struct Poller {
+    consumer: Arc<BaseConsumer<WeirContext>>,
+    topic: String,
+    batching: Batching,
+    metrics: JobMetrics,
+    paused: bool,
+}
+
+impl Poller {
+    fn run(mut self, queue: &mpsc::Sender<Queued>, stop: &AtomicBool) {
+        let mut carried = Vec::new();
+        loop {
+            let started = Instant::now();
+            let polled = self
+                .fill(std::mem::take(&mut carried), stop)
+                .map(|messages| {
+                    let generations = self.consumer.context().generations.lock().unwrap().clone();
+                    Polled {
+                        batch: MicroBatch {
+                            topic: self.topic.clone(),
+                            messages,
+                        },
+                        generations,
+                    }
+                });
+            let failed = polled.is_err();
+            if let Ok(p) = &polled {
+                if p.batch.is_empty() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    continue;
+                }
+                self.metrics.stage("poll", started.elapsed());
+            }
+            if !self.enqueue(queue, polled, &mut carried) || failed {
+                return;
+            }
+        }
+    }
+
+    /// Queues `item`, pausing the partitions while the queue is full and
+    /// polling meanwhile (heartbeats, rebalances); a message that still
+    /// arrives (from a partition assigned meanwhile) is carried into the next
+    /// batch. Returns `false` when the queue is closed.
+    fn enqueue(
+        &mut self,
+        queue: &mpsc::Sender<Queued>,
+        item: Queued,
+        carried: &mut Vec<Message>,
+    ) -> bool {
+        let mut item = item;
+        loop {
+            match queue.try_send(item) {
+                Ok(()) => {
+                    self.set_paused(false);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    item = back;
+                    self.set_paused(true);
+                    match self.consumer.poll(IDLE_POLL) {
+                        Some(Ok(m)) => carried.push(to_message(&m)),
+                        Some(Err(e)) => {
+                            if let Err(fatal) = self.on_error(e) {
+                                let _ = queue.blocking_send(Err(fatal));
+                                return false;
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pauses (or resumes) every assigned partition. Pausing again after a
+    /// rebalance covers partitions assigned meanwhile.
+    fn set_paused(&mut self, paused: bool) {
+        if !paused && !self.paused {
+            return;
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            warn!(error = %e, paused, "cannot pause or resume the partitions");
+        }
+        if paused != self.paused {
+            debug!(
+                paused,
+                "queue full: partitions paused until the sink catches up"
+            );
+            self.metrics.paused.set(i64::from(paused));
+        }
+        self.paused = paused;
+    }
+
+    /// Blocks until a micro-batch is ready: `max_events` buffered; or at least
+    /// `min_events` and nothing more ready right now; or `max_wait` since the
+    /// batch's first event. Returns what it has (maybe nothing) once `stop` is set.
+    fn fill(&self, carried: Vec<Message>, stop: &AtomicBool) -> Result<Vec<Message>, SourceError> {
         let Batching {
             min_events,
             max_events,
             max_wait,
         } = self.batching;
-        let mut messages: Vec<Message> = Vec::with_capacity(max_events);
-        let mut deadline: Option<Instant> = None;
+        let mut messages: Vec<Message> = carried;
+        messages.reserve(max_events);
+        let mut deadline: Option<Instant> =
+            (!messages.is_empty()).then(|| Instant::now() + max_wait);
         loop {
             self.surface_failure()?;
             self.drop_revoked(&mut messages);
@@ -242,35 +486,6 @@ impl KafkaSource {
         // A revocation seen during the last poll.
         self.drop_revoked(&mut messages);
         Ok(messages)
-    }
-
-    /// Records progress in the consumer group, for lag monitoring only:
-    /// correctness never depends on it (the Delta txn versions do).
-    /// The partitions of the topic this consumer is assigned now.
-    pub fn assigned(&self) -> Vec<i32> {
-        self.consumer.assignment().map_or_else(
-            |_| Vec::new(),
-            |tpl| {
-                tpl.elements_for_topic(&self.topic)
-                    .iter()
-                    .map(|e| e.partition())
-                    .collect()
-            },
-        )
-    }
-
-    pub fn commit_offsets(&self, next_offsets: &BTreeMap<i32, i64>) {
-        let mut tpl = TopicPartitionList::new();
-        for (&partition, &offset) in next_offsets {
-            if let Err(e) = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
-            {
-                warn!(partition, error = %e, "cannot build the offset commit");
-                return;
-            }
-        }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            debug!(error = %e, "consumer-group offset commit failed (lag display only)");
-        }
     }
 
     fn surface_failure(&self) -> Result<(), SourceError> {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
@@ -65,9 +65,14 @@ pub async fn produce(
 /// Starts a pipeline; with `RUST_LOG` set, its logs go to stderr.
 pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Arc<Pipeline> {
     if std::env::var_os("RUST_LOG").is_some() {
-        weir::telemetry::init_logging();
+        weir::telemetry::init_logging(weir::telemetry::LogFormat::Text);
     }
-    Arc::new(Pipeline::start(job, bootstrap, faults).await.unwrap())
+    let metrics = weir::metrics::JobMetrics::detached(&job.name);
+    Arc::new(
+        Pipeline::start(job, bootstrap, faults, metrics)
+            .await
+            .unwrap(),
+    )
 }
 
 /// Runs the pipeline until it has committed `targets` (or fails), then stops it.
@@ -76,10 +81,9 @@ pub async fn run_until(
     targets: &BTreeMap<i32, i64>,
     timeout: Duration,
 ) -> Result<(), PipelineError> {
-    let stop = Arc::new(AtomicBool::new(false));
     let task = {
-        let (p, s) = (pipeline.clone(), stop.clone());
-        tokio::spawn(async move { p.run(&s).await })
+        let p = pipeline.clone();
+        tokio::spawn(async move { p.run().await })
     };
     let stats = pipeline.stats();
     let deadline = Instant::now() + timeout;
@@ -87,7 +91,7 @@ pub async fn run_until(
         assert!(Instant::now() < deadline, "not drained within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::Relaxed);
+    pipeline.stop();
     task.await.unwrap()
 }
 

@@ -1,0 +1,199 @@
+"""Operating long-running jobs: the supervisor (several jobs, restarts with
+backoff, graceful stop), /metrics and /healthz, `weir status`, secrets from the
+environment, backpressure, and scale-out with fencing, on the real broker."""
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import polars as pl
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import WEIR, duckdb_connection, free_port, read_report, table_path, weir, write_job
+from test_broker_e2e import (ONE_RECORD_BATCHES, assert_exactly_once, assert_outputs_match_oracle,
+                             stored)
+
+
+def produce(broker, topic, report, *args):
+    weir("produce", "--brokers", broker.bootstrap, "--topic", topic, "--report", report,
+         "--late-ratio", 0, *args, *ONE_RECORD_BATCHES, timeout=180)
+    return read_report(report)
+
+
+def count_rows(data, job, table):
+    path = table_path(data, job, table)
+    if not (path / "_delta_log").exists():
+        return 0
+    return duckdb_connection().sql(f"SELECT count(*) FROM delta_scan('{path}')").fetchone()[0]
+
+
+def committed(data, job):
+    return sum(count_rows(data, job, t) for t in ("raw", "dlq", "late"))
+
+
+def wait_until(predicate, timeout, proc=None, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None:
+            assert proc.poll() is None, f"weir exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def scrape(port):
+    """/metrics parsed as Prometheus parses it: {(name, labels): value}."""
+    status, text = get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples, text
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+def second_job(tmp_path, broker, data):
+    job = write_job(tmp_path / "orders.toml", broker, "orders", data)
+    job.write_text(job.read_text().replace('name = "clickstream"', 'name = "orders"'))
+    return job
+
+
+def test_supervisor_metrics_status_and_secrets(broker, tmp_path):
+    """Two jobs in one process; the sink fails three times and the job keeps
+    running with three restarts counted; /metrics parses and agrees with the
+    tables; /healthz says ok; `weir status` shows no lag; SIGTERM exits 0; the
+    secret given through ${VAR} appears nowhere."""
+    broker.create_topic("clicks", 3)
+    broker.create_topic("orders", 2)
+    data = tmp_path / "data"
+    clicks = write_job(tmp_path / "clicks.toml", broker, "clicks", data)
+    clicks.write_text(clicks.read_text().replace(
+        '[source.properties]', '[source.properties]\n"sasl.password" = "${WEIR_TEST_SECRET}"'))
+    orders = second_job(tmp_path, broker, data)
+    sent_clicks = produce(broker, "clicks", tmp_path / "clicks.csv", "--count", 1500)
+    sent_orders = produce(broker, "orders", tmp_path / "orders.csv", "--count", 800)
+
+    secret = "s3cr3t-Value-42"
+    port = free_port()
+    env = {**os.environ, "WEIR_TEST_SECRET": secret,
+           "WEIR_FAULTS": "sink.after_commit.raw@1-3:error"}
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([WEIR, "run", str(clicks), str(orders), "--metrics-addr",
+                                 f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
+        wait_until(lambda: committed(data, "clickstream") == stored(sent_clicks)
+                   and committed(data, "orders") == stored(sent_orders), 180, proc, "ingest")
+        samples, text = scrape(port)
+        status = weir("status", "--job", clicks, env=env).stdout
+        health = get(f"http://127.0.0.1:{port}/healthz")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+    logged = log_path.read_text()
+
+    restarts = sum(value(samples, "weir_restarts_total", job=j) for j in ("clickstream", "orders"))
+    assert restarts == 3, logged
+    assert logged.count("job failed; restarting") == 3 and "injected fault" in logged
+    assert health == (200, "ok\n")
+    for job in ("clickstream", "orders"):
+        for table in ("raw", "dlq", "late"):
+            assert value(samples, "weir_rows_out_total", job=job, table=table) == \
+                count_rows(data, job, table), (job, table)
+        assert value(samples, "weir_batch_events_count", job=job) > 0
+        for stage in ("poll", "decode", "dedup", "transform", "commit"):
+            assert value(samples, "weir_stage_seconds_count", job=job, stage=stage) > 0, stage
+        assert value(samples, "weir_end_to_end_seconds_count", job=job, clock="event") > 0
+        assert value(samples, "weir_watermark_seconds", job=job) > 1.7e9
+        assert value(samples, "weir_dedup_index_entries", job=job) > 0
+        assert value(samples, "weir_queue_capacity", job=job, queue="poll") == 2
+    assert value(samples, "weir_duplicates_total", job="clickstream") == \
+        sum(1 for s in sent_clicks if s.kind == "duplicate")
+    assert_exactly_once(data, sent_clicks)
+    assert_outputs_match_oracle(clicks, sent_clicks)
+
+    # status: every partition committed up to the broker's high watermark.
+    rows = [line.split() for line in status.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 3, status
+    for partition, committed_offset, high, lag, *_ in rows:
+        assert committed_offset == high and lag == "0", status
+    assert "total lag 0" in status
+
+    for place in (logged, text, status, weir("run", "--help").stdout):
+        assert secret not in place
+    unset = clicks.read_text().replace("WEIR_TEST_SECRET", "WEIR_TEST_UNSET")
+    (tmp_path / "unset.toml").write_text(unset)
+    result = subprocess.run([WEIR, "run", str(tmp_path / "unset.toml")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "WEIR_TEST_UNSET is not set" in result.stderr
+
+
+def rss_peak_mib(pid) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+RSS_BOUND_MIB = 600
+
+
+def test_backpressure_bounds_memory_and_loses_nothing(broker, tmp_path):
+    """The sink is slowed (0.4 s per trigger for the first 60 triggers) while a
+    producer bursts at about ten times what it then commits: the poller pauses
+    the partitions, peak RSS stays under RSS_BOUND_MIB, nothing is lost, and the
+    lag drains once the sink is fast again."""
+    broker.create_topic("clicks", 3)
+    data = tmp_path / "data"
+    job = write_job(tmp_path / "job.toml", broker, "clicks", data, max_events=100)
+    port = free_port()
+    env = {**os.environ, "WEIR_FAULTS": "sink.after_commit.raw@1-60:sleep=400"}
+    paused_seen = []
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200 if _up(port)
+                   else False, 60, proc, "the job to run")
+        producer = subprocess.Popen(
+            [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "2500",
+             "--seconds", "12", "--late-ratio", "0", "--report", str(tmp_path / "sent.csv"),
+             *ONE_RECORD_BATCHES], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        while producer.poll() is None:
+            samples, _ = scrape(port)
+            paused_seen.append(value(samples, "weir_partitions_paused", job="clickstream"))
+            time.sleep(0.5)
+        assert producer.returncode == 0
+        sent = read_report(tmp_path / "sent.csv")
+        wait_until(lambda: committed(data, "clickstream") == stored(sent), 240, proc, "drain")
+        peak = rss_peak_mib(proc.pid)
+        samples, _ = scrape(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+    assert len(sent) > 20000
+    assert 1 in paused_seen, "the poller never paused its partitions"
+    assert peak < RSS_BOUND_MIB, f"peak RSS {peak:.0f} MiB"
+    assert value(samples, "weir_partitions_paused", job="clickstream") == 0
+    print(f"backpressure: {len(sent)} events, peak RSS {peak:.0f} MiB")
+    assert_exactly_once(data, sent)
+
+
+def _up(port):
+    try:
+        get(f"http://127.0.0.1:{port}/healthz")
+        return True
+    except OSError:
+        return False

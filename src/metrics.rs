@@ -1,0 +1,412 @@
+//! Metrics and health: what an operator watches a long-running job by.
+//!
+//! One Prometheus registry per process; every series carries the job's name, so
+//! several jobs under one supervisor share it. `/metrics` serves the text
+//! format and `/healthz` says whether every job is running (not waiting to
+//! restart). Nothing secret is ever a label: only job names, table names,
+//! stages and partition numbers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracing::info;
+
+/// The default address of `/metrics` and `/healthz`: loopback only, unless
+/// the operator says otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9898";
+
+/// Latency buckets (seconds): 1 ms to 10 min.
+const LATENCY: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+/// Batch size buckets (events).
+const SIZES: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// The process's registry and every metric family weir reports.
+pub struct Metrics {
+    registry: Registry,
+    events_in: IntCounterVec,
+    rows_out: IntCounterVec,
+    duplicates: IntCounterVec,
+    replayed: IntCounterVec,
+    batch_events: HistogramVec,
+    stage_seconds: HistogramVec,
+    end_to_end_seconds: HistogramVec,
+    lag: IntGaugeVec,
+    high_watermark: IntGaugeVec,
+    next_offset: IntGaugeVec,
+    watermark: GaugeVec,
+    dedup_entries: IntGaugeVec,
+    dedup_bytes: IntGaugeVec,
+    commit_retries: IntCounterVec,
+    commit_conflicts: IntCounterVec,
+    restarts: IntCounterVec,
+    queue_fill: IntGaugeVec,
+    queue_capacity: IntGaugeVec,
+    paused: IntGaugeVec,
+    health: Mutex<BTreeMap<String, Result<(), String>>>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let watermark = GaugeVec::new(
+            Opts::new(
+                "weir_watermark_seconds",
+                "The job's watermark, in seconds since the epoch",
+            ),
+            &["job"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(watermark.clone()))
+            .expect("registered once");
+        Arc::new(Self {
+            events_in: counter(
+                &r,
+                "weir_events_in_total",
+                "Kafka messages consumed",
+                &["job"],
+            ),
+            rows_out: counter(
+                &r,
+                "weir_rows_out_total",
+                "Rows committed, per table (raw, dlq, late and each output)",
+                &["job", "table"],
+            ),
+            duplicates: counter(
+                &r,
+                "weir_duplicates_total",
+                "Re-sent events dropped by event ID",
+                &["job"],
+            ),
+            replayed: counter(
+                &r,
+                "weir_replayed_total",
+                "Re-read rows the tables already held (after a restart or rebalance)",
+                &["job"],
+            ),
+            batch_events: histogram(
+                &r,
+                "weir_batch_events",
+                "Messages per micro-batch",
+                &["job"],
+                SIZES,
+            ),
+            stage_seconds: histogram(
+                &r,
+                "weir_stage_seconds",
+                "Time per micro-batch in each stage (poll, decode, dedup, transform, commit)",
+                &["job", "stage"],
+                LATENCY,
+            ),
+            end_to_end_seconds: histogram(
+                &r,
+                "weir_end_to_end_seconds",
+                "Per event, from its event time (clock=event) or Kafka timestamp (clock=kafka) to the commit of its trigger",
+                &["job", "clock"],
+                LATENCY,
+            ),
+            lag: gauge(
+                &r,
+                "weir_consumer_lag",
+                "Per partition: the broker's high watermark minus the next offset to read",
+                &["job", "partition"],
+            ),
+            high_watermark: gauge(
+                &r,
+                "weir_partition_high_watermark",
+                "Per partition: the broker's high watermark",
+                &["job", "partition"],
+            ),
+            next_offset: gauge(
+                &r,
+                "weir_partition_next_offset",
+                "Per partition: the next offset every table holds",
+                &["job", "partition"],
+            ),
+            watermark,
+            dedup_entries: gauge(
+                &r,
+                "weir_dedup_index_entries",
+                "Event IDs the dedup index remembers",
+                &["job"],
+            ),
+            dedup_bytes: gauge(
+                &r,
+                "weir_dedup_index_bytes",
+                "Approximate memory the dedup index holds",
+                &["job"],
+            ),
+            commit_retries: counter(
+                &r,
+                "weir_commit_retries_total",
+                "Delta commits that had to be rebased on a concurrent writer's commit",
+                &["job"],
+            ),
+            commit_conflicts: counter(
+                &r,
+                "weir_commit_conflicts_total",
+                "Delta commits refused by a conflicting concurrent commit (e.g. a fenced writer)",
+                &["job"],
+            ),
+            restarts: counter(
+                &r,
+                "weir_restarts_total",
+                "Times the supervisor restarted the job after an error",
+                &["job"],
+            ),
+            queue_fill: gauge(
+                &r,
+                "weir_queue_batches",
+                "Micro-batches waiting between two stages",
+                &["job", "queue"],
+            ),
+            queue_capacity: gauge(
+                &r,
+                "weir_queue_capacity",
+                "Micro-batches a queue holds before the stage before it waits (the poller pauses its partitions)",
+                &["job", "queue"],
+            ),
+            paused: gauge(
+                &r,
+                "weir_partitions_paused",
+                "1 while the poller holds its partitions paused because the queue is full",
+                &["job"],
+            ),
+            registry: r,
+            health: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The handles of one job's series.
+    pub fn job(self: &Arc<Self>, job: &str) -> JobMetrics {
+        self.health
+            .lock()
+            .unwrap()
+            .insert(job.to_owned(), Err("starting".into()));
+        JobMetrics {
+            job: job.to_owned(),
+            metrics: self.clone(),
+            events_in: self.events_in.with_label_values(&[job]),
+            duplicates: self.duplicates.with_label_values(&[job]),
+            replayed: self.replayed.with_label_values(&[job]),
+            batch_events: self.batch_events.with_label_values(&[job]),
+            watermark: self.watermark.with_label_values(&[job]),
+            dedup_entries: self.dedup_entries.with_label_values(&[job]),
+            dedup_bytes: self.dedup_bytes.with_label_values(&[job]),
+            commit_retries: self.commit_retries.with_label_values(&[job]),
+            commit_conflicts: self.commit_conflicts.with_label_values(&[job]),
+            restarts: self.restarts.with_label_values(&[job]),
+            paused: self.paused.with_label_values(&[job]),
+        }
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("the text encoder writes to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// `Ok` when every job runs; otherwise which do not, and why.
+    pub fn health(&self) -> Result<(), String> {
+        let problems: Vec<String> = self
+            .health
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(job, h)| h.as_ref().err().map(|why| format!("{job}: {why}")))
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+/// One job's series, with its label applied.
+#[derive(Clone)]
+pub struct JobMetrics {
+    job: String,
+    metrics: Arc<Metrics>,
+    pub events_in: IntCounter,
+    pub duplicates: IntCounter,
+    pub replayed: IntCounter,
+    pub batch_events: Histogram,
+    pub watermark: Gauge,
+    pub dedup_entries: IntGauge,
+    pub dedup_bytes: IntGauge,
+    pub commit_retries: IntCounter,
+    pub commit_conflicts: IntCounter,
+    pub restarts: IntCounter,
+    pub paused: IntGauge,
+}
+
+impl JobMetrics {
+    /// Metrics that nobody serves (`weir demo`, tests).
+    pub fn detached(job: &str) -> Self {
+        Metrics::new().job(job)
+    }
+
+    pub fn rows_out(&self, table: &str) -> IntCounter {
+        self.metrics.rows_out.with_label_values(&[&self.job, table])
+    }
+
+    pub fn stage(&self, stage: &str, took: Duration) {
+        self.metrics
+            .stage_seconds
+            .with_label_values(&[&self.job, stage])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The end-to-end histogram of one clock (`event` or `kafka`).
+    pub fn end_to_end(&self, clock: &str) -> Histogram {
+        self.metrics
+            .end_to_end_seconds
+            .with_label_values(&[&self.job, clock])
+    }
+
+    pub fn partition(&self, partition: i32, high_watermark: Option<i64>, next: Option<i64>) {
+        let p = partition.to_string();
+        let labels = [self.job.as_str(), p.as_str()];
+        if let Some(high) = high_watermark {
+            self.metrics
+                .high_watermark
+                .with_label_values(&labels)
+                .set(high);
+        }
+        if let Some(next) = next {
+            self.metrics
+                .next_offset
+                .with_label_values(&labels)
+                .set(next);
+        }
+        let high = self.metrics.high_watermark.with_label_values(&labels).get();
+        let next = self.metrics.next_offset.with_label_values(&labels).get();
+        self.metrics
+            .lag
+            .with_label_values(&labels)
+            .set((high - next).max(0));
+    }
+
+    pub fn queue(&self, queue: &str, fill: usize, capacity: usize) {
+        let labels = [self.job.as_str(), queue];
+        self.metrics
+            .queue_fill
+            .with_label_values(&labels)
+            .set(fill as i64);
+        self.metrics
+            .queue_capacity
+            .with_label_values(&labels)
+            .set(capacity as i64);
+    }
+
+    /// Marks the job running, or not running and why (shown by `/healthz`).
+    pub fn set_health(&self, health: Result<(), String>) {
+        self.metrics
+            .health
+            .lock()
+            .unwrap()
+            .insert(self.job.clone(), health);
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(healthz))
+        .with_state(metrics);
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving /metrics and /healthz");
+    }
+    axum::serve(listener, app).await
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
+}
+
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.health() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_carry_the_job_and_health_names_who_is_down() {
+        let metrics = Metrics::new();
+        let job = metrics.job("clicks");
+        job.events_in.inc_by(3);
+        job.rows_out("raw").inc_by(2);
+        job.partition(0, Some(10), Some(4));
+        let text = metrics.render();
+        assert!(
+            text.contains("weir_events_in_total{job=\"clicks\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("weir_rows_out_total{job=\"clicks\",table=\"raw\"} 2"));
+        assert!(text.contains("weir_consumer_lag{job=\"clicks\",partition=\"0\"} 6"));
+        assert_eq!(metrics.health(), Err("clicks: starting".into()));
+        job.set_health(Ok(()));
+        assert_eq!(metrics.health(), Ok(()));
+    }
+}
