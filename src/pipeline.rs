@@ -19,7 +19,7 @@ use arrow::error::ArrowError;
 use chrono::Utc;
 use datafusion::error::DataFusionError;
 use tokio::runtime::Handle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::decode::{Decoder, EVENT_DATE, OFFSET, PARTITION};
 use crate::dedup::Dedup;
@@ -147,26 +147,12 @@ fn fresh_inputs(
 /// `late`) within the horizon of that watermark. State is derived from the
 /// data, never kept beside it.
 async fn restore(job: &Job, sink: &Sink) -> Result<(Watermark, Dedup), PipelineError> {
-    let ts = format!("\"{}\"", job.contract.event_time_name());
     let mut watermark = Watermark::new(&job.contract, job.watermark);
     let newest = newest_rows(&sink.query(&["raw"], &newest_sql(&job.contract)).await?);
     watermark.restore(newest, Instant::now());
 
     let mut dedup = Dedup::new(&job.contract, job.dedup_horizon);
-    let id = format!("\"{}\"", job.contract.event_id_name());
-    let since = watermark.current_us().map_or(String::new(), |w| {
-        let cutoff = w.saturating_sub(job.dedup_horizon.as_micros() as i64);
-        let day = chrono::DateTime::from_timestamp_micros(cutoff).unwrap_or_default();
-        // The date bound prunes partitions; the cast compares exactly.
-        format!(
-            " WHERE {EVENT_DATE} >= DATE '{}' AND CAST({ts} AS BIGINT) >= {cutoff}",
-            day.format("%Y-%m-%d")
-        )
-    });
-    let select =
-        |table: &str| format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM {table}{since}");
-    let sql = format!("{} UNION ALL {}", select("raw"), select("late"));
-    for batch in sink.query(&["raw", "late"], &sql).await? {
+    for batch in accepted_ids(job, sink, watermark.current_us(), None).await? {
         dedup.seed(&batch)?;
     }
     if let Some(w) = watermark.current_us() {
@@ -178,6 +164,42 @@ async fn restore(job: &Job, sink: &Sink) -> Result<(Watermark, Dedup), PipelineE
         "dedup index and watermark restored from the tables"
     );
     Ok((watermark, dedup))
+}
+
+/// The IDs accepted (into `raw` or `late`) within the horizon of
+/// `watermark_us`, with their event times and positions, for `partitions`
+/// (all when `None`): what dedup is seeded with.
+async fn accepted_ids(
+    job: &Job,
+    sink: &Sink,
+    watermark_us: Option<i64>,
+    partitions: Option<&[i32]>,
+) -> Result<Vec<RecordBatch>, PipelineError> {
+    let ts = format!("\"{}\"", job.contract.event_time_name());
+    let id = format!("\"{}\"", job.contract.event_id_name());
+    let mut conditions = Vec::new();
+    if let Some(w) = watermark_us {
+        let cutoff = w.saturating_sub(job.dedup_horizon.as_micros() as i64);
+        let day = chrono::DateTime::from_timestamp_micros(cutoff).unwrap_or_default();
+        // The date bound prunes partitions; the cast compares exactly.
+        conditions.push(format!(
+            "{EVENT_DATE} >= DATE '{}' AND CAST({ts} AS BIGINT) >= {cutoff}",
+            day.format("%Y-%m-%d")
+        ));
+    }
+    if let Some(partitions) = partitions {
+        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        conditions.push(format!("{PARTITION} IN ({})", list.join(", ")));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let select =
+        |table: &str| format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM {table}{filter}");
+    let sql = format!("{} UNION ALL {}", select("raw"), select("late"));
+    Ok(sink.query(&["raw", "late"], &sql).await?)
 }
 
 /// The stored fate of accepted events that `raw` has already settled (offsets
@@ -229,6 +251,7 @@ async fn settled(sink: &Sink, accepted: &RecordBatch) -> Result<Settled, Pipelin
 
 /// A job's running trigger loop.
 pub struct Pipeline {
+    job: Job,
     decoder: Decoder,
     dedup: Mutex<Dedup>,
     watermark: Mutex<Watermark>,
@@ -238,6 +261,10 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     metrics: JobMetrics,
     stop: Arc<AtomicBool>,
+    /// Per partition, the assignment whose accepted IDs dedup holds: a
+    /// partition assigned anew (after a rebalance) is seeded again from the
+    /// tables, since its previous owner accepted IDs this process never saw.
+    seeded: tokio::sync::Mutex<BTreeMap<i32, u64>>,
 }
 
 /// Lets the rebalance callback ask the sink for resume positions.
@@ -292,6 +319,7 @@ impl Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         let source = KafkaSource::connect(job, bootstrap, resolver, metrics.clone(), stop.clone())?;
         Ok(Self {
+            job: job.clone(),
             decoder,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
@@ -301,6 +329,7 @@ impl Pipeline {
             stats: Arc::default(),
             metrics,
             stop,
+            seeded: tokio::sync::Mutex::default(),
         })
     }
 
@@ -340,6 +369,7 @@ impl Pipeline {
         m.stage("decode", clock.elapsed());
 
         let clock = Instant::now();
+        self.seed_reassigned().await?;
         let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
         m.stage("dedup", clock.elapsed());
 
@@ -359,6 +389,10 @@ impl Pipeline {
         let report = report.inspect_err(|e| {
             if e.is_conflict() {
                 m.commit_conflicts.inc();
+                warn!(
+                    error = %e,
+                    "a concurrent commit refused this one: the partition moved to another process (this one is fenced) or upkeep raced it; the batch is dropped and re-read from the tables' positions"
+                );
             }
         })?;
         m.stage("commit", report.elapsed);
@@ -366,6 +400,32 @@ impl Pipeline {
         drop(sink);
         self.source.lock().await.commit_offsets(&next);
         self.record(batch, &report, &split.on_time, duplicates, replayed, &next);
+        Ok(())
+    }
+
+    /// Seeds dedup for partitions assigned since the last trigger (see `seeded`).
+    async fn seed_reassigned(&self) -> Result<(), PipelineError> {
+        let current = self.source.lock().await.generations();
+        let mut seeded = self.seeded.lock().await;
+        let fresh: Vec<i32> = current
+            .iter()
+            .filter(|(p, g)| seeded.get(p) != Some(g))
+            .map(|(p, _)| *p)
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let watermark = self.watermark.lock().unwrap().current_us();
+        let sink = self.sink.lock().await;
+        let batches = accepted_ids(&self.job, &sink, watermark, Some(&fresh)).await?;
+        drop(sink);
+        let mut dedup = self.dedup.lock().unwrap();
+        for batch in &batches {
+            dedup.seed(batch)?;
+        }
+        debug!(partitions = ?fresh, ids = dedup.index().len(), "dedup seeded for newly assigned partitions");
+        seeded.clear();
+        seeded.extend(current);
         Ok(())
     }
 

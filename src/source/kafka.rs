@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -192,7 +191,6 @@ pub struct KafkaSource {
     consumer: Arc<BaseConsumer<WeirContext>>,
     topic: String,
     queue: mpsc::Receiver<Queued>,
-    poller: Option<JoinHandle<()>>,
     metrics: JobMetrics,
 }
 
@@ -254,7 +252,7 @@ impl KafkaSource {
             metrics: metrics.clone(),
             paused: false,
         };
-        let poller = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("weir-poll-{}", job.name))
             .spawn(move || poller.run(&tx, &stop))
             .expect("the OS starts a thread");
@@ -262,7 +260,6 @@ impl KafkaSource {
             consumer,
             topic: job.source.topic.clone(),
             queue,
-            poller: Some(poller),
             metrics,
         })
     }
@@ -297,6 +294,11 @@ impl KafkaSource {
         }
     }
 
+    /// Per assigned partition, the number of its current assignment.
+    pub fn generations(&self) -> BTreeMap<i32, u64> {
+        self.consumer.context().generations.lock().unwrap().clone()
+    }
+
     /// The partitions of the topic this consumer is assigned now.
     pub fn assigned(&self) -> Vec<i32> {
         self.consumer.assignment().map_or_else(
@@ -329,12 +331,11 @@ impl KafkaSource {
 
 impl Drop for KafkaSource {
     fn drop(&mut self) {
-        // Closing the queue ends the poll thread; the consumer leaves the
-        // group when the last reference to it goes.
+        // Closing the queue ends the poll thread at its next look; the
+        // consumer leaves the group when the thread lets go of it. Not joined:
+        // the thread may be inside a rebalance callback that waits on this
+        // runtime, and blocking here could starve it.
         self.queue.close();
-        if let Some(poller) = self.poller.take() {
-            let _ = poller.join();
-        }
     }
 }
 
@@ -352,6 +353,9 @@ impl Poller {
     fn run(mut self, queue: &mpsc::Sender<Queued>, stop: &AtomicBool) {
         let mut carried = Vec::new();
         loop {
+            if queue.is_closed() {
+                return;
+            }
             let started = Instant::now();
             let polled = self
                 .fill(std::mem::take(&mut carried), stop)
