@@ -11,8 +11,8 @@ import signal
 import subprocess
 import time
 
-from conftest import (WEIR, duckdb_connection, duckdb_offsets, duckdb_with_views, polars_offsets,
-                      read_report, table_path, weir, write_job)
+from conftest import (WEIR, duckdb_connection, duckdb_offsets, duckdb_with_views, free_port,
+                      polars_offsets, read_report, table_path, weir, write_job)
 
 # tansu's memory storage skips ahead when a fetch starts inside a record batch
 # (see ../shared/STACK.md); one record per batch keeps every offset addressable.
@@ -50,8 +50,13 @@ def wait_for_count(data, expected: int, timeout: float, proc) -> None:
         time.sleep(0.5)
 
 
+def run_command(job):
+    """`weir run` with its metrics on a free port: test processes may overlap."""
+    return [WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{free_port()}"]
+
+
 def start_run(job, log):
-    return subprocess.Popen([WEIR, "run", str(job)], stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(run_command(job), stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop_gracefully(proc) -> int:
@@ -191,7 +196,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(broker, tmp_path
                 hit = rng.randint(1, 5)
                 table = rng.choice(["raw", "page_views"])
                 env = {**os.environ, "WEIR_FAULTS": f"sink.after_commit.{table}@{hit}:crash"}
-                proc = subprocess.Popen([WEIR, "run", str(job)], stdout=log,
+                proc = subprocess.Popen(run_command(job), stdout=log,
                                         stderr=subprocess.STDOUT, env=env)
                 assert proc.wait(timeout=90) != 0, "the injected crash did not happen"
             else:

@@ -206,6 +206,19 @@ def start(job, port, log, faults=""):
                             stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def test_run_refuses_a_taken_metrics_address(broker, tmp_path):
+    job = write_job(tmp_path / "job.toml", broker, "clicks", tmp_path / "data")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+
+
 def test_a_stalled_process_whose_partitions_moved_is_fenced(broker, tmp_path):
     """Process A stalls for 15 s right after a raw commit, mid-trigger. Process
     B joins and, once A misses the group's poll interval, takes all of A's
