@@ -120,8 +120,10 @@ def test_supervisor_metrics_status_and_secrets(broker, tmp_path):
         assert value(samples, "weir_watermark_seconds", job=job) > 1.7e9
         assert value(samples, "weir_dedup_index_entries", job=job) > 0
         assert value(samples, "weir_queue_capacity", job=job, queue="poll") == 2
-    assert value(samples, "weir_duplicates_total", job="clickstream") == \
-        sum(1 for s in sent_clicks if s.kind == "duplicate")
+    # A batch re-read after a failed trigger is judged again, so its duplicates
+    # count again: at least every re-sent event.
+    assert value(samples, "weir_duplicates_total", job="clickstream") >= \
+        sum(1 for s in sent_clicks if s.kind == "duplicate") > 0
     assert_exactly_once(data, sent_clicks)
     assert_outputs_match_oracle(clicks, sent_clicks)
 

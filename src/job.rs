@@ -1345,6 +1345,34 @@ fields = [
 root = "/tmp/weir-test"
 "#;
 
+    #[test]
+    fn properties_resolve_env_references_when_connecting_and_hide_secrets() {
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("WEIR_JOB_TEST_SECRET", "hunter2");
+        }
+        let text = GOOD.replace(
+            "topic = \"clicks\"",
+            "topic = \"clicks\"\n[source.properties]\n\"sasl.password\" = \"${WEIR_JOB_TEST_SECRET}\"\n\"client.rack\" = \"r-${WEIR_JOB_TEST_SECRET}-x\"\n\"ssl.key.password\" = \"${WEIR_JOB_TEST_UNSET}\"",
+        );
+        let job = parse(&text).unwrap();
+        let debug = format!("{job:?}");
+        assert!(
+            debug.contains("<redacted>") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+        let err = job.kafka_properties().unwrap_err().to_string();
+        assert!(
+            err.contains("WEIR_JOB_TEST_UNSET is not set") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let mut job = job;
+        job.source.properties.remove("ssl.key.password");
+        let resolved = job.kafka_properties().unwrap();
+        assert!(resolved.contains(&("sasl.password".into(), "hunter2".into())));
+        assert!(resolved.contains(&("client.rack".into(), "r-hunter2-x".into())));
+    }
+
     fn parse(text: &str) -> Result<Job, JobError> {
         Job::parse(text, Path::new("jobs/t.toml"), &Overrides::default())
     }
