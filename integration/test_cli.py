@@ -62,6 +62,16 @@ def test_bad_reprocess_requests_exit_2_saying_why(tmp_path):
             assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
+def test_json_logs_are_one_object_per_line(tmp_path):
+    import json
+
+    result = run("--log-format", "json", "demo", "--seconds", 1, "--rate", 200, "--data",
+                 tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert lines and all("level" in line and "fields" in line for line in lines)
+
+
 def test_query_before_the_job_ran_says_so(tmp_path):
     spec = ROOT / "jobs/clickstream.toml"
     result = run("query", "--job", spec, "--data", tmp_path, "SELECT 1")

@@ -120,6 +120,9 @@ def test_supervisor_metrics_status_and_secrets(broker, tmp_path):
         assert value(samples, "weir_watermark_seconds", job=job) > 1.7e9
         assert value(samples, "weir_dedup_index_entries", job=job) > 0
         assert value(samples, "weir_queue_capacity", job=job, queue="poll") == 2
+    # librdkafka's statistics reported the high watermarks lag is measured from.
+    assert any(value(samples, "weir_partition_high_watermark", job="clickstream",
+                     partition=str(p)) > 0 for p in range(3)), text
     # A batch re-read after a failed trigger is judged again, so its duplicates
     # count again: at least every re-sent event.
     assert value(samples, "weir_duplicates_total", job="clickstream") >= \
