@@ -62,6 +62,14 @@ struct JobSpec {
     tiers: TiersSpec,
     #[serde(default)]
     outputs: Vec<OutputSpec>,
+    #[serde(default)]
+    metrics: MetricsSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSpec {
+    addr: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -624,6 +632,8 @@ pub struct Job {
     pub storage: Storage,
     /// Each written to its own table, in the same trigger as `raw`.
     pub outputs: Vec<Output>,
+    /// Where `weir run` serves `/metrics` and `/healthz`, if the spec says.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// What a job derives from its events.
@@ -778,10 +788,24 @@ impl Job {
             }
         }
 
+        let metrics_addr = spec
+            .metrics
+            .addr
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    invalid(
+                        "metrics.addr",
+                        "a socket address like \"127.0.0.1:9898\"",
+                        format!("`{a}`"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Job {
             name: spec.name,
             file: file.to_owned(),
             spec_hash,
+            metrics_addr,
             source,
             contract,
             batching,
@@ -1344,6 +1368,14 @@ fields = [
 [storage]
 root = "/tmp/weir-test"
 "#;
+
+    #[test]
+    fn the_metrics_address_is_a_socket_address() {
+        let job = parse(&format!("{GOOD}[metrics]\naddr = \"0.0.0.0:9100\"\n")).unwrap();
+        assert_eq!(job.metrics_addr, Some("0.0.0.0:9100".parse().unwrap()));
+        let err = parse(&format!("{GOOD}[metrics]\naddr = \"nope\"\n")).unwrap_err();
+        assert!(err.to_string().contains("metrics.addr"), "{err}");
+    }
 
     #[test]
     fn properties_resolve_env_references_when_connecting_and_hide_secrets() {

@@ -128,9 +128,10 @@ struct RunArgs {
     jobs: Vec<PathBuf>,
     #[command(flatten)]
     job_args: JobArgs,
-    /// Where to serve /metrics (Prometheus) and /healthz.
-    #[arg(long, value_name = "ADDR", default_value = weir::metrics::DEFAULT_ADDR)]
-    metrics_addr: std::net::SocketAddr,
+    /// Where to serve /metrics (Prometheus) and /healthz [default: the jobs'
+    /// `metrics.addr`, else 127.0.0.1:9898].
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// On SIGTERM/SIGINT, how long to wait for the batches in flight to commit
     /// before abandoning them (nothing is half-committed either way).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -397,13 +398,24 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         }
         jobs.push(job);
     }
+    let mut addrs: Vec<_> = jobs.iter().filter_map(|j| j.metrics_addr).collect();
+    addrs.sort();
+    addrs.dedup();
+    let metrics_addr = match (args.metrics_addr, addrs.as_slice()) {
+        (Some(addr), _) => addr,
+        (None, []) => weir::metrics::DEFAULT_ADDR.parse().expect("a valid address"),
+        (None, [addr]) => *addr,
+        (None, _) => bail!(Usage(
+            "the jobs give different metrics.addr values; one process serves one: pass --metrics-addr".into()
+        )),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
     let options = weir::run::RunOptions {
         shutdown_timeout: args.shutdown_timeout,
-        metrics_addr: args.metrics_addr,
+        metrics_addr,
     };
-    info!(jobs = jobs.len(), metrics = %args.metrics_addr, "running; SIGINT or SIGTERM stops after the batches in flight");
+    info!(jobs = jobs.len(), metrics = %metrics_addr, "running; SIGINT or SIGTERM stops after the batches in flight");
     weir::run::run(jobs, options, faults_from_env()?, stop).await?;
     Ok(())
 }
