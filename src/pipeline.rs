@@ -21,7 +21,7 @@ use datafusion::error::DataFusionError;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
-use crate::decode::{Decoder, EVENT_DATE, OFFSET, PARTITION};
+use crate::decode::{Decoded, Decoder, EVENT_DATE, OFFSET, PARTITION};
 use crate::dedup::Dedup;
 use crate::fault::Faults;
 use crate::job::{Job, Tier};
@@ -29,7 +29,7 @@ use crate::metrics::JobMetrics;
 use crate::replay::filter_replayed;
 use crate::sink::{CommitReport, SharedSink, Sink, SinkError, TableSpec};
 use crate::source::MicroBatch;
-use crate::source::kafka::{KafkaSource, ResumePositions, SourceError};
+use crate::source::kafka::{Batches, KafkaSource, ResumePositions, SourceError};
 use crate::transform::Transform;
 use crate::watermark::{Settled, Watermark, newest_rows, newest_sql};
 
@@ -75,6 +75,12 @@ impl Stats {
             .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end))
     }
 }
+
+/// Decoded micro-batches that may wait for the commit stage.
+const DECODED_BATCHES: usize = 2;
+
+/// A micro-batch, its decoding, and the time it was decoded at.
+type Decodes = (MicroBatch, Decoded, chrono::DateTime<Utc>);
 
 /// The tables every job writes before its outputs, in commit order: `raw` first
 /// (dedup, the watermark and reprocessing derive from it, and its txn versions
@@ -256,7 +262,8 @@ pub struct Pipeline {
     dedup: Mutex<Dedup>,
     watermark: Mutex<Watermark>,
     outputs: Vec<Transform>,
-    source: tokio::sync::Mutex<KafkaSource>,
+    source: KafkaSource,
+    batches: tokio::sync::Mutex<Batches>,
     sink: SharedSink,
     stats: Arc<Stats>,
     metrics: JobMetrics,
@@ -317,14 +324,16 @@ impl Pipeline {
             runtime: Handle::current(),
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let source = KafkaSource::connect(job, bootstrap, resolver, metrics.clone(), stop.clone())?;
+        let (source, batches) =
+            KafkaSource::connect(job, bootstrap, resolver, metrics.clone(), stop.clone())?;
         Ok(Self {
             job: job.clone(),
             decoder,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
             outputs,
-            source: tokio::sync::Mutex::new(source),
+            source,
+            batches: tokio::sync::Mutex::new(batches),
             sink,
             stats: Arc::default(),
             metrics,
@@ -349,24 +358,55 @@ impl Pipeline {
 
     /// Runs triggers until [`Pipeline::stop`] (the batches already cut are
     /// committed first) or an error.
+    ///
+    /// Two stages with a bounded queue between them: decoding (pure, on a
+    /// blocking thread) runs ahead of the stage that deduplicates, judges,
+    /// transforms and commits, so the next batch is decoded while this one
+    /// commits. Those four stay one stage: the watermark's settled fates and
+    /// the replay filter read the versions the previous commit left.
     pub async fn run(&self) -> Result<(), PipelineError> {
-        loop {
-            let Some(batch) = self.source.lock().await.next_batch().await? else {
-                return Ok(());
-            };
-            self.trigger(&batch).await?;
-        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Decodes>(DECODED_BATCHES);
+        let decode = async move {
+            loop {
+                let Some(batch) = self.batches.lock().await.next_batch().await? else {
+                    return Ok::<_, PipelineError>(());
+                };
+                let decoder = self.decoder.clone();
+                let clock = Instant::now();
+                let decoded = tokio::task::spawn_blocking(move || {
+                    let now = Utc::now();
+                    let decoded = decoder.decode(&batch, now);
+                    decoded.map(|d| (batch, d, now))
+                })
+                .await
+                .expect("decoding does not panic")?;
+                self.metrics.stage("decode", clock.elapsed());
+                self.metrics
+                    .queue("decoded", DECODED_BATCHES - tx.capacity(), DECODED_BATCHES);
+                if tx.send(decoded).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let commit = async {
+            while let Some((batch, decoded, now)) = rx.recv().await {
+                self.trigger(&batch, decoded, now).await?;
+            }
+            Ok(())
+        };
+        tokio::try_join!(decode, commit).map(|_| ())
     }
 
-    /// One trigger: decode, dedup, judge, transform, commit.
-    async fn trigger(&self, batch: &MicroBatch) -> Result<(), PipelineError> {
+    /// One trigger after decoding: dedup, judge, transform, commit.
+    async fn trigger(
+        &self,
+        batch: &MicroBatch,
+        decoded: Decoded,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), PipelineError> {
         let m = &self.metrics;
         let first = batch.first_offsets();
         let next = batch.next_offsets();
-        let now = Utc::now();
-        let clock = Instant::now();
-        let decoded = self.decoder.decode(batch, now)?;
-        m.stage("decode", clock.elapsed());
 
         let clock = Instant::now();
         self.seed_reassigned().await?;
@@ -398,14 +438,14 @@ impl Pipeline {
         m.stage("commit", report.elapsed);
         m.commit_retries.inc_by(report.retries as u64);
         drop(sink);
-        self.source.lock().await.commit_offsets(&next);
+        self.source.commit_offsets(&next);
         self.record(batch, &report, &split.on_time, duplicates, replayed, &next);
         Ok(())
     }
 
     /// Seeds dedup for partitions assigned since the last trigger (see `seeded`).
     async fn seed_reassigned(&self) -> Result<(), PipelineError> {
-        let current = self.source.lock().await.generations();
+        let current = self.source.generations();
         let mut seeded = self.seeded.lock().await;
         let fresh: Vec<i32> = current
             .iter()
@@ -501,11 +541,7 @@ impl Pipeline {
         now: chrono::DateTime<Utc>,
     ) -> Result<crate::watermark::Split, ArrowError> {
         let mut watermark = self.watermark.lock().unwrap();
-        let assigned = self
-            .source
-            .try_lock()
-            .map(|source| source.assigned())
-            .unwrap_or_default();
+        let assigned = self.source.assigned();
         if !assigned.is_empty() {
             watermark.assign(&assigned, Instant::now());
         }

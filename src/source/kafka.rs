@@ -186,10 +186,16 @@ struct Polled {
 
 type Queued = Result<Polled, SourceError>;
 
-/// A job's Kafka input: micro-batches from the poll thread's bounded queue.
+/// A job's Kafka consumer, for what the trigger loop asks of it besides
+/// batches: its assignment and the group offset commits.
 pub struct KafkaSource {
     consumer: Arc<BaseConsumer<WeirContext>>,
     topic: String,
+}
+
+/// The micro-batches the poll thread cuts, from its bounded queue.
+pub struct Batches {
+    consumer: Arc<BaseConsumer<WeirContext>>,
     queue: mpsc::Receiver<Queued>,
     metrics: JobMetrics,
 }
@@ -204,7 +210,7 @@ impl KafkaSource {
         resolver: Arc<dyn ResumePositions>,
         metrics: JobMetrics,
         stop: Arc<AtomicBool>,
-    ) -> Result<Self, SourceError> {
+    ) -> Result<(Self, Batches), SourceError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", bootstrap)
@@ -256,42 +262,16 @@ impl KafkaSource {
             .name(format!("weir-poll-{}", job.name))
             .spawn(move || poller.run(&tx, &stop))
             .expect("the OS starts a thread");
-        Ok(Self {
-            consumer,
-            topic: job.source.topic.clone(),
+        let batches = Batches {
+            consumer: consumer.clone(),
             queue,
             metrics,
-        })
-    }
-
-    /// The next micro-batch, without messages of partitions this consumer has
-    /// lost since it was cut. `None` once the poll thread has stopped.
-    pub async fn next_batch(&mut self) -> Result<Option<MicroBatch>, SourceError> {
-        loop {
-            self.metrics
-                .queue("poll", self.queue.len(), self.queue.max_capacity());
-            let Some(polled) = self.queue.recv().await else {
-                return Ok(None);
-            };
-            let Polled {
-                mut batch,
-                generations,
-            } = polled?;
-            let current = self.consumer.context().generations.lock().unwrap().clone();
-            let before = batch.len();
-            batch
-                .messages
-                .retain(|m| current.get(&m.partition) == generations.get(&m.partition));
-            if batch.len() != before {
-                info!(
-                    dropped = before - batch.len(),
-                    "dropped queued messages of partitions reassigned since; their owner re-reads them"
-                );
-            }
-            if !batch.is_empty() {
-                return Ok(Some(batch));
-            }
-        }
+        };
+        let source = Self {
+            consumer,
+            topic: job.source.topic.clone(),
+        };
+        Ok((source, batches))
     }
 
     /// Per assigned partition, the number of its current assignment.
@@ -329,7 +309,39 @@ impl KafkaSource {
     }
 }
 
-impl Drop for KafkaSource {
+impl Batches {
+    /// The next micro-batch, without messages of partitions this consumer has
+    /// lost since it was cut. `None` once the poll thread has stopped.
+    pub async fn next_batch(&mut self) -> Result<Option<MicroBatch>, SourceError> {
+        loop {
+            self.metrics
+                .queue("poll", self.queue.len(), self.queue.max_capacity());
+            let Some(polled) = self.queue.recv().await else {
+                return Ok(None);
+            };
+            let Polled {
+                mut batch,
+                generations,
+            } = polled?;
+            let current = self.consumer.context().generations.lock().unwrap().clone();
+            let before = batch.len();
+            batch
+                .messages
+                .retain(|m| current.get(&m.partition) == generations.get(&m.partition));
+            if batch.len() != before {
+                info!(
+                    dropped = before - batch.len(),
+                    "dropped queued messages of partitions reassigned since; their owner re-reads them"
+                );
+            }
+            if !batch.is_empty() {
+                return Ok(Some(batch));
+            }
+        }
+    }
+}
+
+impl Drop for Batches {
     fn drop(&mut self) {
         // Closing the queue ends the poll thread at its next look; the
         // consumer leaves the group when the thread lets go of it. Not joined:
