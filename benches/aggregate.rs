@@ -9,7 +9,7 @@ use weir::decode::Decoder;
 use weir::transform::Transform;
 
 fn aggregate(c: &mut Criterion) {
-    let job = common::clickstream();
+    let job = common::clickstream(None);
     let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let outputs = runtime.block_on(Transform::all(&job)).unwrap();

@@ -8,7 +8,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use weir::decode::Decoder;
 
 fn decode(c: &mut Criterion) {
-    let job = common::clickstream();
+    let job = common::clickstream(None);
     let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
     let mut group = c.benchmark_group("decode");
     for (size, malformed) in [

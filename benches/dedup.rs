@@ -11,7 +11,7 @@ use weir::decode::Decoder;
 use weir::dedup::Dedup;
 
 fn dedup(c: &mut Criterion) {
-    let job = common::clickstream();
+    let job = common::clickstream(None);
     let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
     let mut generator = common::generator(&job, 0.0, 0.01, 3);
     let mut offset = 0;

@@ -6,9 +6,14 @@ use weir::job::{Job, Overrides};
 use weir::source::generator::{Generator, Mix};
 use weir::source::{Message, MicroBatch};
 
-pub fn clickstream() -> Job {
+/// The example job; with `data`, its tables go there.
+pub fn clickstream(data: Option<&Path>) -> Job {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
-    Job::load(&path, &Overrides::default()).unwrap()
+    let overrides = Overrides {
+        data: data.map(Path::to_owned),
+        ..Overrides::default()
+    };
+    Job::load(&path, &overrides).unwrap()
 }
 
 pub fn generator(job: &Job, malformed_ratio: f64, duplicate_ratio: f64, seed: u64) -> Generator {
