@@ -77,6 +77,46 @@ def weir(*args, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+def clickstream_job(path: pathlib.Path, replacements=(), warm_root=None, cold_root=None):
+    """The example job with each (old, new) text replacement applied (each must
+    match), and warm and cold rooted where given. Returns `path`."""
+    text = (ROOT / "jobs" / "clickstream.toml").read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    for tier, root in (("warm", warm_root), ("cold", cold_root)):
+        if root:
+            text = text.replace(f"[tiers.{tier}]", f'[tiers.{tier}]\nroot = "{root}"')
+    path.write_text(text)
+    return path
+
+
+def crash_after_each(command, points, check=None):
+    """Runs `command` once per fault point (a `WEIR_FAULTS` plan entry without
+    the action), crashing right after it; `check(point)` runs after each."""
+    for point in points:
+        env = {**os.environ, "WEIR_FAULTS": f"{point}@1:crash"}
+        crashed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        assert crashed.returncode != 0 and "injected crash" in crashed.stderr, crashed.stderr
+        if check:
+            check(point)
+
+
+def kill_at_random_moments(command, times, low, high, check=None):
+    """Starts `command` `times` times and SIGKILLs it after a random delay in
+    [low, high] seconds; `check()` runs after each kill."""
+    import random
+
+    rng = random.Random()
+    for _ in range(times):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(low, high))
+        proc.kill()
+        proc.wait()
+        if check:
+            check()
+
+
 def write_job(path: pathlib.Path, broker: Broker, topic: str, data: pathlib.Path,
               max_events: int = 200) -> pathlib.Path:
     """The clickstream job pointed at `broker`, tuned for a test broker:

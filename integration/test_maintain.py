@@ -11,8 +11,8 @@ import time
 
 import polars as pl
 
-from conftest import (ROOT, WEIR, duckdb_connection, duckdb_with_views, read_report, table_path,
-                      weir, write_job)
+from conftest import (ROOT, WEIR, crash_after_each, duckdb_connection, duckdb_with_views,
+                      kill_at_random_moments, read_report, table_path, weir, write_job)
 from test_broker_e2e import (ONE_RECORD_BATCHES, assert_outputs_match_oracle, positions,
                              start_run, stop_gracefully, wait_for_count, stored)
 
@@ -180,26 +180,19 @@ def test_a_crash_anywhere_in_maintenance_changes_no_answer(tmp_path):
     """Injected crashes after each step of a table's upkeep, then SIGKILLs at
     random moments: every re-run finishes the work, and readers see the same
     rows throughout."""
-    import os
-    import random
-
     job = fast_job(tmp_path / "job.toml")
     data = tmp_path / "data"
     weir("demo", "--job", job, "--seconds", 20, "--rate", 400, "--data", data, timeout=240)
     before = snapshot(job, data)
     command = [WEIR, "maintain", "--job", str(job), "--data", str(data), "--once"]
-    for point in ("fold.page_views", "merge.revenue", "checkpoint.raw", "vacuum.late"):
-        env = {**os.environ, "WEIR_FAULTS": f"maintain.after_{point}@1:crash"}
-        crashed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-        assert crashed.returncode != 0 and "injected crash" in crashed.stderr, crashed.stderr
-        assert snapshot(job, data) == before, f"a crash after {point} changed the answer"
-    rng = random.Random()
-    for _ in range(4):
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.6))
-        proc.kill()
-        proc.wait()
-        assert snapshot(job, data) == before, "a SIGKILL during maintenance changed the answer"
+
+    def unchanged(point="a SIGKILL"):
+        assert snapshot(job, data) == before, f"a crash at {point} changed the answer"
+
+    crash_after_each(command, [f"maintain.after_{p}" for p in
+                               ("fold.page_views", "merge.revenue", "checkpoint.raw",
+                                "vacuum.late")], unchanged)
+    kill_at_random_moments(command, 4, 0.05, 0.6, unchanged)
     weir("maintain", "--job", job, "--data", data, "--once", timeout=240)
     assert snapshot(job, data) == before
     for table in TABLES:

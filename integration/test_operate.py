@@ -9,7 +9,6 @@ import time
 import urllib.error
 import urllib.request
 
-import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import WEIR, duckdb_connection, free_port, read_report, table_path, weir, write_job
@@ -172,8 +171,7 @@ def test_backpressure_bounds_memory_and_loses_nothing(broker, tmp_path):
     with open(tmp_path / "run.log", "w") as log:
         proc = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_until(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200 if _up(port)
-                   else False, 60, proc, "the job to run")
+        wait_until(lambda: healthy(port), 60, proc, "the job to run")
         producer = subprocess.Popen(
             [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "2500",
              "--seconds", "8", "--late-ratio", "0", "--report", str(tmp_path / "sent.csv"),
@@ -197,10 +195,10 @@ def test_backpressure_bounds_memory_and_loses_nothing(broker, tmp_path):
     assert_exactly_once(data, sent)
 
 
-def _up(port):
+def healthy(port):
+    """Whether /healthz answers 200 (False while nothing listens yet)."""
     try:
-        get(f"http://127.0.0.1:{port}/healthz")
-        return True
+        return get(f"http://127.0.0.1:{port}/healthz")[0] == 200
     except OSError:
         return False
 

@@ -8,16 +8,16 @@ live ingest beside a reprocess, and schema evolution."""
 import datetime
 import json
 import os
-import random
 import subprocess
 import time
 
 import polars as pl
 import pytest
 
-from conftest import ROOT, WEIR, read_report, weir, write_job
-from test_broker_e2e import (ONE_RECORD_BATCHES, assert_exactly_once, event_ms, oracle,
-                             start_run, stop_gracefully, stored, wait_for_count)
+from conftest import (WEIR, clickstream_job, crash_after_each, kill_at_random_moments,
+                      read_report, weir, write_job)
+from test_broker_e2e import (ONE_RECORD_BATCHES, event_ms, oracle, start_run, stop_gracefully,
+                             stored, wait_for_count)
 
 NEW_FILTER = "action = 'view' AND country <> 'US'"
 
@@ -25,20 +25,11 @@ NEW_FILTER = "action = 'view' AND country <> 'US'"
 def history_job(path, warm_root=None, cold_root=None, filter=None):
     """The clickstream job with tiers sized for four days of history: hot keeps
     30 h, warm 2 days, cold the rest."""
-    text = (ROOT / "jobs" / "clickstream.toml").read_text()
     replacements = [('max_age = "24h"', 'max_age = "30h"'),
                     ('max_age = "30days"', 'max_age = "2days"')]
     if filter:
         replacements.append(("filter = \"action = 'view'\"", f'filter = "{filter}"'))
-    for old, new in replacements:
-        assert old in text, old
-        text = text.replace(old, new)
-    if warm_root:
-        text = text.replace('max_age = "2days"', f'max_age = "2days"\nroot = "{warm_root}"')
-    if cold_root:
-        text = text.replace("[tiers.cold]", f'[tiers.cold]\nroot = "{cold_root}"')
-    path.write_text(text)
-    return path
+    return clickstream_job(path, replacements, warm_root, cold_root)
 
 
 def query(job, data, sql):
@@ -54,11 +45,11 @@ def day_bounds(day: datetime.date):
 def outputs_by_day(job, data):
     """Every output's final rows, grouped by the date they belong to."""
     out = {}
-    for output, columns, time in (
+    for output, columns, clock in (
             ("page_views", "page, country, views, visitors", "window_start"),
             ("revenue", "page, country, purchases, round(revenue, 6) AS revenue", "window_start"),
             ("purchases", "event_id, price", "ts")):
-        sql = f"SELECT CAST({time} AS BIGINT) AS w, {columns} FROM {output}"
+        sql = f"SELECT CAST({clock} AS BIGINT) AS w, {columns} FROM {output}"
         names = ["w"] + [c.split(" AS ")[-1].strip() for c in columns.split(",")]
         for row in query(job, data, sql):
             day = datetime.datetime.fromtimestamp(row["w"] / 1e6, datetime.timezone.utc).date()
@@ -164,16 +155,9 @@ def test_reprocess_one_day_under_a_new_definition(remote, request, tmp_path):
 
     # Crashes right after a commit, and SIGKILLs at random moments.
     command = [WEIR, "reprocess", "--job", str(new), "--data", str(data), *span]
-    for point in ("page_views.warm", "revenue.warm"):
-        env = {**os.environ, "WEIR_FAULTS": f"reprocess.after_commit.{point}@1:crash"}
-        crashed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-        assert crashed.returncode != 0 and "injected crash" in crashed.stderr, crashed.stderr
-    rng = random.Random()
-    for _ in range(3):
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 1.5))
-        proc.kill()
-        proc.wait()
+    crash_after_each(command, ["reprocess.after_commit.page_views.warm",
+                               "reprocess.after_commit.revenue.warm"])
+    kill_at_random_moments(command, 3, 0.2, 1.5)
     report = weir(*command[1:], timeout=240).stdout
     assert "replaced" in report, report
 

@@ -12,27 +12,19 @@ import time
 import polars as pl
 import pytest
 
-from conftest import ROOT, WEIR, duckdb_with_views, weir
+from conftest import WEIR, clickstream_job, crash_after_each, duckdb_with_views, weir
 from test_maintain import rows, totals_never_change
 
 
 def tier_job(path, warm_root=None, cold_root=None):
     """The clickstream job aged in seconds: 2 s windows, lateness and dedup
     horizon; hot keeps 5 s, warm 10 s, cold the rest."""
-    text = (ROOT / "jobs" / "clickstream.toml").read_text()
-    for old, new in (('window = "1m"', 'window = "2s"'),
-                     ('allowed_lateness = "1m"', 'allowed_lateness = "2s"'),
-                     ('horizon = "1h"', 'horizon = "2s"'),
-                     ('max_age = "24h"', 'max_age = "5s"'),
-                     ('max_age = "30days"', 'max_age = "10s"')):
-        assert old in text, old
-        text = text.replace(old, new)
-    if warm_root:
-        text = text.replace('max_age = "10s"', f'max_age = "10s"\nroot = "{warm_root}"')
-    if cold_root:
-        text = text.replace("[tiers.cold]", f'[tiers.cold]\nroot = "{cold_root}"')
-    path.write_text(text)
-    return path
+    return clickstream_job(path, (('window = "1m"', 'window = "2s"'),
+                                  ('allowed_lateness = "1m"', 'allowed_lateness = "2s"'),
+                                  ('horizon = "1h"', 'horizon = "2s"'),
+                                  ('max_age = "24h"', 'max_age = "5s"'),
+                                  ('max_age = "30days"', 'max_age = "10s"')),
+                           warm_root, cold_root)
 
 
 def query(job, data, sql):
@@ -79,11 +71,12 @@ def test_moves_keep_every_answer_through_crashes_and_concurrent_reads(remote, re
     # A crash between a move's two commits: the copies are hidden, the answer
     # is unchanged; the re-run finishes the move without writing it again.
     # Each point is in a table the crashed runs before it never reached.
-    for point in ("move_write.raw", "move_delete.page_views", "move_write.revenue"):
-        env = {**os.environ, "WEIR_FAULTS": f"maintain.after_{point}@1:crash"}
-        crashed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-        assert crashed.returncode != 0 and "injected crash" in crashed.stderr, crashed.stderr
-        assert snapshot(job, data) == before, f"a crash after {point} changed the answer"
+    def unchanged(point):
+        assert snapshot(job, data) == before, f"a crash at {point} changed the answer"
+
+    crash_after_each(command, [f"maintain.after_{p}" for p in
+                               ("move_write.raw", "move_delete.page_views", "move_write.revenue")],
+                     unchanged)
     resumed = weir("maintain", "--job", job, "--data", data, "--once", timeout=240).stdout
     assert "resumed" in resumed, resumed
     assert snapshot(job, data) == before
