@@ -541,7 +541,7 @@ impl Pipeline {
         now: chrono::DateTime<Utc>,
     ) -> Result<crate::watermark::Split, ArrowError> {
         let mut watermark = self.watermark.lock().unwrap();
-        let assigned = self.source.assigned();
+        let assigned: Vec<i32> = self.source.generations().into_keys().collect();
         if !assigned.is_empty() {
             watermark.assign(&assigned, Instant::now());
         }

@@ -100,7 +100,9 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
 /// The job's watermark (µs) as restored from `raw`: never ahead of the live
 /// one, so every window or range it calls closed is closed for ingest too.
 pub async fn restored_watermark(job: &Job) -> Result<Option<i64>, QueryError> {
-    let (_, batches) = run(job, &newest_sql(&job.contract)).await?;
+    let ctx = SessionContext::new();
+    register_tiers(&ctx, job, "raw", "raw").await?;
+    let batches = ctx.sql(&newest_sql(&job.contract)).await?.collect().await?;
     let mut watermark = Watermark::new(&job.contract, job.watermark);
     watermark.restore(newest_rows(&batches), std::time::Instant::now());
     Ok(watermark.current_us())

@@ -180,12 +180,9 @@ async fn supervise(
             "job failed; restarting"
         );
         metrics.set_health(Err(format!("restarting after: {cause}")));
-        let resume = Instant::now() + backoff;
-        while Instant::now() < resume {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = wait_for(&stop) => return Ok(()),
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

@@ -25,17 +25,10 @@ pub struct Incompatible {
     pub migrate: String,
 }
 
-/// What a table stores: its schema, partition columns and properties.
+/// A table's shape: its schema, partition columns and event ID column (the
+/// `weir.eventId` property), as stored or as the job writes it.
 #[derive(Debug, Clone, Copy)]
-pub struct Stored<'a> {
-    pub schema: &'a StructType,
-    pub partition_columns: &'a [String],
-    pub event_id: Option<&'a str>,
-}
-
-/// What the job writes to the table.
-#[derive(Debug, Clone, Copy)]
-pub struct Wanted<'a> {
+pub struct Shape<'a> {
     pub schema: &'a StructType,
     pub partition_columns: &'a [String],
     pub event_id: Option<&'a str>,
@@ -43,7 +36,7 @@ pub struct Wanted<'a> {
 
 /// The columns to add so that `stored` takes `wanted` (always nullable: the
 /// rows already stored have no value), or why it cannot.
-pub fn evolve(stored: Stored<'_>, wanted: Wanted<'_>) -> Result<Vec<StructField>, Incompatible> {
+pub fn evolve(stored: Shape<'_>, wanted: Shape<'_>) -> Result<Vec<StructField>, Incompatible> {
     if let (Some(was), Some(now)) = (stored.event_id, wanted.event_id)
         && was != now
     {
@@ -159,12 +152,12 @@ mod tests {
     ) -> Result<Vec<StructField>, Incompatible> {
         let parts = ["_event_date".to_owned()];
         evolve(
-            Stored {
+            Shape {
                 schema: stored,
                 partition_columns: &parts,
                 event_id: Some(ids.0),
             },
-            Wanted {
+            Shape {
                 schema: wanted,
                 partition_columns: &parts,
                 event_id: Some(ids.1),

@@ -227,10 +227,8 @@ async fn committed_offsets(
             table: name.clone(),
             source: Box::new(source),
         };
-        let snapshot = table.snapshot().map_err(log)?;
         for &p in partitions {
-            let version = snapshot
-                .transaction_version(table.log_store().as_ref(), job.app_id(p))
+            let version = crate::tier::txn_version(&table, &job.app_id(p))
                 .await
                 .map_err(log)?;
             if let Some(v) = version {

@@ -36,7 +36,7 @@ use url::Url;
 use crate::fault::{FaultError, Faults};
 use crate::job::Job;
 use crate::metrics::JobMetrics;
-use crate::schema::{EVENT_ID_PROPERTY, Incompatible, Stored, Wanted, conform};
+use crate::schema::{EVENT_ID_PROPERTY, Incompatible, Shape, conform};
 
 /// Commits between Delta checkpoints, so the log stays cheap to read.
 pub const CHECKPOINT_INTERVAL: u64 = 100;
@@ -316,7 +316,7 @@ async fn evolve(
     let stored_columns = snapshot.schema();
     let metadata = snapshot.metadata();
     let added = crate::schema::evolve(
-        Stored {
+        Shape {
             schema: &stored_columns,
             partition_columns: metadata.partition_columns(),
             event_id: metadata
@@ -324,7 +324,7 @@ async fn evolve(
                 .get(EVENT_ID_PROPERTY)
                 .map(String::as_str),
         },
-        Wanted {
+        Shape {
             schema: columns,
             partition_columns: &spec.partition_columns,
             event_id: spec.event_id.as_deref(),

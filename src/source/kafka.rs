@@ -274,22 +274,10 @@ impl KafkaSource {
         Ok((source, batches))
     }
 
-    /// Per assigned partition, the number of its current assignment.
+    /// Per assigned partition (the keys: the assignment), the number of its
+    /// current assignment.
     pub fn generations(&self) -> BTreeMap<i32, u64> {
         self.consumer.context().generations.lock().unwrap().clone()
-    }
-
-    /// The partitions of the topic this consumer is assigned now.
-    pub fn assigned(&self) -> Vec<i32> {
-        self.consumer.assignment().map_or_else(
-            |_| Vec::new(),
-            |tpl| {
-                tpl.elements_for_topic(&self.topic)
-                    .iter()
-                    .map(|e| e.partition())
-                    .collect()
-            },
-        )
     }
 
     /// Records progress in the consumer group, for lag monitoring only:
