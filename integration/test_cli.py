@@ -45,7 +45,7 @@ def test_missing_job_file_exits_2(tmp_path):
 
 def test_every_command_has_help():
     for command in ([], ["demo"], ["run"], ["produce"], ["query"], ["views"], ["maintain"],
-                    ["reprocess"], ["verify"]):
+                    ["reprocess"], ["verify"], ["status"], ["bench"], ["tune"]):
         result = run(*command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
 

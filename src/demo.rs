@@ -209,6 +209,7 @@ async fn run_against(
     let pipeline =
         Arc::new(Pipeline::start(job, bootstrap, options.faults.clone(), metrics).await?);
     let stats = pipeline.stats();
+    stats.keep_samples();
     let task = {
         let pipeline = pipeline.clone();
         tokio::spawn(async move { pipeline.run().await })
@@ -255,7 +256,12 @@ async fn run_against(
         return Err(DemoError::Drain(options.drain_timeout));
     }
 
-    let latencies = stats.commit_latencies.lock().unwrap().clone();
+    let latencies: Vec<Duration> = stats
+        .take_samples()
+        .triggers
+        .iter()
+        .map(|t| t.commit)
+        .collect();
     let tables = pipeline
         .sink()
         .lock()

@@ -49,7 +49,7 @@ struct JobSpec {
     name: String,
     source: SourceSpec,
     schema: SchemaSpec,
-    #[serde(default)]
+    #[serde(default, alias = "batch")]
     batching: BatchingSpec,
     #[serde(default)]
     dedup: DedupSpec,
@@ -221,6 +221,14 @@ struct BatchingSpec {
     max_events: u64,
     #[serde(default = "default_max_wait_ms")]
     max_wait_ms: u64,
+    #[serde(default)]
+    adaptive: Option<AdaptiveSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdaptiveSpec {
+    target_p99_ms: u64,
 }
 
 impl Default for BatchingSpec {
@@ -229,6 +237,7 @@ impl Default for BatchingSpec {
             min_events: default_min_events(),
             max_events: default_max_events(),
             max_wait_ms: default_max_wait_ms(),
+            adaptive: None,
         }
     }
 }
@@ -517,6 +526,15 @@ pub struct Batching {
     pub min_events: usize,
     pub max_events: usize,
     pub max_wait: Duration,
+    /// With a target, the loop picks its batch cap within
+    /// `[min_events, max_events]` itself (see [`crate::adaptive`]).
+    pub adaptive: Option<Adaptive>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adaptive {
+    /// The p99 of produced → committed to stay under.
+    pub target_p99: Duration,
 }
 
 /// A storage tier. Ingest writes to hot; `weir maintain` moves rows to warm
@@ -1341,10 +1359,24 @@ fn validate_batching(spec: BatchingSpec, invalid: &Invalid) -> Result<Batching, 
             spec.max_wait_ms.to_string(),
         ));
     }
+    let adaptive = match spec.adaptive {
+        None => None,
+        Some(a) if (10..=3_600_000).contains(&a.target_p99_ms) => Some(Adaptive {
+            target_p99: Duration::from_millis(a.target_p99_ms),
+        }),
+        Some(a) => {
+            return Err(invalid(
+                "batching.adaptive.target_p99_ms",
+                "milliseconds between 10 and 3600000",
+                a.target_p99_ms.to_string(),
+            ));
+        }
+    };
     Ok(Batching {
         min_events: spec.min_events as usize,
         max_events: spec.max_events as usize,
         max_wait: Duration::from_millis(spec.max_wait_ms),
+        adaptive,
     })
 }
 
@@ -1456,6 +1488,28 @@ root = "/tmp/weir-test"
         assert_eq!(job.storage.root.as_str(), "file:///tmp/elsewhere/");
         assert_eq!(job.source.brokers, Brokers::Embedded);
         assert_eq!(job.source.topic, "other");
+    }
+
+    #[test]
+    fn adaptive_batching_is_read_under_batch_or_batching() {
+        for section in ["batch", "batching"] {
+            let text = GOOD.replace(
+                "[storage]",
+                &format!("[{section}]\nadaptive = {{ target_p99_ms = 150 }}\n[storage]"),
+            );
+            let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
+            assert_eq!(
+                job.batching.adaptive,
+                Some(Adaptive {
+                    target_p99: Duration::from_millis(150)
+                })
+            );
+        }
+        let err = error_of(&GOOD.replace(
+            "[storage]",
+            "[batching]\nadaptive = { target_p99_ms = 1 }\n[storage]",
+        ));
+        assert!(err.contains("batching.adaptive.target_p99_ms"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! (Delta commits carrying the Kafka offsets). [`pipeline`] is the trigger loop
 //! that drives it; [`job`] is the validated job spec everything runs on.
 
+pub mod adaptive;
+pub mod bench;
 pub mod decode;
 pub mod dedup;
 pub mod demo;

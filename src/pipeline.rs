@@ -21,6 +21,7 @@ use datafusion::error::DataFusionError;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
+use crate::adaptive::{BatchCap, Controller, Observation};
 use crate::decode::{Decoded, Decoder, EVENT_DATE, OFFSET, PARTITION};
 use crate::dedup::Dedup;
 use crate::fault::Faults;
@@ -30,6 +31,7 @@ use crate::replay::filter_replayed;
 use crate::sink::{CommitReport, SharedSink, Sink, SinkError, TableSpec};
 use crate::source::MicroBatch;
 use crate::source::kafka::{Batches, KafkaSource, ResumePositions, SourceError};
+use crate::telemetry::quantile;
 use crate::transform::Transform;
 use crate::watermark::{Settled, Watermark, newest_rows, newest_sql};
 
@@ -61,12 +63,44 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Rows re-read after a restart that the tables already held.
     pub replayed: AtomicU64,
-    pub commit_latencies: Mutex<Vec<Duration>>,
     /// Per partition, the next offset every table holds.
     pub positions: Mutex<BTreeMap<i32, i64>>,
+    /// Exact per-trigger and per-event samples, kept only when asked for (the
+    /// demo and the bench): a long-running job would grow them without bound.
+    samples: Mutex<Option<Samples>>,
+}
+
+/// What one committed trigger took.
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerSample {
+    pub committed: Instant,
+    pub events: usize,
+    pub commit: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub triggers: Vec<TriggerSample>,
+    /// Per message with a Kafka timestamp: produced → committed.
+    pub end_to_end: Vec<Duration>,
 }
 
 impl Stats {
+    /// Starts keeping [`Samples`] (from now on).
+    pub fn keep_samples(&self) {
+        *self.samples.lock().unwrap() = Some(Samples::default());
+    }
+
+    /// The samples kept since [`Stats::keep_samples`] or the last take.
+    pub fn take_samples(&self) -> Samples {
+        self.samples
+            .lock()
+            .unwrap()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// Whether every partition in `targets` has been committed up to its offset.
     pub fn reached(&self, targets: &BTreeMap<i32, i64>) -> bool {
         let positions = self.positions.lock().unwrap();
@@ -208,6 +242,17 @@ async fn accepted_ids(
     Ok(sink.query(&["raw", "late"], &sql).await?)
 }
 
+/// Per message with a Kafka timestamp, how long ago (from `committed_us`) it
+/// was produced.
+fn produced_to_committed(batch: &MicroBatch, committed_us: i64) -> Vec<Duration> {
+    batch
+        .messages
+        .iter()
+        .filter_map(|m| m.kafka_ts)
+        .map(|ms| Duration::from_micros((committed_us - ms * 1000).max(0) as u64))
+        .collect()
+}
+
 /// The stored fate of accepted events that `raw` has already settled (offsets
 /// below its txn version): those in `raw` were on time, the others late. Only
 /// re-reads after a restart or rebalance hit the table.
@@ -255,6 +300,18 @@ async fn settled(sink: &Sink, accepted: &RecordBatch) -> Result<Settled, Pipelin
     Ok(Settled { below, on_time })
 }
 
+/// What one committed trigger did, for the stats and the metrics.
+struct Outcome<'a> {
+    report: &'a CommitReport,
+    on_time: &'a RecordBatch,
+    duplicates: usize,
+    replayed: usize,
+    next: &'a BTreeMap<i32, i64>,
+    committed_us: i64,
+    /// Per message, produced → committed.
+    produced: Vec<Duration>,
+}
+
 /// A job's running trigger loop.
 pub struct Pipeline {
     job: Job,
@@ -268,6 +325,8 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     metrics: JobMetrics,
     stop: Arc<AtomicBool>,
+    /// With adaptive batching, what sets the poller's batch cap.
+    adaptive: Option<Mutex<Controller>>,
     /// Per partition, the assignment whose accepted IDs dedup holds: a
     /// partition assigned anew (after a rebalance) is seeded again from the
     /// tables, since its previous owner accepted IDs this process never saw.
@@ -324,8 +383,16 @@ impl Pipeline {
             runtime: Handle::current(),
         });
         let stop = Arc::new(AtomicBool::new(false));
+        let adaptive = job
+            .batching
+            .adaptive
+            .map(|a| Controller::new(a.target_p99, &job.batching));
+        let cap = adaptive
+            .as_ref()
+            .map_or_else(|| BatchCap::new(job.batching.max_events), Controller::cap);
+        metrics.batch_cap.set(cap.get() as i64);
         let (source, batches) =
-            KafkaSource::connect(job, bootstrap, resolver, metrics.clone(), stop.clone())?;
+            KafkaSource::connect(job, bootstrap, resolver, metrics.clone(), stop.clone(), cap)?;
         Ok(Self {
             job: job.clone(),
             decoder,
@@ -338,6 +405,7 @@ impl Pipeline {
             stats: Arc::default(),
             metrics,
             stop,
+            adaptive: adaptive.map(Mutex::new),
             seeded: tokio::sync::Mutex::default(),
         })
     }
@@ -439,7 +507,21 @@ impl Pipeline {
         m.commit_retries.inc_by(report.retries as u64);
         drop(sink);
         self.source.commit_offsets(&next);
-        self.record(batch, &report, &split.on_time, duplicates, replayed, &next);
+        let committed_us = Utc::now().timestamp_micros();
+        let produced = produced_to_committed(batch, committed_us);
+        self.adapt(batch.len(), &produced);
+        self.record(
+            batch,
+            Outcome {
+                report: &report,
+                on_time: &split.on_time,
+                duplicates,
+                replayed,
+                next: &next,
+                committed_us,
+                produced,
+            },
+        );
         Ok(())
     }
 
@@ -470,15 +552,16 @@ impl Pipeline {
     }
 
     /// Counts one committed trigger in the stats and the metrics.
-    fn record(
-        &self,
-        batch: &MicroBatch,
-        report: &CommitReport,
-        on_time: &RecordBatch,
-        duplicates: usize,
-        replayed: usize,
-        next: &BTreeMap<i32, i64>,
-    ) {
+    fn record(&self, batch: &MicroBatch, outcome: Outcome<'_>) {
+        let Outcome {
+            report,
+            on_time,
+            duplicates,
+            replayed,
+            next,
+            committed_us,
+            produced,
+        } = outcome;
         debug!(
             events = batch.len(),
             raw = report.written[0],
@@ -499,7 +582,6 @@ impl Pipeline {
             .fetch_add(report.written[2] as u64, Ordering::Relaxed);
         s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
         s.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
-        s.commit_latencies.lock().unwrap().push(report.elapsed);
         s.positions.lock().unwrap().extend(next);
 
         let m = &self.metrics;
@@ -510,7 +592,6 @@ impl Pipeline {
         for (&p, &offset) in next {
             m.partition(p, None, Some(offset));
         }
-        let committed_us = Utc::now().timestamp_micros();
         let since = |us: i64| (committed_us - us).max(0) as f64 / 1e6;
         let event = m.end_to_end("event");
         if let Some(times) = on_time
@@ -520,8 +601,14 @@ impl Pipeline {
             times.values().iter().for_each(|t| event.observe(since(*t)));
         }
         let kafka = m.end_to_end("kafka");
-        for ms in batch.messages.iter().filter_map(|m| m.kafka_ts) {
-            kafka.observe(since(ms * 1000));
+        produced.iter().for_each(|d| kafka.observe(d.as_secs_f64()));
+        if let Some(samples) = s.samples.lock().unwrap().as_mut() {
+            samples.triggers.push(TriggerSample {
+                committed: Instant::now(),
+                events: batch.len(),
+                commit: report.elapsed,
+            });
+            samples.end_to_end.extend(produced);
         }
         let dedup = self.dedup.lock().unwrap();
         m.dedup_entries.set(dedup.index().len() as i64);
@@ -529,6 +616,26 @@ impl Pipeline {
         drop(dedup);
         if let Some(w) = self.watermark.lock().unwrap().current_us() {
             m.watermark.set(w as f64 / 1e6);
+        }
+    }
+
+    /// Feeds adaptive batching one trigger: its events and the p99 of their
+    /// produced → committed.
+    fn adapt(&self, events: usize, produced: &[Duration]) {
+        let Some(controller) = &self.adaptive else {
+            return;
+        };
+        let observation = Observation {
+            events,
+            p99: quantile(produced, 0.99).unwrap_or_default(),
+        };
+        if let Some(cap) = controller.lock().unwrap().observe(observation) {
+            debug!(
+                cap,
+                p99_ms = observation.p99.as_millis() as u64,
+                "adaptive batching moved the batch cap"
+            );
+            self.metrics.batch_cap.set(cap as i64);
         }
     }
 

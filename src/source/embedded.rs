@@ -20,6 +20,10 @@ impl EmbeddedBroker {
         Ok(Self { cluster })
     }
 
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+        self.cluster.create_topic(topic, partitions, 1)
+    }
+
     /// The bootstrap list clients connect to.
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()

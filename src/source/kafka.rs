@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{Message, MicroBatch};
+use crate::adaptive::BatchCap;
 use crate::job::{Batching, Job};
 use crate::metrics::JobMetrics;
 
@@ -39,6 +40,11 @@ pub const QUEUE_BATCHES: usize = 2;
 
 /// How long one poll blocks while no batch is open, so a stop request is seen promptly.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long one poll blocks while a cut batch grows waiting for queue room, so
+/// room is noticed promptly.
+const GROW_POLL: Duration = Duration::from_millis(2);
+/// How long a full batch waits for queue room before the partitions are paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -203,13 +209,15 @@ pub struct Batches {
 impl KafkaSource {
     /// Creates the consumer, subscribes, and starts the poll thread, which
     /// runs until `stop` is set (its last batch is still delivered) or the
-    /// source is dropped. `bootstrap` is the resolved broker list.
+    /// source is dropped. `bootstrap` is the resolved broker list; batches
+    /// are cut at `cap` events at most.
     pub fn connect(
         job: &Job,
         bootstrap: &str,
         resolver: Arc<dyn ResumePositions>,
         metrics: JobMetrics,
         stop: Arc<AtomicBool>,
+        cap: BatchCap,
     ) -> Result<(Self, Batches), SourceError> {
         let mut config = ClientConfig::new();
         config
@@ -255,6 +263,7 @@ impl KafkaSource {
             consumer: consumer.clone(),
             topic: job.source.topic.clone(),
             batching: job.batching,
+            cap: cap.clone(),
             metrics: metrics.clone(),
             paused: false,
         };
@@ -345,6 +354,8 @@ struct Poller {
     consumer: Arc<BaseConsumer<WeirContext>>,
     topic: String,
     batching: Batching,
+    /// The batch cap in force: `max_events`, or the adaptive controller's.
+    cap: BatchCap,
     metrics: JobMetrics,
     paused: bool,
 }
@@ -385,10 +396,14 @@ impl Poller {
         }
     }
 
-    /// Queues `item`, pausing the partitions while the queue is full and
-    /// polling meanwhile (heartbeats, rebalances); a message that still
-    /// arrives (from a partition assigned meanwhile) is carried into the next
-    /// batch. Returns `false` when the queue is closed.
+    /// Queues `item`. While the queue is full the stages after this one are
+    /// busy, so the waiting batch keeps growing up to the cap (a batch that
+    /// waits anyway may as well carry more: that is what lets a loop that
+    /// fell behind catch up). At the cap it waits; past [`PAUSE_AFTER`] the
+    /// partitions are paused (pausing drops librdkafka's prefetched messages,
+    /// so short waits do without) and polling goes on (rebalances); a message
+    /// that still arrives (from a partition assigned meanwhile) is carried
+    /// into the next batch. Returns `false` when the queue is closed.
     fn enqueue(
         &mut self,
         queue: &mpsc::Sender<Queued>,
@@ -396,6 +411,7 @@ impl Poller {
         carried: &mut Vec<Message>,
     ) -> bool {
         let mut item = item;
+        let waiting = Instant::now();
         loop {
             match queue.try_send(item) {
                 Ok(()) => {
@@ -405,9 +421,26 @@ impl Poller {
                 Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     item = back;
-                    self.set_paused(true);
-                    match self.consumer.poll(IDLE_POLL) {
-                        Some(Ok(m)) => carried.push(to_message(&m)),
+                    self.cap.queue_full();
+                    let growing = match &mut item {
+                        Ok(polled) if polled.batch.len() < self.cap.get() => Some(polled),
+                        _ => None,
+                    };
+                    if growing.is_none() && waiting.elapsed() < PAUSE_AFTER {
+                        std::thread::sleep(GROW_POLL);
+                        continue;
+                    }
+                    self.set_paused(growing.is_none());
+                    let timeout = if growing.is_some() {
+                        GROW_POLL
+                    } else {
+                        IDLE_POLL
+                    };
+                    match self.consumer.poll(timeout) {
+                        Some(Ok(m)) => match growing {
+                            Some(polled) => self.grow(polled, to_message(&m)),
+                            None => carried.push(to_message(&m)),
+                        },
                         Some(Err(e)) => {
                             if let Err(fatal) = self.on_error(e) {
                                 let _ = queue.blocking_send(Err(fatal));
@@ -419,6 +452,14 @@ impl Poller {
                 }
             }
         }
+    }
+
+    /// Adds a message to a cut batch still waiting for room in the queue; the
+    /// batch then stands for the assignment as it is now.
+    fn grow(&self, polled: &mut Polled, message: Message) {
+        polled.batch.messages.push(message);
+        self.drop_revoked(&mut polled.batch.messages);
+        polled.generations = self.consumer.context().generations.lock().unwrap().clone();
     }
 
     /// Pauses (or resumes) every assigned partition. Pausing again after a
@@ -454,9 +495,10 @@ impl Poller {
     fn fill(&self, carried: Vec<Message>, stop: &AtomicBool) -> Result<Vec<Message>, SourceError> {
         let Batching {
             min_events,
-            max_events,
             max_wait,
+            ..
         } = self.batching;
+        let max_events = self.cap.get();
         let mut messages: Vec<Message> = carried;
         messages.reserve(max_events);
         let mut deadline: Option<Instant> =
