@@ -44,7 +44,7 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// room is noticed promptly.
 const GROW_POLL: Duration = Duration::from_millis(2);
 /// How long a full batch waits for queue room before the partitions are paused.
-const PAUSE_AFTER: Duration = Duration::from_secs(1);
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
