@@ -446,7 +446,9 @@ fn point_job(
     job.batching = Batching {
         min_events: size,
         max_events: size,
-        max_wait: (fill * 4).clamp(base.batching.max_wait, Duration::from_secs(60)),
+        max_wait: fill
+            .mul_f64(1.5)
+            .clamp(base.batching.max_wait, Duration::from_secs(60)),
         adaptive: None,
     };
     Ok(job)
@@ -526,7 +528,7 @@ impl Phase<'_> {
                 timeout,
             });
         }
-        Ok(drain_rate(&samples))
+        Ok(drain_rate(&samples, self.size))
     }
 
     /// Feeds the topic at the offered rate after a warm-up (the consumer
@@ -602,13 +604,19 @@ async fn finish(pipeline: Arc<Pipeline>, task: PipelineTask) -> Result<Samples, 
     Ok(pipeline.stats().take_samples())
 }
 
-/// Events per second between the first trigger's commit and the last: the
-/// first trigger waited for the group to join, the rest ran back to back.
-fn drain_rate(samples: &Samples) -> f64 {
-    let [first, .., last] = samples.triggers.as_slice() else {
+/// Events per second between the first trigger's commit and the last full
+/// one: the first trigger waited for the group to join, the rest ran back to
+/// back, and a partial one at the end waited for the backlog's tail.
+fn drain_rate(samples: &Samples, size: usize) -> f64 {
+    let full = samples.triggers.iter().rposition(|t| t.events >= size);
+    let triggers = match full {
+        Some(last) if last > 0 => &samples.triggers[..=last],
+        _ => &samples.triggers[..],
+    };
+    let [first, .., last] = triggers else {
         return 0.0;
     };
-    let events: usize = samples.triggers[1..].iter().map(|t| t.events).sum();
+    let events: usize = triggers[1..].iter().map(|t| t.events).sum();
     events as f64 / (last.committed - first.committed).as_secs_f64().max(1e-9)
 }
 
@@ -659,5 +667,37 @@ fn consume_rate(bootstrap: &str, topic: &str, sent: &Sent) -> Result<f64, BenchE
             expected: sent.events,
             timeout,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::TriggerSample;
+
+    #[test]
+    fn drain_rate_skips_the_join_and_the_partial_tail() {
+        let t0 = Instant::now();
+        let trigger = |secs: u64, events: usize| TriggerSample {
+            committed: t0 + Duration::from_secs(secs),
+            events,
+            commit: Duration::from_millis(10),
+        };
+        let samples = Samples {
+            triggers: vec![
+                trigger(0, 1000),
+                trigger(1, 1000),
+                trigger(2, 1000),
+                trigger(7, 300),
+            ],
+            end_to_end: Vec::new(),
+        };
+        assert_eq!(drain_rate(&samples, 1000), 1000.0);
+        // Nothing full after the first: the whole run counts.
+        let partial = Samples {
+            triggers: vec![trigger(0, 1000), trigger(4, 400)],
+            end_to_end: Vec::new(),
+        };
+        assert_eq!(drain_rate(&partial, 1000), 100.0);
     }
 }

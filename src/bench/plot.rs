@@ -59,7 +59,8 @@ fn draw(report: &BenchReport, path: &Path) -> Result<(), Box<dyn std::error::Err
         .fold((report.raw_consume, report.raw_consume), |(lo, hi), y| {
             (lo.min(y), hi.max(y))
         });
-    let (y_lo, y_hi) = ((y_lo / 2.0).max(1.0), (y_hi * 2.0).max(10.0));
+    // Headroom above the ceiling for the legend.
+    let (y_lo, y_hi) = ((y_lo / 2.0).max(1.0), (y_hi * 8.0).max(10.0));
 
     let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -112,7 +113,7 @@ fn draw(report: &BenchReport, path: &Path) -> Result<(), Box<dyn std::error::Err
     }))?;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .label_font((FONT, 14))
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)

@@ -164,7 +164,9 @@ impl TableSink {
             .iter()
             .map(|(p, v)| Transaction::new(job.app_id(*p), *v))
             .collect();
+        // Log cleanup lists the whole log on every commit; upkeep does it.
         let properties = CommitProperties::default()
+            .with_cleanup_expired_logs(Some(false))
             .with_application_transactions(txns)
             .with_metadata([
                 ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
@@ -190,6 +192,33 @@ impl TableSink {
         self.table.state = Some(finalized.snapshot());
         self.versions.extend(advancing);
         Ok(true)
+    }
+
+    /// Writes `rows` and commits them with the txn versions `next`; returns the
+    /// rows written and whether a commit was made.
+    async fn append(
+        &mut self,
+        job: &Job,
+        rows: RecordBatch,
+        next: &BTreeMap<i32, i64>,
+        faults: &Faults,
+        metrics: &JobMetrics,
+    ) -> Result<(usize, bool), SinkError> {
+        let count = rows.num_rows();
+        let clock = Instant::now();
+        let actions = self.write_files(rows).await?;
+        let written = clock.elapsed();
+        let committed = self.commit(job, actions, next).await?;
+        debug!(
+            table = self.spec.name,
+            rows = count,
+            write_ms = written.as_secs_f64() * 1e3,
+            commit_ms = (clock.elapsed() - written).as_secs_f64() * 1e3,
+            "table appended"
+        );
+        metrics.rows_out(&self.spec.name).inc_by(count as u64);
+        faults.check(&format!("sink.after_commit.{}", self.spec.name))?;
+        Ok((count, committed))
     }
 
     /// Writes `rows` as parquet files and returns their `add` actions.
@@ -460,19 +489,30 @@ impl Sink {
         let mut report = CommitReport::default();
         report.commits += self.commit_bases(first).await?;
 
-        for (table, rows) in self.tables.iter_mut().zip(rows) {
-            let count = rows.num_rows();
+        let Self {
+            job,
+            tables,
+            faults,
+            metrics,
+        } = self;
+        let done = {
+            let mut pending = tables.iter_mut().zip(rows);
+            // `raw` first: which re-read events were late is settled by raw's
+            // txn versions, so no other table may hold a trigger raw does not.
+            let mut done = match pending.next() {
+                Some((table, rows)) => vec![table.append(job, rows, next, faults, metrics).await?],
+                None => Vec::new(),
+            };
+            // The others converge each by its own txn versions: commit them at once.
+            let rest = pending.map(|(table, rows)| table.append(job, rows, next, faults, metrics));
+            done.extend(futures::future::try_join_all(rest).await?);
+            done
+        };
+        for (count, committed) in done {
             report.written.push(count);
-            let actions = table.write_files(rows).await?;
-            if table.commit(&self.job, actions, next).await? {
-                report.commits += 1;
-            }
-            self.metrics.rows_out(&table.spec.name).inc_by(count as u64);
-            self.faults
-                .check(&format!("sink.after_commit.{}", table.spec.name))?;
+            report.commits += usize::from(committed);
         }
-        report.retries = self
-            .tables
+        report.retries = tables
             .iter_mut()
             .map(|t| std::mem::take(&mut t.retries))
             .sum();
