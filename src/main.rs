@@ -21,9 +21,6 @@ use weir::source::generator::{self, Generator, Limits, Mix};
 use weir::telemetry::LogFormat;
 use weir::views::{self, Dialect};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The example job `weir demo` and `weir produce` use when given no --job.
 const DEFAULT_JOB: &str = include_str!("../jobs/clickstream.toml");
 
