@@ -238,13 +238,10 @@ async fn run_against(
     .await;
     let drained = match &produced {
         Ok(delivered) => {
-            wait_for(
-                &stats,
-                &end_offsets(delivered),
-                options.drain_timeout,
-                &task,
-            )
-            .await
+            let deadline = Instant::now() + options.drain_timeout;
+            stats
+                .wait_until_reached(&end_offsets(delivered), &task, deadline)
+                .await
         }
         Err(_) => false,
     };
@@ -316,24 +313,6 @@ pub fn end_offsets(delivered: &[Delivered]) -> BTreeMap<i32, i64> {
         *e = (*e).max(d.offset + 1);
     }
     ends
-}
-
-/// Waits until the pipeline has committed up to `targets`, showing progress;
-/// gives up after `timeout` or when the pipeline task ends.
-async fn wait_for(
-    stats: &Stats,
-    targets: &BTreeMap<i32, i64>,
-    timeout: Duration,
-    task: &tokio::task::JoinHandle<Result<(), PipelineError>>,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline && !task.is_finished() {
-        if stats.reached(targets) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stats.reached(targets)
 }
 
 /// Clears the tables of an earlier demo run of this job; refuses foreign ones.

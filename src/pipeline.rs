@@ -101,6 +101,23 @@ impl Stats {
             .unwrap_or_default()
     }
 
+    /// Waits until [`Stats::reached`] `targets`; `false` when `task` (the
+    /// pipeline's) ended or `deadline` passed first.
+    pub async fn wait_until_reached(
+        &self,
+        targets: &BTreeMap<i32, i64>,
+        task: &tokio::task::JoinHandle<Result<(), PipelineError>>,
+        deadline: Instant,
+    ) -> bool {
+        while !self.reached(targets) {
+            if task.is_finished() || Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// Whether every partition in `targets` has been committed up to its offset.
     pub fn reached(&self, targets: &BTreeMap<i32, i64>) -> bool {
         let positions = self.positions.lock().unwrap();

@@ -28,13 +28,16 @@ use crate::demo::end_offsets;
 use crate::fault::Faults;
 use crate::job::{Batching, Job, Storage};
 use crate::metrics::JobMetrics;
-use crate::pipeline::{Pipeline, PipelineError, Samples, Stats};
+use crate::pipeline::{Pipeline, PipelineError, Samples};
 use crate::source::embedded::EmbeddedBroker;
 use crate::source::generator::{self, Generator, Limits, Mix};
 use crate::telemetry::{Progress, quantile};
 
 pub mod plot;
 pub mod tune;
+
+/// The embedded broker's backlog topic (it is made with the broker).
+const EMBEDDED_BACKLOG: &str = "weir-bench-backlog";
 
 /// The batch sizes a sweep measures unless told otherwise.
 pub const DEFAULT_SIZES: [usize; 6] = [100, 250, 500, 1000, 2500, 10_000];
@@ -322,10 +325,7 @@ pub async fn run(
     progress: &Progress,
 ) -> Result<BenchReport, BenchError> {
     let broker = match &options.brokers {
-        None => Broker::Embedded(EmbeddedBroker::start(
-            "weir-bench-backlog",
-            options.partitions,
-        )?),
+        None => Broker::Embedded(EmbeddedBroker::start(EMBEDDED_BACKLOG, options.partitions)?),
         Some(list) => Broker::External(list.clone()),
     };
     let report = sweep(job, options, &broker, progress).await;
@@ -343,7 +343,7 @@ async fn sweep(
     let bootstrap = broker.bootstrap();
     let nonce = std::process::id();
     let backlog_topic = match broker {
-        Broker::Embedded(_) => "weir-bench-backlog".to_owned(),
+        Broker::Embedded(_) => EMBEDDED_BACKLOG.to_owned(),
         Broker::External(_) => {
             let topic = format!("weir-bench-backlog-{nonce}");
             broker.create_topic(&topic, options.partitions).await?;
@@ -547,7 +547,7 @@ impl Phase<'_> {
         let warm = send(&self.job, self.bootstrap, &self.job.source.topic, warm).await?;
         let timeout = drain_timeout(options.seconds_per_point);
         let deadline = Instant::now() + timeout;
-        if !self.wait(&stats, &warm, &task, deadline).await {
+        if !stats.wait_until_reached(&warm.ends, &task, deadline).await {
             finish(pipeline, task).await?;
             return Err(BenchError::Stalled {
                 batch: self.size,
@@ -564,7 +564,7 @@ impl Phase<'_> {
         let sent = send(&self.job, self.bootstrap, &self.job.source.topic, limits).await?;
         let produced = Instant::now();
         let grace = produced + options.seconds_per_point + Duration::from_secs(2);
-        self.wait(&stats, &sent, &task, grace).await;
+        stats.wait_until_reached(&sent.ends, &task, grace).await;
         let mut samples = finish(pipeline, task).await?;
         let committed: usize = samples.triggers.iter().map(|t| t.events).sum();
         let missing = (sent.events as usize).saturating_sub(committed);
@@ -576,25 +576,8 @@ impl Phase<'_> {
             sent: sent.events,
         })
     }
-
-    /// Waits until `sent` is committed; `false` when the pipeline ended or the
-    /// deadline passed first.
-    async fn wait(
-        &self,
-        stats: &Stats,
-        sent: &Sent,
-        task: &PipelineTask,
-        deadline: Instant,
-    ) -> bool {
-        while !stats.reached(&sent.ends) {
-            if task.is_finished() || Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        true
-    }
 }
+
 type PipelineTask = tokio::task::JoinHandle<Result<(), PipelineError>>;
 
 /// Stops the pipeline (committing what is cut) and returns its samples.

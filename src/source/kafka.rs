@@ -412,7 +412,15 @@ impl Poller {
     ) -> bool {
         let mut item = item;
         let waiting = Instant::now();
+        let mut grown = false;
         loop {
+            // Only the poller sends, so room now means the send below succeeds.
+            if grown && queue.capacity() > 0 {
+                if let Ok(polled) = &mut item {
+                    self.refresh(polled);
+                }
+                grown = false;
+            }
             match queue.try_send(item) {
                 Ok(()) => {
                     self.set_paused(false);
@@ -438,7 +446,10 @@ impl Poller {
                     };
                     match self.consumer.poll(timeout) {
                         Some(Ok(m)) => match growing {
-                            Some(polled) => self.grow(polled, to_message(&m)),
+                            Some(polled) => {
+                                polled.batch.messages.push(to_message(&m));
+                                grown = true;
+                            }
                             None => carried.push(to_message(&m)),
                         },
                         Some(Err(e)) => {
@@ -454,10 +465,10 @@ impl Poller {
         }
     }
 
-    /// Adds a message to a cut batch still waiting for room in the queue; the
-    /// batch then stands for the assignment as it is now.
-    fn grow(&self, polled: &mut Polled, message: Message) {
-        polled.batch.messages.push(message);
+    /// Makes a batch that grew while it waited for room stand for the
+    /// assignment as it is now (once, when it is about to be queued, not per
+    /// message added).
+    fn refresh(&self, polled: &mut Polled) {
         self.drop_revoked(&mut polled.batch.messages);
         polled.generations = self.consumer.context().generations.lock().unwrap().clone();
     }
