@@ -203,7 +203,7 @@ fn fresh_inputs(
 /// clock from its newest event in `raw`, then the IDs accepted (into `raw` or
 /// `late`) within the horizon of that watermark. State is derived from the
 /// data, never kept beside it.
-async fn restore(job: &Job, sink: &Sink) -> Result<(Watermark, Dedup), PipelineError> {
+async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), PipelineError> {
     let mut watermark = Watermark::new(&job.contract, job.watermark);
     let newest = newest_rows(&sink.query(&["raw"], &newest_sql(&job.contract)).await?);
     watermark.restore(newest, Instant::now());
@@ -228,7 +228,7 @@ async fn restore(job: &Job, sink: &Sink) -> Result<(Watermark, Dedup), PipelineE
 /// (all when `None`): what dedup is seeded with.
 async fn accepted_ids(
     job: &Job,
-    sink: &Sink,
+    sink: &mut Sink,
     watermark_us: Option<i64>,
     partitions: Option<&[i32]>,
 ) -> Result<Vec<RecordBatch>, PipelineError> {
@@ -273,7 +273,7 @@ fn produced_to_committed(batch: &MicroBatch, committed_us: i64) -> Vec<Duration>
 /// The stored fate of accepted events that `raw` has already settled (offsets
 /// below its txn version): those in `raw` were on time, the others late. Only
 /// re-reads after a restart or rebalance hit the table.
-async fn settled(sink: &Sink, accepted: &RecordBatch) -> Result<Settled, PipelineError> {
+async fn settled(sink: &mut Sink, accepted: &RecordBatch) -> Result<Settled, PipelineError> {
     let below = sink.versions()[0].clone();
     let partitions = accepted
         .column_by_name(PARTITION)
@@ -389,11 +389,11 @@ impl Pipeline {
                 }
             }
         }
-        let sink = Sink::open(job, specs, faults, metrics.clone()).await?;
+        let mut sink = Sink::open(job, specs, faults, metrics.clone()).await?;
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");
         }
-        let (watermark, dedup) = restore(job, &sink).await?;
+        let (watermark, dedup) = restore(job, &mut sink).await?;
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let resolver = Arc::new(SinkPositions {
             sink: sink.clone(),
@@ -500,7 +500,7 @@ impl Pipeline {
 
         let mut sink = self.sink.lock().await;
         let clock = Instant::now();
-        let settled = settled(&sink, &accepted).await?;
+        let settled = settled(&mut sink, &accepted).await?;
         let split = self.judge(&accepted, &settled, now)?;
         let mut inputs = vec![&split.on_time, &decoded.rejected, &split.late];
         inputs.extend(self.outputs.iter().map(|_| &split.on_time));
@@ -555,8 +555,8 @@ impl Pipeline {
             return Ok(());
         }
         let watermark = self.watermark.lock().unwrap().current_us();
-        let sink = self.sink.lock().await;
-        let batches = accepted_ids(&self.job, &sink, watermark, Some(&fresh)).await?;
+        let mut sink = self.sink.lock().await;
+        let batches = accepted_ids(&self.job, &mut sink, watermark, Some(&fresh)).await?;
         drop(sink);
         let mut dedup = self.dedup.lock().unwrap();
         for batch in &batches {

@@ -23,15 +23,21 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
+use deltalake::checkpoints::create_checkpoint;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitData, CommitProperties, PROTOCOL, TransactionError,
+};
+use deltalake::kernel::{Action, StructType, Transaction, Version};
+use deltalake::logstore::CommitOrBytes;
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 use serde_json::json;
 use tracing::{debug, info};
 use url::Url;
+use uuid::Uuid;
 
 use crate::fault::{FaultError, Faults};
 use crate::job::Job;
@@ -105,6 +111,9 @@ pub struct TableSink {
     /// The table's own schema, which rows are conformed to before writing.
     stored: SchemaRef,
     versions: BTreeMap<i32, i64>,
+    /// The newest log version this sink knows of (its own commits included);
+    /// `table`'s snapshot may be older (see [`Self::commit_directly`]).
+    head: Version,
     /// Commits rebased on concurrent ones since the sink last reported.
     retries: usize,
 }
@@ -112,13 +121,16 @@ pub struct TableSink {
 impl TableSink {
     async fn open(url: Url, spec: TableSpec) -> Result<Self, SinkError> {
         let table = open_or_create(url.clone(), &spec).await?;
-        let stored = stored_schema(&table).map_err(|e| delta_error(&spec, &url, e))?;
+        let fail = |e| delta_error(&spec, &url, e);
+        let stored = stored_schema(&table).map_err(fail)?;
+        let head = table.snapshot().map_err(fail)?.version();
         Ok(Self {
             spec,
             url,
             table,
             stored,
             versions: BTreeMap::new(),
+            head,
             retries: 0,
         })
     }
@@ -130,6 +142,7 @@ impl TableSink {
     /// Re-reads the log and the txn versions of `partitions`.
     async fn refresh(&mut self, job: &Job, partitions: &[i32]) -> Result<(), SinkError> {
         self.table.update_state().await.map_err(|e| self.fail(e))?;
+        self.head = self.table.snapshot().map_err(|e| self.fail(e))?.version();
         for &p in partitions {
             let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
             let version = snapshot
@@ -164,34 +177,97 @@ impl TableSink {
             .iter()
             .map(|(p, v)| Transaction::new(job.app_id(*p), *v))
             .collect();
-        // Log cleanup lists the whole log on every commit; upkeep does it.
-        let properties = CommitProperties::default()
-            .with_cleanup_expired_logs(Some(false))
-            .with_application_transactions(txns)
-            .with_metadata([
-                ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
-                ("weir.job".to_owned(), json!(job.name)),
-            ]);
+        let metadata = [
+            ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
+            ("weir.job".to_owned(), json!(job.name)),
+        ];
+        let data = CommitData::new(actions, self.operation(), metadata.into(), txns);
+        if !self.commit_directly(&data).await? {
+            self.commit_rebased(data).await?;
+        }
+        self.versions.extend(advancing);
+        Ok(true)
+    }
+
+    /// A blind append reads no rows. Saying so (a read predicate that matches
+    /// nothing) keeps the conflict checker from failing ingest when upkeep
+    /// (a fold, a file merge) removed files since this table's snapshot.
+    fn operation(&self) -> DeltaOperation {
         let partition_by =
             (!self.spec.partition_columns.is_empty()).then(|| self.spec.partition_columns.clone());
-        // A blind append reads no rows. Saying so (a read predicate that matches
-        // nothing) keeps the conflict checker from failing ingest when upkeep
-        // (a fold, a file merge) removed files since this table's snapshot.
-        let operation = DeltaOperation::Write {
+        DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by,
             predicate: Some("false".into()),
-        };
+        }
+    }
+
+    /// Writes the commit as log version `head + 1` with put-if-absent, without
+    /// delta-rs's commit loop: after every commit that loop rebuilds the
+    /// snapshot's whole list of active files (re-parsing their stats), the
+    /// largest single cost of a trigger, and a blind append needs none of it.
+    /// The snapshot goes stale instead and is brought up to `head` only where
+    /// it is read ([`Self::catch_up`]). Returns `false` when another writer
+    /// took that version: the commit must then be checked against theirs.
+    async fn commit_directly(&mut self, data: &CommitData) -> Result<bool, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
+        // The protocol is the snapshot's as of `head`: a commit that changed it
+        // would have taken the version this one is written at.
+        let checkpoint_interval = snapshot.table_config().checkpoint_interval().get();
+        let bytes = PROTOCOL
+            .can_commit(snapshot, &data.actions, &data.operation)
+            .and_then(|()| data.get_bytes())
+            .map_err(|e| self.fail(e.into()))?;
+        let version = self.head + 1;
+        let written = self
+            .table
+            .log_store()
+            .write_commit_entry(version, CommitOrBytes::LogBytes(bytes), Uuid::new_v4())
+            .await;
+        match written {
+            Ok(()) => {}
+            Err(TransactionError::VersionAlreadyExists(_)) => return Ok(false),
+            Err(e) => return Err(self.fail(e.into())),
+        }
+        self.head = version;
+        // Where delta-rs's own commit would checkpoint, so readers replay little.
+        if (version + 1).is_multiple_of(checkpoint_interval) {
+            self.catch_up().await?;
+            create_checkpoint(&self.table, None)
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(true)
+    }
+
+    /// Commits through delta-rs from the snapshot at `head`, so its conflict
+    /// checker sees every commit other writers made since: a txn of the same
+    /// partition (this writer is fenced) or a change of metadata refuses it.
+    async fn commit_rebased(&mut self, data: CommitData) -> Result<(), SinkError> {
+        self.catch_up().await?;
+        let properties = CommitProperties::default().with_cleanup_expired_logs(Some(false));
         let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
         let finalized = CommitBuilder::from(properties)
-            .with_actions(actions)
-            .build(Some(snapshot), self.table.log_store(), operation)
+            .with_actions(data.actions)
+            .build(Some(snapshot), self.table.log_store(), data.operation)
             .await
             .map_err(|e| self.fail(e))?;
-        self.retries += finalized.metrics.num_retries as usize;
+        self.retries += 1 + finalized.metrics.num_retries as usize;
+        self.head = finalized.version();
         self.table.state = Some(finalized.snapshot());
-        self.versions.extend(advancing);
-        Ok(true)
+        Ok(())
+    }
+
+    /// Brings the snapshot up to `head`, the newest version this sink knows.
+    async fn catch_up(&mut self) -> Result<(), SinkError> {
+        if self.table.version() != Some(self.head) {
+            let head = self.head;
+            self.table
+                .update_incremental(Some(head))
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
     }
 
     /// Writes `rows` and commits them with the txn versions `next`; returns the
@@ -422,7 +498,11 @@ impl Sink {
 
     /// Runs DataFusion SQL in which the job's tables `names` are registered
     /// under their own names.
-    pub async fn query(&self, names: &[&str], sql: &str) -> Result<Vec<RecordBatch>, SinkError> {
+    pub async fn query(
+        &mut self,
+        names: &[&str],
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
         let fail = |source| SinkError::Query {
             tables: names.join(", "),
             source,
@@ -431,9 +511,10 @@ impl Sink {
         for name in names {
             let table = self
                 .tables
-                .iter()
+                .iter_mut()
                 .find(|t| t.spec.name == *name)
                 .unwrap_or_else(|| panic!("no table {name} in this sink"));
+            table.catch_up().await?;
             crate::query::register(&ctx, name, &table.table)
                 .await
                 .map_err(fail)?;

@@ -1,0 +1,142 @@
+//! The sink's commits against another writer of the same table: ingest writes
+//! its log entries itself (put-if-absent) and falls back to delta-rs's
+//! conflict checker only when another writer took the version.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Int32Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use weir::fault::Faults;
+use weir::job::Job;
+use weir::metrics::JobMetrics;
+use weir::sink::{Sink, TableSpec};
+
+fn spec() -> TableSpec {
+    TableSpec {
+        name: "numbers".into(),
+        schema: Arc::new(Schema::new(vec![
+            Field::new("p", DataType::Int32, false),
+            Field::new("o", DataType::Int64, false),
+        ])),
+        partition_columns: Vec::new(),
+        event_id: None,
+    }
+}
+
+/// Rows for offsets `from..to` of partition 0, and the trigger's first/next offsets.
+fn trigger(from: i64, to: i64) -> (Vec<RecordBatch>, BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
+    let rows = RecordBatch::try_new(
+        spec().schema,
+        vec![
+            Arc::new(Int32Array::from(vec![0; (to - from) as usize])),
+            Arc::new(Int64Array::from((from..to).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap();
+    (
+        vec![rows],
+        BTreeMap::from([(0, from)]),
+        BTreeMap::from([(0, to)]),
+    )
+}
+
+async fn open(job: &Job) -> Sink {
+    Sink::open(
+        job,
+        vec![spec()],
+        Faults::default(),
+        JobMetrics::detached(&job.name),
+    )
+    .await
+    .unwrap()
+}
+
+/// Another writer's data-less commit carrying a txn for `app_id`.
+async fn foreign_commit(job: &Job, app_id: String, version: i64) {
+    let table = table(job).await;
+    let properties =
+        CommitProperties::default().with_application_transaction(Transaction::new(app_id, version));
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    CommitBuilder::from(properties)
+        .build(
+            Some(table.snapshot().unwrap()),
+            table.log_store(),
+            operation,
+        )
+        .await
+        .unwrap();
+}
+
+async fn table(job: &Job) -> DeltaTable {
+    deltalake::open_table(common::table_url(job, "numbers"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_commit_racing_another_writer_lands_after_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = common::job(dir.path(), 100);
+    let mut sink = open(&job).await;
+    let (rows, first, next) = trigger(0, 10);
+    let report = sink.commit(rows, &first, &next).await.unwrap();
+    assert_eq!((report.commits, report.retries), (2, 0), "base and data");
+
+    // Version 3 goes to another writer (another job's partition).
+    foreign_commit(&job, "other-job:0".into(), 7).await;
+    let (rows, first, next) = trigger(10, 25);
+    let report = sink.commit(rows, &first, &next).await.unwrap();
+    assert_eq!((report.commits, report.retries), (1, 1), "rebased once");
+    let (rows, first, next) = trigger(25, 30);
+    let report = sink.commit(rows, &first, &next).await.unwrap();
+    assert_eq!((report.commits, report.retries), (1, 0), "direct again");
+
+    let table = table(&job).await;
+    assert_eq!(
+        table.version(),
+        Some(5),
+        "create, base, 10 rows, foreign, 15, 5"
+    );
+    let rows: usize = common::read_table(&job, "numbers")
+        .await
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(rows, 30);
+    let versions = common::txn_versions(&job, "numbers", &[0]).await;
+    assert_eq!(versions, BTreeMap::from([(0, 30)]));
+    // The sink's own queries see its direct commits.
+    let counted = sink
+        .query(&["numbers"], "SELECT count(*) AS n FROM numbers")
+        .await
+        .unwrap();
+    let n = counted[0].column(0).as_any().downcast_ref::<Int64Array>();
+    assert_eq!(n.unwrap().value(0), 30);
+}
+
+#[tokio::test]
+async fn a_writer_whose_partition_another_committed_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = common::job(dir.path(), 100);
+    let mut sink = open(&job).await;
+    let (rows, first, next) = trigger(0, 10);
+    sink.commit(rows, &first, &next).await.unwrap();
+
+    // The partition moved: its new owner committed offsets up to 20.
+    foreign_commit(&job, job.app_id(0), 20).await;
+    let (rows, first, next) = trigger(10, 20);
+    let err = sink.commit(rows, &first, &next).await.unwrap_err();
+    assert!(err.is_conflict(), "expected a conflict, got: {err}");
+    assert_eq!(table(&job).await.version(), Some(3), "nothing committed");
+}
