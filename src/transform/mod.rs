@@ -11,15 +11,17 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::prelude::SessionContext;
+use tokio::sync::OnceCell;
 
 use crate::decode::{EVENT_DATE, raw_schema, utc_micros};
 use crate::job::{
     AggregateFn, Contract, FieldType, Job, JobError, Output, SqlOutput, WindowOutput,
 };
 use crate::schema::conform;
+
+mod planned;
+pub use planned::PlannedQuery;
 
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
@@ -105,6 +107,8 @@ pub struct WindowAggregate {
     /// Per aggregate: its quoted name and how its states merge.
     merges: Vec<(String, Merge)>,
     group_columns: Vec<String>,
+    /// Planned at the first batch of events ([`PlannedQuery`]).
+    plan: Arc<OnceCell<PlannedQuery>>,
 }
 
 fn quote(name: &str) -> String {
@@ -271,6 +275,7 @@ impl WindowAggregate {
             partial_sql,
             merges,
             group_columns,
+            plan: Arc::default(),
         }
     }
 
@@ -289,7 +294,14 @@ impl WindowAggregate {
 
     /// The partial rows for one batch of events (rows in the `raw` schema).
     pub async fn apply(&self, events: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
-        run_over_batch(&self.partial_sql, events, &self.partial_schema).await
+        if events.num_rows() == 0 {
+            return Ok(RecordBatch::new_empty(self.partial_schema.clone()));
+        }
+        let plan = self
+            .plan
+            .get_or_try_init(|| PlannedQuery::new(&self.partial_sql, events.schema()))
+            .await?;
+        run_over_batch(plan, events, &self.partial_schema).await
     }
 
     /// DataFusion SQL that folds the partials in `table` matching `filter` into
@@ -323,18 +335,14 @@ impl WindowAggregate {
 /// Runs `sql` with `events` registered as `batch`, and conforms the result to
 /// `schema` (the output table's), column by column.
 async fn run_over_batch(
-    sql: &str,
+    plan: &PlannedQuery,
     events: &RecordBatch,
     schema: &SchemaRef,
 ) -> Result<RecordBatch, DataFusionError> {
     if events.num_rows() == 0 {
         return Ok(RecordBatch::new_empty(schema.clone()));
     }
-    let ctx = SessionContext::new();
-    let table = MemTable::try_new(events.schema(), vec![vec![events.clone()]])?;
-    ctx.register_table("batch", Arc::new(table))?;
-    let batches = ctx.sql(sql).await?.collect().await?;
-    conform(batches, schema)
+    conform(plan.run(events).await?, schema)
 }
 
 /// A stateless output: a DataFusion query over each trigger's events. Its
@@ -343,7 +351,7 @@ async fn run_over_batch(
 #[derive(Debug, Clone)]
 pub struct SqlTransform {
     name: String,
-    sql: String,
+    plan: PlannedQuery,
     schema: SchemaRef,
 }
 
@@ -358,38 +366,36 @@ impl SqlTransform {
                 .into(),
             found,
         };
-        let ctx = SessionContext::new();
-        let empty = MemTable::try_new(raw_schema(&job.contract), vec![vec![]])
-            .map_err(|e| invalid(e.to_string()))?;
-        ctx.register_table("batch", Arc::new(empty))
-            .map_err(|e| invalid(e.to_string()))?;
-        let (ctx, invalid) = (&ctx, &invalid);
-        let plan = |sql: String| async move {
-            ctx.sql(&sql)
-                .await
-                .map_err(|e| invalid(e.find_root().to_string()))
+        let invalid = &invalid;
+        let input = raw_schema(&job.contract);
+        let plan_sql = |sql: String| {
+            let input = input.clone();
+            async move {
+                PlannedQuery::new(&sql, input)
+                    .await
+                    .map_err(|e| invalid(e.find_root().to_string()))
+            }
         };
-        let mut sql = output.sql.clone();
-        let mut frame = plan(sql.clone()).await?;
+        let mut plan = plan_sql(output.sql.clone()).await?;
         // Rows that carry their event time are stored by its date, which is
         // also what lets `weir reprocess` replace a date range of them.
-        let columns = frame.schema().as_arrow().clone();
+        let columns = plan.schema();
         let time = job.contract.event_time_name();
         if columns.column_with_name(EVENT_DATE).is_none()
             && columns
                 .column_with_name(time)
                 .is_some_and(|(_, f)| matches!(f.data_type(), DataType::Timestamp(..)))
         {
-            sql = format!(
-                "SELECT *, CAST({} AS DATE) AS {} FROM ({sql}) AS q",
+            plan = plan_sql(format!(
+                "SELECT *, CAST({} AS DATE) AS {} FROM ({}) AS q",
                 quote(time),
-                quote(EVENT_DATE)
-            );
-            frame = plan(sql.clone()).await?;
+                quote(EVENT_DATE),
+                output.sql
+            ))
+            .await?;
         }
-        let fields = frame
+        let fields = plan
             .schema()
-            .as_arrow()
             .fields()
             .iter()
             .map(|f| {
@@ -406,13 +412,13 @@ impl SqlTransform {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             name: output.name.clone(),
-            sql,
+            plan,
             schema: Arc::new(Schema::new(fields)),
         })
     }
 
     pub async fn apply(&self, events: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
-        run_over_batch(&self.sql, events, &self.schema).await
+        run_over_batch(&self.plan, events, &self.schema).await
     }
 }
 

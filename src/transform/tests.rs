@@ -6,6 +6,8 @@ use arrow::array::AsArray;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 use chrono::{TimeZone, Utc};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
 use std::path::Path;
 
 const JOB: &str = r#"
