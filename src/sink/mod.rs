@@ -35,7 +35,7 @@ use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 use serde_json::json;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use url::Url;
 use uuid::Uuid;
 
@@ -232,12 +232,29 @@ impl TableSink {
         self.head = version;
         // Where delta-rs's own commit would checkpoint, so readers replay little.
         if (version + 1).is_multiple_of(checkpoint_interval) {
-            self.catch_up().await?;
-            create_checkpoint(&self.table, None)
-                .await
-                .map_err(|e| self.fail(e))?;
+            self.checkpoint_in_background(version);
         }
         Ok(true)
+    }
+
+    /// A checkpoint replays the whole log, which would stall the trigger; it
+    /// only speeds up reading the log, so it is made beside the ingest path.
+    /// One that fails leaves the log complete (and is made again by `weir
+    /// maintain`).
+    fn checkpoint_in_background(&self, version: Version) {
+        let log_store = self.table.log_store();
+        let (table, url) = (self.spec.name.clone(), self.url.clone());
+        tokio::spawn(async move {
+            let mut at_version = DeltaTable::new(log_store);
+            let made = match at_version.load_version(version).await {
+                Ok(()) => create_checkpoint(&at_version, None).await,
+                Err(e) => Err(e),
+            };
+            match made {
+                Ok(()) => debug!(table, version, "checkpoint written"),
+                Err(error) => warn!(table, %url, version, %error, "checkpoint failed"),
+            }
+        });
     }
 
     /// Commits through delta-rs from the snapshot at `head`, so its conflict

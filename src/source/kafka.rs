@@ -229,6 +229,12 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", job.source.start_from.as_offset_reset())
             .set("statistics.interval.ms", "5000")
+            // librdkafka's 500 ms is how long a broker may hold a fetch open when
+            // it has nothing. Brokers that hold it for the whole wait even as
+            // data arrives (librdkafka's mock cluster, tansu) would then deliver
+            // in half-second bursts; Apache Kafka answers early and only sees
+            // more fetches while the topic is idle.
+            .set("fetch.wait.max.ms", "10")
             // What librdkafka may prefetch: with the queue's batches, the bound
             // on buffered input whatever the input rate.
             .set("queued.max.messages.kbytes", "16384");
