@@ -35,6 +35,7 @@ use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 use url::Url;
 use uuid::Uuid;
@@ -238,13 +239,16 @@ impl TableSink {
     }
 
     /// A checkpoint replays the whole log, which would stall the trigger; it
-    /// only speeds up reading the log, so it is made beside the ingest path.
-    /// One that fails leaves the log complete (and is made again by `weir
-    /// maintain`).
+    /// only speeds up reading the log, so it is made beside the ingest path,
+    /// one at a time (a job's tables reach the interval in the same trigger,
+    /// and six at once took both cores from it). One that fails leaves the
+    /// log complete (and is made again by `weir maintain`).
     fn checkpoint_in_background(&self, version: Version) {
+        static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
         let log_store = self.table.log_store();
         let (table, url) = (self.spec.name.clone(), self.url.clone());
         tokio::spawn(async move {
+            let _turn = ONE_AT_A_TIME.acquire().await;
             let mut at_version = DeltaTable::new(log_store);
             let made = match at_version.load_version(version).await {
                 Ok(()) => create_checkpoint(&at_version, None).await,
