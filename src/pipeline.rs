@@ -599,6 +599,15 @@ impl Pipeline {
             .fetch_add(report.written[2] as u64, Ordering::Relaxed);
         s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
         s.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+        if let Some(samples) = s.samples.lock().unwrap().as_mut() {
+            samples.triggers.push(TriggerSample {
+                committed: Instant::now(),
+                events: batch.len(),
+                commit: report.elapsed,
+            });
+            samples.end_to_end.extend(produced.iter().copied());
+        }
+        // Last: whoever waits for a position finds its trigger counted and sampled.
         s.positions.lock().unwrap().extend(next);
 
         let m = &self.metrics;
@@ -619,14 +628,6 @@ impl Pipeline {
         }
         let kafka = m.end_to_end("kafka");
         produced.iter().for_each(|d| kafka.observe(d.as_secs_f64()));
-        if let Some(samples) = s.samples.lock().unwrap().as_mut() {
-            samples.triggers.push(TriggerSample {
-                committed: Instant::now(),
-                events: batch.len(),
-                commit: report.elapsed,
-            });
-            samples.end_to_end.extend(produced);
-        }
         let dedup = self.dedup.lock().unwrap();
         m.dedup_entries.set(dedup.index().len() as i64);
         m.dedup_bytes.set(dedup.index().bytes() as i64);

@@ -78,6 +78,16 @@ async fn foreign_commit(job: &Job, app_id: String, version: i64) {
         .unwrap();
 }
 
+/// The rows of the table as the sink's own queries see it.
+async fn rows_seen_by(sink: &mut Sink) -> i64 {
+    let counted = sink
+        .query(&["numbers"], "SELECT count(*) AS n FROM numbers")
+        .await
+        .unwrap();
+    let n = counted[0].column(0).as_any().downcast_ref::<Int64Array>();
+    n.unwrap().value(0)
+}
+
 async fn table(job: &Job) -> DeltaTable {
     deltalake::open_table(common::table_url(job, "numbers"))
         .await
@@ -117,12 +127,7 @@ async fn a_commit_racing_another_writer_lands_after_its_commit() {
     let versions = common::txn_versions(&job, "numbers", &[0]).await;
     assert_eq!(versions, BTreeMap::from([(0, 30)]));
     // The sink's own queries see its direct commits.
-    let counted = sink
-        .query(&["numbers"], "SELECT count(*) AS n FROM numbers")
-        .await
-        .unwrap();
-    let n = counted[0].column(0).as_any().downcast_ref::<Int64Array>();
-    assert_eq!(n.unwrap().value(0), 30);
+    assert_eq!(rows_seen_by(&mut sink).await, 30);
 }
 
 #[tokio::test]
@@ -139,4 +144,30 @@ async fn a_writer_whose_partition_another_committed_is_fenced() {
     let err = sink.commit(rows, &first, &next).await.unwrap_err();
     assert!(err.is_conflict(), "expected a conflict, got: {err}");
     assert_eq!(table(&job).await.version(), Some(3), "nothing committed");
+}
+
+#[tokio::test]
+async fn queries_see_every_commit_after_upkeep_cleaned_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = common::job(dir.path(), 100);
+    let mut sink = open(&job).await;
+    for (from, to) in [(0, 10), (10, 20), (20, 30)] {
+        let (rows, first, next) = trigger(from, to);
+        sink.commit(rows, &first, &next).await.unwrap();
+    }
+    // Upkeep checkpoints version 4 and deletes the entries before it, which
+    // the sink's snapshot (version 0, from opening) would have replayed.
+    let table = table(&job).await;
+    assert_eq!(table.version(), Some(4));
+    deltalake::checkpoints::create_checkpoint(&table, None)
+        .await
+        .unwrap();
+    let log = common::table_url(&job, "numbers")
+        .to_file_path()
+        .unwrap()
+        .join("_delta_log");
+    for version in 0..4 {
+        std::fs::remove_file(log.join(format!("{version:020}.json"))).unwrap();
+    }
+    assert_eq!(rows_seen_by(&mut sink).await, 30);
 }

@@ -280,6 +280,8 @@ impl TableSink {
     }
 
     /// Brings the snapshot up to `head`, the newest version this sink knows.
+    /// (delta-kernel rolls forward from the newest checkpoint when upkeep has
+    /// deleted the entries a long-stale snapshot would replay: tests/sink.rs.)
     async fn catch_up(&mut self) -> Result<(), SinkError> {
         if self.table.version() != Some(self.head) {
             let head = self.head;
