@@ -97,6 +97,10 @@ def test_supervisor_metrics_status_and_secrets(broker, tmp_path):
                                 env=env)
         wait_until(lambda: committed(data, "clickstream") == stored(sent_clicks)
                    and committed(data, "orders") == stored(sent_orders), 180, proc, "ingest")
+        # Lag is measured from librdkafka's statistics (every 5 s), which may
+        # come after a fast ingest is done.
+        wait_until(lambda: reported_high_watermark(scrape(port)[0]), 30, proc,
+                   "librdkafka's statistics")
         samples, text = scrape(port)
         status = weir("status", "--job", clicks, env=env).stdout
         health = get(f"http://127.0.0.1:{port}/healthz")
@@ -120,8 +124,7 @@ def test_supervisor_metrics_status_and_secrets(broker, tmp_path):
         assert value(samples, "weir_dedup_index_entries", job=job) > 0
         assert value(samples, "weir_queue_capacity", job=job, queue="poll") == 2
     # librdkafka's statistics reported the high watermarks lag is measured from.
-    assert any(value(samples, "weir_partition_high_watermark", job="clickstream",
-                     partition=str(p)) > 0 for p in range(3)), text
+    assert reported_high_watermark(samples), text
     # A batch re-read after a failed trigger is judged again, so its duplicates
     # count again: at least every re-sent event.
     assert value(samples, "weir_duplicates_total", job="clickstream") >= \
@@ -143,6 +146,11 @@ def test_supervisor_metrics_status_and_secrets(broker, tmp_path):
     result = subprocess.run([WEIR, "run", str(tmp_path / "unset.toml")], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "WEIR_TEST_UNSET is not set" in result.stderr
+
+
+def reported_high_watermark(samples) -> bool:
+    return any(value(samples, "weir_partition_high_watermark", job="clickstream",
+                     partition=str(p)) > 0 for p in range(3))
 
 
 def rss_peak_mib(pid) -> float:
