@@ -294,9 +294,6 @@ impl WindowAggregate {
 
     /// The partial rows for one batch of events (rows in the `raw` schema).
     pub async fn apply(&self, events: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
-        if events.num_rows() == 0 {
-            return Ok(RecordBatch::new_empty(self.partial_schema.clone()));
-        }
         let plan = self
             .plan
             .get_or_try_init(|| PlannedQuery::new(&self.partial_sql, events.schema()))
@@ -332,7 +329,7 @@ impl WindowAggregate {
     }
 }
 
-/// Runs `sql` with `events` registered as `batch`, and conforms the result to
+/// Runs `plan` over `events` (none: no rows, without running it), and conforms the result to
 /// `schema` (the output table's), column by column.
 async fn run_over_batch(
     plan: &PlannedQuery,
