@@ -414,18 +414,33 @@ pub enum FieldType {
 const FIELD_TYPES: &str = "one of string, bool, int32, int64, float32, float64, timestamp, date";
 
 impl FieldType {
+    pub const ALL: [Self; 8] = [
+        Self::String,
+        Self::Bool,
+        Self::Int32,
+        Self::Int64,
+        Self::Float32,
+        Self::Float64,
+        Self::Timestamp,
+        Self::Date,
+    ];
+
     fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "string" => Self::String,
-            "bool" => Self::Bool,
-            "int32" => Self::Int32,
-            "int64" => Self::Int64,
-            "float32" => Self::Float32,
-            "float64" => Self::Float64,
-            "timestamp" => Self::Timestamp,
-            "date" => Self::Date,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// As a job spec names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Bool => "bool",
+            Self::Int32 => "int32",
+            Self::Int64 => "int64",
+            Self::Float32 => "float32",
+            Self::Float64 => "float64",
+            Self::Timestamp => "timestamp",
+            Self::Date => "date",
+        }
     }
 
     /// The type the JSON decoder produces. Timestamps decode as milliseconds so

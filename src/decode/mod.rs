@@ -27,6 +27,9 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::job::{Contract, FieldType};
 use crate::source::{Message, MicroBatch};
+use shape::Shape;
+
+mod shape;
 
 pub const EVENT_DATE: &str = "_event_date";
 pub const PARTITION: &str = "_partition";
@@ -54,6 +57,7 @@ pub struct Decoded {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     contract: Contract,
+    shape: Shape,
     max_message_bytes: usize,
     decode_schema: SchemaRef,
     raw_schema: SchemaRef,
@@ -102,6 +106,7 @@ impl Decoder {
             decode_schema: contract.decode_schema(),
             raw_schema: raw_schema(&contract),
             dlq_schema: dlq_schema(),
+            shape: Shape::new(&contract),
             contract,
             max_message_bytes,
         }
@@ -164,8 +169,7 @@ impl Decoder {
             Some(b'{') => {}
             Some(_) => return Err("not a JSON object".into()),
         }
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-            .map_err(|e| format!("not valid JSON: {e}"))?;
+        self.shape.check(bytes)?;
         Ok(bytes)
     }
 

@@ -123,7 +123,7 @@ fn every_kind_of_bad_message_goes_to_the_dlq_with_its_reason() {
         ),
         (
             Some(br#"{"id":"a","ts":{"no":1},"n":1}"#),
-            "does not match the schema",
+            "does not match the schema: `ts` is an object, expected timestamp",
         ),
         (
             Some(br#"{"id":"a","ts":"yesterday","n":1}"#),
@@ -135,7 +135,11 @@ fn every_kind_of_bad_message_goes_to_the_dlq_with_its_reason() {
         ),
         (
             Some(br#"{"id":7,"ts":"2026-11-21T11:00:00Z","n":1}"#),
-            "does not match the schema",
+            "does not match the schema: `id` is a number, expected string",
+        ),
+        (
+            Some(br#"{"id":"a","ts":1,"n":true}"#),
+            "does not match the schema: `n` is true or false, expected int64",
         ),
         (
             Some(br#"{"id":"a","ts":"2999-01-01T00:00:00Z","n":1}"#),
@@ -147,7 +151,7 @@ fn every_kind_of_bad_message_goes_to_the_dlq_with_its_reason() {
         ),
         (
             Some(b"{\"id\":\"\xff\xfe\",\"ts\":1,\"n\":1}"),
-            "does not match the schema",
+            "not valid JSON: not UTF-8",
         ),
         (
             Some(br#"{"id":"a","ts":1,"n":1} {"id":"b","ts":1,"n":1}"#),
