@@ -56,6 +56,7 @@ fn commit(c: &mut Criterion) {
         });
     }
     group.finish();
+    runtime.block_on(sink.settle());
 }
 
 criterion_group!(benches, commit);

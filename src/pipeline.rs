@@ -335,7 +335,7 @@ pub struct Pipeline {
     decoder: Decoder,
     dedup: Mutex<Dedup>,
     watermark: Mutex<Watermark>,
-    outputs: Vec<Transform>,
+    outputs: Arc<[Transform]>,
     source: KafkaSource,
     batches: tokio::sync::Mutex<Batches>,
     sink: SharedSink,
@@ -415,7 +415,7 @@ impl Pipeline {
             decoder,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
-            outputs,
+            outputs: outputs.into(),
             source,
             batches: tokio::sync::Mutex::new(batches),
             sink,
@@ -448,38 +448,62 @@ impl Pipeline {
     /// blocking thread) runs ahead of the stage that deduplicates, judges,
     /// transforms and commits, so the next batch is decoded while this one
     /// commits. Those four stay one stage: the watermark's settled fates and
-    /// the replay filter read the versions the previous commit left.
-    pub async fn run(&self) -> Result<(), PipelineError> {
+    /// the replay filter read the versions the previous commit left. Within
+    /// a trigger, the outputs' queries and every table's file writes run as
+    /// tasks of their own; only the log commits are in order.
+    pub async fn run(self: &Arc<Self>) -> Result<(), PipelineError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Decodes>(DECODED_BATCHES);
-        let decode = async move {
-            loop {
-                let Some(batch) = self.batches.lock().await.next_batch().await? else {
-                    return Ok::<_, PipelineError>(());
-                };
-                let decoder = self.decoder.clone();
-                let clock = Instant::now();
-                let decoded = tokio::task::spawn_blocking(move || {
-                    let now = Utc::now();
-                    let decoded = decoder.decode(&batch, now);
-                    decoded.map(|d| (batch, d, now))
-                })
-                .await
-                .expect("decoding does not panic")?;
-                self.metrics.stage("decode", clock.elapsed());
-                self.metrics
-                    .queue("decoded", DECODED_BATCHES - tx.capacity(), DECODED_BATCHES);
-                if tx.send(decoded).await.is_err() {
-                    return Ok(());
-                }
-            }
-        };
-        let commit = async {
+        // A task of its own: in the trigger's task, the next batch would be
+        // handed over only when the trigger yields.
+        let decoding = tokio::spawn(Arc::clone(self).decode_into(tx));
+        let committed = async {
             while let Some((batch, decoded, now)) = rx.recv().await {
                 self.trigger(&batch, decoded, now).await?;
             }
             Ok(())
+        }
+        .await;
+        if committed.is_err() {
+            decoding.abort();
+        }
+        let decoded = match decoding.await {
+            Ok(result) => result,
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        tokio::try_join!(decode, commit).map(|_| ())
+        self.sink.lock().await.settle().await;
+        committed.and(decoded)
+    }
+
+    /// The decode stage: each micro-batch decoded on a blocking thread, into
+    /// `decoded` (which bounds how far it runs ahead), until the source ends.
+    async fn decode_into(
+        self: Arc<Self>,
+        decoded: tokio::sync::mpsc::Sender<Decodes>,
+    ) -> Result<(), PipelineError> {
+        loop {
+            let Some(batch) = self.batches.lock().await.next_batch().await? else {
+                return Ok(());
+            };
+            let decoder = self.decoder.clone();
+            let clock = Instant::now();
+            let decodes = tokio::task::spawn_blocking(move || {
+                let now = Utc::now();
+                let decoded = decoder.decode(&batch, now);
+                decoded.map(|d| (batch, d, now))
+            })
+            .await
+            .expect("decoding does not panic")?;
+            self.metrics.stage("decode", clock.elapsed());
+            self.metrics.queue(
+                "decoded",
+                DECODED_BATCHES - decoded.capacity(),
+                DECODED_BATCHES,
+            );
+            if decoded.send(decodes).await.is_err() {
+                return Ok(());
+            }
+        }
     }
 
     /// One trigger after decoding: dedup, judge, transform, commit.
@@ -505,12 +529,18 @@ impl Pipeline {
         let mut inputs = vec![&split.on_time, &decoded.rejected, &split.late];
         inputs.extend(self.outputs.iter().map(|_| &split.on_time));
         let (mut rows, replayed) = fresh_inputs(&sink.versions(), inputs)?;
-        for (output, rows) in self.outputs.iter().zip(&mut rows[INGEST_TABLES.len()..]) {
-            *rows = output.apply(rows).await?;
+        let outputs = self.apply_outputs(rows.split_off(INGEST_TABLES.len()));
+        let mut staged: Vec<_> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| sink.stage(i, rows))
+            .collect();
+        for rows in outputs.await? {
+            staged.push(sink.stage(staged.len(), rows));
         }
         m.stage("transform", clock.elapsed());
 
-        let report = sink.commit(rows, &first, &next).await;
+        let report = sink.commit_staged(staged, &first, &next).await;
         let report = report.inspect_err(|e| {
             if e.is_conflict() {
                 m.commit_conflicts.inc();
@@ -540,6 +570,30 @@ impl Pipeline {
             },
         );
         Ok(())
+    }
+
+    /// Each output's rows from its input (`inputs[i]` for the i-th output),
+    /// each query in a task of its own: they share nothing, and the cores are
+    /// otherwise left to the ingest tables' file writes.
+    fn apply_outputs(
+        &self,
+        inputs: Vec<RecordBatch>,
+    ) -> impl Future<Output = Result<Vec<RecordBatch>, DataFusionError>> + use<> {
+        let queries: Vec<_> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| {
+                let outputs = self.outputs.clone();
+                tokio::spawn(async move { outputs[i].apply(&rows).await })
+            })
+            .collect();
+        async move {
+            let mut computed = Vec::with_capacity(queries.len());
+            for query in queries {
+                computed.push(query.await.expect("an output's query does not panic")?);
+            }
+            Ok(computed)
+        }
     }
 
     /// Seeds dedup for partitions assigned since the last trigger (see `seeded`).

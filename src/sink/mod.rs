@@ -30,12 +30,16 @@ use deltalake::kernel::transaction::{
 };
 use deltalake::kernel::{Action, StructType, Transaction, Version};
 use deltalake::logstore::CommitOrBytes;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use url::Url;
 use uuid::Uuid;
@@ -111,12 +115,16 @@ pub struct TableSink {
     table: DeltaTable,
     /// The table's own schema, which rows are conformed to before writing.
     stored: SchemaRef,
+    /// How its data files are encoded (see [`writer_properties`]).
+    properties: WriterProperties,
     versions: BTreeMap<i32, i64>,
     /// The newest log version this sink knows of (its own commits included);
     /// `table`'s snapshot may be older (see [`Self::commit_directly`]).
     head: Version,
     /// Commits rebased on concurrent ones since the sink last reported.
     retries: usize,
+    /// Checkpoints being written beside the ingest path.
+    checkpoints: JoinSet<()>,
 }
 
 impl TableSink {
@@ -125,14 +133,17 @@ impl TableSink {
         let fail = |e| delta_error(&spec, &url, e);
         let stored = stored_schema(&table).map_err(fail)?;
         let head = table.snapshot().map_err(fail)?.version();
+        let properties = writer_properties(&stored, spec.event_id.as_deref());
         Ok(Self {
             spec,
             url,
             table,
             stored,
+            properties,
             versions: BTreeMap::new(),
             head,
             retries: 0,
+            checkpoints: JoinSet::new(),
         })
     }
 
@@ -243,11 +254,12 @@ impl TableSink {
     /// one at a time (a job's tables reach the interval in the same trigger,
     /// and six at once took both cores from it). One that fails leaves the
     /// log complete (and is made again by `weir maintain`).
-    fn checkpoint_in_background(&self, version: Version) {
+    fn checkpoint_in_background(&mut self, version: Version) {
         static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
         let log_store = self.table.log_store();
         let (table, url) = (self.spec.name.clone(), self.url.clone());
-        tokio::spawn(async move {
+        while self.checkpoints.try_join_next().is_some() {}
+        self.checkpoints.spawn(async move {
             let _turn = ONE_AT_A_TIME.acquire().await;
             let mut at_version = DeltaTable::new(log_store);
             let made = match at_version.load_version(version).await {
@@ -293,45 +305,67 @@ impl TableSink {
         Ok(())
     }
 
-    /// Writes `rows` and commits them with the txn versions `next`; returns the
+    /// Starts encoding and uploading `rows` as data files in a task of its
+    /// own, so a trigger's tables (and its outputs' queries) share the cores;
+    /// nothing is visible until [`Self::append`] commits them.
+    fn stage(&self, rows: RecordBatch) -> Staged {
+        let count = rows.num_rows();
+        let writer = (count > 0).then(|| {
+            RecordBatchWriter::for_table(&self.table)
+                .map(|w| w.with_writer_properties(self.properties.clone()))
+        });
+        let stored = self.stored.clone();
+        let files = tokio::spawn(async move {
+            let Some(writer) = writer else {
+                return Ok(Vec::new());
+            };
+            let mut writer = writer?;
+            writer.write(conform(vec![rows], &stored)?).await?;
+            let adds = writer.flush().await?;
+            Ok(adds.into_iter().map(Action::Add).collect())
+        });
+        Staged {
+            rows: count,
+            started: Instant::now(),
+            files,
+        }
+    }
+
+    /// Commits the `staged` files with the txn versions `next`; returns the
     /// rows written and whether a commit was made.
     async fn append(
         &mut self,
         job: &Job,
-        rows: RecordBatch,
+        staged: Staged,
         next: &BTreeMap<i32, i64>,
         faults: &Faults,
         metrics: &JobMetrics,
     ) -> Result<(usize, bool), SinkError> {
-        let count = rows.num_rows();
-        let clock = Instant::now();
-        let actions = self.write_files(rows).await?;
-        let written = clock.elapsed();
+        let actions = staged
+            .files
+            .await
+            .expect("writing data files does not panic")
+            .map_err(|e| self.fail(e))?;
+        let written = staged.started.elapsed();
         let committed = self.commit(job, actions, next).await?;
         debug!(
             table = self.spec.name,
-            rows = count,
+            rows = staged.rows,
             write_ms = written.as_secs_f64() * 1e3,
-            commit_ms = (clock.elapsed() - written).as_secs_f64() * 1e3,
+            commit_ms = (staged.started.elapsed() - written).as_secs_f64() * 1e3,
             "table appended"
         );
-        metrics.rows_out(&self.spec.name).inc_by(count as u64);
+        metrics.rows_out(&self.spec.name).inc_by(staged.rows as u64);
         faults.check(&format!("sink.after_commit.{}", self.spec.name))?;
-        Ok((count, committed))
+        Ok((staged.rows, committed))
     }
+}
 
-    /// Writes `rows` as parquet files and returns their `add` actions.
-    async fn write_files(&self, rows: RecordBatch) -> Result<Vec<Action>, SinkError> {
-        if rows.num_rows() == 0 {
-            return Ok(Vec::new());
-        }
-        let rows =
-            conform(vec![rows], &self.stored).map_err(|e| self.fail(DeltaTableError::from(e)))?;
-        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(|e| self.fail(e))?;
-        writer.write(rows).await.map_err(|e| self.fail(e))?;
-        let adds = writer.flush().await.map_err(|e| self.fail(e))?;
-        Ok(adds.into_iter().map(Action::Add).collect())
-    }
+/// One table's rows being written as data files ([`Sink::stage`]).
+pub struct Staged {
+    rows: usize,
+    started: Instant,
+    files: tokio::task::JoinHandle<Result<Vec<Action>, DeltaTableError>>,
 }
 
 /// Min/max statistics are kept for every column but binary ones, which have no
@@ -344,6 +378,28 @@ fn stats_columns(schema: &SchemaRef) -> String {
         .map(|f| f.name().as_str())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// delta-rs's defaults (snappy, a dictionary and page statistics for every
+/// column), except where they cost a trigger's write time for nothing: the
+/// event ID is unique and a payload nearly so, so their dictionaries overflow
+/// and are thrown away after every value was hashed into them; and min/max of
+/// binary columns is never read (see [`stats_columns`]).
+fn writer_properties(schema: &SchemaRef, event_id: Option<&str>) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY);
+    for field in schema.fields() {
+        let path = ColumnPath::from(field.name().as_str());
+        let binary = matches!(field.data_type(), DataType::Binary | DataType::LargeBinary);
+        if binary || event_id == Some(field.name().as_str()) {
+            builder = builder.set_column_dictionary_enabled(path.clone(), false);
+        }
+        if binary {
+            builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
+        }
+    }
+    builder.build()
 }
 
 /// What one trigger's commits did.
@@ -579,6 +635,12 @@ impl Sink {
         self.tables.iter().map(|t| &t.versions).collect()
     }
 
+    /// Starts writing `rows` as data files of the `table`-th table (see
+    /// [`Sink::commit_staged`]).
+    pub fn stage(&self, table: usize, rows: RecordBatch) -> Staged {
+        self.tables[table].stage(rows)
+    }
+
     /// Commits one trigger: `rows[i]` (already free of rows the table holds) goes
     /// to the i-th table. `first` and `next` are the batch's first and next
     /// offsets per partition.
@@ -588,8 +650,29 @@ impl Sink {
         first: &BTreeMap<i32, i64>,
         next: &BTreeMap<i32, i64>,
     ) -> Result<CommitReport, SinkError> {
-        assert_eq!(rows.len(), self.tables.len(), "one batch per table");
-        let started = Instant::now();
+        let staged = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| self.stage(i, rows))
+            .collect();
+        self.commit_staged(staged, first, next).await
+    }
+
+    /// [`Sink::commit`] of files already being written: `staged[i]` by
+    /// [`Sink::stage`] for the i-th table.
+    pub async fn commit_staged(
+        &mut self,
+        staged: Vec<Staged>,
+        first: &BTreeMap<i32, i64>,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<CommitReport, SinkError> {
+        assert_eq!(staged.len(), self.tables.len(), "one batch per table");
+        // From the first file write: what the trigger waits for is the sink's whole work.
+        let started = staged
+            .iter()
+            .map(|s| s.started)
+            .min()
+            .unwrap_or_else(Instant::now);
         let mut report = CommitReport::default();
         report.commits += self.commit_bases(first).await?;
 
@@ -600,15 +683,18 @@ impl Sink {
             metrics,
         } = self;
         let done = {
-            let mut pending = tables.iter_mut().zip(rows);
+            let mut pending = tables.iter_mut().zip(staged);
             // `raw` first: which re-read events were late is settled by raw's
             // txn versions, so no other table may hold a trigger raw does not.
             let mut done = match pending.next() {
-                Some((table, rows)) => vec![table.append(job, rows, next, faults, metrics).await?],
+                Some((table, files)) => {
+                    vec![table.append(job, files, next, faults, metrics).await?]
+                }
                 None => Vec::new(),
             };
             // The others converge each by its own txn versions: commit them at once.
-            let rest = pending.map(|(table, rows)| table.append(job, rows, next, faults, metrics));
+            let rest =
+                pending.map(|(table, files)| table.append(job, files, next, faults, metrics));
             done.extend(futures::future::try_join_all(rest).await?);
             done
         };
@@ -623,6 +709,15 @@ impl Sink {
         report.elapsed = started.elapsed();
         debug!(?report, "trigger committed");
         Ok(report)
+    }
+
+    /// Waits for the checkpoints still being written. A stop calls it: a
+    /// runtime shut down under one abandons it half-made, and delta-kernel's
+    /// executor panics on the way out.
+    pub async fn settle(&mut self) {
+        for table in &mut self.tables {
+            while table.checkpoints.join_next().await.is_some() {}
+        }
     }
 
     /// Gives every table a version for every partition in the batch, before any
@@ -645,3 +740,33 @@ impl Sink {
 
 /// Shares one sink between the trigger loop and the consumer's rebalance callback.
 pub type SharedSink = Arc<tokio::sync::Mutex<Sink>>;
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn unique_and_binary_columns_are_written_without_dictionaries() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("page", DataType::Utf8, true),
+            Field::new("_payload", DataType::Binary, true),
+        ]));
+        let properties = writer_properties(&schema, Some("event_id"));
+        let column = |name: &str| ColumnPath::from(name);
+        assert!(!properties.dictionary_enabled(&column("event_id")));
+        assert!(!properties.dictionary_enabled(&column("_payload")));
+        assert!(properties.dictionary_enabled(&column("page")));
+        assert_eq!(
+            properties.statistics_enabled(&column("_payload")),
+            EnabledStatistics::None
+        );
+        assert_eq!(
+            properties.statistics_enabled(&column("event_id")),
+            EnabledStatistics::Page
+        );
+        assert_eq!(properties.compression(&column("page")), Compression::SNAPPY);
+    }
+}
