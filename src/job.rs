@@ -411,8 +411,6 @@ pub enum FieldType {
     Date,
 }
 
-const FIELD_TYPES: &str = "one of string, bool, int32, int64, float32, float64, timestamp, date";
-
 impl FieldType {
     pub const ALL: [Self; 8] = [
         Self::String,
@@ -427,6 +425,12 @@ impl FieldType {
 
     fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// What a spec's `type` may be, for the error that refuses another.
+    fn choices() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|t| t.name()).collect();
+        format!("one of {}", names.join(", "))
     }
 
     /// As a job spec names it.
@@ -1000,8 +1004,13 @@ fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobE
                 format!("`{}` twice", f.name),
             ));
         }
-        let ty = FieldType::parse(&f.ty)
-            .ok_or_else(|| invalid(&format!("{key}.type"), FIELD_TYPES, format!("`{}`", f.ty)))?;
+        let ty = FieldType::parse(&f.ty).ok_or_else(|| {
+            invalid(
+                &format!("{key}.type"),
+                &FieldType::choices(),
+                format!("`{}`", f.ty),
+            )
+        })?;
         fields.push(FieldDef {
             name: f.name,
             ty,

@@ -36,6 +36,19 @@ enum Kind {
 }
 
 impl Kind {
+    /// From the value's first byte: serde_json has checked its syntax
+    /// while skipping it, and parses nothing (no number, no escape).
+    fn of(value: &RawValue) -> Self {
+        match value.get().as_bytes().first() {
+            Some(b'n') => Kind::Null,
+            Some(b't' | b'f') => Kind::Bool,
+            Some(b'"') => Kind::String,
+            Some(b'{') => Kind::Object,
+            Some(b'[') => Kind::Array,
+            _ => Kind::Number,
+        }
+    }
+
     fn described(self) -> &'static str {
         match self {
             Kind::Null => "null",
@@ -149,21 +162,6 @@ impl Visitor<'_> for FieldSeed<'_> {
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
         Ok(self.0.fields.iter().position(|(name, _)| name == key))
-    }
-}
-
-impl Kind {
-    /// From the value's first byte: serde_json has checked its syntax
-    /// while skipping it, and parses nothing (no number, no escape).
-    fn of(value: &RawValue) -> Self {
-        match value.get().as_bytes().first() {
-            Some(b'n') => Kind::Null,
-            Some(b't' | b'f') => Kind::Bool,
-            Some(b'"') => Kind::String,
-            Some(b'{') => Kind::Object,
-            Some(b'[') => Kind::Array,
-            _ => Kind::Number,
-        }
     }
 }
 
