@@ -18,6 +18,7 @@ use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute;
 use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
+use foldhash::fast::RandomState;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::decode::{OFFSET, PARTITION};
@@ -44,7 +45,10 @@ pub struct Candidate {
 pub struct DedupIndex {
     horizon_ms: i64,
     bucket_ms: i64,
-    seen: HashMap<u128, Origin>,
+    /// Keys are already hashes, so the map's own hashing need only be
+    /// cheap; foldhash is several times faster than std's SipHash here and
+    /// still seeded per process, so crafted IDs cannot aim at one bucket.
+    seen: HashMap<u128, Origin, RandomState>,
     buckets: BTreeMap<i64, Vec<u128>>,
 }
 
@@ -57,7 +61,7 @@ impl DedupIndex {
         Self {
             horizon_ms,
             bucket_ms: (horizon_ms / BUCKETS_PER_HORIZON).max(1),
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             buckets: BTreeMap::new(),
         }
     }
