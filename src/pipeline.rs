@@ -130,8 +130,16 @@ impl Stats {
 /// Decoded micro-batches that may wait for the commit stage.
 const DECODED_BATCHES: usize = 2;
 
-/// A micro-batch, its decoding, and the time it was decoded at.
-type Decodes = (MicroBatch, Decoded, chrono::DateTime<Utc>);
+/// A micro-batch as the first stage leaves it: decoded, its valid events
+/// without duplicates.
+struct Prepared {
+    batch: MicroBatch,
+    /// `valid` holds the accepted events only.
+    decoded: Decoded,
+    duplicates: usize,
+    /// When it was decoded: the ingest time of its DLQ and late rows.
+    now: chrono::DateTime<Utc>,
+}
 
 /// The tables every job writes before its outputs, in commit order: `raw` first
 /// (dedup, the watermark and reprocessing derive from it, and its txn versions
@@ -444,21 +452,24 @@ impl Pipeline {
     /// Runs triggers until [`Pipeline::stop`] (the batches already cut are
     /// committed first) or an error.
     ///
-    /// Two stages with a bounded queue between them: decoding (pure, on a
-    /// blocking thread) runs ahead of the stage that deduplicates, judges,
-    /// transforms and commits, so the next batch is decoded while this one
-    /// commits. Those four stay one stage: the watermark's settled fates and
-    /// the replay filter read the versions the previous commit left. Within
-    /// a trigger, the outputs' queries and every table's file writes run as
-    /// tasks of their own; only the log commits are in order.
+    /// Two stages with a bounded queue between them: decoding and dedup (on a
+    /// blocking thread) run ahead of the stage that judges, transforms and
+    /// commits, so the next batch is prepared while this one commits. Dedup
+    /// belongs to the first stage because it needs nothing a commit leaves
+    /// (a failed commit ends the pipeline, and the next one rebuilds the
+    /// index from `raw`); judging and transforming stay with the commits:
+    /// the watermark's settled fates and the replay filter read the versions
+    /// the previous commit left. Within a trigger, the outputs' queries and
+    /// every table's file writes run as tasks of their own; only the log
+    /// commits are in order.
     pub async fn run(self: &Arc<Self>) -> Result<(), PipelineError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Decodes>(DECODED_BATCHES);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(DECODED_BATCHES);
         // A task of its own: in the trigger's task, the next batch would be
         // handed over only when the trigger yields.
-        let decoding = tokio::spawn(Arc::clone(self).decode_into(tx));
+        let decoding = tokio::spawn(Arc::clone(self).prepare_into(tx));
         let committed = async {
-            while let Some((batch, decoded, now)) = rx.recv().await {
-                self.trigger(&batch, decoded, now).await?;
+            while let Some(prepared) = rx.recv().await {
+                self.trigger(prepared).await?;
             }
             Ok(())
         }
@@ -475,52 +486,62 @@ impl Pipeline {
         committed.and(decoded)
     }
 
-    /// The decode stage: each micro-batch decoded on a blocking thread, into
-    /// `decoded` (which bounds how far it runs ahead), until the source ends.
-    async fn decode_into(
+    /// The first stage: each micro-batch decoded and deduplicated on a
+    /// blocking thread, into `prepared` (which bounds how far it runs ahead),
+    /// until the source ends.
+    async fn prepare_into(
         self: Arc<Self>,
-        decoded: tokio::sync::mpsc::Sender<Decodes>,
+        prepared: tokio::sync::mpsc::Sender<Prepared>,
     ) -> Result<(), PipelineError> {
         loop {
             let Some(batch) = self.batches.lock().await.next_batch().await? else {
                 return Ok(());
             };
-            let decoder = self.decoder.clone();
-            let clock = Instant::now();
-            let decodes = tokio::task::spawn_blocking(move || {
-                let now = Utc::now();
-                let decoded = decoder.decode(&batch, now);
-                decoded.map(|d| (batch, d, now))
-            })
-            .await
-            .expect("decoding does not panic")?;
-            self.metrics.stage("decode", clock.elapsed());
+            self.seed_reassigned().await?;
+            let stage = Arc::clone(&self);
+            let next = tokio::task::spawn_blocking(move || stage.prepare(batch))
+                .await
+                .expect("decoding and dedup do not panic")?;
             self.metrics.queue(
                 "decoded",
-                DECODED_BATCHES - decoded.capacity(),
+                DECODED_BATCHES - prepared.capacity(),
                 DECODED_BATCHES,
             );
-            if decoded.send(decodes).await.is_err() {
+            if prepared.send(next).await.is_err() {
                 return Ok(());
             }
         }
     }
 
-    /// One trigger after decoding: dedup, judge, transform, commit.
-    async fn trigger(
-        &self,
-        batch: &MicroBatch,
-        decoded: Decoded,
-        now: chrono::DateTime<Utc>,
-    ) -> Result<(), PipelineError> {
+    fn prepare(&self, batch: MicroBatch) -> Result<Prepared, ArrowError> {
+        let clock = Instant::now();
+        let now = Utc::now();
+        let mut decoded = self.decoder.decode(&batch, now)?;
+        self.metrics.stage("decode", clock.elapsed());
+        let clock = Instant::now();
+        let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
+        decoded.valid = accepted;
+        self.metrics.stage("dedup", clock.elapsed());
+        Ok(Prepared {
+            batch,
+            decoded,
+            duplicates,
+            now,
+        })
+    }
+
+    /// One trigger after decoding and dedup: judge, transform, commit.
+    async fn trigger(&self, prepared: Prepared) -> Result<(), PipelineError> {
+        let Prepared {
+            batch,
+            decoded,
+            duplicates,
+            now,
+        } = prepared;
+        let accepted = decoded.valid;
         let m = &self.metrics;
         let first = batch.first_offsets();
         let next = batch.next_offsets();
-
-        let clock = Instant::now();
-        self.seed_reassigned().await?;
-        let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
-        m.stage("dedup", clock.elapsed());
 
         let mut sink = self.sink.lock().await;
         let clock = Instant::now();
@@ -555,10 +576,10 @@ impl Pipeline {
         drop(sink);
         self.source.commit_offsets(&next);
         let committed_us = Utc::now().timestamp_micros();
-        let produced = produced_to_committed(batch, committed_us);
+        let produced = produced_to_committed(&batch, committed_us);
         self.adapt(batch.len(), &produced);
         self.record(
-            batch,
+            &batch,
             Outcome {
                 report: &report,
                 on_time: &split.on_time,
