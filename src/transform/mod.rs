@@ -197,12 +197,16 @@ impl WindowAggregate {
                 }
                 AggregateFn::CountDistinct => {
                     // Exact: each partial keeps its distinct values; the merge
-                    // counts their union.
+                    // counts their union. `array_distinct` over a plain
+                    // `array_agg`, not `array_agg(DISTINCT …)`: DataFusion has a
+                    // vectorized accumulator only for the plain one, and the
+                    // per-group accumulators of the other made the three
+                    // clickstream queries four times as slow.
                     let input = input.expect("validated: count_distinct has a field");
                     let column = quote(&format!("{name}__distinct"));
                     states.push((
                         format!(
-                            "array_sort(array_agg(DISTINCT {input}) FILTER (WHERE {input} IS NOT NULL))"
+                            "array_sort(array_distinct(array_agg({input}) FILTER (WHERE {input} IS NOT NULL)))"
                         ),
                         column.clone(),
                     ));
@@ -228,12 +232,17 @@ impl WindowAggregate {
             .filter
             .as_ref()
             .map_or(String::new(), |f| format!(" WHERE ({f})"));
+        // No interval arithmetic for the bucket's own window: on a UTC-zoned
+        // timestamp it goes through the time-zone database row by row.
         let assignments: Vec<String> = (0..size_ms / hop_ms)
             .map(|k| {
+                let earlier = match k {
+                    0 => String::new(),
+                    k => format!(" - INTERVAL '{} milliseconds'", k * hop_ms),
+                };
                 format!(
-                    "SELECT date_bin(INTERVAL '{hop_ms} milliseconds', {time}) \
-                     - INTERVAL '{} milliseconds' AS {ws}, * FROM batch{filter}",
-                    k * hop_ms,
+                    "SELECT date_bin(INTERVAL '{hop_ms} milliseconds', {time}){earlier} \
+                     AS {ws}, * FROM batch{filter}",
                     ws = quote(WINDOW_START),
                 )
             })

@@ -168,6 +168,25 @@ async fn partials_of_two_batches_merge_to_the_exact_answer() {
 }
 
 #[tokio::test]
+async fn a_distinct_partial_keeps_each_value_once_sorted_and_no_nulls() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    let rows: Vec<_> = [Some(7.0), None, Some(5.0), Some(7.0), Some(5.0), None]
+        .into_iter()
+        .enumerate()
+        .map(|(s, p)| (s as i64, "/a", "view", p))
+        .collect();
+    let partial = agg.apply(&events(&job, &rows)).await.unwrap();
+    let lists = partial
+        .column_by_name("prices__distinct")
+        .unwrap()
+        .as_list::<i32>();
+    let values = lists.value(0);
+    let values: Vec<_> = values.as_primitive::<Float64Type>().iter().collect();
+    assert_eq!(values, vec![Some(5.0), Some(7.0)]);
+}
+
+#[tokio::test]
 async fn distinct_counts_merge_across_partials_without_double_counting() {
     let job = job();
     let agg = WindowAggregate::new(window(&job, 0), &job.contract);
