@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::prelude::SessionContext;
 use deltalake::checkpoints::create_checkpoint;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
@@ -368,13 +368,19 @@ pub struct Staged {
     files: tokio::task::JoinHandle<Result<Vec<Action>, DeltaTableError>>,
 }
 
-/// Min/max statistics are kept for every column but binary ones, which have no
-/// useful order (and delta-rs warns on every file it would skip them in).
+/// Binary columns (payloads) have no useful order: neither the log nor the
+/// data files keep min/max statistics of them.
+fn is_binary(field: &Field) -> bool {
+    matches!(field.data_type(), DataType::Binary | DataType::LargeBinary)
+}
+
+/// Min/max statistics are kept for every column but binary ones (see
+/// [`is_binary`]; delta-rs warns on every file it would skip them in).
 fn stats_columns(schema: &SchemaRef) -> String {
     schema
         .fields()
         .iter()
-        .filter(|f| !matches!(f.data_type(), DataType::Binary | DataType::LargeBinary))
+        .filter(|f| !is_binary(f))
         .map(|f| f.name().as_str())
         .collect::<Vec<_>>()
         .join(",")
@@ -391,7 +397,7 @@ fn writer_properties(schema: &SchemaRef, event_id: Option<&str>) -> WriterProper
         .set_compression(Compression::SNAPPY);
     for field in schema.fields() {
         let path = ColumnPath::from(field.name().as_str());
-        let binary = matches!(field.data_type(), DataType::Binary | DataType::LargeBinary);
+        let binary = is_binary(field);
         if binary || event_id == Some(field.name().as_str()) {
             builder = builder.set_column_dictionary_enabled(path.clone(), false);
         }
@@ -743,7 +749,7 @@ pub type SharedSink = Arc<tokio::sync::Mutex<Sink>>;
 
 #[cfg(test)]
 mod tests {
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::Schema;
 
     use super::*;
 
