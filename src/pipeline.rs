@@ -466,7 +466,7 @@ impl Pipeline {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(DECODED_BATCHES);
         // A task of its own: in the trigger's task, the next batch would be
         // handed over only when the trigger yields.
-        let decoding = tokio::spawn(Arc::clone(self).prepare_into(tx));
+        let preparing = tokio::spawn(Arc::clone(self).prepare_into(tx));
         let committed = async {
             while let Some(prepared) = rx.recv().await {
                 self.trigger(prepared).await?;
@@ -475,15 +475,15 @@ impl Pipeline {
         }
         .await;
         if committed.is_err() {
-            decoding.abort();
+            preparing.abort();
         }
-        let decoded = match decoding.await {
+        let prepared = match preparing.await {
             Ok(result) => result,
             Err(e) if e.is_cancelled() => Ok(()),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
         self.sink.lock().await.settle().await;
-        committed.and(decoded)
+        committed.and(prepared)
     }
 
     /// The first stage: each micro-batch decoded and deduplicated on a
