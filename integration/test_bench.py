@@ -103,3 +103,21 @@ def test_bad_sweeps_exit_2_saying_why(tmp_path):
     result = run("tune", "--job", ROOT / "jobs/clickstream.toml", "--target-p99", "100")
     assert result.returncode == 2 and "pass --rate" in result.stderr
     assert not (tmp_path / "weir-bench.csv").exists()
+
+
+def test_tune_reaches_the_broker_with_the_jobs_properties(tmp_path, broker):
+    """The rate probe is a client of the job's cluster like the job's own
+    consumer: it takes `[source.properties]` (a secured cluster needs them).
+    A value librdkafka refuses shows that it does: the probe fails at once,
+    naming the property, instead of measuring without it."""
+    import subprocess
+
+    job = write_job(tmp_path / "job.toml", broker, "probed", tmp_path / "data")
+    text = job.read_text().replace('"heartbeat.interval.ms" = "500"',
+                                   '"heartbeat.interval.ms" = "500"\n"fetch.wait.max.ms" = "soon"')
+    job.write_text(text)
+    result = subprocess.run([WEIR, "tune", "--job", job, "--target-p99", "100"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "fetch.wait.max.ms" in result.stderr and "soon" in result.stderr, result.stderr
+    assert "nothing arrived" not in result.stderr

@@ -654,11 +654,13 @@ async fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
             "the job reads the embedded broker, which has no real input rate: pass --rate".into()
         )),
         (None, Brokers::List(list)) => {
-            let bootstrap = list.clone();
-            let topic = job.source.topic.clone();
-            eprintln!("measuring the input rate of `{topic}` over 10 s…");
+            let (bootstrap, probed) = (list.clone(), job.clone());
+            eprintln!(
+                "measuring the input rate of `{}` over 10 s…",
+                job.source.topic
+            );
             let rate = tokio::task::spawn_blocking(move || {
-                weir::bench::tune::measure_rate(&bootstrap, &topic, Duration::from_secs(10))
+                weir::bench::tune::measure_rate(&probed, &bootstrap, Duration::from_secs(10))
             })
             .await??;
             if !positive(rate) {

@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use crate::demo::end_offsets;
 use crate::fault::Faults;
-use crate::job::{Batching, Job, Storage};
+use crate::job::{Batching, Job, JobError, Storage};
 use crate::metrics::JobMetrics;
 use crate::pipeline::{Pipeline, PipelineError, Samples};
 use crate::source::embedded::EmbeddedBroker;
@@ -61,7 +61,10 @@ pub struct BenchOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("the embedded broker failed: {0}")]
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// A Kafka client of the sweep (or the embedded broker) failed.
+    #[error("Kafka: {0}")]
     Broker(#[from] rdkafka::error::KafkaError),
     #[error("cannot create topic `{topic}` on {brokers}: {reason}")]
     Topic {
@@ -291,7 +294,12 @@ impl Broker {
         }
     }
 
-    async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BenchError> {
+    async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        properties: &[(String, String)],
+    ) -> Result<(), BenchError> {
         let failed = |reason: String| BenchError::Topic {
             topic: topic.to_owned(),
             brokers: self.describe(),
@@ -300,10 +308,10 @@ impl Broker {
         match self {
             Broker::Embedded(b) => b.create_topic(topic, partitions).map_err(Into::into),
             Broker::External(list) => {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", list)
-                    .create()
-                    .map_err(|e| failed(e.to_string()))?;
+                let admin: AdminClient<DefaultClientContext> =
+                    client_config(list, &connection_only(properties))
+                        .create()
+                        .map_err(|e| failed(e.to_string()))?;
                 let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
                 let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
                 let results = admin
@@ -342,12 +350,15 @@ async fn sweep(
     progress: &Progress,
 ) -> Result<BenchReport, BenchError> {
     let bootstrap = broker.bootstrap();
+    let properties = job.kafka_properties()?;
     let nonce = std::process::id();
     let backlog_topic = match broker {
         Broker::Embedded(_) => EMBEDDED_BACKLOG.to_owned(),
         Broker::External(_) => {
             let topic = format!("weir-bench-backlog-{nonce}");
-            broker.create_topic(&topic, options.partitions).await?;
+            broker
+                .create_topic(&topic, options.partitions, &properties)
+                .await?;
             topic
         }
     };
@@ -360,9 +371,12 @@ async fn sweep(
     let backlog = send(job, &bootstrap, &backlog_topic, limits).await?;
 
     let raw_consume = {
-        let (bootstrap, topic) = (bootstrap.clone(), backlog_topic.clone());
+        let (client, topic) = (
+            client_config(&bootstrap, &properties),
+            backlog_topic.clone(),
+        );
         let backlog = backlog.clone();
-        tokio::task::spawn_blocking(move || median_consume_rate(&bootstrap, &topic, &backlog))
+        tokio::task::spawn_blocking(move || median_consume_rate(&client, &topic, &backlog))
             .await??
     };
     info!(events_per_s = raw_consume as u64, "raw consume rate");
@@ -380,7 +394,9 @@ async fn sweep(
             .await?;
 
         let topic = format!("weir-bench-b{size}-{nonce}");
-        broker.create_topic(&topic, options.partitions).await?;
+        broker
+            .create_topic(&topic, options.partitions, &properties)
+            .await?;
         let offered = Phase {
             job: point_job(job, &dir.join("latency"), &topic, size, options)?,
             bootstrap: &bootstrap,
@@ -413,8 +429,16 @@ struct Sent {
 async fn send(job: &Job, bootstrap: &str, topic: &str, limits: Limits) -> Result<Sent, BenchError> {
     let mut generator = Generator::new(job.contract.clone(), Mix::default(), rand::random());
     let never = AtomicBool::new(false);
-    let delivered =
-        generator::produce(bootstrap, topic, &mut generator, limits, &never, &[]).await?;
+    let properties = connection_only(&job.kafka_properties()?);
+    let delivered = generator::produce(
+        bootstrap,
+        topic,
+        &mut generator,
+        limits,
+        &never,
+        &properties,
+    )
+    .await?;
     Ok(Sent {
         events: delivered.len() as u64,
         ends: end_offsets(&delivered),
@@ -605,6 +629,41 @@ fn drain_rate(samples: &Samples, size: usize) -> f64 {
     events as f64 / (last.committed - first.committed).as_secs_f64().max(1e-9)
 }
 
+/// A client of the measured broker with the job's `[source.properties]`
+/// (security, timeouts), as the pipeline's own consumer has them: a sweep of
+/// a job against its secured cluster must reach it with every client.
+pub fn client_config(bootstrap: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// How librdkafka properties that reach and authenticate with a cluster
+/// begin. The job's other properties tune its consumer; given to the bench's
+/// producer and admin client, librdkafka would warn about each.
+const CONNECTION_PREFIXES: [&str; 8] = [
+    "security.",
+    "sasl.",
+    "ssl.",
+    "ssl_",
+    "enable.ssl.",
+    "socket.",
+    "broker.",
+    "client.",
+];
+
+/// The job's properties that a producer or an admin client needs too.
+fn connection_only(properties: &[(String, String)]) -> Vec<(String, String)> {
+    properties
+        .iter()
+        .filter(|(key, _)| CONNECTION_PREFIXES.iter().any(|p| key.starts_with(p)))
+        .cloned()
+        .collect()
+}
+
 /// Passes of the raw consumer over the backlog. One pass is over in a tenth
 /// of a second, and on a small shared machine a single one ranged from 1.0 to
 /// 2.4 M events/s: the median of a few keeps the ratio's denominator from
@@ -612,9 +671,9 @@ fn drain_rate(samples: &Samples, size: usize) -> f64 {
 const RAW_CONSUME_PASSES: usize = 5;
 
 /// The median of [`RAW_CONSUME_PASSES`] passes of [`consume_rate`].
-fn median_consume_rate(bootstrap: &str, topic: &str, sent: &Sent) -> Result<f64, BenchError> {
+fn median_consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, BenchError> {
     let mut rates = (0..RAW_CONSUME_PASSES)
-        .map(|_| consume_rate(bootstrap, topic, sent))
+        .map(|_| consume_rate(client, topic, sent))
         .collect::<Result<Vec<_>, _>>()?;
     rates.sort_by(f64::total_cmp);
     debug!(?rates, "raw consume passes");
@@ -625,9 +684,9 @@ fn median_consume_rate(bootstrap: &str, topic: &str, sent: &Sent) -> Result<f64,
 /// first message to the last one sent (no consumer group: no join to wait
 /// for). Counts what it reads: the embedded broker keeps only the newest few
 /// MiB of each partition, so the oldest part of a large backlog may be gone.
-fn consume_rate(bootstrap: &str, topic: &str, sent: &Sent) -> Result<f64, BenchError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, BenchError> {
+    let consumer: BaseConsumer = client
+        .clone()
         .set("group.id", "weir-bench-raw")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
@@ -675,6 +734,21 @@ fn consume_rate(bootstrap: &str, topic: &str, sent: &Sent) -> Result<f64, BenchE
 mod tests {
     use super::*;
     use crate::pipeline::TriggerSample;
+
+    #[test]
+    fn producers_and_admins_get_only_the_properties_that_reach_the_cluster() {
+        let property = |k: &str| (k.to_owned(), "v".to_owned());
+        let job = [
+            property("security.protocol"),
+            property("sasl.mechanisms"),
+            property("ssl.ca.location"),
+            property("client.id"),
+            property("session.timeout.ms"),
+            property("fetch.wait.max.ms"),
+            property("queued.max.messages.kbytes"),
+        ];
+        assert_eq!(connection_only(&job), job[..4]);
+    }
 
     #[test]
     fn drain_rate_skips_the_join_and_the_partial_tail() {

@@ -4,10 +4,10 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::{BenchReport, Point, ms};
+use super::{BenchError, BenchReport, Point, client_config, ms};
+use crate::job::Job;
 
 /// A point keeps up when it committed at least this share of what was offered
 /// by the end of its latency phase.
@@ -130,15 +130,11 @@ fn trade_off(report: &BenchReport, chosen: &Point, target: Duration) -> String {
     }
 }
 
-/// Events per second arriving on `topic`: the growth of its partitions' high
-/// watermarks over `window`.
-pub fn measure_rate(
-    bootstrap: &str,
-    topic: &str,
-    window: Duration,
-) -> Result<f64, rdkafka::error::KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+/// Events per second arriving on the job's topic: the growth of its
+/// partitions' high watermarks over `window`.
+pub fn measure_rate(job: &Job, bootstrap: &str, window: Duration) -> Result<f64, BenchError> {
+    let topic = job.source.topic.as_str();
+    let consumer: BaseConsumer = client_config(bootstrap, &job.kafka_properties()?)
         .set("group.id", "weir-tune-rate")
         .create()?;
     let timeout = Duration::from_secs(10);
