@@ -4,11 +4,11 @@
 //! slow weir).
 //!
 //! One run: a backlog topic is filled once; a plain consumer reads it all and
-//! discards it, a few times over (the raw consume rate is their median); then for each batch size the real
-//! pipeline (decode, dedup, aggregate, Delta commits) drains the same backlog
-//! under a fresh consumer group and fresh tables (throughput), and runs against
-//! a fresh topic fed at the offered rate (latency: each event from produced to
-//! committed, and each trigger's commit).
+//! discards it, a few times over (the raw consume rate is their median); then
+//! for each batch size the real pipeline (decode, dedup, aggregate, Delta
+//! commits) drains the same backlog under a fresh consumer group and fresh
+//! tables (throughput), and runs against a fresh topic fed at the offered rate
+//! (latency: each event from produced to committed, and each trigger's commit).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -632,7 +632,7 @@ fn drain_rate(samples: &Samples, size: usize) -> f64 {
 /// A client of the measured broker with the job's `[source.properties]`
 /// (security, timeouts), as the pipeline's own consumer has them: a sweep of
 /// a job against its secured cluster must reach it with every client.
-pub fn client_config(bootstrap: &str, properties: &[(String, String)]) -> ClientConfig {
+fn client_config(bootstrap: &str, properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (key, value) in properties {
@@ -644,11 +644,10 @@ pub fn client_config(bootstrap: &str, properties: &[(String, String)]) -> Client
 /// How librdkafka properties that reach and authenticate with a cluster
 /// begin. The job's other properties tune its consumer; given to the bench's
 /// producer and admin client, librdkafka would warn about each.
-const CONNECTION_PREFIXES: [&str; 8] = [
+const CONNECTION_PREFIXES: [&str; 7] = [
     "security.",
     "sasl.",
     "ssl.",
-    "ssl_",
     "enable.ssl.",
     "socket.",
     "broker.",
