@@ -13,13 +13,13 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 
 use crate::job::{Brokers, Job};
 use crate::pipeline::INGEST_TABLES;
 use crate::query::{QueryError, open, restored_watermark};
+use crate::source::kafka::client_config;
 
 /// How far back in `raw`'s log the last commit per partition is looked for.
 const LOG_LOOKBACK: u64 = 500;
@@ -190,12 +190,8 @@ fn high_watermarks(job: &Job, brokers: &str) -> Result<BTreeMap<i32, i64>, Statu
             source,
         )))
     };
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for (key, value) in job.kafka_properties().map_err(Box::new)? {
-        config.set(key, value);
-    }
-    let consumer: BaseConsumer = config.create().map_err(fail)?;
+    let properties = job.kafka_properties().map_err(Box::new)?;
+    let consumer: BaseConsumer = client_config(brokers, &properties).create().map_err(fail)?;
     let metadata = consumer
         .fetch_metadata(Some(&job.source.topic), BROKER_TIMEOUT)
         .map_err(fail)?;

@@ -31,6 +31,7 @@ use crate::metrics::JobMetrics;
 use crate::pipeline::{Pipeline, PipelineError, Samples};
 use crate::source::embedded::EmbeddedBroker;
 use crate::source::generator::{self, Generator, Limits, Mix};
+use crate::source::kafka::client_config;
 use crate::telemetry::{Progress, quantile};
 
 pub mod plot;
@@ -627,18 +628,6 @@ fn drain_rate(samples: &Samples, size: usize) -> f64 {
     };
     let events: usize = triggers[1..].iter().map(|t| t.events).sum();
     events as f64 / (last.committed - first.committed).as_secs_f64().max(1e-9)
-}
-
-/// A client of the measured broker with the job's `[source.properties]`
-/// (security, timeouts), as the pipeline's own consumer has them: a sweep of
-/// a job against its secured cluster must reach it with every client.
-fn client_config(bootstrap: &str, properties: &[(String, String)]) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    for (key, value) in properties {
-        config.set(key, value);
-    }
-    config
 }
 
 /// How librdkafka properties that reach and authenticate with a cluster

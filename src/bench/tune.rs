@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::{BenchError, BenchReport, Point, client_config, ms};
+use super::{BenchError, BenchReport, Point, ms};
 use crate::job::Job;
+use crate::source::kafka::client_config;
 
 /// A point keeps up when it committed at least this share of what was offered
 /// by the end of its latency phase.

@@ -354,6 +354,19 @@ impl Drop for Batches {
     }
 }
 
+/// A client of `bootstrap` with a job's `[source.properties]` (security,
+/// timeouts) on top: every client weir makes of a job's cluster besides its
+/// consumer (status's watermark reads, a bench sweep's clients) must reach it
+/// as that consumer does.
+pub fn client_config(bootstrap: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
 /// The poll thread: assembles micro-batches and queues them, pausing the
 /// partitions while the queue is full.
 struct Poller {
