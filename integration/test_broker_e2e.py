@@ -1,4 +1,4 @@
-"""weir against a real Kafka-protocol broker process (tansu), read back by
+"""weir against a real Apache Kafka broker process, read back by
 DuckDB's delta extension and polars: a known set lands exactly once, and keeps
 landing exactly once while the weir process is SIGKILLed again and again."""
 
@@ -14,9 +14,6 @@ import time
 from conftest import (WEIR, duckdb_connection, duckdb_offsets, duckdb_with_views, free_port,
                       polars_offsets, read_report, table_path, weir, write_job)
 
-# tansu's memory storage skips ahead when a fetch starts inside a record batch
-# (see ../shared/STACK.md); one record per batch keeps every offset addressable.
-ONE_RECORD_BATCHES = ["-X", "batch.num.messages=1"]
 
 
 def committed_count(data, job="clickstream") -> int:
@@ -139,7 +136,7 @@ def test_known_set_lands_exactly_once(broker, tmp_path):
     # No late events: before the first batch there is no watermark to be late for.
     weir("produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--count", 3000,
          "--malformed-ratio", 0.02, "--duplicate-ratio", 0.02, "--late-ratio", 0, "--seed", 3,
-         "--report", report, *ONE_RECORD_BATCHES, timeout=120)
+         "--report", report, timeout=120)
     produced = read_report(report)
     assert len(produced) == 3000
 
@@ -178,7 +175,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(broker, tmp_path
     # the job has a watermark before the first late event arrives.
     warmup = tmp_path / "warmup.csv"
     weir("produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--count", 300,
-         "--late-ratio", 0, "--report", warmup, *ONE_RECORD_BATCHES, timeout=120)
+         "--late-ratio", 0, "--report", warmup, timeout=120)
     with open(tmp_path / "run.log", "w") as log:
         proc = start_run(job, log)
         wait_for_count(data, stored(read_report(warmup)), 120, proc)
@@ -186,7 +183,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(broker, tmp_path
     producer = subprocess.Popen(
         [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "300",
          "--seconds", "45", "--malformed-ratio", "0.02", "--duplicate-ratio", "0.02",
-         "--late-ratio", "0.03", "--report", str(report), *ONE_RECORD_BATCHES],
+         "--late-ratio", "0.03", "--report", str(report)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     kills = 0

@@ -9,16 +9,18 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import WEIR, duckdb_connection, free_port, read_report, table_path, weir, write_job
-from test_broker_e2e import (ONE_RECORD_BATCHES, assert_exactly_once, assert_outputs_match_oracle,
+from conftest import (WEIR, duckdb_connection, free_port, read_report, table_path, weir,
+                      with_source_properties, write_job)
+from test_broker_e2e import (assert_exactly_once, assert_outputs_match_oracle,
                              stored)
 
 
 def produce(broker, topic, report, *args):
     weir("produce", "--brokers", broker.bootstrap, "--topic", topic, "--report", report,
-         "--late-ratio", 0, *args, *ONE_RECORD_BATCHES, timeout=180)
+         "--late-ratio", 0, *args, timeout=180)
     return read_report(report)
 
 
@@ -182,8 +184,8 @@ def test_backpressure_bounds_memory_and_loses_nothing(broker, tmp_path):
         wait_until(lambda: healthy(port), 60, proc, "the job to run")
         producer = subprocess.Popen(
             [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "2500",
-             "--seconds", "8", "--late-ratio", "0", "--report", str(tmp_path / "sent.csv"),
-             *ONE_RECORD_BATCHES], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+             "--seconds", "8", "--late-ratio", "0", "--report", str(tmp_path / "sent.csv")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         while producer.poll() is None:
             samples, _ = scrape(port)
             paused_seen.append(value(samples, "weir_partitions_paused", job="clickstream"))
@@ -241,8 +243,7 @@ def test_a_stalled_process_whose_partitions_moved_is_fenced(broker, tmp_path):
     job = write_job(tmp_path / "job.toml", broker, "clicks", data)
     # A stalled process stops answering the group within 4 s, so B takes all
     # the partitions, including those of A's stalled batch.
-    job.write_text(job.read_text().replace(
-        '[source.properties]', '[source.properties]\n"max.poll.interval.ms" = "4000"'))
+    with_source_properties(job, max_poll_interval_ms="4000")
     sent = produce(broker, "clicks", tmp_path / "sent.csv", "--count", 4000)
     ports = free_port(), free_port()
     with open(tmp_path / "a.log", "w") as a_log, open(tmp_path / "b.log", "w") as b_log:
@@ -267,22 +268,26 @@ def test_a_stalled_process_whose_partitions_moved_is_fenced(broker, tmp_path):
     assert_outputs_match_oracle(job, sent)
 
 
-def test_scale_out_survives_sigkill_and_sigterm(broker, tmp_path):
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+def test_scale_out_survives_sigkill_and_sigterm(broker, tmp_path, strategy):
     """Three processes share a 4-partition topic as one consumer group while a
     producer keeps sending; one is SIGKILLed and another stopped with SIGTERM
     mid-stream, both restarted: every valid event is in raw exactly once and
-    the aggregates equal the oracle."""
+    the aggregates equal the oracle. With the eager protocol (range) every
+    rebalance revokes every partition; with the cooperative one (incremental)
+    only those that move."""
     broker.create_topic("clicks", 4)
     data = tmp_path / "data"
-    job = write_job(tmp_path / "job.toml", broker, "clicks", data)
+    job = with_source_properties(write_job(tmp_path / "job.toml", broker, "clicks", data),
+                                 partition_assignment_strategy=strategy)
     ports = [free_port() for _ in range(3)]
     logs = [open(tmp_path / f"p{i}.log", "w") for i in range(3)]
     try:
         procs = [start(job, port, log) for port, log in zip(ports, logs)]
         producer = subprocess.Popen(
             [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "300",
-             "--seconds", "24", "--late-ratio", "0", "--report", str(tmp_path / "sent.csv"),
-             *ONE_RECORD_BATCHES], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+             "--seconds", "24", "--late-ratio", "0", "--report", str(tmp_path / "sent.csv")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         time.sleep(8)
         procs[0].kill()
         procs[0].wait()

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import (WEIR, clickstream_job, crash_after_each, kill_at_random_moments,
                       read_report, weir, write_job)
-from test_broker_e2e import (ONE_RECORD_BATCHES, event_ms, oracle, start_run, stop_gracefully,
+from test_broker_e2e import (event_ms, oracle, start_run, stop_gracefully,
                              stored, wait_for_count)
 
 NEW_FILTER = "action = 'view' AND country <> 'US'"
@@ -237,7 +237,7 @@ def test_a_move_that_raced_a_reprocess_moves_the_reprocessed_rows(tmp_path):
 
 def produce(broker, report, *args):
     weir("produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--report", report,
-         "--late-ratio", 0, *args, *ONE_RECORD_BATCHES, timeout=180)
+         "--late-ratio", 0, *args, timeout=180)
     return read_report(report)
 
 
@@ -267,8 +267,8 @@ def test_reprocess_beside_live_ingest_and_late_events(broker, tmp_path):
         wait_for_count(data, stored(history), 120, proc)
         live = subprocess.Popen(
             [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "100",
-             "--seconds", "15", "--late-ratio", "0", "--report", str(tmp_path / "live.csv"),
-             *ONE_RECORD_BATCHES], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+             "--seconds", "15", "--late-ratio", "0", "--report", str(tmp_path / "live.csv")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         # Events for the past days arrive now: behind the watermark.
         stragglers = produce(broker, tmp_path / "late.csv", "--count", 40, "--backfill", "3days",
                              "--duplicate-ratio", 0, "--malformed-ratio", 0)

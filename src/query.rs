@@ -197,7 +197,11 @@ pub fn render(
             String::from_utf8_lossy(&out).into_owned()
         }
         Format::Json => {
-            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            // Every object names every column, null or not: readers match
+            // columns by key, and a missing key reads as a missing column.
+            let mut writer = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::JsonArray>(Vec::new());
             for batch in batches {
                 writer.write(batch)?;
             }
@@ -222,13 +226,13 @@ mod tests {
     fn rows() -> (SchemaRef, Vec<RecordBatch>) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("page", DataType::Utf8, false),
-            Field::new("views", DataType::Int64, false),
+            Field::new("views", DataType::Int64, true),
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
                 Arc::new(StringArray::from(vec!["/a", "/b"])),
-                Arc::new(Int64Array::from(vec![3, 1])),
+                Arc::new(Int64Array::from(vec![Some(3), None])),
             ],
         )
         .unwrap();
@@ -242,11 +246,11 @@ mod tests {
         assert!(table.contains("| page | views |"), "{table}");
         assert_eq!(
             render(&schema, &batches, Format::Csv).unwrap(),
-            "page,views\n/a,3\n/b,1\n"
+            "page,views\n/a,3\n/b,\n"
         );
         assert_eq!(
             render(&schema, &batches, Format::Json).unwrap(),
-            "[{\"page\":\"/a\",\"views\":3},{\"page\":\"/b\",\"views\":1}]\n"
+            "[{\"page\":\"/a\",\"views\":3},{\"page\":\"/b\",\"views\":null}]\n"
         );
     }
 

@@ -15,11 +15,15 @@ use crate::tier;
 pub use crate::transform::Dialect;
 use crate::transform::{stored_table, view_sql};
 
-/// Where a table's files are, as the engine wants to see it.
-fn location(url: &Url) -> String {
+/// Where a table's files are, as the engine wants to see it: a local table as
+/// its path, except for Trino, whose file systems are all named by URL scheme
+/// (a plain path finds "no factory for location").
+fn location(url: &Url, dialect: Dialect) -> String {
     match url.to_file_path() {
-        Ok(path) => path.to_string_lossy().trim_end_matches('/').to_owned(),
-        Err(()) => url.as_str().trim_end_matches('/').to_owned(),
+        Ok(path) if dialect != Dialect::Trino => {
+            path.to_string_lossy().trim_end_matches('/').to_owned()
+        }
+        _ => url.as_str().trim_end_matches('/').to_owned(),
     }
 }
 
@@ -29,7 +33,7 @@ fn tiered_source(job: &Job, table: &str, registered: &str, dialect: Dialect) -> 
     let mut setup = String::new();
     let mut sources = Vec::new();
     for t in tier::tiers_of(job, table) {
-        let path = location(&job.storage.table(*t, &job.name, table));
+        let path = location(&job.storage.table(*t, &job.name, table), dialect);
         let trino_name = format!("{}_{registered}_{}", job.name, t.name());
         sources.push(match dialect {
             Dialect::DataFusion => format!("\"{registered}__{}\"", t.name()),
@@ -67,6 +71,9 @@ pub fn render(job: &Job, dialect: Dialect) -> String {
          into final values.\n",
         job.name
     );
+    if dialect == Dialect::Trino {
+        out.push_str("CREATE SCHEMA IF NOT EXISTS delta.weir;\n");
+    }
     let mut views: Vec<(String, String, String)> = Vec::new();
     for table in INGEST_TABLES {
         let (setup, source) = tiered_source(job, table, table, dialect);
@@ -128,7 +135,7 @@ mod tests {
         );
         let trino = render(&job, Dialect::Trino);
         assert!(
-            trino.contains("table_location => '/data/hot/clickstream/revenue'"),
+            trino.contains("table_location => 'file:///data/hot/clickstream/revenue'"),
             "{trino}"
         );
         assert!(
