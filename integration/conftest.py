@@ -148,9 +148,14 @@ def start_kafka(workdir: pathlib.Path) -> Broker:
     java = ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             f"-Dlog4j2.configurationFile={ROOT / 'integration' / 'kafka' / 'log4j2.properties'}",
             "-cp", f"{KAFKA_LIBS}/*"]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    subprocess.run([*java, "kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
-                    "--config", str(properties)], check=True, capture_output=True, timeout=60)
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # as Kafka's own ids: a leading dash reads as a flag
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    formatted = subprocess.run([*java, "kafka.tools.StorageTool", "format", "--cluster-id",
+                                cluster_id, "--config", str(properties)],
+                               capture_output=True, text=True, timeout=120)
+    assert formatted.returncode == 0, f"formatting Kafka's storage failed:\n{formatted.stdout}" \
+        f"\n{formatted.stderr}"
     log = workdir / "kafka.log"
     proc = subprocess.Popen([*java, "kafka.Kafka", str(properties)],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)

@@ -241,9 +241,10 @@ def test_a_stalled_process_whose_partitions_moved_is_fenced(broker, tmp_path):
     broker.create_topic("clicks", 4)
     data = tmp_path / "data"
     job = write_job(tmp_path / "job.toml", broker, "clicks", data)
-    # A stalled process stops answering the group within 4 s, so B takes all
-    # the partitions, including those of A's stalled batch.
-    with_source_properties(job, max_poll_interval_ms="4000")
+    # A stalled process is out of the group 6 s into its stall (no poll:
+    # max.poll.interval.ms, which may not be below session.timeout.ms), so B
+    # takes all the partitions, including those of A's stalled batch.
+    with_source_properties(job, max_poll_interval_ms="6000")
     sent = produce(broker, "clicks", tmp_path / "sent.csv", "--count", 4000)
     ports = free_port(), free_port()
     with open(tmp_path / "a.log", "w") as a_log, open(tmp_path / "b.log", "w") as b_log:
