@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit tests and mock-cluster tests (cargo test),
-# then the end-to-end tests against a real Kafka-protocol broker process (tansu)
-# with the tables read back by DuckDB and polars (pytest).
+# then the end-to-end tests against Apache Kafka with the tables read back by
+# DuckDB, polars, Spark, Trino and ClickHouse (pytest). See the README's Testing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}

@@ -95,10 +95,11 @@ def test_notebooks_run_headless_against_fresh_output(tmp_path, monkeypatch):
 
 
 def test_duckdb_views_equal_weir_query(tmp_path):
-    """`weir views --dialect duckdb` run in DuckDB gives the rows `weir query` gives."""
+    """`weir views --dialect duckdb` run in DuckDB gives the rows `weir query`
+    gives, with the tables under a path whose quote must stay in its literal."""
     import math
 
-    data = tmp_path / "data"
+    data = tmp_path / "it's data"
     spec = ROOT / "jobs/clickstream.toml"
     weir("demo", "--seconds", 3, "--rate", 1000, "--data", data, timeout=180)
     con = duckdb_with_views(spec, data)
@@ -117,9 +118,8 @@ def test_duckdb_views_equal_weir_query(tmp_path):
         for a, b in zip(d[4:], o[4:]):
             assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-9), (d, o)
     views_total = con.sql("SELECT sum(views) FROM page_views").fetchone()[0]
-    raw = table_path(data, "clickstream", "raw")
-    raw_views = con.sql(f"SELECT count(*) FROM delta_scan('{raw}') WHERE action = 'view'").fetchone()[0]
-    assert views_total == raw_views
+    raw_views = con.sql("SELECT count(*) FROM raw WHERE action = 'view'").fetchone()[0]
+    assert views_total == raw_views > 0
 
 
 def test_payments_demo_aggregates_every_approved_payment(tmp_path):

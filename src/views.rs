@@ -27,6 +27,11 @@ fn location(url: &Url, dialect: Dialect) -> String {
     }
 }
 
+/// A string literal: any path is valid SQL once its quotes are doubled.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// How the engine reads one job table across its tiers (a table expression),
 /// with the statements that must run first (Trino registers each tier table).
 fn tiered_source(job: &Job, table: &str, registered: &str, dialect: Dialect) -> (String, String) {
@@ -37,18 +42,20 @@ fn tiered_source(job: &Job, table: &str, registered: &str, dialect: Dialect) -> 
         let trino_name = format!("{}_{registered}_{}", job.name, t.name());
         sources.push(match dialect {
             Dialect::DataFusion => format!("\"{registered}__{}\"", t.name()),
-            Dialect::DuckDb => format!("delta_scan('{path}')"),
-            Dialect::Spark => format!("delta.`{path}`"),
+            Dialect::DuckDb => format!("delta_scan({})", literal(&path)),
+            Dialect::Spark => format!("delta.`{}`", path.replace('`', "``")),
             Dialect::Trino => format!("delta.weir.\"{trino_name}\""),
         });
         match dialect {
             Dialect::DataFusion => setup.push_str(&format!(
-                "-- register the Delta table at {path} as \"{registered}__{}\" first\n",
+                "-- register the Delta table at {} as \"{registered}__{}\" first\n",
+                path.replace(['\n', '\r'], " "),
                 t.name()
             )),
             Dialect::Trino => setup.push_str(&format!(
                 "CALL delta.system.register_table(schema_name => 'weir', \
-                 table_name => '{trino_name}', table_location => '{path}');\n"
+                 table_name => '{trino_name}', table_location => {});\n",
+                literal(&path)
             )),
             Dialect::DuckDb | Dialect::Spark => {}
         }
@@ -155,5 +162,23 @@ mod tests {
         assert!(duck.contains(
             "CREATE OR REPLACE VIEW \"purchases\" AS SELECT * FROM delta_scan('/data/hot/clickstream/purchases')"
         ), "{duck}");
+    }
+
+    #[test]
+    fn quotes_in_paths_stay_inside_their_literals() {
+        let overrides = Overrides {
+            data: Some("/it's `here`\n-- x".into()),
+            ..Overrides::default()
+        };
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
+        let job = Job::load(&path, &overrides).unwrap();
+        let duck = render(&job, Dialect::DuckDb);
+        assert!(duck.contains("delta_scan('/it''s `here`\n-- x/hot/clickstream/raw')"), "{duck}");
+        let spark = render(&job, Dialect::Spark);
+        assert!(spark.contains("delta.`/it's ``here``\n-- x/hot/clickstream/raw`"), "{spark}");
+        let trino = render(&job, Dialect::Trino);
+        assert!(trino.contains("table_location => 'file:///it''s%20%60here%60%0A--%20x/hot/clickstream/raw'"), "{trino}");
+        let datafusion = render(&job, Dialect::DataFusion);
+        assert!(datafusion.contains("-- register the Delta table at /it's `here` -- x/hot/clickstream/raw as"), "{datafusion}");
     }
 }
