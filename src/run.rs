@@ -32,14 +32,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A run this long counts as healthy: the next failure starts the backoff over.
 const HEALTHY: Duration = Duration::from_secs(60);
 
+/// The cause is the error's source, not part of its message: `weir: error:`
+/// prints the whole chain, and a message that repeated it printed it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}")]
     Metrics {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("job {job}: {source}")]
+    #[error("job {job}")]
     Job { job: String, source: PipelineError },
 }
 
@@ -51,14 +53,18 @@ pub struct RunOptions {
     pub metrics_addr: SocketAddr,
 }
 
-/// Whether a failure is the spec's (restarting cannot help) rather than the world's.
+/// Whether restarting cannot help: the spec's failures, and a broker that no
+/// longer holds a partition's position (a restart would find the same gap).
 fn is_fatal(e: &PipelineError) -> bool {
     matches!(
         e,
         PipelineError::Job(_)
             | PipelineError::Sink(SinkError::Incompatible { .. })
             | PipelineError::Source(
-                SourceError::Create { .. } | SourceError::Subscribe { .. } | SourceError::Spec(_)
+                SourceError::Create { .. }
+                    | SourceError::Subscribe { .. }
+                    | SourceError::Spec(_)
+                    | SourceError::PositionGone { .. }
             )
     )
 }

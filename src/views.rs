@@ -173,12 +173,28 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
         let job = Job::load(&path, &overrides).unwrap();
         let duck = render(&job, Dialect::DuckDb);
-        assert!(duck.contains("delta_scan('/it''s `here`\n-- x/hot/clickstream/raw')"), "{duck}");
+        assert!(
+            duck.contains("delta_scan('/it''s `here`\n-- x/hot/clickstream/raw')"),
+            "{duck}"
+        );
         let spark = render(&job, Dialect::Spark);
-        assert!(spark.contains("delta.`/it's ``here``\n-- x/hot/clickstream/raw`"), "{spark}");
+        assert!(
+            spark.contains("delta.`/it's ``here``\n-- x/hot/clickstream/raw`"),
+            "{spark}"
+        );
         let trino = render(&job, Dialect::Trino);
-        assert!(trino.contains("table_location => 'file:///it''s%20%60here%60%0A--%20x/hot/clickstream/raw'"), "{trino}");
+        assert!(
+            trino.contains(
+                "table_location => 'file:///it''s%20%60here%60%0A--%20x/hot/clickstream/raw'"
+            ),
+            "{trino}"
+        );
         let datafusion = render(&job, Dialect::DataFusion);
-        assert!(datafusion.contains("-- register the Delta table at /it's `here` -- x/hot/clickstream/raw as"), "{datafusion}");
+        assert!(
+            datafusion.contains(
+                "-- register the Delta table at /it's `here` -- x/hot/clickstream/raw as"
+            ),
+            "{datafusion}"
+        );
     }
 }

@@ -38,6 +38,8 @@ use crate::metrics::JobMetrics;
 /// Micro-batches the poll thread may hold ready before it pauses its partitions.
 pub const QUEUE_BATCHES: usize = 2;
 
+/// How long an assignment waits for a partition's offsets from the broker.
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one poll blocks while no batch is open, so a stop request is seen promptly.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long one poll blocks while a cut batch grows waiting for queue room, so
@@ -57,10 +59,61 @@ pub enum SourceError {
         partitions: Vec<i32>,
         reason: String,
     },
+    #[error(
+        "topic `{topic}` partition {partition}: the job's tables hold every offset below {recorded}, but {gap}; the job stops rather than go on past the gap silently"
+    )]
+    PositionGone {
+        topic: String,
+        partition: i32,
+        recorded: i64,
+        gap: Gap,
+    },
     #[error("fatal Kafka consumer error: {0}")]
     Fatal(KafkaError),
     #[error("the consumer cannot be configured as specified")]
     Spec(#[from] crate::job::JobError),
+}
+
+/// How a partition's offsets on the broker no longer continue the tables' position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// The partition now starts above the position: messages never read were
+    /// deleted (retention, or records deleted by hand).
+    Deleted { log_start: i64 },
+    /// The partition now ends below the position: the topic was recreated or
+    /// the partition reset, and its offsets started over.
+    Reset { high_watermark: i64 },
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gap::Deleted { log_start } => write!(
+                f,
+                "the broker's partition now starts at offset {log_start}: the messages before \
+                 it were deleted (retention or DeleteRecords) before weir read them"
+            ),
+            Gap::Reset { high_watermark } => write!(
+                f,
+                "the broker's partition now ends at offset {high_watermark}: the topic was \
+                 recreated or the partition reset, and its offsets started over"
+            ),
+        }
+    }
+}
+
+impl Gap {
+    /// Where the broker's partition (`log_start`..`high_watermark`) leaves a
+    /// position the tables recorded, if it does not hold it.
+    pub fn between(recorded: i64, log_start: i64, high_watermark: i64) -> Option<Gap> {
+        if recorded < log_start {
+            Some(Gap::Deleted { log_start })
+        } else if recorded > high_watermark {
+            Some(Gap::Reset { high_watermark })
+        } else {
+            None
+        }
+    }
 }
 
 /// Answers "from which offset must each of these partitions be re-read?" on a
@@ -121,7 +174,12 @@ impl ConsumerContext for WeirContext {
         );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.position_assignment(&partitions, tpl);
+                if let Err(e) = self.position_assignment(consumer, &partitions, tpl) {
+                    // Nothing of this assignment is fetched: the next poll
+                    // fails the job before any of it could be committed.
+                    *self.failure.lock().unwrap() = Some(e);
+                    return;
+                }
                 let mut generations = self.generations.lock().unwrap();
                 for &p in &partitions {
                     generations.insert(p, self.assignments.fetch_add(1, Ordering::Relaxed));
@@ -162,24 +220,56 @@ impl WeirContext {
         }
     }
 
-    fn position_assignment(&self, partitions: &[i32], tpl: &mut TopicPartitionList) {
-        match self.resolver.resume_positions(partitions) {
-            Ok(positions) => {
-                for (&partition, &offset) in &positions {
-                    if let Err(e) =
-                        tpl.set_partition_offset(&self.topic, partition, Offset::Offset(offset))
-                    {
-                        warn!(partition, error = %e, "cannot set the resume offset");
-                    }
-                }
-                info!(?partitions, resume = ?positions, "partitions assigned");
+    /// Sets each assigned partition's offset to where the tables say it must
+    /// be re-read, after checking that the broker still holds that offset.
+    fn position_assignment(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+        tpl: &mut TopicPartitionList,
+    ) -> Result<(), SourceError> {
+        let positions = self
+            .resolver
+            .resume_positions(partitions)
+            .map_err(|reason| SourceError::Resume {
+                partitions: partitions.to_vec(),
+                reason,
+            })?;
+        for (&partition, &offset) in &positions {
+            self.check_held(consumer, partition, offset)?;
+            if let Err(e) = tpl.set_partition_offset(&self.topic, partition, Offset::Offset(offset))
+            {
+                warn!(partition, error = %e, "cannot set the resume offset");
             }
-            Err(reason) => {
-                *self.failure.lock().unwrap() = Some(SourceError::Resume {
-                    partitions: partitions.to_vec(),
-                    reason,
-                });
-            }
+        }
+        info!(?partitions, resume = ?positions, "partitions assigned");
+        Ok(())
+    }
+
+    /// Fails when the broker's partition no longer holds `recorded`: resuming
+    /// there would make librdkafka reset to its `auto.offset.reset`, and the
+    /// job would skip deleted messages or, after a reset, drop every new
+    /// message below `recorded` as already stored.
+    fn check_held(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partition: i32,
+        recorded: i64,
+    ) -> Result<(), SourceError> {
+        let (log_start, high_watermark) = consumer
+            .fetch_watermarks(&self.topic, partition, WATERMARKS_TIMEOUT)
+            .map_err(|e| SourceError::Resume {
+                partitions: vec![partition],
+                reason: format!("asking the broker for the partition's offsets: {e}"),
+            })?;
+        match Gap::between(recorded, log_start, high_watermark) {
+            None => Ok(()),
+            Some(gap) => Err(SourceError::PositionGone {
+                topic: self.topic.clone(),
+                partition,
+                recorded,
+                gap,
+            }),
         }
     }
 }
@@ -604,5 +694,26 @@ fn to_message(m: &BorrowedMessage<'_>) -> Message {
         offset: m.offset(),
         kafka_ts: m.timestamp().to_millis(),
         payload: m.payload().map(<[u8]>::to_vec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gap;
+
+    #[test]
+    fn a_position_is_held_from_the_log_start_up_to_the_high_watermark() {
+        assert_eq!(Gap::between(100, 0, 200), None);
+        assert_eq!(Gap::between(100, 0, 100), None, "caught up");
+        assert_eq!(
+            Gap::between(100, 150, 200),
+            Some(Gap::Deleted { log_start: 150 })
+        );
+        assert_eq!(
+            Gap::between(100, 0, 40),
+            Some(Gap::Reset { high_watermark: 40 })
+        );
+        // Retention that deleted only what the tables hold leaves no gap.
+        assert_eq!(Gap::between(100, 100, 100), None);
     }
 }
