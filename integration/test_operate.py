@@ -219,6 +219,28 @@ def start(job, port, log, faults=""):
                             stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def test_a_panicking_job_is_restarted_and_loses_nothing(broker, tmp_path):
+    """A panic inside a job (here injected right after its second raw commit)
+    is a failure like any other: the job is restarted with backoff and
+    counted, and every event still lands once. Before, the panic ended the
+    job for good and `weir run` exited 0."""
+    broker.create_topic("clicks", 3)
+    data = tmp_path / "data"
+    job = write_job(tmp_path / "job.toml", broker, "clicks", data)
+    sent = produce(broker, "clicks", tmp_path / "sent.csv", "--count", 1500)
+    port = free_port()
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start(job, port, log, "sink.after_commit.raw@2:panic")
+        wait_until(lambda: committed(data, "clickstream") == stored(sent), 120, proc, "ingest")
+        wait_until(lambda: healthy(port), 30, proc, "the restarted job to be healthy")
+        assert value(scrape(port)[0], "weir_restarts_total", job="clickstream") == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+    text = (tmp_path / "run.log").read_text()
+    assert "the job panicked: injected panic at sink.after_commit.raw (pass 2)" in text, text
+    assert_exactly_once(data, sent)
+
+
 def test_run_refuses_a_taken_metrics_address(broker, tmp_path):
     job = write_job(tmp_path / "job.toml", broker, "clicks", tmp_path / "data")
     import socket

@@ -6,7 +6,8 @@
 //! name such as `sink.after_commit.raw`, `hit` is which pass through it fails
 //! (1 = the first; `3-40` a range of passes, `*` every pass), and `action` is `error` (the operation returns an error, as
 //! an I/O failure would), `crash` (the process aborts on the spot: no
-//! destructors, no flushing, like SIGKILL) or `sleep=MS` (the process stalls
+//! destructors, no flushing, like SIGKILL), `panic` (the thread panics, as a
+//! bug would: the supervisor must restart the job) or `sleep=MS` (the process stalls
 //! there, so a test can let another process act in between). With no plan, a
 //! check costs one look-up in an empty list.
 
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 pub enum Action {
     Error,
     Crash,
+    Panic,
     Sleep(std::time::Duration),
 }
 
@@ -39,7 +41,7 @@ pub enum FaultError {
     #[error("injected fault at {0}")]
     Injected(String),
     #[error(
-        "invalid fault plan entry `{0}`: expected point@hit:error|crash|sleep=MS (hit: N, A-B or *)"
+        "invalid fault plan entry `{0}`: expected point@hit:error|crash|panic|sleep=MS (hit: N, A-B or *)"
     )]
     Plan(String),
 }
@@ -68,6 +70,7 @@ impl Faults {
                     action: match action.split_once('=') {
                         None if action == "error" => Action::Error,
                         None if action == "crash" => Action::Crash,
+                        None if action == "panic" => Action::Panic,
                         Some(("sleep", ms)) => Action::Sleep(std::time::Duration::from_millis(
                             ms.parse().map_err(|_| bad())?,
                         )),
@@ -106,6 +109,7 @@ impl Faults {
                     eprintln!("weir: injected crash at {name} (pass {hit})");
                     std::process::abort();
                 }
+                Action::Panic => panic!("injected panic at {name} (pass {hit})"),
                 Action::Sleep(pause) => {
                     eprintln!("weir: injected stall at {name} (pass {hit}) for {pause:?}");
                     std::thread::sleep(pause);

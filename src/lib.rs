@@ -26,6 +26,7 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod storage;
+pub mod task;
 pub mod telemetry;
 pub mod tier;
 pub mod transform;

@@ -31,6 +31,7 @@ use crate::replay::filter_replayed;
 use crate::sink::{CommitReport, SharedSink, Sink, SinkError, TableSpec};
 use crate::source::MicroBatch;
 use crate::source::kafka::{Batches, KafkaSource, ResumePositions, SourceError};
+use crate::task::AbortOnDrop;
 use crate::telemetry::quantile;
 use crate::transform::Transform;
 use crate::watermark::{Settled, Watermark, newest_rows, newest_sql};
@@ -48,6 +49,10 @@ pub enum PipelineError {
     /// Kept as the source (not transparent) so the CLI finds it and exits 2.
     #[error("the job cannot run as specified")]
     Job(#[from] crate::job::JobError),
+    /// A bug, not a condition: the supervisor restarts the job like after any
+    /// other failure (nothing committed is lost; the restart re-reads).
+    #[error("the job panicked: {0}")]
+    Panicked(String),
 }
 
 /// Counters of a running pipeline, readable while it runs.
@@ -466,7 +471,7 @@ impl Pipeline {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(DECODED_BATCHES);
         // A task of its own: in the trigger's task, the next batch would be
         // handed over only when the trigger yields.
-        let preparing = tokio::spawn(Arc::clone(self).prepare_into(tx));
+        let mut preparing = AbortOnDrop::spawn(Arc::clone(self).prepare_into(tx));
         let committed = async {
             while let Some(prepared) = rx.recv().await {
                 self.trigger(prepared).await?;
@@ -475,9 +480,9 @@ impl Pipeline {
         }
         .await;
         if committed.is_err() {
-            preparing.abort();
+            preparing.0.abort();
         }
-        let prepared = match preparing.await {
+        let prepared = match preparing.join().await {
             Ok(result) => result,
             Err(e) if e.is_cancelled() => Ok(()),
             Err(e) => std::panic::resume_unwind(e.into_panic()),

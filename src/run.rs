@@ -26,6 +26,7 @@ use crate::metrics::{JobMetrics, Metrics};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::sink::SinkError;
 use crate::source::kafka::SourceError;
+use crate::task::AbortOnDrop;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -164,7 +165,23 @@ async fn supervise(
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        let result = run_once(&job, bootstrap, &metrics, &faults, &stop).await;
+        // Each life in a task of its own: a panic ends that life, not the
+        // supervisor (which would leave the job dropped, the process exiting
+        // 0 or `/healthz` answering 200).
+        // The life ends with the supervisor: one aborted at the shutdown
+        // deadline takes the pipeline it waits on down with it.
+        let mut life = AbortOnDrop::spawn(run_once(
+            job.clone(),
+            bootstrap.clone(),
+            metrics.clone(),
+            faults.clone(),
+            stop.clone(),
+        ));
+        let result = match life.join().await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(PipelineError::Panicked(panic_message(e.into_panic()))),
+            Err(e) => Err(PipelineError::Panicked(e.to_string())),
+        };
         let e = match result {
             Ok(()) => {
                 info!(job = %job.name, "stopped cleanly");
@@ -194,31 +211,38 @@ async fn supervise(
     }
 }
 
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload.downcast_ref::<&str>().map_or_else(
+            || "a panic without a message".to_owned(),
+            |s| (*s).to_owned(),
+        ),
+    }
+}
+
 /// One life of a job's pipeline: start, run until stopped or failed.
 async fn run_once(
-    job: &Job,
-    bootstrap: &str,
-    metrics: &JobMetrics,
-    faults: &Faults,
-    stop: &Arc<AtomicBool>,
+    job: Job,
+    bootstrap: String,
+    metrics: JobMetrics,
+    faults: Faults,
+    stop: Arc<AtomicBool>,
 ) -> Result<(), PipelineError> {
     if stop.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let pipeline =
-        Arc::new(Pipeline::start(job, bootstrap, faults.clone(), metrics.clone()).await?);
+    let pipeline = Arc::new(Pipeline::start(&job, &bootstrap, faults, metrics.clone()).await?);
     metrics.set_health(Ok(()));
     info!(job = %job.name, brokers = %bootstrap, topic = %job.source.topic, "running");
-    let relay = {
+    let _relay = {
         let (pipeline, stop) = (pipeline.clone(), stop.clone());
-        tokio::spawn(async move {
+        AbortOnDrop::spawn(async move {
             wait_for(&stop).await;
             pipeline.stop();
         })
     };
-    let result = pipeline.run().await;
-    relay.abort();
-    result
+    pipeline.run().await
 }
 
 /// Runs table upkeep beside ingest every `maintenance.every`. A failed round is

@@ -173,7 +173,10 @@ impl Generator {
                 kind: Kind::Duplicate,
             };
         }
-        let late = roll < self.mix.malformed_ratio + self.mix.duplicate_ratio + self.mix.late_ratio;
+        // A duplicate's roll with nothing yet to re-send falls through to here
+        // and makes a valid event, not a late one.
+        let late_from = self.mix.malformed_ratio + self.mix.duplicate_ratio;
+        let late = (late_from..late_from + self.mix.late_ratio).contains(&roll);
         let key = self.key();
         let delay_ms = if late {
             self.rng.random_range(LATE_MS)
@@ -492,6 +495,18 @@ mod tests {
         for m in MALFORMED_KINDS {
             assert!(kinds.contains(&Kind::Malformed(m)), "{m:?} never generated");
         }
+    }
+
+    #[test]
+    fn no_late_ratio_no_late_events_even_when_nothing_could_be_re_sent_yet() {
+        let mix = Mix {
+            malformed_ratio: 0.0,
+            duplicate_ratio: 1.0,
+            late_ratio: 0.0,
+        };
+        let mut g = Generator::new(clickstream().contract, mix, 7);
+        assert_eq!(g.next_message().kind, Kind::Valid);
+        assert_eq!(g.next_message().kind, Kind::Duplicate);
     }
 
     #[test]

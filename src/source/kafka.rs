@@ -478,7 +478,7 @@ impl Poller {
             }
             let started = Instant::now();
             let polled = self
-                .fill(std::mem::take(&mut carried), stop)
+                .fill(std::mem::take(&mut carried), stop, queue)
                 .map(|messages| {
                     let generations = self.consumer.context().generations.lock().unwrap().clone();
                     Polled {
@@ -611,8 +611,16 @@ impl Poller {
 
     /// Blocks until a micro-batch is ready: `max_events` buffered; or at least
     /// `min_events` and nothing more ready right now; or `max_wait` since the
-    /// batch's first event. Returns what it has (maybe nothing) once `stop` is set.
-    fn fill(&self, carried: Vec<Message>, stop: &AtomicBool) -> Result<Vec<Message>, SourceError> {
+    /// batch's first event. Returns what it has (maybe nothing) once `stop` is
+    /// set or nobody takes batches any more (a pipeline that ended without
+    /// setting `stop`, by a panic: an idle poll thread would otherwise stay in
+    /// the group for good, holding partitions no one reads).
+    fn fill(
+        &self,
+        carried: Vec<Message>,
+        stop: &AtomicBool,
+        queue: &mpsc::Sender<Queued>,
+    ) -> Result<Vec<Message>, SourceError> {
         let Batching {
             min_events,
             max_wait,
@@ -631,7 +639,11 @@ impl Poller {
             }
             let now = Instant::now();
             let expired = deadline.is_some_and(|d| now >= d);
-            if messages.len() >= max_events || expired || stop.load(Ordering::Relaxed) {
+            if messages.len() >= max_events
+                || expired
+                || stop.load(Ordering::Relaxed)
+                || queue.is_closed()
+            {
                 break;
             }
             let timeout = match deadline {
