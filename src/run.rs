@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::fault::Faults;
 use crate::job::{Brokers, Job};
 use crate::maintain;
 use crate::metrics::{JobMetrics, Metrics};
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::query::QueryError;
 use crate::sink::SinkError;
 use crate::source::kafka::SourceError;
 use crate::task::AbortOnDrop;
@@ -259,6 +260,11 @@ pub async fn maintain_every(job: Job, faults: Faults) {
                 seconds = report.elapsed.as_secs_f64(),
                 "maintenance round done"
             ),
+            // The job has not created its tables yet (a first start on slow
+            // storage): nothing to keep up.
+            Err(maintain::MaintainError::Query(QueryError::Missing { table, .. })) => {
+                debug!(job = %job.name, %table, "maintenance skipped: the job's tables are not made yet")
+            }
             Err(e) => {
                 warn!(job = %job.name, error = %e, "maintenance round failed; ingest goes on")
             }
