@@ -160,21 +160,33 @@ def start_kafka(workdir: pathlib.Path) -> Broker:
     proc = subprocess.Popen([*java, "kafka.Kafka", str(properties)],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
     broker = Broker(bootstrap=f"127.0.0.1:{port}", log=log, proc=proc)
-    deadline = time.monotonic() + 60
-    while "Kafka Server started" not in log.read_text():
-        assert proc.poll() is None, f"Kafka exited:\n{log.read_text()[-5000:]}"
-        assert time.monotonic() < deadline, "Kafka did not start in 60 s"
-        time.sleep(0.1)
+    wait_for_line(proc, log, "Kafka Server started", 60, "Kafka")
     return broker
 
 
-def stop_kafka(broker: Broker) -> None:
-    broker.proc.terminate()
+def wait_for_line(proc: subprocess.Popen, log: pathlib.Path, line: str, timeout: float,
+                  name: str) -> None:
+    """Waits until the service `proc` writes `line` to its `log`; fails with the
+    log's end if it exits first or takes longer than `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text():
+        assert proc.poll() is None, f"{name} exited:\n{log.read_text()[-5000:]}"
+        assert time.monotonic() < deadline, f"{name} did not start in {timeout} s"
+        time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after 30 s."""
+    proc.terminate()
     try:
-        broker.proc.wait(timeout=30)
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        broker.proc.kill()
-        broker.proc.wait()
+        proc.kill()
+        proc.wait()
+
+
+def stop_kafka(broker: Broker) -> None:
+    stop_process(broker.proc)
 
 
 @pytest.fixture
@@ -441,14 +453,6 @@ def trino(tmp_path_factory):
          f"-Dplugin.dir={TRINO_HOME}/plugin", "-cp", f"{TRINO_HOME}/lib/*",
          "io.trino.server.TrinoServer"],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=home)
-    deadline = time.monotonic() + 180
-    while "SERVER STARTED" not in log.read_text():
-        assert proc.poll() is None, f"Trino exited:\n{log.read_text()[-5000:]}"
-        assert time.monotonic() < deadline, "Trino did not start in 180 s"
-        time.sleep(0.5)
+    wait_for_line(proc, log, "SERVER STARTED", 180, "Trino")
     yield Trino(port)
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc)

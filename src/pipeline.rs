@@ -480,7 +480,7 @@ impl Pipeline {
         }
         .await;
         if committed.is_err() {
-            preparing.0.abort();
+            preparing.abort();
         }
         let prepared = match preparing.join().await {
             Ok(result) => result,

@@ -168,9 +168,8 @@ async fn supervise(
         let started = Instant::now();
         // Each life in a task of its own: a panic ends that life, not the
         // supervisor (which would leave the job dropped, the process exiting
-        // 0 or `/healthz` answering 200).
-        // The life ends with the supervisor: one aborted at the shutdown
-        // deadline takes the pipeline it waits on down with it.
+        // 0 or `/healthz` answering 200). The life ends with the supervisor:
+        // one aborted at the shutdown deadline takes its pipeline down too.
         let mut life = AbortOnDrop::spawn(run_once(
             job.clone(),
             bootstrap.clone(),

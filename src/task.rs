@@ -6,7 +6,7 @@
 use tokio::task::JoinHandle;
 
 /// A spawned task that is aborted when this handle is dropped.
-pub struct AbortOnDrop<T>(pub JoinHandle<T>);
+pub struct AbortOnDrop<T>(JoinHandle<T>);
 
 impl<T> AbortOnDrop<T> {
     pub fn spawn<F>(future: F) -> Self
@@ -15,6 +15,11 @@ impl<T> AbortOnDrop<T> {
         T: Send + 'static,
     {
         Self(tokio::spawn(future))
+    }
+
+    /// Stops the task now; [`AbortOnDrop::join`] then reports it cancelled.
+    pub fn abort(&self) {
+        self.0.abort();
     }
 
     /// The task's end, as `JoinHandle` gives it.

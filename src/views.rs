@@ -115,10 +115,11 @@ mod tests {
     use crate::job::Overrides;
     use std::path::Path;
 
-    fn job() -> Job {
+    /// The example job with its tables under `data`.
+    fn job_under(data: &str) -> Job {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
         let overrides = Overrides {
-            data: Some("/data".into()),
+            data: Some(data.into()),
             ..Overrides::default()
         };
         Job::load(&path, &overrides).unwrap()
@@ -126,7 +127,7 @@ mod tests {
 
     #[test]
     fn every_dialect_names_the_tables_its_own_way() {
-        let job = job();
+        let job = job_under("/data");
         let duck = render(&job, Dialect::DuckDb);
         assert!(duck.contains(
             "CREATE OR REPLACE VIEW \"page_views\" AS SELECT \"window_start\", \"window_end\", \"page\", \"country\", sum(\"views\") AS \"views\", CAST("
@@ -166,12 +167,7 @@ mod tests {
 
     #[test]
     fn quotes_in_paths_stay_inside_their_literals() {
-        let overrides = Overrides {
-            data: Some("/it's `here`\n-- x".into()),
-            ..Overrides::default()
-        };
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
-        let job = Job::load(&path, &overrides).unwrap();
+        let job = job_under("/it's `here`\n-- x");
         let duck = render(&job, Dialect::DuckDb);
         assert!(
             duck.contains("delta_scan('/it''s `here`\n-- x/hot/clickstream/raw')"),
