@@ -27,10 +27,12 @@ use crate::dedup::Dedup;
 use crate::fault::Faults;
 use crate::job::{Job, Tier};
 use crate::metrics::JobMetrics;
-use crate::replay::filter_replayed;
+use crate::replay::{filter_replayed, without_partitions};
 use crate::sink::{CommitReport, SharedSink, Sink, SinkError, TableSpec};
 use crate::source::MicroBatch;
-use crate::source::kafka::{Batches, KafkaSource, ResumePositions, SourceError};
+use crate::source::kafka::{
+    Batches, Generations, KafkaSource, Polled, Rebalance, SourceError, moved,
+};
 use crate::task::AbortOnDrop;
 use crate::telemetry::quantile;
 use crate::transform::Transform;
@@ -139,6 +141,8 @@ const DECODED_BATCHES: usize = 2;
 /// without duplicates.
 struct Prepared {
     batch: MicroBatch,
+    /// The assignment its partitions were polled under.
+    generations: Generations,
     /// `valid` holds the accepted events only.
     decoded: Decoded,
     duplicates: usize,
@@ -363,17 +367,31 @@ pub struct Pipeline {
     seeded: tokio::sync::Mutex<BTreeMap<i32, u64>>,
 }
 
-/// Lets the rebalance callback ask the sink for resume positions.
+/// The rebalance callback's view of the tables, through the shared sink.
 struct SinkPositions {
     sink: SharedSink,
     runtime: Handle,
 }
 
-impl ResumePositions for SinkPositions {
+impl Rebalance for SinkPositions {
     fn resume_positions(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String> {
         self.runtime
             .block_on(async { self.sink.lock().await.resume_positions(partitions).await })
             .map_err(|e| e.to_string())
+    }
+
+    fn between_commits(&self, revoke: &mut dyn FnMut()) {
+        if let Ok(_no_commit) = self.sink.try_lock() {
+            return revoke();
+        }
+        if Handle::try_current().is_ok() {
+            // The consumer closing on a runtime thread, as the pipeline is
+            // dropped: no trigger of it can run any more, and waiting here
+            // could block the very thread that holds the lock.
+            return revoke();
+        }
+        let _no_commit = self.runtime.block_on(self.sink.lock());
+        revoke();
     }
 }
 
@@ -499,12 +517,12 @@ impl Pipeline {
         prepared: tokio::sync::mpsc::Sender<Prepared>,
     ) -> Result<(), PipelineError> {
         loop {
-            let Some(batch) = self.batches.lock().await.next_batch().await? else {
+            let Some(polled) = self.batches.lock().await.next_batch().await? else {
                 return Ok(());
             };
             self.seed_reassigned().await?;
             let stage = Arc::clone(&self);
-            let next = tokio::task::spawn_blocking(move || stage.prepare(batch))
+            let next = tokio::task::spawn_blocking(move || stage.prepare(polled))
                 .await
                 .expect("decoding and dedup do not panic")?;
             self.metrics.queue(
@@ -518,7 +536,8 @@ impl Pipeline {
         }
     }
 
-    fn prepare(&self, batch: MicroBatch) -> Result<Prepared, ArrowError> {
+    fn prepare(&self, polled: Polled) -> Result<Prepared, ArrowError> {
+        let Polled { batch, generations } = polled;
         let clock = Instant::now();
         let now = Utc::now();
         let mut decoded = self.decoder.decode(&batch, now)?;
@@ -529,6 +548,7 @@ impl Pipeline {
         self.metrics.stage("dedup", clock.elapsed());
         Ok(Prepared {
             batch,
+            generations,
             decoded,
             duplicates,
             now,
@@ -537,18 +557,22 @@ impl Pipeline {
 
     /// One trigger after decoding and dedup: judge, transform, commit.
     async fn trigger(&self, prepared: Prepared) -> Result<(), PipelineError> {
-        let Prepared {
+        let mut sink = self.sink.lock().await;
+        let Some(Prepared {
             batch,
             decoded,
             duplicates,
             now,
-        } = prepared;
+            ..
+        }) = self.still_assigned(prepared)?
+        else {
+            return Ok(());
+        };
         let accepted = decoded.valid;
         let m = &self.metrics;
         let first = batch.first_offsets();
         let next = batch.next_offsets();
 
-        let mut sink = self.sink.lock().await;
         let clock = Instant::now();
         let settled = settled(&mut sink, &accepted).await?;
         let split = self.judge(&accepted, &settled, now)?;
@@ -596,6 +620,40 @@ impl Pipeline {
             },
         );
         Ok(())
+    }
+
+    /// `prepared` without the messages and rows of partitions revoked since
+    /// it was polled (`None` when nothing is left). Called under the sink's
+    /// lock, which a revocation takes too: what passes is still this
+    /// process's to commit. (Dedup may keep the IDs of what is dropped: it
+    /// remembers where each was read, so their re-read is accepted again.)
+    fn still_assigned(&self, prepared: Prepared) -> Result<Option<Prepared>, ArrowError> {
+        let Prepared {
+            mut batch,
+            generations,
+            mut decoded,
+            duplicates,
+            now,
+        } = prepared;
+        let moved = moved(&batch, &generations, &self.source.generations());
+        if !moved.is_empty() {
+            let before = batch.len();
+            batch.messages.retain(|m| !moved.contains(&m.partition));
+            decoded.valid = without_partitions(&decoded.valid, &moved)?;
+            decoded.rejected = without_partitions(&decoded.rejected, &moved)?;
+            info!(
+                dropped = before - batch.len(),
+                ?moved,
+                "dropped decoded messages of partitions revoked since they were polled; their owner re-reads them"
+            );
+        }
+        Ok((!batch.is_empty()).then_some(Prepared {
+            batch,
+            generations,
+            decoded,
+            duplicates,
+            now,
+        }))
     }
 
     /// Each output's rows from its input (`inputs[i]` for the i-th output),

@@ -45,6 +45,17 @@ pub fn filter_replayed(
     compute::filter_record_batch(rows, &keep)
 }
 
+/// The rows of `rows` not of `partitions`: what is left of a batch when
+/// those partitions moved to another process, which holds (or will hold)
+/// every offset of them.
+pub fn without_partitions(
+    rows: &RecordBatch,
+    partitions: &[i32],
+) -> Result<RecordBatch, ArrowError> {
+    let held_elsewhere = partitions.iter().map(|&p| (p, i64::MAX)).collect();
+    filter_replayed(rows, &held_elsewhere)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

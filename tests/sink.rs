@@ -30,20 +30,27 @@ fn spec() -> TableSpec {
     }
 }
 
+type Trigger = (Vec<RecordBatch>, BTreeMap<i32, i64>, BTreeMap<i32, i64>);
+
 /// Rows for offsets `from..to` of partition 0, and the trigger's first/next offsets.
-fn trigger(from: i64, to: i64) -> (Vec<RecordBatch>, BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
+fn trigger(from: i64, to: i64) -> Trigger {
+    trigger_of(0, from, to)
+}
+
+/// [`trigger`] of `partition`.
+fn trigger_of(partition: i32, from: i64, to: i64) -> Trigger {
     let rows = RecordBatch::try_new(
         spec().schema,
         vec![
-            Arc::new(Int32Array::from(vec![0; (to - from) as usize])),
+            Arc::new(Int32Array::from(vec![partition; (to - from) as usize])),
             Arc::new(Int64Array::from((from..to).collect::<Vec<_>>())),
         ],
     )
     .unwrap();
     (
         vec![rows],
-        BTreeMap::from([(0, from)]),
-        BTreeMap::from([(0, to)]),
+        BTreeMap::from([(partition, from)]),
+        BTreeMap::from([(partition, to)]),
     )
 }
 
@@ -144,6 +151,50 @@ async fn a_writer_whose_partition_another_committed_is_fenced() {
     let err = sink.commit(rows, &first, &next).await.unwrap_err();
     assert!(err.is_conflict(), "expected a conflict, got: {err}");
     assert_eq!(table(&job).await.version(), Some(3), "nothing committed");
+}
+
+/// A refresh (a rebalance's assignment) re-reads only the partitions just
+/// assigned but moves the sink to the newest log version: a partition that
+/// moved to another writer meanwhile must not then be committed from this
+/// writer's older view, which no conflict check would catch (the commit is
+/// written at the version after the newest).
+#[tokio::test]
+async fn a_partition_committed_by_another_sink_since_a_refresh_of_others_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = common::job(dir.path(), 100);
+    let mut a = open(&job).await;
+    for partition in [0, 1] {
+        let (rows, first, next) = trigger_of(partition, 0, 10);
+        a.commit(rows, &first, &next).await.unwrap();
+    }
+    // Partition 1 moves to sink b, which commits 10..20 of it.
+    let mut b = open(&job).await;
+    assert_eq!(
+        b.resume_positions(&[1]).await.unwrap(),
+        BTreeMap::from([(1, 10)])
+    );
+    let (rows, first, next) = trigger_of(1, 10, 20);
+    b.commit(rows, &first, &next).await.unwrap();
+    // a is assigned partition 0 again (only), then commits a stale batch of 1.
+    assert_eq!(
+        a.resume_positions(&[0]).await.unwrap(),
+        BTreeMap::from([(0, 10)])
+    );
+    let (rows, first, next) = trigger_of(1, 10, 15);
+    let err = a.commit(rows, &first, &next).await.unwrap_err();
+    assert!(err.is_conflict(), "expected a refusal, got: {err}");
+    assert!(err.to_string().contains("partition 1"), "{err}");
+
+    assert_eq!(
+        common::txn_versions(&job, "numbers", &[0, 1]).await,
+        BTreeMap::from([(0, 10), (1, 20)]),
+        "partition 1's version is not set back"
+    );
+    assert_eq!(rows_seen_by(&mut b).await, 30, "no row stored twice");
+    // Partition 0, still a's, goes on.
+    let (rows, first, next) = trigger_of(0, 10, 12);
+    a.commit(rows, &first, &next).await.unwrap();
+    assert_eq!(rows_seen_by(&mut a).await, 32);
 }
 
 #[tokio::test]

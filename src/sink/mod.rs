@@ -77,8 +77,23 @@ pub enum SinkError {
         url: Url,
         source: Incompatible,
     },
+    #[error(
+        "Delta table {table}: another writer moved partition {partition}'s committed position from {} to {} since this one read it; this writer no longer owns the partition and commits nothing of it",
+        offset_or_none(*.known),
+        offset_or_none(*.found)
+    )]
+    Fenced {
+        table: String,
+        partition: i32,
+        known: Option<i64>,
+        found: Option<i64>,
+    },
     #[error(transparent)]
     Fault(#[from] FaultError),
+}
+
+fn offset_or_none(offset: Option<i64>) -> String {
+    offset.map_or_else(|| "none".to_owned(), |o| format!("offset {o}"))
 }
 
 impl SinkError {
@@ -86,15 +101,16 @@ impl SinkError {
     /// the same partition's txn (this writer lost the partition and is fenced)
     /// or removed what this one read.
     pub fn is_conflict(&self) -> bool {
-        matches!(
-            self,
-            SinkError::Delta { source, .. } if matches!(
+        match self {
+            SinkError::Fenced { .. } => true,
+            SinkError::Delta { source, .. } => matches!(
                 source.as_ref(),
                 DeltaTableError::Transaction {
                     source: deltalake::kernel::transaction::TransactionError::CommitConflict(_)
                 }
-            )
-        )
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -121,6 +137,11 @@ pub struct TableSink {
     /// The newest log version this sink knows of (its own commits included);
     /// `table`'s snapshot may be older (see [`Self::commit_directly`]).
     head: Version,
+    /// The log version up to which `versions` are known exact. Behind `head`
+    /// when another writer committed since (seen by a refresh or a rebase):
+    /// it may have moved a partition this process no longer owns, and
+    /// [`Self::commit`] checks before writing any version of its own.
+    synced: Version,
     /// Commits rebased on concurrent ones since the sink last reported.
     retries: usize,
     /// Checkpoints being written beside the ingest path.
@@ -142,6 +163,7 @@ impl TableSink {
             properties,
             versions: BTreeMap::new(),
             head,
+            synced: head,
             retries: 0,
             checkpoints: JoinSet::new(),
         })
@@ -151,21 +173,68 @@ impl TableSink {
         delta_error(&self.spec, &self.url, source)
     }
 
-    /// Re-reads the log and the txn versions of `partitions`.
+    /// Re-reads the log and the txn versions of `partitions` (the others
+    /// are checked when next committed: [`Self::sync`]).
     async fn refresh(&mut self, job: &Job, partitions: &[i32]) -> Result<(), SinkError> {
         self.table.update_state().await.map_err(|e| self.fail(e))?;
         self.head = self.table.snapshot().map_err(|e| self.fail(e))?.version();
-        for &p in partitions {
-            let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
-            let version = snapshot
-                .transaction_version(self.table.log_store().as_ref(), job.app_id(p))
-                .await
-                .map_err(|e| self.fail(e))?;
+        for (p, version) in self.read_versions(job, partitions).await? {
             match version {
                 Some(v) => self.versions.insert(p, v),
                 None => self.versions.remove(&p),
             };
         }
+        Ok(())
+    }
+
+    /// The txn versions of `partitions` in the snapshot (which must be at `head`).
+    async fn read_versions(
+        &self,
+        job: &Job,
+        partitions: &[i32],
+    ) -> Result<Vec<(i32, Option<i64>)>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
+        let mut read = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let version = snapshot
+                .transaction_version(self.table.log_store().as_ref(), job.app_id(p))
+                .await
+                .map_err(|e| self.fail(e))?;
+            read.push((p, version));
+        }
+        Ok(read)
+    }
+
+    /// Brings `versions` up to `head` after another writer committed, and
+    /// refuses (fenced) when one of the partitions about to be committed
+    /// (`committing`) is not where this writer last saw it: its rows were
+    /// filtered against a version that is no longer the table's, and writing
+    /// them would store another writer's rows twice and set its version back.
+    async fn sync(&mut self, job: &Job, committing: &[i32]) -> Result<(), SinkError> {
+        if self.synced == self.head {
+            return Ok(());
+        }
+        self.catch_up().await?;
+        let known: Vec<i32> = self.versions.keys().copied().collect();
+        for (p, found) in self.read_versions(job, &known).await? {
+            let known = self.versions.get(&p).copied();
+            if found == known {
+                continue;
+            }
+            if committing.contains(&p) {
+                return Err(SinkError::Fenced {
+                    table: self.spec.name.clone(),
+                    partition: p,
+                    known,
+                    found,
+                });
+            }
+            match found {
+                Some(v) => self.versions.insert(p, v),
+                None => self.versions.remove(&p),
+            };
+        }
+        self.synced = self.head;
         Ok(())
     }
 
@@ -177,6 +246,8 @@ impl TableSink {
         actions: Vec<Action>,
         next: &BTreeMap<i32, i64>,
     ) -> Result<bool, SinkError> {
+        self.sync(job, &next.keys().copied().collect::<Vec<_>>())
+            .await?;
         let advancing: Vec<(i32, i64)> = next
             .iter()
             .filter(|(p, v)| self.versions.get(p).is_none_or(|known| *v > known))
@@ -240,6 +311,9 @@ impl TableSink {
             Ok(()) => {}
             Err(TransactionError::VersionAlreadyExists(_)) => return Ok(false),
             Err(e) => return Err(self.fail(e.into())),
+        }
+        if self.synced == self.head {
+            self.synced = version;
         }
         self.head = version;
         // Where delta-rs's own commit would checkpoint, so readers replay little.

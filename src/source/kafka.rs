@@ -10,7 +10,7 @@
 //! it leaves the queue: the partition's owner re-reads it from the tables'
 //! positions. Its rebalance callback is where
 //! exactly-once starts: on every assignment it asks the sink (through
-//! [`ResumePositions`]) for the lowest offset any Delta table still needs, and
+//! [`Rebalance`]) for the lowest offset any Delta table still needs, and
 //! assigns the partitions *at* those offsets, so nothing is ever consumed from a
 //! position the tables did not choose. Consumer-group offsets are committed only
 //! for lag visibility and are used only where the tables know nothing.
@@ -116,19 +116,27 @@ impl Gap {
     }
 }
 
-/// Answers "from which offset must each of these partitions be re-read?" on a
-/// partition assignment. It is called from inside the consumer's poll, so it
-/// blocks; the sink implements it by reading the Delta `txn` versions.
-pub trait ResumePositions: Send + Sync + 'static {
-    /// Offsets for the partitions the tables know; partitions left out fall back
-    /// to the consumer group's committed offset, then to the job's `start_from`.
+/// What the rebalance callback needs of the tables. It is called from inside
+/// the consumer's poll, so it blocks; the pipeline implements it over the
+/// shared sink.
+pub trait Rebalance: Send + Sync + 'static {
+    /// On an assignment: from which offset each partition must be re-read.
+    /// Offsets for the partitions the tables know; partitions left out fall
+    /// back to the consumer group's committed offset, then to the job's
+    /// `start_from`.
     fn resume_positions(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String>;
+
+    /// On a revocation: runs `revoke` while no trigger commits. A trigger
+    /// checks its batch's assignment under the same lock, so once a
+    /// partition's revocation returns (and its new owner may start), this
+    /// process commits nothing more of it.
+    fn between_commits(&self, revoke: &mut dyn FnMut());
 }
 
 /// The consumer context: rebalance handling with Delta-chosen positions.
 pub struct WeirContext {
     topic: String,
-    resolver: Arc<dyn ResumePositions>,
+    resolver: Arc<dyn Rebalance>,
     /// Partitions taken away since the trigger loop last looked: their messages
     /// in the open batch must not be committed by this process.
     revoked: Mutex<Vec<i32>>,
@@ -136,7 +144,7 @@ pub struct WeirContext {
     failure: Mutex<Option<SourceError>>,
     /// Per assigned partition, the number of the assignment it belongs to: a
     /// queued batch is only good while its partitions' numbers are unchanged.
-    generations: Mutex<BTreeMap<i32, u64>>,
+    generations: Mutex<Generations>,
     assignments: AtomicU64,
     metrics: JobMetrics,
 }
@@ -213,11 +221,13 @@ impl ConsumerContext for WeirContext {
 
 impl WeirContext {
     fn revoke(&self, partitions: &[i32]) {
-        self.revoked.lock().unwrap().extend(partitions);
-        let mut generations = self.generations.lock().unwrap();
-        for p in partitions {
-            generations.remove(p);
-        }
+        self.resolver.between_commits(&mut || {
+            self.revoked.lock().unwrap().extend(partitions);
+            let mut generations = self.generations.lock().unwrap();
+            for p in partitions {
+                generations.remove(p);
+            }
+        });
     }
 
     /// Sets each assigned partition's offset to where the tables say it must
@@ -274,10 +284,25 @@ impl WeirContext {
     }
 }
 
+/// Per assigned partition, the number of the assignment it belongs to.
+pub type Generations = BTreeMap<i32, u64>;
+
 /// A micro-batch with the assignment numbers of its partitions when it was cut.
-struct Polled {
-    batch: MicroBatch,
-    generations: BTreeMap<i32, u64>,
+#[derive(Debug)]
+pub struct Polled {
+    pub batch: MicroBatch,
+    pub generations: Generations,
+}
+
+/// The partitions of `batch`, polled under the assignment `polled`, that were
+/// revoked (or revoked and assigned again) since, going by the assignment
+/// now (`current`).
+pub fn moved(batch: &MicroBatch, polled: &Generations, current: &Generations) -> Vec<i32> {
+    batch
+        .next_offsets()
+        .into_keys()
+        .filter(|p| current.get(p) != polled.get(p))
+        .collect()
 }
 
 type Queued = Result<Polled, SourceError>;
@@ -304,7 +329,7 @@ impl KafkaSource {
     pub fn connect(
         job: &Job,
         bootstrap: &str,
-        resolver: Arc<dyn ResumePositions>,
+        resolver: Arc<dyn Rebalance>,
         metrics: JobMetrics,
         stop: Arc<AtomicBool>,
         cap: BatchCap,
@@ -381,7 +406,7 @@ impl KafkaSource {
 
     /// Per assigned partition (the keys: the assignment), the number of its
     /// current assignment.
-    pub fn generations(&self) -> BTreeMap<i32, u64> {
+    pub fn generations(&self) -> Generations {
         self.consumer.context().generations.lock().unwrap().clone()
     }
 
@@ -405,30 +430,30 @@ impl KafkaSource {
 impl Batches {
     /// The next micro-batch, without messages of partitions this consumer has
     /// lost since it was cut. `None` once the poll thread has stopped.
-    pub async fn next_batch(&mut self) -> Result<Option<MicroBatch>, SourceError> {
+    pub async fn next_batch(&mut self) -> Result<Option<Polled>, SourceError> {
         loop {
             self.metrics
                 .queue("poll", self.queue.len(), self.queue.max_capacity());
             let Some(polled) = self.queue.recv().await else {
                 return Ok(None);
             };
-            let Polled {
-                mut batch,
-                generations,
-            } = polled?;
+            let mut polled = polled?;
             let current = self.consumer.context().generations.lock().unwrap().clone();
-            let before = batch.len();
-            batch
-                .messages
-                .retain(|m| current.get(&m.partition) == generations.get(&m.partition));
-            if batch.len() != before {
+            let moved = moved(&polled.batch, &polled.generations, &current);
+            if !moved.is_empty() {
+                let before = polled.batch.len();
+                polled
+                    .batch
+                    .messages
+                    .retain(|m| !moved.contains(&m.partition));
                 info!(
-                    dropped = before - batch.len(),
+                    dropped = before - polled.batch.len(),
+                    ?moved,
                     "dropped queued messages of partitions reassigned since; their owner re-reads them"
                 );
             }
-            if !batch.is_empty() {
-                return Ok(Some(batch));
+            if !polled.batch.is_empty() {
+                return Ok(Some(polled));
             }
         }
     }
@@ -539,35 +564,26 @@ impl Poller {
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     item = back;
                     self.cap.queue_full();
-                    let growing = match &mut item {
-                        Ok(polled) if polled.batch.len() < self.cap.get() => Some(polled),
-                        _ => None,
-                    };
-                    if growing.is_none() && waiting.elapsed() < PAUSE_AFTER {
+                    let growing = matches!(&item, Ok(p) if p.batch.len() < self.cap.get());
+                    if !growing && waiting.elapsed() < PAUSE_AFTER {
                         std::thread::sleep(GROW_POLL);
                         continue;
                     }
-                    self.set_paused(growing.is_none());
-                    let timeout = if growing.is_some() {
-                        GROW_POLL
-                    } else {
-                        IDLE_POLL
-                    };
-                    match self.consumer.poll(timeout) {
-                        Some(Ok(m)) => match growing {
-                            Some(polled) => {
-                                polled.batch.messages.push(to_message(&m));
-                                grown = true;
-                            }
-                            None => carried.push(to_message(&m)),
-                        },
-                        Some(Err(e)) => {
-                            if let Err(fatal) = self.on_error(e) {
-                                let _ = queue.blocking_send(Err(fatal));
-                                return false;
-                            }
+                    self.set_paused(!growing);
+                    let timeout = if growing { GROW_POLL } else { IDLE_POLL };
+                    let waiting_batch = item.as_mut().ok().map(|p| &mut p.batch.messages);
+                    let held = waiting_batch.into_iter().chain([&mut *carried]);
+                    match (self.poll(timeout, held), &mut item) {
+                        (Ok(Some(m)), Ok(polled)) if growing => {
+                            polled.batch.messages.push(m);
+                            grown = true;
                         }
-                        None => {}
+                        (Ok(Some(m)), _) => carried.push(m),
+                        (Ok(None), _) => {}
+                        (Err(fatal), _) => {
+                            let _ = queue.blocking_send(Err(fatal));
+                            return false;
+                        }
                     }
                 }
             }
@@ -578,7 +594,6 @@ impl Poller {
     /// assignment as it is now (once, when it is about to be queued, not per
     /// message added).
     fn refresh(&self, polled: &mut Polled) {
-        self.drop_revoked(&mut polled.batch.messages);
         polled.generations = self.consumer.context().generations.lock().unwrap().clone();
     }
 
@@ -633,7 +648,6 @@ impl Poller {
             (!messages.is_empty()).then(|| Instant::now() + max_wait);
         loop {
             self.surface_failure()?;
-            self.drop_revoked(&mut messages);
             if messages.is_empty() {
                 deadline = None;
             }
@@ -651,18 +665,15 @@ impl Poller {
                 Some(_) if messages.len() >= min_events => Duration::ZERO,
                 Some(d) => (d - now).min(IDLE_POLL),
             };
-            match self.consumer.poll(timeout) {
-                Some(Ok(m)) => {
+            match self.poll(timeout, [&mut messages])? {
+                Some(m) => {
                     deadline.get_or_insert(now + max_wait);
-                    messages.push(to_message(&m));
+                    messages.push(m);
                 }
-                Some(Err(e)) => self.on_error(e)?,
                 None if messages.len() >= min_events => break,
                 None => {}
             }
         }
-        // A revocation seen during the last poll.
-        self.drop_revoked(&mut messages);
         Ok(messages)
     }
 
@@ -673,19 +684,39 @@ impl Poller {
         }
     }
 
-    fn drop_revoked(&self, messages: &mut Vec<Message>) {
+    /// Polls once. A rebalance callback runs inside the poll: the messages
+    /// `held` of partitions it revoked are dropped before the message the
+    /// poll returns (which belongs to the assignment as it is now) joins
+    /// them. Dropping later would also drop what was fetched after the
+    /// partition was assigned again, and its next commit would skip it.
+    fn poll<'a>(
+        &self,
+        timeout: Duration,
+        held: impl IntoIterator<Item = &'a mut Vec<Message>>,
+    ) -> Result<Option<Message>, SourceError> {
+        let polled = match self.consumer.poll(timeout) {
+            Some(Ok(m)) => Some(to_message(&m)),
+            Some(Err(e)) => {
+                self.on_error(e)?;
+                None
+            }
+            None => None,
+        };
         let revoked = std::mem::take(&mut *self.consumer.context().revoked.lock().unwrap());
         if !revoked.is_empty() {
-            let before = messages.len();
-            messages.retain(|m| !revoked.contains(&m.partition));
-            if before != messages.len() {
-                info!(
-                    dropped = before - messages.len(),
-                    ?revoked,
-                    "dropped uncommitted messages of revoked partitions; their new owner re-reads them"
-                );
+            for messages in held {
+                let before = messages.len();
+                messages.retain(|m| !revoked.contains(&m.partition));
+                if before != messages.len() {
+                    info!(
+                        dropped = before - messages.len(),
+                        ?revoked,
+                        "dropped uncommitted messages of revoked partitions; their new owner re-reads them"
+                    );
+                }
             }
         }
+        Ok(polled)
     }
 
     fn on_error(&self, error: KafkaError) -> Result<(), SourceError> {
