@@ -283,7 +283,10 @@ fn produced_to_committed(batch: &MicroBatch, committed_us: i64) -> Vec<Duration>
         .messages
         .iter()
         .filter_map(|m| m.kafka_ts)
-        .map(|ms| Duration::from_micros((committed_us - ms * 1000).max(0) as u64))
+        .map(|ms| {
+            let produced_us = ms.saturating_mul(1000);
+            Duration::from_micros(committed_us.saturating_sub(produced_us).max(0) as u64)
+        })
         .collect()
 }
 

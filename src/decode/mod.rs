@@ -27,7 +27,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::job::{Contract, FieldType};
 use crate::source::{Message, MicroBatch};
-use shape::Shape;
+use shape::{MAX_TIMESTAMP_MS, Shape};
 
 mod shape;
 
@@ -164,6 +164,14 @@ impl Decoder {
                 self.max_message_bytes
             ));
         }
+        if let Some(ms) = m
+            .kafka_ts
+            .filter(|ms| ms.unsigned_abs() > MAX_TIMESTAMP_MS as u64)
+        {
+            return Err(format!(
+                "Kafka timestamp {ms} ms is beyond what a timestamp column holds"
+            ));
+        }
         match bytes.trim_ascii_start().first() {
             None => return Err("empty message".into()),
             Some(b'{') => {}
@@ -274,7 +282,7 @@ impl Decoder {
             .expect("event time decodes as millisecond timestamps");
         let outside: BooleanArray = times
             .iter()
-            .map(|t| Some(t.is_some_and(|t| (t - now_ms).abs() > range_ms)))
+            .map(|t| Some(t.is_some_and(|t| t.abs_diff(now_ms) > range_ms.unsigned_abs())))
             .collect();
         note(&outside, &|row| {
             format!(
@@ -358,7 +366,9 @@ impl Decoder {
 }
 
 fn kafka_ts<'a>(messages: impl Iterator<Item = &'a Message>) -> TimestampMicrosecondArray {
-    TimestampMicrosecondArray::from_iter(messages.map(|m| m.kafka_ts.map(|ms| ms * 1000)))
+    // An absurd one's message is in the DLQ (`precheck`), its time left null.
+    let micros = |ms: i64| ms.checked_mul(1000);
+    TimestampMicrosecondArray::from_iter(messages.map(|m| m.kafka_ts.and_then(micros)))
         .with_timezone("UTC")
 }
 

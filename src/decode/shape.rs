@@ -1,22 +1,37 @@
 //! The per-message check before the batch decode: strict JSON syntax, UTF-8,
-//! and the JSON kind of each contract field's value.
+//! the JSON kind of each contract field's value, whether a number fits its
+//! column, and how deep ignored values nest.
 //!
 //! arrow-json reports a value it cannot take only for a whole flush, and
 //! finding the message means bisecting the batch: a micro-batch of 10,000
 //! with a dozen such messages decoded five times over. The kinds arrow-json
 //! can never take (an object where a string belongs, a string where a bool
 //! does, any non-UTF-8 byte) are cheap to see while the syntax is checked
-//! anyway, so they are refused here, message by message. The check only ever
-//! refuses what arrow-json would refuse too; what it lets through (a
-//! timestamp string that does not parse, an int32 out of range) is still
-//! found by bisecting.
+//! anyway, so they are refused here, message by message. So are the numbers
+//! arrow-json would store *changed* rather than refuse: `1.9` truncated to 1
+//! in an integer column, `1e400` stored as infinity, epoch milliseconds no
+//! microsecond timestamp can hold. Otherwise the check only ever refuses
+//! what arrow-json would refuse too; what it lets through (a timestamp
+//! string that does not parse) is still found by bisecting.
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::job::{Contract, FieldType};
+
+/// How deep objects and arrays may nest in a message. Contract fields are
+/// scalars, so nesting only ever sits in fields weir ignores; a bound keeps
+/// hostile input (100,000 levels) from costing the decoders anything.
+pub(super) const MAX_DEPTH: usize = 64;
+
+/// The largest epoch milliseconds a timestamp column (microseconds in an i64) holds.
+pub(super) const MAX_TIMESTAMP_MS: i64 = i64::MAX / 1000;
+
+/// Integers above this cannot all be told apart as floats: `1e3` is taken
+/// as the integer 1000, `1e17` is refused rather than rounded.
+const EXACT_FLOAT_INTEGER: f64 = (1u64 << 53) as f64;
 
 /// The contract's fields as the check needs them.
 #[derive(Debug, Clone)]
@@ -95,7 +110,7 @@ impl Shape {
             .and_then(|misfit| json.end().map(|()| misfit))
             .map_err(|e| format!("not valid JSON: {e}"))?;
         match misfit {
-            Some((field, kind)) => {
+            Some(Misfit::Kind(field, kind)) => {
                 let (name, ty) = &self.fields[field];
                 Err(format!(
                     "does not match the schema: `{name}` is {}, expected {}",
@@ -103,16 +118,109 @@ impl Shape {
                     ty.name()
                 ))
             }
+            Some(Misfit::Number(field, number, why)) => {
+                let (name, ty) = &self.fields[field];
+                Err(format!(
+                    "does not fit the schema: `{name}` is {number}, {why} ({} field)",
+                    ty.name()
+                ))
+            }
+            Some(Misfit::Nested(name)) => Err(format!(
+                "{name} is nested more than {MAX_DEPTH} levels deep"
+            )),
             None => Ok(()),
         }
     }
+}
+
+/// Why a message cannot become a row, as the check sees it.
+#[derive(Debug)]
+enum Misfit {
+    /// A contract field's value of a kind its type never takes.
+    Kind(usize, Kind),
+    /// A contract field's number that its column cannot hold as written.
+    Number(usize, String, &'static str),
+    /// A value nested past [`MAX_DEPTH`], and its key as the message says it.
+    Nested(String),
+}
+
+/// Why the JSON number `text` cannot be stored in a column of `ty` unchanged.
+fn number_misfit(text: &str, ty: FieldType) -> Option<&'static str> {
+    match ty {
+        FieldType::Int32 => integer_misfit(text, i32::MIN.into(), i32::MAX.into()),
+        FieldType::Int64 => integer_misfit(text, i64::MIN, i64::MAX),
+        FieldType::Date => integer_misfit(text, i32::MIN.into(), i32::MAX.into()),
+        FieldType::Timestamp => {
+            integer_misfit(text, -MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS).map(|why| match why {
+                OUT_OF_RANGE => "beyond the epoch milliseconds a timestamp holds",
+                other => other,
+            })
+        }
+        FieldType::Float32 | FieldType::Float64 => {
+            let max = if ty == FieldType::Float32 {
+                f32::MAX.into()
+            } else {
+                f64::MAX
+            };
+            let overflows = may_overflow(text) && text.parse::<f64>().is_ok_and(|v| v.abs() > max);
+            overflows.then_some(OUT_OF_RANGE)
+        }
+        FieldType::String | FieldType::Bool => None,
+    }
+}
+
+const OUT_OF_RANGE: &str = "outside the column's range";
+
+/// Whether a float literal could be too large for a float32 (≈3.4e38) at all:
+/// most are short and exponent-free, and need no second parse.
+fn may_overflow(text: &str) -> bool {
+    text.len() > 38 || text.contains(['e', 'E'])
+}
+
+fn integer_misfit(text: &str, min: i64, max: i64) -> Option<&'static str> {
+    if !text.contains(['.', 'e', 'E']) {
+        return match text.parse::<i64>() {
+            Ok(v) if (min..=max).contains(&v) => None,
+            _ => Some(OUT_OF_RANGE),
+        };
+    }
+    let v: f64 = text.parse().ok()?;
+    if v.fract() != 0.0 {
+        Some("not a whole number")
+    } else if v.abs() > EXACT_FLOAT_INTEGER || v < min as f64 || v > max as f64 {
+        Some(OUT_OF_RANGE)
+    } else {
+        None
+    }
+}
+
+/// How deep objects and arrays nest in `json` (valid JSON).
+fn depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in json.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b'}' | b']') => depth = depth.saturating_sub(1),
+            (false, _, _) => {}
+        }
+    }
+    deepest
 }
 
 /// The top-level object: the first contract field whose value misfits.
 struct ObjectSeed<'a>(&'a Shape);
 
 impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
-    type Value = Option<(usize, Kind)>;
+    type Value = Option<Misfit>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -120,7 +228,7 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for ObjectSeed<'_> {
-    type Value = Option<(usize, Kind)>;
+    type Value = Option<Misfit>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -129,16 +237,38 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut misfit = None;
         while let Some(field) = map.next_key_seed(FieldSeed(self.0))? {
-            let Some(field) = field else {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            };
-            let kind = Kind::of(map.next_value::<&RawValue>()?);
-            if misfit.is_none() && !kind.fits(self.0.fields[field].1) {
-                misfit = Some((field, kind));
+            let value = map.next_value::<&RawValue>()?;
+            if misfit.is_none() {
+                misfit = self.misfit(field, value);
             }
         }
         Ok(misfit)
+    }
+}
+
+impl ObjectSeed<'_> {
+    /// Why the value of key `field` (its contract index, or its name when
+    /// the contract has none) cannot be taken.
+    fn misfit(&self, field: Result<usize, Option<&str>>, value: &RawValue) -> Option<Misfit> {
+        let kind = Kind::of(value);
+        match field {
+            Ok(field) => {
+                let ty = self.0.fields[field].1;
+                if !kind.fits(ty) {
+                    Some(Misfit::Kind(field, kind))
+                } else if kind == Kind::Number {
+                    number_misfit(value.get(), ty)
+                        .map(|why| Misfit::Number(field, value.get().to_owned(), why))
+                } else {
+                    None
+                }
+            }
+            Err(name) if matches!(kind, Kind::Object | Kind::Array) => {
+                let name = name.map_or_else(|| "a field".to_owned(), |n| format!("`{n}`"));
+                (depth(value.get()) > MAX_DEPTH).then_some(Misfit::Nested(name))
+            }
+            Err(_) => None,
+        }
     }
 }
 
@@ -146,22 +276,34 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
 struct FieldSeed<'a>(&'a Shape);
 
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
-    type Value = Option<usize>;
+    /// The contract index, or else the key itself (when the JSON holds it
+    /// unescaped: borrowing it costs nothing per ignored field).
+    type Value = Result<usize, Option<&'de str>>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
     }
 }
 
-impl Visitor<'_> for FieldSeed<'_> {
-    type Value = Option<usize>;
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = Result<usize, Option<&'de str>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a field name")
     }
 
+    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(self.index(key).ok_or(Some(key)))
+    }
+
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.fields.iter().position(|(name, _)| name == key))
+        Ok(self.index(key).ok_or(None))
+    }
+}
+
+impl FieldSeed<'_> {
+    fn index(&self, key: &str) -> Option<usize> {
+        self.0.fields.iter().position(|(name, _)| name == key)
     }
 }
 
@@ -196,20 +338,19 @@ mod tests {
         decoder.decode(message.as_bytes()).is_ok() && decoder.flush().is_ok()
     }
 
-    /// The check's one promise: it never refuses a message arrow-json would
-    /// decode, so it changes only how fast a bad message is found.
+    /// The check's promise: it refuses a message arrow-json would decode
+    /// only when arrow-json would store a number changed, so otherwise it
+    /// changes only how fast a bad message is found.
     #[test]
-    fn refuses_only_what_arrow_json_refuses() {
+    fn refuses_only_what_arrow_json_refuses_or_would_change() {
         let mut refused = Vec::new();
         for ty in FieldType::ALL {
-            let shape = Shape {
-                fields: vec![("v".into(), ty)],
-            };
+            let shape = shape_of(ty);
             for value in VALUES {
                 let message = format!(r#"{{"other":{{"v":[]}},"v":{value}}}"#);
                 if let Err(reason) = shape.check(message.as_bytes()) {
                     assert!(
-                        !arrow_json_takes(ty, &message),
+                        !arrow_json_takes(ty, &message) || reason.starts_with("does not fit"),
                         "{message} refused as {}: {reason}",
                         ty.name()
                     );
@@ -225,6 +366,30 @@ mod tests {
             !refused.contains(&(FieldType::Int64, r#""x""#)),
             "left to arrow-json"
         );
+        assert!(!refused.contains(&(FieldType::Int64, "-1.5e3")), "-1500");
+        // What arrow-json takes but would store changed.
+        for (ty, value) in [
+            (FieldType::Int64, "1.9"),
+            (FieldType::Float64, "1e400"),
+            (FieldType::Timestamp, "18446744073709551616"),
+        ] {
+            let message = format!(r#"{{"v":{value}}}"#);
+            assert!(arrow_json_takes(ty, &message), "{message}");
+            assert!(shape_of(ty).check(message.as_bytes()).is_err(), "{message}");
+        }
+    }
+
+    fn shape_of(ty: FieldType) -> Shape {
+        Shape {
+            fields: vec![("v".into(), ty)],
+        }
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert_eq!(depth(r#"{"a":[1,{"b":"[[[{"}]}"#), 3);
+        assert_eq!(depth(r#"["\"[", "\\", []]"#), 2);
+        assert_eq!(depth("1"), 0);
     }
 
     #[test]

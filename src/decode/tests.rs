@@ -257,3 +257,69 @@ mod properties {
         }
     }
 }
+
+/// Values a column cannot hold go to the DLQ naming the field: never stored
+/// changed (±inf, truncated, null) and never a panic.
+#[test]
+fn numbers_and_times_a_column_cannot_hold_go_to_the_dlq() {
+    let deep = format!(
+        r#"{{"id":"deep","ts":"2026-11-21T11:59:00Z","n":1,"nest":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (r#""x":1e400"#.into(), "`x`"),
+        (r#""x":-1e400"#.into(), "`x`"),
+        (r#""n":1.9"#.into(), "`n`"),
+        (r#""n":9223372036854775808"#.into(), "`n`"),
+        (r#""n":-9223372036854775809"#.into(), "`n`"),
+        (r#""n":1e3"#.into(), ""),
+        (r#""ts":1e16"#.into(), "`ts`"),
+        (r#""ts":1e400"#.into(), "`ts`"),
+        (r#""ts":-1e400"#.into(), "`ts`"),
+        (format!(r#""ts":{}"#, i64::MAX), "`ts`"),
+        (format!(r#""ts":{}"#, i64::MIN), "`ts`"),
+        (r#""ts":"+275760-09-13T00:00:00Z""#.into(), "'ts'"),
+    ];
+    let messages: Vec<Vec<u8>> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (field, _))| {
+            let base = format!(r#""id":"e{i}","ts":"2026-11-21T11:59:00Z","n":1,"x":1.5"#);
+            format!("{{{base},{field}}}").into_bytes()
+        })
+        .chain([deep.into_bytes()])
+        .collect();
+    let mut decoder = decoder();
+    decoder.max_message_bytes = 1 << 20;
+    let mut b = batch(
+        &messages
+            .iter()
+            .map(|m| Some(m.as_slice()))
+            .collect::<Vec<_>>(),
+    );
+    // A Kafka timestamp no timestamp column can hold, on a valid message.
+    b.messages.push(Message {
+        kafka_ts: Some(i64::MAX - 1),
+        ..batch(&[Some(GOOD)]).messages[0].clone()
+    });
+    b.messages.last_mut().unwrap().offset = 999;
+    let d = decoder.decode(&b, now()).unwrap();
+    let reasons = errors(&d);
+    let rejected = offsets(&d.rejected);
+    // `1e3` is the integer 1000: kept.
+    assert_eq!(offsets(&d.valid), vec![105], "{reasons:?}");
+    let mut expected: Vec<i64> = (100..100 + messages.len() as i64)
+        .filter(|&o| o != 105)
+        .collect();
+    expected.push(999);
+    assert_eq!(rejected, expected, "{reasons:?}");
+    for ((field, name), reason) in cases.iter().filter(|(_, n)| !n.is_empty()).zip(&reasons) {
+        assert!(reason.contains(name), "{field}: {reason}");
+    }
+    assert!(reasons[reasons.len() - 2].contains("nested"), "{reasons:?}");
+    assert!(
+        reasons[reasons.len() - 1].contains("Kafka timestamp"),
+        "{reasons:?}"
+    );
+}
