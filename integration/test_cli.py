@@ -86,3 +86,22 @@ def test_output_sql_that_does_not_plan_exits_2_before_connecting(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "outputs[3].sql" in result.stderr and "nope" in result.stderr
     assert not (tmp_path / "data").exists(), "nothing is created before the spec is valid"
+
+
+def test_window_filter_that_does_not_plan_exits_2_before_connecting(tmp_path):
+    spec, result = bad_spec(tmp_path, 'filter = "action = \'view\'"',
+                            'filter = "no_such_field = 1"')
+    assert result.returncode == 2, result.stderr
+    assert "outputs[0].filter" in result.stderr and "no_such_field" in result.stderr
+
+
+def test_output_names_that_collide_exit_2(tmp_path):
+    """Names SQL engines cannot tell apart (by case) or that weir's own tables
+    take (`<output>__partials`, `raw`) are refused, naming the key."""
+    for name in ["PAGE_VIEWS", "Raw", "x__partials"]:
+        spec = tmp_path / "bad.toml"
+        spec.write_text((ROOT / "jobs/clickstream.toml").read_text()
+                        + f'\n[[outputs]]\nname = "{name}"\nsql = "SELECT 1 AS one FROM batch"\n')
+        result = run("run", spec, "--brokers", "127.0.0.1:1")
+        assert result.returncode == 2, (name, result.stderr)
+        assert "outputs[3].name" in result.stderr and name in result.stderr, result.stderr

@@ -137,3 +137,30 @@ def test_payments_demo_aggregates_every_approved_payment(tmp_path):
     assert len(got) > 5
     assert [g[:2] for g in got] == [w[:2] for w in want]
     assert all(abs(g[2] - w[2]) < 0.011 for g, w in zip(got, want))
+
+
+def test_an_output_named_with_capitals_works_in_query_verify_and_views(tmp_path):
+    """`PageViews` reads as itself quoted and, as SQL folds it, unquoted."""
+    spec = tmp_path / "capitals.toml"
+    spec.write_text((ROOT / "jobs/clickstream.toml").read_text()
+                    .replace('name = "page_views"', 'name = "PageViews"'))
+    data = tmp_path / "data"
+    weir("demo", "--job", spec, "--seconds", 3, "--rate", 1000, "--data", data,
+         "--backfill", "2days", timeout=180)
+
+    def query(sql):
+        return json.loads(weir("query", "--job", spec, "--data", data, "--format", "json",
+                               sql).stdout)[0]
+
+    raw_views = query("SELECT count(*) AS n FROM raw WHERE action = 'view'")["n"]
+    assert raw_views > 0
+    assert query('SELECT sum(views) AS n FROM "PageViews"')["n"] == raw_views
+    assert query("SELECT sum(views) AS n FROM PageViews")["n"] == raw_views
+    assert query('SELECT count(*) AS n FROM "PageViews__partials"')["n"] > 0
+
+    day = query("SELECT CAST(min(_event_date) AS VARCHAR) AS d FROM raw")["d"]
+    weir("verify", "--job", spec, "--data", data, "--from", day, "--to", day,
+         "--output", "PageViews", timeout=180)
+
+    con = duckdb_with_views(spec, data)
+    assert con.sql('SELECT sum(views) FROM "PageViews"').fetchone()[0] == raw_views

@@ -813,14 +813,14 @@ impl Job {
             .map(|(i, o)| validate_output(o, i, &contract, &invalid))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, o) in outputs.iter().enumerate() {
-            if outputs[..i]
+            if let Some(earlier) = outputs[..i]
                 .iter()
-                .any(|earlier| earlier.name() == o.name())
+                .find(|earlier| earlier.name().eq_ignore_ascii_case(o.name()))
             {
                 return Err(invalid(
                     &format!("outputs[{i}].name"),
-                    "a name no other output uses",
-                    format!("`{}` twice", o.name()),
+                    "a name no other output uses, in any case",
+                    format!("`{}` beside `{}`", o.name(), earlier.name()),
                 ));
             }
         }
@@ -1192,13 +1192,18 @@ fn validate_output(
     invalid: &Invalid,
 ) -> Result<Output, JobError> {
     let key = |k: &str| format!("outputs[{i}].{k}");
+    // Tables weir names after an output (`<name>__partials`, `<name>__hot`)
+    // must not collide with another's; SQL engines fold unquoted names to
+    // one case, so neither may names that differ only by case.
+    let lower = spec.name.to_lowercase();
     if !is_identifier(&spec.name)
         || spec.name.starts_with('_')
-        || RESERVED_TABLES.contains(&spec.name.as_str())
+        || spec.name.contains("__")
+        || RESERVED_TABLES.contains(&lower.as_str())
     {
         return Err(invalid(
             &key("name"),
-            "a name of letters, digits, `_` or `-`, not starting with `_`, and not raw, dlq or late",
+            "a name of letters, digits, `_` or `-`, not starting with `_`, without `__` (weir's own table names use it), and not raw, dlq or late in any case",
             format!("`{}`", spec.name),
         ));
     }
@@ -1683,6 +1688,11 @@ root = "/tmp/weir-test"
                 "outputs[0].keys[0]",
             ),
             (OUTPUT.replace("\"o\"", "\"raw\""), "outputs[0].name"),
+            (OUTPUT.replace("\"o\"", "\"Late\""), "outputs[0].name"),
+            (
+                OUTPUT.replace("\"o\"", "\"x__partials\""),
+                "outputs[0].name",
+            ),
             (
                 OUTPUT.replace("fn = \"count\"", "fn = \"median\""),
                 "outputs[0].aggregates[0].fn",
@@ -1736,6 +1746,12 @@ root = "/tmp/weir-test"
         );
         let twice = format!("{}\n[[outputs]]\n{OUTPUT}\n", with_output(OUTPUT));
         assert!(error_of(&twice).contains("key `outputs[1].name`"));
+        let by_case = twice.replacen("name = \"o\"", "name = \"O\"", 1);
+        let err = error_of(&by_case);
+        assert!(
+            err.contains("key `outputs[1].name`") && err.contains("`O`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,10 +4,13 @@
 //! exactly the committed state and never creates or changes anything.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
+use datafusion::catalog::TableProvider;
+use datafusion::common::TableReference;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -68,7 +71,23 @@ pub async fn register(
     table
         .update_datafusion_session(&ctx.state())
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    ctx.register_table(name, table.table_provider().await?)?;
+    register_as(ctx, name, table.table_provider().await?)
+}
+
+/// Registers `provider` under `name` exactly as written, so weir's own SQL
+/// (which quotes every name) finds `"PageViews"`; and, when `name` has
+/// capitals, under its lower case too, which is what SQL makes of an
+/// unquoted `PageViews`. (Job names that differ only by case are refused.)
+pub fn register_as(
+    ctx: &SessionContext,
+    name: &str,
+    provider: Arc<dyn TableProvider>,
+) -> Result<(), DataFusionError> {
+    let lower = name.to_lowercase();
+    if lower != name {
+        ctx.register_table(TableReference::bare(lower), provider.clone())?;
+    }
+    ctx.register_table(TableReference::bare(name), provider)?;
     Ok(())
 }
 
@@ -90,7 +109,7 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
             &format!("\"{stored}\""),
             Dialect::DataFusion,
         );
-        ctx.register_table(output.name(), ctx.sql(&view).await?.into_view())?;
+        register_as(&ctx, output.name(), ctx.sql(&view).await?.into_view())?;
     }
     let frame = ctx.sql(sql).await?;
     let schema = SchemaRef::new(frame.schema().as_arrow().clone());
@@ -139,7 +158,7 @@ pub async fn register_tiers(
         names.push(format!("\"{tier_name}\""));
     }
     let union = tier::union_sql(&names, &age.column);
-    ctx.register_table(name, ctx.sql(&union).await?.into_view())?;
+    register_as(ctx, name, ctx.sql(&union).await?.into_view())?;
     Ok(())
 }
 

@@ -107,7 +107,7 @@ pub struct WindowAggregate {
     /// Per aggregate: its quoted name and how its states merge.
     merges: Vec<(String, Merge)>,
     group_columns: Vec<String>,
-    /// Planned at the first batch of events ([`PlannedQuery`]).
+    /// Planned before the first batch ([`Self::planned`]) or at it.
     plan: Arc<OnceCell<PlannedQuery>>,
 }
 
@@ -288,6 +288,25 @@ impl WindowAggregate {
         }
     }
 
+    /// [`Self::new`], planned before any event arrives: a `filter` that does
+    /// not plan is a bad job spec, not a failure at the first batch.
+    pub async fn planned(index: usize, output: &WindowOutput, job: &Job) -> Result<Self, JobError> {
+        let window = Self::new(output, &job.contract);
+        let plan = PlannedQuery::new(&window.partial_sql, raw_schema(&job.contract))
+            .await
+            .map_err(|e| JobError::Invalid {
+                file: job.file.clone(),
+                key: format!("outputs[{index}].filter"),
+                expected: "a DataFusion condition over the event's fields".into(),
+                found: e.find_root().to_string(),
+            })?;
+        window
+            .plan
+            .set(plan)
+            .expect("a window just made has no plan yet");
+        Ok(window)
+    }
+
     pub fn name(&self) -> &str {
         &self.output.name
     }
@@ -462,7 +481,7 @@ impl Transform {
         let mut out = Vec::with_capacity(job.outputs.len());
         for (i, output) in job.outputs.iter().enumerate() {
             out.push(match output {
-                Output::Window(w) => Self::Window(WindowAggregate::new(w, &job.contract)),
+                Output::Window(w) => Self::Window(WindowAggregate::planned(i, w, job).await?),
                 Output::Sql(q) => Self::Sql(SqlTransform::new(i, q, job).await?),
             });
         }
