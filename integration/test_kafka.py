@@ -16,9 +16,10 @@ import uuid
 
 import pytest
 
-from conftest import (duckdb_connection, read_report, table_path, weir, with_source_properties,
-                      write_job)
+from conftest import (duckdb_connection, free_port, read_report, table_path, weir,
+                      with_source_properties, write_job)
 from test_broker_e2e import start_run, stop_gracefully, wait_for_count
+from test_operate import scrape, start, value, wait_until
 
 def produce(broker, report, count, seed):
     """`count` well-formed, on-time, distinct events through `weir produce`."""
@@ -250,3 +251,62 @@ def test_compacted_topic_with_offset_gaps_lands_every_survivor_once(broker, tmp_
     # A restart resumes after the last survivor: nothing is read again.
     ingest(job, data, len(survivors), tmp_path / "run.log", settle=8)
     assert raw_positions(data) == survivors
+
+
+def test_skip_goes_on_past_messages_deleted_unread_and_counts_them(broker, tmp_path):
+    """With `source.on_data_loss = "skip"`, the retention gap of the test above
+    is gone past from the oldest message left: the 50 survivors land, the gap
+    is logged with both offsets and counted in weir_skipped_offsets_total."""
+    broker.create_topic("clicks", 1)
+    data = tmp_path / "data"
+    job = write_job(tmp_path / "job.toml", broker, "clicks", data)
+    first = produce(broker, tmp_path / "first.csv", 100, 1)
+    ingest(job, data, 100, tmp_path / "run.log")
+    lose_unread_to_retention(broker, tmp_path)
+    survivors = [s for s in read_report(tmp_path / "second.csv") if s.offset >= 150]
+    assert len(survivors) == 50
+
+    job.write_text(job.read_text().replace('on_data_loss = "fail"', 'on_data_loss = "skip"'))
+    port = free_port()
+    with open(tmp_path / "skip.log", "w") as log:
+        proc = start(job, port, log)
+        wait_for_count(data, 150, 60, proc)
+        samples, _ = scrape(port)
+        assert value(samples, "weir_skipped_offsets_total", job="clickstream", partition="0") == 50
+        assert stop_gracefully(proc) == 0
+    out = (tmp_path / "skip.log").read_text()
+    assert "deleted messages before weir read them" in out and "skipped=50" in out, out
+    assert raw_positions(data) == sorted(s.position for s in first + survivors)
+
+
+@pytest.mark.parametrize("start_from", ["earliest", "latest"])
+def test_a_gap_that_opens_while_the_job_runs_stops_it(broker, tmp_path, start_from):
+    """Retention overtakes a job that lags (its sink slowed, its partition
+    paused, librdkafka's prefetch dropped): the next fetch is out of range.
+    librdkafka would reset to `start_from` and the job would go on past the
+    gap; it stops instead, naming the partition, where it was and the log
+    start, with every row before the gap committed and none after it."""
+    broker.create_topic("clicks", 1)
+    data = tmp_path / "data"
+    job = write_job(tmp_path / "job.toml", broker, "clicks", data, max_events=50)
+    job.write_text(job.read_text()
+                   .replace('start_from = "earliest"', f'start_from = "{start_from}"')
+                   .replace("min_events = 100", "min_events = 10"))
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start(job, free_port(), log, "sink.after_commit.raw@*:sleep=1500")
+        # Sent once the job is assigned: `latest` starts at the end.
+        wait_until(lambda: "partitions assigned" in (tmp_path / "run.log").read_text(), 60,
+                   proc, "the assignment")
+        produce(broker, tmp_path / "sent.csv", 2000, 1)
+        wait_for_count(data, 50, 60, proc)
+        assert broker.delete_records_before("clicks", 0, 1500) == 1500
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop_gracefully(proc)
+            raise AssertionError("weir run went on past the gap")
+    out = (tmp_path / "run.log").read_text()
+    assert code != 0, out
+    assert "partition 0" in out and "now starts at offset 1500" in out, out[-3000:]
+    positions = raw_positions(data)
+    assert positions == [(0, o) for o in range(len(positions))] and len(positions) < 1500

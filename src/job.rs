@@ -184,6 +184,8 @@ struct SourceSpec {
     group: Option<String>,
     #[serde(default)]
     start_from: StartFrom,
+    #[serde(default)]
+    on_data_loss: OnDataLoss,
     #[serde(default = "default_format")]
     format: String,
     #[serde(default = "default_max_message_bytes")]
@@ -298,8 +300,8 @@ fn default_max_wait_ms() -> u64 {
 // ---------------------------------------------------------------------------
 // The validated job.
 
-/// Where a consumer starts on a partition for which neither the Delta tables nor
-/// the consumer group know a position.
+/// Where a consumer starts on a partition the Delta tables know nothing of.
+/// Only there: a position the tables recorded is never replaced by either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartFrom {
@@ -308,14 +310,17 @@ pub enum StartFrom {
     Latest,
 }
 
-impl StartFrom {
-    /// The librdkafka `auto.offset.reset` value with the same meaning.
-    pub fn as_offset_reset(self) -> &'static str {
-        match self {
-            StartFrom::Earliest => "earliest",
-            StartFrom::Latest => "latest",
-        }
-    }
+/// What a job does when the broker deleted messages it never read
+/// (retention, DeleteRecords), like Spark's `failOnDataLoss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDataLoss {
+    /// Stop the job, naming topic, partition and both offsets.
+    #[default]
+    Fail,
+    /// Go on from the oldest message left, logging the gap and counting its
+    /// offsets in `weir_skipped_offsets_total`.
+    Skip,
 }
 
 /// Which brokers a job reads from.
@@ -333,6 +338,7 @@ pub struct Source {
     pub topic: String,
     pub group: String,
     pub start_from: StartFrom,
+    pub on_data_loss: OnDataLoss,
     pub max_message_bytes: usize,
     /// Extra librdkafka properties (security among them); they override
     /// weir's defaults.
@@ -945,11 +951,16 @@ fn validate_source(spec: SourceSpec, job: &str, invalid: &Invalid) -> Result<Sou
             spec.max_message_bytes.to_string(),
         ));
     }
-    for reserved in ["group.id", "bootstrap.servers", "enable.auto.commit"] {
+    for reserved in [
+        "group.id",
+        "bootstrap.servers",
+        "enable.auto.commit",
+        "auto.offset.reset",
+    ] {
         if spec.properties.contains_key(reserved) {
             return Err(invalid(
                 &format!("source.properties.\"{reserved}\""),
-                "no such property here (weir sets it from source.brokers/source.group, and commits offsets itself)",
+                "no such property here (weir sets it from source.brokers, source.group, source.start_from and source.on_data_loss, and commits offsets itself)",
                 "it".into(),
             ));
         }
@@ -967,6 +978,7 @@ fn validate_source(spec: SourceSpec, job: &str, invalid: &Invalid) -> Result<Sou
         topic: spec.topic,
         group,
         start_from: spec.start_from,
+        on_data_loss: spec.on_data_loss,
         max_message_bytes: spec.max_message_bytes as usize,
         properties,
     })

@@ -55,6 +55,7 @@ pub struct Metrics {
     commit_retries: IntCounterVec,
     commit_conflicts: IntCounterVec,
     restarts: IntCounterVec,
+    skipped_offsets: IntCounterVec,
     queue_fill: IntGaugeVec,
     queue_capacity: IntGaugeVec,
     paused: IntGaugeVec,
@@ -193,6 +194,12 @@ impl Metrics {
                 "weir_commit_retries_total",
                 "Delta commits that had to be rebased on a concurrent writer's commit",
                 &["job"],
+            ),
+            skipped_offsets: counter(
+                &r,
+                "weir_skipped_offsets_total",
+                "Per partition: offsets the broker deleted before weir read them, gone past with source.on_data_loss = skip",
+                &["job", "partition"],
             ),
             commit_conflicts: counter(
                 &r,
@@ -343,6 +350,14 @@ impl JobMetrics {
             .lag
             .with_label_values(&labels)
             .set((high - next).max(0));
+    }
+
+    pub fn skipped_offsets(&self, partition: i32, count: u64) {
+        let p = partition.to_string();
+        self.metrics
+            .skipped_offsets
+            .with_label_values(&[&self.job, &p])
+            .inc_by(count);
     }
 
     pub fn queue(&self, queue: &str, fill: usize, capacity: usize) {

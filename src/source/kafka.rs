@@ -13,7 +13,7 @@
 //! [`Rebalance`]) for the lowest offset any Delta table still needs, and
 //! assigns the partitions *at* those offsets, so nothing is ever consumed from a
 //! position the tables did not choose. Consumer-group offsets are committed only
-//! for lag visibility and are used only where the tables know nothing.
+//! for lag visibility and never position anything.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::{Message, MicroBatch};
 use crate::adaptive::BatchCap;
-use crate::job::{Batching, Job};
+use crate::job::{Batching, Job, OnDataLoss, StartFrom};
 use crate::metrics::JobMetrics;
 
 /// Micro-batches the poll thread may hold ready before it pauses its partitions.
@@ -146,6 +146,8 @@ pub struct WeirContext {
     /// queued batch is only good while its partitions' numbers are unchanged.
     generations: Mutex<Generations>,
     assignments: AtomicU64,
+    start_from: StartFrom,
+    on_data_loss: OnDataLoss,
     metrics: JobMetrics,
 }
 
@@ -230,8 +232,9 @@ impl WeirContext {
         });
     }
 
-    /// Sets each assigned partition's offset to where the tables say it must
-    /// be re-read, after checking that the broker still holds that offset.
+    /// Sets each assigned partition's offset: where the tables say it must be
+    /// re-read, once the broker is known to still hold it; `start_from` where
+    /// the tables know nothing of the partition.
     fn position_assignment(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -245,10 +248,13 @@ impl WeirContext {
                 partitions: partitions.to_vec(),
                 reason,
             })?;
-        for (&partition, &offset) in &positions {
-            self.check_held(consumer, partition, offset)?;
-            if let Err(e) = tpl.set_partition_offset(&self.topic, partition, Offset::Offset(offset))
-            {
+        for &partition in partitions {
+            let offset = match positions.get(&partition) {
+                Some(&recorded) => Offset::Offset(self.held(consumer, partition, recorded)?),
+                None if self.start_from == StartFrom::Latest => Offset::End,
+                None => Offset::Beginning,
+            };
+            if let Err(e) = tpl.set_partition_offset(&self.topic, partition, offset) {
                 warn!(partition, error = %e, "cannot set the resume offset");
             }
         }
@@ -256,16 +262,18 @@ impl WeirContext {
         Ok(())
     }
 
-    /// Fails when the broker's partition no longer holds `recorded`: resuming
-    /// there would make librdkafka reset to its `auto.offset.reset`, and the
-    /// job would skip deleted messages or, after a reset, drop every new
-    /// message below `recorded` as already stored.
-    fn check_held(
+    /// Where to read `partition` from, `recorded` being where this process
+    /// must go on: `recorded` itself while the broker holds it. Otherwise
+    /// resuming would make librdkafka reset, and the job would skip deleted
+    /// messages or, after a reset, drop every new message below `recorded`
+    /// as already stored: the job fails, or with `on_data_loss = skip` goes
+    /// on after messages deleted unread, saying how many.
+    fn held(
         &self,
         consumer: &BaseConsumer<Self>,
         partition: i32,
         recorded: i64,
-    ) -> Result<(), SourceError> {
+    ) -> Result<i64, SourceError> {
         let (log_start, high_watermark) = consumer
             .fetch_watermarks(&self.topic, partition, WATERMARKS_TIMEOUT)
             .map_err(|e| SourceError::Resume {
@@ -273,7 +281,20 @@ impl WeirContext {
                 reason: format!("asking the broker for the partition's offsets: {e}"),
             })?;
         match Gap::between(recorded, log_start, high_watermark) {
-            None => Ok(()),
+            None => Ok(recorded),
+            Some(Gap::Deleted { log_start }) if self.on_data_loss == OnDataLoss::Skip => {
+                let skipped = log_start - recorded;
+                warn!(
+                    topic = self.topic,
+                    partition,
+                    recorded,
+                    log_start,
+                    skipped,
+                    "the broker deleted messages before weir read them; going on from the oldest left (source.on_data_loss = skip)"
+                );
+                self.metrics.skipped_offsets(partition, skipped as u64);
+                Ok(log_start)
+            }
             Some(gap) => Err(SourceError::PositionGone {
                 topic: self.topic.clone(),
                 partition,
@@ -281,6 +302,30 @@ impl WeirContext {
                 gap,
             }),
         }
+    }
+
+    /// After librdkafka found a fetch position out of range mid-run (its
+    /// `auto.offset.reset` is `error`): each assigned partition whose
+    /// position the broker no longer holds goes where [`Self::held`] says.
+    fn out_of_range(&self, consumer: &BaseConsumer<Self>) -> Result<(), SourceError> {
+        let positions = consumer.position().map_err(SourceError::Fatal)?;
+        for element in positions.elements_for_topic(&self.topic) {
+            let Offset::Offset(position) = element.offset() else {
+                continue;
+            };
+            let partition = element.partition();
+            let resumed = self.held(consumer, partition, position)?;
+            if resumed != position {
+                let seek = consumer.seek(
+                    &self.topic,
+                    partition,
+                    Offset::Offset(resumed),
+                    WATERMARKS_TIMEOUT,
+                );
+                seek.map_err(SourceError::Fatal)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -342,7 +387,10 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", job.source.start_from.as_offset_reset())
+            // Every assignment is positioned explicitly (`position_assignment`),
+            // so librdkafka resets only when the broker lost a position mid-run:
+            // it must say so (`on_error`), never jump silently.
+            .set("auto.offset.reset", "error")
             .set("statistics.interval.ms", "5000")
             // librdkafka's 500 ms is how long a broker may hold a fetch open when
             // it has nothing. Brokers that hold it for the whole wait even as
@@ -363,6 +411,8 @@ impl KafkaSource {
             failure: Mutex::new(None),
             generations: Mutex::new(BTreeMap::new()),
             assignments: AtomicU64::new(0),
+            start_from: job.source.start_from,
+            on_data_loss: job.source.on_data_loss,
             metrics: metrics.clone(),
         };
         let consumer: BaseConsumer<WeirContext> =
@@ -722,6 +772,9 @@ impl Poller {
     fn on_error(&self, error: KafkaError) -> Result<(), SourceError> {
         match error {
             KafkaError::PartitionEOF(_) => Ok(()),
+            KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset) => {
+                self.consumer.context().out_of_range(&self.consumer)
+            }
             KafkaError::MessageConsumptionFatal(_) => Err(SourceError::Fatal(error)),
             other => {
                 warn!(error = %other, "Kafka consumer error (librdkafka retries by itself)");
