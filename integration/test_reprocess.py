@@ -380,3 +380,36 @@ def test_schema_evolution_adds_a_field_and_reprocess_fills_it(broker, tmp_path):
         result = subprocess.run([WEIR, "run", str(bad)], capture_output=True, text=True,
                                 timeout=60)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_reprocess_that_would_empty_a_day_is_refused_without_force(tmp_path):
+    """The contract tightened to `event_time_range = "2days"`: the events of
+    three days before they were sent no longer pass, and a reprocess of their
+    day would replace its rows with nothing. It is refused (exit 2, naming the
+    table, both counts and the contract's first refusal) and changes nothing;
+    --dry-run says so; --force replaces anyway. (Ranges are judged against
+    each event's Kafka timestamp, not today: decode's unit tests.)"""
+    old = history_job(tmp_path / "old.toml")
+    tight = clickstream_job(tmp_path / "tight.toml", [
+        ('max_age = "24h"', 'max_age = "30h"'), ('max_age = "30days"', 'max_age = "2days"'),
+        ('event_time_range = "10years"', 'event_time_range = "2days"')])
+    data = tmp_path / "data"
+    weir("demo", "--job", old, "--seconds", 4, "--rate", 1000, "--backfill", "4days",
+         "--data", data, timeout=240)
+    day = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=3)).date()
+    span = ["--from", day.isoformat(), "--to", day.isoformat()]
+    before = outputs_by_day(old, data)
+    assert before[("page_views", day)]
+
+    refused = subprocess.run([WEIR, "reprocess", "--job", tight, "--data", data, *span],
+                             capture_output=True, text=True, timeout=240)
+    assert refused.returncode == 2, refused.stderr
+    assert "losing more than half" in refused.stderr and "--force" in refused.stderr
+    assert "outside the accepted range" in refused.stderr, refused.stderr
+    assert outputs_by_day(old, data) == before
+
+    dry = weir("reprocess", "--job", tight, "--data", data, *span, "--dry-run").stdout
+    assert "loses more than half" in dry, dry
+    forced = weir("reprocess", "--job", tight, "--data", data, *span, "--force").stdout
+    assert "replaced" in forced
+    assert ("page_views", day) not in outputs_by_day(old, data)

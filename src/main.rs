@@ -263,6 +263,11 @@ struct ReprocessArgs {
     /// Print what would be replaced, change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Replace even when a table would lose more than half of its rows in
+    /// the range (refused otherwise: a tightened contract or a bug can
+    /// empty a range).
+    #[arg(long, conflicts_with = "dry_run")]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -555,24 +560,33 @@ async fn range_request(
         ..Overrides::default()
     };
     let job = Job::load(&args.job, &overrides)?;
-    let usage = |e: reprocess::ReprocessError| {
-        if e.is_usage() {
-            anyhow::Error::new(Usage(e.to_string()))
-        } else {
-            e.into()
-        }
-    };
-    let range = reprocess::DateRange::new(args.from, args.to).map_err(usage)?;
+    let range = reprocess::DateRange::new(args.from, args.to).map_err(reprocess_failure)?;
     let targets = reprocess::targets(&job, &args.outputs)
         .await
-        .map_err(usage)?;
+        .map_err(reprocess_failure)?;
     Ok((job, range, targets))
+}
+
+/// A reprocess error, as a usage error (exit 2) where the request is wrong.
+fn reprocess_failure(e: reprocess::ReprocessError) -> anyhow::Error {
+    if e.is_usage() {
+        anyhow::Error::new(Usage(e.to_string()))
+    } else {
+        e.into()
+    }
 }
 
 async fn reprocess_command(args: ReprocessArgs) -> anyhow::Result<()> {
     let (job, range, targets) = range_request(&args.range).await?;
     let faults = faults_from_env()?;
-    let report = reprocess::reprocess(&job, range, &targets, args.dry_run, &faults).await?;
+    let mode = match (args.dry_run, args.force) {
+        (true, _) => reprocess::Mode::DryRun,
+        (false, true) => reprocess::Mode::Force,
+        (false, false) => reprocess::Mode::Replace,
+    };
+    let report = reprocess::reprocess(&job, range, &targets, mode, &faults)
+        .await
+        .map_err(reprocess_failure)?;
     println!("{report}");
     Ok(())
 }

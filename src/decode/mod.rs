@@ -127,6 +127,31 @@ impl Decoder {
     /// Splits a micro-batch into valid rows and DLQ rows. Errors only on an
     /// internal Arrow failure, never because of message content.
     pub fn decode(&self, batch: &MicroBatch, now: DateTime<Utc>) -> Result<Decoded, ArrowError> {
+        let now_ms = now.timestamp_millis();
+        self.decode_judged(batch, now, &|_| Some(now_ms))
+    }
+
+    /// [`Self::decode`] of messages read again long after they were ingested
+    /// (reprocessing `raw`): an event time is judged against the message's
+    /// Kafka timestamp, when it was sent, not against today, which would
+    /// refuse every event older than the range. A message without one is
+    /// not judged: it was in range when it was ingested.
+    pub fn decode_as_ingested(
+        &self,
+        batch: &MicroBatch,
+        now: DateTime<Utc>,
+    ) -> Result<Decoded, ArrowError> {
+        self.decode_judged(batch, now, &|m| m.kafka_ts)
+    }
+
+    /// [`Self::decode`], the event-time range judged against `reference`
+    /// (epoch ms) of each message.
+    fn decode_judged(
+        &self,
+        batch: &MicroBatch,
+        now: DateTime<Utc>,
+        reference: &dyn Fn(&Message) -> Option<i64>,
+    ) -> Result<Decoded, ArrowError> {
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut candidates: Vec<(usize, &[u8])> = Vec::with_capacity(batch.len());
         for (i, m) in batch.messages.iter().enumerate() {
@@ -137,7 +162,11 @@ impl Decoder {
         }
 
         let (rows, decoded) = self.decode_isolating(&candidates, &mut rejected)?;
-        let keep = self.check_rows(&decoded, &rows, now, &mut rejected)?;
+        let references: Vec<Option<i64>> = rows
+            .iter()
+            .map(|&i| reference(&batch.messages[i]))
+            .collect();
+        let keep = self.check_rows(&decoded, &rows, &references, &mut rejected)?;
         let decoded = compute::filter_record_batch(&decoded, &keep)?;
         let kept: Vec<usize> = rows
             .iter()
@@ -235,13 +264,14 @@ impl Decoder {
     }
 
     /// The column rules, vectorized: required fields present and the event time
-    /// in range. Returns the mask of rows to keep; each other row is rejected once,
-    /// with the first rule it broke.
+    /// in range of its row's `references` time (epoch ms; none: not judged).
+    /// Returns the mask of rows to keep; each other row is rejected once, with
+    /// the first rule it broke.
     fn check_rows(
         &self,
         decoded: &RecordBatch,
         rows: &[usize],
-        now: DateTime<Utc>,
+        references: &[Option<i64>],
         rejected: &mut Vec<Rejection>,
     ) -> Result<BooleanArray, ArrowError> {
         let mut reasons: Vec<Option<String>> = vec![None; decoded.num_rows()];
@@ -274,20 +304,24 @@ impl Decoder {
             }
         }
 
-        let range_ms = c.event_time_range.as_millis() as i64;
-        let now_ms = now.timestamp_millis();
+        let range_ms = c.event_time_range.as_millis() as u64;
         let times = times
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
             .expect("event time decodes as millisecond timestamps");
         let outside: BooleanArray = times
             .iter()
-            .map(|t| Some(t.is_some_and(|t| t.abs_diff(now_ms) > range_ms.unsigned_abs())))
+            .zip(references)
+            .map(|(t, reference)| match (t, reference) {
+                (Some(t), Some(r)) => Some(t.abs_diff(*r) > range_ms),
+                _ => Some(false),
+            })
             .collect();
         note(&outside, &|row| {
             format!(
-                "event time {} is outside the accepted range (now ± {})",
+                "event time {} is outside the accepted range ({} ± {})",
                 format_ms(times.value(row)),
+                references[row].map_or_else(String::new, format_ms),
                 humantime::format_duration(c.event_time_range)
             )
         });

@@ -323,3 +323,35 @@ fn numbers_and_times_a_column_cannot_hold_go_to_the_dlq() {
         "{reasons:?}"
     );
 }
+
+/// Reprocessing reads `raw` long after ingest: the event-time range is judged
+/// against when each message was sent (its Kafka timestamp), not today.
+#[test]
+fn reprocessing_judges_the_event_time_range_against_ingest_time() {
+    const DAY_MS: i64 = 86_400_000;
+    let four_days_ago = now().timestamp_millis() - 4 * DAY_MS;
+    let payload = |id: &str| format!(r#"{{"id":"{id}","ts":{four_days_ago},"n":1}}"#).into_bytes();
+    let (sent_then, sent_now, unknown) = (payload("then"), payload("now"), payload("unknown"));
+    let mut b = batch(&[Some(&sent_then), Some(&sent_now), Some(&unknown)]);
+    b.messages[0].kafka_ts = Some(four_days_ago + 60_000);
+    b.messages[1].kafka_ts = Some(now().timestamp_millis());
+    b.messages[2].kafka_ts = None;
+    let text = JOB.replace(
+        "event_time = \"ts\"",
+        "event_time = \"ts\"\nevent_time_range = \"2days\"",
+    );
+    let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
+    let decoder = Decoder::new(job.contract, job.source.max_message_bytes);
+
+    let again = decoder.decode_as_ingested(&b, now()).unwrap();
+    assert_eq!(
+        offsets(&again.valid),
+        vec![100, 102],
+        "{:?}",
+        errors(&again)
+    );
+    assert_eq!(offsets(&again.rejected), vec![101]);
+    assert!(errors(&again)[0].contains("outside the accepted range"));
+    let live = decoder.decode(&b, now()).unwrap();
+    assert_eq!(live.valid.num_rows(), 0, "live, all three are 4 days old");
+}

@@ -98,6 +98,19 @@ pub enum ReprocessError {
         from: &'static str,
         to: &'static str,
     },
+    #[error(
+        "reprocessing {range} would replace {before} rows of {table} with {after}, losing more \
+         than half{refusals}; nothing was changed. See the rows with --dry-run, and pass --force \
+         to replace them anyway"
+    )]
+    Shrinks {
+        range: DateRange,
+        table: String,
+        before: usize,
+        after: usize,
+        /// Why, when `raw` holds events the contract now refuses.
+        refusals: String,
+    },
     #[error(transparent)]
     Query(#[from] QueryError),
     #[error(transparent)]
@@ -130,7 +143,10 @@ impl ReprocessError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Backwards { .. } | Self::UnknownOutput { .. } | Self::NoEventTime { .. }
+            Self::Backwards { .. }
+                | Self::UnknownOutput { .. }
+                | Self::NoEventTime { .. }
+                | Self::Shrinks { .. }
         )
     }
 }
@@ -461,7 +477,7 @@ fn restore_events(
             topic: String::new(),
             messages,
         };
-        let decoded = decoder.decode(&batch, Utc::now())?;
+        let decoded = decoder.decode_as_ingested(&batch, Utc::now())?;
         stats.note_refusals(&decoded.rejected);
         parts.push(decoded.valid);
     }
@@ -511,6 +527,24 @@ pub struct Replaced {
     pub after: usize,
 }
 
+/// How far a reprocess goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Report what would be replaced; change nothing.
+    DryRun,
+    /// Replace, unless a table would lose more than half of its rows in the
+    /// range: a tightened contract or a bug can empty a range, and that
+    /// should be a decision ([`ReprocessError::Shrinks`]).
+    Replace,
+    /// Replace whatever the rebuilt rows are.
+    Force,
+}
+
+/// Whether replacing `before` rows with `after` loses more than half of them.
+fn shrinks(before: usize, after: usize) -> bool {
+    after * 2 < before
+}
+
 /// A reprocess run.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -554,6 +588,15 @@ impl fmt::Display for Report {
                 format!("{} rows", r.after)
             )?;
         }
+        for (table, before, after) in self.totals() {
+            if shrinks(before, after) {
+                writeln!(
+                    f,
+                    "warning: {table} loses more than half of its rows in the range ({before} → \
+                     {after}); a replace without --force is refused"
+                )?;
+            }
+        }
         if self.rebuild.without_payload > 0 {
             writeln!(
                 f,
@@ -573,38 +616,95 @@ impl fmt::Display for Report {
     }
 }
 
-/// Rebuilds `targets` for `range` and replaces their rows (or, with
-/// `dry_run`, reports what would be replaced). Fault points for crash tests
-/// follow each plan and commit: `reprocess.after_plan.<table>` (tier spans read,
-/// nothing written) and `reprocess.after_commit.<table>.<tier>`.
+impl Report {
+    /// Per table, its rows in the range before and after, over all tiers.
+    fn totals(&self) -> Vec<(&str, usize, usize)> {
+        let mut totals: Vec<(&str, usize, usize)> = Vec::new();
+        for r in &self.replaced {
+            match totals.iter_mut().find(|(t, ..)| *t == r.table) {
+                Some((_, before, after)) => {
+                    *before += r.before;
+                    *after += r.after;
+                }
+                None => totals.push((&r.table, r.before, r.after)),
+            }
+        }
+        totals
+    }
+
+    /// Refuses a replace that loses more than half of a table's rows.
+    fn check_shrinks(&self) -> Result<(), ReprocessError> {
+        let Some((table, before, after)) =
+            self.totals().into_iter().find(|(_, b, a)| shrinks(*b, *a))
+        else {
+            return Ok(());
+        };
+        let refusals = match &self.rebuild.first_refusal {
+            Some(first) => format!(
+                ": {} events in raw no longer match the contract (first: {first})",
+                self.rebuild.refused
+            ),
+            None => String::new(),
+        };
+        Err(ReprocessError::Shrinks {
+            range: self.range,
+            table: table.to_owned(),
+            before,
+            after,
+            refusals,
+        })
+    }
+}
+
+/// Rebuilds `targets` for `range` and replaces their rows as `mode` says.
+/// Fault points for crash tests follow each plan and commit:
+/// `reprocess.after_plan.<table>` (tier spans read, nothing written) and
+/// `reprocess.after_commit.<table>.<tier>`.
 pub async fn reprocess(
     job: &Job,
     range: DateRange,
     targets: &[Target],
-    dry_run: bool,
+    mode: Mode,
     faults: &Faults,
 ) -> Result<Report, ReprocessError> {
     let started = Instant::now();
     check_closed(job, range, targets).await?;
     let (rows, rebuild) = rebuild(job, range, targets).await?;
-    let mut replaced = Vec::new();
-    for (target, rows) in targets.iter().zip(rows) {
-        let commit = Commit {
-            job,
-            range,
-            target,
-            dry_run,
-            faults,
-        };
-        replaced.extend(replace(commit, &rows).await?);
-    }
-    Ok(Report {
+    let replace_all = |dry_run| {
+        let rows = &rows;
+        async move {
+            let mut replaced = Vec::new();
+            for (target, rows) in targets.iter().zip(rows) {
+                let commit = Commit {
+                    job,
+                    range,
+                    target,
+                    dry_run,
+                    faults,
+                };
+                replaced.extend(replace(commit, rows).await?);
+            }
+            Ok::<_, ReprocessError>(replaced)
+        }
+    };
+    let mut report = Report {
         range,
-        dry_run,
+        dry_run: mode == Mode::DryRun,
         rebuild,
-        replaced,
-        elapsed: started.elapsed(),
-    })
+        replaced: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    if mode != Mode::Force {
+        report.replaced = replace_all(true).await?;
+    }
+    if mode == Mode::Replace {
+        report.check_shrinks()?;
+    }
+    if mode != Mode::DryRun {
+        report.replaced = replace_all(false).await?;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
 }
 
 /// What replacing one target's range needs.
