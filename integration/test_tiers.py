@@ -115,3 +115,29 @@ def test_moves_keep_every_answer_through_crashes_and_concurrent_reads(remote, re
     heights = {t: pl.read_delta(f"{root}/clickstream/raw", storage_options=options).height
                for t, root in tiers.items()}
     assert heights == counts, (heights, counts)
+
+
+def test_a_recreated_hot_table_is_never_emptied_by_a_move_it_did_not_make(tmp_path):
+    """Warm took rows from one hot `raw`; then hot is replaced by another run's
+    (a user moving tables aside, a rerun that replaced hot only). Warm's move
+    txn then looks like a move whose delete is pending, and finishing it would
+    delete the new hot rows below its cutoff that were never copied. The move
+    is refused with the reason, and hot keeps every row."""
+    job = clickstream_job(tmp_path / "job.toml", [('max_age = "24h"', 'max_age = "30h"')])
+    first, second = tmp_path / "first", tmp_path / "second"
+    for data in (first, second):
+        weir("demo", "--job", job, "--seconds", 3, "--rate", 1000, "--backfill", "3days",
+             "--data", data, timeout=180)
+    weir("maintain", "--job", job, "--data", first, "--once", timeout=240)
+    assert tier_counts(job, first)["warm"] > 0
+    hot_raw = first / "hot" / "clickstream" / "raw"
+    subprocess.run(["rm", "-rf", str(hot_raw)], check=True)
+    subprocess.run(["cp", "-r", str(second / "hot" / "clickstream" / "raw"), str(hot_raw)],
+                   check=True)
+    rows_before = tier_counts(job, first)["hot"]
+
+    refused = subprocess.run([WEIR, "maintain", "--job", job, "--data", first, "--once"],
+                             capture_output=True, text=True, timeout=240)
+    assert refused.returncode != 0, refused.stdout
+    assert "recreated or replaced" in refused.stderr + refused.stdout, refused.stderr
+    assert tier_counts(job, first)["hot"] == rows_before

@@ -63,6 +63,17 @@ pub enum MaintainError {
         table: String,
         source: DataFusionError,
     },
+    #[error(
+        "{table}: the {to} table took its last rows from another {from} table than the one at \
+         {from} now (it was recreated or replaced since); moving now could delete rows of this \
+         one that were never copied, so nothing is moved. Put back the {from} table the {to} \
+         one came from, or move the {to} (and later) tiers' tables aside too"
+    )]
+    SourceReplaced {
+        table: String,
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("folding the partials of {table}: {source}")]
     Fold {
         table: String,

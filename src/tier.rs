@@ -7,6 +7,12 @@
 //! source's has a move pending: re-running finishes it (the delete, with the
 //! recorded cutoff) and never writes the rows again.
 //!
+//! The destination's txn `…:source` records which source table the copies
+//! came from (a hash of its Delta metadata ID): a source table recreated
+//! beside an older destination looks like a move whose delete is pending,
+//! and finishing it would delete rows that were never copied. Such a move is
+//! refused instead ([`MaintainError::SourceReplaced`]).
+//!
 //! Readers need no boundary metadata: a tier serves only rows older than the
 //! youngest row still in the tier before it ([`union_sql`]). While a move is
 //! pending the copied rows are also in the source, so none of them is older
@@ -195,8 +201,23 @@ pub async fn move_rows(
         .map_err(delta("reading txn"))?;
     let age_col = format!("\"{}\"", age.column);
     let basis_app = format!("{app_id}:basis");
+    let source_app = format!("{app_id}:source");
+    let source_id = identity(&source).map_err(delta("reading the metadata"))?;
     let mut dest = dest;
     let mut pending = pending(moved_in, moved_out);
+    if pending.is_some() {
+        let copied_from = txn_version(&dest, &source_app)
+            .await
+            .map_err(delta("reading txn"))?;
+        // Destinations moved into before weir recorded the source have none.
+        if copied_from.is_some_and(|id| id != source_id) {
+            return Err(MaintainError::SourceReplaced {
+                table: name.to_owned(),
+                from: from.name(),
+                to: to.name(),
+            });
+        }
+    }
     if let Some(cutoff) = pending {
         let basis = txn_version(&dest, &basis_app)
             .await
@@ -262,11 +283,14 @@ pub async fn move_rows(
             // The source version the copies were read at, so that finishing
             // the move later can tell whether the source was reprocessed since.
             let basis = Transaction::new(&basis_app, source.version().unwrap_or(0) as i64);
+            let copied_from = Transaction::new(&source_app, source_id);
             dest.write(vec![rows])
                 .with_save_mode(SaveMode::Append)
                 .with_partition_columns(spec.partition_columns.clone())
                 .with_commit_properties(
-                    move_txn(&app_id, cutoff_us).with_application_transaction(basis),
+                    move_txn(&app_id, cutoff_us)
+                        .with_application_transaction(basis)
+                        .with_application_transaction(copied_from),
                 )
                 .await
                 .map_err(delta("writing moved rows"))?;
@@ -309,6 +333,14 @@ async fn reprocessed_since(table: &DeltaTable, version: i64) -> Result<bool, Del
     Ok(infos
         .iter()
         .any(|i| i.info.get("weir.operation").and_then(|v| v.as_str()) == Some("reprocess")))
+}
+
+/// A table's identity as a txn version: a hash of its Delta metadata ID,
+/// which a table keeps for life and a recreated one does not share.
+fn identity(table: &DeltaTable) -> Result<i64, DeltaTableError> {
+    let id = table.snapshot()?.metadata().id().to_owned();
+    let hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+    Ok((hash >> 1) as i64)
 }
 
 /// Both commits of a move carry its txn, versioned by the cutoff.
