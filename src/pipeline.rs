@@ -223,7 +223,13 @@ fn fresh_inputs(
 async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), PipelineError> {
     let mut watermark = Watermark::new(&job.contract, job.watermark);
     let newest = newest_rows(&sink.query(&["raw"], &newest_sql(&job.contract)).await?);
-    watermark.restore(newest, Instant::now());
+    let idle = watermark.restore(&newest, Instant::now());
+    if !idle.is_empty() {
+        info!(
+            partitions = ?idle,
+            "partitions idle when the job stopped do not hold the restored watermark"
+        );
+    }
 
     let mut dedup = Dedup::new(&job.contract, job.dedup_horizon);
     for batch in accepted_ids(job, sink, watermark.current_us(), None).await? {

@@ -119,12 +119,18 @@ pub async fn run(job: &Job, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), 
 /// The job's watermark (µs) as restored from `raw`: never ahead of the live
 /// one, so every window or range it calls closed is closed for ingest too.
 pub async fn restored_watermark(job: &Job) -> Result<Option<i64>, QueryError> {
+    Ok(restored_clocks(job).await?.0.current_us())
+}
+
+/// The job's watermark as a restart restores it from `raw`, and the
+/// partitions left out of it as idle.
+pub async fn restored_clocks(job: &Job) -> Result<(Watermark, Vec<i32>), QueryError> {
     let ctx = SessionContext::new();
     register_tiers(&ctx, job, "raw", "raw").await?;
     let batches = ctx.sql(&newest_sql(&job.contract)).await?.collect().await?;
     let mut watermark = Watermark::new(&job.contract, job.watermark);
-    watermark.restore(newest_rows(&batches), std::time::Instant::now());
-    Ok(watermark.current_us())
+    let idle = watermark.restore(&newest_rows(&batches), std::time::Instant::now());
+    Ok((watermark, idle))
 }
 
 /// Registers job table `table` under `name`: each tier's table as

@@ -5,7 +5,8 @@
 //! the job's tables: where a restart resumes), the broker's high watermark,
 //! the lag between them, and when `raw` last committed that partition (from
 //! the txn actions in its recent log entries). Partitions whose lag or rate is
-//! far above the median are flagged hot; a watermark far behind the wall
+//! far above the median are flagged hot, the partition that holds the
+//! watermark and those idle are noted; a watermark far behind the wall
 //! clock is flagged stalled.
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use rdkafka::error::KafkaError;
 
 use crate::job::{Brokers, Job};
 use crate::pipeline::INGEST_TABLES;
-use crate::query::{QueryError, open, restored_watermark};
+use crate::query::{QueryError, open, restored_clocks};
 use crate::source::kafka::client_config;
 
 /// How far back in `raw`'s log the last commit per partition is looked for.
@@ -57,7 +58,8 @@ pub struct PartitionStatus {
     pub last_commit: Option<DateTime<Utc>>,
     /// Events per second committed over `raw`'s recent log.
     pub rate: Option<f64>,
-    pub hot: Option<String>,
+    /// Why it needs a look (hot), and its part in the watermark.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +90,7 @@ impl fmt::Display for Status {
                 p.rate.map_or("-".into(), |r| format!("{r:.1}")),
                 p.last_commit.map_or("-".into(), |t| t
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                p.hot.as_deref().unwrap_or("")
+                p.note.as_deref().unwrap_or("")
             )?;
         }
         let total: i64 = self.partitions.iter().map(|p| p.lag).sum();
@@ -121,13 +123,15 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
                 lag: (hw - committed.unwrap_or(0)).max(0),
                 last_commit: last_commit.get(&p).copied(),
                 rate: rate.get(&p).copied(),
-                hot: None,
+                note: None,
             }
         })
         .collect();
     flag_hot(&mut rows);
-    let watermark = restored_watermark(job)
-        .await?
+    let (clocks, idle) = restored_clocks(job).await?;
+    flag_clocks(&mut rows, clocks.holder(), &idle);
+    let watermark = clocks
+        .current_us()
         .and_then(DateTime::from_timestamp_micros);
     let stalled = watermark.and_then(|w| {
         let behind = Utc::now() - w;
@@ -150,6 +154,25 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         watermark,
         stalled,
     })
+}
+
+/// Notes the partition whose clock sets the watermark, and those left out
+/// of it as idle (they had sent nothing for the idle timeout when the
+/// others last did), beside any hot flag.
+fn flag_clocks(rows: &mut [PartitionStatus], holder: Option<i32>, idle: &[i32]) {
+    for p in rows {
+        let note = if holder == Some(p.partition) {
+            "holds the watermark"
+        } else if idle.contains(&p.partition) {
+            "idle: not counted in the watermark"
+        } else {
+            continue;
+        };
+        p.note = Some(match p.note.take() {
+            Some(hot) => format!("{hot}; {note}"),
+            None => note.to_owned(),
+        });
+    }
 }
 
 /// Flags partitions whose lag or rate is far above the median.
@@ -177,7 +200,7 @@ fn flag_hot(rows: &mut [PartitionStatus]) {
         {
             why.push(format!("hot: rate {:.1}× the median", r / m));
         }
-        p.hot = (!why.is_empty()).then(|| why.join("; "));
+        p.note = (!why.is_empty()).then(|| why.join("; "));
     }
 }
 
@@ -311,7 +334,7 @@ mod tests {
             lag,
             last_commit: None,
             rate: Some(rate),
-            hot: None,
+            note: None,
         }
     }
 
@@ -324,9 +347,28 @@ mod tests {
             row(3, 100, 80.0),
         ];
         flag_hot(&mut rows);
-        assert!(rows[2].hot.as_deref().unwrap().contains("lag"), "{rows:?}");
-        assert!(rows[3].hot.as_deref().unwrap().contains("rate"), "{rows:?}");
-        assert_eq!(rows[0].hot, None);
-        assert_eq!(rows[1].hot, None);
+        assert!(rows[2].note.as_deref().unwrap().contains("lag"), "{rows:?}");
+        assert!(
+            rows[3].note.as_deref().unwrap().contains("rate"),
+            "{rows:?}"
+        );
+        assert_eq!(rows[0].note, None);
+        assert_eq!(rows[1].note, None);
+    }
+
+    #[test]
+    fn the_partition_holding_the_watermark_and_idle_ones_are_noted() {
+        let mut rows = vec![row(0, 9000, 10.0), row(1, 10, 10.0), row(2, 10, 10.0)];
+        rows[0].note = Some("hot: lag 900× the median".into());
+        flag_clocks(&mut rows, Some(0), &[2]);
+        assert_eq!(
+            rows[0].note.as_deref(),
+            Some("hot: lag 900× the median; holds the watermark")
+        );
+        assert_eq!(rows[1].note, None);
+        assert_eq!(
+            rows[2].note.as_deref(),
+            Some("idle: not counted in the watermark")
+        );
     }
 }

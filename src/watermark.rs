@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::compute;
 use arrow::datatypes::{
     DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
@@ -28,7 +30,7 @@ use arrow::datatypes::{
 use arrow::error::ArrowError;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::decode::{INGEST_TS, OFFSET, PARTITION, raw_schema, utc_micros};
+use crate::decode::{INGEST_TS, KAFKA_TS, OFFSET, PARTITION, raw_schema, utc_micros};
 use crate::job::{Contract, WatermarkPolicy};
 
 /// The watermark an event was judged against (null when a stored decision was reused).
@@ -51,21 +53,37 @@ pub fn late_schema(contract: &Contract) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// SQL over `raw` giving each partition's newest event time, the input of
-/// [`Watermark::restore`] (via [`newest_rows`]).
+/// SQL over `raw` giving each partition's newest event time and when its
+/// newest message was sent, the input of [`Watermark::restore`] (via
+/// [`newest_rows`]).
 pub fn newest_sql(contract: &Contract) -> String {
     let ts = format!("\"{}\"", contract.event_time_name());
-    format!("SELECT {PARTITION}, max({ts}) FROM raw GROUP BY {PARTITION}")
+    format!("SELECT {PARTITION}, max({ts}), max({KAFKA_TS}) FROM raw GROUP BY {PARTITION}")
 }
 
-/// The (partition, newest event time µs) pairs of [`newest_sql`]'s result.
-pub fn newest_rows(batches: &[RecordBatch]) -> Vec<(i32, i64)> {
+/// What `raw` says of one partition's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Newest {
+    pub partition: i32,
+    /// Its newest event time, epoch µs.
+    pub event_us: i64,
+    /// When its newest message was sent (Kafka timestamp), epoch µs.
+    pub sent_us: Option<i64>,
+}
+
+/// The rows of [`newest_sql`]'s result.
+pub fn newest_rows(batches: &[RecordBatch]) -> Vec<Newest> {
     let mut out = Vec::new();
     for batch in batches {
         let partitions = batch.column(0).as_primitive::<Int32Type>();
         let times = batch.column(1).as_primitive::<TimestampMicrosecondType>();
-        for (p, t) in partitions.values().iter().zip(times.iter()) {
-            out.extend(t.map(|t| (*p, t)));
+        let sent = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        for (i, p) in partitions.values().iter().enumerate() {
+            out.extend(times.is_valid(i).then(|| Newest {
+                partition: *p,
+                event_us: times.value(i),
+                sent_us: sent.is_valid(i).then(|| sent.value(i)),
+            }));
         }
     }
     out
@@ -125,20 +143,42 @@ impl Watermark {
         }
     }
 
-    /// Restarts the clocks from each partition's newest stored event time
-    /// (epoch µs), counting every partition as active now: a restart must not
-    /// let the watermark run ahead of a partition that is merely slow to return.
-    pub fn restore(&mut self, newest: impl IntoIterator<Item = (i32, i64)>, now: Instant) {
-        for (partition, newest_us) in newest {
-            self.clocks.insert(
-                partition,
-                Clock {
-                    newest_us: Some(newest_us),
-                    seen: now,
-                },
-            );
+    /// Restarts the clocks from each partition's newest stored event. The
+    /// idle rule applies as it did when the job stopped, by when each
+    /// partition's newest message was sent: one that had sent nothing for
+    /// the idle timeout before the others' last messages is idle and does
+    /// not count (it would pin the watermark for good); every other counts
+    /// as active now, so a restart does not let the watermark run ahead of a
+    /// partition merely slow to return. Returns the idle ones.
+    pub fn restore(&mut self, newest: &[Newest], now: Instant) -> Vec<i32> {
+        let last_sent = newest.iter().filter_map(|n| n.sent_us).max();
+        let idle_us = self.policy.idle_timeout.as_micros() as i64;
+        let mut idle = Vec::new();
+        for n in newest {
+            let silent = last_sent
+                .zip(n.sent_us)
+                .is_some_and(|(last, sent)| last.saturating_sub(sent) > idle_us);
+            if silent {
+                idle.push(n.partition);
+                continue;
+            }
+            let clock = Clock {
+                newest_us: Some(n.event_us),
+                seen: now,
+            };
+            self.clocks.insert(n.partition, clock);
         }
         self.recompute(now);
+        idle
+    }
+
+    /// The partition whose clock sets the watermark: the slowest that counts.
+    pub fn holder(&self) -> Option<i32> {
+        self.clocks
+            .iter()
+            .filter_map(|(p, c)| c.newest_us.map(|t| (t, *p)))
+            .min()
+            .map(|(_, p)| p)
     }
 
     /// Follows the consumer's assignment: partitions no longer assigned stop

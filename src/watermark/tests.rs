@@ -197,9 +197,44 @@ fn settled_events_keep_their_stored_fate_whatever_the_watermark() {
     assert!(!watermarks.is_null(1));
 }
 
+fn newest(partition: i32, event_s: i64, sent_s: Option<i64>) -> Newest {
+    Newest {
+        partition,
+        event_us: event_s * SECOND,
+        sent_us: sent_s.map(|s| s * SECOND),
+    }
+}
+
 #[test]
-fn restore_counts_every_partition_as_active() {
+fn restore_counts_every_partition_that_was_active_as_active() {
     let mut w = Watermark::new(&job().contract, policy(5, 30));
-    w.restore([(0, 100 * SECOND), (1, 40 * SECOND)], Instant::now());
+    // Partition 1 sent its newest 20 s before partition 0: within the idle timeout.
+    let idle = w.restore(
+        &[newest(0, 100, Some(1000)), newest(1, 40, Some(980))],
+        Instant::now(),
+    );
+    assert!(idle.is_empty());
     assert_eq!(w.current_us(), Some(35 * SECOND));
+    assert_eq!(w.holder(), Some(1));
+}
+
+/// A partition that had stopped receiving events long before the job
+/// stopped does not pin the restored watermark (it did, before: hot never
+/// aged, windows never folded, reprocess refused recent days).
+#[test]
+fn restore_leaves_out_a_partition_that_was_idle_when_the_job_stopped() {
+    let mut w = Watermark::new(&job().contract, policy(5, 30));
+    let rows = [
+        newest(0, 100, Some(1000)),
+        newest(1, 40, Some(500)),
+        newest(2, 90, None),
+    ];
+    let idle = w.restore(&rows, Instant::now());
+    assert_eq!(idle, vec![1]);
+    assert_eq!(
+        w.current_us(),
+        Some(85 * SECOND),
+        "partition 2 (no Kafka time) counts"
+    );
+    assert_eq!(w.holder(), Some(2));
 }
