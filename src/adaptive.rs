@@ -148,6 +148,7 @@ mod tests {
             min_events: min,
             max_events: max,
             max_wait: Duration::from_millis(250),
+            max_bytes: 16 << 20,
             adaptive: None,
         }
     }

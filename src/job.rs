@@ -223,6 +223,8 @@ struct BatchingSpec {
     max_events: u64,
     #[serde(default = "default_max_wait_ms")]
     max_wait_ms: u64,
+    #[serde(default = "default_max_bytes")]
+    max_bytes: u64,
     #[serde(default)]
     adaptive: Option<AdaptiveSpec>,
 }
@@ -239,6 +241,7 @@ impl Default for BatchingSpec {
             min_events: default_min_events(),
             max_events: default_max_events(),
             max_wait_ms: default_max_wait_ms(),
+            max_bytes: default_max_bytes(),
             adaptive: None,
         }
     }
@@ -295,6 +298,11 @@ fn default_max_events() -> u64 {
 }
 fn default_max_wait_ms() -> u64 {
     250
+}
+/// 16 MiB: a micro-batch of 1,000 typical events is well under it, while
+/// the few batches the queues hold stay small however large messages are.
+fn default_max_bytes() -> u64 {
+    16 << 20
 }
 
 // ---------------------------------------------------------------------------
@@ -551,6 +559,10 @@ pub struct Batching {
     pub min_events: usize,
     pub max_events: usize,
     pub max_wait: Duration,
+    /// Payload bytes at which a micro-batch is cut whatever its event count:
+    /// what bounds the queues' memory when messages are large (a batch takes
+    /// at least one message, so the bound is this plus one message).
+    pub max_bytes: usize,
     /// With a target, the loop picks its batch cap within
     /// `[min_events, max_events]` itself (see [`crate::adaptive`]).
     pub adaptive: Option<Adaptive>,
@@ -1400,6 +1412,13 @@ fn validate_batching(spec: BatchingSpec, invalid: &Invalid) -> Result<Batching, 
             spec.max_wait_ms.to_string(),
         ));
     }
+    if !((1 << 20)..=(1 << 30)).contains(&spec.max_bytes) {
+        return Err(invalid(
+            "batching.max_bytes",
+            "bytes between 1048576 (1 MiB) and 1073741824 (1 GiB)",
+            spec.max_bytes.to_string(),
+        ));
+    }
     let adaptive = match spec.adaptive {
         None => None,
         Some(a) if (10..=3_600_000).contains(&a.target_p99_ms) => Some(Adaptive {
@@ -1417,6 +1436,7 @@ fn validate_batching(spec: BatchingSpec, invalid: &Invalid) -> Result<Batching, 
         min_events: spec.min_events as usize,
         max_events: spec.max_events as usize,
         max_wait: Duration::from_millis(spec.max_wait_ms),
+        max_bytes: spec.max_bytes as usize,
         adaptive,
     })
 }

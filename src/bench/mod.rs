@@ -476,6 +476,7 @@ fn point_job(
         max_wait: fill
             .mul_f64(1.5)
             .clamp(base.batching.max_wait, Duration::from_secs(60)),
+        max_bytes: base.batching.max_bytes,
         adaptive: None,
     };
     Ok(job)

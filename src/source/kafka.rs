@@ -194,11 +194,16 @@ impl ConsumerContext for WeirContext {
                 for &p in &partitions {
                     generations.insert(p, self.assignments.fetch_add(1, Ordering::Relaxed));
                 }
-                if cooperative {
+                let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
-                }
+                };
+                // librdkafka keeps a partition paused across a revoke and a
+                // new assignment, but the poller may have resumed "all"
+                // while nothing was assigned: start each assignment resumed
+                // (the poller pauses it again while its queue is full).
+                assigned.and_then(|()| consumer.resume(tpl))
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(?partitions, "partitions revoked");
@@ -597,6 +602,10 @@ impl Poller {
         let mut item = item;
         let waiting = Instant::now();
         let mut grown = false;
+        // Of the waiting batch; only ever too high (revoked messages dropped).
+        let mut bytes = item
+            .as_ref()
+            .map_or(0, |p| payload_bytes(&p.batch.messages));
         loop {
             // Only the poller sends, so room now means the send below succeeds.
             if grown && queue.capacity() > 0 {
@@ -614,7 +623,7 @@ impl Poller {
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     item = back;
                     self.cap.queue_full();
-                    let growing = matches!(&item, Ok(p) if p.batch.len() < self.cap.get());
+                    let growing = matches!(&item, Ok(p) if !self.is_full(p.batch.len(), bytes));
                     if !growing && waiting.elapsed() < PAUSE_AFTER {
                         std::thread::sleep(GROW_POLL);
                         continue;
@@ -625,6 +634,7 @@ impl Poller {
                     let held = waiting_batch.into_iter().chain([&mut *carried]);
                     match (self.poll(timeout, held), &mut item) {
                         (Ok(Some(m)), Ok(polled)) if growing => {
+                            bytes += m.payload_len();
                             polled.batch.messages.push(m);
                             grown = true;
                         }
@@ -691,9 +701,9 @@ impl Poller {
             max_wait,
             ..
         } = self.batching;
-        let max_events = self.cap.get();
         let mut messages: Vec<Message> = carried;
-        messages.reserve(max_events);
+        messages.reserve(self.cap.get());
+        let mut bytes = payload_bytes(&messages);
         let mut deadline: Option<Instant> =
             (!messages.is_empty()).then(|| Instant::now() + max_wait);
         loop {
@@ -703,7 +713,7 @@ impl Poller {
             }
             let now = Instant::now();
             let expired = deadline.is_some_and(|d| now >= d);
-            if messages.len() >= max_events
+            if self.is_full(messages.len(), bytes)
                 || expired
                 || stop.load(Ordering::Relaxed)
                 || queue.is_closed()
@@ -715,9 +725,15 @@ impl Poller {
                 Some(_) if messages.len() >= min_events => Duration::ZERO,
                 Some(d) => (d - now).min(IDLE_POLL),
             };
-            match self.poll(timeout, [&mut messages])? {
+            let held = messages.len();
+            let polled = self.poll(timeout, [&mut messages])?;
+            if messages.len() != held {
+                bytes = payload_bytes(&messages);
+            }
+            match polled {
                 Some(m) => {
                     deadline.get_or_insert(now + max_wait);
+                    bytes += m.payload_len();
                     messages.push(m);
                 }
                 None if messages.len() >= min_events => break,
@@ -725,6 +741,13 @@ impl Poller {
             }
         }
         Ok(messages)
+    }
+
+    /// Whether a batch is cut: at the batch cap in events, or at
+    /// `batching.max_bytes` of payload, which keeps the queues' memory
+    /// bounded when messages are large.
+    fn is_full(&self, events: usize, bytes: usize) -> bool {
+        events >= self.cap.get() || bytes >= self.batching.max_bytes
     }
 
     fn surface_failure(&self) -> Result<(), SourceError> {
@@ -782,6 +805,10 @@ impl Poller {
             }
         }
     }
+}
+
+fn payload_bytes(messages: &[Message]) -> usize {
+    messages.iter().map(Message::payload_len).sum()
 }
 
 fn to_message(m: &BorrowedMessage<'_>) -> Message {

@@ -19,6 +19,12 @@ pub struct Message {
     pub payload: Option<Vec<u8>>,
 }
 
+impl Message {
+    pub fn payload_len(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// The unit of work of one trigger: messages from one topic, in offset order
 /// within each partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
