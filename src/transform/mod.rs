@@ -183,11 +183,14 @@ impl WindowAggregate {
                         quote(&format!("{name}__sum")),
                         quote(&format!("{name}__count")),
                     );
-                    // Written exactly as a `sum` of the same field would be, so the
-                    // two share one aggregate (DataFusion refuses duplicates).
+                    // A float64 field's is written exactly as a `sum` of it would
+                    // be, so the two share one aggregate; any other's must read
+                    // differently from that `sum`, since DataFusion names both
+                    // `sum(price)` (casts leave names alone) and refuses the
+                    // duplicate.
                     let summed = match input_ty {
                         Some(FieldType::Float64) => input.clone(),
-                        _ => format!("CAST({input} AS DOUBLE)"),
+                        _ => format!("{input} * 1.0"),
                     };
                     states.push((format!("sum({summed})"), sum.clone()));
                     states.push((format!("count({input})"), count.clone()));
@@ -292,19 +295,33 @@ impl WindowAggregate {
     /// not plan is a bad job spec, not a failure at the first batch.
     pub async fn planned(index: usize, output: &WindowOutput, job: &Job) -> Result<Self, JobError> {
         let window = Self::new(output, &job.contract);
-        let plan = PlannedQuery::new(&window.partial_sql, raw_schema(&job.contract))
-            .await
-            .map_err(|e| JobError::Invalid {
-                file: job.file.clone(),
-                key: format!("outputs[{index}].filter"),
-                expected: "a DataFusion condition over the event's fields".into(),
-                found: e.find_root().to_string(),
-            })?;
-        window
-            .plan
-            .set(plan)
-            .expect("a window just made has no plan yet");
-        Ok(window)
+        let input = raw_schema(&job.contract);
+        let error = match PlannedQuery::new(&window.partial_sql, input.clone()).await {
+            Ok(plan) => {
+                window
+                    .plan
+                    .set(plan)
+                    .expect("a window just made has no plan yet");
+                return Ok(window);
+            }
+            Err(e) => e.find_root().to_string(),
+        };
+        // Whether the filter is to blame: the same window without it plans.
+        let unfiltered = WindowOutput {
+            filter: None,
+            ..output.clone()
+        };
+        let unfiltered = Self::new(&unfiltered, &job.contract);
+        let (key, expected) = match PlannedQuery::new(&unfiltered.partial_sql, input).await {
+            Ok(_) => ("filter", "a DataFusion condition over the event's fields"),
+            Err(_) => ("aggregates", "aggregates DataFusion can compute"),
+        };
+        Err(JobError::Invalid {
+            file: job.file.clone(),
+            key: format!("outputs[{index}].{key}"),
+            expected: expected.into(),
+            found: error,
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -341,3 +341,24 @@ async fn a_query_that_does_not_plan_is_a_bad_spec_naming_its_key() {
     );
     assert!(err.contains("nope"), "{err}");
 }
+
+/// Every window plans before the first event; over an int64 field, `sum` and
+/// `avg` are two aggregates DataFusion would name alike (casts leave names
+/// alone), which used to fail the plan at the first batch.
+#[tokio::test]
+async fn windows_plan_before_any_event_and_blame_the_right_key() {
+    let int_price = JOB.replace(
+        r#"{ name = "price", type = "float64" }"#,
+        r#"{ name = "price", type = "int64" }"#,
+    );
+    let job = Job::parse(&int_price, Path::new("t.toml"), &Overrides::default()).unwrap();
+    assert_eq!(Transform::all(&job).await.unwrap().len(), 2);
+
+    let bad_filter = JOB.replace("filter = \"kind = 'view'\"", "filter = \"nope = 1\"");
+    let job = Job::parse(&bad_filter, Path::new("t.toml"), &Overrides::default()).unwrap();
+    let err = Transform::all(&job).await.unwrap_err().to_string();
+    assert!(
+        err.contains("key `outputs[0].filter`") && err.contains("nope"),
+        "{err}"
+    );
+}
