@@ -2,12 +2,7 @@
 deleting unread messages, a topic deleted and recreated under a job, partitions
 added while a job runs, transactions committed and aborted, a compacted topic
 with offset gaps, and group rebalances under the eager and the cooperative
-protocols (the last in test_operate's scale-out test).
-
-Where today's weir does not yet behave as the exactly-once issue requires, the
-test says what must happen and is marked as an expected failure with the
-reason; the mark is strict, so the test fails once weir is fixed and the mark
-must go."""
+protocols (the last in test_operate's scale-out test)."""
 
 import json
 import subprocess
@@ -171,12 +166,12 @@ def test_aborted_transactions_never_reach_a_table(broker, tmp_path):
     assert ids == sorted(committed)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a table's position is the offset after the last record it stored; the commit marker "
-    "that ends a transaction is never delivered, so the position stops one short of the "
-    "high watermark and `weir status` shows a lag of 1 per partition until the next record "
-    "(issue 18: positions that step over control records)"))
 def test_commit_markers_do_not_leave_lag(broker, tmp_path):
+    """The marker that ends a transaction is never delivered, so a table's
+    position (the offset after the last record it stored) would stop one
+    short of the high watermark. Once idle, the poller reports the
+    consumer's position past it, and a data-less commit moves the tables
+    there: `weir status` shows no lag."""
     job, _, _ = transactions(broker, tmp_path)
     status = weir("status", "--job", job, timeout=60).stdout
     assert status_lags(status) == {0: 0, 1: 0}, status

@@ -30,9 +30,7 @@ use crate::metrics::JobMetrics;
 use crate::replay::{filter_replayed, without_partitions};
 use crate::sink::{CommitReport, SharedSink, Sink, SinkError, TableSpec};
 use crate::source::MicroBatch;
-use crate::source::kafka::{
-    Batches, Generations, KafkaSource, Polled, Rebalance, SourceError, moved,
-};
+use crate::source::kafka::{Batches, KafkaSource, Polled, Rebalance, SourceError};
 use crate::task::AbortOnDrop;
 use crate::telemetry::quantile;
 use crate::transform::Transform;
@@ -140,9 +138,8 @@ const DECODED_BATCHES: usize = 2;
 /// A micro-batch as the first stage leaves it: decoded, its valid events
 /// without duplicates.
 struct Prepared {
-    batch: MicroBatch,
-    /// The assignment its partitions were polled under.
-    generations: Generations,
+    /// The micro-batch, with the assignment it was polled under.
+    polled: Polled,
     /// `valid` holds the accepted events only.
     decoded: Decoded,
     duplicates: usize,
@@ -546,18 +543,16 @@ impl Pipeline {
     }
 
     fn prepare(&self, polled: Polled) -> Result<Prepared, ArrowError> {
-        let Polled { batch, generations } = polled;
         let clock = Instant::now();
         let now = Utc::now();
-        let mut decoded = self.decoder.decode(&batch, now)?;
+        let mut decoded = self.decoder.decode(&polled.batch, now)?;
         self.metrics.stage("decode", clock.elapsed());
         let clock = Instant::now();
         let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
         decoded.valid = accepted;
         self.metrics.stage("dedup", clock.elapsed());
         Ok(Prepared {
-            batch,
-            generations,
+            polled,
             decoded,
             duplicates,
             now,
@@ -568,19 +563,19 @@ impl Pipeline {
     async fn trigger(&self, prepared: Prepared) -> Result<(), PipelineError> {
         let mut sink = self.sink.lock().await;
         let Some(Prepared {
-            batch,
+            polled,
             decoded,
             duplicates,
             now,
-            ..
         }) = self.still_assigned(prepared)?
         else {
             return Ok(());
         };
         let accepted = decoded.valid;
         let m = &self.metrics;
-        let first = batch.first_offsets();
-        let next = batch.next_offsets();
+        let first = polled.first_offsets();
+        let next = polled.next_offsets();
+        let batch = &polled.batch;
 
         let clock = Instant::now();
         let settled = settled(&mut sink, &accepted).await?;
@@ -614,10 +609,12 @@ impl Pipeline {
         drop(sink);
         self.source.commit_offsets(&next);
         let committed_us = Utc::now().timestamp_micros();
-        let produced = produced_to_committed(&batch, committed_us);
-        self.adapt(batch.len(), &produced);
+        let produced = produced_to_committed(batch, committed_us);
+        if !batch.is_empty() {
+            self.adapt(batch.len(), &produced);
+        }
         self.record(
-            &batch,
+            batch,
             Outcome {
                 report: &report,
                 on_time: &split.on_time,
@@ -638,27 +635,25 @@ impl Pipeline {
     /// remembers where each was read, so their re-read is accepted again.)
     fn still_assigned(&self, prepared: Prepared) -> Result<Option<Prepared>, ArrowError> {
         let Prepared {
-            mut batch,
-            generations,
+            mut polled,
             mut decoded,
             duplicates,
             now,
         } = prepared;
-        let moved = moved(&batch, &generations, &self.source.generations());
+        let moved = polled.moved(&self.source.generations());
         if !moved.is_empty() {
-            let before = batch.len();
-            batch.messages.retain(|m| !moved.contains(&m.partition));
+            let before = polled.batch.len();
+            polled.drop_partitions(&moved);
             decoded.valid = without_partitions(&decoded.valid, &moved)?;
             decoded.rejected = without_partitions(&decoded.rejected, &moved)?;
             info!(
-                dropped = before - batch.len(),
+                dropped = before - polled.batch.len(),
                 ?moved,
                 "dropped decoded messages of partitions revoked since they were polled; their owner re-reads them"
             );
         }
-        Ok((!batch.is_empty()).then_some(Prepared {
-            batch,
-            generations,
+        Ok((!polled.is_empty()).then_some(Prepared {
+            polled,
             decoded,
             duplicates,
             now,
@@ -736,6 +731,10 @@ impl Pipeline {
             "trigger"
         );
         let s = &self.stats;
+        if batch.is_empty() {
+            // Only progress past records never delivered (commit markers).
+            return self.note_positions(next);
+        }
         s.batches.fetch_add(1, Ordering::Relaxed);
         s.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
         s.raw_rows
@@ -755,16 +754,13 @@ impl Pipeline {
             samples.end_to_end.extend(produced.iter().copied());
         }
         // Last: whoever waits for a position finds its trigger counted and sampled.
-        s.positions.lock().unwrap().extend(next);
+        self.note_positions(next);
 
         let m = &self.metrics;
         m.events_in.inc_by(batch.len() as u64);
         m.batch_events.observe(batch.len() as f64);
         m.duplicates.inc_by(duplicates as u64);
         m.replayed.inc_by(replayed as u64);
-        for (&p, &offset) in next {
-            m.partition(p, None, Some(offset));
-        }
         let since = |us: i64| (committed_us - us).max(0) as f64 / 1e6;
         let event = m.end_to_end("event");
         if let Some(times) = on_time
@@ -782,6 +778,14 @@ impl Pipeline {
         if let Some(w) = self.watermark.lock().unwrap().current_us() {
             m.watermark.set(w as f64 / 1e6);
         }
+    }
+
+    /// Publishes the partitions' committed positions (stats and metrics).
+    fn note_positions(&self, next: &BTreeMap<i32, i64>) {
+        for (&p, &offset) in next {
+            self.metrics.partition(p, None, Some(offset));
+        }
+        self.stats.positions.lock().unwrap().extend(next);
     }
 
     /// Feeds adaptive batching one trigger: its events and the p99 of their

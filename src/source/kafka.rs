@@ -342,17 +342,51 @@ pub type Generations = BTreeMap<i32, u64>;
 pub struct Polled {
     pub batch: MicroBatch,
     pub generations: Generations,
+    /// Per partition, the consumer's position where it moved past records it
+    /// never delivers (the markers that end transactions, aborted records)
+    /// with nothing after them: the tables' positions must move there too,
+    /// or they stay short of the high watermark and show lag for good.
+    pub progress: BTreeMap<i32, i64>,
 }
 
-/// The partitions of `batch`, polled under the assignment `polled`, that were
-/// revoked (or revoked and assigned again) since, going by the assignment
-/// now (`current`).
-pub fn moved(batch: &MicroBatch, polled: &Generations, current: &Generations) -> Vec<i32> {
-    batch
-        .next_offsets()
-        .into_keys()
-        .filter(|p| current.get(p) != polled.get(p))
-        .collect()
+impl Polled {
+    /// Per partition, the next offset once this is committed.
+    pub fn next_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut next = self.batch.next_offsets();
+        for (&p, &position) in &self.progress {
+            let e = next.entry(p).or_insert(position);
+            *e = (*e).max(position);
+        }
+        next
+    }
+
+    /// Per partition, the first offset this covers.
+    pub fn first_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut first = self.progress.clone();
+        first.extend(self.batch.first_offsets());
+        first
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.progress.is_empty()
+    }
+
+    /// Its partitions that were revoked (or revoked and assigned again) since
+    /// it was polled, going by the assignment now (`current`).
+    pub fn moved(&self, current: &Generations) -> Vec<i32> {
+        self.next_offsets()
+            .into_keys()
+            .filter(|p| current.get(p) != self.generations.get(p))
+            .collect()
+    }
+
+    /// Without the messages and progress of `partitions`.
+    pub fn drop_partitions(&mut self, partitions: &[i32]) {
+        self.batch
+            .messages
+            .retain(|m| !partitions.contains(&m.partition));
+        self.progress.retain(|p, _| !partitions.contains(p));
+    }
 }
 
 type Queued = Result<Polled, SourceError>;
@@ -442,6 +476,8 @@ impl KafkaSource {
             cap: cap.clone(),
             metrics: metrics.clone(),
             paused: false,
+            delivered: BTreeMap::new(),
+            reported: BTreeMap::new(),
         };
         std::thread::Builder::new()
             .name(format!("weir-poll-{}", job.name))
@@ -494,20 +530,17 @@ impl Batches {
             };
             let mut polled = polled?;
             let current = self.consumer.context().generations.lock().unwrap().clone();
-            let moved = moved(&polled.batch, &polled.generations, &current);
+            let moved = polled.moved(&current);
             if !moved.is_empty() {
                 let before = polled.batch.len();
-                polled
-                    .batch
-                    .messages
-                    .retain(|m| !moved.contains(&m.partition));
+                polled.drop_partitions(&moved);
                 info!(
                     dropped = before - polled.batch.len(),
                     ?moved,
                     "dropped queued messages of partitions reassigned since; their owner re-reads them"
                 );
             }
-            if !polled.batch.is_empty() {
+            if !polled.is_empty() {
                 return Ok(Some(polled));
             }
         }
@@ -547,6 +580,10 @@ struct Poller {
     cap: BatchCap,
     metrics: JobMetrics,
     paused: bool,
+    /// Per partition, the offset after the newest message polled.
+    delivered: BTreeMap<i32, i64>,
+    /// Per partition, the position last reported as progress.
+    reported: BTreeMap<i32, i64>,
 }
 
 impl Poller {
@@ -561,17 +598,23 @@ impl Poller {
                 .fill(std::mem::take(&mut carried), stop, queue)
                 .map(|messages| {
                     let generations = self.consumer.context().generations.lock().unwrap().clone();
+                    let progress = if messages.is_empty() {
+                        self.stepped_over()
+                    } else {
+                        BTreeMap::new()
+                    };
                     Polled {
                         batch: MicroBatch {
                             topic: self.topic.clone(),
                             messages,
                         },
                         generations,
+                        progress,
                     }
                 });
             let failed = polled.is_err();
             if let Ok(p) = &polled {
-                if p.batch.is_empty() {
+                if p.is_empty() {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
@@ -691,7 +734,7 @@ impl Poller {
     /// setting `stop`, by a panic: an idle poll thread would otherwise stay in
     /// the group for good, holding partitions no one reads).
     fn fill(
-        &self,
+        &mut self,
         carried: Vec<Message>,
         stop: &AtomicBool,
         queue: &mpsc::Sender<Queued>,
@@ -743,6 +786,28 @@ impl Poller {
         Ok(messages)
     }
 
+    /// While idle: each assigned partition whose position is past the newest
+    /// message polled from it, once per position. Everything below a
+    /// position was delivered (and queued ahead of this report) or stepped
+    /// over by librdkafka; the commit moves only tables that are behind it.
+    fn stepped_over(&mut self) -> BTreeMap<i32, i64> {
+        let Ok(positions) = self.consumer.position() else {
+            return BTreeMap::new();
+        };
+        let mut progress = BTreeMap::new();
+        for element in positions.elements_for_topic(&self.topic) {
+            let (partition, Offset::Offset(position)) = (element.partition(), element.offset())
+            else {
+                continue;
+            };
+            let past = self.delivered.get(&partition) != Some(&position);
+            if past && self.reported.insert(partition, position) != Some(position) {
+                progress.insert(partition, position);
+            }
+        }
+        progress
+    }
+
     /// Whether a batch is cut: at the batch cap in events, or at
     /// `batching.max_bytes` of payload, which keeps the queues' memory
     /// bounded when messages are large.
@@ -763,12 +828,16 @@ impl Poller {
     /// them. Dropping later would also drop what was fetched after the
     /// partition was assigned again, and its next commit would skip it.
     fn poll<'a>(
-        &self,
+        &mut self,
         timeout: Duration,
         held: impl IntoIterator<Item = &'a mut Vec<Message>>,
     ) -> Result<Option<Message>, SourceError> {
-        let polled = match self.consumer.poll(timeout) {
-            Some(Ok(m)) => Some(to_message(&m)),
+        let consumer = Arc::clone(&self.consumer);
+        let polled = match consumer.poll(timeout) {
+            Some(Ok(m)) => {
+                self.delivered.insert(m.partition(), m.offset() + 1);
+                Some(to_message(&m))
+            }
             Some(Err(e)) => {
                 self.on_error(e)?;
                 None
