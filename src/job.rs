@@ -626,7 +626,6 @@ fn parse_root(root: &str) -> Result<Url, String> {
             url.scheme()
         ));
     }
-    crate::storage::register();
     Ok(url)
 }
 

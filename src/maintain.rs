@@ -33,7 +33,7 @@ use crate::fault::{FaultError, Faults};
 use crate::job::{Job, JobError, Output, Tier};
 use crate::query::{QueryError, register};
 use crate::schema::conform;
-use crate::sink::{TableSpec, open_or_create, stored_schema};
+use crate::sink::{TableSpec, is_commit_conflict, open_or_create, stored_schema};
 use crate::telemetry::Progress;
 use crate::tier::{self, Moved};
 use crate::transform::Transform;
@@ -368,7 +368,7 @@ async fn fold_closed_windows(
             .await
         {
             Ok(written) => return Ok((written, Some((before, after)))),
-            Err(e) if attempt < FOLD_ATTEMPTS => {
+            Err(e) if attempt < FOLD_ATTEMPTS && is_commit_conflict(&e) => {
                 warn!(table = name, attempt, error = %e, "fold lost to a concurrent commit; retrying");
                 table.load().await.map_err(|source| MaintainError::Delta {
                     step: "reloading",

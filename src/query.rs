@@ -181,6 +181,7 @@ pub async fn open(name: &str, url: &Url) -> Result<DeltaTable, QueryError> {
     {
         return Err(missing());
     }
+    crate::storage::register();
     deltalake::open_table(url.clone())
         .await
         .map_err(|source| match source {

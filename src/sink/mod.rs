@@ -103,15 +103,20 @@ impl SinkError {
     pub fn is_conflict(&self) -> bool {
         match self {
             SinkError::Fenced { .. } => true,
-            SinkError::Delta { source, .. } => matches!(
-                source.as_ref(),
-                DeltaTableError::Transaction {
-                    source: deltalake::kernel::transaction::TransactionError::CommitConflict(_)
-                }
-            ),
+            SinkError::Delta { source, .. } => is_commit_conflict(source),
             _ => false,
         }
     }
+}
+
+/// Whether delta-rs refused a commit because a concurrent one conflicts with it.
+pub fn is_commit_conflict(error: &DeltaTableError) -> bool {
+    matches!(
+        error,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(_)
+        }
+    )
 }
 
 /// What a table is: its name, its Arrow schema, how it is partitioned, and
@@ -511,6 +516,7 @@ pub fn stored_schema(table: &DeltaTable) -> Result<SchemaRef, DeltaTableError> {
 /// Opens the Delta table at `url`, creating it from `spec` if there is none,
 /// and evolving it if the job's contract gained fields ([`crate::schema`]).
 pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, SinkError> {
+    crate::storage::register();
     let fail = |source| delta_error(spec, &url, source);
     if url.scheme() == "file"
         && let Ok(path) = url.to_file_path()
@@ -553,9 +559,11 @@ pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, Si
         .with_raise_if_key_not_exists(false)
         .with_save_mode(SaveMode::Ignore)
         .await;
-    info!(table = %spec.name, %url, "created Delta table");
     match created {
-        Ok(t) => Ok(t),
+        Ok(t) => {
+            info!(table = %spec.name, %url, "created Delta table");
+            Ok(t)
+        }
         Err(e) => {
             // Another writer may have created it first: then use theirs.
             let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
