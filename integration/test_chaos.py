@@ -22,6 +22,7 @@ from test_operate import committed, start, wait_until
 SECONDS = 60
 RATE = 1500
 MAX_PROCESSES = 4
+MOVES = 5
 # Slow enough that batches queue behind the commit, fast enough to keep up.
 SLOW_SINK = "sink.after_commit.raw@*:sleep=40"
 
@@ -97,7 +98,8 @@ def test_chaos_keeps_every_event_exactly_once(broker, tmp_path, seed):
         fleet.start()
         fleet.start()
         deadline = time.monotonic() + SECONDS
-        while time.monotonic() < deadline:
+        # At least MOVES processes killed or stopped, however slow the machine.
+        while time.monotonic() < deadline or fleet.killed + fleet.stopped < MOVES:
             time.sleep(rng.uniform(2, 6))
             fleet.check_alive()
             fleet.step()
@@ -115,7 +117,6 @@ def test_chaos_keeps_every_event_exactly_once(broker, tmp_path, seed):
         producer.kill()
         for proc in fleet.live:
             proc.kill()
-    assert fleet.killed + fleet.stopped >= 5, "the run moved partitions often"
     assert len(sent) > SECONDS * RATE * 0.9
     assert_exactly_once(data, sent)
     assert_no_event_id_twice(data)
