@@ -13,7 +13,9 @@
 //! [`Rebalance`]) for the lowest offset any Delta table still needs, and
 //! assigns the partitions *at* those offsets, so nothing is ever consumed from a
 //! position the tables did not choose. Consumer-group offsets are committed only
-//! for lag visibility and never position anything.
+//! for lag visibility and never position anything. When idle, the thread also
+//! reports positions the consumer moved to past records it never delivers
+//! (transaction markers), so the tables' positions reach the high watermark.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
