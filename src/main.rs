@@ -70,7 +70,8 @@ enum Command {
     Verify(VerifyArgs),
     /// Where a job stands, from its tables and its broker (no running process
     /// needed): per partition the committed offset, high watermark, lag and last
-    /// commit; hot partitions and a stalled watermark flagged.
+    /// commit; hot partitions, the partition holding the watermark, idle ones and a
+    /// stalled watermark flagged.
     Status(StatusArgs),
     /// Measure what each batch size costs in latency and buys in throughput,
     /// against the raw consume rate of the same broker; prints a table and
