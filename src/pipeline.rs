@@ -640,10 +640,9 @@ impl Pipeline {
             duplicates,
             now,
         } = prepared;
-        let moved = polled.moved(&self.source.generations());
+        let before = polled.batch.len();
+        let moved = polled.drop_moved(&self.source.generations());
         if !moved.is_empty() {
-            let before = polled.batch.len();
-            polled.drop_partitions(&moved);
             decoded.valid = without_partitions(&decoded.valid, &moved)?;
             decoded.rejected = without_partitions(&decoded.rejected, &moved)?;
             info!(

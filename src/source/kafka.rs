@@ -123,9 +123,8 @@ impl Gap {
 /// shared sink.
 pub trait Rebalance: Send + Sync + 'static {
     /// On an assignment: from which offset each partition must be re-read.
-    /// Offsets for the partitions the tables know; partitions left out fall
-    /// back to the consumer group's committed offset, then to the job's
-    /// `start_from`.
+    /// Offsets for the partitions the tables know; partitions left out start
+    /// at the job's `start_from`.
     fn resume_positions(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String>;
 
     /// On a revocation: runs `revoke` while no trigger commits. A trigger
@@ -373,21 +372,20 @@ impl Polled {
         self.batch.is_empty() && self.progress.is_empty()
     }
 
-    /// Its partitions that were revoked (or revoked and assigned again) since
-    /// it was polled, going by the assignment now (`current`).
-    pub fn moved(&self, current: &Generations) -> Vec<i32> {
-        self.next_offsets()
+    /// Drops the messages and progress of its partitions that were revoked
+    /// (or revoked and assigned again) since it was polled, going by the
+    /// assignment now (`current`); returns those partitions.
+    pub fn drop_moved(&mut self, current: &Generations) -> Vec<i32> {
+        let moved: Vec<i32> = self
+            .next_offsets()
             .into_keys()
             .filter(|p| current.get(p) != self.generations.get(p))
-            .collect()
-    }
-
-    /// Without the messages and progress of `partitions`.
-    pub fn drop_partitions(&mut self, partitions: &[i32]) {
+            .collect();
         self.batch
             .messages
-            .retain(|m| !partitions.contains(&m.partition));
-        self.progress.retain(|p, _| !partitions.contains(p));
+            .retain(|m| !moved.contains(&m.partition));
+        self.progress.retain(|p, _| !moved.contains(p));
+        moved
     }
 }
 
@@ -532,10 +530,9 @@ impl Batches {
             };
             let mut polled = polled?;
             let current = self.consumer.context().generations.lock().unwrap().clone();
-            let moved = polled.moved(&current);
+            let before = polled.batch.len();
+            let moved = polled.drop_moved(&current);
             if !moved.is_empty() {
-                let before = polled.batch.len();
-                polled.drop_partitions(&moved);
                 info!(
                     dropped = before - polled.batch.len(),
                     ?moved,
