@@ -5,8 +5,8 @@ mod common;
 
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use weir::decode::Decoder;
-use weir::transform::Transform;
+use weir::ingest::decode::Decoder;
+use weir::ingest::transform::Transform;
 
 fn aggregate(c: &mut Criterion) {
     let job = common::clickstream(None);

@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use weir::decode::Decoder;
 use weir::fault::Faults;
+use weir::ingest::decode::Decoder;
+use weir::ingest::pipeline::table_specs;
+use weir::ingest::sink::Sink;
+use weir::ingest::transform::Transform;
+use weir::ingest::watermark::Watermark;
 use weir::metrics::JobMetrics;
-use weir::pipeline::table_specs;
-use weir::sink::Sink;
-use weir::transform::Transform;
-use weir::watermark::Watermark;
 
 fn commit(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();

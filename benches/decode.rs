@@ -5,7 +5,7 @@ mod common;
 
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use weir::decode::Decoder;
+use weir::ingest::decode::Decoder;
 
 fn decode(c: &mut Criterion) {
     let job = common::clickstream(None);

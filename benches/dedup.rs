@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use weir::decode::Decoder;
-use weir::dedup::Dedup;
+use weir::ingest::decode::Decoder;
+use weir::ingest::dedup::Dedup;
 
 fn dedup(c: &mut Criterion) {
     let job = common::clickstream(None);

@@ -7,28 +7,12 @@
 //! (Delta commits carrying the Kafka offsets). [`pipeline`] is the trigger loop
 //! that drives it; [`job`] is the validated job spec everything runs on.
 
-pub mod adaptive;
-pub mod bench;
-pub mod decode;
-pub mod dedup;
-pub mod demo;
+pub mod cmd;
+pub mod config;
 pub mod fault;
-pub mod job;
-pub mod maintain;
+pub mod ingest;
 pub mod metrics;
-pub mod pipeline;
-pub mod query;
-pub mod replay;
-pub mod reprocess;
-pub mod run;
-pub mod schema;
-pub mod sink;
-pub mod source;
-pub mod status;
-pub mod storage;
+pub mod table;
 pub mod task;
 pub mod telemetry;
-pub mod tier;
-pub mod transform;
-pub mod views;
-pub mod watermark;
+pub mod upkeep;

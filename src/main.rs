@@ -11,15 +11,15 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 
-use weir::demo::{self, DemoOptions};
+use weir::cmd::demo::{self, DemoOptions};
+use weir::cmd::query::{self, Format};
+use weir::cmd::views::{self, Dialect};
+use weir::config::{Brokers, Job, JobError, Overrides};
 use weir::fault::Faults;
-use weir::job::{Brokers, Job, JobError, Overrides};
-use weir::maintain;
-use weir::query::{self, Format};
-use weir::reprocess;
-use weir::source::generator::{self, Generator, Limits, Mix};
+use weir::ingest::source::generator::{self, Generator, Limits, Mix};
 use weir::telemetry::LogFormat;
-use weir::views::{self, Dialect};
+use weir::upkeep::maintain;
+use weir::upkeep::reprocess;
 
 /// The example job `weir demo` and `weir produce` use when given no --job.
 const DEFAULT_JOB: &str = include_str!("../jobs/clickstream.toml");
@@ -190,7 +190,7 @@ struct SweepArgs {
     #[arg(long, value_name = "BROKERS")]
     brokers: Option<String>,
     /// Batch sizes (events) to measure, comma-separated.
-    #[arg(long, value_name = "N,…", value_delimiter = ',', default_values_t = weir::bench::DEFAULT_SIZES)]
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_values_t = weir::cmd::bench::DEFAULT_SIZES)]
     batch_sizes: Vec<usize>,
     /// How long each phase of each batch size runs.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
@@ -379,7 +379,7 @@ async fn main() -> ExitCode {
             // A bad spec may surface from inside the pipeline (an output's SQL
             // is only checked by planning it).
             let usage = e.chain().any(|c| {
-                c.is::<JobError>() || c.is::<Usage>() || c.is::<weir::schema::Incompatible>()
+                c.is::<JobError>() || c.is::<Usage>() || c.is::<weir::table::schema::Incompatible>()
             });
             ExitCode::from(if usage { 2 } else { 1 })
         }
@@ -480,12 +480,12 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
-    let options = weir::run::RunOptions {
+    let options = weir::cmd::run::RunOptions {
         shutdown_timeout: args.shutdown_timeout,
         metrics_addr,
     };
     info!(jobs = jobs.len(), metrics = %metrics_addr, "running; SIGINT or SIGTERM stops after the batches in flight");
-    weir::run::run(jobs, options, faults_from_env()?, stop).await?;
+    weir::cmd::run::run(jobs, options, faults_from_env()?, stop).await?;
     Ok(())
 }
 
@@ -615,12 +615,16 @@ async fn verify_command(args: VerifyArgs) -> anyhow::Result<()> {
 
 async fn status_command(args: StatusArgs) -> anyhow::Result<()> {
     let job = Job::load(&args.job, &args.job_args.overrides())?;
-    println!("{}", weir::status::status(&job).await?);
+    println!("{}", weir::cmd::status::status(&job).await?);
     Ok(())
 }
 
 /// Runs the sweep and writes its CSV and PNG.
-async fn sweep(job: &Job, rate: f64, args: &SweepArgs) -> anyhow::Result<weir::bench::BenchReport> {
+async fn sweep(
+    job: &Job,
+    rate: f64,
+    args: &SweepArgs,
+) -> anyhow::Result<weir::cmd::bench::BenchReport> {
     let sizes_ok = !args.batch_sizes.is_empty()
         && args.batch_sizes.iter().all(|n| (1..=1_000_000).contains(n));
     if !sizes_ok
@@ -633,7 +637,7 @@ async fn sweep(job: &Job, rate: f64, args: &SweepArgs) -> anyhow::Result<weir::b
         ));
     }
     let largest = args.batch_sizes.iter().copied().max().unwrap_or(0) as u64;
-    let options = weir::bench::BenchOptions {
+    let options = weir::cmd::bench::BenchOptions {
         batch_sizes: args.batch_sizes.clone(),
         seconds_per_point: Duration::from_secs_f64(args.seconds_per_point),
         rate,
@@ -643,7 +647,7 @@ async fn sweep(job: &Job, rate: f64, args: &SweepArgs) -> anyhow::Result<weir::b
         work_dir: std::env::temp_dir().join(format!("weir-bench-{}", std::process::id())),
     };
     let progress = weir::telemetry::Progress::new(options.batch_sizes.len(), "batch sizes");
-    let report = weir::bench::run(job, &options, &progress).await;
+    let report = weir::cmd::bench::run(job, &options, &progress).await;
     progress.finish();
     let report = report?;
     report.write(&args.csv, &args.png)?;
@@ -675,7 +679,7 @@ async fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
                 job.source.topic
             );
             let rate = tokio::task::spawn_blocking(move || {
-                weir::bench::tune::measure_rate(&probed, &bootstrap, Duration::from_secs(10))
+                weir::cmd::bench::tune::measure_rate(&probed, &bootstrap, Duration::from_secs(10))
             })
             .await??;
             if !positive(rate) {
@@ -693,7 +697,7 @@ async fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
     }
     let report = sweep(&job, rate, &sweep_args).await?;
     let target = Duration::from_millis(args.target_p99);
-    let recommendation = weir::bench::tune::recommend(&report, target)
+    let recommendation = weir::cmd::bench::tune::recommend(&report, target)
         .context("the sweep measured no batch size")?;
     println!(
         "\nrecommended for p99 ≤ {} ms at {rate:.0} events/s:\n{recommendation}",

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use weir::config::{Adaptive, Job};
 use weir::fault::Faults;
-use weir::job::{Adaptive, Job};
+use weir::ingest::pipeline::{Pipeline, Samples};
+use weir::ingest::source::embedded::EmbeddedBroker;
+use weir::ingest::source::generator::{self, Generator, Limits, Mix};
 use weir::metrics::JobMetrics;
-use weir::pipeline::{Pipeline, Samples};
-use weir::source::embedded::EmbeddedBroker;
-use weir::source::generator::{self, Generator, Limits, Mix};
 use weir::telemetry::quantile;
 
 const TARGET: Duration = Duration::from_millis(4000);

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use weir::demo::end_offsets;
+use weir::cmd::demo::end_offsets;
 use weir::fault::Faults;
-use weir::pipeline::{Pipeline, PipelineError};
-use weir::source::embedded::EmbeddedBroker;
-use weir::source::generator::{Kind, Mix};
+use weir::ingest::pipeline::{Pipeline, PipelineError};
+use weir::ingest::source::embedded::EmbeddedBroker;
+use weir::ingest::source::generator::{Kind, Mix};
 
 type Running = tokio::task::JoinHandle<Result<(), PipelineError>>;
 
@@ -32,7 +32,7 @@ async fn stop(pipeline: Arc<Pipeline>, running: Running) {
 }
 
 /// Waits until `raw` holds every offset below `ends`.
-async fn wait_for_raw(job: &weir::job::Job, ends: &BTreeMap<i32, i64>) {
+async fn wait_for_raw(job: &weir::config::Job, ends: &BTreeMap<i32, i64>) {
     let partitions: Vec<i32> = ends.keys().copied().collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     while txn_versions(job, "raw", &partitions).await != *ends {

@@ -13,10 +13,10 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use weir::config::Job;
 use weir::fault::Faults;
-use weir::job::Job;
+use weir::ingest::sink::{Sink, TableSpec};
 use weir::metrics::JobMetrics;
-use weir::sink::{Sink, TableSpec};
 
 fn spec() -> TableSpec {
     TableSpec {

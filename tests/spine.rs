@@ -12,12 +12,12 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use common::*;
-use weir::demo::end_offsets;
+use weir::cmd::demo::end_offsets;
 use weir::fault::Faults;
-use weir::pipeline::{PipelineError, Stats};
-use weir::sink::{CHECKPOINT_INTERVAL, SinkError};
-use weir::source::embedded::EmbeddedBroker;
-use weir::source::generator::{Delivered, Kind, Mix};
+use weir::ingest::pipeline::{PipelineError, Stats};
+use weir::ingest::sink::{CHECKPOINT_INTERVAL, SinkError};
+use weir::ingest::source::embedded::EmbeddedBroker;
+use weir::ingest::source::generator::{Delivered, Kind, Mix};
 
 const DRAIN: Duration = Duration::from_secs(60);
 
@@ -142,7 +142,12 @@ async fn restart_over(
     dir: &std::path::Path,
     first_seed: u64,
     second_seed: u64,
-) -> (weir::job::Job, Vec<Delivered>, Vec<Delivered>, Arc<Stats>) {
+) -> (
+    weir::config::Job,
+    Vec<Delivered>,
+    Vec<Delivered>,
+    Arc<Stats>,
+) {
     let job = job(dir, 100);
     let broker = EmbeddedBroker::start(&job.source.topic, 2).unwrap();
     let bootstrap = broker.bootstrap_servers();
@@ -242,7 +247,7 @@ fn oracle(delivered: &[Delivered]) -> Oracle {
 }
 
 /// The same figures, from the outputs' merged views via `weir query`.
-async fn merged_outputs(job: &weir::job::Job) -> Oracle {
+async fn merged_outputs(job: &weir::config::Job) -> Oracle {
     let sql = "SELECT CAST(to_unixtime(w) * 1000 AS BIGINT), page, country, \
                sum(v), sum(u), sum(p), sum(c) FROM ( \
                  SELECT window_start AS w, page, country, views AS v, visitors AS u, \
@@ -251,7 +256,7 @@ async fn merged_outputs(job: &weir::job::Job) -> Oracle {
                  SELECT window_start, page, country, 0, 0, purchases, \
                         CAST(round(coalesce(revenue, 0) * 100) AS BIGINT) FROM revenue) \
                GROUP BY 1, 2, 3";
-    let (_, batches) = weir::query::run(job, sql).await.unwrap();
+    let (_, batches) = weir::cmd::query::run(job, sql).await.unwrap();
     let mut out = Oracle::new();
     for b in batches {
         let ints = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
@@ -277,7 +282,7 @@ async fn merged_outputs(job: &weir::job::Job) -> Oracle {
 
 /// Drains everything delivered so far, crashing once on `fault` and restarting.
 async fn drain_across_crash(
-    job: &weir::job::Job,
+    job: &weir::config::Job,
     bootstrap: &str,
     ends: &BTreeMap<i32, i64>,
     fault: &str,
@@ -369,7 +374,7 @@ async fn outputs_equal_an_independent_computation_across_crashes() {
         .map(|e| e["event_id"].as_str().unwrap().to_owned())
         .collect();
     want.sort();
-    let (_, batches) = weir::query::run(&job, "SELECT event_id FROM purchases ORDER BY 1")
+    let (_, batches) = weir::cmd::query::run(&job, "SELECT event_id FROM purchases ORDER BY 1")
         .await
         .unwrap();
     let got: Vec<String> = batches

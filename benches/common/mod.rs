@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use weir::job::{Job, Overrides};
-use weir::source::generator::{Generator, Mix};
-use weir::source::{Message, MicroBatch};
+use weir::config::{Job, Overrides};
+use weir::ingest::source::generator::{Generator, Mix};
+use weir::ingest::source::{Message, MicroBatch};
 
 /// The example job; with `data`, its tables go there.
 pub fn clickstream(data: Option<&Path>) -> Job {

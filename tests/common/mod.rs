@@ -17,10 +17,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use url::Url;
 
+use weir::config::{Job, Overrides};
 use weir::fault::Faults;
-use weir::job::{Job, Overrides};
-use weir::pipeline::{Pipeline, PipelineError};
-use weir::source::generator::{self, Delivered, Generator, Limits, Mix};
+use weir::ingest::pipeline::{Pipeline, PipelineError};
+use weir::ingest::source::generator::{self, Delivered, Generator, Limits, Mix};
 
 /// The clickstream job with its storage under `dir` and the given batching.
 pub fn job(dir: &Path, max_events: usize) -> Job {

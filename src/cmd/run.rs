@@ -1,0 +1,272 @@
+//! `weir run`: the supervisor of long-running jobs.
+//!
+//! Several jobs share one process, one metrics endpoint and one shutdown. Each
+//! job runs its trigger loop and, beside it, table upkeep every
+//! `maintenance.every`. A job that fails is restarted with exponential backoff
+//! (1 s doubling to 60 s, back to 1 s after a minute of health), counted in
+//! `weir_restarts_total` and logged with the cause: a restart re-reads from
+//! the tables' positions, so it loses and duplicates nothing. Only a job that
+//! cannot run as specified (a bad spec, tables it cannot write) stops the
+//! process. On SIGTERM/SIGINT every job commits the batches it has cut and
+//! stops; whatever is still in flight after the deadline is abandoned (a
+//! trigger's commits are per table and atomic, so nothing is half-written,
+//! and the next start re-reads it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use crate::cmd::query::QueryError;
+use crate::config::{Brokers, Job};
+use crate::fault::Faults;
+use crate::ingest::pipeline::{Pipeline, PipelineError};
+use crate::ingest::sink::SinkError;
+use crate::ingest::source::kafka::SourceError;
+use crate::metrics::{JobMetrics, Metrics};
+use crate::task::AbortOnDrop;
+use crate::upkeep::maintain;
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A run this long counts as healthy: the next failure starts the backoff over.
+const HEALTHY: Duration = Duration::from_secs(60);
+
+/// The cause is the error's source, not part of its message: `weir: error:`
+/// prints the whole chain, and a message that repeated it printed it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("job {job}")]
+    Job { job: String, source: PipelineError },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How long a stop waits for in-flight batches before abandoning them.
+    pub shutdown_timeout: Duration,
+    /// Where `/metrics` and `/healthz` are served.
+    pub metrics_addr: SocketAddr,
+}
+
+/// Whether restarting cannot help: the spec's failures, and a broker that no
+/// longer holds a partition's position (a restart would find the same gap).
+fn is_fatal(e: &PipelineError) -> bool {
+    matches!(
+        e,
+        PipelineError::Job(_)
+            | PipelineError::Sink(SinkError::Incompatible { .. })
+            | PipelineError::Source(
+                SourceError::Create { .. }
+                    | SourceError::Subscribe { .. }
+                    | SourceError::Spec(_)
+                    | SourceError::PositionGone { .. }
+            )
+    )
+}
+
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Runs `jobs` until `stop` is set (then within the shutdown deadline) or a
+/// job fails in a way no restart can fix.
+pub async fn run(
+    jobs: Vec<Job>,
+    options: RunOptions,
+    faults: Faults,
+    stop: Arc<AtomicBool>,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind(options.metrics_addr)
+        .await
+        .map_err(|source| RunError::Metrics {
+            addr: options.metrics_addr,
+            source,
+        })?;
+    tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+
+    let mut supervised = tokio::task::JoinSet::new();
+    let mut upkeep = Vec::new();
+    for job in jobs {
+        let job_metrics = metrics.job(&job.name);
+        upkeep.push(tokio::spawn(maintain_every(job.clone(), faults.clone())));
+        let (faults, stop) = (faults.clone(), stop.clone());
+        supervised.spawn(async move {
+            let name = job.name.clone();
+            supervise(job, job_metrics, faults, stop)
+                .await
+                .map_err(|source| RunError::Job { job: name, source })
+        });
+    }
+
+    let result = loop {
+        tokio::select! {
+            done = supervised.join_next() => match done {
+                None => break Ok(()),
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(fatal))) => {
+                    stop.store(true, Ordering::Relaxed);
+                    break Err(fatal);
+                }
+                Some(Err(panicked)) => error!(error = %panicked, "a job's supervisor panicked"),
+            },
+            () = wait_for(&stop) => break Ok(()),
+        }
+    };
+    for task in &upkeep {
+        task.abort();
+    }
+    if result.is_ok() && !supervised.is_empty() {
+        info!(deadline = ?options.shutdown_timeout, "stopping: committing the batches in flight");
+        let drained = tokio::time::timeout(options.shutdown_timeout, async {
+            while supervised.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                "shutdown deadline passed: abandoning the batches still in flight (none is half-committed; the next start re-reads them)"
+            );
+            supervised.abort_all();
+        }
+    }
+    result
+}
+
+async fn wait_for(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs one job, restarting it after errors, until `stop` or a fatal error.
+async fn supervise(
+    job: Job,
+    metrics: JobMetrics,
+    faults: Faults,
+    stop: Arc<AtomicBool>,
+) -> Result<(), PipelineError> {
+    let Brokers::List(bootstrap) = &job.source.brokers else {
+        unreachable!("the CLI refuses embedded brokers for `weir run`")
+    };
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        // Each life in a task of its own: a panic ends that life, not the
+        // supervisor (which would leave the job dropped, the process exiting
+        // 0 or `/healthz` answering 200). The life ends with the supervisor:
+        // one aborted at the shutdown deadline takes its pipeline down too.
+        let mut life = AbortOnDrop::spawn(run_once(
+            job.clone(),
+            bootstrap.clone(),
+            metrics.clone(),
+            faults.clone(),
+            stop.clone(),
+        ));
+        let result = match life.join().await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(PipelineError::Panicked(panic_message(e.into_panic()))),
+            Err(e) => Err(PipelineError::Panicked(e.to_string())),
+        };
+        let e = match result {
+            Ok(()) => {
+                info!(job = %job.name, "stopped cleanly");
+                return Ok(());
+            }
+            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) => e,
+        };
+        if started.elapsed() >= HEALTHY {
+            backoff = FIRST_BACKOFF;
+        }
+        metrics.restarts.inc();
+        let cause = chain(&e);
+        error!(
+            job = %job.name,
+            error = %cause,
+            restarts = metrics.restarts.get(),
+            retry_in = ?backoff,
+            "job failed; restarting"
+        );
+        metrics.set_health(Err(format!("restarting after: {cause}")));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = wait_for(&stop) => return Ok(()),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload.downcast_ref::<&str>().map_or_else(
+            || "a panic without a message".to_owned(),
+            |s| (*s).to_owned(),
+        ),
+    }
+}
+
+/// One life of a job's pipeline: start, run until stopped or failed.
+async fn run_once(
+    job: Job,
+    bootstrap: String,
+    metrics: JobMetrics,
+    faults: Faults,
+    stop: Arc<AtomicBool>,
+) -> Result<(), PipelineError> {
+    if stop.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let pipeline = Arc::new(Pipeline::start(&job, &bootstrap, faults, metrics.clone()).await?);
+    metrics.set_health(Ok(()));
+    info!(job = %job.name, brokers = %bootstrap, topic = %job.source.topic, "running");
+    let _relay = {
+        let (pipeline, stop) = (pipeline.clone(), stop.clone());
+        AbortOnDrop::spawn(async move {
+            wait_for(&stop).await;
+            pipeline.stop();
+        })
+    };
+    pipeline.run().await
+}
+
+/// Runs table upkeep beside ingest every `maintenance.every`. A failed round is
+/// logged and retried next time; it never stops ingest.
+pub async fn maintain_every(job: Job, faults: Faults) {
+    let mut tick = tokio::time::interval(job.maintenance.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match maintain::run_once(&job, &faults).await {
+            Ok(report) => info!(
+                job = %job.name,
+                seconds = report.elapsed.as_secs_f64(),
+                "maintenance round done"
+            ),
+            // The job has not created its tables yet (a first start on slow
+            // storage): nothing to keep up.
+            Err(maintain::MaintainError::Query(QueryError::Missing { table, .. })) => {
+                debug!(job = %job.name, %table, "maintenance skipped: the job's tables are not made yet")
+            }
+            Err(e) => {
+                warn!(job = %job.name, error = %e, "maintenance round failed; ingest goes on")
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! `weir status`: where a job stands, read from the tables and the broker, with
+//! no weir process running.
+//!
+//! Per partition: the offset every table holds (the lowest txn version over
+//! the job's tables: where a restart resumes), the broker's high watermark,
+//! the lag between them, and when `raw` last committed that partition (from
+//! the txn actions in its recent log entries). Partitions whose lag or rate is
+//! far above the median are flagged hot, the partition that holds the
+//! watermark and those idle are noted; a watermark far behind the wall
+//! clock is flagged stalled.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+
+use crate::cmd::query::{QueryError, open, restored_clocks};
+use crate::config::{Brokers, Job};
+use crate::ingest::pipeline::INGEST_TABLES;
+use crate::ingest::source::kafka::client_config;
+
+/// How far back in `raw`'s log the last commit per partition is looked for.
+const LOG_LOOKBACK: u64 = 500;
+/// A partition is hot when its lag or rate exceeds the median this many times.
+const HOT_FACTOR: f64 = 3.0;
+/// Lags below this are never called hot (a few batches of difference is noise).
+const MIN_HOT_LAG: i64 = 1000;
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("asking the broker {} about topic `{}`: {}", .0.0, .0.1, .0.2)]
+    Broker(Box<(String, String, KafkaError)>),
+    #[error(transparent)]
+    Spec(#[from] Box<crate::config::JobError>),
+    #[error("job {0} uses the embedded broker, which only exists while `weir demo` runs")]
+    Embedded(String),
+    #[error("reading the Delta log of {table}: {source}")]
+    Log {
+        table: String,
+        source: Box<deltalake::DeltaTableError>,
+    },
+}
+
+/// One partition's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionStatus {
+    pub partition: i32,
+    /// The next offset every table holds; `None` before any commit.
+    pub committed: Option<i64>,
+    pub high_watermark: i64,
+    pub lag: i64,
+    pub last_commit: Option<DateTime<Utc>>,
+    /// Events per second committed over `raw`'s recent log.
+    pub rate: Option<f64>,
+    /// Why it needs a look (hot), and its part in the watermark.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub job: String,
+    pub topic: String,
+    pub partitions: Vec<PartitionStatus>,
+    pub watermark: Option<DateTime<Utc>>,
+    pub stalled: Option<String>,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "job {} on topic {}", self.job, self.topic)?;
+        writeln!(
+            f,
+            "{:>9} {:>12} {:>14} {:>10} {:>10} {:<24} note",
+            "partition", "committed", "high watermark", "lag", "events/s", "last commit"
+        )?;
+        for p in &self.partitions {
+            writeln!(
+                f,
+                "{:>9} {:>12} {:>14} {:>10} {:>10} {:<24} {}",
+                p.partition,
+                p.committed.map_or("-".into(), |c| c.to_string()),
+                p.high_watermark,
+                p.lag,
+                p.rate.map_or("-".into(), |r| format!("{r:.1}")),
+                p.last_commit.map_or("-".into(), |t| t
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                p.note.as_deref().unwrap_or("")
+            )?;
+        }
+        let total: i64 = self.partitions.iter().map(|p| p.lag).sum();
+        writeln!(f, "total lag {total}")?;
+        match (&self.watermark, &self.stalled) {
+            (None, _) => write!(f, "watermark: none yet (raw is empty)"),
+            (Some(w), None) => write!(f, "watermark: {}", w.to_rfc3339()),
+            (Some(w), Some(why)) => write!(f, "watermark: {} — STALLED: {why}", w.to_rfc3339()),
+        }
+    }
+}
+
+/// Reads the job's state from its tables and its broker.
+pub async fn status(job: &Job) -> Result<Status, StatusError> {
+    let Brokers::List(brokers) = &job.source.brokers else {
+        return Err(StatusError::Embedded(job.name.clone()));
+    };
+    let high = high_watermarks(job, brokers)?;
+    let partitions: Vec<i32> = high.keys().copied().collect();
+    let committed = committed_offsets(job, &partitions).await?;
+    let (last_commit, rate) = recent_commits(job).await?;
+    let mut rows: Vec<PartitionStatus> = high
+        .iter()
+        .map(|(&p, &hw)| {
+            let committed = committed.get(&p).copied();
+            PartitionStatus {
+                partition: p,
+                committed,
+                high_watermark: hw,
+                lag: (hw - committed.unwrap_or(0)).max(0),
+                last_commit: last_commit.get(&p).copied(),
+                rate: rate.get(&p).copied(),
+                note: None,
+            }
+        })
+        .collect();
+    flag_hot(&mut rows);
+    let (clocks, idle) = restored_clocks(job).await?;
+    flag_clocks(&mut rows, clocks.holder(), &idle);
+    let watermark = clocks
+        .current_us()
+        .and_then(DateTime::from_timestamp_micros);
+    let stalled = watermark.and_then(|w| {
+        let behind = Utc::now() - w;
+        let limit =
+            chrono::Duration::from_std(job.watermark.allowed_lateness + job.watermark.idle_timeout)
+                .unwrap_or(chrono::Duration::MAX)
+                + chrono::Duration::minutes(5);
+        let lagging = rows.iter().any(|p| p.lag > 0);
+        (behind > limit && lagging).then(|| {
+            format!(
+                "{} behind the wall clock while partitions still have lag",
+                humantime::format_duration(behind.to_std().unwrap_or_default())
+            )
+        })
+    });
+    Ok(Status {
+        job: job.name.clone(),
+        topic: job.source.topic.clone(),
+        partitions: rows,
+        watermark,
+        stalled,
+    })
+}
+
+/// Notes the partition whose clock sets the watermark, and those left out
+/// of it as idle (they had sent nothing for the idle timeout when the
+/// others last did), beside any hot flag.
+fn flag_clocks(rows: &mut [PartitionStatus], holder: Option<i32>, idle: &[i32]) {
+    for p in rows {
+        let note = if holder == Some(p.partition) {
+            "holds the watermark"
+        } else if idle.contains(&p.partition) {
+            "idle: not counted in the watermark"
+        } else {
+            continue;
+        };
+        p.note = Some(match p.note.take() {
+            Some(hot) => format!("{hot}; {note}"),
+            None => note.to_owned(),
+        });
+    }
+}
+
+/// Flags partitions whose lag or rate is far above the median.
+fn flag_hot(rows: &mut [PartitionStatus]) {
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let lag_median = median(rows.iter().map(|p| p.lag as f64).collect());
+    let rate_median = median(rows.iter().filter_map(|p| p.rate).collect());
+    for p in rows.iter_mut() {
+        let mut why = Vec::new();
+        if let Some(m) = lag_median
+            && p.lag >= MIN_HOT_LAG
+            && p.lag as f64 > HOT_FACTOR * m.max(1.0)
+        {
+            why.push(format!(
+                "hot: lag {}× the median",
+                (p.lag as f64 / m.max(1.0)).round()
+            ));
+        }
+        if let (Some(m), Some(r)) = (rate_median, p.rate)
+            && m > 0.0
+            && r > HOT_FACTOR * m
+        {
+            why.push(format!("hot: rate {:.1}× the median", r / m));
+        }
+        p.note = (!why.is_empty()).then(|| why.join("; "));
+    }
+}
+
+/// The broker's high watermark per partition of the job's topic.
+fn high_watermarks(job: &Job, brokers: &str) -> Result<BTreeMap<i32, i64>, StatusError> {
+    let fail = |source| {
+        StatusError::Broker(Box::new((
+            brokers.to_owned(),
+            job.source.topic.clone(),
+            source,
+        )))
+    };
+    let properties = job.kafka_properties().map_err(Box::new)?;
+    let consumer: BaseConsumer = client_config(brokers, &properties).create().map_err(fail)?;
+    let metadata = consumer
+        .fetch_metadata(Some(&job.source.topic), BROKER_TIMEOUT)
+        .map_err(fail)?;
+    let mut out = BTreeMap::new();
+    for topic in metadata.topics() {
+        for p in topic.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(&job.source.topic, p.id(), BROKER_TIMEOUT)
+                .map_err(fail)?;
+            out.insert(p.id(), high);
+        }
+    }
+    Ok(out)
+}
+
+/// Per partition, the lowest txn version over the job's hot tables.
+async fn committed_offsets(
+    job: &Job,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, StatusError> {
+    let names = INGEST_TABLES
+        .iter()
+        .map(|t| t.to_string())
+        .chain(job.outputs.iter().map(|o| o.name().to_owned()));
+    let mut lowest: BTreeMap<i32, i64> = BTreeMap::new();
+    for name in names {
+        let table = open(&name, &job.storage.hot_table(&job.name, &name)).await?;
+        let log = |source| StatusError::Log {
+            table: name.clone(),
+            source: Box::new(source),
+        };
+        for &p in partitions {
+            let version = crate::table::tier::txn_version(&table, &job.app_id(p))
+                .await
+                .map_err(log)?;
+            if let Some(v) = version {
+                let e = lowest.entry(p).or_insert(v);
+                *e = (*e).min(v);
+            }
+        }
+    }
+    Ok(lowest)
+}
+
+/// From `raw`'s recent log entries: per partition, when it was last committed
+/// and how many offsets per second it advanced over that span.
+async fn recent_commits(
+    job: &Job,
+) -> Result<(BTreeMap<i32, DateTime<Utc>>, BTreeMap<i32, f64>), StatusError> {
+    let table = open("raw", &job.storage.hot_table(&job.name, "raw")).await?;
+    let log = |source| StatusError::Log {
+        table: "raw".into(),
+        source: Box::new(source),
+    };
+    let latest = table.version().unwrap_or(0);
+    let prefix = format!("weir:{}:{}:", job.name, job.source.topic);
+    // Per partition: the (time ms, version) of its newest and oldest commit seen.
+    type Span = ((i64, i64), (i64, i64));
+    let mut seen: BTreeMap<i32, Span> = BTreeMap::new();
+    for version in (latest.saturating_sub(LOG_LOOKBACK)..=latest).rev() {
+        let Some(bytes) = table
+            .log_store()
+            .read_commit_entry(version)
+            .await
+            .map_err(log)?
+        else {
+            break;
+        };
+        let mut time = None;
+        let mut txns = Vec::new();
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let Ok(action) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(ts) = action
+                .pointer("/commitInfo/timestamp")
+                .and_then(|t| t.as_i64())
+            {
+                time = Some(ts);
+            }
+            let app = action.pointer("/txn/appId").and_then(|a| a.as_str());
+            let v = action.pointer("/txn/version").and_then(|v| v.as_i64());
+            if let (Some(app), Some(v)) = (app, v)
+                && let Some(p) = app
+                    .strip_prefix(&prefix)
+                    .and_then(|p| p.parse::<i32>().ok())
+            {
+                txns.push((p, v));
+            }
+        }
+        let Some(time) = time else { continue };
+        for (p, v) in txns {
+            let e = seen.entry(p).or_insert(((time, v), (time, v)));
+            e.1 = (time, v);
+        }
+    }
+    let mut last = BTreeMap::new();
+    let mut rate = BTreeMap::new();
+    for (p, ((t1, v1), (t0, v0))) in seen {
+        last.extend(DateTime::from_timestamp_millis(t1).map(|t| (p, t)));
+        if t1 > t0 {
+            rate.insert(p, (v1 - v0) as f64 / ((t1 - t0) as f64 / 1000.0));
+        }
+    }
+    Ok((last, rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(partition: i32, lag: i64, rate: f64) -> PartitionStatus {
+        PartitionStatus {
+            partition,
+            committed: Some(0),
+            high_watermark: lag,
+            lag,
+            last_commit: None,
+            rate: Some(rate),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_partition_far_above_the_median_is_hot() {
+        let mut rows = vec![
+            row(0, 1200, 10.0),
+            row(1, 1000, 11.0),
+            row(2, 9000, 12.0),
+            row(3, 100, 80.0),
+        ];
+        flag_hot(&mut rows);
+        assert!(rows[2].note.as_deref().unwrap().contains("lag"), "{rows:?}");
+        assert!(
+            rows[3].note.as_deref().unwrap().contains("rate"),
+            "{rows:?}"
+        );
+        assert_eq!(rows[0].note, None);
+        assert_eq!(rows[1].note, None);
+    }
+
+    #[test]
+    fn the_partition_holding_the_watermark_and_idle_ones_are_noted() {
+        let mut rows = vec![row(0, 9000, 10.0), row(1, 10, 10.0), row(2, 10, 10.0)];
+        rows[0].note = Some("hot: lag 900× the median".into());
+        flag_clocks(&mut rows, Some(0), &[2]);
+        assert_eq!(
+            rows[0].note.as_deref(),
+            Some("hot: lag 900× the median; holds the watermark")
+        );
+        assert_eq!(rows[1].note, None);
+        assert_eq!(
+            rows[2].note.as_deref(),
+            Some("idle: not counted in the watermark")
+        );
+    }
+}

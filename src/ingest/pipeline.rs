@@ -1,0 +1,830 @@
+//! The trigger loop: source → decode → dedup → transform → sink, one micro-batch
+//! at a time.
+//!
+//! Polling runs on the source's own thread, which queues micro-batches (and
+//! pauses the partitions when the queue is full); one task owns the rest of
+//! the loop. The consumer's rebalance callback (which runs inside `poll`)
+//! reads the Delta tables through the shared sink's lock, so it never races a
+//! commit. A stop request is honoured between batches: the open batch is
+//! committed first, so a stop never leaves a half-committed trigger.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::error::ArrowError;
+use chrono::Utc;
+use datafusion::error::DataFusionError;
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+use crate::config::{Job, Tier};
+use crate::fault::Faults;
+use crate::ingest::adaptive::{BatchCap, Controller, Observation};
+use crate::ingest::decode::{Decoded, Decoder, EVENT_DATE, OFFSET, PARTITION};
+use crate::ingest::dedup::Dedup;
+use crate::ingest::replay::{filter_replayed, without_partitions};
+use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError, TableSpec};
+use crate::ingest::source::MicroBatch;
+use crate::ingest::source::kafka::{Batches, KafkaSource, Polled, Rebalance, SourceError};
+use crate::ingest::transform::Transform;
+use crate::ingest::watermark::{Settled, Watermark, newest_rows, newest_sql};
+use crate::metrics::JobMetrics;
+use crate::task::AbortOnDrop;
+use crate::telemetry::quantile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("an Arrow operation on a micro-batch failed: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("computing an output failed: {0}")]
+    Transform(#[from] DataFusionError),
+    /// Kept as the source (not transparent) so the CLI finds it and exits 2.
+    #[error("the job cannot run as specified")]
+    Job(#[from] crate::config::JobError),
+    /// A bug, not a condition: the supervisor restarts the job like after any
+    /// other failure (nothing committed is lost; the restart re-reads).
+    #[error("the job panicked: {0}")]
+    Panicked(String),
+}
+
+/// Counters of a running pipeline, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub consumed: AtomicU64,
+    pub raw_rows: AtomicU64,
+    pub dlq_rows: AtomicU64,
+    /// Events behind the watermark, written to `late`.
+    pub late_rows: AtomicU64,
+    /// Re-sent events dropped by dedup.
+    pub duplicates: AtomicU64,
+    /// Rows re-read after a restart that the tables already held.
+    pub replayed: AtomicU64,
+    /// Per partition, the next offset every table holds.
+    pub positions: Mutex<BTreeMap<i32, i64>>,
+    /// Exact per-trigger and per-event samples, kept only when asked for (the
+    /// demo and the bench): a long-running job would grow them without bound.
+    samples: Mutex<Option<Samples>>,
+}
+
+/// What one committed trigger took.
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerSample {
+    pub committed: Instant,
+    pub events: usize,
+    pub commit: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub triggers: Vec<TriggerSample>,
+    /// Per message with a Kafka timestamp: produced → committed.
+    pub end_to_end: Vec<Duration>,
+}
+
+impl Stats {
+    /// Starts keeping [`Samples`] (from now on).
+    pub fn keep_samples(&self) {
+        *self.samples.lock().unwrap() = Some(Samples::default());
+    }
+
+    /// The samples kept since [`Stats::keep_samples`] or the last take.
+    pub fn take_samples(&self) -> Samples {
+        self.samples
+            .lock()
+            .unwrap()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Waits until [`Stats::reached`] `targets`; `false` when `task` (the
+    /// pipeline's) ended or `deadline` passed first.
+    pub async fn wait_until_reached(
+        &self,
+        targets: &BTreeMap<i32, i64>,
+        task: &tokio::task::JoinHandle<Result<(), PipelineError>>,
+        deadline: Instant,
+    ) -> bool {
+        while !self.reached(targets) {
+            if task.is_finished() || Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Whether every partition in `targets` has been committed up to its offset.
+    pub fn reached(&self, targets: &BTreeMap<i32, i64>) -> bool {
+        let positions = self.positions.lock().unwrap();
+        targets
+            .iter()
+            .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end))
+    }
+}
+
+/// Decoded micro-batches that may wait for the commit stage.
+const DECODED_BATCHES: usize = 2;
+
+/// A micro-batch as the first stage leaves it: decoded, its valid events
+/// without duplicates.
+struct Prepared {
+    /// The micro-batch, with the assignment it was polled under.
+    polled: Polled,
+    /// `valid` holds the accepted events only.
+    decoded: Decoded,
+    duplicates: usize,
+    /// When it was decoded: the ingest time of its DLQ and late rows.
+    now: chrono::DateTime<Utc>,
+}
+
+/// The tables every job writes before its outputs, in commit order: `raw` first
+/// (dedup, the watermark and reprocessing derive from it, and its txn versions
+/// settle which re-read events were late), then `dlq`, then `late`.
+pub const INGEST_TABLES: [&str; 3] = ["raw", "dlq", "late"];
+
+/// The tables a job writes, in commit order: [`INGEST_TABLES`], then one table
+/// per output.
+pub fn table_specs(
+    decoder: &Decoder,
+    watermark: &Watermark,
+    outputs: &[Transform],
+) -> Vec<TableSpec> {
+    let id = decoder.contract().event_id_name().to_owned();
+    let mut specs = vec![
+        TableSpec {
+            name: "raw".into(),
+            schema: decoder.raw_schema().clone(),
+            partition_columns: vec![EVENT_DATE.into()],
+            event_id: Some(id.clone()),
+        },
+        TableSpec {
+            name: "dlq".into(),
+            schema: decoder.dlq_schema().clone(),
+            partition_columns: vec![],
+            event_id: None,
+        },
+        TableSpec {
+            name: "late".into(),
+            schema: watermark.late_schema().clone(),
+            partition_columns: vec![EVENT_DATE.into()],
+            event_id: Some(id),
+        },
+    ];
+    specs.extend(outputs.iter().map(|o| {
+        TableSpec {
+            name: o.name().to_owned(),
+            schema: o.schema().clone(),
+            partition_columns: o
+                .schema()
+                .column_with_name(EVENT_DATE)
+                .map(|_| vec![EVENT_DATE.to_owned()])
+                .unwrap_or_default(),
+            event_id: None,
+        }
+    }));
+    specs
+}
+
+/// Each table's input without the rows that table already holds, and how many
+/// rows of the ingest tables were dropped as replays.
+fn fresh_inputs(
+    versions: &[&BTreeMap<i32, i64>],
+    inputs: Vec<&RecordBatch>,
+) -> Result<(Vec<RecordBatch>, usize), ArrowError> {
+    let mut replayed = 0;
+    let mut fresh = Vec::with_capacity(inputs.len());
+    for (i, (rows, versions)) in inputs.into_iter().zip(versions).enumerate() {
+        let kept = filter_replayed(rows, versions)?;
+        if i < INGEST_TABLES.len() {
+            replayed += rows.num_rows() - kept.num_rows();
+        }
+        fresh.push(kept);
+    }
+    Ok((fresh, replayed))
+}
+
+/// Restores the watermark and the dedup index from the tables: each partition's
+/// clock from its newest event in `raw`, then the IDs accepted (into `raw` or
+/// `late`) within the horizon of that watermark. State is derived from the
+/// data, never kept beside it.
+async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), PipelineError> {
+    let mut watermark = Watermark::new(&job.contract, job.watermark);
+    let newest = newest_rows(&sink.query(&["raw"], &newest_sql(&job.contract)).await?);
+    let idle = watermark.restore(&newest, Instant::now());
+    if !idle.is_empty() {
+        info!(
+            partitions = ?idle,
+            "partitions idle when the job stopped do not hold the restored watermark"
+        );
+    }
+
+    let mut dedup = Dedup::new(&job.contract, job.dedup_horizon);
+    for batch in accepted_ids(job, sink, watermark.current_us(), None).await? {
+        dedup.seed(&batch)?;
+    }
+    if let Some(w) = watermark.current_us() {
+        dedup.evict(w);
+    }
+    info!(
+        ids = dedup.index().len(),
+        watermark = watermark.current_us(),
+        "dedup index and watermark restored from the tables"
+    );
+    Ok((watermark, dedup))
+}
+
+/// The IDs accepted (into `raw` or `late`) within the horizon of
+/// `watermark_us`, with their event times and positions, for `partitions`
+/// (all when `None`): what dedup is seeded with.
+async fn accepted_ids(
+    job: &Job,
+    sink: &mut Sink,
+    watermark_us: Option<i64>,
+    partitions: Option<&[i32]>,
+) -> Result<Vec<RecordBatch>, PipelineError> {
+    let ts = format!("\"{}\"", job.contract.event_time_name());
+    let id = format!("\"{}\"", job.contract.event_id_name());
+    let mut conditions = Vec::new();
+    if let Some(w) = watermark_us {
+        let cutoff = w.saturating_sub(job.dedup_horizon.as_micros() as i64);
+        let day = chrono::DateTime::from_timestamp_micros(cutoff).unwrap_or_default();
+        // The date bound prunes partitions; the cast compares exactly.
+        conditions.push(format!(
+            "{EVENT_DATE} >= DATE '{}' AND CAST({ts} AS BIGINT) >= {cutoff}",
+            day.format("%Y-%m-%d")
+        ));
+    }
+    if let Some(partitions) = partitions {
+        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        conditions.push(format!("{PARTITION} IN ({})", list.join(", ")));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let select =
+        |table: &str| format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM {table}{filter}");
+    let sql = format!("{} UNION ALL {}", select("raw"), select("late"));
+    Ok(sink.query(&["raw", "late"], &sql).await?)
+}
+
+/// Per message with a Kafka timestamp, how long ago (from `committed_us`) it
+/// was produced.
+fn produced_to_committed(batch: &MicroBatch, committed_us: i64) -> Vec<Duration> {
+    batch
+        .messages
+        .iter()
+        .filter_map(|m| m.kafka_ts)
+        .map(|ms| {
+            let produced_us = ms.saturating_mul(1000);
+            Duration::from_micros(committed_us.saturating_sub(produced_us).max(0) as u64)
+        })
+        .collect()
+}
+
+/// The stored fate of accepted events that `raw` has already settled (offsets
+/// below its txn version): those in `raw` were on time, the others late. Only
+/// re-reads after a restart or rebalance hit the table.
+async fn settled(sink: &mut Sink, accepted: &RecordBatch) -> Result<Settled, PipelineError> {
+    let below = sink.versions()[0].clone();
+    let partitions = accepted
+        .column_by_name(PARTITION)
+        .map(|c| c.as_primitive::<Int32Type>().clone());
+    let offsets = accepted
+        .column_by_name(OFFSET)
+        .map(|c| c.as_primitive::<Int64Type>().clone());
+    let (Some(partitions), Some(offsets)) = (partitions, offsets) else {
+        return Ok(Settled::default());
+    };
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for (p, o) in partitions.values().iter().zip(offsets.values()) {
+        if let Some(&v) = below.get(p).filter(|v| o < *v) {
+            let range = ranges.entry(*p).or_insert((*o, v));
+            range.0 = range.0.min(*o);
+        }
+    }
+    let mut on_time = HashSet::new();
+    if !ranges.is_empty() {
+        let conditions: Vec<String> = ranges
+            .iter()
+            .map(|(p, (lo, hi))| {
+                format!("({PARTITION} = {p} AND {OFFSET} >= {lo} AND {OFFSET} < {hi})")
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {PARTITION}, {OFFSET} FROM raw WHERE {}",
+            conditions.join(" OR ")
+        );
+        for batch in sink.query(&["raw"], &sql).await? {
+            let p = batch.column(0).as_primitive::<Int32Type>();
+            let o = batch.column(1).as_primitive::<Int64Type>();
+            on_time.extend(p.values().iter().copied().zip(o.values().iter().copied()));
+        }
+        debug!(
+            ?ranges,
+            on_time = on_time.len(),
+            "re-read events settled from raw"
+        );
+    }
+    Ok(Settled { below, on_time })
+}
+
+/// What one committed trigger did, for the stats and the metrics.
+struct Outcome<'a> {
+    report: &'a CommitReport,
+    on_time: &'a RecordBatch,
+    duplicates: usize,
+    replayed: usize,
+    next: &'a BTreeMap<i32, i64>,
+    committed_us: i64,
+    /// Per message, produced → committed.
+    produced: Vec<Duration>,
+}
+
+/// A job's running trigger loop.
+pub struct Pipeline {
+    job: Job,
+    decoder: Decoder,
+    dedup: Mutex<Dedup>,
+    watermark: Mutex<Watermark>,
+    outputs: Arc<[Transform]>,
+    source: KafkaSource,
+    batches: tokio::sync::Mutex<Batches>,
+    sink: SharedSink,
+    stats: Arc<Stats>,
+    metrics: JobMetrics,
+    stop: Arc<AtomicBool>,
+    /// With adaptive batching, what sets the poller's batch cap.
+    adaptive: Option<Mutex<Controller>>,
+    /// Per partition, the assignment whose accepted IDs dedup holds: a
+    /// partition assigned anew (after a rebalance) is seeded again from the
+    /// tables, since its previous owner accepted IDs this process never saw.
+    seeded: tokio::sync::Mutex<BTreeMap<i32, u64>>,
+}
+
+/// The rebalance callback's view of the tables, through the shared sink.
+struct SinkPositions {
+    sink: SharedSink,
+    runtime: Handle,
+}
+
+impl Rebalance for SinkPositions {
+    fn resume_positions(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String> {
+        self.runtime
+            .block_on(async { self.sink.lock().await.resume_positions(partitions).await })
+            .map_err(|e| e.to_string())
+    }
+
+    fn between_commits(&self, revoke: &mut dyn FnMut()) {
+        if let Ok(_no_commit) = self.sink.try_lock() {
+            return revoke();
+        }
+        if Handle::try_current().is_ok() {
+            // The consumer closing on a runtime thread, as the pipeline is
+            // dropped: no trigger of it can run any more, and waiting here
+            // could block the very thread that holds the lock.
+            return revoke();
+        }
+        let _no_commit = self.runtime.block_on(self.sink.lock());
+        revoke();
+    }
+}
+
+impl Pipeline {
+    /// Opens the tables and connects the consumer, reporting to `metrics`.
+    pub async fn start(
+        job: &Job,
+        bootstrap: &str,
+        faults: Faults,
+        metrics: JobMetrics,
+    ) -> Result<Self, PipelineError> {
+        let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+        let outputs = Transform::all(job).await?;
+        let specs = table_specs(
+            &decoder,
+            &Watermark::new(&job.contract, job.watermark),
+            &outputs,
+        );
+        // Every tier's table exists from the start, so readers and views can
+        // name them all before the first move.
+        for spec in &specs {
+            for &tier in crate::table::tier::tiers_of(job, &spec.name) {
+                if tier != Tier::Hot {
+                    let url = job.storage.table(tier, &job.name, &spec.name);
+                    crate::ingest::sink::open_or_create(url, spec).await?;
+                }
+            }
+        }
+        let mut sink = Sink::open(job, specs, faults, metrics.clone()).await?;
+        for (name, url) in sink.table_urls() {
+            info!(table = name, %url, "table ready");
+        }
+        let (watermark, dedup) = restore(job, &mut sink).await?;
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
+        let resolver = Arc::new(SinkPositions {
+            sink: sink.clone(),
+            runtime: Handle::current(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let adaptive = job
+            .batching
+            .adaptive
+            .map(|a| Controller::new(a.target_p99, &job.batching));
+        let cap = adaptive
+            .as_ref()
+            .map_or_else(|| BatchCap::new(job.batching.max_events), Controller::cap);
+        metrics.batch_cap.set(cap.get() as i64);
+        let (source, batches) =
+            KafkaSource::connect(job, bootstrap, resolver, metrics.clone(), stop.clone(), cap)?;
+        Ok(Self {
+            job: job.clone(),
+            decoder,
+            dedup: Mutex::new(dedup),
+            watermark: Mutex::new(watermark),
+            outputs: outputs.into(),
+            source,
+            batches: tokio::sync::Mutex::new(batches),
+            sink,
+            stats: Arc::default(),
+            metrics,
+            stop,
+            adaptive: adaptive.map(Mutex::new),
+            seeded: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// Asks the loop to stop after the batch in flight (and any batch already
+    /// cut) is committed.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn sink(&self) -> SharedSink {
+        self.sink.clone()
+    }
+
+    /// Runs triggers until [`Pipeline::stop`] (the batches already cut are
+    /// committed first) or an error.
+    ///
+    /// Two stages with a bounded queue between them: decoding and dedup (on a
+    /// blocking thread) run ahead of the stage that judges, transforms and
+    /// commits, so the next batch is prepared while this one commits. Dedup
+    /// belongs to the first stage because it needs nothing a commit leaves
+    /// (a failed commit ends the pipeline, and the next one rebuilds the
+    /// index from `raw`); judging and transforming stay with the commits:
+    /// the watermark's settled fates and the replay filter read the versions
+    /// the previous commit left. Within a trigger, the outputs' queries and
+    /// every table's file writes run as tasks of their own; only the log
+    /// commits are in order.
+    pub async fn run(self: &Arc<Self>) -> Result<(), PipelineError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(DECODED_BATCHES);
+        // A task of its own: in the trigger's task, the next batch would be
+        // handed over only when the trigger yields.
+        let mut preparing = AbortOnDrop::spawn(Arc::clone(self).prepare_into(tx));
+        let committed = async {
+            while let Some(prepared) = rx.recv().await {
+                self.trigger(prepared).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if committed.is_err() {
+            preparing.abort();
+        }
+        let prepared = match preparing.join().await {
+            Ok(result) => result,
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        self.sink.lock().await.settle().await;
+        committed.and(prepared)
+    }
+
+    /// The first stage: each micro-batch decoded and deduplicated on a
+    /// blocking thread, into `prepared` (which bounds how far it runs ahead),
+    /// until the source ends.
+    async fn prepare_into(
+        self: Arc<Self>,
+        prepared: tokio::sync::mpsc::Sender<Prepared>,
+    ) -> Result<(), PipelineError> {
+        loop {
+            let Some(polled) = self.batches.lock().await.next_batch().await? else {
+                return Ok(());
+            };
+            self.seed_reassigned().await?;
+            let stage = Arc::clone(&self);
+            let next = tokio::task::spawn_blocking(move || stage.prepare(polled))
+                .await
+                .expect("decoding and dedup do not panic")?;
+            self.metrics.queue(
+                "decoded",
+                DECODED_BATCHES - prepared.capacity(),
+                DECODED_BATCHES,
+            );
+            if prepared.send(next).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn prepare(&self, polled: Polled) -> Result<Prepared, ArrowError> {
+        let clock = Instant::now();
+        let now = Utc::now();
+        let mut decoded = self.decoder.decode(&polled.batch, now)?;
+        self.metrics.stage("decode", clock.elapsed());
+        let clock = Instant::now();
+        let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
+        decoded.valid = accepted;
+        self.metrics.stage("dedup", clock.elapsed());
+        Ok(Prepared {
+            polled,
+            decoded,
+            duplicates,
+            now,
+        })
+    }
+
+    /// One trigger after decoding and dedup: judge, transform, commit.
+    async fn trigger(&self, prepared: Prepared) -> Result<(), PipelineError> {
+        let mut sink = self.sink.lock().await;
+        let Some(Prepared {
+            polled,
+            decoded,
+            duplicates,
+            now,
+        }) = self.still_assigned(prepared)?
+        else {
+            return Ok(());
+        };
+        let accepted = decoded.valid;
+        let m = &self.metrics;
+        let first = polled.first_offsets();
+        let next = polled.next_offsets();
+        let batch = &polled.batch;
+
+        let clock = Instant::now();
+        let settled = settled(&mut sink, &accepted).await?;
+        let split = self.judge(&accepted, &settled, now)?;
+        let mut inputs = vec![&split.on_time, &decoded.rejected, &split.late];
+        inputs.extend(self.outputs.iter().map(|_| &split.on_time));
+        let (mut rows, replayed) = fresh_inputs(&sink.versions(), inputs)?;
+        let outputs = self.apply_outputs(rows.split_off(INGEST_TABLES.len()));
+        let mut staged: Vec<_> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| sink.stage(i, rows))
+            .collect();
+        for rows in outputs.await? {
+            staged.push(sink.stage(staged.len(), rows));
+        }
+        m.stage("transform", clock.elapsed());
+
+        let report = sink.commit_staged(staged, &first, &next).await;
+        let report = report.inspect_err(|e| {
+            if e.is_conflict() {
+                m.commit_conflicts.inc();
+                warn!(
+                    error = %e,
+                    "a concurrent commit refused this one: the partition moved to another process (this one is fenced) or upkeep raced it; the batch is dropped and re-read from the tables' positions"
+                );
+            }
+        })?;
+        m.stage("commit", report.elapsed);
+        m.commit_retries.inc_by(report.retries as u64);
+        drop(sink);
+        self.source.commit_offsets(&next);
+        let committed_us = Utc::now().timestamp_micros();
+        let produced = produced_to_committed(batch, committed_us);
+        if !batch.is_empty() {
+            self.adapt(batch.len(), &produced);
+        }
+        self.record(
+            batch,
+            Outcome {
+                report: &report,
+                on_time: &split.on_time,
+                duplicates,
+                replayed,
+                next: &next,
+                committed_us,
+                produced,
+            },
+        );
+        Ok(())
+    }
+
+    /// `prepared` without the messages and rows of partitions revoked since
+    /// it was polled (`None` when nothing is left). Called under the sink's
+    /// lock, which a revocation takes too: what passes is still this
+    /// process's to commit. (Dedup may keep the IDs of what is dropped: it
+    /// remembers where each was read, so their re-read is accepted again.)
+    fn still_assigned(&self, prepared: Prepared) -> Result<Option<Prepared>, ArrowError> {
+        let Prepared {
+            mut polled,
+            mut decoded,
+            duplicates,
+            now,
+        } = prepared;
+        let before = polled.batch.len();
+        let moved = polled.drop_moved(&self.source.generations());
+        if !moved.is_empty() {
+            decoded.valid = without_partitions(&decoded.valid, &moved)?;
+            decoded.rejected = without_partitions(&decoded.rejected, &moved)?;
+            info!(
+                dropped = before - polled.batch.len(),
+                ?moved,
+                "dropped decoded messages of partitions revoked since they were polled; their owner re-reads them"
+            );
+        }
+        Ok((!polled.is_empty()).then_some(Prepared {
+            polled,
+            decoded,
+            duplicates,
+            now,
+        }))
+    }
+
+    /// Each output's rows from its input (`inputs[i]` for the i-th output),
+    /// each query in a task of its own: they share nothing, and the cores are
+    /// otherwise left to the ingest tables' file writes.
+    fn apply_outputs(
+        &self,
+        inputs: Vec<RecordBatch>,
+    ) -> impl Future<Output = Result<Vec<RecordBatch>, DataFusionError>> + use<> {
+        let queries: Vec<_> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| {
+                let outputs = self.outputs.clone();
+                tokio::spawn(async move { outputs[i].apply(&rows).await })
+            })
+            .collect();
+        async move {
+            let mut computed = Vec::with_capacity(queries.len());
+            for query in queries {
+                computed.push(query.await.expect("an output's query does not panic")?);
+            }
+            Ok(computed)
+        }
+    }
+
+    /// Seeds dedup for partitions assigned since the last trigger (see `seeded`).
+    async fn seed_reassigned(&self) -> Result<(), PipelineError> {
+        let current = self.source.generations();
+        let mut seeded = self.seeded.lock().await;
+        let fresh: Vec<i32> = current
+            .iter()
+            .filter(|(p, g)| seeded.get(p) != Some(g))
+            .map(|(p, _)| *p)
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let watermark = self.watermark.lock().unwrap().current_us();
+        let mut sink = self.sink.lock().await;
+        let batches = accepted_ids(&self.job, &mut sink, watermark, Some(&fresh)).await?;
+        drop(sink);
+        let mut dedup = self.dedup.lock().unwrap();
+        for batch in &batches {
+            dedup.seed(batch)?;
+        }
+        debug!(partitions = ?fresh, ids = dedup.index().len(), "dedup seeded for newly assigned partitions");
+        seeded.clear();
+        seeded.extend(current);
+        Ok(())
+    }
+
+    /// Counts one committed trigger in the stats and the metrics.
+    fn record(&self, batch: &MicroBatch, outcome: Outcome<'_>) {
+        let Outcome {
+            report,
+            on_time,
+            duplicates,
+            replayed,
+            next,
+            committed_us,
+            produced,
+        } = outcome;
+        debug!(
+            events = batch.len(),
+            raw = report.written[0],
+            dlq = report.written[1],
+            late = report.written[2],
+            duplicates,
+            ms = report.elapsed.as_millis() as u64,
+            "trigger"
+        );
+        let s = &self.stats;
+        if batch.is_empty() {
+            // Only progress past records never delivered (commit markers).
+            return self.note_positions(next);
+        }
+        s.batches.fetch_add(1, Ordering::Relaxed);
+        s.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        s.raw_rows
+            .fetch_add(report.written[0] as u64, Ordering::Relaxed);
+        s.dlq_rows
+            .fetch_add(report.written[1] as u64, Ordering::Relaxed);
+        s.late_rows
+            .fetch_add(report.written[2] as u64, Ordering::Relaxed);
+        s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
+        s.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+        if let Some(samples) = s.samples.lock().unwrap().as_mut() {
+            samples.triggers.push(TriggerSample {
+                committed: Instant::now(),
+                events: batch.len(),
+                commit: report.elapsed,
+            });
+            samples.end_to_end.extend(produced.iter().copied());
+        }
+        // Last: whoever waits for a position finds its trigger counted and sampled.
+        self.note_positions(next);
+
+        let m = &self.metrics;
+        m.events_in.inc_by(batch.len() as u64);
+        m.batch_events.observe(batch.len() as f64);
+        m.duplicates.inc_by(duplicates as u64);
+        m.replayed.inc_by(replayed as u64);
+        let since = |us: i64| (committed_us - us).max(0) as f64 / 1e6;
+        let event = m.end_to_end("event");
+        if let Some(times) = on_time
+            .column_by_name(self.decoder.contract().event_time_name())
+            .map(|c| c.as_primitive::<TimestampMicrosecondType>())
+        {
+            times.values().iter().for_each(|t| event.observe(since(*t)));
+        }
+        let kafka = m.end_to_end("kafka");
+        produced.iter().for_each(|d| kafka.observe(d.as_secs_f64()));
+        let dedup = self.dedup.lock().unwrap();
+        m.dedup_entries.set(dedup.index().len() as i64);
+        m.dedup_bytes.set(dedup.index().bytes() as i64);
+        drop(dedup);
+        if let Some(w) = self.watermark.lock().unwrap().current_us() {
+            m.watermark.set(w as f64 / 1e6);
+        }
+    }
+
+    /// Publishes the partitions' committed positions (stats and metrics).
+    fn note_positions(&self, next: &BTreeMap<i32, i64>) {
+        for (&p, &offset) in next {
+            self.metrics.partition(p, None, Some(offset));
+        }
+        self.stats.positions.lock().unwrap().extend(next);
+    }
+
+    /// Feeds adaptive batching one trigger: its events and the p99 of their
+    /// produced → committed.
+    fn adapt(&self, events: usize, produced: &[Duration]) {
+        let Some(controller) = &self.adaptive else {
+            return;
+        };
+        let observation = Observation {
+            events,
+            p99: quantile(produced, 0.99).unwrap_or_default(),
+        };
+        if let Some(cap) = controller.lock().unwrap().observe(observation) {
+            debug!(
+                cap,
+                p99_ms = observation.p99.as_millis() as u64,
+                "adaptive batching moved the batch cap"
+            );
+            self.metrics.batch_cap.set(cap as i64);
+        }
+    }
+
+    /// Splits accepted events by the watermark, then moves the watermark on
+    /// and lets dedup forget what fell behind it.
+    fn judge(
+        &self,
+        accepted: &RecordBatch,
+        settled: &Settled,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<crate::ingest::watermark::Split, ArrowError> {
+        let mut watermark = self.watermark.lock().unwrap();
+        let assigned: Vec<i32> = self.source.generations().into_keys().collect();
+        if !assigned.is_empty() {
+            watermark.assign(&assigned, Instant::now());
+        }
+        let split = watermark.split(accepted, settled, now)?;
+        watermark.advance(&split.on_time, Instant::now())?;
+        if let Some(w) = watermark.current_us() {
+            self.dedup.lock().unwrap().evict(w);
+        }
+        Ok(split)
+    }
+}

@@ -1,0 +1,860 @@
+//! The output end of the data path: Delta tables, committed exactly once.
+//!
+//! Every commit of a table carries, per Kafka partition it covers, a Delta `txn`
+//! action `weir:<job>:<topic>:<partition>` whose version is the next offset to
+//! read. Data and progress land in one atomic commit or not at all, so a table's
+//! txn versions say exactly which offsets it holds. After a crash the source
+//! re-reads from the lowest version over all tables, and each table drops the
+//! replayed rows its own versions say it already has: every
+//! table converges to exactly-once, even after a crash between two tables'
+//! commits. (The filtering itself is the pure [`crate::ingest::replay`] stage; the
+//! sink only stores what it is given and reports its versions.)
+//!
+//! A table that has never seen a partition first gets a data-less "base" commit
+//! at the batch's first offset for it, before any table commits data. Without
+//! it, a crash after the first table's first commit would leave the second
+//! table with no version, and the resume position (the lowest *known* version)
+//! would skip the rows that table never got.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use datafusion::prelude::SessionContext;
+use deltalake::checkpoints::create_checkpoint;
+use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitData, CommitProperties, PROTOCOL, TransactionError,
+};
+use deltalake::kernel::{Action, StructType, Transaction, Version};
+use deltalake::logstore::CommitOrBytes;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+use url::Url;
+use uuid::Uuid;
+
+use crate::config::Job;
+use crate::fault::{FaultError, Faults};
+use crate::metrics::JobMetrics;
+use crate::table::schema::{EVENT_ID_PROPERTY, Incompatible, Shape, conform};
+
+/// Commits between Delta checkpoints, so the log stays cheap to read.
+pub const CHECKPOINT_INTERVAL: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("Delta table {table} at {url}: {source}")]
+    Delta {
+        table: String,
+        url: Url,
+        source: Box<DeltaTableError>,
+    },
+    #[error("cannot create the directory for table {table} at {url}: {source}")]
+    Directory {
+        table: String,
+        url: Url,
+        source: std::io::Error,
+    },
+    #[error("query over table(s) {tables}: {source}")]
+    Query {
+        tables: String,
+        source: datafusion::error::DataFusionError,
+    },
+    #[error("Delta table {table} at {url} cannot take what this job writes: {source}")]
+    Incompatible {
+        table: String,
+        url: Url,
+        source: Incompatible,
+    },
+    #[error(
+        "Delta table {table}: another writer moved partition {partition}'s committed position from {} to {} since this one read it; this writer no longer owns the partition and commits nothing of it",
+        offset_or_none(*.known),
+        offset_or_none(*.found)
+    )]
+    Fenced {
+        table: String,
+        partition: i32,
+        known: Option<i64>,
+        found: Option<i64>,
+    },
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+}
+
+fn offset_or_none(offset: Option<i64>) -> String {
+    offset.map_or_else(|| "none".to_owned(), |o| format!("offset {o}"))
+}
+
+impl SinkError {
+    /// Whether a concurrent commit refused this one: another writer committed
+    /// the same partition's txn (this writer lost the partition and is fenced)
+    /// or removed what this one read.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            SinkError::Fenced { .. } => true,
+            SinkError::Delta { source, .. } => is_commit_conflict(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether delta-rs refused a commit because a concurrent one conflicts with it.
+pub fn is_commit_conflict(error: &DeltaTableError) -> bool {
+    matches!(
+        error,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(_)
+        }
+    )
+}
+
+/// What a table is: its name, its Arrow schema, how it is partitioned, and
+/// (for tables of events) which column is the event ID.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub partition_columns: Vec<String>,
+    pub event_id: Option<String>,
+}
+
+/// One table of a job and the txn versions it is known to hold.
+pub struct TableSink {
+    spec: TableSpec,
+    url: Url,
+    table: DeltaTable,
+    /// The table's own schema, which rows are conformed to before writing.
+    stored: SchemaRef,
+    /// How its data files are encoded (see [`writer_properties`]).
+    properties: WriterProperties,
+    versions: BTreeMap<i32, i64>,
+    /// The newest log version this sink knows of (its own commits included);
+    /// `table`'s snapshot may be older (see [`Self::commit_directly`]).
+    head: Version,
+    /// The log version up to which `versions` are known exact. Behind `head`
+    /// when another writer committed since (seen by a refresh or a rebase):
+    /// it may have moved a partition this process no longer owns, and
+    /// [`Self::commit`] checks before writing any version of its own.
+    synced: Version,
+    /// Commits rebased on concurrent ones since the sink last reported.
+    retries: usize,
+    /// Checkpoints being written beside the ingest path.
+    checkpoints: JoinSet<()>,
+}
+
+impl TableSink {
+    async fn open(url: Url, spec: TableSpec) -> Result<Self, SinkError> {
+        let table = open_or_create(url.clone(), &spec).await?;
+        let fail = |e| delta_error(&spec, &url, e);
+        let stored = stored_schema(&table).map_err(fail)?;
+        let head = table.snapshot().map_err(fail)?.version();
+        let properties = writer_properties(&stored, spec.event_id.as_deref());
+        Ok(Self {
+            spec,
+            url,
+            table,
+            stored,
+            properties,
+            versions: BTreeMap::new(),
+            head,
+            synced: head,
+            retries: 0,
+            checkpoints: JoinSet::new(),
+        })
+    }
+
+    fn fail(&self, source: DeltaTableError) -> SinkError {
+        delta_error(&self.spec, &self.url, source)
+    }
+
+    /// Re-reads the log and the txn versions of `partitions` (the others
+    /// are checked when next committed: [`Self::sync`]).
+    async fn refresh(&mut self, job: &Job, partitions: &[i32]) -> Result<(), SinkError> {
+        self.table.update_state().await.map_err(|e| self.fail(e))?;
+        self.head = self.table.snapshot().map_err(|e| self.fail(e))?.version();
+        for (p, version) in self.read_versions(job, partitions).await? {
+            match version {
+                Some(v) => self.versions.insert(p, v),
+                None => self.versions.remove(&p),
+            };
+        }
+        Ok(())
+    }
+
+    /// The txn versions of `partitions` in the snapshot (which must be at `head`).
+    async fn read_versions(
+        &self,
+        job: &Job,
+        partitions: &[i32],
+    ) -> Result<Vec<(i32, Option<i64>)>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
+        let mut read = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let version = snapshot
+                .transaction_version(self.table.log_store().as_ref(), job.app_id(p))
+                .await
+                .map_err(|e| self.fail(e))?;
+            read.push((p, version));
+        }
+        Ok(read)
+    }
+
+    /// Brings `versions` up to `head` after another writer committed, and
+    /// refuses (fenced) when one of the partitions about to be committed
+    /// (`committing`) is not where this writer last saw it: its rows were
+    /// filtered against a version that is no longer the table's, and writing
+    /// them would store another writer's rows twice and set its version back.
+    async fn sync(&mut self, job: &Job, committing: &[i32]) -> Result<(), SinkError> {
+        if self.synced == self.head {
+            return Ok(());
+        }
+        self.catch_up().await?;
+        let known: Vec<i32> = self.versions.keys().copied().collect();
+        for (p, found) in self.read_versions(job, &known).await? {
+            let known = self.versions.get(&p).copied();
+            if found == known {
+                continue;
+            }
+            if committing.contains(&p) {
+                return Err(SinkError::Fenced {
+                    table: self.spec.name.clone(),
+                    partition: p,
+                    known,
+                    found,
+                });
+            }
+            match found {
+                Some(v) => self.versions.insert(p, v),
+                None => self.versions.remove(&p),
+            };
+        }
+        self.synced = self.head;
+        Ok(())
+    }
+
+    /// Commits `actions` plus the txn versions that advance; returns `false` when
+    /// there was nothing to commit (no data, no progress).
+    async fn commit(
+        &mut self,
+        job: &Job,
+        actions: Vec<Action>,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<bool, SinkError> {
+        self.sync(job, &next.keys().copied().collect::<Vec<_>>())
+            .await?;
+        let advancing: Vec<(i32, i64)> = next
+            .iter()
+            .filter(|(p, v)| self.versions.get(p).is_none_or(|known| *v > known))
+            .map(|(p, v)| (*p, *v))
+            .collect();
+        if actions.is_empty() && advancing.is_empty() {
+            return Ok(false);
+        }
+        let txns = advancing
+            .iter()
+            .map(|(p, v)| Transaction::new(job.app_id(*p), *v))
+            .collect();
+        let metadata = [
+            ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
+            ("weir.job".to_owned(), json!(job.name)),
+        ];
+        let data = CommitData::new(actions, self.operation(), metadata.into(), txns);
+        if !self.commit_directly(&data).await? {
+            self.commit_rebased(data).await?;
+        }
+        self.versions.extend(advancing);
+        Ok(true)
+    }
+
+    /// A blind append reads no rows. Saying so (a read predicate that matches
+    /// nothing) keeps the conflict checker from failing ingest when upkeep
+    /// (a fold, a file merge) removed files since this table's snapshot.
+    fn operation(&self) -> DeltaOperation {
+        let partition_by =
+            (!self.spec.partition_columns.is_empty()).then(|| self.spec.partition_columns.clone());
+        DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by,
+            predicate: Some("false".into()),
+        }
+    }
+
+    /// Writes the commit as log version `head + 1` with put-if-absent, without
+    /// delta-rs's commit loop: after every commit that loop rebuilds the
+    /// snapshot's whole list of active files (re-parsing their stats), the
+    /// largest single cost of a trigger, and a blind append needs none of it.
+    /// The snapshot goes stale instead and is brought up to `head` only where
+    /// it is read ([`Self::catch_up`]). Returns `false` when another writer
+    /// took that version: the commit must then be checked against theirs.
+    async fn commit_directly(&mut self, data: &CommitData) -> Result<bool, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
+        // The protocol is the snapshot's as of `head`: a commit that changed it
+        // would have taken the version this one is written at.
+        let checkpoint_interval = snapshot.table_config().checkpoint_interval().get();
+        let bytes = PROTOCOL
+            .can_commit(snapshot, &data.actions, &data.operation)
+            .and_then(|()| data.get_bytes())
+            .map_err(|e| self.fail(e.into()))?;
+        let version = self.head + 1;
+        let written = self
+            .table
+            .log_store()
+            .write_commit_entry(version, CommitOrBytes::LogBytes(bytes), Uuid::new_v4())
+            .await;
+        match written {
+            Ok(()) => {}
+            Err(TransactionError::VersionAlreadyExists(_)) => return Ok(false),
+            Err(e) => return Err(self.fail(e.into())),
+        }
+        if self.synced == self.head {
+            self.synced = version;
+        }
+        self.head = version;
+        // Where delta-rs's own commit would checkpoint, so readers replay little.
+        if (version + 1).is_multiple_of(checkpoint_interval) {
+            self.checkpoint_in_background(version);
+        }
+        Ok(true)
+    }
+
+    /// A checkpoint replays the whole log, which would stall the trigger; it
+    /// only speeds up reading the log, so it is made beside the ingest path,
+    /// one at a time (a job's tables reach the interval in the same trigger,
+    /// and six at once took both cores from it). One that fails leaves the
+    /// log complete (and is made again by `weir maintain`).
+    fn checkpoint_in_background(&mut self, version: Version) {
+        static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
+        let log_store = self.table.log_store();
+        let (table, url) = (self.spec.name.clone(), self.url.clone());
+        while self.checkpoints.try_join_next().is_some() {}
+        self.checkpoints.spawn(async move {
+            let _turn = ONE_AT_A_TIME.acquire().await;
+            let mut at_version = DeltaTable::new(log_store);
+            let made = match at_version.load_version(version).await {
+                Ok(()) => create_checkpoint(&at_version, None).await,
+                Err(e) => Err(e),
+            };
+            match made {
+                Ok(()) => debug!(table, version, "checkpoint written"),
+                Err(error) => warn!(table, %url, version, %error, "checkpoint failed"),
+            }
+        });
+    }
+
+    /// Commits through delta-rs from the snapshot at `head`, so its conflict
+    /// checker sees every commit other writers made since: a txn of the same
+    /// partition (this writer is fenced) or a change of metadata refuses it.
+    async fn commit_rebased(&mut self, data: CommitData) -> Result<(), SinkError> {
+        self.catch_up().await?;
+        let properties = CommitProperties::default().with_cleanup_expired_logs(Some(false));
+        let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(data.actions)
+            .build(Some(snapshot), self.table.log_store(), data.operation)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.retries += 1 + finalized.metrics.num_retries as usize;
+        self.head = finalized.version();
+        self.table.state = Some(finalized.snapshot());
+        Ok(())
+    }
+
+    /// Brings the snapshot up to `head`, the newest version this sink knows.
+    /// (delta-kernel rolls forward from the newest checkpoint when upkeep has
+    /// deleted the entries a long-stale snapshot would replay: tests/sink.rs.)
+    async fn catch_up(&mut self) -> Result<(), SinkError> {
+        if self.table.version() != Some(self.head) {
+            let head = self.head;
+            self.table
+                .update_incremental(Some(head))
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts encoding and uploading `rows` as data files in a task of its
+    /// own, so a trigger's tables (and its outputs' queries) share the cores;
+    /// nothing is visible until [`Self::append`] commits them.
+    fn stage(&self, rows: RecordBatch) -> Staged {
+        let count = rows.num_rows();
+        let writer = (count > 0).then(|| {
+            RecordBatchWriter::for_table(&self.table)
+                .map(|w| w.with_writer_properties(self.properties.clone()))
+        });
+        let stored = self.stored.clone();
+        let files = tokio::spawn(async move {
+            let Some(writer) = writer else {
+                return Ok(Vec::new());
+            };
+            let mut writer = writer?;
+            writer.write(conform(vec![rows], &stored)?).await?;
+            let adds = writer.flush().await?;
+            Ok(adds.into_iter().map(Action::Add).collect())
+        });
+        Staged {
+            rows: count,
+            started: Instant::now(),
+            files,
+        }
+    }
+
+    /// Commits the `staged` files with the txn versions `next`; returns the
+    /// rows written and whether a commit was made.
+    async fn append(
+        &mut self,
+        job: &Job,
+        staged: Staged,
+        next: &BTreeMap<i32, i64>,
+        faults: &Faults,
+        metrics: &JobMetrics,
+    ) -> Result<(usize, bool), SinkError> {
+        let actions = staged
+            .files
+            .await
+            .expect("writing data files does not panic")
+            .map_err(|e| self.fail(e))?;
+        let written = staged.started.elapsed();
+        let committed = self.commit(job, actions, next).await?;
+        debug!(
+            table = self.spec.name,
+            rows = staged.rows,
+            write_ms = written.as_secs_f64() * 1e3,
+            commit_ms = (staged.started.elapsed() - written).as_secs_f64() * 1e3,
+            "table appended"
+        );
+        metrics.rows_out(&self.spec.name).inc_by(staged.rows as u64);
+        faults.check(&format!("sink.after_commit.{}", self.spec.name))?;
+        Ok((staged.rows, committed))
+    }
+}
+
+/// One table's rows being written as data files ([`Sink::stage`]).
+pub struct Staged {
+    rows: usize,
+    started: Instant,
+    files: tokio::task::JoinHandle<Result<Vec<Action>, DeltaTableError>>,
+}
+
+/// Binary columns (payloads) have no useful order: neither the log nor the
+/// data files keep min/max statistics of them.
+fn is_binary(field: &Field) -> bool {
+    matches!(field.data_type(), DataType::Binary | DataType::LargeBinary)
+}
+
+/// Min/max statistics are kept for every column but binary ones (see
+/// [`is_binary`]; delta-rs warns on every file it would skip them in).
+fn stats_columns(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| !is_binary(f))
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// delta-rs's defaults (snappy, a dictionary and page statistics for every
+/// column), except where they cost a trigger's write time for nothing: the
+/// event ID is unique and a payload nearly so, so their dictionaries overflow
+/// and are thrown away after every value was hashed into them; and min/max of
+/// binary columns is never read (see [`stats_columns`]).
+fn writer_properties(schema: &SchemaRef, event_id: Option<&str>) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY);
+    for field in schema.fields() {
+        let path = ColumnPath::from(field.name().as_str());
+        let binary = is_binary(field);
+        if binary || event_id == Some(field.name().as_str()) {
+            builder = builder.set_column_dictionary_enabled(path.clone(), false);
+        }
+        if binary {
+            builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
+        }
+    }
+    builder.build()
+}
+
+/// What one trigger's commits did.
+#[derive(Debug, Clone, Default)]
+pub struct CommitReport {
+    /// Per table (in the sink's order): rows written.
+    pub written: Vec<usize>,
+    /// Times a commit was rebased on a concurrent writer's commit.
+    pub retries: usize,
+    /// Commits made (data-less base and progress commits included).
+    pub commits: usize,
+    pub elapsed: Duration,
+}
+
+fn delta_error(spec: &TableSpec, url: &Url, source: DeltaTableError) -> SinkError {
+    SinkError::Delta {
+        table: spec.name.clone(),
+        url: url.clone(),
+        source: Box::new(source),
+    }
+}
+
+/// A table's own schema in Arrow, the one every write must match.
+pub fn stored_schema(table: &DeltaTable) -> Result<SchemaRef, DeltaTableError> {
+    let schema = table.snapshot()?.schema();
+    Ok(Arc::new(schema.as_ref().try_into_arrow()?))
+}
+
+/// Opens the Delta table at `url`, creating it from `spec` if there is none,
+/// and evolving it if the job's contract gained fields ([`crate::table::schema`]).
+pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, SinkError> {
+    crate::table::storage::register();
+    let fail = |source| delta_error(spec, &url, source);
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
+        std::fs::create_dir_all(&path).map_err(|source| SinkError::Directory {
+            table: spec.name.clone(),
+            url: url.clone(),
+            source,
+        })?;
+    }
+    let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
+    let columns: StructType = spec
+        .schema
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| fail(DeltaTableError::from(e)))?;
+    if table.version().is_some() {
+        return evolve(table, spec, &url, &columns).await;
+    }
+    let mut configuration = vec![
+        (
+            TableProperty::CheckpointInterval.as_ref().to_owned(),
+            Some(CHECKPOINT_INTERVAL.to_string()),
+        ),
+        (
+            TableProperty::DataSkippingStatsColumns.as_ref().to_owned(),
+            Some(stats_columns(&spec.schema)),
+        ),
+    ];
+    if let Some(id) = &spec.event_id {
+        configuration.push((EVENT_ID_PROPERTY.to_owned(), Some(id.clone())));
+    }
+    let created = table
+        .create()
+        .with_table_name(&spec.name)
+        .with_columns(columns.fields().cloned())
+        .with_partition_columns(spec.partition_columns.clone())
+        .with_configuration(configuration)
+        // weir.eventId is weir's own property, unknown to Delta.
+        .with_raise_if_key_not_exists(false)
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(t) => {
+            info!(table = %spec.name, %url, "created Delta table");
+            Ok(t)
+        }
+        Err(e) => {
+            // Another writer may have created it first: then use theirs.
+            let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
+            if table.version().is_none() {
+                return Err(fail(e));
+            }
+            evolve(table, spec, &url, &columns).await
+        }
+    }
+}
+
+/// Adds the columns the job's contract gained to an existing table, or
+/// refuses a change the table cannot take.
+async fn evolve(
+    table: DeltaTable,
+    spec: &TableSpec,
+    url: &Url,
+    columns: &StructType,
+) -> Result<DeltaTable, SinkError> {
+    let fail = |source| delta_error(spec, url, source);
+    let snapshot = table.snapshot().map_err(fail)?;
+    let stored_columns = snapshot.schema();
+    let metadata = snapshot.metadata();
+    let added = crate::table::schema::evolve(
+        Shape {
+            schema: &stored_columns,
+            partition_columns: metadata.partition_columns(),
+            event_id: metadata
+                .configuration()
+                .get(EVENT_ID_PROPERTY)
+                .map(String::as_str),
+        },
+        Shape {
+            schema: columns,
+            partition_columns: &spec.partition_columns,
+            event_id: spec.event_id.as_deref(),
+        },
+    )
+    .map_err(|source| SinkError::Incompatible {
+        table: spec.name.clone(),
+        url: url.clone(),
+        source,
+    })?;
+    if added.is_empty() {
+        return Ok(table);
+    }
+    let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
+    info!(table = %spec.name, %url, columns = ?names, "adding the job's new fields as nullable columns");
+    let commit = CommitProperties::default().with_metadata([
+        ("weir.operation".to_owned(), json!("evolve")),
+        ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
+    ]);
+    table
+        .add_columns()
+        .with_fields(added)
+        .with_commit_properties(commit)
+        .await
+        .map_err(fail)
+}
+
+/// All the tables of a job, committed together once per trigger.
+pub struct Sink {
+    job: Job,
+    tables: Vec<TableSink>,
+    faults: Faults,
+    metrics: JobMetrics,
+}
+
+impl Sink {
+    /// Opens (creating where needed) the job's tables in the hot tier.
+    /// Rows are counted in `metrics` as each table commits them, so the
+    /// counts agree with the tables even when a trigger fails half way.
+    pub async fn open(
+        job: &Job,
+        specs: Vec<TableSpec>,
+        faults: Faults,
+        metrics: JobMetrics,
+    ) -> Result<Self, SinkError> {
+        let mut tables = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let url = job.storage.hot_table(&job.name, &spec.name);
+            tables.push(TableSink::open(url, spec).await?);
+        }
+        Ok(Self {
+            job: job.clone(),
+            tables,
+            faults,
+            metrics,
+        })
+    }
+
+    /// Per table, where it is stored.
+    pub fn table_urls(&self) -> Vec<(&str, &Url)> {
+        self.tables
+            .iter()
+            .map(|t| (t.spec.name.as_str(), &t.url))
+            .collect()
+    }
+
+    /// Runs DataFusion SQL in which the job's tables `names` are registered
+    /// under their own names.
+    pub async fn query(
+        &mut self,
+        names: &[&str],
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
+        let fail = |source| SinkError::Query {
+            tables: names.join(", "),
+            source,
+        };
+        let ctx = SessionContext::new();
+        for name in names {
+            let table = self
+                .tables
+                .iter_mut()
+                .find(|t| t.spec.name == *name)
+                .unwrap_or_else(|| panic!("no table {name} in this sink"));
+            table.catch_up().await?;
+            crate::cmd::query::register(&ctx, name, &table.table)
+                .await
+                .map_err(fail)?;
+        }
+        ctx.sql(sql)
+            .await
+            .map_err(fail)?
+            .collect()
+            .await
+            .map_err(fail)
+    }
+
+    /// Reloads the tables' progress for `partitions` and returns, per partition
+    /// any table knows, the lowest next offset over the tables that know it.
+    pub async fn resume_positions(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        for table in &mut self.tables {
+            table.refresh(&self.job, partitions).await?;
+        }
+        let mut positions = BTreeMap::new();
+        for table in &self.tables {
+            for (&p, &v) in table
+                .versions
+                .iter()
+                .filter(|(p, _)| partitions.contains(p))
+            {
+                let e = positions.entry(p).or_insert(v);
+                *e = (*e).min(v);
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Per table (in order), the next offset it holds for each partition it
+    /// knows: what the trigger loop filters replayed rows with.
+    pub fn versions(&self) -> Vec<&BTreeMap<i32, i64>> {
+        self.tables.iter().map(|t| &t.versions).collect()
+    }
+
+    /// Starts writing `rows` as data files of the `table`-th table (see
+    /// [`Sink::commit_staged`]).
+    pub fn stage(&self, table: usize, rows: RecordBatch) -> Staged {
+        self.tables[table].stage(rows)
+    }
+
+    /// Commits one trigger: `rows[i]` (already free of rows the table holds) goes
+    /// to the i-th table. `first` and `next` are the batch's first and next
+    /// offsets per partition.
+    pub async fn commit(
+        &mut self,
+        rows: Vec<RecordBatch>,
+        first: &BTreeMap<i32, i64>,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<CommitReport, SinkError> {
+        let staged = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| self.stage(i, rows))
+            .collect();
+        self.commit_staged(staged, first, next).await
+    }
+
+    /// [`Sink::commit`] of files already being written: `staged[i]` by
+    /// [`Sink::stage`] for the i-th table.
+    pub async fn commit_staged(
+        &mut self,
+        staged: Vec<Staged>,
+        first: &BTreeMap<i32, i64>,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<CommitReport, SinkError> {
+        assert_eq!(staged.len(), self.tables.len(), "one batch per table");
+        // From the first file write: what the trigger waits for is the sink's whole work.
+        let started = staged
+            .iter()
+            .map(|s| s.started)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let mut report = CommitReport::default();
+        report.commits += self.commit_bases(first).await?;
+
+        let Self {
+            job,
+            tables,
+            faults,
+            metrics,
+        } = self;
+        let done = {
+            let mut pending = tables.iter_mut().zip(staged);
+            // `raw` first: which re-read events were late is settled by raw's
+            // txn versions, so no other table may hold a trigger raw does not.
+            let mut done = match pending.next() {
+                Some((table, files)) => {
+                    vec![table.append(job, files, next, faults, metrics).await?]
+                }
+                None => Vec::new(),
+            };
+            // The others converge each by its own txn versions: commit them at once.
+            let rest =
+                pending.map(|(table, files)| table.append(job, files, next, faults, metrics));
+            done.extend(futures::future::try_join_all(rest).await?);
+            done
+        };
+        for (count, committed) in done {
+            report.written.push(count);
+            report.commits += usize::from(committed);
+        }
+        report.retries = tables
+            .iter_mut()
+            .map(|t| std::mem::take(&mut t.retries))
+            .sum();
+        report.elapsed = started.elapsed();
+        debug!(?report, "trigger committed");
+        Ok(report)
+    }
+
+    /// Waits for the checkpoints still being written. A stop calls it: a
+    /// runtime shut down under one abandons it half-made, and delta-kernel's
+    /// executor panics on the way out.
+    pub async fn settle(&mut self) {
+        for table in &mut self.tables {
+            while table.checkpoints.join_next().await.is_some() {}
+        }
+    }
+
+    /// Gives every table a version for every partition in the batch, before any
+    /// table commits data for it (see the module doc).
+    async fn commit_bases(&mut self, first: &BTreeMap<i32, i64>) -> Result<usize, SinkError> {
+        let mut commits = 0;
+        for table in &mut self.tables {
+            let unseen: BTreeMap<i32, i64> = first
+                .iter()
+                .filter(|(p, _)| !table.versions.contains_key(p))
+                .map(|(p, v)| (*p, *v))
+                .collect();
+            if !unseen.is_empty() && table.commit(&self.job, Vec::new(), &unseen).await? {
+                commits += 1;
+            }
+        }
+        Ok(commits)
+    }
+}
+
+/// Shares one sink between the trigger loop and the consumer's rebalance callback.
+pub type SharedSink = Arc<tokio::sync::Mutex<Sink>>;
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::Schema;
+
+    use super::*;
+
+    #[test]
+    fn unique_and_binary_columns_are_written_without_dictionaries() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("page", DataType::Utf8, true),
+            Field::new("_payload", DataType::Binary, true),
+        ]));
+        let properties = writer_properties(&schema, Some("event_id"));
+        let column = |name: &str| ColumnPath::from(name);
+        assert!(!properties.dictionary_enabled(&column("event_id")));
+        assert!(!properties.dictionary_enabled(&column("_payload")));
+        assert!(properties.dictionary_enabled(&column("page")));
+        assert_eq!(
+            properties.statistics_enabled(&column("_payload")),
+            EnabledStatistics::None
+        );
+        assert_eq!(
+            properties.statistics_enabled(&column("event_id")),
+            EnabledStatistics::Page
+        );
+        assert_eq!(properties.compression(&column("page")), Compression::SNAPPY);
+    }
+}

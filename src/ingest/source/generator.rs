@@ -1,0 +1,524 @@
+//! A synthetic event stream shaped by a job's schema contract, and a producer
+//! that sends it to any broker. It feeds `weir demo`, `weir produce` and the
+//! tests, so it deliberately includes what real streams contain: skewed keys,
+//! out-of-order event times, events so late the watermark has passed them,
+//! events re-sent at later offsets, and malformed messages of every kind the
+//! decoder must route to the DLQ.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, TimeZone, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use serde_json::{Map, Value, json};
+
+use crate::config::{Contract, FieldType};
+
+/// What a generated message is meant to be, so tests can check where it landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A valid event at most [`STRAGGLER_MS`] behind the wall clock.
+    Valid,
+    /// A valid event [`LATE_MS`] behind the wall clock: behind the watermark of
+    /// any job whose allowed lateness is under 10 minutes.
+    Late,
+    /// The exact bytes of an earlier valid event, sent again.
+    Duplicate,
+    Malformed(Malformed),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Malformed {
+    NotJson,
+    NotAnObject,
+    MissingEventId,
+    WrongType,
+    AbsurdEventTime,
+    Empty,
+    NotUtf8,
+}
+
+const MALFORMED_KINDS: [Malformed; 7] = [
+    Malformed::NotJson,
+    Malformed::NotAnObject,
+    Malformed::MissingEventId,
+    Malformed::WrongType,
+    Malformed::AbsurdEventTime,
+    Malformed::Empty,
+    Malformed::NotUtf8,
+];
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Valid => "valid",
+            Kind::Late => "late",
+            Kind::Duplicate => "duplicate",
+            Kind::Malformed(m) => match m {
+                Malformed::NotJson => "malformed:not_json",
+                Malformed::NotAnObject => "malformed:not_an_object",
+                Malformed::MissingEventId => "malformed:missing_event_id",
+                Malformed::WrongType => "malformed:wrong_type",
+                Malformed::AbsurdEventTime => "malformed:absurd_event_time",
+                Malformed::Empty => "malformed:empty",
+                Malformed::NotUtf8 => "malformed:not_utf8",
+            },
+        }
+    }
+
+    /// Whether the schema contract accepts this message (duplicates are valid events).
+    pub fn is_valid(self) -> bool {
+        !matches!(self, Kind::Malformed(_))
+    }
+}
+
+/// One message to send.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Mix {
+    pub malformed_ratio: f64,
+    pub duplicate_ratio: f64,
+    pub late_ratio: f64,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Self {
+            malformed_ratio: 0.005,
+            duplicate_ratio: 0.01,
+            late_ratio: 0.005,
+        }
+    }
+}
+
+/// How far behind the wall clock an on-time event may be (a few are this far).
+pub const STRAGGLER_MS: i64 = 30_000;
+/// How far behind the wall clock a late event is.
+pub const LATE_MS: std::ops::Range<i64> = 600_000..3_600_000;
+
+/// Generates messages for a contract. Deterministic for a given seed, except
+/// for event times, which follow the wall clock like a real stream's.
+pub struct Generator {
+    contract: Contract,
+    mix: Mix,
+    rng: StdRng,
+    seq: u64,
+    recent: VecDeque<(String, Vec<u8>)>,
+    malformed_turn: usize,
+    /// With a backfill: the first event's time and the step per event (ms).
+    backfill: Option<(i64, f64)>,
+}
+
+/// How many recent valid events a duplicate may be drawn from.
+const RECENT: usize = 1000;
+
+impl Generator {
+    pub fn new(contract: Contract, mix: Mix, seed: u64) -> Self {
+        Self {
+            contract,
+            mix,
+            rng: StdRng::seed_from_u64(seed),
+            seq: 0,
+            recent: VecDeque::with_capacity(RECENT),
+            malformed_turn: 0,
+            backfill: None,
+        }
+    }
+
+    /// Spreads the event times of the next `messages` messages evenly over the
+    /// `span` before now, oldest first: history to reprocess, in a few seconds.
+    pub fn backfill(mut self, span: std::time::Duration, messages: u64) -> Self {
+        let span_ms = span.as_millis() as i64;
+        let start = Utc::now().timestamp_millis() - span_ms;
+        self.backfill = Some((start, span_ms as f64 / messages.max(1) as f64));
+        self
+    }
+
+    /// The clock event times follow: the wall clock, or the backfill's.
+    fn now_ms(&self) -> i64 {
+        match self.backfill {
+            None => Utc::now().timestamp_millis(),
+            Some((start, step)) => start + (self.seq as f64 * step) as i64,
+        }
+    }
+
+    pub fn next_message(&mut self) -> Generated {
+        let roll: f64 = self.rng.random();
+        if roll < self.mix.malformed_ratio {
+            let kind = MALFORMED_KINDS[self.malformed_turn % MALFORMED_KINDS.len()];
+            self.malformed_turn += 1;
+            return Generated {
+                key: self.key(),
+                payload: self.malformed(kind),
+                kind: Kind::Malformed(kind),
+            };
+        }
+        if roll < self.mix.malformed_ratio + self.mix.duplicate_ratio && !self.recent.is_empty() {
+            let i = self.rng.random_range(0..self.recent.len());
+            let (key, payload) = self.recent[i].clone();
+            return Generated {
+                key,
+                payload,
+                kind: Kind::Duplicate,
+            };
+        }
+        // A duplicate's roll with nothing yet to re-send falls through to here
+        // and makes a valid event, not a late one.
+        let late_from = self.mix.malformed_ratio + self.mix.duplicate_ratio;
+        let late = (late_from..late_from + self.mix.late_ratio).contains(&roll);
+        let key = self.key();
+        let delay_ms = if late {
+            self.rng.random_range(LATE_MS)
+        } else {
+            self.straggle()
+        };
+        let payload =
+            serde_json::to_vec(&Value::Object(self.event(delay_ms))).expect("JSON serializes");
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((key.clone(), payload.clone()));
+        Generated {
+            key,
+            payload,
+            kind: if late { Kind::Late } else { Kind::Valid },
+        }
+    }
+
+    /// An on-time event's delay: usually under 3 s, sometimes up to [`STRAGGLER_MS`].
+    fn straggle(&mut self) -> i64 {
+        if self.rng.random_bool(0.02) {
+            self.rng.random_range(0..STRAGGLER_MS)
+        } else {
+            self.rng.random_range(0..3_000)
+        }
+    }
+
+    /// A skewed key (about 1000 distinct, Zipf-like), so some partitions run hot.
+    fn key(&mut self) -> String {
+        format!("k{}", self.zipf(1000))
+    }
+
+    /// A rank in `1..=n`, low ranks far more likely (log-uniform, close to Zipf s=1).
+    fn zipf(&mut self, n: u64) -> u64 {
+        let u: f64 = self.rng.random();
+        ((n as f64).powf(u) as u64).clamp(1, n)
+    }
+
+    fn event(&mut self, delay_ms: i64) -> Map<String, Value> {
+        self.seq += 1;
+        let mut object = Map::new();
+        for (i, field) in self.contract.fields.clone().iter().enumerate() {
+            let value = if i == self.contract.event_id {
+                self.event_id(field.ty)
+            } else if i == self.contract.event_time {
+                event_time(self.now_ms() - delay_ms, &mut self.rng)
+            } else if field.nullable && self.rng.random_bool(0.05) {
+                continue;
+            } else {
+                self.value(&field.name, field.ty)
+            };
+            object.insert(field.name.clone(), value);
+        }
+        object
+    }
+
+    fn event_id(&mut self, ty: FieldType) -> Value {
+        let salt: u32 = self.rng.random();
+        match ty {
+            FieldType::Int64 => json!(self.seq as i64 * 1_000_000 + (salt % 1_000_000) as i64),
+            _ => json!(format!("{:08x}-{:012x}", salt, self.seq)),
+        }
+    }
+
+    fn value(&mut self, name: &str, ty: FieldType) -> Value {
+        // A few well-known clickstream fields get realistic values.
+        match (name, ty) {
+            ("action", FieldType::String) => {
+                let roll: f64 = self.rng.random();
+                let action = if roll < 0.70 {
+                    "view"
+                } else if roll < 0.95 {
+                    "click"
+                } else {
+                    "purchase"
+                };
+                return json!(action);
+            }
+            ("country", FieldType::String) => {
+                const COUNTRIES: [&str; 10] =
+                    ["US", "DE", "GB", "FR", "IN", "BR", "JP", "NL", "SE", "PL"];
+                return json!(COUNTRIES[self.zipf(10) as usize - 1]);
+            }
+            ("page", FieldType::String) => return json!(format!("/p/{}", self.zipf(200))),
+            ("currency", FieldType::String) => {
+                return json!(["EUR", "USD", "GBP", "CHF"][self.zipf(4) as usize - 1]);
+            }
+            _ => {}
+        }
+        match ty {
+            FieldType::String => json!(format!("{name}_{}", self.zipf(200))),
+            FieldType::Bool => json!(self.rng.random_bool(0.3)),
+            FieldType::Int32 | FieldType::Int64 => json!(self.zipf(10_000)),
+            FieldType::Float32 | FieldType::Float64 => {
+                // Amounts: mostly small, a long tail; cents precision.
+                let amount = (self.rng.random::<f64>().powi(3) * 500.0 * 100.0).round() / 100.0;
+                json!(amount)
+            }
+            FieldType::Timestamp => {
+                let delay = self.straggle();
+                event_time(self.now_ms() - delay, &mut self.rng)
+            }
+            FieldType::Date => json!(
+                chrono::DateTime::from_timestamp_millis(self.now_ms())
+                    .unwrap_or_default()
+                    .format("%Y-%m-%d")
+                    .to_string()
+            ),
+        }
+    }
+
+    fn malformed(&mut self, kind: Malformed) -> Vec<u8> {
+        let delay = self.straggle();
+        let mut event = self.event(delay);
+        let id = self.contract.event_id_name().to_owned();
+        let time = self.contract.event_time_name().to_owned();
+        match kind {
+            Malformed::NotJson => {
+                let text = serde_json::to_string(&event).expect("JSON serializes");
+                text.as_bytes()[..text.len() / 2].to_vec()
+            }
+            Malformed::NotAnObject => b"[1, 2, 3]".to_vec(),
+            Malformed::MissingEventId => {
+                event.remove(&id);
+                serde_json::to_vec(&event).expect("JSON serializes")
+            }
+            Malformed::WrongType => {
+                event.insert(time, json!({ "not": "a time" }));
+                serde_json::to_vec(&event).expect("JSON serializes")
+            }
+            Malformed::AbsurdEventTime => {
+                event.insert(time, json!("2999-01-01T00:00:00Z"));
+                serde_json::to_vec(&event).expect("JSON serializes")
+            }
+            Malformed::Empty => Vec::new(),
+            Malformed::NotUtf8 => {
+                let mut bytes = b"{\"x\": \"".to_vec();
+                bytes.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+                bytes.extend_from_slice(b"\"}");
+                bytes
+            }
+        }
+    }
+}
+
+/// An event time (epoch ms), half the time as an RFC 3339 string, half as epoch millis.
+fn event_time(ms: i64, rng: &mut StdRng) -> Value {
+    if rng.random_bool(0.5) {
+        json!(ms)
+    } else {
+        let t = Utc.timestamp_millis_opt(ms).single().expect("in range");
+        json!(t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+}
+
+/// Where one sent message landed, and what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+    pub kind: Kind,
+    pub payload: Vec<u8>,
+}
+
+/// When to stop producing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Events per second; `None` sends as fast as the broker takes them.
+    pub rate: Option<f64>,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("cannot create the Kafka producer for {brokers}: {source}")]
+    Create { brokers: String, source: KafkaError },
+    #[error("a message was not delivered to `{topic}`: {source}")]
+    Delivery { topic: String, source: KafkaError },
+}
+
+/// How many sends may await their delivery report at once.
+const IN_FLIGHT: usize = 20_000;
+
+/// Sends generated messages to `topic` until a limit is reached or `stop` is
+/// set, then waits for every delivery report. Sends are concurrent (awaiting
+/// each one in turn is about a thousand times slower).
+pub async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    generator: &mut Generator,
+    limits: Limits,
+    stop: &AtomicBool,
+    extra: &[(String, String)],
+) -> Result<Vec<Delivered>, ProduceError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "10000000");
+    for (k, v) in extra {
+        config.set(k, v);
+    }
+    let producer: FutureProducer = config.create().map_err(|source| ProduceError::Create {
+        brokers: bootstrap.to_owned(),
+        source,
+    })?;
+
+    let start = Instant::now();
+    let mut pending: VecDeque<(Generated, DeliveryFuture)> = VecDeque::new();
+    let mut delivered = Vec::new();
+    let mut sent: u64 = 0;
+    loop {
+        if stop.load(Ordering::Relaxed)
+            || limits.count.is_some_and(|c| sent >= c)
+            || limits.duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            break;
+        }
+        if let Some(rate) = limits.rate {
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            if sent >= due {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        }
+        let message = generator.next_message();
+        let future = loop {
+            let record = FutureRecord::to(topic)
+                .key(&message.key)
+                .payload(&message.payload);
+            match producer.send_result(record) {
+                Ok(future) => break future,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    await_oldest(&mut pending, &mut delivered, topic).await?;
+                    if pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Err((source, _)) => {
+                    return Err(ProduceError::Delivery {
+                        topic: topic.to_owned(),
+                        source,
+                    });
+                }
+            }
+        };
+        pending.push_back((message, future));
+        sent += 1;
+        if pending.len() >= IN_FLIGHT {
+            await_oldest(&mut pending, &mut delivered, topic).await?;
+        }
+    }
+    while !pending.is_empty() {
+        await_oldest(&mut pending, &mut delivered, topic).await?;
+    }
+    let _ = producer.flush(Duration::from_secs(10));
+    Ok(delivered)
+}
+
+async fn await_oldest(
+    pending: &mut VecDeque<(Generated, DeliveryFuture)>,
+    delivered: &mut Vec<Delivered>,
+    topic: &str,
+) -> Result<(), ProduceError> {
+    let Some((message, future)) = pending.pop_front() else {
+        return Ok(());
+    };
+    let failed = |source| ProduceError::Delivery {
+        topic: topic.to_owned(),
+        source,
+    };
+    match future.await {
+        Ok(Ok(d)) => {
+            delivered.push(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+                kind: message.kind,
+                payload: message.payload,
+            });
+            Ok(())
+        }
+        Ok(Err((e, _))) => Err(failed(e)),
+        Err(_) => Err(failed(KafkaError::Canceled)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Job, Overrides};
+    use std::path::Path;
+
+    pub(crate) fn clickstream() -> Job {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/clickstream.toml");
+        Job::load(&path, &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn mix_is_close_to_the_ratios_and_covers_every_malformed_kind() {
+        let mix = Mix {
+            malformed_ratio: 0.05,
+            duplicate_ratio: 0.1,
+            late_ratio: 0.02,
+        };
+        let mut g = Generator::new(clickstream().contract, mix, 7);
+        let kinds: Vec<Kind> = (0..20_000).map(|_| g.next_message().kind).collect();
+        let malformed = kinds.iter().filter(|k| !k.is_valid()).count();
+        let dups = kinds.iter().filter(|k| **k == Kind::Duplicate).count();
+        let late = kinds.iter().filter(|k| **k == Kind::Late).count();
+        assert!((300..500).contains(&late), "{late}");
+        assert!((800..1200).contains(&malformed), "{malformed}");
+        assert!((1700..2300).contains(&dups), "{dups}");
+        for m in MALFORMED_KINDS {
+            assert!(kinds.contains(&Kind::Malformed(m)), "{m:?} never generated");
+        }
+    }
+
+    #[test]
+    fn no_late_ratio_no_late_events_even_when_nothing_could_be_re_sent_yet() {
+        let mix = Mix {
+            malformed_ratio: 0.0,
+            duplicate_ratio: 1.0,
+            late_ratio: 0.0,
+        };
+        let mut g = Generator::new(clickstream().contract, mix, 7);
+        assert_eq!(g.next_message().kind, Kind::Valid);
+        assert_eq!(g.next_message().kind, Kind::Duplicate);
+    }
+
+    #[test]
+    fn same_seed_same_stream_apart_from_times() {
+        let a: Vec<Kind> = {
+            let mut g = Generator::new(clickstream().contract, Mix::default(), 1);
+            (0..1000).map(|_| g.next_message().kind).collect()
+        };
+        let b: Vec<Kind> = {
+            let mut g = Generator::new(clickstream().contract, Mix::default(), 1);
+            (0..1000).map(|_| g.next_message().kind).collect()
+        };
+        assert_eq!(a, b);
+    }
+}

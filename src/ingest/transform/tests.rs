@@ -1,0 +1,364 @@
+use super::*;
+use crate::config::{Job, Overrides};
+use crate::ingest::decode::Decoder;
+use crate::ingest::source::{Message, MicroBatch};
+use arrow::array::AsArray;
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+use chrono::{TimeZone, Utc};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use std::path::Path;
+
+const JOB: &str = r#"
+name = "t"
+[source]
+brokers = "embedded"
+topic = "t"
+[schema]
+event_id = "id"
+event_time = "ts"
+fields = [
+  { name = "id", type = "string" },
+  { name = "ts", type = "timestamp" },
+  { name = "page", type = "string" },
+  { name = "kind", type = "string" },
+  { name = "price", type = "float64" },
+]
+[storage]
+root = "/tmp/unused"
+[[outputs]]
+name = "per_minute"
+window = "1m"
+keys = ["page"]
+filter = "kind = 'view'"
+aggregates = [
+  { name = "views", fn = "count" },
+  { name = "revenue", fn = "sum", field = "price" },
+  { name = "cheapest", fn = "min", field = "price" },
+  { name = "dearest", fn = "max", field = "price" },
+  { name = "avg_price", fn = "avg", field = "price" },
+  { name = "prices", fn = "count_distinct", field = "price" },
+]
+[[outputs]]
+name = "hopping"
+window = "1m"
+hop = "30s"
+aggregates = [{ name = "events", fn = "count" }]
+"#;
+
+fn window(job: &Job, i: usize) -> &crate::config::WindowOutput {
+    match &job.outputs[i] {
+        crate::config::Output::Window(w) => w,
+        other => panic!("output {i} is not windowed: {other:?}"),
+    }
+}
+
+fn job() -> Job {
+    Job::parse(JOB, Path::new("t.toml"), &Overrides::default()).unwrap()
+}
+
+/// Events as (seconds after 12:00, page, kind, price), decoded like the live loop does.
+fn events(job: &Job, rows: &[(i64, &str, &str, Option<f64>)]) -> RecordBatch {
+    let base = Utc
+        .with_ymd_and_hms(2026, 11, 21, 12, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    let messages = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (s, page, kind, price))| {
+            let price = price.map_or("null".to_string(), |p| p.to_string());
+            let json = format!(
+                r#"{{"id":"e{i}","ts":{},"page":"{page}","kind":"{kind}","price":{price}}}"#,
+                base + s * 1000
+            );
+            Message {
+                partition: 0,
+                offset: i as i64,
+                kafka_ts: None,
+                payload: Some(json.into_bytes()),
+            }
+        })
+        .collect();
+    let batch = MicroBatch {
+        topic: "t".into(),
+        messages,
+    };
+    let decoder = Decoder::new(job.contract.clone(), 1 << 20);
+    let now = Utc.with_ymd_and_hms(2026, 11, 21, 12, 30, 0).unwrap();
+    let decoded = decoder.decode(&batch, now).unwrap();
+    assert_eq!(decoded.rejected.num_rows(), 0);
+    decoded.valid
+}
+
+async fn merged(agg: &WindowAggregate, partials: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(agg.partial_schema().clone(), vec![partials]).unwrap();
+    ctx.register_table("p", Arc::new(table)).unwrap();
+    let sql = format!("{} ORDER BY 1, 3", agg.merge_sql("p", Dialect::DataFusion));
+    ctx.sql(&sql).await.unwrap().collect().await.unwrap()
+}
+
+#[tokio::test]
+async fn partials_of_two_batches_merge_to_the_exact_answer() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    // Minute 0: /a views 10.0, 20.0 (split over two batches), /b one view; a
+    // click that the filter drops; minute 1: /a view with no price.
+    let first = events(
+        &job,
+        &[
+            (5, "/a", "view", Some(10.0)),
+            (7, "/b", "view", Some(1.5)),
+            (9, "/a", "click", Some(99.0)),
+        ],
+    );
+    let second = events(
+        &job,
+        &[(50, "/a", "view", Some(20.0)), (61, "/a", "view", None)],
+    );
+    let partials = vec![
+        agg.apply(&first).await.unwrap(),
+        agg.apply(&second).await.unwrap(),
+    ];
+    assert_eq!(
+        partials[0].num_rows(),
+        2,
+        "one partial row per (window, page)"
+    );
+    assert_eq!(partials[0].schema(), *agg.partial_schema());
+
+    let out = merged(&agg, partials).await;
+    let out = concat_batches(&out[0].schema(), &out).unwrap();
+    assert_eq!(out.num_rows(), 3);
+    let start = out.column(0).as_primitive::<TimestampMicrosecondType>();
+    let noon = Utc
+        .with_ymd_and_hms(2026, 11, 21, 12, 0, 0)
+        .unwrap()
+        .timestamp_micros();
+    assert_eq!(start.values().to_vec(), vec![noon, noon, noon + 60_000_000]);
+    let page = out.column(2).as_string::<i32>();
+    assert_eq!(
+        page.iter().flatten().collect::<Vec<_>>(),
+        vec!["/a", "/b", "/a"]
+    );
+    let views = out
+        .column_by_name("views")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!(views.values().to_vec(), vec![2, 1, 1]);
+    let f64s = |name: &str| -> Vec<Option<f64>> {
+        out.column_by_name(name)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect()
+    };
+    assert_eq!(f64s("revenue"), vec![Some(30.0), Some(1.5), None]);
+    assert_eq!(f64s("cheapest"), vec![Some(10.0), Some(1.5), None]);
+    assert_eq!(f64s("dearest"), vec![Some(20.0), Some(1.5), None]);
+    assert_eq!(f64s("avg_price"), vec![Some(15.0), Some(1.5), None]);
+    let prices = out.column_by_name("prices").unwrap();
+    assert_eq!(
+        prices.as_primitive::<Int64Type>().values().to_vec(),
+        vec![2, 1, 0],
+        "nulls are not a value"
+    );
+}
+
+#[tokio::test]
+async fn a_distinct_partial_keeps_each_value_once_sorted_and_no_nulls() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    let rows: Vec<_> = [Some(7.0), None, Some(5.0), Some(7.0), Some(5.0), None]
+        .into_iter()
+        .enumerate()
+        .map(|(s, p)| (s as i64, "/a", "view", p))
+        .collect();
+    let partial = agg.apply(&events(&job, &rows)).await.unwrap();
+    let lists = partial
+        .column_by_name("prices__distinct")
+        .unwrap()
+        .as_list::<i32>();
+    let values = lists.value(0);
+    let values: Vec<_> = values.as_primitive::<Float64Type>().iter().collect();
+    assert_eq!(values, vec![Some(5.0), Some(7.0)]);
+}
+
+#[tokio::test]
+async fn distinct_counts_merge_across_partials_without_double_counting() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    let batch = |rows: &[(i64, Option<f64>)]| {
+        let rows: Vec<_> = rows.iter().map(|(s, p)| (*s, "/a", "view", *p)).collect();
+        events(&job, &rows)
+    };
+    let partials = vec![
+        agg.apply(&batch(&[(1, Some(5.0)), (2, Some(5.0)), (3, Some(7.0))]))
+            .await
+            .unwrap(),
+        agg.apply(&batch(&[(4, Some(7.0)), (5, Some(9.0)), (6, None)]))
+            .await
+            .unwrap(),
+    ];
+    let out = merged(&agg, partials).await;
+    let column = |name: &str| {
+        out[0]
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0)
+    };
+    assert_eq!((column("views"), column("prices")), (6, 3));
+}
+
+#[tokio::test]
+async fn folding_partials_keeps_the_merged_answer_and_leaves_one_row_per_window() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    let batches = [
+        events(
+            &job,
+            &[(5, "/a", "view", Some(10.0)), (7, "/b", "view", Some(1.5))],
+        ),
+        events(
+            &job,
+            &[(50, "/a", "view", Some(20.0)), (61, "/a", "view", None)],
+        ),
+        events(
+            &job,
+            &[
+                (52, "/a", "view", Some(10.0)),
+                (65, "/b", "view", Some(3.0)),
+            ],
+        ),
+    ];
+    let mut partials = Vec::new();
+    for b in &batches {
+        partials.push(agg.apply(b).await.unwrap());
+    }
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(agg.partial_schema().clone(), vec![partials.clone()]).unwrap();
+    ctx.register_table("p", Arc::new(table)).unwrap();
+    let folded = ctx
+        .sql(&agg.fold_sql("p", "true"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let folded = crate::table::schema::conform(folded, agg.partial_schema()).unwrap();
+    assert_eq!(folded.num_rows(), 4, "one row per (minute, page)");
+    let before = merged(&agg, partials).await;
+    let after = merged(&agg, vec![folded]).await;
+    assert_eq!(
+        concat_batches(&before[0].schema(), &before).unwrap(),
+        concat_batches(&after[0].schema(), &after).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn hopping_windows_count_an_event_in_each_window_that_covers_it() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 1), &job.contract);
+    let batch = events(&job, &[(45, "/a", "view", None), (10, "/a", "view", None)]);
+    let partials = agg.apply(&batch).await.unwrap();
+    let out = merged(&agg, vec![partials]).await;
+    let out = concat_batches(&out[0].schema(), &out).unwrap();
+    let noon = Utc
+        .with_ymd_and_hms(2026, 11, 21, 12, 0, 0)
+        .unwrap()
+        .timestamp_micros();
+    let half = 30_000_000;
+    let start = out.column(0).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(
+        start.values().to_vec(),
+        vec![noon - half, noon, noon + half]
+    );
+    let events = out
+        .column_by_name("events")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    // 12:00:10 is in [11:59:30, 12:00:30) and [12:00:00, 12:01:00); 12:00:45 in the last two.
+    assert_eq!(events.values().to_vec(), vec![1, 2, 1]);
+}
+
+#[tokio::test]
+async fn no_events_no_partials() {
+    let job = job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    let empty = RecordBatch::new_empty(crate::ingest::decode::raw_schema(&job.contract));
+    assert_eq!(agg.apply(&empty).await.unwrap().num_rows(), 0);
+}
+
+#[tokio::test]
+async fn query_outputs_keep_their_rows_in_delta_types() {
+    let text = format!(
+        "{JOB}\n[[outputs]]\nname = \"views\"\nsql = \"SELECT id, ts, upper(page) AS page, price * 2 AS doubled FROM batch WHERE kind = 'view'\"\n"
+    );
+    let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
+    let transforms = Transform::all(&job).await.unwrap();
+    let query = &transforms[2];
+    assert_eq!(query.name(), "views");
+    let types: Vec<_> = query
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            DataType::Utf8,
+            utc_micros(),
+            DataType::Utf8,
+            DataType::Float64,
+            // The event time's date, added because the rows carry `ts`.
+            DataType::Date32
+        ]
+    );
+    let rows = query
+        .apply(&events(
+            &job,
+            &[(1, "/a", "view", Some(2.5)), (2, "/b", "click", None)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.num_rows(), 1);
+    assert_eq!(rows.column(2).as_string::<i32>().value(0), "/A");
+    assert_eq!(rows.column(3).as_primitive::<Float64Type>().value(0), 5.0);
+}
+
+#[tokio::test]
+async fn a_query_that_does_not_plan_is_a_bad_spec_naming_its_key() {
+    let text = format!("{JOB}\n[[outputs]]\nname = \"q\"\nsql = \"SELECT nope FROM batch\"\n");
+    let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
+    let err = Transform::all(&job).await.unwrap_err().to_string();
+    assert!(
+        err.contains("t.toml") && err.contains("key `outputs[2].sql`"),
+        "{err}"
+    );
+    assert!(err.contains("nope"), "{err}");
+}
+
+/// Every window plans before the first event; over an int64 field, `sum` and
+/// `avg` are two aggregates DataFusion would name alike (casts leave names
+/// alone), which used to fail the plan at the first batch.
+#[tokio::test]
+async fn windows_plan_before_any_event_and_blame_the_right_key() {
+    let int_price = JOB.replace(
+        r#"{ name = "price", type = "float64" }"#,
+        r#"{ name = "price", type = "int64" }"#,
+    );
+    let job = Job::parse(&int_price, Path::new("t.toml"), &Overrides::default()).unwrap();
+    assert_eq!(Transform::all(&job).await.unwrap().len(), 2);
+
+    let bad_filter = JOB.replace("filter = \"kind = 'view'\"", "filter = \"nope = 1\"");
+    let job = Job::parse(&bad_filter, Path::new("t.toml"), &Overrides::default()).unwrap();
+    let err = Transform::all(&job).await.unwrap_err().to_string();
+    assert!(
+        err.contains("key `outputs[0].filter`") && err.contains("nope"),
+        "{err}"
+    );
+}

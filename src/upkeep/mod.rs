@@ -1,0 +1,4 @@
+//! Upkeep.
+
+pub mod maintain;
+pub mod reprocess;
