@@ -11,11 +11,11 @@ use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use weir::fault::Faults;
 use weir::ingest::decode::Decoder;
-use weir::ingest::pipeline::table_specs;
 use weir::ingest::sink::Sink;
 use weir::ingest::transform::Transform;
-use weir::ingest::watermark::Watermark;
+use weir::ingest::watermark::late_schema;
 use weir::metrics::JobMetrics;
+use weir::table::{Catalog, TableId};
 
 fn commit(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -23,11 +23,15 @@ fn commit(c: &mut Criterion) {
     let job = common::clickstream(Some(dir.path()));
     let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
     let outputs = runtime.block_on(Transform::all(&job)).unwrap();
-    let watermark = Watermark::new(&job.contract, job.watermark);
-    let specs = table_specs(&decoder, &watermark, &outputs);
+    let catalog = Catalog::new(&job, &outputs);
     let metrics = JobMetrics::detached(&job.name);
     let mut sink = runtime
-        .block_on(Sink::open(&job, specs, Faults::default(), metrics))
+        .block_on(Sink::open(
+            &job,
+            catalog.specs(),
+            Faults::default(),
+            metrics,
+        ))
         .unwrap();
     let mut generator = common::generator(&job, 0.0, 0.0, 5);
 
@@ -37,10 +41,15 @@ fn commit(c: &mut Criterion) {
     for size in [100, 1000, 10_000] {
         let batch = common::micro_batch(&mut generator, size, 0);
         let decoded = decoder.decode(&batch, Utc::now()).unwrap();
-        let empty_late = arrow::array::RecordBatch::new_empty(watermark.late_schema().clone());
-        let mut rows = vec![decoded.valid.clone(), decoded.rejected.clone(), empty_late];
-        for output in &outputs {
-            rows.push(runtime.block_on(output.apply(&decoded.valid)).unwrap());
+        let empty_late = arrow::array::RecordBatch::new_empty(late_schema(&job.contract));
+        let mut rows = BTreeMap::from([
+            (TableId::Raw, decoded.valid.clone()),
+            (TableId::Dlq, decoded.rejected.clone()),
+            (TableId::Late, empty_late),
+        ]);
+        for (i, output) in outputs.iter().enumerate() {
+            let computed = runtime.block_on(output.apply(&decoded.valid)).unwrap();
+            rows.insert(TableId::Output(i), computed);
         }
         group.throughput(Throughput::Elements(size as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &rows, |b, rows| {

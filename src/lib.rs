@@ -1,11 +1,37 @@
 //! weir: a micro-batch columnar processor. Kafka topics become Delta tables
 //! within seconds, exactly once.
 //!
-//! The data path runs one way: [`source`] (Kafka micro-batches) → [`decode`]
-//! (bytes to Arrow under the job's contract; rejects to the DLQ) → [`dedup`]
-//! (re-sent events dropped by event ID) → [`sink`]
-//! (Delta commits carrying the Kafka offsets). [`pipeline`] is the trigger loop
-//! that drives it; [`job`] is the validated job spec everything runs on.
+//! # The data path
+//!
+//! One trigger, in order ([`ingest::pipeline`] sequences it):
+//!
+//! 1. [`ingest::source`]: a micro-batch of Kafka messages, with the
+//!    assignment it was polled under.
+//! 2. [`ingest::decode`]: bytes to Arrow under the job's contract; what
+//!    does not fit becomes a DLQ row with the reason.
+//! 3. [`ingest::dedup`]: re-sent events dropped by event ID.
+//! 4. [`ingest::watermark`]: fates of re-read events settled from `raw`;
+//!    the rest judged on time or late.
+//! 5. [`ingest::replay`]: each table's rows without those it already holds.
+//! 6. [`ingest::transform`]: each output's rows (windowed partials or SQL).
+//! 7. [`ingest::sink`]: data files staged per table, then committed with the
+//!    Kafka offsets, `raw` first.
+//!
+//! # The layers
+//!
+//! Each folder imports only from those listed before it (`tests/layers.rs`).
+//!
+//! - [`config`]: the job spec, raw and validated.
+//! - [`table`]: the catalog: which tables a job has ([`table::TableId`]),
+//!   how each is created, opened, read across tiers, and how stages restore
+//!   their state from them ([`table::Tables`]).
+//! - [`ingest`]: the data path above; the stages are pure functions over
+//!   Arrow batches, I/O stays at the ends (source, sink).
+//! - [`upkeep`]: maintenance, tier moves, reprocessing.
+//! - [`cmd`]: one module per command, each a thin layer over the above.
+//!
+//! Beside them: [`metrics`] (Prometheus), [`telemetry`] (logs, progress),
+//! [`fault`] (fault points for crash tests), [`task`].
 
 pub mod cmd;
 pub mod config;

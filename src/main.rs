@@ -8,18 +8,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 
 use weir::cmd::demo::{self, DemoOptions};
 use weir::cmd::query::{self, Format};
 use weir::cmd::views::{self, Dialect};
-use weir::config::{Brokers, Job, JobError, Overrides};
+use weir::config::{Brokers, Choice, Job, JobError, Overrides};
 use weir::fault::Faults;
 use weir::ingest::source::generator::{self, Generator, Limits, Mix};
 use weir::telemetry::LogFormat;
 use weir::upkeep::maintain;
 use weir::upkeep::reprocess;
+
+/// Parses one of `T`'s names, and lists them in help.
+fn choice<T: Choice>() -> impl TypedValueParser<Value = T> {
+    let values = T::ALL.iter().map(|v| {
+        let value = PossibleValue::new(v.name());
+        match v.help() {
+            Some(help) => value.help(help),
+            None => value,
+        }
+    });
+    PossibleValuesParser::new(values)
+        .map(|name| T::named(&name).expect("clap passes listed names only"))
+}
 
 /// The example job `weir demo` and `weir produce` use when given no --job.
 const DEFAULT_JOB: &str = include_str!("../jobs/clickstream.toml");
@@ -40,7 +54,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log lines (on stderr) for people or as JSON objects.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_parser = choice::<LogFormat>(), default_value = "text")]
     log_format: LogFormat,
 }
 
@@ -155,7 +169,7 @@ struct QueryArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Output format (json: an array of objects).
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "table")]
     format: Format,
     /// The SQL, e.g. "SELECT _event_date, count(*) FROM raw GROUP BY 1".
     #[arg(value_name = "SQL")]
@@ -290,7 +304,7 @@ struct ViewsArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// The engine the SQL is for.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Dialect>())]
     dialect: Dialect,
 }
 

@@ -7,14 +7,32 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::debug;
 use tracing_subscriber::EnvFilter;
 
+use crate::config::Choice;
+
 /// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
-    /// For people: one line per event, colored on a terminal.
     #[default]
     Text,
-    /// For log pipelines: one JSON object per line.
     Json,
+}
+
+impl Choice for LogFormat {
+    const ALL: &'static [Self] = &[LogFormat::Text, LogFormat::Json];
+
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            LogFormat::Text => "For people: one line per event, colored on a terminal",
+            LogFormat::Json => "For log pipelines: one JSON object per line",
+        })
+    }
 }
 
 /// Logs go to stderr (stdout is for output meant for people and scripts),

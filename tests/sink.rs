@@ -15,11 +15,16 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use weir::config::Job;
 use weir::fault::Faults;
-use weir::ingest::sink::{Sink, TableSpec};
+use weir::ingest::sink::Sink;
 use weir::metrics::JobMetrics;
+use weir::table::{TableId, TableSpec, Tables};
+
+/// The sink's one table.
+const NUMBERS: TableId = TableId::Output(0);
 
 fn spec() -> TableSpec {
     TableSpec {
+        id: NUMBERS,
         name: "numbers".into(),
         schema: Arc::new(Schema::new(vec![
             Field::new("p", DataType::Int32, false),
@@ -30,7 +35,11 @@ fn spec() -> TableSpec {
     }
 }
 
-type Trigger = (Vec<RecordBatch>, BTreeMap<i32, i64>, BTreeMap<i32, i64>);
+type Trigger = (
+    BTreeMap<TableId, RecordBatch>,
+    BTreeMap<i32, i64>,
+    BTreeMap<i32, i64>,
+);
 
 /// Rows for offsets `from..to` of partition 0, and the trigger's first/next offsets.
 fn trigger(from: i64, to: i64) -> Trigger {
@@ -48,7 +57,7 @@ fn trigger_of(partition: i32, from: i64, to: i64) -> Trigger {
     )
     .unwrap();
     (
-        vec![rows],
+        BTreeMap::from([(NUMBERS, rows)]),
         BTreeMap::from([(partition, from)]),
         BTreeMap::from([(partition, to)]),
     )
@@ -57,7 +66,7 @@ fn trigger_of(partition: i32, from: i64, to: i64) -> Trigger {
 async fn open(job: &Job) -> Sink {
     Sink::open(
         job,
-        vec![spec()],
+        &[spec()],
         Faults::default(),
         JobMetrics::detached(&job.name),
     )
@@ -88,7 +97,7 @@ async fn foreign_commit(job: &Job, app_id: String, version: i64) {
 /// The rows of the table as the sink's own queries see it.
 async fn rows_seen_by(sink: &mut Sink) -> i64 {
     let counted = sink
-        .query(&["numbers"], "SELECT count(*) AS n FROM numbers")
+        .query(&[NUMBERS], "SELECT count(*) AS n FROM numbers")
         .await
         .unwrap();
     let n = counted[0].column(0).as_any().downcast_ref::<Int64Array>();

@@ -1,4 +1,5 @@
-//! Commands.
+//! The commands, one module each, as thin as the library allows: `main.rs`
+//! parses the arguments and calls these; they print for people or scripts.
 
 pub mod bench;
 pub mod demo;

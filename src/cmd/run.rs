@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::cmd::query::QueryError;
 use crate::config::{Brokers, Job};
 use crate::fault::Faults;
 use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::sink::SinkError;
 use crate::ingest::source::kafka::SourceError;
 use crate::metrics::{JobMetrics, Metrics};
+use crate::table::TableError;
 use crate::task::AbortOnDrop;
 use crate::upkeep::maintain;
 
@@ -61,7 +61,8 @@ fn is_fatal(e: &PipelineError) -> bool {
     matches!(
         e,
         PipelineError::Job(_)
-            | PipelineError::Sink(SinkError::Incompatible { .. })
+            | PipelineError::Sink(SinkError::Table(TableError::Incompatible { .. }))
+            | PipelineError::Table(TableError::Incompatible { .. })
             | PipelineError::Source(
                 SourceError::Create { .. }
                     | SourceError::Subscribe { .. }
@@ -261,7 +262,7 @@ pub async fn maintain_every(job: Job, faults: Faults) {
             ),
             // The job has not created its tables yet (a first start on slow
             // storage): nothing to keep up.
-            Err(maintain::MaintainError::Query(QueryError::Missing { table, .. })) => {
+            Err(maintain::MaintainError::Table(TableError::Missing { table, .. })) => {
                 debug!(job = %job.name, %table, "maintenance skipped: the job's tables are not made yet")
             }
             Err(e) => {

@@ -17,10 +17,12 @@ use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 
-use crate::cmd::query::{QueryError, open, restored_clocks};
 use crate::config::{Brokers, Job};
-use crate::ingest::pipeline::INGEST_TABLES;
 use crate::ingest::source::kafka::client_config;
+use crate::ingest::watermark::Watermark;
+use crate::table::delta::{open, txn_version};
+use crate::table::tier::Tiered;
+use crate::table::{TableError, TableId};
 
 /// How far back in `raw`'s log the last commit per partition is looked for.
 const LOG_LOOKBACK: u64 = 500;
@@ -33,7 +35,7 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error(transparent)]
-    Query(#[from] QueryError),
+    Table(#[from] TableError),
     #[error("asking the broker {} about topic `{}`: {}", .0.0, .0.1, .0.2)]
     Broker(Box<(String, String, KafkaError)>),
     #[error(transparent)]
@@ -128,7 +130,8 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         })
         .collect();
     flag_hot(&mut rows);
-    let (clocks, idle) = restored_clocks(job).await?;
+    let (clocks, idle) =
+        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job)).await?;
     flag_clocks(&mut rows, clocks.holder(), &idle);
     let watermark = clocks
         .current_us()
@@ -235,21 +238,16 @@ async fn committed_offsets(
     job: &Job,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, StatusError> {
-    let names = INGEST_TABLES
-        .iter()
-        .map(|t| t.to_string())
-        .chain(job.outputs.iter().map(|o| o.name().to_owned()));
     let mut lowest: BTreeMap<i32, i64> = BTreeMap::new();
-    for name in names {
-        let table = open(&name, &job.storage.hot_table(&job.name, &name)).await?;
+    for id in TableId::all(job) {
+        let name = id.name(job);
+        let table = open(name, &job.storage.hot_table(&job.name, name)).await?;
         let log = |source| StatusError::Log {
-            table: name.clone(),
+            table: name.to_owned(),
             source: Box::new(source),
         };
         for &p in partitions {
-            let version = crate::table::tier::txn_version(&table, &job.app_id(p))
-                .await
-                .map_err(log)?;
+            let version = txn_version(&table, &job.app_id(p)).await.map_err(log)?;
             if let Some(v) = version {
                 let e = lowest.entry(p).or_insert(v);
                 *e = (*e).min(v);
@@ -264,9 +262,10 @@ async fn committed_offsets(
 async fn recent_commits(
     job: &Job,
 ) -> Result<(BTreeMap<i32, DateTime<Utc>>, BTreeMap<i32, f64>), StatusError> {
-    let table = open("raw", &job.storage.hot_table(&job.name, "raw")).await?;
+    let raw = TableId::Raw.name(job);
+    let table = open(raw, &job.storage.hot_table(&job.name, raw)).await?;
     let log = |source| StatusError::Log {
-        table: "raw".into(),
+        table: raw.into(),
         source: Box::new(source),
     };
     let latest = table.version().unwrap_or(0);

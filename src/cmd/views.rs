@@ -10,10 +10,9 @@
 use url::Url;
 
 use crate::config::Job;
-use crate::ingest::pipeline::INGEST_TABLES;
 pub use crate::ingest::transform::Dialect;
 use crate::ingest::transform::{stored_table, view_sql};
-use crate::table::tier;
+use crate::table::{TableId, tier};
 
 /// Where a table's files are, as the engine wants to see it: a local table as
 /// its path, except for Trino, whose file systems are all named by URL scheme
@@ -34,10 +33,11 @@ fn literal(text: &str) -> String {
 
 /// How the engine reads one job table across its tiers (a table expression),
 /// with the statements that must run first (Trino registers each tier table).
-fn tiered_source(job: &Job, table: &str, registered: &str, dialect: Dialect) -> (String, String) {
+fn tiered_source(job: &Job, id: TableId, registered: &str, dialect: Dialect) -> (String, String) {
+    let table = id.name(job);
     let mut setup = String::new();
     let mut sources = Vec::new();
-    for t in tier::tiers_of(job, table) {
+    for t in tier::tiers_of(job, id) {
         let path = location(&job.storage.table(*t, &job.name, table), dialect);
         let trino_name = format!("{}_{registered}_{}", job.name, t.name());
         sources.push(match dialect {
@@ -60,7 +60,7 @@ fn tiered_source(job: &Job, table: &str, registered: &str, dialect: Dialect) -> 
             Dialect::DuckDb | Dialect::Spark => {}
         }
     }
-    let source = match tier::age_of(job, table) {
+    let source = match tier::age_of(job, id) {
         Some(age) if sources.len() > 1 => {
             format!("({}) AS tiers", tier::union_sql(&sources, &age.column))
         }
@@ -82,15 +82,17 @@ pub fn render(job: &Job, dialect: Dialect) -> String {
         out.push_str("CREATE SCHEMA IF NOT EXISTS delta.weir;\n");
     }
     let mut views: Vec<(String, String, String)> = Vec::new();
-    for table in INGEST_TABLES {
-        let (setup, source) = tiered_source(job, table, table, dialect);
-        views.push((table.to_owned(), setup, format!("SELECT * FROM {source}")));
-    }
-    for output in &job.outputs {
-        let partials = stored_table(output);
-        let (setup, source) = tiered_source(job, output.name(), &partials, dialect);
+    for id in TableId::all(job) {
+        let name = id.name(job);
+        let TableId::Output(i) = id else {
+            let (setup, source) = tiered_source(job, id, name, dialect);
+            views.push((name.to_owned(), setup, format!("SELECT * FROM {source}")));
+            continue;
+        };
+        let output = &job.outputs[i];
+        let (setup, source) = tiered_source(job, id, &stored_table(output), dialect);
         let merge = view_sql(output, &job.contract, &source, dialect);
-        views.push((output.name().to_owned(), setup, merge));
+        views.push((name.to_owned(), setup, merge));
     }
     for (name, setup, body) in views {
         out.push_str(&setup);

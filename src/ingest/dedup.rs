@@ -22,7 +22,8 @@ use foldhash::fast::RandomState;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::Contract;
-use crate::ingest::decode::{OFFSET, PARTITION};
+use crate::ingest::decode::{EVENT_DATE, OFFSET, PARTITION};
+use crate::table::{RestoreError, TableError, TableId, Tables};
 
 /// Where an accepted event was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,19 @@ impl DedupIndex {
     }
 }
 
+/// Which accepted events an index is seeded with: those of `tables` with
+/// event times in `[since_us, until_us)` (unbounded where `None`), of
+/// `partitions` only when given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seed<'a> {
+    /// `raw` and `late` for the live loop (an ID accepted late is still
+    /// accepted); `raw` alone to rebuild outputs, which never saw late events.
+    pub tables: &'a [TableId],
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    pub partitions: Option<&'a [i32]>,
+}
+
 /// The dedup stage: drops re-sent events from batches in the `raw` schema.
 /// The caller evicts by the job's watermark ([`Dedup::evict`]).
 #[derive(Debug)]
@@ -129,6 +143,20 @@ impl Dedup {
             id_column: contract.event_id_name().to_owned(),
             time_column: contract.event_time_name().to_owned(),
         }
+    }
+
+    /// An index seeded from `tables` (see [`Seed`]).
+    pub async fn restored(
+        contract: &Contract,
+        horizon: Duration,
+        tables: &mut impl Tables,
+        seed: Seed<'_>,
+    ) -> Result<Self, RestoreError> {
+        let mut dedup = Self::new(contract, horizon);
+        for batch in seeds(contract, tables, seed).await? {
+            dedup.seed(&batch)?;
+        }
+        Ok(dedup)
     }
 
     /// Remembers already-accepted events (rows of `raw` or `late`, or a
@@ -184,6 +212,53 @@ impl Dedup {
             })
             .collect())
     }
+}
+
+/// The accepted events [`Seed`] selects, projected to what
+/// [`Dedup::seed`] reads.
+pub async fn seeds(
+    contract: &Contract,
+    tables: &mut impl Tables,
+    seed: Seed<'_>,
+) -> Result<Vec<RecordBatch>, TableError> {
+    let ts = format!("\"{}\"", contract.event_time_name());
+    let id = format!("\"{}\"", contract.event_id_name());
+    let day = |us: i64| {
+        let time = chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
+        time.format("%Y-%m-%d").to_string()
+    };
+    // The date bounds prune partitions; the casts compare exactly.
+    let mut conditions = Vec::new();
+    if let Some(since) = seed.since_us {
+        conditions.push(format!(
+            "{EVENT_DATE} >= DATE '{}' AND CAST({ts} AS BIGINT) >= {since}",
+            day(since)
+        ));
+    }
+    if let Some(until) = seed.until_us {
+        conditions.push(format!(
+            "{EVENT_DATE} <= DATE '{}' AND CAST({ts} AS BIGINT) < {until}",
+            day(until)
+        ));
+    }
+    if let Some(partitions) = seed.partitions {
+        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        conditions.push(format!("{PARTITION} IN ({})", list.join(", ")));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let selects: Vec<String> = seed
+        .tables
+        .iter()
+        .filter_map(|t| t.ingest_name())
+        .map(|table| format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM {table}{filter}"))
+        .collect();
+    tables
+        .query(seed.tables, &selects.join(" UNION ALL "))
+        .await
 }
 
 /// Hashes an ID column (string or int64) to 128 bits per row; `None` for nulls.

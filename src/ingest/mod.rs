@@ -1,11 +1,23 @@
-//! The data path.
+//! The data path, one module per stage in the order a trigger runs them:
+//! [`source`] → [`decode`] → [`dedup`] → [`watermark`] → [`replay`] →
+//! [`transform`] → [`sink`]. [`pipeline`] sequences them and [`adaptive`]
+//! sizes the batches. Between the ends the stages are pure functions over
+//! Arrow batches; a stage that keeps state (dedup, the watermark) restores it
+//! itself from the tables ([`crate::table::Tables`]).
+
+pub mod source;
+
+pub mod decode;
+
+pub mod dedup;
+
+pub mod watermark;
+
+pub mod replay;
+
+pub mod transform;
+
+pub mod sink;
 
 pub mod adaptive;
-pub mod decode;
-pub mod dedup;
 pub mod pipeline;
-pub mod replay;
-pub mod sink;
-pub mod source;
-pub mod transform;
-pub mod watermark;

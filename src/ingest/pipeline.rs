@@ -8,31 +8,33 @@
 //! commit. A stop request is honoured between batches: the open batch is
 //! committed first, so a stop never leaves a half-committed trigger.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::TimestampMicrosecondType;
 use arrow::error::ArrowError;
 use chrono::Utc;
 use datafusion::error::DataFusionError;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
-use crate::config::{Job, Tier};
+use crate::config::Job;
 use crate::fault::Faults;
 use crate::ingest::adaptive::{BatchCap, Controller, Observation};
-use crate::ingest::decode::{Decoded, Decoder, EVENT_DATE, OFFSET, PARTITION};
-use crate::ingest::dedup::Dedup;
+use crate::ingest::decode::{Decoded, Decoder};
+use crate::ingest::dedup::{Dedup, Seed, seeds};
 use crate::ingest::replay::{filter_replayed, without_partitions};
-use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError, TableSpec};
+use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError};
 use crate::ingest::source::MicroBatch;
 use crate::ingest::source::kafka::{Batches, KafkaSource, Polled, Rebalance, SourceError};
 use crate::ingest::transform::Transform;
-use crate::ingest::watermark::{Settled, Watermark, newest_rows, newest_sql};
+use crate::ingest::watermark::{Settled, Watermark};
 use crate::metrics::JobMetrics;
+use crate::table::tier::create_colder_tiers;
+use crate::table::{Catalog, RestoreError, TableError, TableId};
 use crate::task::AbortOnDrop;
 use crate::telemetry::quantile;
 
@@ -42,6 +44,10 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("restoring the job's state from its tables: {0}")]
+    Restore(#[from] RestoreError),
     #[error("an Arrow operation on a micro-batch failed: {0}")]
     Arrow(#[from] ArrowError),
     #[error("computing an output failed: {0}")]
@@ -147,91 +153,25 @@ struct Prepared {
     now: chrono::DateTime<Utc>,
 }
 
-/// The tables every job writes before its outputs, in commit order: `raw` first
-/// (dedup, the watermark and reprocessing derive from it, and its txn versions
-/// settle which re-read events were late), then `dlq`, then `late`.
-pub const INGEST_TABLES: [&str; 3] = ["raw", "dlq", "late"];
-
-/// The tables a job writes, in commit order: [`INGEST_TABLES`], then one table
-/// per output.
-pub fn table_specs(
-    decoder: &Decoder,
-    watermark: &Watermark,
-    outputs: &[Transform],
-) -> Vec<TableSpec> {
-    let id = decoder.contract().event_id_name().to_owned();
-    let mut specs = vec![
-        TableSpec {
-            name: "raw".into(),
-            schema: decoder.raw_schema().clone(),
-            partition_columns: vec![EVENT_DATE.into()],
-            event_id: Some(id.clone()),
-        },
-        TableSpec {
-            name: "dlq".into(),
-            schema: decoder.dlq_schema().clone(),
-            partition_columns: vec![],
-            event_id: None,
-        },
-        TableSpec {
-            name: "late".into(),
-            schema: watermark.late_schema().clone(),
-            partition_columns: vec![EVENT_DATE.into()],
-            event_id: Some(id),
-        },
-    ];
-    specs.extend(outputs.iter().map(|o| {
-        TableSpec {
-            name: o.name().to_owned(),
-            schema: o.schema().clone(),
-            partition_columns: o
-                .schema()
-                .column_with_name(EVENT_DATE)
-                .map(|_| vec![EVENT_DATE.to_owned()])
-                .unwrap_or_default(),
-            event_id: None,
-        }
-    }));
-    specs
+/// `rows` without those table `id` already holds.
+fn fresh(sink: &Sink, id: TableId, rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    filter_replayed(rows, sink.versions(id).unwrap_or(&BTreeMap::new()))
 }
 
-/// Each table's input without the rows that table already holds, and how many
-/// rows of the ingest tables were dropped as replays.
-fn fresh_inputs(
-    versions: &[&BTreeMap<i32, i64>],
-    inputs: Vec<&RecordBatch>,
-) -> Result<(Vec<RecordBatch>, usize), ArrowError> {
-    let mut replayed = 0;
-    let mut fresh = Vec::with_capacity(inputs.len());
-    for (i, (rows, versions)) in inputs.into_iter().zip(versions).enumerate() {
-        let kept = filter_replayed(rows, versions)?;
-        if i < INGEST_TABLES.len() {
-            replayed += rows.num_rows() - kept.num_rows();
-        }
-        fresh.push(kept);
-    }
-    Ok((fresh, replayed))
-}
-
-/// Restores the watermark and the dedup index from the tables: each partition's
-/// clock from its newest event in `raw`, then the IDs accepted (into `raw` or
-/// `late`) within the horizon of that watermark. State is derived from the
-/// data, never kept beside it.
-async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), PipelineError> {
-    let mut watermark = Watermark::new(&job.contract, job.watermark);
-    let newest = newest_rows(&sink.query(&["raw"], &newest_sql(&job.contract)).await?);
-    let idle = watermark.restore(&newest, Instant::now());
+/// Restores the watermark and the dedup index from the tables: each
+/// partition's clock from its newest event in `raw`, then the IDs accepted
+/// (into `raw` or `late`) within the horizon of that watermark. State is
+/// derived from the data, never kept beside it.
+async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), RestoreError> {
+    let (watermark, idle) = Watermark::restored(&job.contract, job.watermark, sink).await?;
     if !idle.is_empty() {
         info!(
             partitions = ?idle,
             "partitions idle when the job stopped do not hold the restored watermark"
         );
     }
-
-    let mut dedup = Dedup::new(&job.contract, job.dedup_horizon);
-    for batch in accepted_ids(job, sink, watermark.current_us(), None).await? {
-        dedup.seed(&batch)?;
-    }
+    let seed = accepted_within_horizon(job, watermark.current_us(), None);
+    let mut dedup = Dedup::restored(&job.contract, job.dedup_horizon, sink, seed).await?;
     if let Some(w) = watermark.current_us() {
         dedup.evict(w);
     }
@@ -243,40 +183,19 @@ async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), Pipel
     Ok((watermark, dedup))
 }
 
-/// The IDs accepted (into `raw` or `late`) within the horizon of
-/// `watermark_us`, with their event times and positions, for `partitions`
-/// (all when `None`): what dedup is seeded with.
-async fn accepted_ids(
+/// The IDs accepted (into `raw` or `late`) within the dedup horizon of
+/// `watermark_us`, for `partitions` (all when `None`).
+fn accepted_within_horizon<'a>(
     job: &Job,
-    sink: &mut Sink,
     watermark_us: Option<i64>,
-    partitions: Option<&[i32]>,
-) -> Result<Vec<RecordBatch>, PipelineError> {
-    let ts = format!("\"{}\"", job.contract.event_time_name());
-    let id = format!("\"{}\"", job.contract.event_id_name());
-    let mut conditions = Vec::new();
-    if let Some(w) = watermark_us {
-        let cutoff = w.saturating_sub(job.dedup_horizon.as_micros() as i64);
-        let day = chrono::DateTime::from_timestamp_micros(cutoff).unwrap_or_default();
-        // The date bound prunes partitions; the cast compares exactly.
-        conditions.push(format!(
-            "{EVENT_DATE} >= DATE '{}' AND CAST({ts} AS BIGINT) >= {cutoff}",
-            day.format("%Y-%m-%d")
-        ));
+    partitions: Option<&'a [i32]>,
+) -> Seed<'a> {
+    Seed {
+        tables: &[TableId::Raw, TableId::Late],
+        since_us: watermark_us.map(|w| w.saturating_sub(job.dedup_horizon.as_micros() as i64)),
+        until_us: None,
+        partitions,
     }
-    if let Some(partitions) = partitions {
-        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
-        conditions.push(format!("{PARTITION} IN ({})", list.join(", ")));
-    }
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
-    let select =
-        |table: &str| format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM {table}{filter}");
-    let sql = format!("{} UNION ALL {}", select("raw"), select("late"));
-    Ok(sink.query(&["raw", "late"], &sql).await?)
 }
 
 /// Per message with a Kafka timestamp, how long ago (from `committed_us`) it
@@ -291,53 +210,6 @@ fn produced_to_committed(batch: &MicroBatch, committed_us: i64) -> Vec<Duration>
             Duration::from_micros(committed_us.saturating_sub(produced_us).max(0) as u64)
         })
         .collect()
-}
-
-/// The stored fate of accepted events that `raw` has already settled (offsets
-/// below its txn version): those in `raw` were on time, the others late. Only
-/// re-reads after a restart or rebalance hit the table.
-async fn settled(sink: &mut Sink, accepted: &RecordBatch) -> Result<Settled, PipelineError> {
-    let below = sink.versions()[0].clone();
-    let partitions = accepted
-        .column_by_name(PARTITION)
-        .map(|c| c.as_primitive::<Int32Type>().clone());
-    let offsets = accepted
-        .column_by_name(OFFSET)
-        .map(|c| c.as_primitive::<Int64Type>().clone());
-    let (Some(partitions), Some(offsets)) = (partitions, offsets) else {
-        return Ok(Settled::default());
-    };
-    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    for (p, o) in partitions.values().iter().zip(offsets.values()) {
-        if let Some(&v) = below.get(p).filter(|v| o < *v) {
-            let range = ranges.entry(*p).or_insert((*o, v));
-            range.0 = range.0.min(*o);
-        }
-    }
-    let mut on_time = HashSet::new();
-    if !ranges.is_empty() {
-        let conditions: Vec<String> = ranges
-            .iter()
-            .map(|(p, (lo, hi))| {
-                format!("({PARTITION} = {p} AND {OFFSET} >= {lo} AND {OFFSET} < {hi})")
-            })
-            .collect();
-        let sql = format!(
-            "SELECT {PARTITION}, {OFFSET} FROM raw WHERE {}",
-            conditions.join(" OR ")
-        );
-        for batch in sink.query(&["raw"], &sql).await? {
-            let p = batch.column(0).as_primitive::<Int32Type>();
-            let o = batch.column(1).as_primitive::<Int64Type>();
-            on_time.extend(p.values().iter().copied().zip(o.values().iter().copied()));
-        }
-        debug!(
-            ?ranges,
-            on_time = on_time.len(),
-            "re-read events settled from raw"
-        );
-    }
-    Ok(Settled { below, on_time })
 }
 
 /// What one committed trigger did, for the stats and the metrics.
@@ -411,22 +283,9 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
         let outputs = Transform::all(job).await?;
-        let specs = table_specs(
-            &decoder,
-            &Watermark::new(&job.contract, job.watermark),
-            &outputs,
-        );
-        // Every tier's table exists from the start, so readers and views can
-        // name them all before the first move.
-        for spec in &specs {
-            for &tier in crate::table::tier::tiers_of(job, &spec.name) {
-                if tier != Tier::Hot {
-                    let url = job.storage.table(tier, &job.name, &spec.name);
-                    crate::ingest::sink::open_or_create(url, spec).await?;
-                }
-            }
-        }
-        let mut sink = Sink::open(job, specs, faults, metrics.clone()).await?;
+        let catalog = Catalog::new(job, &outputs);
+        create_colder_tiers(job, &catalog).await?;
+        let mut sink = Sink::open(job, catalog.specs(), faults, metrics.clone()).await?;
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");
         }
@@ -578,19 +437,28 @@ impl Pipeline {
         let batch = &polled.batch;
 
         let clock = Instant::now();
-        let settled = settled(&mut sink, &accepted).await?;
+        let below = sink.versions(TableId::Raw).cloned().unwrap_or_default();
+        let settled = Settled::read(&mut *sink, below, &accepted).await?;
         let split = self.judge(&accepted, &settled, now)?;
-        let mut inputs = vec![&split.on_time, &decoded.rejected, &split.late];
-        inputs.extend(self.outputs.iter().map(|_| &split.on_time));
-        let (mut rows, replayed) = fresh_inputs(&sink.versions(), inputs)?;
-        let outputs = self.apply_outputs(rows.split_off(INGEST_TABLES.len()));
-        let mut staged: Vec<_> = rows
-            .into_iter()
-            .enumerate()
-            .map(|(i, rows)| sink.stage(i, rows))
-            .collect();
-        for rows in outputs.await? {
-            staged.push(sink.stage(staged.len(), rows));
+        let inputs = (0..self.outputs.len())
+            .map(|i| fresh(&sink, TableId::Output(i), &split.on_time))
+            .collect::<Result<_, _>>()?;
+        let outputs = self.apply_outputs(inputs);
+        let ingest = [
+            (TableId::Raw, &split.on_time),
+            (TableId::Dlq, &decoded.rejected),
+            (TableId::Late, &split.late),
+        ];
+        let mut staged = BTreeMap::new();
+        let mut replayed = 0;
+        for (id, rows) in ingest {
+            let kept = fresh(&sink, id, rows)?;
+            replayed += rows.num_rows() - kept.num_rows();
+            staged.insert(id, sink.stage(id, kept)?);
+        }
+        for (i, rows) in outputs.await?.into_iter().enumerate() {
+            let id = TableId::Output(i);
+            staged.insert(id, sink.stage(id, rows)?);
         }
         m.stage("transform", clock.elapsed());
 
@@ -696,8 +564,9 @@ impl Pipeline {
             return Ok(());
         }
         let watermark = self.watermark.lock().unwrap().current_us();
+        let seed = accepted_within_horizon(&self.job, watermark, Some(&fresh));
         let mut sink = self.sink.lock().await;
-        let batches = accepted_ids(&self.job, &mut sink, watermark, Some(&fresh)).await?;
+        let batches = seeds(&self.job.contract, &mut *sink, seed).await?;
         drop(sink);
         let mut dedup = self.dedup.lock().unwrap();
         for batch in &batches {
@@ -722,9 +591,9 @@ impl Pipeline {
         } = outcome;
         debug!(
             events = batch.len(),
-            raw = report.written[0],
-            dlq = report.written[1],
-            late = report.written[2],
+            raw = report.written(TableId::Raw),
+            dlq = report.written(TableId::Dlq),
+            late = report.written(TableId::Late),
             duplicates,
             ms = report.elapsed.as_millis() as u64,
             "trigger"
@@ -737,11 +606,11 @@ impl Pipeline {
         s.batches.fetch_add(1, Ordering::Relaxed);
         s.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
         s.raw_rows
-            .fetch_add(report.written[0] as u64, Ordering::Relaxed);
+            .fetch_add(report.written(TableId::Raw) as u64, Ordering::Relaxed);
         s.dlq_rows
-            .fetch_add(report.written[1] as u64, Ordering::Relaxed);
+            .fetch_add(report.written(TableId::Dlq) as u64, Ordering::Relaxed);
         s.late_rows
-            .fetch_add(report.written[2] as u64, Ordering::Relaxed);
+            .fetch_add(report.written(TableId::Late) as u64, Ordering::Relaxed);
         s.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
         s.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
         if let Some(samples) = s.samples.lock().unwrap().as_mut() {

@@ -30,8 +30,11 @@ use arrow::datatypes::{
 use arrow::error::ArrowError;
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use tracing::debug;
+
 use crate::config::{Contract, WatermarkPolicy};
 use crate::ingest::decode::{INGEST_TS, KAFKA_TS, OFFSET, PARTITION, raw_schema, utc_micros};
+use crate::table::{TableError, TableId, Tables};
 
 /// The watermark an event was judged against (null when a stored decision was reused).
 pub const WATERMARK: &str = "_watermark";
@@ -56,7 +59,7 @@ pub fn late_schema(contract: &Contract) -> SchemaRef {
 /// SQL over `raw` giving each partition's newest event time and when its
 /// newest message was sent, the input of [`Watermark::restore`] (via
 /// [`newest_rows`]).
-pub fn newest_sql(contract: &Contract) -> String {
+fn newest_sql(contract: &Contract) -> String {
     let ts = format!("\"{}\"", contract.event_time_name());
     format!("SELECT {PARTITION}, max({ts}), max({KAFKA_TS}) FROM raw GROUP BY {PARTITION}")
 }
@@ -72,7 +75,7 @@ pub struct Newest {
 }
 
 /// The rows of [`newest_sql`]'s result.
-pub fn newest_rows(batches: &[RecordBatch]) -> Vec<Newest> {
+fn newest_rows(batches: &[RecordBatch]) -> Vec<Newest> {
     let mut out = Vec::new();
     for batch in batches {
         let partitions = batch.column(0).as_primitive::<Int32Type>();
@@ -98,6 +101,57 @@ pub struct Settled {
 }
 
 impl Settled {
+    /// The stored fate of the `accepted` events that `raw` has already
+    /// settled (offsets below `below`, raw's txn versions): those in `raw`
+    /// were on time, the others late. Only re-reads after a restart or
+    /// rebalance hit the table.
+    pub async fn read(
+        tables: &mut impl Tables,
+        below: BTreeMap<i32, i64>,
+        accepted: &RecordBatch,
+    ) -> Result<Settled, TableError> {
+        let partitions = accepted
+            .column_by_name(PARTITION)
+            .map(|c| c.as_primitive::<Int32Type>().clone());
+        let offsets = accepted
+            .column_by_name(OFFSET)
+            .map(|c| c.as_primitive::<Int64Type>().clone());
+        let (Some(partitions), Some(offsets)) = (partitions, offsets) else {
+            return Ok(Settled::default());
+        };
+        let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        for (p, o) in partitions.values().iter().zip(offsets.values()) {
+            if let Some(&v) = below.get(p).filter(|v| o < *v) {
+                let range = ranges.entry(*p).or_insert((*o, v));
+                range.0 = range.0.min(*o);
+            }
+        }
+        let mut on_time = HashSet::new();
+        if !ranges.is_empty() {
+            let conditions: Vec<String> = ranges
+                .iter()
+                .map(|(p, (lo, hi))| {
+                    format!("({PARTITION} = {p} AND {OFFSET} >= {lo} AND {OFFSET} < {hi})")
+                })
+                .collect();
+            let sql = format!(
+                "SELECT {PARTITION}, {OFFSET} FROM raw WHERE {}",
+                conditions.join(" OR ")
+            );
+            for batch in tables.query(&[TableId::Raw], &sql).await? {
+                let p = batch.column(0).as_primitive::<Int32Type>();
+                let o = batch.column(1).as_primitive::<Int64Type>();
+                on_time.extend(p.values().iter().copied().zip(o.values().iter().copied()));
+            }
+            debug!(
+                ?ranges,
+                on_time = on_time.len(),
+                "re-read events settled from raw"
+            );
+        }
+        Ok(Settled { below, on_time })
+    }
+
     fn fate(&self, partition: i32, offset: i64) -> Option<bool> {
         let settled = self.below.get(&partition).is_some_and(|v| offset < *v);
         settled.then(|| self.on_time.contains(&(partition, offset)))
@@ -141,6 +195,19 @@ impl Watermark {
             clocks: BTreeMap::new(),
             current_us: None,
         }
+    }
+
+    /// The watermark a restart restores from `raw` in `tables` (see
+    /// [`Watermark::restore`]), and the partitions left out of it as idle.
+    pub async fn restored(
+        contract: &Contract,
+        policy: WatermarkPolicy,
+        tables: &mut impl Tables,
+    ) -> Result<(Self, Vec<i32>), TableError> {
+        let newest = tables.query(&[TableId::Raw], &newest_sql(contract)).await?;
+        let mut watermark = Self::new(contract, policy);
+        let idle = watermark.restore(&newest_rows(&newest), Instant::now());
+        Ok((watermark, idle))
     }
 
     /// Restarts the clocks from each partition's newest stored event. The

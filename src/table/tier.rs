@@ -1,17 +1,5 @@
-//! Tier moves: rows older than a tier's age move to the next tier, crash-safe.
-//!
-//! A move is two commits. First the rows older than the cutoff are appended to
-//! the destination with a txn action `weir:<job>:move:<from>-><to>` whose
-//! version is the cutoff (µs); then one commit on the source deletes them,
-//! carrying the same txn. A destination whose move txn is ahead of the
-//! source's has a move pending: re-running finishes it (the delete, with the
-//! recorded cutoff) and never writes the rows again.
-//!
-//! The destination's txn `…:source` records which source table the copies
-//! came from (a hash of its Delta metadata ID): a source table recreated
-//! beside an older destination looks like a move whose delete is pending,
-//! and finishing it would delete rows that were never copied. Such a move is
-//! refused instead ([`MaintainError::SourceReplaced`]).
+//! The tier catalog: which tiers a table spans, how its rows are aged, and
+//! how its tier tables read as one.
 //!
 //! Readers need no boundary metadata: a tier serves only rows older than the
 //! youngest row still in the tier before it ([`union_sql`]). While a move is
@@ -23,21 +11,17 @@
 
 use std::time::Duration;
 
+use std::collections::HashSet;
+
+use arrow::array::RecordBatch;
 use chrono::{DateTime, SecondsFormat, Utc};
 use datafusion::prelude::SessionContext;
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableError};
-use futures::TryStreamExt;
-use tracing::warn;
 
-use crate::cmd::query::register;
+use super::delta::{open, open_or_create, register, register_as};
+use super::{Catalog, TableError, TableId, Tables};
 use crate::config::{Job, Output, Tier};
-use crate::fault::Faults;
-use crate::ingest::sink::{TableSpec, open_or_create, stored_schema};
+use crate::ingest::decode::INGEST_TS;
 use crate::ingest::transform::WINDOW_START;
-use crate::upkeep::maintain::MaintainError;
 
 /// How a table's rows are aged, and from when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +45,7 @@ pub struct Age {
 /// Each choice keeps ingest from ever writing a row older than hot's cutoff:
 /// `raw` rows are at or after the watermark; a window's start is at most its
 /// size before that; `dlq` and `late` rows carry their ingest time.
-pub fn age_of(job: &Job, table: &str) -> Option<Age> {
+pub fn age_of(job: &Job, table: TableId) -> Option<Age> {
     let ingest = |column: &str| Age {
         column: column.to_owned(),
         event_time: false,
@@ -69,14 +53,14 @@ pub fn age_of(job: &Job, table: &str) -> Option<Age> {
         sort: vec![column.to_owned()],
     };
     match table {
-        "raw" => Some(Age {
+        TableId::Raw => Some(Age {
             column: job.contract.event_time_name().to_owned(),
             event_time: true,
             slack: Duration::ZERO,
             sort: vec![job.contract.event_time_name().to_owned()],
         }),
-        "dlq" | "late" => Some(ingest(crate::ingest::decode::INGEST_TS)),
-        name => match job.outputs.iter().find(|o| o.name() == name)? {
+        TableId::Dlq | TableId::Late => Some(ingest(INGEST_TS)),
+        TableId::Output(i) => match job.outputs.get(i)? {
             Output::Window(w) => Some(Age {
                 column: WINDOW_START.to_owned(),
                 event_time: true,
@@ -95,7 +79,7 @@ pub fn age_of(job: &Job, table: &str) -> Option<Age> {
 
 /// The tiers a job table spans: all three, unless it has no age (query
 /// outputs), which keeps it hot.
-pub fn tiers_of(job: &Job, table: &str) -> &'static [Tier] {
+pub fn tiers_of(job: &Job, table: TableId) -> &'static [Tier] {
     match age_of(job, table) {
         Some(_) => &Tier::ALL,
         None => &[Tier::Hot],
@@ -115,14 +99,14 @@ pub fn cutoff_us(job: &Job, age: &Age, tier: Tier, watermark_us: Option<i64>) ->
 }
 
 /// A timestamp (µs) as RFC 3339 to the microsecond, exact in any predicate.
-pub(crate) fn rfc3339_micros(us: i64) -> String {
+pub fn rfc3339_micros(us: i64) -> String {
     DateTime::<Utc>::from_timestamp_micros(us)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// A timestamp (µs) as a SQL literal that compares with a UTC timestamp column.
-pub(crate) fn literal(us: i64) -> String {
+pub fn literal(us: i64) -> String {
     format!("'{}'", rfc3339_micros(us))
 }
 
@@ -149,211 +133,111 @@ pub fn union_sql(tables: &[String], age_column: &str) -> String {
     parts.join(" UNION ALL ")
 }
 
-/// What one move did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Moved {
-    pub rows: usize,
-    /// The move had been interrupted after its first commit and was finished.
-    pub resumed: bool,
-}
-
-/// One table's way from a tier to the next.
-#[derive(Debug, Clone, Copy)]
-pub struct Route<'a> {
-    pub job: &'a Job,
-    pub spec: &'a TableSpec,
-    pub age: &'a Age,
-    pub from: Tier,
-    pub to: Tier,
-}
-
-/// Moves the rows of `source` (the table in `route.from`) older than the
-/// cutoff to `route.to`. Returns `None` when there was nothing to move.
-pub async fn move_rows(
-    route: Route<'_>,
-    source: DeltaTable,
-    cutoff_us: i64,
-    faults: &Faults,
-) -> Result<Option<Moved>, MaintainError> {
-    let Route {
-        job,
-        spec,
-        age,
-        from,
-        to,
-    } = route;
-    let name = spec.name.as_str();
-    let app_id = move_app_id(job, from, to);
-    let delta = |step: &'static str| {
-        move |source| MaintainError::Delta {
-            step,
-            table: format!("{name} ({})", from.name()),
-            source: Box::new(source),
-        }
-    };
-    let dest_url = job.storage.table(to, &job.name, name);
-    let dest = open_or_create(dest_url, spec).await?;
-    let moved_in = txn_version(&dest, &app_id)
-        .await
-        .map_err(delta("reading txn"))?;
-    let moved_out = txn_version(&source, &app_id)
-        .await
-        .map_err(delta("reading txn"))?;
-    let age_col = format!("\"{}\"", age.column);
-    let basis_app = format!("{app_id}:basis");
-    let source_app = format!("{app_id}:source");
-    let source_id = identity(&source).map_err(delta("reading the metadata"))?;
-    let mut dest = dest;
-    let mut pending = pending(moved_in, moved_out);
-    if pending.is_some() {
-        let copied_from = txn_version(&dest, &source_app)
-            .await
-            .map_err(delta("reading txn"))?;
-        // Destinations moved into before weir recorded the source have none.
-        if copied_from.is_some_and(|id| id != source_id) {
-            return Err(MaintainError::SourceReplaced {
-                table: name.to_owned(),
-                from: from.name(),
-                to: to.name(),
-            });
-        }
-    }
-    if let Some(cutoff) = pending {
-        let basis = txn_version(&dest, &basis_app)
-            .await
-            .map_err(delta("reading txn"))?;
-        if reprocessed_since(&source, basis.unwrap_or(-1))
-            .await
-            .map_err(delta("reading the history"))?
-        {
-            // The copies predate a reprocess of the source: drop them and
-            // move the reprocessed rows instead.
-            let from_us = moved_out.unwrap_or(i64::MIN);
-            let mut stale = format!("{age_col} < {}", literal(cutoff));
-            if let Some(out) = moved_out {
-                stale = format!("{age_col} >= {} AND {stale}", literal(out));
-            }
-            warn!(
-                table = name,
-                from = from.name(),
-                to = to.name(),
-                "a pending move's copies predate a reprocess; moving again"
-            );
-            (dest, _) = dest
-                .delete()
-                .with_predicate(stale)
-                .with_commit_properties(move_txn(&app_id, from_us))
-                .await
-                .map_err(delta("dropping stale moved rows"))?;
-            pending = None;
-        }
-    }
-
-    let (cutoff, resumed, rows) = match pending {
-        Some(pending) => (pending, true, 0),
-        None => {
-            if moved_out.is_some_and(|out| cutoff_us <= out) {
-                return Ok(None);
-            }
-            let read = |source| MaintainError::Move {
-                table: name.to_owned(),
-                source,
-            };
-            let ctx = SessionContext::new();
-            register(&ctx, "source", &source).await.map_err(read)?;
-            let order: Vec<String> = age.sort.iter().map(|c| format!("\"{c}\"")).collect();
-            let sql = format!(
-                "SELECT * FROM source WHERE {age_col} < {} ORDER BY {}",
-                literal(cutoff_us),
-                order.join(", ")
-            );
-            let rows = ctx
-                .sql(&sql)
-                .await
-                .map_err(read)?
-                .collect()
-                .await
-                .map_err(read)?;
-            let stored = stored_schema(&dest).map_err(delta("reading the schema"))?;
-            let rows = crate::table::schema::conform(rows, &stored).map_err(read)?;
-            if rows.num_rows() == 0 {
-                return Ok(None);
-            }
-            let count = rows.num_rows();
-            // The source version the copies were read at, so that finishing
-            // the move later can tell whether the source was reprocessed since.
-            let basis = Transaction::new(&basis_app, source.version().unwrap_or(0) as i64);
-            let copied_from = Transaction::new(&source_app, source_id);
-            dest.write(vec![rows])
-                .with_save_mode(SaveMode::Append)
-                .with_partition_columns(spec.partition_columns.clone())
-                .with_commit_properties(
-                    move_txn(&app_id, cutoff_us)
-                        .with_application_transaction(basis)
-                        .with_application_transaction(copied_from),
-                )
-                .await
-                .map_err(delta("writing moved rows"))?;
-            faults.check(&format!("maintain.after_move_write.{name}"))?;
-            (cutoff_us, false, count)
-        }
-    };
-    source
-        .delete()
-        .with_predicate(format!("{age_col} < {}", literal(cutoff)))
-        .with_commit_properties(move_txn(&app_id, cutoff))
-        .await
-        .map_err(delta("deleting moved rows"))?;
-    faults.check(&format!("maintain.after_move_delete.{name}"))?;
-    Ok(Some(Moved { rows, resumed }))
-}
-
 /// The txn app ID of a job's moves from one tier to the next; its version on
 /// each table is the cutoff (µs) of the last move it took part in.
-pub(crate) fn move_app_id(job: &Job, from: Tier, to: Tier) -> String {
+pub fn move_app_id(job: &Job, from: Tier, to: Tier) -> String {
     format!("weir:{}:move:{}->{}", job.name, from.name(), to.name())
 }
 
 /// The cutoff of a move whose rows are copied to the next tier but not yet
 /// deleted from the source: the destination's move txn is ahead of the source's.
-pub(crate) fn pending(moved_in: Option<i64>, moved_out: Option<i64>) -> Option<i64> {
+pub fn pending(moved_in: Option<i64>, moved_out: Option<i64>) -> Option<i64> {
     moved_in.filter(|v| *v > moved_out.unwrap_or(i64::MIN))
 }
 
-/// Whether a reprocess committed to `table` after `version`.
-async fn reprocessed_since(table: &DeltaTable, version: i64) -> Result<bool, DeltaTableError> {
-    let current = table.version().unwrap_or(0) as i64;
-    if current <= version {
-        return Ok(false);
+/// Registers job table `table` under `name`: each tier's table as
+/// `<name>__<tier>`, and `name` as their union routed by age
+/// ([`union_sql`]). Tiers are opened hot first, so a move that commits
+/// meanwhile is seen either not at all or whole. Tables that never move (query
+/// outputs) are hot only.
+pub async fn register_tiers(
+    ctx: &SessionContext,
+    job: &Job,
+    table: TableId,
+    name: &str,
+) -> Result<(), TableError> {
+    let table_name = table.name(job);
+    let fail = |source| TableError::Query {
+        tables: table_name.to_owned(),
+        source: Box::new(source),
+    };
+    let hot = open(table_name, &job.storage.hot_table(&job.name, table_name)).await?;
+    let Some(age) = age_of(job, table) else {
+        return register(ctx, name, &hot).await.map_err(fail);
+    };
+    let mut names = Vec::new();
+    for t in Tier::ALL {
+        let opened = match t {
+            Tier::Hot => hot.clone(),
+            _ => match open(table_name, &job.storage.table(t, &job.name, table_name)).await {
+                Ok(opened) => opened,
+                // Tables written before tiers existed have no warm or cold yet.
+                Err(TableError::Missing { .. }) => continue,
+                Err(e) => return Err(e),
+            },
+        };
+        let tier_name = format!("{name}__{}", t.name());
+        register(ctx, &tier_name, &opened).await.map_err(fail)?;
+        names.push(format!("\"{tier_name}\""));
     }
-    let infos: Vec<_> = table
-        .history(Some((current - version) as usize))
-        .try_collect()
-        .await?;
-    Ok(infos
-        .iter()
-        .any(|i| i.info.get("weir.operation").and_then(|v| v.as_str()) == Some("reprocess")))
+    let union = union_sql(&names, &age.column);
+    let view = ctx.sql(&union).await.map_err(fail)?.into_view();
+    register_as(ctx, name, view).map_err(fail)
 }
 
-/// A table's identity as a txn version: a hash of its Delta metadata ID,
-/// which a table keeps for life and a recreated one does not share.
-fn identity(table: &DeltaTable) -> Result<i64, DeltaTableError> {
-    let id = table.snapshot()?.metadata().id().to_owned();
-    let hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
-    Ok((hash >> 1) as i64)
+/// Creates every colder tier's table of `catalog` that does not exist yet,
+/// so readers and views can name them all before the first move.
+pub async fn create_colder_tiers(job: &Job, catalog: &Catalog) -> Result<(), TableError> {
+    for spec in catalog.specs() {
+        for &tier in tiers_of(job, spec.id) {
+            if tier != Tier::Hot {
+                open_or_create(job.storage.table(tier, &job.name, &spec.name), spec).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
-/// Both commits of a move carry its txn, versioned by the cutoff.
-fn move_txn(app_id: &str, cutoff_us: i64) -> CommitProperties {
-    CommitProperties::default().with_application_transaction(Transaction::new(app_id, cutoff_us))
+/// A job's tables read across tiers, each registered under its name (and its
+/// tiers as `<name>__<tier>`) the first time it is queried.
+pub struct Tiered<'a> {
+    job: &'a Job,
+    ctx: SessionContext,
+    registered: HashSet<TableId>,
 }
 
-pub(crate) async fn txn_version(
-    table: &DeltaTable,
-    app_id: &str,
-) -> Result<Option<i64>, DeltaTableError> {
-    table
-        .snapshot()?
-        .transaction_version(table.log_store().as_ref(), app_id.to_owned())
-        .await
+impl<'a> Tiered<'a> {
+    pub fn new(job: &'a Job) -> Self {
+        Self {
+            job,
+            ctx: SessionContext::new(),
+            registered: HashSet::new(),
+        }
+    }
+
+    /// The session with `ids` registered, for SQL of the caller's own.
+    pub async fn context(&mut self, ids: &[TableId]) -> Result<&SessionContext, TableError> {
+        for &id in ids {
+            if self.registered.insert(id) {
+                register_tiers(&self.ctx, self.job, id, id.name(self.job)).await?;
+            }
+        }
+        Ok(&self.ctx)
+    }
+}
+
+impl Tables for Tiered<'_> {
+    async fn query(&mut self, ids: &[TableId], sql: &str) -> Result<Vec<RecordBatch>, TableError> {
+        let tables = || {
+            let names: Vec<&str> = ids.iter().map(|id| id.name(self.job)).collect();
+            names.join(", ")
+        };
+        let ctx = self.context(ids).await?;
+        let fail = |source| TableError::Query {
+            tables: tables(),
+            source: Box::new(source),
+        };
+        let frame = ctx.sql(sql).await.map_err(fail)?;
+        frame.collect().await.map_err(fail)
+    }
 }

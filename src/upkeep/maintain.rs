@@ -28,24 +28,23 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use tracing::{info, warn};
 
-use crate::cmd::query::{QueryError, register};
 use crate::config::{Job, JobError, Output, Tier};
 use crate::fault::{FaultError, Faults};
-use crate::ingest::decode::Decoder;
-use crate::ingest::sink::{TableSpec, is_commit_conflict, open_or_create, stored_schema};
-use crate::ingest::transform::Transform;
 use crate::ingest::transform::{WINDOW_END, WindowAggregate};
 use crate::ingest::watermark::Watermark;
+use crate::table::delta::{is_commit_conflict, open_or_create, register, stored_schema};
 use crate::table::schema::conform;
-use crate::table::tier::{self, Moved};
+use crate::table::tier::{self, Tiered};
+use crate::table::{Catalog, TableError};
 use crate::telemetry::Progress;
+use crate::upkeep::moves::{Moved, Route, move_rows};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaintainError {
     #[error(transparent)]
-    Query(#[from] QueryError),
+    Table(#[from] TableError),
     #[error("{step} of table {table}: {source}")]
     Delta {
         step: &'static str,
@@ -54,8 +53,6 @@ pub enum MaintainError {
     },
     #[error(transparent)]
     Fault(#[from] FaultError),
-    #[error(transparent)]
-    Sink(#[from] crate::ingest::sink::SinkError),
     #[error(transparent)]
     Job(Box<JobError>),
     #[error("reading the rows of {table} to move: {source}")]
@@ -149,36 +146,29 @@ const STEPS_PER_TABLE: usize = 4;
 /// A fold that keeps losing to concurrent appends gives up for this round.
 const FOLD_ATTEMPTS: usize = 5;
 
-/// The job's tables, as ingest creates them.
-async fn table_specs(job: &Job) -> Result<Vec<TableSpec>, MaintainError> {
-    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
-    let outputs = Transform::all(job)
-        .await
-        .map_err(|e| MaintainError::Job(Box::new(e)))?;
-    let watermark = Watermark::new(&job.contract, job.watermark);
-    Ok(crate::ingest::pipeline::table_specs(
-        &decoder, &watermark, &outputs,
-    ))
-}
-
 /// Runs one round of upkeep over every table of `job`: first the tier moves
 /// (hot → warm → cold, by age), then per tier table the fold, merge, log and
 /// vacuum steps. Fault points (for crash tests) follow each step:
 /// `maintain.after_<move_write|move_delete|fold|merge|checkpoint|vacuum>.<table>`.
 pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainError> {
     let started = Instant::now();
-    let watermark = crate::cmd::query::restored_watermark(job).await?;
-    let specs = table_specs(job).await?;
+    let (watermark, _) =
+        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job)).await?;
+    let watermark = watermark.current_us();
+    let catalog = Catalog::of(job)
+        .await
+        .map_err(|e| MaintainError::Job(Box::new(e)))?;
+    let specs = catalog.specs();
     let progress = Progress::new(specs.len() * Tier::ALL.len() * STEPS_PER_TABLE, "steps");
     let mut tables = Vec::new();
-    for spec in &specs {
+    for spec in specs {
         let name = spec.name.as_str();
         let fold = job.outputs.iter().find_map(|o| match o {
             Output::Window(w) if w.name == name => Some(WindowAggregate::new(w, &job.contract)),
             _ => None,
         });
         let mut moved = [None, None];
-        if let Some(age) = tier::age_of(job, name) {
+        if let Some(age) = tier::age_of(job, spec.id) {
             for (i, (from, to)) in [(Tier::Hot, Tier::Warm), (Tier::Warm, Tier::Cold)]
                 .into_iter()
                 .enumerate()
@@ -188,17 +178,17 @@ pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainErro
                 };
                 let url = job.storage.table(from, &job.name, name);
                 let source = open_or_create(url, spec).await?;
-                let route = tier::Route {
+                let route = Route {
                     job,
                     spec,
                     age: &age,
                     from,
                     to,
                 };
-                moved[i] = tier::move_rows(route, source, cutoff, faults).await?;
+                moved[i] = move_rows(route, source, cutoff, faults).await?;
             }
         }
-        for &tier in tier::tiers_of(job, name) {
+        for &tier in tier::tiers_of(job, spec.id) {
             let url = job.storage.table(tier, &job.name, name);
             let table = open_or_create(url, spec).await?;
             let step = Step {

@@ -1,4 +1,8 @@
-//! Upkeep.
+//! What keeps a job's tables cheap to read and right after months of
+//! triggers, beside ingest and never blocking it: [`maintain`] (folds, file
+//! merges, checkpoints, vacuum), [`moves`] (rows to colder tiers by age) and
+//! [`reprocess`] (a date range rebuilt from `raw`, and verified).
 
 pub mod maintain;
+pub mod moves;
 pub mod reprocess;

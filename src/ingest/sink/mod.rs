@@ -15,20 +15,47 @@
 //! it, a crash after the first table's first commit would leave the second
 //! table with no version, and the resume position (the lowest *known* version)
 //! would skip the rows that table never got.
+//!
+//! # One trigger's commits
+//!
+//! ```text
+//!  stage (per table, a task each)        commit (raw first, then the others at once)
+//!  ─────────────────────────────        ─────────────────────────────────────────────
+//!  rows ─► conform to the stored  ─►  base commits for unseen partitions
+//!          schema ─► parquet files         │
+//!          (Add actions)                   ▼
+//!                                      sync: another writer committed since? re-read
+//!                                      the txn versions; a partition being committed
+//!                                      that moved ─► Fenced (the job restarts)
+//!                                          │
+//!                                          ▼
+//!                                      commit directly: log entry head+1, put-if-absent
+//!                                          │ taken by another writer
+//!                                          ▼
+//!                                      rebase: delta-rs's conflict checker from the
+//!                                      snapshot at head; a conflict ─► the job restarts
+//!                                          │
+//!                                          ▼
+//!                                      versions += the txns; every 100th version a
+//!                                      checkpoint beside the ingest path
+//! ```
+//!
+//! Tables are opened and created by the catalog ([`crate::table::delta`]);
+//! the sink also serves the trigger loop's state reads ([`Tables`]) from its
+//! own newest commits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
 use deltalake::checkpoints::create_checkpoint;
-use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitData, CommitProperties, PROTOCOL, TransactionError,
 };
-use deltalake::kernel::{Action, StructType, Transaction, Version};
+use deltalake::kernel::{Action, Transaction, Version};
 use deltalake::logstore::CommitOrBytes;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -36,47 +63,25 @@ use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use deltalake::{DeltaTable, DeltaTableError};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use url::Url;
 use uuid::Uuid;
 
 use crate::config::Job;
 use crate::fault::{FaultError, Faults};
 use crate::metrics::JobMetrics;
-use crate::table::schema::{EVENT_ID_PROPERTY, Incompatible, Shape, conform};
-
-/// Commits between Delta checkpoints, so the log stays cheap to read.
-pub const CHECKPOINT_INTERVAL: u64 = 100;
+use crate::table::delta::{is_binary, is_commit_conflict, open_or_create, register, stored_schema};
+use crate::table::schema::conform;
+use crate::table::{TableError, TableId, TableSpec, Tables};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("Delta table {table} at {url}: {source}")]
-    Delta {
-        table: String,
-        url: Url,
-        source: Box<DeltaTableError>,
-    },
-    #[error("cannot create the directory for table {table} at {url}: {source}")]
-    Directory {
-        table: String,
-        url: Url,
-        source: std::io::Error,
-    },
-    #[error("query over table(s) {tables}: {source}")]
-    Query {
-        tables: String,
-        source: datafusion::error::DataFusionError,
-    },
-    #[error("Delta table {table} at {url} cannot take what this job writes: {source}")]
-    Incompatible {
-        table: String,
-        url: Url,
-        source: Incompatible,
-    },
+    #[error(transparent)]
+    Table(#[from] TableError),
     #[error(
         "Delta table {table}: another writer moved partition {partition}'s committed position from {} to {} since this one read it; this writer no longer owns the partition and commits nothing of it",
         offset_or_none(*.known),
@@ -103,30 +108,10 @@ impl SinkError {
     pub fn is_conflict(&self) -> bool {
         match self {
             SinkError::Fenced { .. } => true,
-            SinkError::Delta { source, .. } => is_commit_conflict(source),
+            SinkError::Table(TableError::Delta { source, .. }) => is_commit_conflict(source),
             _ => false,
         }
     }
-}
-
-/// Whether delta-rs refused a commit because a concurrent one conflicts with it.
-pub fn is_commit_conflict(error: &DeltaTableError) -> bool {
-    matches!(
-        error,
-        DeltaTableError::Transaction {
-            source: TransactionError::CommitConflict(_)
-        }
-    )
-}
-
-/// What a table is: its name, its Arrow schema, how it is partitioned, and
-/// (for tables of events) which column is the event ID.
-#[derive(Debug, Clone)]
-pub struct TableSpec {
-    pub name: String,
-    pub schema: SchemaRef,
-    pub partition_columns: Vec<String>,
-    pub event_id: Option<String>,
 }
 
 /// One table of a job and the txn versions it is known to hold.
@@ -373,13 +358,13 @@ impl TableSink {
     /// Brings the snapshot up to `head`, the newest version this sink knows.
     /// (delta-kernel rolls forward from the newest checkpoint when upkeep has
     /// deleted the entries a long-stale snapshot would replay: tests/sink.rs.)
-    async fn catch_up(&mut self) -> Result<(), SinkError> {
+    async fn catch_up(&mut self) -> Result<(), TableError> {
         if self.table.version() != Some(self.head) {
             let head = self.head;
             self.table
                 .update_incremental(Some(head))
                 .await
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| TableError::delta(&self.spec.name, &self.url, e))?;
         }
         Ok(())
     }
@@ -447,24 +432,6 @@ pub struct Staged {
     files: tokio::task::JoinHandle<Result<Vec<Action>, DeltaTableError>>,
 }
 
-/// Binary columns (payloads) have no useful order: neither the log nor the
-/// data files keep min/max statistics of them.
-fn is_binary(field: &Field) -> bool {
-    matches!(field.data_type(), DataType::Binary | DataType::LargeBinary)
-}
-
-/// Min/max statistics are kept for every column but binary ones (see
-/// [`is_binary`]; delta-rs warns on every file it would skip them in).
-fn stats_columns(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .filter(|f| !is_binary(f))
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// delta-rs's defaults (snappy, a dictionary and page statistics for every
 /// column), except where they cost a trigger's write time for nothing: the
 /// event ID is unique and a payload nearly so, so their dictionaries overflow
@@ -490,8 +457,8 @@ fn writer_properties(schema: &SchemaRef, event_id: Option<&str>) -> WriterProper
 /// What one trigger's commits did.
 #[derive(Debug, Clone, Default)]
 pub struct CommitReport {
-    /// Per table (in the sink's order): rows written.
-    pub written: Vec<usize>,
+    /// Per table: rows written.
+    pub written: BTreeMap<TableId, usize>,
     /// Times a commit was rebased on a concurrent writer's commit.
     pub retries: usize,
     /// Commits made (data-less base and progress commits included).
@@ -499,129 +466,22 @@ pub struct CommitReport {
     pub elapsed: Duration,
 }
 
-fn delta_error(spec: &TableSpec, url: &Url, source: DeltaTableError) -> SinkError {
-    SinkError::Delta {
-        table: spec.name.clone(),
-        url: url.clone(),
+impl CommitReport {
+    /// Rows written to table `id`.
+    pub fn written(&self, id: TableId) -> usize {
+        self.written.get(&id).copied().unwrap_or_default()
+    }
+}
+
+fn query_error(tables: &str, source: datafusion::error::DataFusionError) -> TableError {
+    TableError::Query {
+        tables: tables.to_owned(),
         source: Box::new(source),
     }
 }
 
-/// A table's own schema in Arrow, the one every write must match.
-pub fn stored_schema(table: &DeltaTable) -> Result<SchemaRef, DeltaTableError> {
-    let schema = table.snapshot()?.schema();
-    Ok(Arc::new(schema.as_ref().try_into_arrow()?))
-}
-
-/// Opens the Delta table at `url`, creating it from `spec` if there is none,
-/// and evolving it if the job's contract gained fields ([`crate::table::schema`]).
-pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, SinkError> {
-    crate::table::storage::register();
-    let fail = |source| delta_error(spec, &url, source);
-    if url.scheme() == "file"
-        && let Ok(path) = url.to_file_path()
-    {
-        std::fs::create_dir_all(&path).map_err(|source| SinkError::Directory {
-            table: spec.name.clone(),
-            url: url.clone(),
-            source,
-        })?;
-    }
-    let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
-    let columns: StructType = spec
-        .schema
-        .as_ref()
-        .try_into_kernel()
-        .map_err(|e| fail(DeltaTableError::from(e)))?;
-    if table.version().is_some() {
-        return evolve(table, spec, &url, &columns).await;
-    }
-    let mut configuration = vec![
-        (
-            TableProperty::CheckpointInterval.as_ref().to_owned(),
-            Some(CHECKPOINT_INTERVAL.to_string()),
-        ),
-        (
-            TableProperty::DataSkippingStatsColumns.as_ref().to_owned(),
-            Some(stats_columns(&spec.schema)),
-        ),
-    ];
-    if let Some(id) = &spec.event_id {
-        configuration.push((EVENT_ID_PROPERTY.to_owned(), Some(id.clone())));
-    }
-    let created = table
-        .create()
-        .with_table_name(&spec.name)
-        .with_columns(columns.fields().cloned())
-        .with_partition_columns(spec.partition_columns.clone())
-        .with_configuration(configuration)
-        // weir.eventId is weir's own property, unknown to Delta.
-        .with_raise_if_key_not_exists(false)
-        .with_save_mode(SaveMode::Ignore)
-        .await;
-    match created {
-        Ok(t) => {
-            info!(table = %spec.name, %url, "created Delta table");
-            Ok(t)
-        }
-        Err(e) => {
-            // Another writer may have created it first: then use theirs.
-            let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
-            if table.version().is_none() {
-                return Err(fail(e));
-            }
-            evolve(table, spec, &url, &columns).await
-        }
-    }
-}
-
-/// Adds the columns the job's contract gained to an existing table, or
-/// refuses a change the table cannot take.
-async fn evolve(
-    table: DeltaTable,
-    spec: &TableSpec,
-    url: &Url,
-    columns: &StructType,
-) -> Result<DeltaTable, SinkError> {
-    let fail = |source| delta_error(spec, url, source);
-    let snapshot = table.snapshot().map_err(fail)?;
-    let stored_columns = snapshot.schema();
-    let metadata = snapshot.metadata();
-    let added = crate::table::schema::evolve(
-        Shape {
-            schema: &stored_columns,
-            partition_columns: metadata.partition_columns(),
-            event_id: metadata
-                .configuration()
-                .get(EVENT_ID_PROPERTY)
-                .map(String::as_str),
-        },
-        Shape {
-            schema: columns,
-            partition_columns: &spec.partition_columns,
-            event_id: spec.event_id.as_deref(),
-        },
-    )
-    .map_err(|source| SinkError::Incompatible {
-        table: spec.name.clone(),
-        url: url.clone(),
-        source,
-    })?;
-    if added.is_empty() {
-        return Ok(table);
-    }
-    let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
-    info!(table = %spec.name, %url, columns = ?names, "adding the job's new fields as nullable columns");
-    let commit = CommitProperties::default().with_metadata([
-        ("weir.operation".to_owned(), json!("evolve")),
-        ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
-    ]);
-    table
-        .add_columns()
-        .with_fields(added)
-        .with_commit_properties(commit)
-        .await
-        .map_err(fail)
+fn delta_error(spec: &TableSpec, url: &Url, source: DeltaTableError) -> SinkError {
+    TableError::delta(&spec.name, url, source).into()
 }
 
 /// All the tables of a job, committed together once per trigger.
@@ -638,12 +498,12 @@ impl Sink {
     /// counts agree with the tables even when a trigger fails half way.
     pub async fn open(
         job: &Job,
-        specs: Vec<TableSpec>,
+        specs: &[TableSpec],
         faults: Faults,
         metrics: JobMetrics,
     ) -> Result<Self, SinkError> {
         let mut tables = Vec::with_capacity(specs.len());
-        for spec in specs {
+        for spec in specs.iter().cloned() {
             let url = job.storage.hot_table(&job.name, &spec.name);
             tables.push(TableSink::open(url, spec).await?);
         }
@@ -663,35 +523,12 @@ impl Sink {
             .collect()
     }
 
-    /// Runs DataFusion SQL in which the job's tables `names` are registered
-    /// under their own names.
-    pub async fn query(
-        &mut self,
-        names: &[&str],
-        sql: &str,
-    ) -> Result<Vec<RecordBatch>, SinkError> {
-        let fail = |source| SinkError::Query {
-            tables: names.join(", "),
-            source,
-        };
-        let ctx = SessionContext::new();
-        for name in names {
-            let table = self
-                .tables
-                .iter_mut()
-                .find(|t| t.spec.name == *name)
-                .unwrap_or_else(|| panic!("no table {name} in this sink"));
-            table.catch_up().await?;
-            crate::cmd::query::register(&ctx, name, &table.table)
-                .await
-                .map_err(fail)?;
-        }
-        ctx.sql(sql)
-            .await
-            .map_err(fail)?
-            .collect()
-            .await
-            .map_err(fail)
+    /// The sink's table `id`.
+    fn table(&mut self, id: TableId) -> Result<&mut TableSink, TableError> {
+        self.tables
+            .iter_mut()
+            .find(|t| t.spec.id == id)
+            .ok_or(TableError::NotOpen(id))
     }
 
     /// Reloads the tables' progress for `partitions` and returns, per partition
@@ -717,47 +554,54 @@ impl Sink {
         Ok(positions)
     }
 
-    /// Per table (in order), the next offset it holds for each partition it
-    /// knows: what the trigger loop filters replayed rows with.
-    pub fn versions(&self) -> Vec<&BTreeMap<i32, i64>> {
-        self.tables.iter().map(|t| &t.versions).collect()
+    /// The next offset table `id` holds for each partition it knows: what
+    /// the trigger loop filters replayed rows with.
+    pub fn versions(&self, id: TableId) -> Option<&BTreeMap<i32, i64>> {
+        self.tables
+            .iter()
+            .find(|t| t.spec.id == id)
+            .map(|t| &t.versions)
     }
 
-    /// Starts writing `rows` as data files of the `table`-th table (see
+    /// Starts writing `rows` as data files of table `id` (see
     /// [`Sink::commit_staged`]).
-    pub fn stage(&self, table: usize, rows: RecordBatch) -> Staged {
-        self.tables[table].stage(rows)
+    pub fn stage(&mut self, id: TableId, rows: RecordBatch) -> Result<Staged, SinkError> {
+        Ok(self.table(id)?.stage(rows))
     }
 
-    /// Commits one trigger: `rows[i]` (already free of rows the table holds) goes
-    /// to the i-th table. `first` and `next` are the batch's first and next
-    /// offsets per partition.
+    /// Commits one trigger: `rows` (already free of rows the tables hold),
+    /// one batch for each of the sink's tables. `first` and `next` are the
+    /// batch's first and next offsets per partition.
     pub async fn commit(
         &mut self,
-        rows: Vec<RecordBatch>,
+        rows: BTreeMap<TableId, RecordBatch>,
         first: &BTreeMap<i32, i64>,
         next: &BTreeMap<i32, i64>,
     ) -> Result<CommitReport, SinkError> {
-        let staged = rows
-            .into_iter()
-            .enumerate()
-            .map(|(i, rows)| self.stage(i, rows))
-            .collect();
+        let mut staged = BTreeMap::new();
+        for (id, rows) in rows {
+            staged.insert(id, self.stage(id, rows)?);
+        }
         self.commit_staged(staged, first, next).await
     }
 
-    /// [`Sink::commit`] of files already being written: `staged[i]` by
-    /// [`Sink::stage`] for the i-th table.
+    /// [`Sink::commit`] of files already being written by [`Sink::stage`],
+    /// one for each of the sink's tables.
     pub async fn commit_staged(
         &mut self,
-        staged: Vec<Staged>,
+        mut staged: BTreeMap<TableId, Staged>,
         first: &BTreeMap<i32, i64>,
         next: &BTreeMap<i32, i64>,
     ) -> Result<CommitReport, SinkError> {
-        assert_eq!(staged.len(), self.tables.len(), "one batch per table");
+        let ids: Vec<TableId> = self.tables.iter().map(|t| t.spec.id).collect();
+        assert!(
+            staged.keys().eq(ids.iter()),
+            "one batch per table: {:?} for {ids:?}",
+            staged.keys()
+        );
         // From the first file write: what the trigger waits for is the sink's whole work.
         let started = staged
-            .iter()
+            .values()
             .map(|s| s.started)
             .min()
             .unwrap_or_else(Instant::now);
@@ -771,7 +615,10 @@ impl Sink {
             metrics,
         } = self;
         let done = {
-            let mut pending = tables.iter_mut().zip(staged);
+            let mut pending = tables.iter_mut().map(|t| {
+                let files = staged.remove(&t.spec.id).expect("checked above");
+                (t, files)
+            });
             // `raw` first: which re-read events were late is settled by raw's
             // txn versions, so no other table may hold a trigger raw does not.
             let mut done = match pending.next() {
@@ -786,8 +633,8 @@ impl Sink {
             done.extend(futures::future::try_join_all(rest).await?);
             done
         };
-        for (count, committed) in done {
-            report.written.push(count);
+        for (id, (count, committed)) in ids.into_iter().zip(done) {
+            report.written.insert(id, count);
             report.commits += usize::from(committed);
         }
         report.retries = tables
@@ -826,12 +673,32 @@ impl Sink {
     }
 }
 
+impl Tables for Sink {
+    /// The hot tables as of the sink's own newest commits.
+    async fn query(&mut self, ids: &[TableId], sql: &str) -> Result<Vec<RecordBatch>, TableError> {
+        let ctx = SessionContext::new();
+        let mut names = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let table = self.table(id)?;
+            table.catch_up().await?;
+            names.push(table.spec.name.clone());
+            let fail = |source| query_error(&table.spec.name, source);
+            register(&ctx, &table.spec.name, &table.table)
+                .await
+                .map_err(fail)?;
+        }
+        let fail = |source| query_error(&names.join(", "), source);
+        let frame = ctx.sql(sql).await.map_err(fail)?;
+        frame.collect().await.map_err(fail)
+    }
+}
+
 /// Shares one sink between the trigger loop and the consumer's rebalance callback.
 pub type SharedSink = Arc<tokio::sync::Mutex<Sink>>;
 
 #[cfg(test)]
 mod tests {
-    use arrow::datatypes::Schema;
+    use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
 

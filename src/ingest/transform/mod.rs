@@ -15,7 +15,7 @@ use datafusion::error::DataFusionError;
 use tokio::sync::OnceCell;
 
 use crate::config::{
-    AggregateFn, Contract, FieldType, Job, JobError, Output, SqlOutput, WindowOutput,
+    AggregateFn, Choice, Contract, FieldType, Job, JobError, Output, SqlOutput, WindowOutput,
 };
 use crate::ingest::decode::{EVENT_DATE, raw_schema, utc_micros};
 use crate::table::schema::conform;
@@ -29,14 +29,30 @@ pub const WINDOW_END: &str = "window_end";
 /// The SQL engines whose merge views weir writes. They share SUM, MIN, MAX,
 /// CASE and CAST; they differ in list functions (for `count_distinct`),
 /// identifier quoting and how a Delta table is named ([`crate::cmd::views`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    #[value(name = "datafusion")]
     DataFusion,
-    #[value(name = "duckdb")]
     DuckDb,
     Spark,
     Trino,
+}
+
+impl Choice for Dialect {
+    const ALL: &'static [Self] = &[
+        Dialect::DataFusion,
+        Dialect::DuckDb,
+        Dialect::Spark,
+        Dialect::Trino,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Dialect::DataFusion => "datafusion",
+            Dialect::DuckDb => "duckdb",
+            Dialect::Spark => "spark",
+            Dialect::Trino => "trino",
+        }
+    }
 }
 
 /// How one aggregate's partial states merge into its final value.

@@ -46,19 +46,20 @@ use futures::StreamExt;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::cmd::query::{QueryError, register, register_tiers};
 use crate::config::{Job, JobError, Tier};
 use crate::fault::{FaultError, Faults};
 use crate::ingest::decode::{
     Decoder, EVENT_DATE, KAFKA_TS, OFFSET, PARTITION, PAYLOAD, utc_micros,
 };
-use crate::ingest::dedup::Dedup;
-use crate::ingest::pipeline::INGEST_TABLES;
-use crate::ingest::sink::{SinkError, TableSpec, open_or_create, stored_schema};
+use crate::ingest::dedup::{Dedup, Seed};
 use crate::ingest::source::{Message, MicroBatch};
 use crate::ingest::transform::{Transform, WINDOW_START};
+use crate::ingest::watermark::Watermark;
+use crate::table::delta::{open_or_create, register, stored_schema, txn_version};
 use crate::table::schema::conform;
+use crate::table::tier::Tiered;
 use crate::table::tier::{self, literal, rfc3339_micros};
+use crate::table::{Catalog, RestoreError, TableError, TableId, TableSpec};
 use crate::telemetry::Progress;
 
 const DAY_US: i64 = 86_400_000_000;
@@ -114,9 +115,9 @@ pub enum ReprocessError {
         refusals: String,
     },
     #[error(transparent)]
-    Query(#[from] QueryError),
+    Table(#[from] TableError),
     #[error(transparent)]
-    Sink(Box<SinkError>),
+    Restore(#[from] RestoreError),
     #[error(transparent)]
     Job(#[from] JobError),
     #[error("{step} of {table} ({tier}): {source}")]
@@ -132,12 +133,6 @@ pub enum ReprocessError {
     Arrow(#[from] ArrowError),
     #[error(transparent)]
     Fault(#[from] FaultError),
-}
-
-impl From<SinkError> for ReprocessError {
-    fn from(e: SinkError) -> Self {
-        Self::Sink(Box::new(e))
-    }
 }
 
 impl ReprocessError {
@@ -243,13 +238,11 @@ pub async fn targets(job: &Job, names: &[String]) -> Result<Vec<Target>, Reproce
             known: known(),
         });
     }
-    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
-    let watermark = crate::ingest::watermark::Watermark::new(&job.contract, job.watermark);
-    let specs = crate::ingest::pipeline::table_specs(&decoder, &watermark, &transforms);
+    let catalog = Catalog::new(job, &transforms);
     let mut out = Vec::new();
     for (transform, spec) in transforms
         .into_iter()
-        .zip(specs.into_iter().skip(INGEST_TABLES.len()))
+        .zip(catalog.outputs().iter().cloned())
     {
         if !names.is_empty() && !names.iter().any(|n| n == transform.name()) {
             continue;
@@ -285,7 +278,9 @@ pub async fn check_closed(
 ) -> Result<(), ReprocessError> {
     let slack = targets.iter().map(|t| t.slack).max().unwrap_or_default();
     let needed = range.end_us() + slack.as_micros() as i64;
-    let watermark = crate::cmd::query::restored_watermark(job).await?;
+    let (watermark, _) =
+        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job)).await?;
+    let watermark = watermark.current_us();
     if watermark.is_some_and(|w| w >= needed) {
         return Ok(());
     }
@@ -343,8 +338,7 @@ pub async fn rebuild(
     range: DateRange,
     targets: &[Target],
 ) -> Result<(Vec<RecordBatch>, Rebuild), ReprocessError> {
-    let ctx = SessionContext::new();
-    register_tiers(&ctx, job, "raw", "raw").await?;
+    let mut tables = Tiered::new(job);
     let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
     let slack = targets.iter().map(|t| t.slack).max().unwrap_or_default();
     let mut rows: Vec<Vec<RecordBatch>> = vec![Vec::new(); targets.len()];
@@ -354,9 +348,11 @@ pub async fn rebuild(
     for day in days {
         let start = day_start_us(day);
         let window = (start, start + DAY_US + slack.as_micros() as i64);
-        let mut dedup = seeded_dedup(job, &ctx, start).await?;
+        let mut dedup = seeded_dedup(job, &mut tables, start).await?;
         let mut partials: Vec<Vec<RecordBatch>> = vec![Vec::new(); targets.len()];
-        let mut stream = ctx
+        let mut stream = tables
+            .context(&[TableId::Raw])
+            .await?
             .sql(&events_sql(job, window))
             .await?
             .execute_stream()
@@ -412,25 +408,16 @@ fn date_of(us: i64) -> NaiveDate {
 /// `start`, as the live loop's would have.
 async fn seeded_dedup(
     job: &Job,
-    ctx: &SessionContext,
+    tables: &mut Tiered<'_>,
     start: i64,
 ) -> Result<Dedup, ReprocessError> {
-    let mut dedup = Dedup::new(&job.contract, job.dedup_horizon);
-    let since = start - job.dedup_horizon.as_micros() as i64;
-    let (id, ts) = (job.contract.event_id_name(), job.contract.event_time_name());
-    let sql = format!(
-        "SELECT \"{id}\", \"{ts}\", \"{PARTITION}\", \"{OFFSET}\" FROM raw \
-         WHERE \"{EVENT_DATE}\" >= '{}' AND \"{EVENT_DATE}\" <= '{}' \
-         AND \"{ts}\" >= {} AND \"{ts}\" < {}",
-        date_of(since),
-        date_of(start),
-        literal(since),
-        literal(start)
-    );
-    for batch in ctx.sql(&sql).await?.collect().await? {
-        dedup.seed(&batch)?;
-    }
-    Ok(dedup)
+    let seed = Seed {
+        tables: &[TableId::Raw],
+        since_us: Some(start - job.dedup_horizon.as_micros() as i64),
+        until_us: Some(start),
+        partitions: None,
+    };
+    Ok(Dedup::restored(&job.contract, job.dedup_horizon, tables, seed).await?)
 }
 
 /// `raw` rows as the live loop's decode stage would produce them under the
@@ -751,7 +738,7 @@ async fn replace_tiers(
     } = *commit;
     let name = target.name();
     let mut tables = Vec::new();
-    for &t in tier::tiers_of(job, name) {
+    for &t in tier::tiers_of(job, target.spec.id) {
         let url = job.storage.table(t, &job.name, name);
         tables.push((t, open_or_create(url, &target.spec).await?));
     }
@@ -865,7 +852,7 @@ async fn move_txn(
     name: &str,
     app_id: &str,
 ) -> Result<Option<i64>, ReprocessError> {
-    tier::txn_version(table, app_id)
+    txn_version(table, app_id)
         .await
         .map_err(|source| ReprocessError::Delta {
             step: "reading the move txn",

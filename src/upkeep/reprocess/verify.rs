@@ -20,12 +20,12 @@ use deltalake::protocol::SaveMode;
 use url::Url;
 
 use super::{DateRange, Rebuild, ReprocessError, Target, check_closed, rebuild};
-use crate::cmd::query::{register, register_tiers};
 use crate::config::{Job, Output};
-use crate::ingest::sink::{open_or_create, stored_schema};
 use crate::ingest::transform::{Dialect, WINDOW_END, WINDOW_START, view_sql};
+use crate::table::delta::{open_or_create, register, stored_schema};
 use crate::table::schema::conform;
 use crate::table::tier::literal;
+use crate::table::tier::register_tiers;
 
 /// Samples of each kind of difference printed per output.
 const SAMPLES: usize = 3;
@@ -134,7 +134,7 @@ pub async fn verify(
             })?;
 
         let ctx = SessionContext::new();
-        register_tiers(&ctx, job, target.name(), "live_stored").await?;
+        register_tiers(&ctx, job, target.spec.id, "live_stored").await?;
         register(&ctx, "scratch_stored", &table).await?;
         let in_range = format!(
             "\"{age}\" >= {} AND \"{age}\" < {}",

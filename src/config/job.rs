@@ -1,0 +1,487 @@
+//! The validated job: types that cannot hold an invalid value, which the
+//! rest of weir runs on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+use url::Url;
+
+use super::*;
+
+/// Where a consumer starts on a partition the Delta tables know nothing of.
+/// Only there: a position the tables recorded is never replaced by either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// What a job does when the broker deleted messages it never read
+/// (retention, DeleteRecords), like Spark's `failOnDataLoss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDataLoss {
+    /// Stop the job, naming topic, partition and both offsets.
+    #[default]
+    Fail,
+    /// Go on from the oldest message left, logging the gap and counting its
+    /// offsets in `weir_skipped_offsets_total`.
+    Skip,
+}
+
+/// Which brokers a job reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Brokers {
+    /// librdkafka's in-process mock cluster, started by `weir demo`.
+    Embedded,
+    /// A `host:port,…` bootstrap list.
+    List(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub brokers: Brokers,
+    pub topic: String,
+    pub group: String,
+    pub start_from: StartFrom,
+    pub on_data_loss: OnDataLoss,
+    pub max_message_bytes: usize,
+    /// Extra librdkafka properties (security among them); they override
+    /// weir's defaults.
+    pub properties: BTreeMap<String, Property>,
+}
+
+/// A librdkafka property value as written, where `${VAR}` references an
+/// environment variable so secrets stay out of job files. References are
+/// resolved only when a Kafka client is made ([`Job::kafka_properties`]), so
+/// commands that never connect (query, views, reprocess) do not need the
+/// secrets. Its `Debug` never shows a value that looks secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Property {
+    pub(super) value: String,
+    pub(super) secret: bool,
+}
+
+impl fmt::Debug for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.secret {
+            f.write_str("\"<redacted>\"")
+        } else {
+            write!(f, "{:?}", self.value)
+        }
+    }
+}
+
+/// Whether a librdkafka property holds a credential.
+pub(super) fn is_secret(key: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "token",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+/// `text` with every `${VAR}` replaced by the variable's value; names the
+/// first variable that is not set.
+pub(super) fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "an unclosed `${`".to_owned())?;
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| {
+            format!("`${{{name}}}`, but the environment variable {name} is not set")
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The type a user may declare for a field. Kept deliberately small: every one
+/// maps to a Delta type that Spark, Trino, DuckDB and polars all read the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Bool,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// RFC 3339 strings or epoch milliseconds in JSON; stored as UTC microseconds.
+    Timestamp,
+    /// `YYYY-MM-DD` strings in JSON.
+    Date,
+}
+
+impl FieldType {
+    pub const ALL: [Self; 8] = [
+        Self::String,
+        Self::Bool,
+        Self::Int32,
+        Self::Int64,
+        Self::Float32,
+        Self::Float64,
+        Self::Timestamp,
+        Self::Date,
+    ];
+
+    pub(super) fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// What a spec's `type` may be, for the error that refuses another.
+    pub(super) fn choices() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|t| t.name()).collect();
+        format!("one of {}", names.join(", "))
+    }
+
+    /// As a job spec names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Bool => "bool",
+            Self::Int32 => "int32",
+            Self::Int64 => "int64",
+            Self::Float32 => "float32",
+            Self::Float64 => "float64",
+            Self::Timestamp => "timestamp",
+            Self::Date => "date",
+        }
+    }
+
+    /// The type the JSON decoder produces. Timestamps decode as milliseconds so
+    /// that a JSON number means epoch millis; see [`FieldType::stored_type`].
+    pub fn decode_type(self) -> DataType {
+        match self {
+            Self::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            other => other.stored_type(),
+        }
+    }
+
+    /// The type written to Delta (Delta timestamps are microseconds, UTC).
+    pub fn stored_type(self) -> DataType {
+        match self {
+            Self::String => DataType::Utf8,
+            Self::Bool => DataType::Boolean,
+            Self::Int32 => DataType::Int32,
+            Self::Int64 => DataType::Int64,
+            Self::Float32 => DataType::Float32,
+            Self::Float64 => DataType::Float64,
+            Self::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Self::Date => DataType::Date32,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FieldDef {
+    pub name: String,
+    pub ty: FieldType,
+    pub nullable: bool,
+}
+
+/// The schema contract of a job's messages. The event ID and event time fields
+/// are always required (never nullable), whatever the spec says.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    pub fields: Vec<FieldDef>,
+    pub event_id: usize,
+    pub event_time: usize,
+    /// Event times further than this from now (either way) are refused.
+    pub event_time_range: Duration,
+}
+
+impl Contract {
+    pub fn event_id_name(&self) -> &str {
+        &self.fields[self.event_id].name
+    }
+
+    pub fn event_time_name(&self) -> &str {
+        &self.fields[self.event_time].name
+    }
+
+    /// The Arrow schema the JSON decoder targets: all fields nullable, so that a
+    /// missing required field becomes a DLQ row with a precise reason instead of
+    /// a decoder error for the whole batch.
+    pub fn decode_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.fields
+                .iter()
+                .map(|f| Field::new(&f.name, f.ty.decode_type(), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// The user fields as stored in Delta.
+    pub fn stored_fields(&self) -> Vec<Field> {
+        self.fields
+            .iter()
+            .map(|f| Field::new(&f.name, f.ty.stored_type(), f.nullable))
+            .collect()
+    }
+}
+
+/// How the job's watermark follows event time. The watermark is the minimum,
+/// over partitions that delivered data within `idle_timeout`, of each
+/// partition's newest event time minus `allowed_lateness`; events older than it
+/// go to the `late` table instead of the outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkPolicy {
+    pub allowed_lateness: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Table upkeep: how often `weir run` runs it, and what it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maintenance {
+    pub every: Duration,
+    pub target_file_bytes: u64,
+    /// Files a commit removed are deleted once they are this old.
+    pub vacuum_retention: Duration,
+    /// Log entries older than this (and older than a checkpoint) are deleted.
+    pub log_retention: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub min_events: usize,
+    pub max_events: usize,
+    pub max_wait: Duration,
+    /// Payload bytes at which a micro-batch is cut whatever its event count:
+    /// what bounds the queues' memory when messages are large (a batch takes
+    /// at least one message, so the bound is this plus one message).
+    pub max_bytes: usize,
+    /// With a target, the loop picks its batch cap within
+    /// `[min_events, max_events]` itself (see [`crate::ingest::adaptive`]).
+    pub adaptive: Option<Adaptive>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adaptive {
+    /// The p99 of produced → committed to stay under.
+    pub target_p99: Duration,
+}
+
+/// A storage tier. Ingest writes to hot; `weir maintain` moves rows to warm
+/// and then cold as they age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    Hot,
+    Warm,
+    Cold,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Hot, Tier::Warm, Tier::Cold];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Warm => "warm",
+            Tier::Cold => "cold",
+        }
+    }
+}
+
+/// Where a job's tables live: one root per tier (by default `<root>/hot`,
+/// `<root>/warm`, `<root>/cold`), and how old rows get before they move on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    pub root: Url,
+    /// Hot, warm and cold roots, in that order.
+    pub tiers: [Url; 3],
+    /// Rows older than this leave hot for warm.
+    pub hot_max_age: Duration,
+    /// Rows older than this leave warm for cold.
+    pub warm_max_age: Duration,
+}
+
+/// Parses one storage root: a local path (made absolute) or a URL whose scheme
+/// weir can write to.
+pub(super) fn parse_root(root: &str) -> Result<Url, String> {
+    if root.trim().is_empty() {
+        return Err("an empty string".into());
+    }
+    let url = if root.contains("://") {
+        Url::parse(root).map_err(|e| format!("`{root}` ({e})"))?
+    } else {
+        let path = std::path::absolute(root).map_err(|e| format!("`{root}` ({e})"))?;
+        Url::from_directory_path(&path).map_err(|()| format!("`{root}`"))?
+    };
+    if !crate::table::storage::SCHEMES.contains(&url.scheme()) {
+        return Err(format!(
+            "`{root}` (scheme `{}` is not supported; use a local path, file:// or s3://)",
+            url.scheme()
+        ));
+    }
+    Ok(url)
+}
+
+pub(super) fn join(base: &Url, path: &str) -> Url {
+    let base = base.as_str().trim_end_matches('/');
+    Url::parse(&format!("{base}/{path}/")).expect("joined URL stays valid")
+}
+
+impl Storage {
+    /// Parses a local path (relative paths are made absolute) or a URL; the
+    /// tiers get their default roots and ages.
+    pub fn parse(root: &str) -> Result<Self, String> {
+        let root = parse_root(root)?;
+        Ok(Self {
+            tiers: Tier::ALL.map(|t| join(&root, t.name())),
+            root,
+            hot_max_age: Duration::from_secs(86400),
+            warm_max_age: Duration::from_secs(30 * 86400),
+        })
+    }
+
+    /// The location of one table in one tier.
+    pub fn table(&self, tier: Tier, job: &str, table: &str) -> Url {
+        join(&self.tiers[tier as usize], &format!("{job}/{table}"))
+    }
+
+    /// The location of one table in the hot tier, where ingest writes.
+    pub fn hot_table(&self, job: &str, table: &str) -> Url {
+        self.table(Tier::Hot, job, table)
+    }
+
+    /// The age after which rows leave `tier` (`None` for cold, which keeps them).
+    pub fn max_age(&self, tier: Tier) -> Option<Duration> {
+        match tier {
+            Tier::Hot => Some(self.hot_max_age),
+            Tier::Warm => Some(self.warm_max_age),
+            Tier::Cold => None,
+        }
+    }
+}
+
+/// A validated job: everything weir needs to run it, with no way to hold an
+/// impossible value.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub file: PathBuf,
+    /// A hash of the spec's text (xxh3, hex), stamped into the commits of
+    /// reprocessing so a table records which definition produced its rows.
+    pub spec_hash: String,
+    pub source: Source,
+    pub contract: Contract,
+    pub batching: Batching,
+    /// How long an accepted event ID is remembered (in event time).
+    pub dedup_horizon: Duration,
+    pub watermark: WatermarkPolicy,
+    pub maintenance: Maintenance,
+    pub storage: Storage,
+    /// Each written to its own table, in the same trigger as `raw`.
+    pub outputs: Vec<Output>,
+    /// Where `weir run` serves `/metrics` and `/healthz`, if the spec says.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// What a job derives from its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A windowed aggregation, stored as mergeable partials.
+    Window(WindowOutput),
+    /// A stateless DataFusion query over each trigger's events (`batch`).
+    Sql(SqlOutput),
+}
+
+impl Output {
+    pub fn name(&self) -> &str {
+        match self {
+            Output::Window(w) => &w.name,
+            Output::Sql(q) => &q.name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlOutput {
+    pub name: String,
+    pub sql: String,
+}
+
+/// A windowed aggregation over event time: tumbling when `hop == size`,
+/// hopping (overlapping windows of `size` starting every `hop`) otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowOutput {
+    pub name: String,
+    pub size: Duration,
+    pub hop: Duration,
+    /// Indices into the contract's fields.
+    pub keys: Vec<usize>,
+    /// A SQL predicate over the event's fields; only matching events count.
+    pub filter: Option<String>,
+    pub aggregates: Vec<Aggregate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateFn {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    /// Exact distinct count of a field's non-null values within a window.
+    CountDistinct,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregate {
+    pub name: String,
+    pub func: AggregateFn,
+    /// Index into the contract's fields; `None` only for `count` (all events).
+    pub field: Option<usize>,
+}
+
+/// Command-line values that replace what the spec says (`--data`, `--brokers`, `--topic`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data: Option<PathBuf>,
+    pub brokers: Option<String>,
+    pub topic: Option<String>,
+}
+
+impl Job {
+    /// `source.properties` with `${VAR}` references resolved, for a Kafka
+    /// client; a variable that is not set is a spec error naming it (never the
+    /// value of one that is).
+    pub fn kafka_properties(&self) -> Result<Vec<(String, String)>, JobError> {
+        self.source
+            .properties
+            .iter()
+            .map(|(key, p)| {
+                let value = expand_env(&p.value).map_err(|found| JobError::Invalid {
+                    file: self.file.clone(),
+                    key: format!("source.properties.\"{key}\""),
+                    expected: "a value, or ${VAR} naming a set environment variable".into(),
+                    found,
+                })?;
+                Ok((key.clone(), value))
+            })
+            .collect()
+    }
+
+    /// The Delta `txn` application ID that records this job's progress on one partition.
+    pub fn app_id(&self, partition: i32) -> String {
+        format!("weir:{}:{}:{}", self.name, self.source.topic, partition)
+    }
+}

@@ -1,0 +1,360 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::job::*;
+use super::*;
+
+const GOOD: &str = r#"
+name = "clicks"
+[source]
+brokers = "localhost:9092"
+topic = "clicks"
+[schema]
+event_id = "id"
+event_time = "ts"
+fields = [
+  { name = "id", type = "string" },
+  { name = "ts", type = "timestamp" },
+  { name = "n",  type = "int64", nullable = false },
+]
+[storage]
+root = "/tmp/weir-test"
+"#;
+
+#[test]
+fn the_metrics_address_is_a_socket_address() {
+    let job = parse(&format!("{GOOD}[metrics]\naddr = \"0.0.0.0:9100\"\n")).unwrap();
+    assert_eq!(job.metrics_addr, Some("0.0.0.0:9100".parse().unwrap()));
+    let err = parse(&format!("{GOOD}[metrics]\naddr = \"nope\"\n")).unwrap_err();
+    assert!(err.to_string().contains("metrics.addr"), "{err}");
+}
+
+#[test]
+fn properties_resolve_env_references_when_connecting_and_hide_secrets() {
+    // SAFETY: the variable names are unique to this test.
+    unsafe {
+        std::env::set_var("WEIR_JOB_TEST_SECRET", "hunter2");
+    }
+    let text = GOOD.replace(
+        "topic = \"clicks\"",
+        "topic = \"clicks\"\n[source.properties]\n\"sasl.password\" = \"${WEIR_JOB_TEST_SECRET}\"\n\"client.rack\" = \"r-${WEIR_JOB_TEST_SECRET}-x\"\n\"ssl.key.password\" = \"${WEIR_JOB_TEST_UNSET}\"",
+    );
+    let job = parse(&text).unwrap();
+    let debug = format!("{job:?}");
+    assert!(
+        debug.contains("<redacted>") && !debug.contains("hunter2"),
+        "{debug}"
+    );
+    let err = job.kafka_properties().unwrap_err().to_string();
+    assert!(
+        err.contains("WEIR_JOB_TEST_UNSET is not set") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let mut job = job;
+    job.source.properties.remove("ssl.key.password");
+    let resolved = job.kafka_properties().unwrap();
+    assert!(resolved.contains(&("sasl.password".into(), "hunter2".into())));
+    assert!(resolved.contains(&("client.rack".into(), "r-hunter2-x".into())));
+}
+
+fn parse(text: &str) -> Result<Job, JobError> {
+    Job::parse(text, Path::new("jobs/t.toml"), &Overrides::default())
+}
+
+fn error_of(text: &str) -> String {
+    parse(text).expect_err("spec should be refused").to_string()
+}
+
+#[test]
+fn storage_roots_are_paths_file_or_s3_urls() {
+    let s3 = Storage::parse("s3://bucket/weir").unwrap();
+    assert_eq!(
+        s3.hot_table("j", "raw").as_str(),
+        "s3://bucket/weir/hot/j/raw/"
+    );
+    let local = Storage::parse("relative/dir").unwrap();
+    assert_eq!(local.root.scheme(), "file");
+    assert!(local.root.path().ends_with("/relative/dir/"));
+    let err = Storage::parse("gs://bucket/x").unwrap_err();
+    assert!(err.contains("scheme `gs` is not supported"), "{err}");
+}
+
+#[test]
+fn good_spec_gets_defaults() {
+    let job = parse(GOOD).unwrap();
+    assert_eq!(job.source.group, "weir-clicks");
+    assert_eq!(job.source.start_from, StartFrom::Earliest);
+    assert_eq!(job.batching.min_events, 100);
+    assert_eq!(job.batching.max_events, 1000);
+    assert_eq!(job.batching.max_wait, Duration::from_millis(250));
+    assert_eq!(job.dedup_horizon, Duration::from_secs(3600));
+    assert_eq!(job.contract.event_id_name(), "id");
+    assert!(!job.contract.fields[2].nullable);
+    assert_eq!(job.app_id(3), "weir:clicks:clicks:3");
+    assert_eq!(
+        job.storage.hot_table("clicks", "raw").as_str(),
+        "file:///tmp/weir-test/hot/clicks/raw/"
+    );
+}
+
+#[test]
+fn overrides_replace_spec_values() {
+    let overrides = Overrides {
+        data: Some("/tmp/elsewhere".into()),
+        brokers: Some("embedded".into()),
+        topic: Some("other".into()),
+    };
+    let job = Job::parse(GOOD, Path::new("t.toml"), &overrides).unwrap();
+    assert_eq!(job.storage.root.as_str(), "file:///tmp/elsewhere/");
+    assert_eq!(job.source.brokers, Brokers::Embedded);
+    assert_eq!(job.source.topic, "other");
+}
+
+#[test]
+fn adaptive_batching_is_read_under_batch_or_batching() {
+    for section in ["batch", "batching"] {
+        let text = GOOD.replace(
+            "[storage]",
+            &format!("[{section}]\nadaptive = {{ target_p99_ms = 150 }}\n[storage]"),
+        );
+        let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
+        assert_eq!(
+            job.batching.adaptive,
+            Some(Adaptive {
+                target_p99: Duration::from_millis(150)
+            })
+        );
+    }
+    let err = error_of(&GOOD.replace(
+        "[storage]",
+        "[batching]\nadaptive = { target_p99_ms = 1 }\n[storage]",
+    ));
+    assert!(err.contains("batching.adaptive.target_p99_ms"), "{err}");
+}
+
+#[test]
+fn unknown_key_names_the_key_and_file() {
+    let err = error_of(&GOOD.replace("[storage]", "[storage]\nrot = 1"));
+    assert!(err.contains("jobs/t.toml"), "{err}");
+    assert!(err.contains("unknown field `rot`"), "{err}");
+}
+
+#[test]
+fn missing_key_is_named() {
+    let err = error_of(&GOOD.replace("topic = \"clicks\"", ""));
+    assert!(err.contains("missing field `topic`"), "{err}");
+}
+
+#[test]
+fn impossible_values_are_named() {
+    let cases = [
+        (
+            GOOD.replace("[storage]", "[batching]\nmax_events = 0\n[storage]"),
+            "batching.max_events",
+        ),
+        (
+            GOOD.replace(
+                "[storage]",
+                "[batching]\nmin_events = 50\nmax_events = 10\n[storage]",
+            ),
+            "batching.min_events",
+        ),
+        (
+            GOOD.replace("[storage]", "[batching]\nmax_wait_ms = 0\n[storage]"),
+            "batching.max_wait_ms",
+        ),
+        (
+            GOOD.replace("localhost:9092", "localhost"),
+            "source.brokers",
+        ),
+        (
+            GOOD.replace("topic = \"clicks\"", "topic = \"a b\""),
+            "source.topic",
+        ),
+        (
+            GOOD.replace("event_id = \"id\"", "event_id = \"nope\""),
+            "schema.event_id",
+        ),
+        (
+            GOOD.replace("event_time = \"ts\"", "event_time = \"n\""),
+            "schema.event_time",
+        ),
+        (
+            GOOD.replace("type = \"int64\"", "type = \"decimal\""),
+            "schema.fields[2].type",
+        ),
+        (
+            GOOD.replace("name = \"n\"", "name = \"_n\""),
+            "schema.fields[2].name",
+        ),
+        (
+            GOOD.replace("name = \"n\"", "name = \"id\""),
+            "schema.fields[2].name",
+        ),
+        (
+            GOOD.replace(
+                "event_time = \"ts\"",
+                "event_time = \"ts\"\nevent_time_range = \"forever\"",
+            ),
+            "schema.event_time_range",
+        ),
+        (
+            GOOD.replace("/tmp/weir-test", "gs://bucket/x"),
+            "storage.root",
+        ),
+        (
+            GOOD.replace("[storage]", "[dedup]\nhorizon = \"0s\"\n[storage]"),
+            "dedup.horizon",
+        ),
+        (
+            GOOD.replace(
+                "[storage]",
+                "[watermark]\nallowed_lateness = \"-1m\"\n[storage]",
+            ),
+            "watermark.allowed_lateness",
+        ),
+        (
+            GOOD.replace("[storage]", "[watermark]\nidle_timeout = \"0s\"\n[storage]"),
+            "watermark.idle_timeout",
+        ),
+        (
+            GOOD.replace("[storage]", "[maintenance]\nevery = \"soon\"\n[storage]"),
+            "maintenance.every",
+        ),
+        (
+            GOOD.replace("[storage]", "[maintenance]\ntarget_file_mib = 0\n[storage]"),
+            "maintenance.target_file_mib",
+        ),
+        (GOOD.replace("name = \"clicks\"", "name = \"a/b\""), "name"),
+        (
+            GOOD.replace(
+                "[schema]",
+                "properties = { \"group.id\" = \"x\" }\n[schema]",
+            ),
+            "source.properties.\"group.id\"",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = error_of(&text);
+        assert!(
+            err.contains(&format!("key `{key}`")),
+            "expected key {key} in: {err}"
+        );
+        assert!(err.contains("jobs/t.toml"), "{err}");
+    }
+}
+
+/// GOOD plus one output with these lines.
+fn with_output(lines: &str) -> String {
+    format!("{GOOD}\n[[outputs]]\n{lines}\n")
+}
+
+const OUTPUT: &str = "name = \"o\"\nwindow = \"1m\"\nkeys = [\"n\"]\n\
+                      aggregates = [{ name = \"c\", fn = \"count\" }]";
+
+#[test]
+fn outputs_are_validated_with_named_keys() {
+    let job = parse(&with_output(OUTPUT)).unwrap();
+    let Output::Window(window) = &job.outputs[0] else {
+        panic!("a windowed output: {:?}", job.outputs[0]);
+    };
+    assert_eq!(window.size, Duration::from_secs(60));
+    assert_eq!(window.hop, window.size, "tumbling by default");
+    assert_eq!(window.keys, vec![2]);
+    let sql = parse(&with_output("name = \"q\"\nsql = \"SELECT id FROM batch\"")).unwrap();
+    assert_eq!(
+        sql.outputs[0],
+        Output::Sql(SqlOutput {
+            name: "q".into(),
+            sql: "SELECT id FROM batch".into()
+        })
+    );
+
+    let cases = [
+        (OUTPUT.replace("\"1m\"", "\"0s\""), "outputs[0].window"),
+        (OUTPUT.replace("\"1m\"", "\"1500ms\""), "outputs[0].window"),
+        (format!("{OUTPUT}\nhop = \"25s\""), "outputs[0].hop"),
+        (
+            OUTPUT.replace("[\"n\"]", "[\"nope\"]"),
+            "outputs[0].keys[0]",
+        ),
+        (OUTPUT.replace("\"o\"", "\"raw\""), "outputs[0].name"),
+        (OUTPUT.replace("\"o\"", "\"Late\""), "outputs[0].name"),
+        (
+            OUTPUT.replace("\"o\"", "\"x__partials\""),
+            "outputs[0].name",
+        ),
+        (
+            OUTPUT.replace("fn = \"count\"", "fn = \"median\""),
+            "outputs[0].aggregates[0].fn",
+        ),
+        (
+            OUTPUT.replace("fn = \"count\"", "fn = \"sum\""),
+            "outputs[0].aggregates[0].field",
+        ),
+        (
+            OUTPUT.replace("fn = \"count\"", "fn = \"sum\", field = \"id\""),
+            "outputs[0].aggregates[0].field",
+        ),
+        (
+            OUTPUT.replace("name = \"c\"", "name = \"n\""),
+            "outputs[0].aggregates[0].name",
+        ),
+        (
+            OUTPUT.replace("name = \"c\"", "name = \"a__b\""),
+            "outputs[0].aggregates[0].name",
+        ),
+        (
+            OUTPUT.replace(
+                "aggregates = [{ name = \"c\", fn = \"count\" }]",
+                "aggregates = []",
+            ),
+            "outputs[0].aggregates",
+        ),
+    ];
+    for (lines, key) in cases {
+        let err = error_of(&with_output(&lines));
+        assert!(
+            err.contains(&format!("key `{key}`")),
+            "expected key {key} in: {err}"
+        );
+    }
+    for lines in [
+        format!("{OUTPUT}\nsql = \"SELECT 1\""),
+        "name = \"q\"\nsql = \" \"".to_string(),
+        "name = \"q\"\nsql = \"SELECT 1\"\nkeys = [\"n\"]".to_string(),
+    ] {
+        let err = error_of(&with_output(&lines));
+        assert!(
+            err.contains("key `outputs[0].window`") || err.contains("key `outputs[0].sql`"),
+            "{err}"
+        );
+    }
+    let neither = error_of(&with_output("name = \"q\""));
+    assert!(
+        neither.contains("key `outputs[0].window`") && neither.contains("neither"),
+        "{neither}"
+    );
+    let twice = format!("{}\n[[outputs]]\n{OUTPUT}\n", with_output(OUTPUT));
+    assert!(error_of(&twice).contains("key `outputs[1].name`"));
+    let by_case = twice.replacen("name = \"o\"", "name = \"O\"", 1);
+    let err = error_of(&by_case);
+    assert!(
+        err.contains("key `outputs[1].name`") && err.contains("`O`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shipped_example_jobs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Job::load(&path, &Overrides::default()).unwrap();
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1);
+}

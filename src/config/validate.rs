@@ -1,0 +1,681 @@
+//! From the raw spec to the validated job: everything TOML cannot express
+//! (cross-field rules, ranges, names), each refusal naming the file and the key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::table::TableId;
+
+use super::spec::*;
+use super::*;
+
+impl Job {
+    /// Reads, parses and validates a job spec file, then applies the overrides.
+    pub fn load(file: &Path, overrides: &Overrides) -> Result<Job, JobError> {
+        let text = std::fs::read_to_string(file).map_err(|source| JobError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, file, overrides)
+    }
+
+    /// Parses and validates spec text; `file` is only used to name errors.
+    pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Job, JobError> {
+        let mut spec: JobSpec = toml::from_str(text).map_err(|e| JobError::Parse {
+            file: file.to_owned(),
+            source: Box::new(e),
+        })?;
+        if let Some(data) = &overrides.data {
+            spec.storage.root = data.to_string_lossy().into_owned();
+        }
+        if let Some(brokers) = &overrides.brokers {
+            spec.source.brokers = brokers.clone();
+        }
+        if let Some(topic) = &overrides.topic {
+            spec.source.topic = topic.clone();
+        }
+        let spec_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+        Self::from_spec(spec, file, spec_hash)
+    }
+
+    fn from_spec(spec: JobSpec, file: &Path, spec_hash: String) -> Result<Job, JobError> {
+        let invalid = |key: &str, expected: &str, found: String| JobError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            expected: expected.to_owned(),
+            found,
+        };
+
+        if !is_identifier(&spec.name) {
+            return Err(invalid(
+                "name",
+                "a name of letters, digits, `_` or `-` (it is used in paths and Delta txn app IDs)",
+                format!("`{}`", spec.name),
+            ));
+        }
+        let source = validate_source(spec.source, &spec.name, &invalid)?;
+        let contract = validate_schema(spec.schema, &invalid)?;
+        let batching = validate_batching(spec.batching, &invalid)?;
+        let dedup_horizon = duration_key(
+            &invalid,
+            "dedup.horizon",
+            &spec.dedup.horizon,
+            (1, 30 * DAY),
+            "a duration between 1s and 30days, like \"1h\"",
+        )?;
+        let watermark = validate_watermark(spec.watermark, &invalid)?;
+        let maintenance = validate_maintenance(spec.maintenance, &invalid)?;
+        let storage = validate_storage(spec.storage, spec.tiers, &invalid)?;
+        if storage.hot_max_age < dedup_horizon + watermark.allowed_lateness {
+            return Err(invalid(
+                "tiers.hot.max_age",
+                "at least dedup.horizon + watermark.allowed_lateness (dedup and the watermark are restored from hot)",
+                humantime::format_duration(storage.hot_max_age).to_string(),
+            ));
+        }
+
+        let outputs = spec
+            .outputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| validate_output(o, i, &contract, &invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, o) in outputs.iter().enumerate() {
+            if let Some(earlier) = outputs[..i]
+                .iter()
+                .find(|earlier| earlier.name().eq_ignore_ascii_case(o.name()))
+            {
+                return Err(invalid(
+                    &format!("outputs[{i}].name"),
+                    "a name no other output uses, in any case",
+                    format!("`{}` beside `{}`", o.name(), earlier.name()),
+                ));
+            }
+        }
+
+        let metrics_addr = spec
+            .metrics
+            .addr
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    invalid(
+                        "metrics.addr",
+                        "a socket address like \"127.0.0.1:9898\"",
+                        format!("`{a}`"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Job {
+            name: spec.name,
+            file: file.to_owned(),
+            spec_hash,
+            metrics_addr,
+            source,
+            contract,
+            batching,
+            dedup_horizon,
+            watermark,
+            maintenance,
+            storage,
+            outputs,
+        })
+    }
+}
+
+pub(super) type Invalid<'a> = dyn Fn(&str, &str, String) -> JobError + 'a;
+
+pub(super) fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+pub(super) fn validate_source(
+    spec: SourceSpec,
+    job: &str,
+    invalid: &Invalid,
+) -> Result<Source, JobError> {
+    let brokers = match spec.brokers.trim() {
+        "embedded" => Brokers::Embedded,
+        "" => {
+            return Err(invalid(
+                "source.brokers",
+                "`embedded` or a `host:port,…` list",
+                "an empty string".into(),
+            ));
+        }
+        list => {
+            if let Some(bad) = list.split(',').find(|b| !is_host_port(b.trim())) {
+                return Err(invalid(
+                    "source.brokers",
+                    "`embedded` or a `host:port,…` list",
+                    format!("`{bad}`"),
+                ));
+            }
+            Brokers::List(list.to_owned())
+        }
+    };
+    // Kafka's own topic-name rule.
+    if spec.topic.is_empty()
+        || spec.topic.len() > 249
+        || !spec
+            .topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid(
+            "source.topic",
+            "a Kafka topic name (1–249 of a-z A-Z 0-9 . _ -)",
+            format!("`{}`", spec.topic),
+        ));
+    }
+    let group = spec.group.unwrap_or_else(|| format!("weir-{job}"));
+    if group.trim().is_empty() {
+        return Err(invalid(
+            "source.group",
+            "a consumer group name",
+            "an empty string".into(),
+        ));
+    }
+    if spec.format != "json" {
+        return Err(invalid(
+            "source.format",
+            "`json`",
+            format!("`{}`", spec.format),
+        ));
+    }
+    if !(1..=256 * 1024 * 1024).contains(&spec.max_message_bytes) {
+        return Err(invalid(
+            "source.max_message_bytes",
+            "a size between 1 byte and 256 MiB",
+            spec.max_message_bytes.to_string(),
+        ));
+    }
+    for reserved in [
+        "group.id",
+        "bootstrap.servers",
+        "enable.auto.commit",
+        "auto.offset.reset",
+    ] {
+        if spec.properties.contains_key(reserved) {
+            return Err(invalid(
+                &format!("source.properties.\"{reserved}\""),
+                "no such property here (weir sets it from source.brokers, source.group, source.start_from and source.on_data_loss, and commits offsets itself)",
+                "it".into(),
+            ));
+        }
+    }
+    let properties = spec
+        .properties
+        .into_iter()
+        .map(|(key, value)| {
+            let secret = is_secret(&key);
+            (key, Property { value, secret })
+        })
+        .collect();
+    Ok(Source {
+        brokers,
+        topic: spec.topic,
+        group,
+        start_from: spec.start_from,
+        on_data_loss: spec.on_data_loss,
+        max_message_bytes: spec.max_message_bytes as usize,
+        properties,
+    })
+}
+
+pub(super) fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobError> {
+    if spec.fields.is_empty() {
+        return Err(invalid(
+            "schema.fields",
+            "at least one field",
+            "none".into(),
+        ));
+    }
+    let mut fields = Vec::with_capacity(spec.fields.len());
+    for (i, f) in spec.fields.into_iter().enumerate() {
+        let key = format!("schema.fields[{i}]");
+        if !is_identifier(&f.name) || f.name.starts_with('_') {
+            return Err(invalid(
+                &format!("{key}.name"),
+                "a name of letters, digits, `_` or `-`, not starting with `_` (reserved for weir's columns)",
+                format!("`{}`", f.name),
+            ));
+        }
+        if fields.iter().any(|d: &FieldDef| d.name == f.name) {
+            return Err(invalid(
+                &format!("{key}.name"),
+                "a name not used by another field",
+                format!("`{}` twice", f.name),
+            ));
+        }
+        let ty = FieldType::parse(&f.ty).ok_or_else(|| {
+            invalid(
+                &format!("{key}.type"),
+                &FieldType::choices(),
+                format!("`{}`", f.ty),
+            )
+        })?;
+        fields.push(FieldDef {
+            name: f.name,
+            ty,
+            nullable: f.nullable,
+        });
+    }
+    let position = |key: &str, name: &str| {
+        fields.iter().position(|f| f.name == name).ok_or_else(|| {
+            invalid(
+                key,
+                "the name of a field in schema.fields",
+                format!("`{name}`"),
+            )
+        })
+    };
+    let event_id = position("schema.event_id", &spec.event_id)?;
+    let event_time = position("schema.event_time", &spec.event_time)?;
+    if !matches!(fields[event_id].ty, FieldType::String | FieldType::Int64) {
+        return Err(invalid(
+            "schema.event_id",
+            "a field of type string or int64",
+            format!("`{}` of another type", spec.event_id),
+        ));
+    }
+    if fields[event_time].ty != FieldType::Timestamp {
+        return Err(invalid(
+            "schema.event_time",
+            "a field of type timestamp",
+            format!("`{}` of another type", spec.event_time),
+        ));
+    }
+    if event_id == event_time {
+        return Err(invalid(
+            "schema.event_time",
+            "a field other than the event ID",
+            format!("`{}`", spec.event_time),
+        ));
+    }
+    fields[event_id].nullable = false;
+    fields[event_time].nullable = false;
+    let event_time_range = duration_key(
+        invalid,
+        "schema.event_time_range",
+        &spec.event_time_range,
+        (60, 100 * 366 * DAY),
+        "a duration between 1min and 100years, like \"10years\" or \"30days\"",
+    )?;
+    Ok(Contract {
+        fields,
+        event_id,
+        event_time,
+        event_time_range,
+    })
+}
+
+pub(super) fn validate_watermark(
+    spec: WatermarkSpec,
+    invalid: &Invalid,
+) -> Result<WatermarkPolicy, JobError> {
+    let allowed_lateness = duration_key(
+        invalid,
+        "watermark.allowed_lateness",
+        &spec.allowed_lateness,
+        (0, 7 * DAY),
+        "a duration between 0s and 7days, like \"1m\"",
+    )?;
+    let idle_timeout = duration_key(
+        invalid,
+        "watermark.idle_timeout",
+        &spec.idle_timeout,
+        (1, DAY),
+        "a duration between 1s and 1day, like \"30s\"",
+    )?;
+    Ok(WatermarkPolicy {
+        allowed_lateness,
+        idle_timeout,
+    })
+}
+
+pub(super) const ROOT_EXPECTED: &str = "a local path, a file:// URL or an s3://bucket/prefix URL";
+
+pub(super) fn validate_storage(
+    spec: StorageSpec,
+    tiers: TiersSpec,
+    invalid: &Invalid,
+) -> Result<Storage, JobError> {
+    let mut storage = Storage::parse(&spec.root)
+        .map_err(|found| invalid("storage.root", ROOT_EXPECTED, found))?;
+    let roots = [&tiers.hot.root, &tiers.warm.root, &tiers.cold.root];
+    for (tier, root) in Tier::ALL.into_iter().zip(roots) {
+        if let Some(root) = root {
+            let key = format!("tiers.{}.root", tier.name());
+            storage.tiers[tier as usize] =
+                parse_root(root).map_err(|found| invalid(&key, ROOT_EXPECTED, found))?;
+        }
+    }
+    let age = |tier: &TierSpec, name: &str, default: Duration| match &tier.max_age {
+        None => Ok(default),
+        Some(text) => duration_key(
+            invalid,
+            &format!("tiers.{name}.max_age"),
+            text,
+            (1, 100 * 366 * DAY),
+            "a duration between 1s and 100years, like \"24h\"",
+        ),
+    };
+    storage.hot_max_age = age(&tiers.hot, "hot", storage.hot_max_age)?;
+    storage.warm_max_age = age(&tiers.warm, "warm", storage.warm_max_age)?;
+    if storage.warm_max_age <= storage.hot_max_age {
+        return Err(invalid(
+            "tiers.warm.max_age",
+            "an age above tiers.hot.max_age (rows reach warm at hot's age)",
+            humantime::format_duration(storage.warm_max_age).to_string(),
+        ));
+    }
+    Ok(storage)
+}
+
+pub(super) fn validate_maintenance(
+    spec: MaintenanceSpec,
+    invalid: &Invalid,
+) -> Result<Maintenance, JobError> {
+    let every = duration_key(
+        invalid,
+        "maintenance.every",
+        &spec.every,
+        (1, 7 * DAY),
+        "a duration between 1s and 7days, like \"10m\"",
+    )?;
+    let vacuum_retention = duration_key(
+        invalid,
+        "maintenance.vacuum_retention",
+        &spec.vacuum_retention,
+        (0, 3650 * DAY),
+        "a duration between 0s and 3650days, like \"7days\"",
+    )?;
+    let log_retention = duration_key(
+        invalid,
+        "maintenance.log_retention",
+        &spec.log_retention,
+        (0, 3650 * DAY),
+        "a duration between 0s and 3650days, like \"30days\"",
+    )?;
+    if !(1..=4096).contains(&spec.target_file_mib) {
+        return Err(invalid(
+            "maintenance.target_file_mib",
+            "a size in MiB between 1 and 4096",
+            spec.target_file_mib.to_string(),
+        ));
+    }
+    Ok(Maintenance {
+        every,
+        target_file_bytes: spec.target_file_mib * 1024 * 1024,
+        vacuum_retention,
+        log_retention,
+    })
+}
+
+pub(super) const DAY: u64 = 86400;
+
+/// Parses duration key `key` within `bounds` (seconds, inclusive); otherwise
+/// the error says what was `expected` and what was found.
+pub(super) fn duration_key(
+    invalid: &Invalid,
+    key: &str,
+    text: &str,
+    (min_secs, max_secs): (u64, u64),
+    expected: &str,
+) -> Result<Duration, JobError> {
+    parse_duration(text, min_secs, max_secs)
+        .ok_or_else(|| invalid(key, expected, format!("`{text}`")))
+}
+
+/// A humantime duration (`"90s"`, `"1h"`, `"10years"`) within `min..=max` seconds.
+pub(super) fn parse_duration(text: &str, min_secs: u64, max_secs: u64) -> Option<Duration> {
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|d| (Duration::from_secs(min_secs)..=Duration::from_secs(max_secs)).contains(d))
+}
+
+pub(super) fn validate_output(
+    spec: OutputSpec,
+    i: usize,
+    contract: &Contract,
+    invalid: &Invalid,
+) -> Result<Output, JobError> {
+    let key = |k: &str| format!("outputs[{i}].{k}");
+    // Tables weir names after an output (`<name>__partials`, `<name>__hot`)
+    // must not collide with another's; SQL engines fold unquoted names to
+    // one case, so neither may names that differ only by case.
+    let lower = spec.name.to_lowercase();
+    if !is_identifier(&spec.name)
+        || spec.name.starts_with('_')
+        || spec.name.contains("__")
+        || TableId::ingest(&lower).is_some()
+    {
+        return Err(invalid(
+            &key("name"),
+            "a name of letters, digits, `_` or `-`, not starting with `_`, without `__` (weir's own table names use it), and not raw, dlq or late in any case",
+            format!("`{}`", spec.name),
+        ));
+    }
+    let window = match (spec.window, spec.sql) {
+        (None, Some(sql)) => {
+            let windowed = spec.hop.is_some()
+                || !spec.keys.is_empty()
+                || spec.filter.is_some()
+                || !spec.aggregates.is_empty();
+            if windowed || sql.trim().is_empty() {
+                return Err(invalid(
+                    &key("sql"),
+                    "a query over `batch`, alone (hop, keys, filter and aggregates belong to windowed outputs)",
+                    if windowed {
+                        "window settings beside it".into()
+                    } else {
+                        "an empty query".into()
+                    },
+                ));
+            }
+            return Ok(Output::Sql(SqlOutput {
+                name: spec.name,
+                sql,
+            }));
+        }
+        (Some(window), None) => window,
+        (window, _) => {
+            return Err(invalid(
+                &key("window"),
+                "either `window` (with aggregates) or `sql`",
+                if window.is_some() {
+                    "both".into()
+                } else {
+                    "neither".into()
+                },
+            ));
+        }
+    };
+    let size = duration_key(
+        invalid,
+        &key("window"),
+        &window,
+        (1, DAY),
+        "a duration between 1s and 1day, like \"1m\"",
+    )?;
+    let hop = match &spec.hop {
+        None => size,
+        Some(text) => parse_duration(text, 1, 86400)
+            .filter(|hop| *hop <= size && size.as_millis() % hop.as_millis() == 0)
+            .ok_or_else(|| {
+                invalid(
+                    &key("hop"),
+                    "a duration that divides the window, like \"30s\" for a 1m window",
+                    format!("`{text}`"),
+                )
+            })?,
+    };
+    if size.subsec_millis() != 0 || hop.subsec_millis() != 0 {
+        return Err(invalid(
+            &key("window"),
+            "whole seconds",
+            format!("`{window}`"),
+        ));
+    }
+    let field = |k: &str, name: &str| {
+        contract
+            .fields
+            .iter()
+            .position(|f| f.name == name)
+            .ok_or_else(|| {
+                invalid(
+                    k,
+                    "the name of a field in schema.fields",
+                    format!("`{name}`"),
+                )
+            })
+    };
+    let keys = spec
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(k, name)| field(&key(&format!("keys[{k}]")), name))
+        .collect::<Result<Vec<_>, _>>()?;
+    if spec.aggregates.is_empty() {
+        return Err(invalid(
+            &key("aggregates"),
+            "at least one aggregate",
+            "none".into(),
+        ));
+    }
+    let mut aggregates: Vec<Aggregate> = Vec::new();
+    for (a, agg) in spec.aggregates.into_iter().enumerate() {
+        let akey = |k: &str| key(&format!("aggregates[{a}].{k}"));
+        let taken = ["window_start", "window_end"].contains(&agg.name.as_str())
+            || keys.iter().any(|&k| contract.fields[k].name == agg.name)
+            || aggregates.iter().any(|earlier| earlier.name == agg.name);
+        if !is_identifier(&agg.name) || agg.name.contains("__") || taken {
+            return Err(invalid(
+                &akey("name"),
+                "a new column name (letters, digits, `_`; no `__`; not a key or window column)",
+                format!("`{}`", agg.name),
+            ));
+        }
+        let func = match agg.func.as_str() {
+            "count" => AggregateFn::Count,
+            "sum" => AggregateFn::Sum,
+            "min" => AggregateFn::Min,
+            "max" => AggregateFn::Max,
+            "avg" => AggregateFn::Avg,
+            "count_distinct" => AggregateFn::CountDistinct,
+            other => {
+                return Err(invalid(
+                    &akey("fn"),
+                    "one of count, sum, min, max, avg, count_distinct",
+                    format!("`{other}`"),
+                ));
+            }
+        };
+        let field = match (&agg.field, func) {
+            (None, AggregateFn::Count) => None,
+            (None, _) => {
+                return Err(invalid(
+                    &akey("field"),
+                    "the field to aggregate",
+                    "nothing".into(),
+                ));
+            }
+            (Some(name), _) => Some(field(&akey("field"), name)?),
+        };
+        let numeric = |f: usize| {
+            matches!(
+                contract.fields[f].ty,
+                FieldType::Int32 | FieldType::Int64 | FieldType::Float32 | FieldType::Float64
+            )
+        };
+        if let Some(f) = field
+            && matches!(func, AggregateFn::Sum | AggregateFn::Avg)
+            && !numeric(f)
+        {
+            return Err(invalid(
+                &akey("field"),
+                "a numeric field (int32, int64, float32, float64)",
+                format!("`{}`", contract.fields[f].name),
+            ));
+        }
+        aggregates.push(Aggregate {
+            name: agg.name,
+            func,
+            field,
+        });
+    }
+    Ok(Output::Window(WindowOutput {
+        name: spec.name,
+        size,
+        hop,
+        keys,
+        filter: spec.filter,
+        aggregates,
+    }))
+}
+
+pub(super) fn validate_batching(
+    spec: BatchingSpec,
+    invalid: &Invalid,
+) -> Result<Batching, JobError> {
+    const MAX_EVENTS: u64 = 1_000_000;
+    if !(1..=MAX_EVENTS).contains(&spec.max_events) {
+        return Err(invalid(
+            "batching.max_events",
+            "a number of events between 1 and 1000000",
+            spec.max_events.to_string(),
+        ));
+    }
+    if !(1..=spec.max_events).contains(&spec.min_events) {
+        return Err(invalid(
+            "batching.min_events",
+            "a number of events between 1 and batching.max_events",
+            spec.min_events.to_string(),
+        ));
+    }
+    if !(1..=3_600_000).contains(&spec.max_wait_ms) {
+        return Err(invalid(
+            "batching.max_wait_ms",
+            "milliseconds between 1 and 3600000",
+            spec.max_wait_ms.to_string(),
+        ));
+    }
+    if !((1 << 20)..=(1 << 30)).contains(&spec.max_bytes) {
+        return Err(invalid(
+            "batching.max_bytes",
+            "bytes between 1048576 (1 MiB) and 1073741824 (1 GiB)",
+            spec.max_bytes.to_string(),
+        ));
+    }
+    let adaptive = match spec.adaptive {
+        None => None,
+        Some(a) if (10..=3_600_000).contains(&a.target_p99_ms) => Some(Adaptive {
+            target_p99: Duration::from_millis(a.target_p99_ms),
+        }),
+        Some(a) => {
+            return Err(invalid(
+                "batching.adaptive.target_p99_ms",
+                "milliseconds between 10 and 3600000",
+                a.target_p99_ms.to_string(),
+            ));
+        }
+    };
+    Ok(Batching {
+        min_events: spec.min_events as usize,
+        max_events: spec.max_events as usize,
+        max_wait: Duration::from_millis(spec.max_wait_ms),
+        max_bytes: spec.max_bytes as usize,
+        adaptive,
+    })
+}

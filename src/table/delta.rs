@@ -1,0 +1,234 @@
+//! Delta tables as the catalog opens them: created from a [`TableSpec`] (or
+//! evolved to it), opened read-only, registered for DataFusion, and their
+//! txn versions read. The sink commits to what [`open_or_create`] returns;
+//! queries and upkeep read through [`open`] and [`register`].
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::TableReference;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use serde_json::json;
+use tracing::info;
+use url::Url;
+
+use super::schema::{EVENT_ID_PROPERTY, Shape};
+use super::{TableError, TableSpec};
+
+/// Commits between Delta checkpoints, so the log stays cheap to read.
+pub const CHECKPOINT_INTERVAL: u64 = 100;
+
+/// Whether delta-rs refused a commit because a concurrent one conflicts with it.
+pub fn is_commit_conflict(error: &DeltaTableError) -> bool {
+    matches!(
+        error,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(_)
+        }
+    )
+}
+
+/// Opens a job table read from its Delta log; a location without a log is `Missing`.
+pub async fn open(name: &str, url: &Url) -> Result<DeltaTable, TableError> {
+    let missing = || TableError::Missing {
+        table: name.to_owned(),
+        url: Box::new(url.clone()),
+    };
+    if url.scheme() == "file"
+        && url
+            .to_file_path()
+            .is_ok_and(|p| !p.join("_delta_log").exists())
+    {
+        return Err(missing());
+    }
+    super::storage::register();
+    deltalake::open_table(url.clone())
+        .await
+        .map_err(|source| match source {
+            DeltaTableError::NotATable(_) => missing(),
+            source => TableError::Open {
+                table: name.to_owned(),
+                url: Box::new(url.clone()),
+                source: Box::new(source),
+            },
+        })
+}
+
+/// Registers `table` in `ctx` under `name`, reading through its Delta log.
+pub async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    table: &DeltaTable,
+) -> Result<(), DataFusionError> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    register_as(ctx, name, table.table_provider().await?)
+}
+
+/// Registers `provider` under `name` exactly as written, so weir's own SQL
+/// (which quotes every name) finds `"PageViews"`; and, when `name` has
+/// capitals, under its lower case too, which is what SQL makes of an
+/// unquoted `PageViews`. (Job names that differ only by case are refused.)
+pub fn register_as(
+    ctx: &SessionContext,
+    name: &str,
+    provider: Arc<dyn TableProvider>,
+) -> Result<(), DataFusionError> {
+    let lower = name.to_lowercase();
+    if lower != name {
+        ctx.register_table(TableReference::bare(lower), provider.clone())?;
+    }
+    ctx.register_table(TableReference::bare(name), provider)?;
+    Ok(())
+}
+
+/// A table's own schema in Arrow, the one every write must match.
+pub fn stored_schema(table: &DeltaTable) -> Result<SchemaRef, DeltaTableError> {
+    let schema = table.snapshot()?.schema();
+    Ok(Arc::new(schema.as_ref().try_into_arrow()?))
+}
+
+/// Opens the Delta table at `url`, creating it from `spec` if there is none,
+/// and evolving it if the job's contract gained fields ([`super::schema`]).
+pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, TableError> {
+    super::storage::register();
+    let fail = |source| TableError::delta(&spec.name, &url, source);
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
+        std::fs::create_dir_all(&path).map_err(|source| TableError::Directory {
+            table: spec.name.clone(),
+            url: Box::new(url.clone()),
+            source,
+        })?;
+    }
+    let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
+    let columns: StructType = spec
+        .schema
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| fail(DeltaTableError::from(e)))?;
+    if table.version().is_some() {
+        return evolve(table, spec, &url, &columns).await;
+    }
+    let mut configuration = vec![
+        (
+            TableProperty::CheckpointInterval.as_ref().to_owned(),
+            Some(CHECKPOINT_INTERVAL.to_string()),
+        ),
+        (
+            TableProperty::DataSkippingStatsColumns.as_ref().to_owned(),
+            Some(stats_columns(&spec.schema)),
+        ),
+    ];
+    if let Some(id) = &spec.event_id {
+        configuration.push((EVENT_ID_PROPERTY.to_owned(), Some(id.clone())));
+    }
+    let created = table
+        .create()
+        .with_table_name(&spec.name)
+        .with_columns(columns.fields().cloned())
+        .with_partition_columns(spec.partition_columns.clone())
+        .with_configuration(configuration)
+        // weir.eventId is weir's own property, unknown to Delta.
+        .with_raise_if_key_not_exists(false)
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(t) => {
+            info!(table = %spec.name, %url, "created Delta table");
+            Ok(t)
+        }
+        Err(e) => {
+            // Another writer may have created it first: then use theirs.
+            let table = DeltaTable::try_from_url(url.clone()).await.map_err(fail)?;
+            if table.version().is_none() {
+                return Err(fail(e));
+            }
+            evolve(table, spec, &url, &columns).await
+        }
+    }
+}
+
+/// Adds the columns the job's contract gained to an existing table, or
+/// refuses a change the table cannot take.
+async fn evolve(
+    table: DeltaTable,
+    spec: &TableSpec,
+    url: &Url,
+    columns: &StructType,
+) -> Result<DeltaTable, TableError> {
+    let fail = |source| TableError::delta(&spec.name, url, source);
+    let snapshot = table.snapshot().map_err(fail)?;
+    let stored_columns = snapshot.schema();
+    let metadata = snapshot.metadata();
+    let added = super::schema::evolve(
+        Shape {
+            schema: &stored_columns,
+            partition_columns: metadata.partition_columns(),
+            event_id: metadata
+                .configuration()
+                .get(EVENT_ID_PROPERTY)
+                .map(String::as_str),
+        },
+        Shape {
+            schema: columns,
+            partition_columns: &spec.partition_columns,
+            event_id: spec.event_id.as_deref(),
+        },
+    )
+    .map_err(|source| TableError::Incompatible {
+        table: spec.name.clone(),
+        url: Box::new(url.clone()),
+        source: Box::new(source),
+    })?;
+    if added.is_empty() {
+        return Ok(table);
+    }
+    let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
+    info!(table = %spec.name, %url, columns = ?names, "adding the job's new fields as nullable columns");
+    let commit = CommitProperties::default().with_metadata([
+        ("weir.operation".to_owned(), json!("evolve")),
+        ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
+    ]);
+    table
+        .add_columns()
+        .with_fields(added)
+        .with_commit_properties(commit)
+        .await
+        .map_err(fail)
+}
+
+/// Binary columns (payloads) have no useful order: neither the log nor the
+/// data files keep min/max statistics of them.
+pub(crate) fn is_binary(field: &Field) -> bool {
+    matches!(field.data_type(), DataType::Binary | DataType::LargeBinary)
+}
+
+/// Min/max statistics are kept for every column but binary ones (see
+/// [`is_binary`]; delta-rs warns on every file it would skip them in).
+fn stats_columns(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| !is_binary(f))
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The version of `app_id`'s txn in `table`'s snapshot (none when it never committed one).
+pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
+    table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id.to_owned())
+        .await
+}
