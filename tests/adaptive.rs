@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use weir::config::{Adaptive, Job};
 use weir::fault::Faults;
-use weir::ingest::pipeline::{Pipeline, Samples};
+use weir::ingest::pipeline::Pipeline;
 use weir::ingest::source::embedded::EmbeddedBroker;
 use weir::ingest::source::generator::{self, Generator, Limits, Mix};
+use weir::ingest::stats::Samples;
 use weir::metrics::JobMetrics;
 use weir::telemetry::quantile;
 

@@ -14,10 +14,11 @@ use arrow::datatypes::Int64Type;
 use common::*;
 use weir::cmd::demo::end_offsets;
 use weir::fault::Faults;
-use weir::ingest::pipeline::{PipelineError, Stats};
+use weir::ingest::pipeline::PipelineError;
 use weir::ingest::sink::SinkError;
 use weir::ingest::source::embedded::EmbeddedBroker;
 use weir::ingest::source::generator::{Delivered, Kind, Mix};
+use weir::ingest::stats::Stats;
 use weir::table::delta::CHECKPOINT_INTERVAL;
 
 const DRAIN: Duration = Duration::from_secs(60);

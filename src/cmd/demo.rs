@@ -18,9 +18,10 @@ use tracing::info;
 
 use crate::config::Job;
 use crate::fault::Faults;
-use crate::ingest::pipeline::{Pipeline, PipelineError, Stats};
+use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::source::embedded::EmbeddedBroker;
 use crate::ingest::source::generator::{self, Delivered, Generator, Kind, Limits, Mix};
+use crate::ingest::stats::Stats;
 use crate::telemetry::quantile;
 
 const MARKER: &str = ".weir-demo";
@@ -54,6 +55,51 @@ impl Default for DemoOptions {
     }
 }
 
+/// What driving a pipeline with generated traffic can fail with, in the
+/// demo and the bench alike.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// A Kafka client (or the embedded broker) failed.
+    #[error("Kafka: {0}")]
+    Broker(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Produce(#[from] generator::ProduceError),
+    #[error(transparent)]
+    Pipeline(Box<PipelineError>),
+    #[error("the pipeline task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<PipelineError> for DriveError {
+    fn from(e: PipelineError) -> Self {
+        Self::Pipeline(Box::new(e))
+    }
+}
+
+/// `?` on each of [`DriveError`]'s sources in a function returning `$error`,
+/// which wraps it as `$error::Drive`.
+macro_rules! drive_errors {
+    ($error:ty) => {
+        impl<E> From<E> for $error
+        where
+            E: crate::cmd::demo::DrivenBy,
+        {
+            fn from(e: E) -> Self {
+                Self::Drive(e.into())
+            }
+        }
+    };
+}
+pub(crate) use drive_errors;
+
+/// The errors a [`DriveError`] is made from.
+pub trait DrivenBy: Into<DriveError> {}
+impl DrivenBy for rdkafka::error::KafkaError {}
+impl DrivenBy for generator::ProduceError {}
+impl DrivenBy for PipelineError {}
+impl DrivenBy for tokio::task::JoinError {}
+impl DrivenBy for DriveError {}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(
@@ -66,23 +112,13 @@ pub enum DemoError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the embedded broker failed: {0}")]
-    Broker(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
-    Produce(#[from] generator::ProduceError),
-    #[error(transparent)]
-    Pipeline(Box<PipelineError>),
-    #[error("the pipeline task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    Drive(DriveError),
     #[error("not everything produced was committed within {0:?} after producing stopped")]
     Drain(Duration),
 }
 
-impl From<PipelineError> for DemoError {
-    fn from(e: PipelineError) -> Self {
-        Self::Pipeline(Box::new(e))
-    }
-}
+drive_errors!(DemoError);
 
 /// Where the demo's events went.
 #[derive(Debug, Clone)]

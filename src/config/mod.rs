@@ -14,6 +14,8 @@
 use std::path::PathBuf;
 
 mod choice;
+#[cfg(test)]
+pub(crate) mod fixture;
 mod job;
 mod spec;
 #[cfg(test)]

@@ -1,31 +1,28 @@
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use super::fixture::Spec;
 use super::job::*;
 use super::*;
 
-const GOOD: &str = r#"
-name = "clicks"
-[source]
-brokers = "localhost:9092"
-topic = "clicks"
-[schema]
-event_id = "id"
-event_time = "ts"
-fields = [
-  { name = "id", type = "string" },
-  { name = "ts", type = "timestamp" },
-  { name = "n",  type = "int64", nullable = false },
-]
-[storage]
-root = "/tmp/weir-test"
-"#;
+/// A valid spec the tests below change one key of.
+static GOOD: LazyLock<String> = LazyLock::new(|| {
+    Spec {
+        name: "clicks",
+        brokers: "localhost:9092",
+        fields: &[r#"{ name = "n",  type = "int64", nullable = false }"#],
+        root: "/tmp/weir-test",
+        ..Spec::default()
+    }
+    .toml()
+});
 
 #[test]
 fn the_metrics_address_is_a_socket_address() {
-    let job = parse(&format!("{GOOD}[metrics]\naddr = \"0.0.0.0:9100\"\n")).unwrap();
+    let job = parse(&format!("{}[metrics]\naddr = \"0.0.0.0:9100\"\n", *GOOD)).unwrap();
     assert_eq!(job.metrics_addr, Some("0.0.0.0:9100".parse().unwrap()));
-    let err = parse(&format!("{GOOD}[metrics]\naddr = \"nope\"\n")).unwrap_err();
+    let err = parse(&format!("{}[metrics]\naddr = \"nope\"\n", *GOOD)).unwrap_err();
     assert!(err.to_string().contains("metrics.addr"), "{err}");
 }
 
@@ -81,7 +78,7 @@ fn storage_roots_are_paths_file_or_s3_urls() {
 
 #[test]
 fn good_spec_gets_defaults() {
-    let job = parse(GOOD).unwrap();
+    let job = parse(&GOOD).unwrap();
     assert_eq!(job.source.group, "weir-clicks");
     assert_eq!(job.source.start_from, StartFrom::Earliest);
     assert_eq!(job.batching.min_events, 100);
@@ -104,7 +101,7 @@ fn overrides_replace_spec_values() {
         brokers: Some("embedded".into()),
         topic: Some("other".into()),
     };
-    let job = Job::parse(GOOD, Path::new("t.toml"), &overrides).unwrap();
+    let job = Job::parse(&GOOD, Path::new("t.toml"), &overrides).unwrap();
     assert_eq!(job.storage.root.as_str(), "file:///tmp/elsewhere/");
     assert_eq!(job.source.brokers, Brokers::Embedded);
     assert_eq!(job.source.topic, "other");
@@ -246,7 +243,7 @@ fn impossible_values_are_named() {
 
 /// GOOD plus one output with these lines.
 fn with_output(lines: &str) -> String {
-    format!("{GOOD}\n[[outputs]]\n{lines}\n")
+    format!("{}\n[[outputs]]\n{lines}\n", *GOOD)
 }
 
 const OUTPUT: &str = "name = \"o\"\nwindow = \"1m\"\nkeys = [\"n\"]\n\

@@ -1,7 +1,7 @@
 //! The data path, one module per stage in the order a trigger runs them:
 //! [`source`] → [`decode`] → [`dedup`] → [`watermark`] → [`replay`] →
-//! [`transform`] → [`sink`]. [`pipeline`] sequences them and [`adaptive`]
-//! sizes the batches. Between the ends the stages are pure functions over
+//! [`transform`] → [`sink`]. [`pipeline`] sequences them, [`adaptive`]
+//! sizes the batches and [`stats`] counts what they did. Between the ends the stages are pure functions over
 //! Arrow batches; a stage that keeps state (dedup, the watermark) restores it
 //! itself from the tables ([`crate::table::Tables`]).
 
@@ -21,3 +21,4 @@ pub mod sink;
 
 pub mod adaptive;
 pub mod pipeline;
+pub mod stats;

@@ -24,13 +24,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info};
 
-use crate::cmd::demo::end_offsets;
+use crate::cmd::demo::{DriveError, drive_errors, end_offsets};
 use crate::config::{Batching, Job, JobError, Storage};
 use crate::fault::Faults;
-use crate::ingest::pipeline::{Pipeline, PipelineError, Samples};
+use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::source::embedded::EmbeddedBroker;
 use crate::ingest::source::generator::{self, Generator, Limits, Mix};
 use crate::ingest::source::kafka::client_config;
+use crate::ingest::stats::Samples;
 use crate::metrics::JobMetrics;
 use crate::telemetry::{Progress, quantile};
 
@@ -64,9 +65,6 @@ pub struct BenchOptions {
 pub enum BenchError {
     #[error(transparent)]
     Job(#[from] JobError),
-    /// A Kafka client of the sweep (or the embedded broker) failed.
-    #[error("Kafka: {0}")]
-    Broker(#[from] rdkafka::error::KafkaError),
     #[error("cannot create topic `{topic}` on {brokers}: {reason}")]
     Topic {
         topic: String,
@@ -74,11 +72,7 @@ pub enum BenchError {
         reason: String,
     },
     #[error(transparent)]
-    Produce(#[from] generator::ProduceError),
-    #[error(transparent)]
-    Pipeline(Box<PipelineError>),
-    #[error("the pipeline task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    Drive(DriveError),
     #[error(
         "the raw consumer read {read} of {expected} backlog events within {timeout:?} without reaching the end; is the broker healthy?"
     )]
@@ -102,11 +96,7 @@ pub enum BenchError {
     Output { path: PathBuf, reason: String },
 }
 
-impl From<PipelineError> for BenchError {
-    fn from(e: PipelineError) -> Self {
-        Self::Pipeline(Box::new(e))
-    }
-}
+drive_errors!(BenchError);
 
 /// p50, p95 and p99 of a set of durations.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -722,7 +712,7 @@ fn consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::pipeline::TriggerSample;
+    use crate::ingest::stats::TriggerSample;
 
     #[test]
     fn producers_and_admins_get_only_the_properties_that_reach_the_cluster() {

@@ -1,31 +1,26 @@
 use super::*;
+use crate::config::fixture::Spec;
 use crate::config::{Job, Overrides};
 use arrow::array::AsArray;
 use arrow::datatypes::{Date32Type, Int64Type, TimestampMicrosecondType};
 use std::path::Path;
 
-const JOB: &str = r#"
-name = "t"
-[source]
-brokers = "embedded"
-topic = "t"
-max_message_bytes = 200
-[schema]
-event_id = "id"
-event_time = "ts"
-fields = [
-  { name = "id", type = "string" },
-  { name = "ts", type = "timestamp" },
-  { name = "n",  type = "int64", nullable = false },
-  { name = "x",  type = "float64" },
-  { name = "s",  type = "string" },
-]
-[storage]
-root = "/tmp/unused"
-"#;
+/// Events with a required `n`, an optional `x` and `s`, and messages of at
+/// most 200 bytes.
+fn spec() -> Spec<'static> {
+    Spec {
+        source: "max_message_bytes = 200",
+        fields: &[
+            r#"{ name = "n",  type = "int64", nullable = false }"#,
+            r#"{ name = "x",  type = "float64" }"#,
+            r#"{ name = "s",  type = "string" }"#,
+        ],
+        ..Spec::default()
+    }
+}
 
 fn decoder() -> Decoder {
-    let job = Job::parse(JOB, Path::new("t.toml"), &Overrides::default()).unwrap();
+    let job = spec().job();
     Decoder::new(job.contract, job.source.max_message_bytes)
 }
 
@@ -336,7 +331,7 @@ fn reprocessing_judges_the_event_time_range_against_ingest_time() {
     b.messages[0].kafka_ts = Some(four_days_ago + 60_000);
     b.messages[1].kafka_ts = Some(now().timestamp_millis());
     b.messages[2].kafka_ts = None;
-    let text = JOB.replace(
+    let text = spec().toml().replace(
         "event_time = \"ts\"",
         "event_time = \"ts\"\nevent_time_range = \"2days\"",
     );

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::fixture::Spec;
 use crate::config::{Job, Overrides};
 use crate::ingest::decode::Decoder;
 use crate::ingest::source::{Message, MicroBatch};
@@ -10,23 +11,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use std::path::Path;
 
-const JOB: &str = r#"
-name = "t"
-[source]
-brokers = "embedded"
-topic = "t"
-[schema]
-event_id = "id"
-event_time = "ts"
-fields = [
-  { name = "id", type = "string" },
-  { name = "ts", type = "timestamp" },
-  { name = "page", type = "string" },
-  { name = "kind", type = "string" },
-  { name = "price", type = "float64" },
-]
-[storage]
-root = "/tmp/unused"
+const OUTPUTS: &str = r#"
 [[outputs]]
 name = "per_minute"
 window = "1m"
@@ -54,8 +39,21 @@ fn window(job: &Job, i: usize) -> &crate::config::WindowOutput {
     }
 }
 
+/// Events with a page, a kind and a price, and the outputs above.
+fn spec() -> Spec<'static> {
+    Spec {
+        fields: &[
+            r#"{ name = "page", type = "string" }"#,
+            r#"{ name = "kind", type = "string" }"#,
+            r#"{ name = "price", type = "float64" }"#,
+        ],
+        rest: OUTPUTS,
+        ..Spec::default()
+    }
+}
+
 fn job() -> Job {
-    Job::parse(JOB, Path::new("t.toml"), &Overrides::default()).unwrap()
+    spec().job()
 }
 
 /// Events as (seconds after 12:00, page, kind, price), decoded like the live loop does.
@@ -295,7 +293,8 @@ async fn no_events_no_partials() {
 #[tokio::test]
 async fn query_outputs_keep_their_rows_in_delta_types() {
     let text = format!(
-        "{JOB}\n[[outputs]]\nname = \"views\"\nsql = \"SELECT id, ts, upper(page) AS page, price * 2 AS doubled FROM batch WHERE kind = 'view'\"\n"
+        "{}\n[[outputs]]\nname = \"views\"\nsql = \"SELECT id, ts, upper(page) AS page, price * 2 AS doubled FROM batch WHERE kind = 'view'\"\n",
+        spec().toml()
     );
     let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
     let transforms = Transform::all(&job).await.unwrap();
@@ -332,7 +331,10 @@ async fn query_outputs_keep_their_rows_in_delta_types() {
 
 #[tokio::test]
 async fn a_query_that_does_not_plan_is_a_bad_spec_naming_its_key() {
-    let text = format!("{JOB}\n[[outputs]]\nname = \"q\"\nsql = \"SELECT nope FROM batch\"\n");
+    let text = format!(
+        "{}\n[[outputs]]\nname = \"q\"\nsql = \"SELECT nope FROM batch\"\n",
+        spec().toml()
+    );
     let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
     let err = Transform::all(&job).await.unwrap_err().to_string();
     assert!(
@@ -347,14 +349,16 @@ async fn a_query_that_does_not_plan_is_a_bad_spec_naming_its_key() {
 /// alone), which used to fail the plan at the first batch.
 #[tokio::test]
 async fn windows_plan_before_any_event_and_blame_the_right_key() {
-    let int_price = JOB.replace(
+    let int_price = spec().toml().replace(
         r#"{ name = "price", type = "float64" }"#,
         r#"{ name = "price", type = "int64" }"#,
     );
     let job = Job::parse(&int_price, Path::new("t.toml"), &Overrides::default()).unwrap();
     assert_eq!(Transform::all(&job).await.unwrap().len(), 2);
 
-    let bad_filter = JOB.replace("filter = \"kind = 'view'\"", "filter = \"nope = 1\"");
+    let bad_filter = spec()
+        .toml()
+        .replace("filter = \"kind = 'view'\"", "filter = \"nope = 1\"");
     let job = Job::parse(&bad_filter, Path::new("t.toml"), &Overrides::default()).unwrap();
     let err = Transform::all(&job).await.unwrap_err().to_string();
     assert!(
