@@ -188,7 +188,7 @@ async fn evolve(
     .map_err(|source| TableError::Incompatible {
         table: spec.name.clone(),
         url: Box::new(url.clone()),
-        source: Box::new(source),
+        source,
     })?;
     if added.is_empty() {
         return Ok(table);

@@ -66,7 +66,8 @@ pub enum TableError {
     Incompatible {
         table: String,
         url: Box<Url>,
-        source: Box<Incompatible>,
+        /// Not boxed: the CLI finds it in the error's chain (exit 2).
+        source: Incompatible,
     },
     #[error("no table {0:?} is open here")]
     NotOpen(TableId),
