@@ -231,3 +231,37 @@ async fn queries_see_every_commit_after_upkeep_cleaned_the_log() {
     }
     assert_eq!(rows_seen_by(&mut sink).await, 30);
 }
+
+/// A slow checkpoint leaves no backlog behind it: the checkpoints asked for
+/// while it is written coalesce into one, at the newest version, so a stop
+/// waits for two checkpoints, not for every one asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_asked_for_during_a_slow_one_coalesce_into_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = common::job(dir.path(), 100);
+    let slow_first = Faults::parse("sink.checkpoint.numbers@1:sleep=15000").unwrap();
+    let mut sink = Sink::open(&job, &[spec()], slow_first, JobMetrics::detached(&job.name))
+        .await
+        .unwrap();
+    // Create, base, then one version per trigger: the log ends at version 500,
+    // and checkpoints are asked for at 99, 199, 299, 399 and 499.
+    for offset in 0..499 {
+        let (rows, first, next) = trigger(offset, offset + 1);
+        sink.commit(rows, &first, &next).await.unwrap();
+    }
+    sink.settle().await;
+    let log = common::table_url(&job, "numbers")
+        .to_file_path()
+        .unwrap()
+        .join("_delta_log");
+    let mut made: Vec<u64> = std::fs::read_dir(log)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let version = name.strip_suffix(".checkpoint.parquet")?;
+            Some(version.parse().unwrap())
+        })
+        .collect();
+    made.sort();
+    assert_eq!(made, [99, 499]);
+}

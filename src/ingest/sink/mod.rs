@@ -51,7 +51,6 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
-use deltalake::checkpoints::create_checkpoint;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitData, CommitProperties, PROTOCOL, TransactionError,
 };
@@ -65,11 +64,13 @@ use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use serde_json::json;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::debug;
 use url::Url;
 use uuid::Uuid;
+
+mod checkpoint;
+
+use checkpoint::Checkpointer;
 
 use crate::config::Job;
 use crate::fault::{FaultError, Faults};
@@ -134,17 +135,18 @@ pub struct TableSink {
     synced: Version,
     /// Commits rebased on concurrent ones since the sink last reported.
     retries: usize,
-    /// Checkpoints being written beside the ingest path.
-    checkpoints: JoinSet<()>,
+    /// Checkpoints written beside the ingest path.
+    checkpoints: Checkpointer,
 }
 
 impl TableSink {
-    async fn open(url: Url, spec: TableSpec) -> Result<Self, SinkError> {
+    async fn open(url: Url, spec: TableSpec, faults: &Faults) -> Result<Self, SinkError> {
         let table = open_or_create(url.clone(), &spec).await?;
         let fail = |e| delta_error(&spec, &url, e);
         let stored = stored_schema(&table).map_err(fail)?;
         let head = table.snapshot().map_err(fail)?.version();
         let properties = writer_properties(&stored, spec.event_id.as_deref());
+        let checkpoints = Checkpointer::new(&spec.name, &url, faults.clone());
         Ok(Self {
             spec,
             url,
@@ -155,7 +157,7 @@ impl TableSink {
             head,
             synced: head,
             retries: 0,
-            checkpoints: JoinSet::new(),
+            checkpoints,
         })
     }
 
@@ -308,33 +310,9 @@ impl TableSink {
         self.head = version;
         // Where delta-rs's own commit would checkpoint, so readers replay little.
         if (version + 1).is_multiple_of(checkpoint_interval) {
-            self.checkpoint_in_background(version);
+            self.checkpoints.request(self.table.log_store(), version);
         }
         Ok(true)
-    }
-
-    /// A checkpoint replays the whole log, which would stall the trigger; it
-    /// only speeds up reading the log, so it is made beside the ingest path,
-    /// one at a time (a job's tables reach the interval in the same trigger,
-    /// and six at once took both cores from it). One that fails leaves the
-    /// log complete (and is made again by `weir maintain`).
-    fn checkpoint_in_background(&mut self, version: Version) {
-        static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
-        let log_store = self.table.log_store();
-        let (table, url) = (self.spec.name.clone(), self.url.clone());
-        while self.checkpoints.try_join_next().is_some() {}
-        self.checkpoints.spawn(async move {
-            let _turn = ONE_AT_A_TIME.acquire().await;
-            let mut at_version = DeltaTable::new(log_store);
-            let made = match at_version.load_version(version).await {
-                Ok(()) => create_checkpoint(&at_version, None).await,
-                Err(e) => Err(e),
-            };
-            match made {
-                Ok(()) => debug!(table, version, "checkpoint written"),
-                Err(error) => warn!(table, %url, version, %error, "checkpoint failed"),
-            }
-        });
     }
 
     /// Commits through delta-rs from the snapshot at `head`, so its conflict
@@ -505,7 +483,7 @@ impl Sink {
         let mut tables = Vec::with_capacity(specs.len());
         for spec in specs.iter().cloned() {
             let url = job.storage.hot_table(&job.name, &spec.name);
-            tables.push(TableSink::open(url, spec).await?);
+            tables.push(TableSink::open(url, spec, &faults).await?);
         }
         Ok(Self {
             job: job.clone(),
@@ -646,12 +624,11 @@ impl Sink {
         Ok(report)
     }
 
-    /// Waits for the checkpoints still being written. A stop calls it: a
-    /// runtime shut down under one abandons it half-made, and delta-kernel's
-    /// executor panics on the way out.
+    /// Waits for the checkpoints still being written (per table, at most the
+    /// one in progress and one more: [`checkpoint`]).
     pub async fn settle(&mut self) {
         for table in &mut self.tables {
-            while table.checkpoints.join_next().await.is_some() {}
+            table.checkpoints.settle().await;
         }
     }
 
