@@ -130,8 +130,14 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         })
         .collect();
     flag_hot(&mut rows);
+    // As a restart restores it: a partition with lag is behind, never idle.
+    let unread: Vec<i32> = rows
+        .iter()
+        .filter(|r| r.lag > 0)
+        .map(|r| r.partition)
+        .collect();
     let (clocks, idle) =
-        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job)).await?;
+        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job), &unread).await?;
     flag_clocks(&mut rows, clocks.holder(), &idle);
     let watermark = clocks
         .current_us()

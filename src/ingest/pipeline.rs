@@ -29,7 +29,9 @@ use crate::ingest::dedup::{Dedup, Seed, seeds};
 use crate::ingest::replay::{filter_replayed, without_partitions};
 use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError};
 use crate::ingest::source::MicroBatch;
-use crate::ingest::source::kafka::{Batches, KafkaSource, Polled, Rebalance, SourceError};
+use crate::ingest::source::kafka::{
+    Batches, KafkaSource, Polled, Rebalance, SourceError, high_watermarks,
+};
 use crate::ingest::stats::{Stats, TriggerSample};
 use crate::ingest::transform::Transform;
 use crate::ingest::watermark::{Settled, Watermark};
@@ -86,8 +88,24 @@ fn fresh(sink: &Sink, id: TableId, rows: &RecordBatch) -> Result<RecordBatch, Ar
 /// partition's clock from its newest event in `raw`, then the IDs accepted
 /// (into `raw` or `late`) within the horizon of that watermark. State is
 /// derived from the data, never kept beside it.
-async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), RestoreError> {
-    let (watermark, idle) = Watermark::restored(&job.contract, job.watermark, sink).await?;
+async fn restore(
+    job: &Job,
+    bootstrap: &str,
+    sink: &mut Sink,
+) -> Result<(Watermark, Dedup), PipelineError> {
+    let (mut watermark, mut idle) =
+        Watermark::restored(&job.contract, job.watermark, sink, &[]).await?;
+    if !idle.is_empty() {
+        let unread = unread(job, bootstrap, sink, &idle).await?;
+        if !unread.is_empty() {
+            info!(
+                partitions = ?unread,
+                "partitions whose stored messages are old but which have messages left to read hold the restored watermark"
+            );
+            (watermark, idle) =
+                Watermark::restored(&job.contract, job.watermark, sink, &unread).await?;
+        }
+    }
     if !idle.is_empty() {
         info!(
             partitions = ?idle,
@@ -95,7 +113,9 @@ async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), Resto
         );
     }
     let seed = accepted_within_horizon(job, watermark.current_us(), None);
-    let mut dedup = Dedup::restored(&job.contract, job.dedup_horizon, sink, seed).await?;
+    let mut dedup = Dedup::restored(&job.contract, job.dedup_horizon, sink, seed)
+        .await
+        .map_err(PipelineError::from)?;
     if let Some(w) = watermark.current_us() {
         dedup.evict(w);
     }
@@ -105,6 +125,37 @@ async fn restore(job: &Job, sink: &mut Sink) -> Result<(Watermark, Dedup), Resto
         "dedup index and watermark restored from the tables"
     );
     Ok((watermark, dedup))
+}
+
+/// Of `partitions`, those with messages after the position the tables
+/// resume them from: behind, not idle. When the broker cannot say, all of
+/// them (holding the watermark back only delays it; leaving a partition out
+/// would send its backlog to `late`).
+async fn unread(
+    job: &Job,
+    bootstrap: &str,
+    sink: &mut Sink,
+    partitions: &[i32],
+) -> Result<Vec<i32>, PipelineError> {
+    let resume = sink.resume_positions(partitions).await?;
+    let (job, bootstrap, asked) = (job.clone(), bootstrap.to_owned(), partitions.to_vec());
+    let high = tokio::task::spawn_blocking(move || {
+        high_watermarks(&job, &bootstrap, &asked, Duration::from_secs(10))
+    })
+    .await
+    .expect("asking the broker does not panic");
+    let high = match high {
+        Ok(high) => high,
+        Err(error) => {
+            warn!(%error, "cannot ask the broker which partitions have messages left; none is taken as idle");
+            return Ok(partitions.to_vec());
+        }
+    };
+    Ok(partitions
+        .iter()
+        .copied()
+        .filter(|p| high.get(p).copied().unwrap_or(0) > resume.get(p).copied().unwrap_or(0))
+        .collect())
 }
 
 /// The IDs accepted (into `raw` or `late`) within the dedup horizon of
@@ -213,7 +264,7 @@ impl Pipeline {
         for (name, url) in sink.table_urls() {
             info!(table = name, %url, "table ready");
         }
-        let (watermark, dedup) = restore(job, &mut sink).await?;
+        let (watermark, dedup) = restore(job, bootstrap, &mut sink).await?;
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let resolver = Arc::new(SinkPositions {
             sink: sink.clone(),

@@ -203,10 +203,11 @@ impl Watermark {
         contract: &Contract,
         policy: WatermarkPolicy,
         tables: &mut impl Tables,
+        unread: &[i32],
     ) -> Result<(Self, Vec<i32>), TableError> {
         let newest = tables.query(&[TableId::Raw], &newest_sql(contract)).await?;
         let mut watermark = Self::new(contract, policy);
-        let idle = watermark.restore(&newest_rows(&newest), Instant::now());
+        let idle = watermark.restore(&newest_rows(&newest), Instant::now(), unread);
         Ok((watermark, idle))
     }
 
@@ -216,8 +217,11 @@ impl Watermark {
     /// the idle timeout before the others' last messages is idle and does
     /// not count (it would pin the watermark for good); every other counts
     /// as active now, so a restart does not let the watermark run ahead of a
-    /// partition merely slow to return. Returns the idle ones.
-    pub fn restore(&mut self, newest: &[Newest], now: Instant) -> Vec<i32> {
+    /// partition merely slow to return. A partition in `unread` has messages
+    /// after what `raw` holds: it was behind, not silent, and is never idle
+    /// (its backlog would otherwise be judged against the others' clocks and
+    /// go to `late`). Returns the idle ones.
+    pub fn restore(&mut self, newest: &[Newest], now: Instant, unread: &[i32]) -> Vec<i32> {
         let last_sent = newest.iter().filter_map(|n| n.sent_us).max();
         let idle_us = self.policy.idle_timeout.as_micros() as i64;
         let mut idle = Vec::new();
@@ -225,7 +229,7 @@ impl Watermark {
             let silent = last_sent
                 .zip(n.sent_us)
                 .is_some_and(|(last, sent)| last.saturating_sub(sent) > idle_us);
-            if silent {
+            if silent && !unread.contains(&n.partition) {
                 idle.push(n.partition);
                 continue;
             }

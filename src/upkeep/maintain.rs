@@ -153,7 +153,7 @@ const FOLD_ATTEMPTS: usize = 5;
 pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainError> {
     let started = Instant::now();
     let (watermark, _) =
-        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job)).await?;
+        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job), &[]).await?;
     let watermark = watermark.current_us();
     let catalog = Catalog::of(job)
         .await

@@ -569,6 +569,32 @@ pub fn client_config(bootstrap: &str, properties: &[(String, String)]) -> Client
     config
 }
 
+/// Per partition of `partitions`, the offset after its newest message (the
+/// broker's high watermark), asked of `bootstrap` as the job's consumer would.
+pub fn high_watermarks(
+    job: &Job,
+    bootstrap: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, SourceError> {
+    let properties = job.kafka_properties()?;
+    let fail = |source| SourceError::Create {
+        brokers: bootstrap.to_owned(),
+        source,
+    };
+    let consumer: BaseConsumer = client_config(bootstrap, &properties)
+        .create()
+        .map_err(fail)?;
+    let mut out = BTreeMap::new();
+    for &p in partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(&job.source.topic, p, timeout)
+            .map_err(fail)?;
+        out.insert(p, high);
+    }
+    Ok(out)
+}
+
 /// The poll thread: assembles micro-batches and queues them, pausing the
 /// partitions while the queue is full.
 struct Poller {

@@ -212,6 +212,7 @@ fn restore_counts_every_partition_that_was_active_as_active() {
     let idle = w.restore(
         &[newest(0, 100, Some(1000)), newest(1, 40, Some(980))],
         Instant::now(),
+        &[],
     );
     assert!(idle.is_empty());
     assert_eq!(w.current_us(), Some(35 * SECOND));
@@ -229,7 +230,7 @@ fn restore_leaves_out_a_partition_that_was_idle_when_the_job_stopped() {
         newest(1, 40, Some(500)),
         newest(2, 90, None),
     ];
-    let idle = w.restore(&rows, Instant::now());
+    let idle = w.restore(&rows, Instant::now(), &[]);
     assert_eq!(idle, vec![1]);
     assert_eq!(
         w.current_us(),
@@ -237,4 +238,17 @@ fn restore_leaves_out_a_partition_that_was_idle_when_the_job_stopped() {
         "partition 2 (no Kafka time) counts"
     );
     assert_eq!(w.holder(), Some(2));
+}
+
+/// A partition whose newest stored message is old because it fell behind
+/// (its messages wait unread), not because it went silent, holds the
+/// restored watermark: its backlog is on time when it is read.
+#[test]
+fn restore_keeps_a_partition_with_unread_messages_although_its_stored_ones_are_old() {
+    let mut w = Watermark::new(&job().contract, policy(5, 30));
+    let rows = [newest(0, 100, Some(1000)), newest(1, 40, Some(500))];
+    let idle = w.restore(&rows, Instant::now(), &[1]);
+    assert!(idle.is_empty());
+    assert_eq!(w.current_us(), Some(35 * SECOND));
+    assert_eq!(w.holder(), Some(1));
 }

@@ -279,7 +279,7 @@ pub async fn check_closed(
     let slack = targets.iter().map(|t| t.slack).max().unwrap_or_default();
     let needed = range.end_us() + slack.as_micros() as i64;
     let (watermark, _) =
-        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job)).await?;
+        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job), &[]).await?;
     let watermark = watermark.current_us();
     if watermark.is_some_and(|w| w >= needed) {
         return Ok(());
