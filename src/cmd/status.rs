@@ -14,11 +14,10 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 
 use crate::config::{Brokers, Job};
-use crate::ingest::source::kafka::client_config;
+use crate::ingest::source::kafka;
 use crate::ingest::watermark::Watermark;
 use crate::table::delta::{open, txn_version};
 use crate::table::tier::Tiered;
@@ -215,28 +214,11 @@ fn flag_hot(rows: &mut [PartitionStatus]) {
 
 /// The broker's high watermark per partition of the job's topic.
 fn high_watermarks(job: &Job, brokers: &str) -> Result<BTreeMap<i32, i64>, StatusError> {
-    let fail = |source| {
-        StatusError::Broker(Box::new((
-            brokers.to_owned(),
-            job.source.topic.clone(),
-            source,
-        )))
-    };
     let properties = job.kafka_properties().map_err(Box::new)?;
-    let consumer: BaseConsumer = client_config(brokers, &properties).create().map_err(fail)?;
-    let metadata = consumer
-        .fetch_metadata(Some(&job.source.topic), BROKER_TIMEOUT)
-        .map_err(fail)?;
-    let mut out = BTreeMap::new();
-    for topic in metadata.topics() {
-        for p in topic.partitions() {
-            let (_, high) = consumer
-                .fetch_watermarks(&job.source.topic, p.id(), BROKER_TIMEOUT)
-                .map_err(fail)?;
-            out.insert(p.id(), high);
-        }
-    }
-    Ok(out)
+    let topic = &job.source.topic;
+    kafka::high_watermarks(brokers, &properties, topic, None, BROKER_TIMEOUT).map_err(|source| {
+        StatusError::Broker(Box::new((brokers.to_owned(), topic.clone(), source)))
+    })
 }
 
 /// Per partition, the lowest txn version over the job's hot tables.

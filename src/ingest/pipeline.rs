@@ -138,9 +138,15 @@ async fn unread(
     partitions: &[i32],
 ) -> Result<Vec<i32>, PipelineError> {
     let resume = sink.resume_positions(partitions).await?;
-    let (job, bootstrap, asked) = (job.clone(), bootstrap.to_owned(), partitions.to_vec());
+    let properties = job.kafka_properties()?;
+    let (topic, bootstrap, asked) = (
+        job.source.topic.clone(),
+        bootstrap.to_owned(),
+        partitions.to_vec(),
+    );
     let high = tokio::task::spawn_blocking(move || {
-        high_watermarks(&job, &bootstrap, &asked, Duration::from_secs(10))
+        let timeout = Duration::from_secs(10);
+        high_watermarks(&bootstrap, &properties, &topic, Some(&asked), timeout)
     })
     .await
     .expect("asking the broker does not panic");

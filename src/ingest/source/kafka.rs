@@ -569,27 +569,33 @@ pub fn client_config(bootstrap: &str, properties: &[(String, String)]) -> Client
     config
 }
 
-/// Per partition of `partitions`, the offset after its newest message (the
-/// broker's high watermark), asked of `bootstrap` as the job's consumer would.
+/// Per partition of `topic` (those in `partitions`, or all the broker
+/// lists), the offset after its newest message (its high watermark), asked
+/// of `bootstrap` as the job's consumer would (with its `properties`).
 pub fn high_watermarks(
-    job: &Job,
     bootstrap: &str,
-    partitions: &[i32],
+    properties: &[(String, String)],
+    topic: &str,
+    partitions: Option<&[i32]>,
     timeout: Duration,
-) -> Result<BTreeMap<i32, i64>, SourceError> {
-    let properties = job.kafka_properties()?;
-    let fail = |source| SourceError::Create {
-        brokers: bootstrap.to_owned(),
-        source,
+) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    let consumer: BaseConsumer = client_config(bootstrap, properties).create()?;
+    let listed: Vec<i32>;
+    let partitions = match partitions {
+        Some(partitions) => partitions,
+        None => {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+            listed = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            &listed
+        }
     };
-    let consumer: BaseConsumer = client_config(bootstrap, &properties)
-        .create()
-        .map_err(fail)?;
     let mut out = BTreeMap::new();
     for &p in partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(&job.source.topic, p, timeout)
-            .map_err(fail)?;
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
         out.insert(p, high);
     }
     Ok(out)
