@@ -62,6 +62,13 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     let partitions: Vec<i32> = ends.keys().cloned().collect();
     assert_eq!(txn_versions(&job, "raw", &partitions).await, ends);
     assert_eq!(txn_versions(&job, "dlq", &partitions).await, ends);
+    // Nothing was late: `late` never committed, and holds every offset
+    // through what raw's commits vouch for it.
+    assert_eq!(txn_versions(&job, "late", &partitions).await, ends);
+    let late = deltalake::open_table(table_url(&job, "late"))
+        .await
+        .unwrap();
+    assert_eq!(late.version(), Some(0), "late has only its creation");
 
     // The consumer group shows the same progress (for lag tools).
     assert_eq!(
@@ -324,13 +331,20 @@ async fn outputs_equal_an_independent_computation_across_crashes() {
     .await
     .unwrap();
 
-    // Then out-of-order, late and re-sent events, with a crash between raw and
-    // late, and one between page_views and revenue: the replays must neither
-    // count twice nor judge an event differently than the first time.
+    // Then out-of-order, late and re-sent events, with a crash after each
+    // table's commit: after raw's (which vouched for the tables with no rows,
+    // before those with rows committed), and after each of the others (the
+    // rest committing at once, landed or not): the replays must neither count
+    // twice nor judge an event differently than the first time.
     mix.late_ratio = 0.04;
     for (seed, fault) in [
         (12, "sink.after_commit.raw@3:error"),
         (13, "sink.after_commit.page_views@2:error"),
+        (14, "sink.after_commit.dlq@2:error"),
+        (15, "sink.after_commit.late@2:error"),
+        (16, "sink.after_commit.revenue@3:error"),
+        (17, "sink.after_commit.purchases@1:error"),
+        (18, "sink.after_commit.raw@1:error"),
     ] {
         delivered.extend(produce(&bootstrap, &job, 800, mix, seed).await);
         drain_across_crash(&job, &bootstrap, &end_offsets(&delivered), fault).await;

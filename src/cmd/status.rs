@@ -19,7 +19,7 @@ use rdkafka::error::KafkaError;
 use crate::config::{Brokers, Job};
 use crate::ingest::source::kafka;
 use crate::ingest::watermark::Watermark;
-use crate::table::delta::{open, txn_version};
+use crate::table::delta::{held_versions, open};
 use crate::table::tier::Tiered;
 use crate::table::{TableError, TableId};
 
@@ -221,25 +221,30 @@ fn high_watermarks(job: &Job, brokers: &str) -> Result<BTreeMap<i32, i64>, Statu
     })
 }
 
-/// Per partition, the lowest txn version over the job's hot tables.
+/// Per partition, the lowest next offset the job's hot tables hold.
 async fn committed_offsets(
     job: &Job,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, StatusError> {
-    let mut lowest: BTreeMap<i32, i64> = BTreeMap::new();
-    for id in TableId::all(job) {
+    let hot = |id: TableId| async move {
         let name = id.name(job);
         let table = open(name, &job.storage.hot_table(&job.name, name)).await?;
-        let log = |source| StatusError::Log {
-            table: name.to_owned(),
-            source: Box::new(source),
-        };
-        for &p in partitions {
-            let version = txn_version(&table, &job.app_id(p)).await.map_err(log)?;
-            if let Some(v) = version {
-                let e = lowest.entry(p).or_insert(v);
-                *e = (*e).min(v);
-            }
+        Ok::<_, StatusError>((name, table))
+    };
+    let (_, raw) = hot(TableId::Raw).await?;
+    let mut lowest: BTreeMap<i32, i64> = BTreeMap::new();
+    for id in TableId::all(job) {
+        let (name, table) = hot(id).await?;
+        let vouching = (id != TableId::Raw).then_some(&raw);
+        let held = held_versions(job, (name, &table), vouching, partitions)
+            .await
+            .map_err(|source| StatusError::Log {
+                table: name.to_owned(),
+                source: Box::new(source),
+            })?;
+        for (p, v) in held {
+            let e = lowest.entry(p).or_insert(v);
+            *e = (*e).min(v);
         }
     }
     Ok(lowest)

@@ -484,4 +484,12 @@ impl Job {
     pub fn app_id(&self, partition: i32) -> String {
         format!("weir:{}:{}:{}", self.name, self.source.topic, partition)
     }
+
+    /// The txn application ID under which `raw`'s commits vouch that table
+    /// `table` holds every row of `partition` below its version: how a table
+    /// with nothing to write in a trigger records its progress without a
+    /// commit of its own (see [`crate::ingest::sink`]).
+    pub fn vouch_app_id(&self, table: &str, partition: i32) -> String {
+        format!("{}:{table}", self.app_id(partition))
+    }
 }

@@ -81,7 +81,7 @@ struct Prepared {
 
 /// `rows` without those table `id` already holds.
 fn fresh(sink: &Sink, id: TableId, rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    filter_replayed(rows, sink.versions(id).unwrap_or(&BTreeMap::new()))
+    filter_replayed(rows, &sink.held(id))
 }
 
 /// Restores the watermark and the dedup index from the tables: each
@@ -418,7 +418,7 @@ impl Pipeline {
         let batch = &polled.batch;
 
         let clock = Instant::now();
-        let below = sink.versions(TableId::Raw).cloned().unwrap_or_default();
+        let below = sink.held(TableId::Raw);
         let settled = Settled::read(&mut *sink, below, &accepted).await?;
         let split = self.judge(&accepted, &settled, now)?;
         let inputs = (0..self.outputs.len())

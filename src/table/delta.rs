@@ -3,6 +3,7 @@
 //! txn versions read. The sink commits to what [`open_or_create`] returns;
 //! queries and upkeep read through [`open`] and [`register`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, SchemaRef};
@@ -21,6 +22,7 @@ use url::Url;
 
 use super::schema::{EVENT_ID_PROPERTY, Shape};
 use super::{TableError, TableSpec};
+use crate::config::Job;
 
 /// Commits between Delta checkpoints, so the log stays cheap to read.
 pub const CHECKPOINT_INTERVAL: u64 = 100;
@@ -231,4 +233,28 @@ pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>
         .snapshot()?
         .transaction_version(table.log_store().as_ref(), app_id.to_owned())
         .await
+}
+
+/// Per partition of `partitions`, the next offset table `table` holds: the
+/// higher of its own txn version and the one `raw`'s commits vouch for it
+/// ([`Job::vouch_app_id`]). `raw` is `None` when `table` is `raw`.
+pub async fn held_versions(
+    job: &Job,
+    table: (&str, &DeltaTable),
+    raw: Option<&DeltaTable>,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, DeltaTableError> {
+    let (name, table) = table;
+    let mut held = BTreeMap::new();
+    for &p in partitions {
+        let own = txn_version(table, &job.app_id(p)).await?;
+        let vouched = match raw {
+            Some(raw) => txn_version(raw, &job.vouch_app_id(name, p)).await?,
+            None => None,
+        };
+        if let Some(v) = own.max(vouched) {
+            held.insert(p, v);
+        }
+    }
+    Ok(held)
 }

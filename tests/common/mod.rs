@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
-use deltalake::DeltaTable;
 use futures::TryStreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -140,22 +139,16 @@ pub fn assert_unique(rows: &[(i32, i64)], what: &str) {
     assert_eq!(set.len(), rows.len(), "{what} holds duplicates");
 }
 
-/// The txn versions a table holds for `partitions`, read straight from its log.
+/// The next offsets a table holds for `partitions` (its own txn versions or
+/// what raw vouches for it), read straight from the logs.
 pub async fn txn_versions(job: &Job, table: &str, partitions: &[i32]) -> BTreeMap<i32, i64> {
-    let table: DeltaTable = deltalake::open_table(table_url(job, table)).await.unwrap();
-    let mut out = BTreeMap::new();
-    for &p in partitions {
-        let v = table
-            .snapshot()
-            .unwrap()
-            .transaction_version(table.log_store().as_ref(), job.app_id(p))
-            .await
-            .unwrap();
-        if let Some(v) = v {
-            out.insert(p, v);
-        }
-    }
-    out
+    let open = |name: &str| deltalake::open_table(table_url(job, name));
+    // A sink of other tables than a job's has no raw (tests/sink.rs).
+    let (own, raw) = (open(table).await.unwrap(), open("raw").await.ok());
+    let vouching = raw.as_ref().filter(|_| table != "raw");
+    weir::table::delta::held_versions(job, (table, &own), vouching, partitions)
+        .await
+        .unwrap()
 }
 
 /// The offsets the job's consumer group has committed.

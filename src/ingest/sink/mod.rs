@@ -10,18 +10,44 @@
 //! commits. (The filtering itself is the pure [`crate::ingest::replay`] stage; the
 //! sink only stores what it is given and reports its versions.)
 //!
-//! A table that has never seen a partition first gets a data-less "base" commit
-//! at the batch's first offset for it, before any table commits data. Without
-//! it, a crash after the first table's first commit would leave the second
-//! table with no version, and the resume position (the lowest *known* version)
-//! would skip the rows that table never got.
+//! # Tables with nothing to write commit nothing
+//!
+//! `raw` commits first in every trigger, and its commit *vouches* for the
+//! others: for a table with no rows in the trigger, a txn
+//! `weir:<job>:<topic>:<partition>:<table>` at the trigger's next offset
+//! ([`Job::vouch_app_id`]); for a table with rows that has never seen a
+//! partition, one at the batch's first offset of it. A table holds every row
+//! below the higher of its own version and raw's vouch, and only tables with
+//! rows commit. Why that stays exact:
+//!
+//! - *A vouch is never ahead of what the table holds.* It is written in the
+//!   same atomic commit as raw's own progress, only for a table whose rows
+//!   for the trigger are none (so it holds everything below `next` once raw
+//!   lands), or at `first` for a table that holds nothing of the partition.
+//!   A crash after raw and before a table with rows leaves that table at its
+//!   own older version (or the vouch at `first`), and the restart re-reads
+//!   from there.
+//! - *Replays decide the same.* A re-read range below raw's version has its
+//!   fates settled by raw ([`crate::ingest::watermark::Settled`]), and every
+//!   other table's rows are derived from the events and those fates; so a
+//!   table that had no rows for a range has none on its re-read either, and a
+//!   vouch and a later data commit never disagree.
+//! - *Fencing still holds.* Every trigger's first commit is raw's, with a txn
+//!   per partition in the batch; a writer that lost a partition is refused at
+//!   raw before it writes any other table. A table with rows carries its own
+//!   txns, as before, so two writers of the same rows still collide there.
+//!
+//! The same vouch replaces the data-less "base" commit each table needed for
+//! a partition it had never seen, so a trigger makes one commit for `raw` plus
+//! one per table with rows, and an idle job's progress past records never
+//! delivered (transaction markers) is one commit of raw.
 //!
 //! # One trigger's commits
 //!
 //! ```text
-//!  stage (per table, a task each)        commit (raw first, then the others at once)
-//!  ─────────────────────────────        ─────────────────────────────────────────────
-//!  rows ─► conform to the stored  ─►  base commits for unseen partitions
+//!  stage (per table, a task each)        commit (raw first, vouching for the tables
+//!  ─────────────────────────────        with no rows; then those with rows at once)
+//!  rows ─► conform to the stored  ─►  ────────────────────────────────────────────
 //!          schema ─► parquet files         │
 //!          (Add actions)                   ▼
 //!                                      sync: another writer committed since? re-read
@@ -124,7 +150,11 @@ pub struct TableSink {
     stored: SchemaRef,
     /// How its data files are encoded (see [`writer_properties`]).
     properties: WriterProperties,
+    /// Its own txn versions: the fence against another writer of a partition.
     versions: BTreeMap<i32, i64>,
+    /// What `raw`'s commits vouch for this table (none for `raw` itself): see
+    /// the module doc. What it holds is the higher of the two ([`Self::held_at`]).
+    vouched: BTreeMap<i32, i64>,
     /// The newest log version this sink knows of (its own commits included);
     /// `table`'s snapshot may be older (see [`Self::commit_directly`]).
     head: Version,
@@ -154,6 +184,7 @@ impl TableSink {
             stored,
             properties,
             versions: BTreeMap::new(),
+            vouched: BTreeMap::new(),
             head,
             synced: head,
             retries: 0,
@@ -185,14 +216,21 @@ impl TableSink {
         job: &Job,
         partitions: &[i32],
     ) -> Result<Vec<(i32, Option<i64>)>, SinkError> {
+        let ids: Vec<String> = partitions.iter().map(|&p| job.app_id(p)).collect();
+        let versions = self.read_txns(&ids).await?;
+        Ok(partitions.iter().copied().zip(versions).collect())
+    }
+
+    /// The versions of the txns `app_ids` in the snapshot.
+    async fn read_txns(&self, app_ids: &[String]) -> Result<Vec<Option<i64>>, SinkError> {
         let snapshot = self.table.snapshot().map_err(|e| self.fail(e))?;
-        let mut read = Vec::with_capacity(partitions.len());
-        for &p in partitions {
+        let mut read = Vec::with_capacity(app_ids.len());
+        for id in app_ids {
             let version = snapshot
-                .transaction_version(self.table.log_store().as_ref(), job.app_id(p))
+                .transaction_version(self.table.log_store().as_ref(), id.clone())
                 .await
                 .map_err(|e| self.fail(e))?;
-            read.push((p, version));
+            read.push(version);
         }
         Ok(read)
     }
@@ -230,13 +268,56 @@ impl TableSink {
         Ok(())
     }
 
-    /// Commits `actions` plus the txn versions that advance; returns `false` when
-    /// there was nothing to commit (no data, no progress).
+    /// The next offset of `partition` this table holds, if it knows the partition.
+    fn held_at(&self, partition: i32) -> Option<i64> {
+        let own = self.versions.get(&partition).copied();
+        own.max(self.vouched.get(&partition).copied())
+    }
+
+    /// Per partition it knows, the next offset this table holds.
+    fn held(&self) -> BTreeMap<i32, i64> {
+        let mut held = self.versions.clone();
+        for (&p, &v) in &self.vouched {
+            let e = held.entry(p).or_insert(v);
+            *e = (*e).max(v);
+        }
+        held
+    }
+
+    /// What `raw`'s commit of this trigger vouches for this table: with no
+    /// rows to write, it holds everything below `next`; with rows, a
+    /// partition it has never seen starts at `first` (so that a crash
+    /// before its own commit leaves it a position to resume from).
+    fn to_vouch(
+        &self,
+        rows: usize,
+        first: &BTreeMap<i32, i64>,
+        next: &BTreeMap<i32, i64>,
+    ) -> Vec<(i32, i64)> {
+        let (offsets, unseen_only) = if rows == 0 {
+            (next, false)
+        } else {
+            (first, true)
+        };
+        offsets
+            .iter()
+            .filter(|&(&p, &v)| match self.held_at(p) {
+                None => true,
+                Some(held) => !unseen_only && v > held,
+            })
+            .map(|(&p, &v)| (p, v))
+            .collect()
+    }
+
+    /// Commits `actions` plus the txn versions that advance and the `vouches`
+    /// for other tables; returns `false` when there was nothing to commit (no
+    /// data, no progress).
     async fn commit(
         &mut self,
         job: &Job,
         actions: Vec<Action>,
         next: &BTreeMap<i32, i64>,
+        vouches: Vec<Transaction>,
     ) -> Result<bool, SinkError> {
         self.sync(job, &next.keys().copied().collect::<Vec<_>>())
             .await?;
@@ -245,12 +326,13 @@ impl TableSink {
             .filter(|(p, v)| self.versions.get(p).is_none_or(|known| *v > known))
             .map(|(p, v)| (*p, *v))
             .collect();
-        if actions.is_empty() && advancing.is_empty() {
+        if actions.is_empty() && advancing.is_empty() && vouches.is_empty() {
             return Ok(false);
         }
         let txns = advancing
             .iter()
             .map(|(p, v)| Transaction::new(job.app_id(*p), *v))
+            .chain(vouches)
             .collect();
         let metadata = [
             ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
@@ -373,13 +455,15 @@ impl TableSink {
         }
     }
 
-    /// Commits the `staged` files with the txn versions `next`; returns the
-    /// rows written and whether a commit was made.
+    /// Commits the `staged` files with the txn versions `next` (and, for
+    /// `raw`, the `vouches` for the others); returns the rows written and
+    /// whether a commit was made.
     async fn append(
         &mut self,
         job: &Job,
         staged: Staged,
         next: &BTreeMap<i32, i64>,
+        vouches: Vec<Transaction>,
         faults: &Faults,
         metrics: &JobMetrics,
     ) -> Result<(usize, bool), SinkError> {
@@ -389,7 +473,7 @@ impl TableSink {
             .expect("writing data files does not panic")
             .map_err(|e| self.fail(e))?;
         let written = staged.started.elapsed();
-        let committed = self.commit(job, actions, next).await?;
+        let committed = self.commit(job, actions, next, vouches).await?;
         debug!(
             table = self.spec.name,
             rows = staged.rows,
@@ -398,7 +482,9 @@ impl TableSink {
             "table appended"
         );
         metrics.rows_out(&self.spec.name).inc_by(staged.rows as u64);
-        faults.check(&format!("sink.after_commit.{}", self.spec.name))?;
+        if committed {
+            faults.check(&format!("sink.after_commit.{}", self.spec.name))?;
+        }
         Ok((staged.rows, committed))
     }
 }
@@ -462,6 +548,12 @@ fn delta_error(spec: &TableSpec, url: &Url, source: DeltaTableError) -> SinkErro
     TableError::delta(&spec.name, url, source).into()
 }
 
+/// The table that commits first and vouches for the others (`raw`, which the
+/// catalog lists first), and the others.
+fn raw_and_others(tables: &mut [TableSink]) -> (&mut TableSink, &mut [TableSink]) {
+    tables.split_first_mut().expect("a sink has tables")
+}
+
 /// All the tables of a job, committed together once per trigger.
 pub struct Sink {
     job: Job,
@@ -510,7 +602,7 @@ impl Sink {
     }
 
     /// Reloads the tables' progress for `partitions` and returns, per partition
-    /// any table knows, the lowest next offset over the tables that know it.
+    /// any table knows, the lowest next offset the tables hold.
     pub async fn resume_positions(
         &mut self,
         partitions: &[i32],
@@ -518,15 +610,26 @@ impl Sink {
         for table in &mut self.tables {
             table.refresh(&self.job, partitions).await?;
         }
+        let (raw, others) = raw_and_others(&mut self.tables);
+        for table in others {
+            let ids: Vec<String> = partitions
+                .iter()
+                .map(|&p| self.job.vouch_app_id(&table.spec.name, p))
+                .collect();
+            for (&p, version) in partitions.iter().zip(raw.read_txns(&ids).await?) {
+                match version {
+                    Some(v) => table.vouched.insert(p, v),
+                    None => table.vouched.remove(&p),
+                };
+            }
+        }
         let mut positions = BTreeMap::new();
         for table in &self.tables {
-            for (&p, &v) in table
-                .versions
-                .iter()
-                .filter(|(p, _)| partitions.contains(p))
-            {
-                let e = positions.entry(p).or_insert(v);
-                *e = (*e).min(v);
+            for (p, v) in table.held() {
+                if partitions.contains(&p) {
+                    let e = positions.entry(p).or_insert(v);
+                    *e = (*e).min(v);
+                }
             }
         }
         Ok(positions)
@@ -534,11 +637,12 @@ impl Sink {
 
     /// The next offset table `id` holds for each partition it knows: what
     /// the trigger loop filters replayed rows with.
-    pub fn versions(&self, id: TableId) -> Option<&BTreeMap<i32, i64>> {
+    pub fn held(&self, id: TableId) -> BTreeMap<i32, i64> {
         self.tables
             .iter()
             .find(|t| t.spec.id == id)
-            .map(|t| &t.versions)
+            .map(TableSink::held)
+            .unwrap_or_default()
     }
 
     /// Starts writing `rows` as data files of table `id` (see
@@ -584,34 +688,49 @@ impl Sink {
             .min()
             .unwrap_or_else(Instant::now);
         let mut report = CommitReport::default();
-        report.commits += self.commit_bases(first).await?;
-
         let Self {
             job,
             tables,
             faults,
             metrics,
         } = self;
-        let done = {
-            let mut pending = tables.iter_mut().map(|t| {
-                let files = staged.remove(&t.spec.id).expect("checked above");
-                (t, files)
-            });
-            // `raw` first: which re-read events were late is settled by raw's
-            // txn versions, so no other table may hold a trigger raw does not.
-            let mut done = match pending.next() {
-                Some((table, files)) => {
-                    vec![table.append(job, files, next, faults, metrics).await?]
-                }
-                None => Vec::new(),
-            };
-            // The others converge each by its own txn versions: commit them at once.
-            let rest =
-                pending.map(|(table, files)| table.append(job, files, next, faults, metrics));
-            done.extend(futures::future::try_join_all(rest).await?);
-            done
-        };
-        for (id, (count, committed)) in ids.into_iter().zip(done) {
+        let (raw, others) = raw_and_others(tables);
+        let mut vouched = Vec::new();
+        for (i, table) in others.iter().enumerate() {
+            let rows = staged[&table.spec.id].rows;
+            vouched.extend(
+                table
+                    .to_vouch(rows, first, next)
+                    .into_iter()
+                    .map(|pv| (i, pv)),
+            );
+        }
+        let vouches = vouched
+            .iter()
+            .map(|&(i, (p, v))| Transaction::new(job.vouch_app_id(&others[i].spec.name, p), v))
+            .collect();
+        // `raw` first: which re-read events were late is settled by raw's txn
+        // versions, so no other table may hold a trigger raw does not; and
+        // its commit vouches for the tables with nothing to write.
+        let files = staged.remove(&raw.spec.id).expect("checked above");
+        let (count, committed) = raw
+            .append(job, files, next, vouches, faults, metrics)
+            .await?;
+        report.written.insert(raw.spec.id, count);
+        report.commits += usize::from(committed);
+        for (i, (p, v)) in vouched {
+            others[i].vouched.insert(p, v);
+        }
+        // The others converge each by its own txn versions: commit them at once.
+        let appends = others.iter_mut().filter_map(|table| {
+            let files = staged.remove(&table.spec.id).expect("checked above");
+            let id = table.spec.id;
+            (files.rows > 0).then(|| {
+                let append = table.append(job, files, next, Vec::new(), faults, metrics);
+                async move { append.await.map(|done| (id, done)) }
+            })
+        });
+        for (id, (count, committed)) in futures::future::try_join_all(appends).await? {
             report.written.insert(id, count);
             report.commits += usize::from(committed);
         }
@@ -630,23 +749,6 @@ impl Sink {
         for table in &mut self.tables {
             table.checkpoints.settle().await;
         }
-    }
-
-    /// Gives every table a version for every partition in the batch, before any
-    /// table commits data for it (see the module doc).
-    async fn commit_bases(&mut self, first: &BTreeMap<i32, i64>) -> Result<usize, SinkError> {
-        let mut commits = 0;
-        for table in &mut self.tables {
-            let unseen: BTreeMap<i32, i64> = first
-                .iter()
-                .filter(|(p, _)| !table.versions.contains_key(p))
-                .map(|(p, v)| (*p, *v))
-                .collect();
-            if !unseen.is_empty() && table.commit(&self.job, Vec::new(), &unseen).await? {
-                commits += 1;
-            }
-        }
-        Ok(commits)
     }
 }
 
