@@ -246,13 +246,17 @@ def kill_at_random_moments(command, times, low, high, check=None):
 
 
 def write_job(path: pathlib.Path, broker: Broker, topic: str, data: pathlib.Path,
-              max_events: int = 200) -> pathlib.Path:
-    """The clickstream job pointed at `broker`, reading `topic` into `data`."""
+              max_events: int = 200, interval_ms: int = 0) -> pathlib.Path:
+    """The clickstream job pointed at `broker`, reading `topic` into `data`.
+
+    Small batches cut as soon as they are ready (no interval) by default: most
+    tests want many triggers; the default batching has a test of its own."""
     text = (ROOT / "jobs" / "clickstream.toml").read_text()
     text = text.replace('brokers = "embedded"', f'brokers = "{broker.bootstrap}"')
     text = text.replace('topic = "clicks"', f'topic = "{topic}"')
     text = text.replace('root = "./data"', f'root = "{data}"')
-    text = text.replace('max_events = 1000', f'max_events = {max_events}')
+    text = text.replace('max_events = 100000', f'max_events = {max_events}')
+    text = text.replace('interval_ms = 1000', f'interval_ms = {interval_ms}')
     path.write_text(text)
     return path
 

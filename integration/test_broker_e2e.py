@@ -215,3 +215,52 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(broker, tmp_path
     assert "injected crash at sink.after_commit" in (tmp_path / "run.log").read_text()
     assert_exactly_once(data, produced)
     assert_outputs_match_oracle(job, produced)
+
+
+def test_default_batching_commits_once_a_second_and_merges_small_files(broker, tmp_path):
+    """The example job's default batching (one batch a second) against a steady
+    stream: each table commits at most about once a second, a table with no
+    rows (`late`: nothing is late) commits nothing at all, the hot tables'
+    small files are merged while ingest runs, memory stays under a generous
+    bound, and every event still lands exactly once. Behaviour only: how fast
+    is measured in benches/, not here."""
+    from deltalake import DeltaTable
+
+    broker.create_topic("clicks", 3)
+    data = tmp_path / "data"
+    report = tmp_path / "produced.csv"
+    job = write_job(tmp_path / "job.toml", broker, "clicks", data, max_events=100000,
+                    interval_ms=1000)
+    job.write_text(job.read_text().replace(
+        "target_file_mib = 128", "target_file_mib = 128\ncompact_after_files = 10"))
+    seconds = 40
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_run(job, log)
+        started = time.monotonic()
+        weir("produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", 2000,
+             "--seconds", seconds, "--malformed-ratio", 0.02, "--duplicate-ratio", 0.02,
+             "--late-ratio", 0, "--report", report, timeout=seconds + 60)
+        produced = read_report(report)
+        wait_for_count(data, stored(produced), 120, proc)
+        # The merge looks every 10 s: let it catch up with the last files.
+        time.sleep(12)
+        peak_kib = int(next(line.split()[1] for line in
+                            open(f"/proc/{proc.pid}/status") if line.startswith("VmHWM")))
+        elapsed = time.monotonic() - started
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+    assert_exactly_once(data, produced)
+    assert_outputs_match_oracle(job, produced)
+
+    tables = {name: DeltaTable(str(table_path(data, "clickstream", name)))
+              for name in ("raw", "dlq", "late", "page_views")}
+    commits = {name: sum(1 for entry in t.history() if entry["operation"] == "WRITE")
+               for name, t in tables.items()}
+    assert 0 < commits["raw"] <= elapsed * 1.1 + 2, (commits, elapsed)
+    assert 0 < commits["dlq"] <= commits["raw"] and commits["page_views"] <= commits["raw"]
+    assert commits["late"] == 0, "a table with no rows makes no commit"
+    log = (tmp_path / "run.log").read_text()
+    assert "small files merged" in log, log
+    for name in ("raw", "page_views"):
+        live = len(tables[name].file_uris())
+        assert live < 10 + 4, f"{name}: {live} files after {commits[name]} appends"
+    assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib} KiB"

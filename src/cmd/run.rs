@@ -27,6 +27,7 @@ use crate::ingest::source::kafka::SourceError;
 use crate::metrics::{JobMetrics, Metrics};
 use crate::table::TableError;
 use crate::task::AbortOnDrop;
+use crate::upkeep::compact::Compactor;
 use crate::upkeep::maintain;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -105,7 +106,7 @@ pub async fn run(
     let mut upkeep = Vec::new();
     for job in jobs {
         let job_metrics = metrics.job(&job.name);
-        upkeep.push(tokio::spawn(maintain_every(job.clone(), faults.clone())));
+        upkeep.push(tokio::spawn(keep_up(job.clone(), faults.clone())));
         let (faults, stop) = (faults.clone(), stop.clone());
         supervised.spawn(async move {
             let name = job.name.clone();
@@ -246,14 +247,35 @@ async fn run_once(
     pipeline.run().await
 }
 
-/// Runs table upkeep beside ingest every `maintenance.every`. A failed round is
-/// logged and retried next time; it never stops ingest.
-pub async fn maintain_every(job: Job, faults: Faults) {
-    let mut tick = tokio::time::interval(job.maintenance.every);
+/// How often the hot tables are looked at for small files to merge.
+const COMPACT_CHECK: Duration = Duration::from_secs(10);
+
+/// Runs table upkeep beside ingest: a round every `maintenance.every`, and
+/// between rounds the hot tables' small files merged as they accumulate
+/// ([`Compactor`]). One task, so two merges of a table never race. A failed
+/// step is logged and retried next time; it never stops ingest.
+pub async fn keep_up(job: Job, faults: Faults) {
+    let every = job.maintenance.every;
+    let mut compactor = Compactor::new(&job);
+    let check = match compactor {
+        Some(_) => COMPACT_CHECK.min(every),
+        None => every,
+    };
+    let mut tick = tokio::time::interval(check);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut next_round = tokio::time::Instant::now() + every;
     loop {
-        tick.tick().await;
+        let now = tick.tick().await;
+        if now < next_round {
+            if let Some(compactor) = compactor.as_mut()
+                && let Err(e) = compactor.round().await
+            {
+                warn!(job = %job.name, error = %e, "merging hot tables' small files failed; ingest goes on");
+            }
+            continue;
+        }
+        next_round = now + every;
         match maintain::run_once(&job, &faults).await {
             Ok(report) => info!(
                 job = %job.name,

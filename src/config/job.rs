@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -257,6 +258,10 @@ pub struct Maintenance {
     pub vacuum_retention: Duration,
     /// Log entries older than this (and older than a checkpoint) are deleted.
     pub log_retention: Duration,
+    /// A hot table's small files are merged once it gained this many since
+    /// its last merge (see [`crate::upkeep::compact`]); `None`: only by
+    /// the rounds every `every`.
+    pub compact_after_files: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +273,10 @@ pub struct Batching {
     /// what bounds the queues' memory when messages are large (a batch takes
     /// at least one message, so the bound is this plus one message).
     pub max_bytes: usize,
+    /// The least time between two batches' cuts, unless a batch reaches
+    /// `max_events` or `max_bytes` first: what bounds the commits per table
+    /// per second at any input rate (as Spark's `processingTime` trigger).
+    pub interval: Duration,
     /// With a target, the loop picks its batch cap within
     /// `[min_events, max_events]` itself (see [`crate::ingest::adaptive`]).
     pub adaptive: Option<Adaptive>,

@@ -109,6 +109,8 @@ pub(super) struct MaintenanceSpec {
     pub(super) vacuum_retention: String,
     #[serde(default = "default_log_retention")]
     pub(super) log_retention: String,
+    #[serde(default = "default_compact_after_files")]
+    pub(super) compact_after_files: u64,
 }
 
 impl Default for MaintenanceSpec {
@@ -118,6 +120,7 @@ impl Default for MaintenanceSpec {
             target_file_mib: default_target_file_mib(),
             vacuum_retention: default_vacuum_retention(),
             log_retention: default_log_retention(),
+            compact_after_files: default_compact_after_files(),
         }
     }
 }
@@ -191,6 +194,9 @@ pub(super) struct BatchingSpec {
     pub(super) max_wait_ms: u64,
     #[serde(default = "default_max_bytes")]
     pub(super) max_bytes: u64,
+    /// Default: [`default_interval_ms`], or none under adaptive batching.
+    #[serde(default)]
+    pub(super) interval_ms: Option<u64>,
     #[serde(default)]
     pub(super) adaptive: Option<AdaptiveSpec>,
 }
@@ -208,6 +214,7 @@ impl Default for BatchingSpec {
             max_events: default_max_events(),
             max_wait_ms: default_max_wait_ms(),
             max_bytes: default_max_bytes(),
+            interval_ms: None,
             adaptive: None,
         }
     }
@@ -256,16 +263,27 @@ pub(super) fn default_event_time_range() -> String {
 pub(super) fn default_true() -> bool {
     true
 }
+/// About a minute of triggers at the default interval.
+pub(super) fn default_compact_after_files() -> u64 {
+    64
+}
 pub(super) fn default_min_events() -> u64 {
     100
 }
+/// A cap for memory's sake: at the default interval, a batch is cut by
+/// time (or by `max_bytes`) long before it holds this many.
 pub(super) fn default_max_events() -> u64 {
+    100_000
+}
+/// One trigger a second: each table commits at most once a second whatever
+/// the input rate, which keeps its log and file count small.
+pub(super) fn default_interval_ms() -> u64 {
     1000
 }
 pub(super) fn default_max_wait_ms() -> u64 {
     250
 }
-/// 16 MiB: a micro-batch of 1,000 typical events is well under it, while
+/// 16 MiB: a second of 10,000 typical events is well under it, while
 /// the few batches the queues hold stay small however large messages are.
 pub(super) fn default_max_bytes() -> u64 {
     16 << 20

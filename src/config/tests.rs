@@ -82,8 +82,9 @@ fn good_spec_gets_defaults() {
     assert_eq!(job.source.group, "weir-clicks");
     assert_eq!(job.source.start_from, StartFrom::Earliest);
     assert_eq!(job.batching.min_events, 100);
-    assert_eq!(job.batching.max_events, 1000);
+    assert_eq!(job.batching.max_events, 100_000);
     assert_eq!(job.batching.max_wait, Duration::from_millis(250));
+    assert_eq!(job.batching.interval, Duration::from_secs(1));
     assert_eq!(job.dedup_horizon, Duration::from_secs(3600));
     assert_eq!(job.contract.event_id_name(), "id");
     assert!(!job.contract.fields[2].nullable);
@@ -121,6 +122,8 @@ fn adaptive_batching_is_read_under_batch_or_batching() {
                 target_p99: Duration::from_millis(150)
             })
         );
+        // The controller picks the batch size for latency: no interval holds it back.
+        assert_eq!(job.batching.interval, Duration::ZERO);
     }
     let err = error_of(&GOOD.replace(
         "[storage]",
@@ -159,6 +162,10 @@ fn impossible_values_are_named() {
         (
             GOOD.replace("[storage]", "[batching]\nmax_wait_ms = 0\n[storage]"),
             "batching.max_wait_ms",
+        ),
+        (
+            GOOD.replace("[storage]", "[batching]\ninterval_ms = 3600001\n[storage]"),
+            "batching.interval_ms",
         ),
         (
             GOOD.replace("localhost:9092", "localhost"),

@@ -1,6 +1,7 @@
 //! From the raw spec to the validated job: everything TOML cannot express
 //! (cross-field rules, ranges, names), each refusal naming the file and the key.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -415,11 +416,19 @@ pub(super) fn validate_maintenance(
             spec.target_file_mib.to_string(),
         ));
     }
+    if spec.compact_after_files > 1_000_000 {
+        return Err(invalid(
+            "maintenance.compact_after_files",
+            "a number of files between 0 (off) and 1000000",
+            spec.compact_after_files.to_string(),
+        ));
+    }
     Ok(Maintenance {
         every,
         target_file_bytes: spec.target_file_mib * 1024 * 1024,
         vacuum_retention,
         log_retention,
+        compact_after_files: NonZeroUsize::new(spec.compact_after_files as usize),
     })
 }
 
@@ -658,6 +667,19 @@ pub(super) fn validate_batching(
             spec.max_bytes.to_string(),
         ));
     }
+    let default_interval = if spec.adaptive.is_some() {
+        0
+    } else {
+        default_interval_ms()
+    };
+    let interval_ms = spec.interval_ms.unwrap_or(default_interval);
+    if interval_ms > 3_600_000 {
+        return Err(invalid(
+            "batching.interval_ms",
+            "milliseconds between 0 and 3600000",
+            interval_ms.to_string(),
+        ));
+    }
     let adaptive = match spec.adaptive {
         None => None,
         Some(a) if (10..=3_600_000).contains(&a.target_p99_ms) => Some(Adaptive {
@@ -676,6 +698,7 @@ pub(super) fn validate_batching(
         max_events: spec.max_events as usize,
         max_wait: Duration::from_millis(spec.max_wait_ms),
         max_bytes: spec.max_bytes as usize,
+        interval: Duration::from_millis(interval_ms),
         adaptive,
     })
 }

@@ -149,6 +149,7 @@ mod tests {
             max_events: max,
             max_wait: Duration::from_millis(250),
             max_bytes: 16 << 20,
+            interval: Duration::ZERO,
             adaptive: None,
         }
     }

@@ -37,6 +37,7 @@ use crate::table::schema::conform;
 use crate::table::tier::{self, Tiered};
 use crate::table::{Catalog, TableError};
 use crate::telemetry::Progress;
+use crate::upkeep::compact::file_count;
 use crate::upkeep::moves::{Moved, Route, move_rows};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -305,10 +306,6 @@ async fn maintain_table(
     report.files_after = file_count(&vacuumed);
     step.done("vacuum", "vacuum")?;
     Ok(report)
-}
-
-fn file_count(table: &DeltaTable) -> usize {
-    table.get_file_uris().map_or(0, |files| files.count())
 }
 
 /// Replaces the partials of windows that ended at or before the watermark with

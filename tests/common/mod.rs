@@ -27,7 +27,8 @@ pub fn job(dir: &Path, max_events: usize) -> Job {
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("min_events = 100", "min_events = 1")
-        .replace("max_events = 1000", &format!("max_events = {max_events}"))
+        .replace("max_events = 100000", &format!("max_events = {max_events}"))
+        .replace("interval_ms = 1000", "interval_ms = 0")
         .replace("max_wait_ms = 250", "max_wait_ms = 50");
     let overrides = Overrides {
         data: Some(dir.to_owned()),

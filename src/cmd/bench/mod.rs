@@ -467,6 +467,8 @@ fn point_job(
             .mul_f64(1.5)
             .clamp(base.batching.max_wait, Duration::from_secs(60)),
         max_bytes: base.batching.max_bytes,
+        // Each point is one batch size: cut at it, however often.
+        interval: Duration::ZERO,
         adaptive: None,
     };
     Ok(job)

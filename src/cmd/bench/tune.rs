@@ -31,6 +31,8 @@ impl fmt::Display for Recommendation {
         writeln!(f, "min_events = {}", self.min_events)?;
         writeln!(f, "max_events = {}", self.max_events)?;
         writeln!(f, "max_wait_ms = {}", self.max_wait_ms)?;
+        // As measured: cut at the size, not held back to the default interval.
+        writeln!(f, "interval_ms = 0")?;
         write!(f, "# {}\n# {}", self.why[0], self.why[1])
     }
 }

@@ -44,6 +44,9 @@ pub const QUEUE_BATCHES: usize = 2;
 const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one poll blocks while no batch is open, so a stop request is seen promptly.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Room made for a batch's messages up front: a batch cut by time at a low
+/// rate should not allocate for the cap.
+const RESERVE: usize = 10_000;
 /// How long one poll blocks while a cut batch grows waiting for queue room, so
 /// room is noticed promptly.
 const GROW_POLL: Duration = Duration::from_millis(2);
@@ -478,6 +481,7 @@ impl KafkaSource {
             paused: false,
             delivered: BTreeMap::new(),
             reported: BTreeMap::new(),
+            last_cut: None,
         };
         std::thread::Builder::new()
             .name(format!("weir-poll-{}", job.name))
@@ -615,6 +619,9 @@ struct Poller {
     delivered: BTreeMap<i32, i64>,
     /// Per partition, the position last reported as progress.
     reported: BTreeMap<i32, i64>,
+    /// When the last batch was cut: the next is cut `batching.interval`
+    /// later at the earliest, unless it fills first.
+    last_cut: Option<Instant>,
 }
 
 impl Poller {
@@ -758,9 +765,10 @@ impl Poller {
         self.paused = paused;
     }
 
-    /// Blocks until a micro-batch is ready: `max_events` buffered; or at least
-    /// `min_events` and nothing more ready right now; or `max_wait` since the
-    /// batch's first event. Returns what it has (maybe nothing) once `stop` is
+    /// Blocks until a micro-batch is ready: full (the batch cap or
+    /// `max_bytes`); or, once `interval` has passed since the last cut, at
+    /// least `min_events` and nothing more ready right now, or `max_wait`
+    /// since the batch's first event. Returns what it has (maybe nothing) once `stop` is
     /// set or nobody takes batches any more (a pipeline that ended without
     /// setting `stop`, by a panic: an idle poll thread would otherwise stay in
     /// the group for good, holding partitions no one reads).
@@ -773,10 +781,12 @@ impl Poller {
         let Batching {
             min_events,
             max_wait,
+            interval,
             ..
         } = self.batching;
+        let not_before = self.last_cut.map(|cut| cut + interval);
         let mut messages: Vec<Message> = carried;
-        messages.reserve(self.cap.get());
+        messages.reserve(self.cap.get().min(RESERVE));
         let mut bytes = payload_bytes(&messages);
         let mut deadline: Option<Instant> =
             (!messages.is_empty()).then(|| Instant::now() + max_wait);
@@ -786,7 +796,8 @@ impl Poller {
                 deadline = None;
             }
             let now = Instant::now();
-            let expired = deadline.is_some_and(|d| now >= d);
+            let held_back = not_before.filter(|t| now < *t);
+            let expired = held_back.is_none() && deadline.is_some_and(|d| now >= d);
             if self.is_full(messages.len(), bytes)
                 || expired
                 || stop.load(Ordering::Relaxed)
@@ -794,10 +805,11 @@ impl Poller {
             {
                 break;
             }
-            let timeout = match deadline {
-                None => IDLE_POLL,
-                Some(_) if messages.len() >= min_events => Duration::ZERO,
-                Some(d) => (d - now).min(IDLE_POLL),
+            let timeout = match (deadline, held_back) {
+                (None, _) => IDLE_POLL,
+                (Some(_), Some(t)) => (t - now).min(IDLE_POLL),
+                (Some(_), None) if messages.len() >= min_events => Duration::ZERO,
+                (Some(d), None) => (d - now).min(IDLE_POLL),
             };
             let held = messages.len();
             let polled = self.poll(timeout, [&mut messages])?;
@@ -810,9 +822,12 @@ impl Poller {
                     bytes += m.payload_len();
                     messages.push(m);
                 }
-                None if messages.len() >= min_events => break,
+                None if held_back.is_none() && messages.len() >= min_events => break,
                 None => {}
             }
+        }
+        if !messages.is_empty() {
+            self.last_cut = Some(Instant::now());
         }
         Ok(messages)
     }
