@@ -233,7 +233,7 @@ def test_default_batching_commits_once_a_second_and_merges_small_files(broker, t
                     interval_ms=1000)
     job.write_text(job.read_text().replace(
         "target_file_mib = 128", "target_file_mib = 128\ncompact_after_files = 10"))
-    seconds = 40
+    seconds = 25
     with open(tmp_path / "run.log", "w") as log:
         proc = start_run(job, log)
         started = time.monotonic()

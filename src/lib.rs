@@ -31,8 +31,10 @@
 //! - [`cmd`]: one module per command, each a thin layer over the above.
 //!
 //! Beside them: [`metrics`] (Prometheus), [`telemetry`] (logs, progress),
-//! [`fault`] (fault points for crash tests), [`task`].
+//! [`fault`] (fault points for crash tests), [`task`], [`alloc`] (the heap, set up
+//! before any thread starts).
 
+pub mod alloc;
 pub mod cmd;
 pub mod config;
 pub mod fault;

@@ -369,8 +369,16 @@ fn positive(x: f64) -> bool {
 #[error("{0}")]
 struct Usage(String);
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    weir::alloc::set_up_heap();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+        .block_on(cli_main())
+}
+
+async fn cli_main() -> ExitCode {
     let cli = Cli::parse();
     weir::telemetry::init_logging(cli.log_format);
     let result = match cli.command {
