@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Soak: `weir run` (the example job, default batching) against the test suite's
+Apache Kafka broker at a steady rate for many minutes, sampled once a minute.
+
+Per minute it records what must stay flat in a long run: the process's RSS,
+the dedup index (entries and bytes: the one thing that grows, until event
+time has covered the dedup horizon), the mean time of a trigger's commits,
+raw's log versions since its newest checkpoint (checkpoint lag), raw's live
+files (small-file merging keeping up) and the consumer lag. Run it with the
+test venv's Python after integration/setup.sh and a release build:
+
+    cargo build --release
+    ~/.cache/weir-venv/bin/python benches/soak.py --rate 12000 --minutes 10 \\
+        --csv benches/results/soak.csv
+
+Nothing here asserts: the figures and what they mean are in benches/README.md.
+"""
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "integration"))
+from conftest import free_port, start_kafka, stop_kafka, stop_process, write_job  # noqa: E402
+
+COLUMNS = ["minute", "events", "events_per_s", "rss_mib", "dedup_ids", "dedup_mib",
+           "bytes_per_id", "commit_ms", "checkpoint_lag", "raw_versions", "raw_files",
+           "consumer_lag"]
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The job's metrics, summed over labels other than `job` and `stage=commit`."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r'^(\w+)(\{[^}]*\})? (\S+)$', line)
+        if not m:
+            continue
+        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
+        if name.startswith("weir_stage_seconds") and 'stage="commit"' not in labels:
+            continue
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+    return kib / 1024
+
+
+def raw_log(table: pathlib.Path) -> tuple[int, int, int]:
+    """raw's newest version, versions since its newest checkpoint, and live files."""
+    from deltalake import DeltaTable
+    log = table / "_delta_log"
+    newest = max((int(p.stem) for p in log.glob("*.json") if p.stem.isdigit()), default=0)
+    last = log / "_last_checkpoint"
+    checkpoint = json.loads(last.read_text())["version"] if last.exists() else -1
+    files = len(DeltaTable(str(table)).file_uris())
+    return newest, newest - checkpoint, files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=12000, help="events per second produced")
+    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--horizon", default="1h",
+                        help="dedup.horizon: a short one shows the index level off within the run")
+    parser.add_argument("--compact-after", type=int, default=64,
+                        help="maintenance.compact_after_files (0: no merging beside ingest)")
+    parser.add_argument("--weir", default=str(pathlib.Path(
+        os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "weir"))
+    parser.add_argument("--csv", type=pathlib.Path, help="where to write the samples")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="weir-soak-") as workdir:
+        work = pathlib.Path(workdir)
+        broker = start_kafka(work / "kafka")
+        procs = []
+        try:
+            broker.create_topic("clicks", args.partitions)
+            data = work / "data"
+            job = write_job(work / "job.toml", broker, "clicks", data, max_events=100000,
+                            interval_ms=1000)
+            job.write_text(job.read_text()
+                           .replace('horizon = "1h"', f'horizon = "{args.horizon}"')
+                           .replace("target_file_mib = 128", "target_file_mib = 128\n"
+                                    f"compact_after_files = {args.compact_after}"))
+            port = free_port()
+            run = subprocess.Popen([args.weir, "run", str(job), "--metrics-addr",
+                                    f"127.0.0.1:{port}"],
+                                   stdout=open(work / "run.log", "w"), stderr=subprocess.STDOUT)
+            procs.append(run)
+            produce = subprocess.Popen(
+                [args.weir, "produce", "--brokers", broker.bootstrap, "--topic", "clicks",
+                 "--rate", str(args.rate), "--seconds", str(args.minutes * 60)],
+                stdout=subprocess.DEVNULL, stderr=open(work / "produce.log", "w"))
+            procs.append(produce)
+            samples = sample(args, run, port, data / "hot" / "clickstream" / "raw")
+        finally:
+            for proc in procs:
+                stop_process(proc)
+            stop_kafka(broker)
+    if args.csv:
+        with open(args.csv, "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(samples)
+
+
+def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path) -> list[dict]:
+    print("  ".join(f"{c:>12}" for c in COLUMNS), flush=True)
+    samples, before = [], None
+    started = time.monotonic()
+    for minute in range(1, args.minutes + 1):
+        time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
+        assert run.poll() is None, f"weir run exited with {run.returncode}"
+        m = metrics(port)
+        newest, lag, files = raw_log(raw)
+        events = m.get("weir_events_in_total", 0.0)
+        commits = (m.get("weir_stage_seconds_sum", 0.0), m.get("weir_stage_seconds_count", 0.0))
+        prev_events, prev_commits = before or (0.0, (0.0, 0.0))
+        ids = m.get("weir_dedup_index_entries", 0.0)
+        row = {
+            "minute": minute,
+            "events": int(events),
+            "events_per_s": round((events - prev_events) / 60),
+            "rss_mib": round(rss_mib(run.pid)),
+            "dedup_ids": int(ids),
+            "dedup_mib": round(m.get("weir_dedup_index_bytes", 0.0) / 2**20, 1),
+            "bytes_per_id": round(m.get("weir_dedup_index_bytes", 0.0) / ids, 1) if ids else 0,
+            "commit_ms": round(1000 * (commits[0] - prev_commits[0])
+                               / max(1.0, commits[1] - prev_commits[1]), 1),
+            "checkpoint_lag": lag,
+            "raw_versions": newest,
+            "raw_files": files,
+            "consumer_lag": int(m.get("weir_consumer_lag", 0.0)),
+        }
+        before = (events, commits)
+        samples.append(row)
+        print("  ".join(f"{row[c]:>12}" for c in COLUMNS), flush=True)
+    return samples
+
+
+if __name__ == "__main__":
+    main()
