@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::num::{NonZeroU64, NonZeroUsize};
 
 use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
 use tracing::{debug, info};
 
 use crate::config::Job;
@@ -99,6 +101,7 @@ impl Compactor {
             .clone()
             .optimize()
             .with_target_size(target)
+            .with_commit_properties(merge_commit(&self.job))
             .await
             .map_err(delta("merging small files"))?;
         let after = file_count(&compacted);
@@ -113,6 +116,18 @@ impl Compactor {
         *merged = after;
         Ok(Some(Compacted { before, after }))
     }
+}
+
+/// What every file merge commits with: a txn `weir:<job>:merge`, so that of
+/// two merges of the same files (two `weir run` processes of a job, each
+/// with its upkeep) the second is refused. delta-rs's conflict checker
+/// ignores a concurrent remove of the same file when it changed no data (as
+/// a merge's), and both merges would land, every merged row twice (the chaos
+/// test caught it); a txn the winner also wrote is a conflict it does check.
+pub fn merge_commit(job: &Job) -> CommitProperties {
+    let app_id = format!("weir:{}:merge", job.name);
+    let version = chrono::Utc::now().timestamp_millis();
+    CommitProperties::default().with_application_transaction(Transaction::new(app_id, version))
 }
 
 /// The files in the table's snapshot.

@@ -37,7 +37,7 @@ use crate::table::schema::conform;
 use crate::table::tier::{self, Tiered};
 use crate::table::{Catalog, TableError};
 use crate::telemetry::Progress;
-use crate::upkeep::compact::file_count;
+use crate::upkeep::compact::{file_count, merge_commit};
 use crate::upkeep::moves::{Moved, Route, move_rows};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -269,7 +269,10 @@ async fn maintain_table(
     step.done("fold closed windows", "fold")?;
 
     let target = NonZeroU64::new(job.maintenance.target_file_bytes).expect("validated: above 0");
-    let mut merge = table.optimize().with_target_size(target);
+    let mut merge = table
+        .optimize()
+        .with_target_size(target)
+        .with_commit_properties(merge_commit(job));
     if tier == Tier::Cold {
         // The archive: smallest files, slowest to write, read rarely.
         let zstd = ZstdLevel::try_new(19).expect("19 is a valid zstd level");
