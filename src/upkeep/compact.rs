@@ -5,25 +5,26 @@
 //! default interval): 86,400 a day, which every reader and every checkpoint
 //! would pay for. Once a hot table has gained `maintenance.compact_after_files`
 //! files since it was last merged, its files under `maintenance.target_file_mib`
-//! are merged into files of about that size (delta-rs's optimize, which skips
+//! are merged into files of about that size ([`super::merge`], which skips
 //! files already at the size, so a merge rewrites only what was added since
 //! plus at most one partly filled file). A merge's commit removes and adds
 //! files without changing rows: ingest's blind appends never conflict with
-//! it, and a merge that loses to another upkeep commit is tried again on the
-//! next round.
+//! it, and a merge that loses to another commit that removed files
+//! (another process's merge, a fold, a move) is tried again on the next
+//! round.
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU64, NonZeroUsize};
 
 use deltalake::DeltaTable;
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
 use tracing::{debug, info};
 
 use crate::config::Job;
+use crate::config::Tier;
 use crate::table::delta::open;
 use crate::table::{TableError, TableId};
 use crate::upkeep::maintain::MaintainError;
+use crate::upkeep::merge::{Merged, merge_properties, merge_small_files};
 
 /// A hot table's files before and after one merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,37 +98,40 @@ impl Compactor {
         }
         let target =
             NonZeroU64::new(self.job.maintenance.target_file_bytes).expect("validated: above 0");
-        let (compacted, metrics) = table
-            .clone()
-            .optimize()
-            .with_target_size(target)
-            .with_commit_properties(merge_commit(&self.job))
+        let merged_now = merge_small_files(&self.job, table, target, merge_properties(Tier::Hot))
             .await
             .map_err(delta("merging small files"))?;
+        let (compacted, removed, added) = match merged_now {
+            Merged::Done {
+                table,
+                removed,
+                added,
+            } => (table, removed, added),
+            Merged::Nothing => {
+                *merged = before;
+                return Ok(None);
+            }
+            Merged::Lost => {
+                debug!(
+                    table = name,
+                    "merge lost to a concurrent commit; next round"
+                );
+                return Ok(None);
+            }
+        };
         let after = file_count(&compacted);
-        debug!(table = name, ?metrics, "hot table compacted");
         info!(
             table = name,
             files = before,
             now = after,
+            removed,
+            added,
             "small files merged"
         );
         *table = compacted;
         *merged = after;
         Ok(Some(Compacted { before, after }))
     }
-}
-
-/// What every file merge commits with: a txn `weir:<job>:merge`, so that of
-/// two merges of the same files (two `weir run` processes of a job, each
-/// with its upkeep) the second is refused. delta-rs's conflict checker
-/// ignores a concurrent remove of the same file when it changed no data (as
-/// a merge's), and both merges would land, every merged row twice (the chaos
-/// test caught it); a txn the winner also wrote is a conflict it does check.
-pub fn merge_commit(job: &Job) -> CommitProperties {
-    let app_id = format!("weir:{}:merge", job.name);
-    let version = chrono::Utc::now().timestamp_millis();
-    CommitProperties::default().with_application_transaction(Transaction::new(app_id, version))
 }
 
 /// The files in the table's snapshot.

@@ -37,10 +37,9 @@ use crate::table::schema::conform;
 use crate::table::tier::{self, Tiered};
 use crate::table::{Catalog, TableError};
 use crate::telemetry::Progress;
-use crate::upkeep::compact::{file_count, merge_commit};
+use crate::upkeep::compact::file_count;
+use crate::upkeep::merge::{Merged, merge_properties, merge_small_files};
 use crate::upkeep::moves::{Moved, Route, move_rows};
-use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::WriterProperties;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaintainError {
@@ -269,21 +268,23 @@ async fn maintain_table(
     step.done("fold closed windows", "fold")?;
 
     let target = NonZeroU64::new(job.maintenance.target_file_bytes).expect("validated: above 0");
-    let mut merge = table
-        .optimize()
-        .with_target_size(target)
-        .with_commit_properties(merge_commit(job));
-    if tier == Tier::Cold {
-        // The archive: smallest files, slowest to write, read rarely.
-        let zstd = ZstdLevel::try_new(19).expect("19 is a valid zstd level");
-        merge = merge.with_writer_properties(
-            WriterProperties::builder()
-                .set_compression(Compression::ZSTD(zstd))
-                .build(),
-        );
+    match merge_small_files(job, &table, target, merge_properties(tier))
+        .await
+        .map_err(delta("merging small files"))?
+    {
+        Merged::Done { table: merged, .. } => table = merged,
+        Merged::Nothing => {}
+        Merged::Lost => {
+            warn!(
+                table = name,
+                "merge lost to a concurrent commit; the next round merges"
+            );
+            table
+                .update_incremental(None)
+                .await
+                .map_err(delta("reading the log"))?;
+        }
     }
-    let (merged, _) = merge.await.map_err(delta("merging small files"))?;
-    table = merged;
     step.done("merge small files", "merge")?;
 
     create_checkpoint(&table, None)
