@@ -1,5 +1,5 @@
 //! Decode stage throughput: one micro-batch of clickstream JSON to Arrow, clean
-//! and with malformed messages mixed in (which cost re-decodes).
+//! and with malformed messages mixed in.
 
 mod common;
 

@@ -22,13 +22,15 @@ from test_broker_e2e import (event_ms, oracle, start_run, stop_gracefully,
 NEW_FILTER = "action = 'view' AND country <> 'US'"
 
 
-def history_job(path, warm_root=None, cold_root=None, filter=None):
+def history_job(path, warm_root=None, cold_root=None, filter=None, payload=None):
     """The clickstream job with tiers sized for four days of history: hot keeps
     30 h, warm 2 days, cold the rest."""
     replacements = [('max_age = "24h"', 'max_age = "30h"'),
                     ('max_age = "30days"', 'max_age = "2days"')]
     if filter:
         replacements.append(("filter = \"action = 'view'\"", f'filter = "{filter}"'))
+    if payload:
+        replacements.append(("[schema]", f'[schema]\npayload = "{payload}"'))
     return clickstream_job(path, replacements, warm_root, cold_root)
 
 
@@ -193,6 +195,29 @@ def test_reprocess_one_day_under_a_new_definition(remote, request, tmp_path):
     refused = subprocess.run([WEIR, "reprocess", "--job", str(new), "--data", str(data),
                               "--from", today, "--to", today], capture_output=True, text=True)
     assert refused.returncode == 1 and "is not closed yet" in refused.stderr, refused.stderr
+
+
+def test_a_job_that_keeps_no_payloads_reprocesses_from_the_columns(tmp_path):
+    """`schema.payload = "none"`: raw's `_payload` is null in every tier, and a
+    reprocess under a new filter rebuilds the day from the stored columns,
+    equal to polars' computation, saying so."""
+    old = history_job(tmp_path / "old.toml", payload="none")
+    new = history_job(tmp_path / "new.toml", filter=NEW_FILTER, payload="none")
+    data = tmp_path / "data"
+    weir("demo", "--job", old, "--seconds", 4, "--rate", 2000, "--backfill", "4days",
+         "--data", data, timeout=240)
+    weir("maintain", "--job", old, "--data", data, "--once", timeout=240)
+    tiers = tier_roots(data, None, None)
+    payloads = pl.concat([pl.read_delta(f"{root}/clickstream/raw").select("_payload")
+                          for root in tiers.values()])
+    assert payloads.height > 0 and payloads["_payload"].null_count() == payloads.height
+
+    day = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)).date()
+    span = ["--from", day.isoformat(), "--to", day.isoformat()]
+    report = weir("reprocess", "--job", new, "--data", data, *span, timeout=240).stdout
+    assert "replaced" in report and "have no payload in raw" in report, report
+    after = outputs_by_day(new, data)
+    assert after[("page_views", day)] == expected_page_views(raw_frame(tiers), day)
 
 
 def test_a_move_that_raced_a_reprocess_moves_the_reprocessed_rows(tmp_path):

@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, TimeUnit};
 use serde::Deserialize;
 use url::Url;
 
@@ -22,6 +21,18 @@ pub enum StartFrom {
     #[default]
     Earliest,
     Latest,
+}
+
+/// Whether `raw` keeps each message's bytes (`_payload`) beside its
+/// decoded columns. Kept, `weir reprocess` decodes what was sent under the
+/// current contract (a field added later is filled in); not kept, raw is
+/// smaller and cheaper to write, and reprocess rebuilds from the columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    #[default]
+    Kept,
+    None,
 }
 
 /// What a job does when the broker deleted messages it never read
@@ -167,15 +178,6 @@ impl FieldType {
         }
     }
 
-    /// The type the JSON decoder produces. Timestamps decode as milliseconds so
-    /// that a JSON number means epoch millis; see [`FieldType::stored_type`].
-    pub fn decode_type(self) -> DataType {
-        match self {
-            Self::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            other => other.stored_type(),
-        }
-    }
-
     /// The type written to Delta (Delta timestamps are microseconds, UTC).
     pub fn stored_type(self) -> DataType {
         match self {
@@ -207,6 +209,7 @@ pub struct Contract {
     pub event_time: usize,
     /// Event times further than this from now (either way) are refused.
     pub event_time_range: Duration,
+    pub payload: Payload,
 }
 
 impl Contract {
@@ -216,18 +219,6 @@ impl Contract {
 
     pub fn event_time_name(&self) -> &str {
         &self.fields[self.event_time].name
-    }
-
-    /// The Arrow schema the JSON decoder targets: all fields nullable, so that a
-    /// missing required field becomes a DLQ row with a precise reason instead of
-    /// a decoder error for the whole batch.
-    pub fn decode_schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(
-            self.fields
-                .iter()
-                .map(|f| Field::new(&f.name, f.ty.decode_type(), true))
-                .collect::<Vec<_>>(),
-        ))
     }
 
     /// The user fields as stored in Delta.

@@ -170,6 +170,8 @@ pub(super) struct SchemaSpec {
     pub(super) event_time: String,
     #[serde(default = "default_event_time_range")]
     pub(super) event_time_range: String,
+    #[serde(default)]
+    pub(super) payload: Payload,
     pub(super) fields: Vec<FieldSpec>,
 }
 

@@ -81,6 +81,7 @@ fn good_spec_gets_defaults() {
     let job = parse(&GOOD).unwrap();
     assert_eq!(job.source.group, "weir-clicks");
     assert_eq!(job.source.start_from, StartFrom::Earliest);
+    assert_eq!(job.contract.payload, Payload::Kept);
     assert_eq!(job.batching.min_events, 100);
     assert_eq!(job.batching.max_events, 100_000);
     assert_eq!(job.batching.max_wait, Duration::from_millis(250));

@@ -318,6 +318,7 @@ pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Con
         event_id,
         event_time,
         event_time_range,
+        payload: spec.payload,
     })
 }
 

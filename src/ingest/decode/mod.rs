@@ -1,34 +1,33 @@
 //! Decode: message bytes → Arrow, under the job's schema contract.
 //!
-//! The happy path is one vectorized arrow-json decode for the whole micro-batch.
-//! A message that breaks the contract must cost the batch only a few re-decodes,
-//! never the batch itself. Syntax is checked per message first with a strict
-//! parser (arrow-json's tape reader tolerates missing or doubled commas, and a
-//! contract that lets `{"a":1 "b":2}` through is no contract); value faults
-//! (wrong types, bad UTF-8), which arrow-json reports only for a whole flush, are
-//! found by bisecting the failing range. Row rules that are easier to check on
-//! columns (required fields present, event time in range) run vectorized
-//! afterwards. Every rejected message becomes a DLQ row with its bytes and the
-//! reason; none is dropped and none stops the job.
+//! Each message is read once ([`shape`]): its JSON syntax checked strictly
+//! and each contract field's value parsed straight into its column
+//! ([`columns`]), while every other field is only skipped. A message that
+//! breaks the contract is refused alone, with the field and value named, and
+//! costs the batch nothing. Row rules that are easier to check on columns
+//! (required fields present, event time in range) run vectorized afterwards.
+//! Every rejected message becomes a DLQ row with its bytes and the reason;
+//! none is dropped and none stops the job.
 //!
 //! This stage is a pure function: the caller passes the ingest time in.
 
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Int32Array, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray, TimestampMillisecondArray,
+    ArrayRef, AsArray, BinaryArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
-use arrow::compute::{self, concat_batches};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::compute;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::error::ArrowError;
-use arrow_json::ReaderBuilder;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::config::{Contract, FieldType};
+use crate::config::{Contract, Payload};
 use crate::ingest::source::{Message, MicroBatch};
+use columns::{Columns, Value};
 use shape::{MAX_TIMESTAMP_MS, Shape};
 
+mod columns;
 mod shape;
 
 pub const EVENT_DATE: &str = "_event_date";
@@ -37,12 +36,13 @@ pub const OFFSET: &str = "_offset";
 pub const KAFKA_TS: &str = "_kafka_ts";
 /// When weir read the message (UTC): what `dlq` and `late` rows are aged by.
 pub const INGEST_TS: &str = "_ingest_ts";
-/// The message exactly as the producer sent it. `raw` keeps it so that
-/// reprocessing under a changed contract (a field added, a decoding bug fixed)
-/// sees what was sent, not only what the old contract kept.
+/// The message exactly as the producer sent it. `raw` keeps it (unless the
+/// job says `schema.payload = "none"`) so that reprocessing under a changed
+/// contract (a field added, a decoding bug fixed) sees what was sent, not
+/// only what the old contract kept.
 pub const PAYLOAD: &str = "_payload";
 
-const MS_PER_DAY: i64 = 86_400_000;
+const US_PER_DAY: i64 = 86_400_000_000;
 
 /// A micro-batch split by the contract.
 #[derive(Debug, Clone)]
@@ -59,7 +59,6 @@ pub struct Decoder {
     contract: Contract,
     shape: Shape,
     max_message_bytes: usize,
-    decode_schema: SchemaRef,
     raw_schema: SchemaRef,
     dlq_schema: SchemaRef,
 }
@@ -70,8 +69,8 @@ pub fn utc_micros() -> DataType {
 }
 
 /// The `raw` table: the contract's fields, then weir's own columns. The
-/// payload is nullable only because tables written before weir kept it have
-/// none.
+/// payload is null in tables written before weir kept it and by jobs that
+/// do not keep it.
 pub fn raw_schema(contract: &Contract) -> SchemaRef {
     let mut fields = contract.stored_fields();
     fields.extend([
@@ -103,7 +102,6 @@ type Rejection = (usize, String);
 impl Decoder {
     pub fn new(contract: Contract, max_message_bytes: usize) -> Self {
         Self {
-            decode_schema: contract.decode_schema(),
             raw_schema: raw_schema(&contract),
             dlq_schema: dlq_schema(),
             shape: Shape::new(&contract),
@@ -153,30 +151,21 @@ impl Decoder {
         reference: &dyn Fn(&Message) -> Option<i64>,
     ) -> Result<Decoded, ArrowError> {
         let mut rejected: Vec<Rejection> = Vec::new();
-        let mut candidates: Vec<(usize, &[u8])> = Vec::with_capacity(batch.len());
+        let mut rows = Vec::with_capacity(batch.len());
+        let types = self.contract.fields.iter().map(|f| f.ty);
+        let mut columns = Columns::new(types, batch.len());
         for (i, m) in batch.messages.iter().enumerate() {
-            match self.precheck(m) {
-                Ok(bytes) => candidates.push((i, bytes)),
+            let read = self.precheck(m).and_then(|bytes| self.shape.read(bytes));
+            match read.and_then(|values| self.check_row(&values, reference(m)).map(|()| values)) {
+                Ok(values) => {
+                    columns.push(values);
+                    rows.push(i);
+                }
                 Err(reason) => rejected.push((i, reason)),
             }
         }
-
-        let (rows, decoded) = self.decode_isolating(&candidates, &mut rejected)?;
-        let references: Vec<Option<i64>> = rows
-            .iter()
-            .map(|&i| reference(&batch.messages[i]))
-            .collect();
-        let keep = self.check_rows(&decoded, &rows, &references, &mut rejected)?;
-        let decoded = compute::filter_record_batch(&decoded, &keep)?;
-        let kept: Vec<usize> = rows
-            .iter()
-            .zip(keep.values().iter())
-            .filter_map(|(&r, k)| k.then_some(r))
-            .collect();
-
-        rejected.sort_by_key(|(i, _)| *i);
         Ok(Decoded {
-            valid: self.to_raw(&decoded, &kept, &batch.messages)?,
+            valid: self.to_raw(columns.finish(), &rows, &batch.messages)?,
             rejected: self.to_dlq(&rejected, batch, now)?,
         })
     }
@@ -206,158 +195,50 @@ impl Decoder {
             Some(b'{') => {}
             Some(_) => return Err("not a JSON object".into()),
         }
-        self.shape.check(bytes)?;
         Ok(bytes)
     }
 
-    /// Decodes the candidates, moving each message that breaks the contract to
-    /// `rejected`. Returns the decoded rows and, per row, its message index.
-    fn decode_isolating(
-        &self,
-        candidates: &[(usize, &[u8])],
-        rejected: &mut Vec<Rejection>,
-    ) -> Result<(Vec<usize>, RecordBatch), ArrowError> {
-        let mut rows = Vec::with_capacity(candidates.len());
-        let mut parts = Vec::new();
-        // Ranges still to decode, left-most on top so rows stay in message order.
-        let mut work = vec![candidates];
-        while let Some(range) = work.pop() {
-            if range.is_empty() {
-                continue;
-            }
-            match self.decode_range(range) {
-                Ok(part) => {
-                    rows.extend(range.iter().map(|(i, _)| *i));
-                    parts.push(part);
-                }
-                Err(reason) if range.len() == 1 => {
-                    rejected.push((range[0].0, format!("does not match the schema: {reason}")));
-                }
-                Err(_) => {
-                    let (left, right) = range.split_at(range.len() / 2);
-                    work.push(right);
-                    work.push(left);
-                }
-            }
-        }
-        Ok((rows, concat_batches(&self.decode_schema, &parts)?))
-    }
-
-    /// One decode attempt over syntactically valid messages. Each must become
-    /// exactly one row: the row → message mapping is what ties a row to its offset.
-    fn decode_range(&self, range: &[(usize, &[u8])]) -> Result<RecordBatch, String> {
-        let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
-            .with_batch_size(range.len() + 1)
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
-        for (_, bytes) in range {
-            decoder.decode(bytes).map_err(|e| e.to_string())?;
-        }
-        if decoder.has_partial_record() || decoder.len() != range.len() {
-            return Err("the messages did not decode to one row each".into());
-        }
-        match decoder.flush() {
-            Ok(Some(batch)) => Ok(batch),
-            Ok(None) => Ok(RecordBatch::new_empty(self.decode_schema.clone())),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// The column rules, vectorized: required fields present and the event time
-    /// in range of its row's `references` time (epoch ms; none: not judged).
-    /// Returns the mask of rows to keep; each other row is rejected once, with
-    /// the first rule it broke.
-    fn check_rows(
-        &self,
-        decoded: &RecordBatch,
-        rows: &[usize],
-        references: &[Option<i64>],
-        rejected: &mut Vec<Rejection>,
-    ) -> Result<BooleanArray, ArrowError> {
-        let mut reasons: Vec<Option<String>> = vec![None; decoded.num_rows()];
-        let mut note = |mask: &BooleanArray, reason: &dyn Fn(usize) -> String| {
-            if mask.true_count() == 0 {
-                return;
-            }
-            for (row, slot) in reasons.iter_mut().enumerate() {
-                if slot.is_none() && mask.value(row) {
-                    *slot = Some(reason(row));
-                }
-            }
-        };
-
+    /// The row rules on one message's values: required fields present and
+    /// the event time in range of `reference` (epoch ms; none: not judged).
+    /// A message is refused for the first rule it breaks.
+    fn check_row(&self, values: &[Value], reference: Option<i64>) -> Result<(), String> {
         let c = &self.contract;
-        let id = c.event_id_name();
-        note(&compute::is_null(decoded.column(c.event_id))?, &|_| {
-            format!("missing event ID `{id}`")
-        });
-        let time = c.event_time_name();
-        let times = decoded.column(c.event_time);
-        note(&compute::is_null(times)?, &|_| {
-            format!("missing event time `{time}`")
-        });
-        for (i, f) in c.fields.iter().enumerate() {
-            if !f.nullable {
-                note(&compute::is_null(decoded.column(i))?, &|_| {
-                    format!("missing required field `{}`", f.name)
-                });
-            }
+        if values[c.event_id] == Value::Null {
+            return Err(format!("missing event ID `{}`", c.event_id_name()));
         }
-
-        let range_ms = c.event_time_range.as_millis() as u64;
-        let times = times
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .expect("event time decodes as millisecond timestamps");
-        let outside: BooleanArray = times
+        let Value::TimestampMs(time) = values[c.event_time] else {
+            return Err(format!("missing event time `{}`", c.event_time_name()));
+        };
+        let missing = c
+            .fields
             .iter()
-            .zip(references)
-            .map(|(t, reference)| match (t, reference) {
-                (Some(t), Some(r)) => Some(t.abs_diff(*r) > range_ms),
-                _ => Some(false),
-            })
-            .collect();
-        note(&outside, &|row| {
-            format!(
+            .zip(values)
+            .find(|(f, v)| !f.nullable && **v == Value::Null);
+        if let Some((f, _)) = missing {
+            return Err(format!("missing required field `{}`", f.name));
+        }
+        match reference {
+            Some(r) if time.abs_diff(r) > c.event_time_range.as_millis() as u64 => Err(format!(
                 "event time {} is outside the accepted range ({} ± {})",
-                format_ms(times.value(row)),
-                references[row].map_or_else(String::new, format_ms),
+                format_ms(time),
+                format_ms(r),
                 humantime::format_duration(c.event_time_range)
-            )
-        });
-
-        let keep: BooleanArray = reasons.iter().map(|r| Some(r.is_none())).collect();
-        rejected.extend(
-            rows.iter()
-                .zip(reasons)
-                .filter_map(|(&i, reason)| reason.map(|r| (i, r))),
-        );
-        Ok(keep)
+            )),
+            _ => Ok(()),
+        }
     }
 
-    /// Converts decoded rows to the `raw` table's schema and adds weir's columns.
+    /// The contract's columns of the rows decoded from `messages[rows]`,
+    /// with weir's columns added: the `raw` table's rows.
     fn to_raw(
         &self,
-        decoded: &RecordBatch,
+        mut columns: Vec<ArrayRef>,
         rows: &[usize],
         messages: &[Message],
     ) -> Result<RecordBatch, ArrowError> {
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.raw_schema.fields().len());
-        for (i, f) in self.contract.fields.iter().enumerate() {
-            let column = decoded.column(i);
-            columns.push(if f.ty == FieldType::Timestamp {
-                compute::cast(column, &f.ty.stored_type())?
-            } else {
-                column.clone()
-            });
-        }
-        let times = decoded
-            .column(self.contract.event_time)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .expect("event time decodes as millisecond timestamps");
+        let times = columns[self.contract.event_time].as_primitive::<TimestampMicrosecondType>();
         let dates: Date32Array =
-            compute::kernels::arity::unary(times, |ms: i64| ms.div_euclid(MS_PER_DAY) as i32);
+            compute::kernels::arity::unary(times, |us: i64| us.div_euclid(US_PER_DAY) as i32);
         let picked = || rows.iter().map(|&i| &messages[i]);
         columns.push(Arc::new(dates));
         columns.push(Arc::new(Int32Array::from_iter_values(
@@ -367,7 +248,10 @@ impl Decoder {
             picked().map(|m| m.offset),
         )));
         columns.push(Arc::new(kafka_ts(picked())));
-        columns.push(Arc::new(payloads(picked())));
+        columns.push(match self.contract.payload {
+            Payload::Kept => Arc::new(payloads(picked())),
+            Payload::None => arrow::array::new_null_array(&DataType::Binary, rows.len()),
+        });
         RecordBatch::try_new(self.raw_schema.clone(), columns)
     }
 

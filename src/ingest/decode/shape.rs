@@ -1,24 +1,26 @@
-//! The per-message check before the batch decode: strict JSON syntax, UTF-8,
-//! the JSON kind of each contract field's value, whether a number fits its
-//! column, and how deep ignored values nest.
+//! One pass over each message: strict JSON syntax, UTF-8, and each contract
+//! field's value read straight into its column's type, ignored fields only
+//! skipped. What cannot become a row is refused here, message by message,
+//! with the field and the value named.
 //!
-//! arrow-json reports a value it cannot take only for a whole flush, and
-//! finding the message means bisecting the batch: a micro-batch of 10,000
-//! with a dozen such messages decoded five times over. The kinds arrow-json
-//! can never take (an object where a string belongs, a string where a bool
-//! does, any non-UTF-8 byte) are cheap to see while the syntax is checked
-//! anyway, so they are refused here, message by message. So are the numbers
-//! arrow-json would store *changed* rather than refuse: `1.9` truncated to 1
+//! The rules are arrow-json's, which weir used to decode with (a test holds
+//! this reader to them value by value), stricter in three ways: JSON syntax
+//! (arrow-json's tape reader tolerates missing or doubled commas, and a
+//! contract that lets `{"a":1 "b":2}` through is no contract), numbers
+//! arrow-json would store *changed* rather than refuse (`1.9` truncated to 1
 //! in an integer column, `1e400` stored as infinity, epoch milliseconds no
-//! microsecond timestamp can hold. Otherwise the check only ever refuses
-//! what arrow-json would refuse too; what it lets through (a timestamp
-//! string that does not parse) is still found by bisecting.
+//! microsecond timestamp can hold), and how deep ignored values nest.
 
+use std::borrow::Cow;
 use std::fmt;
 
+use arrow::compute::kernels::cast_utils::{Parser, string_to_datetime};
+use arrow::datatypes::{Date32Type, Float32Type, Float64Type, Int32Type, Int64Type};
+use chrono::Utc;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::columns::Value;
 use crate::config::{Contract, FieldType};
 
 /// How deep objects and arrays may nest in a message. Contract fields are
@@ -99,49 +101,136 @@ impl Shape {
         }
     }
 
-    /// Why `bytes` (which start with `{`) cannot become a row, if one
-    /// message alone says so.
-    pub(super) fn check(&self, bytes: &[u8]) -> Result<(), String> {
+    /// The contract's values in `bytes` (which start with `{`), one per
+    /// field in contract order, or why the message cannot become a row.
+    pub(super) fn read<'a>(&self, bytes: &'a [u8]) -> Result<Vec<Value<'a>>, String> {
         let text =
             std::str::from_utf8(bytes).map_err(|e| format!("not valid JSON: not UTF-8 ({e})"))?;
         let mut json = serde_json::Deserializer::from_str(text);
-        let misfit = ObjectSeed(self)
+        let read = ObjectSeed(self)
             .deserialize(&mut json)
-            .and_then(|misfit| json.end().map(|()| misfit))
+            .and_then(|read| json.end().map(|()| read))
             .map_err(|e| format!("not valid JSON: {e}"))?;
+        read.map_err(|misfit| self.describe(misfit))
+    }
+
+    fn describe(&self, misfit: Misfit) -> String {
+        let named = |field: usize| {
+            let (name, ty) = &self.fields[field];
+            (name, ty.name())
+        };
         match misfit {
-            Some(Misfit::Kind(field, kind)) => {
-                let (name, ty) = &self.fields[field];
-                Err(format!(
-                    "does not match the schema: `{name}` is {}, expected {}",
-                    kind.described(),
-                    ty.name()
-                ))
+            Misfit::Kind(field, kind) => {
+                let (name, ty) = named(field);
+                format!(
+                    "does not match the schema: `{name}` is {}, expected {ty}",
+                    kind.described()
+                )
             }
-            Some(Misfit::Number(field, number, why)) => {
-                let (name, ty) = &self.fields[field];
-                Err(format!(
-                    "does not fit the schema: `{name}` is {number}, {why} ({} field)",
-                    ty.name()
-                ))
+            Misfit::Unparsed(field, text) => {
+                let (name, ty) = named(field);
+                format!("does not match the schema: `{name}` is {text}, which is not a {ty}")
             }
-            Some(Misfit::Nested(name)) => Err(format!(
-                "{name} is nested more than {MAX_DEPTH} levels deep"
-            )),
-            None => Ok(()),
+            Misfit::Number(field, number, why) => {
+                let (name, ty) = named(field);
+                format!("does not fit the schema: `{name}` is {number}, {why} ({ty} field)")
+            }
+            Misfit::Nested(name) => format!("{name} is nested more than {MAX_DEPTH} levels deep"),
         }
     }
 }
 
-/// Why a message cannot become a row, as the check sees it.
+/// Why a message cannot become a row, as the reader sees it.
 #[derive(Debug)]
 enum Misfit {
     /// A contract field's value of a kind its type never takes.
     Kind(usize, Kind),
+    /// A contract field's string that does not parse as its type, as the
+    /// message has it (quoted, cut short when long).
+    Unparsed(usize, String),
     /// A contract field's number that its column cannot hold as written.
     Number(usize, String, &'static str),
     /// A value nested past [`MAX_DEPTH`], and its key as the message says it.
     Nested(String),
+}
+
+/// The value of contract field `field`, of type `ty`, as its column holds it.
+fn value(field: usize, raw: &RawValue, ty: FieldType) -> Result<Value<'_>, Misfit> {
+    let kind = Kind::of(raw);
+    if !kind.fits(ty) {
+        return Err(Misfit::Kind(field, kind));
+    }
+    let text = raw.get();
+    match kind {
+        Kind::Null => Ok(Value::Null),
+        Kind::Bool => Ok(Value::Bool(text == "true")),
+        Kind::Number => match number_misfit(text, ty) {
+            Some(why) => Err(Misfit::Number(field, text.to_owned(), why)),
+            None => Ok(number(text, ty)),
+        },
+        Kind::String => {
+            let s = unquoted(text);
+            parsed(&s, ty).ok_or_else(|| Misfit::Unparsed(field, quoted_short(text)))
+        }
+        Kind::Object | Kind::Array => unreachable!("no field type takes {kind:?}"),
+    }
+}
+
+/// A JSON number that [`number_misfit`] lets through, in `ty`'s column.
+/// serde_json checked its syntax, so Rust's parsers take it (the fallbacks
+/// are never reached).
+fn number(text: &str, ty: FieldType) -> Value<'static> {
+    let integer = || match text.parse::<i64>() {
+        Ok(v) => v,
+        // A whole number within range, written as `1e3` or `1000.0`.
+        Err(_) => text.parse::<f64>().map_or(0, |v| v as i64),
+    };
+    match ty {
+        FieldType::Int32 => Value::Int32(integer() as i32),
+        FieldType::Int64 => Value::Int64(integer()),
+        FieldType::Date => Value::Date(integer() as i32),
+        FieldType::Timestamp => Value::TimestampMs(integer()),
+        FieldType::Float32 => Value::Float32(text.parse().unwrap_or(f32::NAN)),
+        FieldType::Float64 => Value::Float64(text.parse().unwrap_or(f64::NAN)),
+        FieldType::String | FieldType::Bool => unreachable!("{ty:?} takes no number"),
+    }
+}
+
+/// A JSON string in `ty`'s column, parsed as arrow-json parses it; `None`
+/// when it does not parse.
+fn parsed<'a>(s: &Cow<'a, str>, ty: FieldType) -> Option<Value<'a>> {
+    Some(match ty {
+        FieldType::String => Value::Str(s.clone()),
+        FieldType::Int32 => Value::Int32(Int32Type::parse(s)?),
+        FieldType::Int64 => Value::Int64(Int64Type::parse(s)?),
+        FieldType::Float32 => Value::Float32(Float32Type::parse(s)?),
+        FieldType::Float64 => Value::Float64(Float64Type::parse(s)?),
+        FieldType::Date => Value::Date(Date32Type::parse(s)?),
+        FieldType::Timestamp => {
+            Value::TimestampMs(string_to_datetime(&Utc, s).ok()?.timestamp_millis())
+        }
+        FieldType::Bool => unreachable!("a bool takes no string"),
+    })
+}
+
+/// The text of a JSON string (valid: serde_json checked it), unescaped
+/// only when it has escapes.
+fn unquoted(json: &str) -> Cow<'_, str> {
+    let inner = &json[1..json.len() - 1];
+    if inner.contains('\\') {
+        Cow::Owned(serde_json::from_str(json).expect("a string serde_json has checked"))
+    } else {
+        Cow::Borrowed(inner)
+    }
+}
+
+/// A JSON string as a reason quotes it: at most 64 characters of it.
+fn quoted_short(json: &str) -> String {
+    const MAX: usize = 64;
+    match json.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &json[..cut]),
+        None => json.to_owned(),
+    }
 }
 
 /// Why the JSON number `text` cannot be stored in a column of `ty` unchanged.
@@ -216,11 +305,15 @@ fn depth(json: &str) -> usize {
     deepest
 }
 
-/// The top-level object: the first contract field whose value misfits.
+/// The top-level object: its contract values, or the first contract field
+/// whose value misfits. The walk goes on past a misfit so that a syntax
+/// error anywhere is what the message is refused for.
 struct ObjectSeed<'a>(&'a Shape);
 
+type Read<'de> = Result<Vec<Value<'de>>, Misfit>;
+
 impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
-    type Value = Option<Misfit>;
+    type Value = Read<'de>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -228,48 +321,42 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for ObjectSeed<'_> {
-    type Value = Option<Misfit>;
+    type Value = Read<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut misfit = None;
+        let mut read: Read<'de> = Ok(vec![Value::Null; self.0.fields.len()]);
         while let Some(field) = map.next_key_seed(FieldSeed(self.0))? {
-            let value = map.next_value::<&RawValue>()?;
-            if misfit.is_none() {
-                misfit = self.misfit(field, value);
+            let raw = map.next_value::<&'de RawValue>()?;
+            let Ok(values) = &mut read else { continue };
+            match field {
+                // A key given twice: the last value counts, as in arrow-json.
+                Ok(field) => match value(field, raw, self.0.fields[field].1) {
+                    Ok(v) => values[field] = v,
+                    Err(misfit) => read = Err(misfit),
+                },
+                Err(name) => {
+                    if let Some(misfit) = nested_too_deep(name, raw) {
+                        read = Err(misfit);
+                    }
+                }
             }
         }
-        Ok(misfit)
+        Ok(read)
     }
 }
 
-impl ObjectSeed<'_> {
-    /// Why the value of key `field` (its contract index, or its name when
-    /// the contract has none) cannot be taken.
-    fn misfit(&self, field: Result<usize, Option<&str>>, value: &RawValue) -> Option<Misfit> {
-        let kind = Kind::of(value);
-        match field {
-            Ok(field) => {
-                let ty = self.0.fields[field].1;
-                if !kind.fits(ty) {
-                    Some(Misfit::Kind(field, kind))
-                } else if kind == Kind::Number {
-                    number_misfit(value.get(), ty)
-                        .map(|why| Misfit::Number(field, value.get().to_owned(), why))
-                } else {
-                    None
-                }
-            }
-            Err(name) if matches!(kind, Kind::Object | Kind::Array) => {
-                let name = name.map_or_else(|| "a field".to_owned(), |n| format!("`{n}`"));
-                (depth(value.get()) > MAX_DEPTH).then_some(Misfit::Nested(name))
-            }
-            Err(_) => None,
-        }
+/// An ignored field's value, refused when it nests past [`MAX_DEPTH`]; `name`
+/// is its key when the message has it unescaped.
+fn nested_too_deep(name: Option<&str>, raw: &RawValue) -> Option<Misfit> {
+    if !matches!(Kind::of(raw), Kind::Object | Kind::Array) || depth(raw.get()) <= MAX_DEPTH {
+        return None;
     }
+    let name = name.map_or_else(|| "a field".to_owned(), |n| format!("`{n}`"));
+    Some(Misfit::Nested(name))
 }
 
 /// A key: the index of the contract field it names, if any.
@@ -311,49 +398,104 @@ impl FieldSeed<'_> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::datatypes::{Field, Schema};
+    use arrow::array::ArrayRef;
+    use arrow::compute::cast;
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use arrow_json::ReaderBuilder;
+    use proptest::prelude::*;
 
+    use super::super::columns::Columns;
     use super::*;
 
-    const VALUES: [&str; 13] = [
+    const VALUES: [&str; 34] = [
         "null",
         "true",
         "false",
+        "0",
+        "-0",
         "1",
         "-1.5e3",
+        "1e3",
+        "1000.0",
+        "0.1",
+        "1.5e-3",
+        "3.4e38",
+        "2147483648",
         "18446744073709551616",
         r#""x""#,
+        r#""""#,
+        r#""12""#,
+        r#""-7""#,
+        r#"" 12""#,
+        r#""1.5""#,
+        r#""1e3""#,
         r#""2026-11-21""#,
         r#""2026-11-21T11:00:00Z""#,
+        r#""2026-11-21T11:00:00.123+01:00""#,
+        r#""2026-11-21 11:00:00""#,
+        r#""yesterday""#,
+        r#""a\"b\u00e9\n""#,
+        r#""\u0031\u0032""#,
+        r#""é ✓""#,
         "{}",
         r#"{"a":[1]}"#,
         "[]",
         "[1,2]",
+        r#""true""#,
     ];
 
-    fn arrow_json_takes(ty: FieldType, message: &str) -> bool {
-        let schema = Arc::new(Schema::new(vec![Field::new("v", ty.decode_type(), true)]));
-        let mut decoder = ReaderBuilder::new(schema).build_decoder().unwrap();
-        decoder.decode(message.as_bytes()).is_ok() && decoder.flush().is_ok()
+    fn shape_of(ty: FieldType) -> Shape {
+        Shape {
+            fields: vec![("v".into(), ty)],
+        }
     }
 
-    /// The check's promise: it refuses a message arrow-json would decode
-    /// only when arrow-json would store a number changed, so otherwise it
-    /// changes only how fast a bad message is found.
+    /// What arrow-json decodes, in the type weir stores: arrow-json reads a
+    /// JSON number in a timestamp field as milliseconds only when the
+    /// column's unit is milliseconds.
+    fn arrow_json_reads(ty: FieldType, message: &str) -> Option<ArrayRef> {
+        let read_type = match ty {
+            FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            other => other.stored_type(),
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("v", read_type, true)]));
+        let mut decoder = ReaderBuilder::new(schema).build_decoder().unwrap();
+        decoder.decode(message.as_bytes()).ok()?;
+        let column = decoder.flush().ok()??.column(0).clone();
+        Some(cast(&column, &ty.stored_type()).unwrap())
+    }
+
+    fn reads(ty: FieldType, message: &str) -> Result<ArrayRef, String> {
+        let values = shape_of(ty).read(message.as_bytes())?;
+        let mut columns = Columns::new([ty], 1);
+        columns.push(values);
+        Ok(columns.finish().remove(0))
+    }
+
+    /// The reader's promise: what it takes, arrow-json takes as the same
+    /// value; what it refuses, arrow-json refuses too or would store changed.
+    fn agrees_with_arrow_json(ty: FieldType, message: &str) -> Result<(), String> {
+        match (reads(ty, message), arrow_json_reads(ty, message)) {
+            (Ok(ours), Some(theirs)) if format!("{ours:?}") == format!("{theirs:?}") => Ok(()),
+            (Ok(ours), theirs) => Err(format!("read {ours:?}, arrow-json {theirs:?}")),
+            (Err(_), None) => Ok(()),
+            (Err(reason), Some(_)) if reason.starts_with("does not fit") => Ok(()),
+            (Err(reason), Some(theirs)) => {
+                Err(format!("refused ({reason}), arrow-json {theirs:?}"))
+            }
+        }
+    }
+
     #[test]
-    fn refuses_only_what_arrow_json_refuses_or_would_change() {
+    fn reads_what_arrow_json_reads_and_refuses_only_what_it_refuses_or_would_change() {
         let mut refused = Vec::new();
         for ty in FieldType::ALL {
-            let shape = shape_of(ty);
             for value in VALUES {
                 let message = format!(r#"{{"other":{{"v":[]}},"v":{value}}}"#);
-                if let Err(reason) = shape.check(message.as_bytes()) {
-                    assert!(
-                        !arrow_json_takes(ty, &message) || reason.starts_with("does not fit"),
-                        "{message} refused as {}: {reason}",
-                        ty.name()
-                    );
+                if let Err(why) = agrees_with_arrow_json(ty, &message) {
+                    panic!("{message} as {}: {why}", ty.name());
+                }
+                if reads(ty, &message).is_err() {
                     refused.push((ty, value));
                 }
             }
@@ -362,11 +504,10 @@ mod tests {
         assert!(refused.contains(&(FieldType::String, "1")));
         assert!(refused.contains(&(FieldType::Bool, r#""x""#)));
         assert!(refused.contains(&(FieldType::Int64, "true")));
-        assert!(
-            !refused.contains(&(FieldType::Int64, r#""x""#)),
-            "left to arrow-json"
-        );
+        assert!(refused.contains(&(FieldType::Int64, r#""x""#)));
+        assert!(refused.contains(&(FieldType::Timestamp, r#""yesterday""#)));
         assert!(!refused.contains(&(FieldType::Int64, "-1.5e3")), "-1500");
+        assert!(!refused.contains(&(FieldType::Int64, r#""12""#)));
         // What arrow-json takes but would store changed.
         for (ty, value) in [
             (FieldType::Int64, "1.9"),
@@ -374,14 +515,40 @@ mod tests {
             (FieldType::Timestamp, "18446744073709551616"),
         ] {
             let message = format!(r#"{{"v":{value}}}"#);
-            assert!(arrow_json_takes(ty, &message), "{message}");
-            assert!(shape_of(ty).check(message.as_bytes()).is_err(), "{message}");
+            assert!(arrow_json_reads(ty, &message).is_some(), "{message}");
+            assert!(reads(ty, &message).is_err(), "{message}");
         }
     }
 
-    fn shape_of(ty: FieldType) -> Shape {
-        Shape {
-            fields: vec![("v".into(), ty)],
+    /// A JSON scalar of any kind a contract field might be sent.
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<i32>().prop_map(|v| v.to_string()),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |v| v.is_finite())
+                .prop_map(|v| v.to_string()),
+            any::<f32>()
+                .prop_filter("JSON has no NaN or infinity", |v| v.is_finite())
+                .prop_map(|v| format!("{v:e}")),
+            (-99i64..99, -5i32..20).prop_map(|(m, e)| format!("{m}e{e}")),
+            any::<i64>().prop_map(|v| format!(r#""{v}""#)),
+            (0i64..4_000_000_000_000).prop_map(|ms| {
+                let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+                format!(r#""{}""#, t.to_rfc3339())
+            }),
+            "[ -~]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            Just("null".to_owned()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_scalar_is_read_as_arrow_json_reads_it(value in scalar(), ty in 0..FieldType::ALL.len()) {
+            let ty = FieldType::ALL[ty];
+            let message = format!(r#"{{"v":{value},"w":[{value}]}}"#);
+            prop_assert_eq!(agrees_with_arrow_json(ty, &message), Ok(()), "{} as {}", message, ty.name());
         }
     }
 
@@ -401,24 +568,35 @@ mod tests {
             ],
         };
         assert_eq!(
-            shape.check(br#"{"id":"a","ts":{"no":1}}"#),
+            shape.read(br#"{"id":"a","ts":{"no":1}}"#),
             Err("does not match the schema: `ts` is an object, expected timestamp".into())
+        );
+        assert_eq!(
+            shape.read(br#"{"id":"a","ts":"soon"}"#),
+            Err(r#"does not match the schema: `ts` is "soon", which is not a timestamp"#.into())
+        );
+        let long = format!(r#"{{"id":"a","ts":"{}"}}"#, "9".repeat(500));
+        assert!(
+            shape
+                .read(long.as_bytes())
+                .unwrap_err()
+                .ends_with("999…, which is not a timestamp")
         );
         assert!(
             shape
-                .check(br#"{"id":"a","ts":1} x"#)
+                .read(br#"{"id":"a","ts":1} x"#)
                 .unwrap_err()
                 .contains("trailing characters")
         );
         assert!(
             shape
-                .check(b"{\"x\":\"\xff\"}")
+                .read(b"{\"x\":\"\xff\"}")
                 .unwrap_err()
                 .starts_with("not valid JSON: not UTF-8")
         );
         assert_eq!(
-            shape.check(br#"{"id":"a","extra":{"ts":[]},"ts":null}"#),
-            Ok(())
+            shape.read(br#"{"id":"a","extra":{"ts":[]},"ts":null,"id":"b"}"#),
+            Ok(vec![Value::Str("b".into()), Value::Null])
         );
     }
 }

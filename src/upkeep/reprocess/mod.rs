@@ -296,7 +296,7 @@ pub async fn check_closed(
 pub struct Rebuild {
     /// Events read from `raw` (each day's range, windows' overlap included).
     pub events: usize,
-    /// Events stored before `raw` kept payloads, taken from their columns.
+    /// Events with no payload in `raw`, taken from their columns.
     pub without_payload: usize,
     /// Events in `raw` the current contract refuses; left out of the outputs.
     pub refused: usize,
@@ -422,7 +422,8 @@ async fn seeded_dedup(
 
 /// `raw` rows as the live loop's decode stage would produce them under the
 /// current contract: from the payload where there is one, else (rows stored
-/// before payloads were kept) from the stored columns.
+/// before payloads were kept, or by a job that keeps none) from the stored
+/// columns.
 fn restore_events(
     decoder: &Decoder,
     rows: &RecordBatch,
@@ -589,7 +590,8 @@ impl fmt::Display for Report {
         if self.rebuild.without_payload > 0 {
             writeln!(
                 f,
-                "{} events were stored before raw kept payloads: taken from their columns",
+                "{} events have no payload in raw (stored before raw kept payloads, or under \
+                 schema.payload = \"none\"): taken from their columns",
                 self.rebuild.without_payload
             )?;
         }
