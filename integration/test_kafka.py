@@ -30,13 +30,16 @@ def raw_positions(data):
         f"SELECT _partition, _offset FROM delta_scan('{path}') ORDER BY 1, 2").fetchall()]
 
 
-def ingest(job, data, expected, log, settle=0.0):
+def ingest(job, data, expected, log, settle=0.0, while_running=None):
     """Runs `weir run` until the tables hold `expected` rows and `settle`
-    seconds more (time to commit what it should not), then stops it."""
+    seconds more (time to commit what it should not), then `while_running()`,
+    then stops it."""
     with open(log, "a") as out:
         proc = start_run(job, out)
         wait_for_count(data, expected, 120, proc)
         time.sleep(settle)
+        if while_running:
+            while_running()
         assert stop_gracefully(proc) == 0, log.read_text()
 
 
@@ -140,10 +143,11 @@ def send_transaction(producer, ids, commit: bool):
         producer.abort_transaction(30)
 
 
-def transactions(broker, tmp_path):
+def transactions(broker, tmp_path, while_running=None):
     """A transactional producer commits, aborts and commits again on a
-    2-partition topic; `weir run` ingests it. Returns the job, the data
-    folder and the committed event IDs."""
+    2-partition topic; `weir run` ingests it (calling `while_running()`
+    before it stops). Returns the job, the data folder and the committed
+    event IDs."""
     broker.create_topic("clicks", 2)
     data = tmp_path / "data"
     job = write_job(tmp_path / "job.toml", broker, "clicks", data)
@@ -154,7 +158,8 @@ def transactions(broker, tmp_path):
     send_transaction(producer, committed[300:], commit=True)
     # Each partition holds 150 + 125 + 100 records and three markers.
     assert [broker.watermarks("clicks", p)[1] for p in (0, 1)] == [378, 378]
-    ingest(job, data, len(committed), tmp_path / "run.log", settle=2)
+    ingest(job, data, len(committed), tmp_path / "run.log", settle=2,
+           while_running=while_running)
     return job, data, committed
 
 
@@ -171,8 +176,20 @@ def test_commit_markers_do_not_leave_lag(broker, tmp_path):
     position (the offset after the last record it stored) would stop one
     short of the high watermark. Once idle, the poller reports the
     consumer's position past it, and a data-less commit moves the tables
-    there: `weir status` shows no lag."""
-    job, _, _ = transactions(broker, tmp_path)
+    there: `weir status` shows no lag while `weir run` is still running, and
+    after it stopped."""
+    job = tmp_path / "job.toml"
+
+    def no_lag_while_running():
+        deadline = time.monotonic() + 30
+        while True:
+            status = weir("status", "--job", job, timeout=60).stdout
+            if status_lags(status) == {0: 0, 1: 0}:
+                return
+            assert time.monotonic() < deadline, f"lag left while idle:\n{status}"
+            time.sleep(1)
+
+    transactions(broker, tmp_path, while_running=no_lag_while_running)
     status = weir("status", "--job", job, timeout=60).stdout
     assert status_lags(status) == {0: 0, 1: 0}, status
 

@@ -823,6 +823,9 @@ impl Poller {
                     messages.push(m);
                 }
                 None if held_back.is_none() && messages.len() >= min_events => break,
+                // Idle: back to the caller, which reports what the consumer
+                // stepped over (commit markers), so lag closes while idle.
+                None if messages.is_empty() => break,
                 None => {}
             }
         }
