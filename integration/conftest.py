@@ -458,5 +458,23 @@ def trino(tmp_path_factory):
          "io.trino.server.TrinoServer"],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=home)
     wait_for_line(proc, log, "SERVER STARTED", 180, "Trino")
-    yield Trino(port)
+    server = Trino(port)
+    wait_for_an_active_node(server)
+    yield server
     stop_process(proc)
+
+
+def wait_for_an_active_node(server: Trino, timeout=60):
+    """Trino says it started before its node has announced itself to its own
+    discovery service; a query scheduled in between fails with
+    NO_NODES_AVAILABLE."""
+    deadline, seen = time.monotonic() + timeout, "no answer yet"
+    while True:
+        try:
+            seen = server.run("SELECT count(*) FROM system.runtime.nodes WHERE state = 'active'")
+            if seen[0][0] > 0:
+                return
+        except Exception as e:  # noqa: BLE001 - any failure here means not ready yet
+            seen = e
+        assert time.monotonic() < deadline, f"Trino has no active node after {timeout} s: {seen}"
+        time.sleep(0.5)
