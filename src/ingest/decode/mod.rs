@@ -4,10 +4,10 @@
 //! and each contract field's value parsed straight into its column
 //! ([`columns`]), while every other field is only skipped. A message that
 //! breaks the contract is refused alone, with the field and value named, and
-//! costs the batch nothing. Row rules that are easier to check on columns
-//! (required fields present, event time in range) run vectorized afterwards.
-//! Every rejected message becomes a DLQ row with its bytes and the reason;
-//! none is dropped and none stops the job.
+//! costs the batch nothing. The row rules (event ID, event time and required
+//! fields present, event time in range) are checked on the same values
+//! before the row is appended. Every rejected message becomes a DLQ row with
+//! its bytes and the reason; none is dropped and none stops the job.
 //!
 //! This stage is a pure function: the caller passes the ingest time in.
 

@@ -164,35 +164,12 @@ fn value(field: usize, raw: &RawValue, ty: FieldType) -> Result<Value<'_>, Misfi
     match kind {
         Kind::Null => Ok(Value::Null),
         Kind::Bool => Ok(Value::Bool(text == "true")),
-        Kind::Number => match number_misfit(text, ty) {
-            Some(why) => Err(Misfit::Number(field, text.to_owned(), why)),
-            None => Ok(number(text, ty)),
-        },
+        Kind::Number => number(text, ty).map_err(|why| Misfit::Number(field, text.to_owned(), why)),
         Kind::String => {
             let s = unquoted(text);
             parsed(&s, ty).ok_or_else(|| Misfit::Unparsed(field, quoted_short(text)))
         }
         Kind::Object | Kind::Array => unreachable!("no field type takes {kind:?}"),
-    }
-}
-
-/// A JSON number that [`number_misfit`] lets through, in `ty`'s column.
-/// serde_json checked its syntax, so Rust's parsers take it (the fallbacks
-/// are never reached).
-fn number(text: &str, ty: FieldType) -> Value<'static> {
-    let integer = || match text.parse::<i64>() {
-        Ok(v) => v,
-        // A whole number within range, written as `1e3` or `1000.0`.
-        Err(_) => text.parse::<f64>().map_or(0, |v| v as i64),
-    };
-    match ty {
-        FieldType::Int32 => Value::Int32(integer() as i32),
-        FieldType::Int64 => Value::Int64(integer()),
-        FieldType::Date => Value::Date(integer() as i32),
-        FieldType::Timestamp => Value::TimestampMs(integer()),
-        FieldType::Float32 => Value::Float32(text.parse().unwrap_or(f32::NAN)),
-        FieldType::Float64 => Value::Float64(text.parse().unwrap_or(f64::NAN)),
-        FieldType::String | FieldType::Bool => unreachable!("{ty:?} takes no number"),
     }
 }
 
@@ -233,29 +210,34 @@ fn quoted_short(json: &str) -> String {
     }
 }
 
-/// Why the JSON number `text` cannot be stored in a column of `ty` unchanged.
-fn number_misfit(text: &str, ty: FieldType) -> Option<&'static str> {
-    match ty {
-        FieldType::Int32 => integer_misfit(text, i32::MIN.into(), i32::MAX.into()),
-        FieldType::Int64 => integer_misfit(text, i64::MIN, i64::MAX),
-        FieldType::Date => integer_misfit(text, i32::MIN.into(), i32::MAX.into()),
-        FieldType::Timestamp => {
-            integer_misfit(text, -MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS).map(|why| match why {
+/// The JSON number `text` (serde_json checked its syntax) in `ty`'s column,
+/// parsed once, or why the column cannot hold it unchanged.
+fn number(text: &str, ty: FieldType) -> Result<Value<'static>, &'static str> {
+    let int32 = (i32::MIN.into(), i32::MAX.into());
+    Ok(match ty {
+        FieldType::Int32 => Value::Int32(integer(text, int32)? as i32),
+        FieldType::Int64 => Value::Int64(integer(text, (i64::MIN, i64::MAX))?),
+        FieldType::Date => Value::Date(integer(text, int32)? as i32),
+        FieldType::Timestamp => Value::TimestampMs(
+            integer(text, (-MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS)).map_err(|why| match why {
                 OUT_OF_RANGE => "beyond the epoch milliseconds a timestamp holds",
                 other => other,
-            })
+            })?,
+        ),
+        FieldType::Float32 => {
+            // Judged in f64: a float32 parse would round a literal just above
+            // its range down to the largest float32.
+            if may_overflow(text) && text.parse::<f64>().is_ok_and(|v| v.abs() > f32::MAX.into()) {
+                return Err(OUT_OF_RANGE);
+            }
+            Value::Float32(text.parse().map_err(|_| OUT_OF_RANGE)?)
         }
-        FieldType::Float32 | FieldType::Float64 => {
-            let max = if ty == FieldType::Float32 {
-                f32::MAX.into()
-            } else {
-                f64::MAX
-            };
-            let overflows = may_overflow(text) && text.parse::<f64>().is_ok_and(|v| v.abs() > max);
-            overflows.then_some(OUT_OF_RANGE)
-        }
-        FieldType::String | FieldType::Bool => None,
-    }
+        FieldType::Float64 => match text.parse::<f64>() {
+            Ok(v) if v.is_finite() => Value::Float64(v),
+            _ => return Err(OUT_OF_RANGE),
+        },
+        FieldType::String | FieldType::Bool => unreachable!("{ty:?} takes no number"),
+    })
 }
 
 const OUT_OF_RANGE: &str = "outside the column's range";
@@ -266,20 +248,23 @@ fn may_overflow(text: &str) -> bool {
     text.len() > 38 || text.contains(['e', 'E'])
 }
 
-fn integer_misfit(text: &str, min: i64, max: i64) -> Option<&'static str> {
+/// The integer `text` within `min..=max`: written as an integer, or as a
+/// whole number (`1e3`, `1000.0`) that a float holds exactly.
+fn integer(text: &str, (min, max): (i64, i64)) -> Result<i64, &'static str> {
     if !text.contains(['.', 'e', 'E']) {
-        return match text.parse::<i64>() {
-            Ok(v) if (min..=max).contains(&v) => None,
-            _ => Some(OUT_OF_RANGE),
-        };
+        return text
+            .parse::<i64>()
+            .ok()
+            .filter(|v| (min..=max).contains(v))
+            .ok_or(OUT_OF_RANGE);
     }
-    let v: f64 = text.parse().ok()?;
+    let v: f64 = text.parse().map_err(|_| OUT_OF_RANGE)?;
     if v.fract() != 0.0 {
-        Some("not a whole number")
+        Err("not a whole number")
     } else if v.abs() > EXACT_FLOAT_INTEGER || v < min as f64 || v > max as f64 {
-        Some(OUT_OF_RANGE)
+        Err(OUT_OF_RANGE)
     } else {
-        None
+        Ok(v as i64)
     }
 }
 
