@@ -59,6 +59,7 @@ pub struct Metrics {
     queue_fill: IntGaugeVec,
     queue_capacity: IntGaugeVec,
     paused: IntGaugeVec,
+    pauses: IntCounterVec,
     health: Mutex<BTreeMap<String, Result<(), String>>>,
 }
 
@@ -231,6 +232,12 @@ impl Metrics {
                 "1 while the poller holds its partitions paused because the queue is full",
                 &["job"],
             ),
+            pauses: counter(
+                &r,
+                "weir_pauses_total",
+                "Times the poller paused its partitions because the queue stayed full (a pause shorter than a scrape interval shows here, not in weir_partitions_paused)",
+                &["job"],
+            ),
             registry: r,
             health: Mutex::new(BTreeMap::new()),
         })
@@ -257,6 +264,7 @@ impl Metrics {
             commit_conflicts: self.commit_conflicts.with_label_values(&[job]),
             restarts: self.restarts.with_label_values(&[job]),
             paused: self.paused.with_label_values(&[job]),
+            pauses: self.pauses.with_label_values(&[job]),
         }
     }
 
@@ -303,6 +311,7 @@ pub struct JobMetrics {
     pub commit_conflicts: IntCounter,
     pub restarts: IntCounter,
     pub paused: IntGauge,
+    pub pauses: IntCounter,
 }
 
 impl JobMetrics {

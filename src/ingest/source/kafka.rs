@@ -761,6 +761,9 @@ impl Poller {
                 "queue full: partitions paused until the sink catches up"
             );
             self.metrics.paused.set(i64::from(paused));
+            if paused {
+                self.metrics.pauses.inc();
+            }
         }
         self.paused = paused;
     }
