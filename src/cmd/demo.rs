@@ -251,6 +251,13 @@ async fn run_against(
         tokio::spawn(async move { pipeline.run().await })
     };
 
+    // The embedded broker keeps about 5 MB per partition: at a high rate,
+    // messages produced while the consumer is still joining its group could
+    // be gone before it reads them.
+    let joined = Instant::now() + options.drain_timeout;
+    while !pipeline.has_partitions() && !task.is_finished() && Instant::now() < joined {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let progress = tokio::spawn(report_progress(stats.clone()));
     let mut generator = Generator::new(job.contract.clone(), options.mix, rand::random());
     if let Some(span) = options.backfill {

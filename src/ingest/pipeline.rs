@@ -331,6 +331,11 @@ impl Pipeline {
     /// the previous commit left. Within a trigger, the outputs' queries and
     /// every table's file writes run as tasks of their own; only the log
     /// commits are in order.
+    /// Whether the consumer group has assigned this process any partition.
+    pub fn has_partitions(&self) -> bool {
+        !self.source.generations().is_empty()
+    }
+
     pub async fn run(self: &Arc<Self>) -> Result<(), PipelineError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(DECODED_BATCHES);
         // A task of its own: in the trigger's task, the next batch would be
