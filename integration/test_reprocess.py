@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import subprocess
+import tempfile
 import time
 
 import polars as pl
@@ -195,6 +196,49 @@ def test_reprocess_one_day_under_a_new_definition(remote, request, tmp_path):
     refused = subprocess.run([WEIR, "reprocess", "--job", str(new), "--data", str(data),
                               "--from", today, "--to", today], capture_output=True, text=True)
     assert refused.returncode == 1 and "is not closed yet" in refused.stderr, refused.stderr
+
+
+MEMORY_MIB = 16
+RSS_BOUND_MIB = 260
+
+
+def peak_rss(*args) -> tuple[str, float]:
+    """Runs weir to completion; its stdout and its own peak RSS in MiB (from
+    wait4, so no other process's peak counts)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([WEIR, *map(str, args)], stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        assert proc.returncode == 0, f"weir {args} failed:\n{out.read()}\n{err.read()}"
+        return out.read(), usage.ru_maxrss / 1024
+
+
+def test_reprocess_and_verify_hold_bounded_memory_on_a_day_20_times_larger(tmp_path):
+    """A day of raw whose events take more than 20× --memory-mib as Arrow is
+    reprocessed and verified with peak RSS under RSS_BOUND_MIB (the process's
+    own ~110 MiB, the bound, a few batches): the sort of raw spills and the
+    rebuilt rows are staged on disk. Holding the day, as reprocess did, would
+    need more than the day itself. Verify finds the live tables equal."""
+    job = history_job(tmp_path / "job.toml")
+    data = tmp_path / "data"
+    # A third of the events fall on the day before yesterday, which is closed
+    # even if the producer falls short of the rate (and so of "now").
+    weir("demo", "--job", job, "--seconds", 60, "--rate", 50000, "--partitions", 8,
+         "--backfill", "3days", "--data", data, timeout=600)
+    day = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)).date()
+    span = ["--from", day.isoformat(), "--to", day.isoformat(), "--memory-mib", MEMORY_MIB]
+    report, reprocess_peak = peak_rss("reprocess", "--job", job, "--data", data, *span)
+    assert "reprocessed" in report, report
+    day_mib = int(report.split("the largest day ")[1].split(" MiB")[0])
+    assert day_mib >= 20 * MEMORY_MIB, report
+    checked, verify_peak = peak_rss("verify", "--job", job, "--data", data, *span)
+    assert "no differences" in checked, checked
+    print(f"a day of {day_mib} MiB: peak RSS {reprocess_peak:.0f} MiB (reprocess), "
+          f"{verify_peak:.0f} MiB (verify)")
+    assert reprocess_peak < RSS_BOUND_MIB and verify_peak < RSS_BOUND_MIB
+    assert RSS_BOUND_MIB < day_mib, "the bound must be one holding the day would break"
 
 
 def test_a_job_that_keeps_no_payloads_reprocesses_from_the_columns(tmp_path):

@@ -269,6 +269,17 @@ struct RangeArgs {
     /// Only this output (repeatable) [default: every output].
     #[arg(long = "output", value_name = "NAME")]
     outputs: Vec<String>,
+    /// Memory the sorts and folds over the range may hold; past it they spill
+    /// to the system's temporary folder (as do the rebuilt rows, always).
+    #[arg(long, value_name = "MIB", default_value_t = reprocess::DEFAULT_MEMORY_MIB,
+          value_parser = clap::value_parser!(u32).range(16..).map(|m| m as usize))]
+    memory_mib: usize,
+}
+
+impl RangeArgs {
+    fn memory_bytes(&self) -> usize {
+        self.memory_mib << 20
+    }
 }
 
 #[derive(Args)]
@@ -442,7 +453,11 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
     let summary = demo::run(&job, &options).await?;
     println!("{summary}");
     if !summary.balanced() {
-        bail!("the demo's tables do not account for every produced message");
+        bail!(
+            "the demo's tables do not account for every produced message. The embedded broker \
+             keeps about 5 MB per partition and deletes older messages: if weir fell further \
+             behind than that, they were deleted unread (lower --rate or use more --partitions)"
+        );
     }
     Ok(())
 }
@@ -607,9 +622,16 @@ async fn reprocess_command(args: ReprocessArgs) -> anyhow::Result<()> {
         (false, true) => reprocess::Mode::Force,
         (false, false) => reprocess::Mode::Replace,
     };
-    let report = reprocess::reprocess(&job, range, &targets, mode, &faults)
-        .await
-        .map_err(reprocess_failure)?;
+    let report = reprocess::reprocess(
+        &job,
+        range,
+        &targets,
+        mode,
+        args.range.memory_bytes(),
+        &faults,
+    )
+    .await
+    .map_err(reprocess_failure)?;
     println!("{report}");
     Ok(())
 }
@@ -623,7 +645,8 @@ async fn verify_command(args: VerifyArgs) -> anyhow::Result<()> {
             true,
         ),
     };
-    let result = reprocess::verify(&job, range, &targets, &scratch).await;
+    let result =
+        reprocess::verify(&job, range, &targets, &scratch, args.range.memory_bytes()).await;
     if temporary {
         let _ = std::fs::remove_dir_all(&scratch);
     }

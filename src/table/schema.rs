@@ -10,8 +10,12 @@
 
 use arrow::array::{RecordBatch, new_null_array};
 use arrow::compute::{cast, concat_batches};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Field, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::expr_fn;
+use datafusion::prelude::{ident, lit};
 use deltalake::kernel::{StructField, StructType};
 
 /// The table property that records which column is a table's event ID.
@@ -120,15 +124,39 @@ pub fn conform(
             .map(|f| match batch.column_by_name(f.name()) {
                 Some(c) => Ok(cast(c, f.data_type())?),
                 None if f.is_nullable() => Ok(new_null_array(f.data_type(), batch.num_rows())),
-                None => Err(DataFusionError::Plan(format!(
-                    "the rows have no column `{}`, which the table requires",
-                    f.name()
-                ))),
+                None => Err(required(f)),
             })
             .collect::<Result<Vec<_>, DataFusionError>>()?;
         conformed.push(RecordBatch::try_new(schema.clone(), columns)?);
     }
     Ok(concat_batches(schema, &conformed)?)
+}
+
+/// [`conform`] as a plan, for rows read as a stream rather than held.
+pub fn conform_frame(frame: DataFrame, schema: &SchemaRef) -> Result<DataFrame, DataFusionError> {
+    let have = frame.schema().clone();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let value = if have.has_column_with_unqualified_name(f.name()) {
+                expr_fn::cast(ident(f.name()), f.data_type().clone())
+            } else if f.is_nullable() {
+                lit(ScalarValue::try_from(f.data_type())?)
+            } else {
+                return Err(required(f));
+            };
+            Ok(value.alias(f.name()))
+        })
+        .collect::<Result<Vec<_>, DataFusionError>>()?;
+    frame.select(columns)
+}
+
+fn required(field: &Field) -> DataFusionError {
+    DataFusionError::Plan(format!(
+        "the rows have no column `{}`, which the table requires",
+        field.name()
+    ))
 }
 
 #[cfg(test)]

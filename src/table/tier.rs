@@ -208,9 +208,14 @@ pub struct Tiered<'a> {
 
 impl<'a> Tiered<'a> {
     pub fn new(job: &'a Job) -> Self {
+        Self::with_context(job, SessionContext::new())
+    }
+
+    /// Reads in `ctx` (one with a bounded memory pool, say).
+    pub fn with_context(job: &'a Job, ctx: SessionContext) -> Self {
         Self {
             job,
-            ctx: SessionContext::new(),
+            ctx,
             registered: HashSet::new(),
         }
     }

@@ -21,8 +21,14 @@
 //! ingest never write the same rows; ingest's blind appends to newer dates
 //! never conflict with a reprocess commit, and a commit that loses to upkeep
 //! (a fold, a move) is planned again from the new snapshot.
+//!
+//! Nothing here holds a day, or a range, in memory: see [`stage`] for where
+//! the rows go between the read of `raw` and the commits.
 
+mod stage;
 mod verify;
+
+pub use stage::DEFAULT_MEMORY_MIB;
 
 pub use verify::{Diff, VerifyReport, verify};
 
@@ -32,14 +38,16 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{cast, concat_batches, filter_record_batch};
-use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{NaiveDate, Utc};
-use datafusion::datasource::MemTable;
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionContext, ident, lit};
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::WriteBuilder;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::StreamExt;
@@ -56,11 +64,12 @@ use crate::ingest::source::{Message, MicroBatch};
 use crate::ingest::transform::{Transform, WINDOW_START};
 use crate::ingest::watermark::Watermark;
 use crate::table::delta::{open_or_create, register, stored_schema, txn_version};
-use crate::table::schema::conform;
+use crate::table::schema::{conform, conform_frame};
 use crate::table::tier::Tiered;
 use crate::table::tier::{self, literal, rfc3339_micros};
 use crate::table::{Catalog, RestoreError, TableError, TableId, TableSpec};
 use crate::telemetry::Progress;
+use stage::{Stage, bounded_session};
 
 const DAY_US: i64 = 86_400_000_000;
 /// A replace that keeps losing to upkeep commits gives up after this many plans.
@@ -127,12 +136,20 @@ pub enum ReprocessError {
         tier: &'static str,
         source: Box<DeltaTableError>,
     },
-    #[error("rebuilding the range: {0}")]
+    #[error("rebuilding the range: {0}{hint}", hint = memory_hint(.0))]
     Transform(#[from] DataFusionError),
     #[error("rebuilding the range: {0}")]
     Arrow(#[from] ArrowError),
     #[error(transparent)]
     Fault(#[from] FaultError),
+}
+
+/// What to do when the bound on memory is too tight for even one sort's merge.
+fn memory_hint(error: &DataFusionError) -> &'static str {
+    match error.find_root() {
+        DataFusionError::ResourcesExhausted(_) => " (raise --memory-mib)",
+        _ => "",
+    }
 }
 
 impl ReprocessError {
@@ -304,9 +321,21 @@ pub struct Rebuild {
     pub first_refusal: Option<String>,
     /// Events dropped by deduplication (non-zero only if the horizon grew).
     pub duplicates: usize,
+    /// The most bytes one day's events take as Arrow arrays: what holding a
+    /// day in memory would cost, against the bound that is held instead.
+    pub largest_day_bytes: usize,
 }
 
 impl Rebuild {
+    /// "N events read from raw (the largest day X MiB as Arrow)".
+    fn read(&self) -> String {
+        format!(
+            "{} events read from raw (the largest day {} MiB as Arrow)",
+            self.events,
+            self.largest_day_bytes >> 20
+        )
+    }
+
     /// Counts DLQ-shaped rows of `raw` events the contract now refuses.
     fn note_refusals(&mut self, refused: &RecordBatch) {
         if refused.num_rows() == 0 {
@@ -330,58 +359,144 @@ impl Rebuild {
     }
 }
 
+/// A range rebuilt onto a [`Stage`]: each target's new rows, read back as a
+/// stream, and what rebuilding read and decided.
+pub struct Rebuilt {
+    stage: Stage,
+    ctx: SessionContext,
+    pub stats: Rebuild,
+}
+
+impl Rebuilt {
+    /// The new rows of `targets[index]` for the whole range.
+    async fn rows(&self, index: usize, target: &Target) -> Result<DataFrame, DataFusionError> {
+        self.stage
+            .read(&self.ctx, &rows_folder(index), target.transform.schema())
+            .await
+    }
+
+    /// The bounded session the rows are read in.
+    fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// A write of `rows` into `table`, cast to `stored` (its schema), streamed
+    /// in the bounded session.
+    fn write(
+        &self,
+        table: DeltaTable,
+        rows: DataFrame,
+        stored: &SchemaRef,
+    ) -> Result<WriteBuilder, DataFusionError> {
+        Ok(table
+            .write(Vec::new())
+            .with_input_plan(conform_frame(rows, stored)?.into_unoptimized_plan())
+            .with_session_state(Arc::new(self.ctx.state())))
+    }
+}
+
+fn rows_folder(index: usize) -> String {
+    format!("rows-{index}")
+}
+
+fn partials_folder(index: usize) -> String {
+    format!("partials-{index}")
+}
+
 /// Every target's new rows for the range, from `raw` in all tiers, day by day:
-/// decoded, deduplicated and transformed by the live loop's stages. Windows'
-/// partials are folded to one row per (window, keys).
+/// decoded, deduplicated and transformed by the live loop's stages, a batch at
+/// a time, each batch's rows staged on disk. Windows' partials are folded to
+/// one row per (window, keys). Sorts and folds hold at most `memory_bytes`.
 pub async fn rebuild(
     job: &Job,
     range: DateRange,
     targets: &[Target],
-) -> Result<(Vec<RecordBatch>, Rebuild), ReprocessError> {
-    let mut tables = Tiered::new(job);
-    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
-    let slack = targets.iter().map(|t| t.slack).max().unwrap_or_default();
-    let mut rows: Vec<Vec<RecordBatch>> = vec![Vec::new(); targets.len()];
-    let mut stats = Rebuild::default();
+    memory_bytes: usize,
+) -> Result<Rebuilt, ReprocessError> {
+    let ctx = bounded_session(memory_bytes)?;
+    let mut rebuilt = Rebuilt {
+        stage: Stage::new().map_err(DataFusionError::from)?,
+        ctx: ctx.clone(),
+        stats: Rebuild::default(),
+    };
+    let mut tables = Tiered::with_context(job, ctx);
     let days: Vec<NaiveDate> = range.days().collect();
     let progress = Progress::new(days.len(), "days");
     for day in days {
-        let start = day_start_us(day);
-        let window = (start, start + DAY_US + slack.as_micros() as i64);
-        let mut dedup = seeded_dedup(job, &mut tables, start).await?;
-        let mut partials: Vec<Vec<RecordBatch>> = vec![Vec::new(); targets.len()];
-        let mut stream = tables
-            .context(&[TableId::Raw])
-            .await?
-            .sql(&events_sql(job, window))
-            .await?
-            .execute_stream()
-            .await?;
-        let mut read = 0;
-        while let Some(batch) = stream.next().await {
-            let events = restore_events(&decoder, &batch?, &mut stats)?;
-            let (accepted, duplicates) = dedup.apply(&events)?;
-            stats.duplicates += duplicates;
-            read += events.num_rows();
-            for (target, out) in targets.iter().zip(&mut partials) {
-                out.push(target.transform.apply(&accepted).await?);
-            }
-            progress.note(format!("{day}: {read} events"));
-        }
-        stats.events += read;
-        for ((target, partials), out) in targets.iter().zip(partials).zip(&mut rows) {
-            out.push(day_rows(target, partials, start).await?);
-        }
+        let read = rebuild_day(job, targets, day, &mut tables, &mut rebuilt, &progress).await?;
         info!(%day, events = read, "day rebuilt from raw");
         progress.advance(format!("{day}: {read} events"));
     }
     progress.finish();
-    let rows = targets
+    Ok(rebuilt)
+}
+
+/// Stages each target's rows for `day`; returns the events read.
+async fn rebuild_day(
+    job: &Job,
+    targets: &[Target],
+    day: NaiveDate,
+    tables: &mut Tiered<'_>,
+    rebuilt: &mut Rebuilt,
+    progress: &Progress,
+) -> Result<usize, ReprocessError> {
+    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+    let slack = targets.iter().map(|t| t.slack).max().unwrap_or_default();
+    let start = day_start_us(day);
+    let window = (start, start + DAY_US + slack.as_micros() as i64);
+    let mut dedup = seeded_dedup(job, tables, start).await?;
+    let mut partials = targets
         .iter()
-        .zip(rows)
-        .map(|(t, r)| Ok(concat_batches(t.transform.schema(), &r)?))
-        .collect::<Result<Vec<_>, ReprocessError>>()?;
-    Ok((rows, stats))
+        .enumerate()
+        .map(|(i, t)| {
+            rebuilt
+                .stage
+                .create(&partials_folder(i), &day.to_string(), t.transform.schema())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stream = tables
+        .context(&[TableId::Raw])
+        .await?
+        .sql(&events_sql(job, window))
+        .await?
+        .execute_stream()
+        .await?;
+    let (mut read, mut bytes) = (0, 0);
+    while let Some(batch) = stream.next().await {
+        let events = restore_events(&decoder, &batch?, &mut rebuilt.stats)?;
+        bytes += events.get_array_memory_size();
+        let (accepted, duplicates) = dedup.apply(&events)?;
+        // Events come oldest first, so the newest so far stands for the watermark.
+        if let Some(newest) = newest_us(job, &events)? {
+            dedup.evict(newest - job.watermark.allowed_lateness.as_micros() as i64);
+        }
+        rebuilt.stats.duplicates += duplicates;
+        read += events.num_rows();
+        for (target, out) in targets.iter().zip(&mut partials) {
+            out.push(&target.transform.apply(&accepted).await?)?;
+        }
+        progress.note(format!("{day}: {read} events"));
+    }
+    rebuilt.stats.events += read;
+    rebuilt.stats.largest_day_bytes = rebuilt.stats.largest_day_bytes.max(bytes);
+    for partial in partials {
+        partial.close()?;
+    }
+    for (i, target) in targets.iter().enumerate() {
+        stage_day_rows(rebuilt, i, target, day).await?;
+    }
+    Ok(read)
+}
+
+/// The newest event time in `events`.
+fn newest_us(job: &Job, events: &RecordBatch) -> Result<Option<i64>, ArrowError> {
+    let name = job.contract.event_time_name();
+    let times = events
+        .column_by_name(name)
+        .ok_or_else(|| ArrowError::SchemaError(format!("no event time column {name}")))?;
+    Ok(arrow::compute::max(
+        times.as_primitive::<TimestampMicrosecondType>(),
+    ))
 }
 
 /// The events of `raw` with event time in `[start, end)`, oldest first; the
@@ -480,14 +595,18 @@ fn restore_events(
     Ok(concat_batches(decoder.raw_schema(), &parts)?)
 }
 
-/// A target's rows for the day starting at `start`: windows starting that day,
-/// their partials folded to one row per (window, keys); query rows of that date.
-async fn day_rows(
+/// Stages a target's rows for `day` from its staged partials: windows
+/// starting that day, their partials folded to one row per (window, keys);
+/// query rows of that date.
+async fn stage_day_rows(
+    rebuilt: &Rebuilt,
+    index: usize,
     target: &Target,
-    parts: Vec<RecordBatch>,
-    start: i64,
-) -> Result<RecordBatch, ReprocessError> {
-    let schema = target.transform.schema().clone();
+    day: NaiveDate,
+) -> Result<(), ReprocessError> {
+    let Rebuilt { stage, ctx, .. } = rebuilt;
+    let schema = target.transform.schema();
+    let start = day_start_us(day);
     let in_day = format!(
         "\"{}\" >= {} AND \"{}\" < {}",
         target.age,
@@ -495,17 +614,21 @@ async fn day_rows(
         target.age,
         literal(start + DAY_US)
     );
-    let ctx = SessionContext::new();
-    ctx.register_table(
-        "rows",
-        Arc::new(MemTable::try_new(schema.clone(), vec![parts])?),
-    )?;
+    let parts = partials_folder(index);
+    let table = format!("partials_{index}");
+    ctx.register_table(&table, stage.read(ctx, &parts, schema).await?.into_view())?;
     let sql = match &target.transform {
-        Transform::Window(w) => w.fold_sql("rows", &in_day),
-        Transform::Sql(_) => format!("SELECT * FROM rows WHERE {in_day}"),
+        Transform::Window(w) => w.fold_sql(&table, &in_day),
+        Transform::Sql(_) => format!("SELECT * FROM {table} WHERE {in_day}"),
     };
-    let batches = ctx.sql(&sql).await?.collect().await?;
-    Ok(conform(batches, &schema)?)
+    let rows = conform_frame(ctx.sql(&sql).await?, schema)?;
+    let written = stage
+        .write(&rows_folder(index), &day.to_string(), rows, schema)
+        .await;
+    ctx.deregister_table(&table)?;
+    written?;
+    stage.remove(&parts).map_err(DataFusionError::from)?;
+    Ok(())
 }
 
 /// What replacing one table's range in one tier did (or would do).
@@ -554,14 +677,14 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "{} {}: {} events read from raw",
+            "{} {}: {}",
             if self.dry_run {
                 "dry run of"
             } else {
                 "reprocessed"
             },
             self.range,
-            self.rebuild.events
+            self.rebuild.read()
         )?;
         writeln!(
             f,
@@ -656,16 +779,17 @@ pub async fn reprocess(
     range: DateRange,
     targets: &[Target],
     mode: Mode,
+    memory_bytes: usize,
     faults: &Faults,
 ) -> Result<Report, ReprocessError> {
     let started = Instant::now();
     check_closed(job, range, targets).await?;
-    let (rows, rebuild) = rebuild(job, range, targets).await?;
+    let rebuilt = rebuild(job, range, targets, memory_bytes).await?;
     let replace_all = |dry_run| {
-        let rows = &rows;
+        let rebuilt = &rebuilt;
         async move {
             let mut replaced = Vec::new();
-            for (target, rows) in targets.iter().zip(rows) {
+            for (index, target) in targets.iter().enumerate() {
                 let commit = Commit {
                     job,
                     range,
@@ -673,7 +797,7 @@ pub async fn reprocess(
                     dry_run,
                     faults,
                 };
-                replaced.extend(replace(commit, rows).await?);
+                replaced.extend(replace(commit, rebuilt, index).await?);
             }
             Ok::<_, ReprocessError>(replaced)
         }
@@ -681,7 +805,7 @@ pub async fn reprocess(
     let mut report = Report {
         range,
         dry_run: mode == Mode::DryRun,
-        rebuild,
+        rebuild: rebuilt.stats.clone(),
         replaced: Vec::new(),
         elapsed: Duration::ZERO,
     };
@@ -711,10 +835,14 @@ struct Commit<'a> {
 /// tier. Each tier gets the new rows of its own age span (so routing by age
 /// still sends each row to exactly one tier); a commit that loses to upkeep
 /// plans all tiers again (each replace is idempotent).
-async fn replace(commit: Commit<'_>, rows: &RecordBatch) -> Result<Vec<Replaced>, ReprocessError> {
+async fn replace(
+    commit: Commit<'_>,
+    rebuilt: &Rebuilt,
+    index: usize,
+) -> Result<Vec<Replaced>, ReprocessError> {
     let name = commit.target.name();
     for attempt in 1..=ATTEMPTS {
-        match replace_tiers(&commit, rows).await {
+        match replace_tiers(&commit, rebuilt, index).await {
             Ok(done) => return Ok(done),
             Err(ReprocessError::Delta { step, source, .. })
                 if attempt < ATTEMPTS && step == "replacing the range" =>
@@ -729,7 +857,8 @@ async fn replace(commit: Commit<'_>, rows: &RecordBatch) -> Result<Vec<Replaced>
 
 async fn replace_tiers(
     commit: &Commit<'_>,
-    rows: &RecordBatch,
+    rebuilt: &Rebuilt,
+    index: usize,
 ) -> Result<Vec<Replaced>, ReprocessError> {
     let Commit {
         job,
@@ -770,18 +899,19 @@ async fn replace_tiers(
             }
         };
         let before = count(&table, &predicate).await?;
-        let new = within(rows, &target.age, lo, hi)?;
+        let new = within(rebuilt.rows(index, target).await?, &target.age, lo, hi)?;
+        let after = new.clone().count().await?;
         done.push(Replaced {
             table: name.to_owned(),
             tier,
             before,
-            after: new.num_rows(),
+            after,
         });
         if dry_run {
             continue;
         }
         let properties = commit_properties(job, range);
-        if new.num_rows() == 0 {
+        if after == 0 {
             table
                 .delete()
                 .with_predicate(predicate)
@@ -790,8 +920,8 @@ async fn replace_tiers(
                 .map_err(fail("replacing the range"))?;
         } else {
             let stored = stored_schema(&table).map_err(fail("reading the schema"))?;
-            table
-                .write(vec![conform(vec![new], &stored)?])
+            rebuilt
+                .write(table, new, &stored)?
                 .with_save_mode(SaveMode::Overwrite)
                 .with_replace_where(predicate)
                 .with_partition_columns(target.spec.partition_columns.clone())
@@ -865,16 +995,18 @@ async fn move_txn(
 }
 
 /// The rows of `rows` whose `column` (UTC µs) is in `[lo, hi)`.
-fn within(rows: &RecordBatch, column: &str, lo: i64, hi: i64) -> Result<RecordBatch, ArrowError> {
-    let times = rows
-        .column_by_name(column)
-        .ok_or_else(|| ArrowError::SchemaError(format!("no column {column}")))?
-        .as_primitive::<TimestampMicrosecondType>();
-    let mask: BooleanArray = times
-        .iter()
-        .map(|t| Some(t.is_some_and(|t| t >= lo && t < hi)))
-        .collect();
-    filter_record_batch(rows, &mask)
+fn within(rows: DataFrame, column: &str, lo: i64, hi: i64) -> Result<DataFrame, DataFusionError> {
+    let time = |us| {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(us),
+            Some("UTC".into()),
+        ))
+    };
+    rows.filter(
+        ident(column)
+            .gt_eq(time(lo))
+            .and(ident(column).lt(time(hi))),
+    )
 }
 
 async fn count(table: &DeltaTable, predicate: &str) -> Result<usize, ReprocessError> {
@@ -917,5 +1049,17 @@ mod tests {
         assert_eq!(r.end_us() - r.start_us(), 2 * DAY_US);
         assert_eq!(rfc3339_micros(r.start_us()), "2026-11-19T00:00:00.000000Z");
         assert!(DateRange::new(date("2026-11-20"), date("2026-11-19")).is_err());
+    }
+
+    #[test]
+    fn a_bound_too_tight_to_sort_says_which_option_raises_it() {
+        let tight = DataFusionError::Context(
+            "sorting".into(),
+            Box::new(DataFusionError::ResourcesExhausted("10 MB".into())),
+        );
+        let shown = ReprocessError::from(tight).to_string();
+        assert!(shown.ends_with("(raise --memory-mib)"), "{shown}");
+        let other = ReprocessError::from(DataFusionError::Plan("no".into())).to_string();
+        assert!(!other.contains("--memory-mib"), "{other}");
     }
 }

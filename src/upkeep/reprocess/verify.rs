@@ -8,22 +8,29 @@
 //! query outputs row by row, keyed by the event ID when they carry it. Floats
 //! are equal within 1e-9 relative (sums add up in a different order).
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Schema};
+use arrow::error::ArrowError;
+use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::prelude::SessionContext;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::ident;
+use deltalake::DeltaTable;
 use deltalake::protocol::SaveMode;
+use futures::StreamExt;
 use url::Url;
 
-use super::{DateRange, Rebuild, ReprocessError, Target, check_closed, rebuild};
+use super::{DateRange, Rebuild, Rebuilt, ReprocessError, Target, check_closed, rebuild};
 use crate::config::{Job, Output};
 use crate::ingest::transform::{Dialect, WINDOW_END, WINDOW_START, view_sql};
 use crate::table::delta::{open_or_create, register, stored_schema};
-use crate::table::schema::conform;
 use crate::table::tier::literal;
 use crate::table::tier::register_tiers;
 
@@ -66,9 +73,9 @@ impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "verify {}: {} events from raw, reprocessed into {}",
+            "verify {}: {}, reprocessed into {}",
             self.range,
-            self.rebuild.events,
+            self.rebuild.read(),
             self.scratch.display()
         )?;
         writeln!(
@@ -94,79 +101,106 @@ impl fmt::Display for VerifyReport {
 }
 
 /// Reprocesses `range` into tables under `scratch` (replacing what an earlier
-/// verify left there) and compares each target with its live output.
+/// verify left there) and compares each target with its live output, both
+/// read in key order, so only rows of one key are held at a time.
 pub async fn verify(
     job: &Job,
     range: DateRange,
     targets: &[Target],
     scratch: &Path,
+    memory_bytes: usize,
 ) -> Result<VerifyReport, ReprocessError> {
     check_closed(job, range, targets).await?;
-    let (rows, rebuild) = rebuild(job, range, targets).await?;
+    let rebuilt = rebuild(job, range, targets, memory_bytes).await?;
     let mut diffs = Vec::new();
-    for (target, rows) in targets.iter().zip(rows) {
+    for (index, target) in targets.iter().enumerate() {
         let output = job
             .outputs
             .iter()
             .find(|o| o.name() == target.name())
             .expect("targets are the job's outputs");
-        let dir = scratch.join(&job.name).join(target.name());
-        let _ = std::fs::remove_dir_all(&dir);
-        let url = Url::from_directory_path(std::path::absolute(&dir).unwrap_or(dir.clone()))
-            .expect("an absolute path");
-        let table = open_or_create(url, &target.spec).await?;
-        let stored = stored_schema(&table).map_err(|source| ReprocessError::Delta {
-            step: "reading the schema",
-            table: target.name().to_owned(),
-            tier: "scratch",
-            source: Box::new(source),
-        })?;
-        let table = table
-            .write(vec![conform(vec![rows], &stored)?])
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(target.spec.partition_columns.clone())
-            .await
-            .map_err(|source| ReprocessError::Delta {
-                step: "writing the reprocessed rows",
-                table: target.name().to_owned(),
-                tier: "scratch",
-                source: Box::new(source),
-            })?;
-
-        let ctx = SessionContext::new();
-        register_tiers(&ctx, job, target.spec.id, "live_stored").await?;
-        register(&ctx, "scratch_stored", &table).await?;
+        let table = write_scratch(job, scratch, &rebuilt, index, target).await?;
+        let ctx = rebuilt.session();
+        let (live, new) = (format!("live_{index}"), format!("scratch_{index}"));
+        register_tiers(ctx, job, target.spec.id, &live).await?;
+        register(ctx, &new, &table).await?;
         let in_range = format!(
             "\"{age}\" >= {} AND \"{age}\" < {}",
             literal(range.start_us()),
             literal(range.end_us()),
             age = target.age
         );
-        let final_rows = |source: &str| {
-            format!(
+        let keys = key_columns(job, output);
+        let final_rows = async |source: &str| {
+            let sql = format!(
                 "SELECT * FROM ({}) AS v WHERE {in_range}",
                 view_sql(output, &job.contract, source, Dialect::DataFusion)
-            )
+            );
+            in_key_order(ctx.sql(&sql).await?, &keys)
+                .await
+                .map_err(ReprocessError::from)
         };
-        let live = ctx.sql(&final_rows("live_stored")).await?.collect().await?;
-        let new = ctx
-            .sql(&final_rows("scratch_stored"))
-            .await?
-            .collect()
-            .await?;
-        diffs.push(compare(
-            target.name(),
-            &key_columns(job, output),
-            &live,
-            &new,
-        )?);
+        let live = final_rows(&live).await?;
+        let new = final_rows(&new).await?;
+        diffs.push(compare(target.name(), &keys, live, new).await?);
     }
     Ok(VerifyReport {
         range,
         scratch: scratch.to_owned(),
-        rebuild,
+        rebuild: rebuilt.stats,
         diffs,
     })
+}
+
+/// Writes a target's rebuilt rows into a fresh table under `scratch`.
+async fn write_scratch(
+    job: &Job,
+    scratch: &Path,
+    rebuilt: &Rebuilt,
+    index: usize,
+    target: &Target,
+) -> Result<DeltaTable, ReprocessError> {
+    let fail = |step: &'static str| {
+        move |source| ReprocessError::Delta {
+            step,
+            table: target.name().to_owned(),
+            tier: "scratch",
+            source: Box::new(source),
+        }
+    };
+    let dir = scratch.join(&job.name).join(target.name());
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = Url::from_directory_path(std::path::absolute(&dir).unwrap_or(dir.clone()))
+        .expect("an absolute path");
+    let table = open_or_create(url, &target.spec).await?;
+    let stored = stored_schema(&table).map_err(fail("reading the schema"))?;
+    let rows = rebuilt.rows(index, target).await?;
+    rebuilt
+        .write(table, rows, &stored)?
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(target.spec.partition_columns.clone())
+        .await
+        .map_err(fail("writing the reprocessed rows"))
+}
+
+/// `rows` as a stream sorted by `keys` (then by every other column, so rows
+/// of one key pair up the same way on both sides).
+async fn in_key_order(
+    rows: DataFrame,
+    keys: &[String],
+) -> Result<SendableRecordBatchStream, DataFusionError> {
+    let names: Vec<String> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let order = keys
+        .iter()
+        .chain(names.iter().filter(|n| !keys.contains(n)))
+        .map(|name| ident(name).sort(true, true))
+        .collect();
+    rows.sort(order)?.execute_stream().await
 }
 
 /// What identifies a row: a window and its keys; a query row's event ID (or,
@@ -212,68 +246,165 @@ impl fmt::Display for Cell {
     }
 }
 
-/// Rows keyed by their key columns' text, each with its value cells.
-struct Keyed {
-    names: Vec<String>,
+/// Which of a side's columns make its key: the key columns, or every column
+/// when it has none of them.
+#[derive(Clone)]
+struct Layout {
+    is_key: Vec<bool>,
     key_names: Vec<String>,
-    rows: HashMap<Vec<String>, Vec<Vec<Cell>>>,
-    count: usize,
+    names: Vec<String>,
 }
 
-fn keyed(batches: &[RecordBatch], keys: &[String]) -> Result<Keyed, ReprocessError> {
-    let mut out = Keyed {
-        names: Vec::new(),
-        key_names: Vec::new(),
-        rows: HashMap::new(),
-        count: 0,
-    };
-    let options = FormatOptions::default().with_null("null");
-    for batch in batches {
-        let schema = batch.schema();
+impl Layout {
+    fn new(schema: &Schema, keys: &[String]) -> Self {
+        let has_keys = schema.fields().iter().any(|f| keys.contains(f.name()));
         let is_key: Vec<bool> = schema
             .fields()
             .iter()
-            .map(|f| {
-                keys.contains(f.name()) || !schema.fields().iter().any(|g| keys.contains(g.name()))
-            })
+            .map(|f| keys.contains(f.name()) || !has_keys)
             .collect();
-        out.key_names = schema
-            .fields()
-            .iter()
-            .zip(&is_key)
-            .filter(|(_, k)| **k)
-            .map(|(f, _)| f.name().clone())
-            .collect();
-        out.names = schema
-            .fields()
-            .iter()
-            .zip(&is_key)
-            .filter(|(_, k)| !**k)
-            .map(|(f, _)| f.name().clone())
-            .collect();
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        for row in 0..batch.num_rows() {
-            let mut key = Vec::new();
-            let mut values = Vec::new();
-            for (i, column) in batch.columns().iter().enumerate() {
-                if is_key[i] {
-                    key.push(formatters[i].value(row).to_string());
-                } else if column.data_type() == &DataType::Float64 {
-                    let floats = column.as_primitive::<Float64Type>();
-                    values.push(Cell::Float(floats.is_valid(row).then(|| floats.value(row))));
-                } else {
-                    values.push(Cell::Text(formatters[i].value(row).to_string()));
-                }
-            }
-            out.rows.entry(key).or_default().push(values);
-            out.count += 1;
+        let named = |key: bool| {
+            schema
+                .fields()
+                .iter()
+                .zip(&is_key)
+                .filter(|(_, k)| **k == key)
+                .map(|(f, _)| f.name().clone())
+                .collect()
+        };
+        Self {
+            key_names: named(true),
+            names: named(false),
+            is_key,
         }
     }
-    Ok(out)
+}
+
+/// The order of key columns, as comparable bytes; the other side's keys are
+/// cast to this side's types first.
+struct Order {
+    converter: RowConverter,
+    types: Vec<DataType>,
+}
+
+/// A row as compared: where its key sorts, its key's text, its value cells.
+struct Keyed {
+    order: OwnedRow,
+    key: Vec<String>,
+    values: Vec<Cell>,
+}
+
+/// One side of the comparison, a row at a time in key order.
+struct Side {
+    stream: SendableRecordBatchStream,
+    layout: Layout,
+    batch: Option<(RecordBatch, Rows)>,
+    next: usize,
+    count: usize,
+}
+
+impl Side {
+    fn new(stream: SendableRecordBatchStream, keys: &[String]) -> Self {
+        Self {
+            layout: Layout::new(&stream.schema(), keys),
+            stream,
+            batch: None,
+            next: 0,
+            count: 0,
+        }
+    }
+
+    /// How this side's keys sort: both sides' rows are ordered by it.
+    fn order(&self) -> Result<Order, ArrowError> {
+        let schema = self.stream.schema();
+        let types: Vec<DataType> = schema
+            .fields()
+            .iter()
+            .zip(&self.layout.is_key)
+            .filter(|(_, k)| **k)
+            .map(|(f, _)| f.data_type().clone())
+            .collect();
+        let fields = types.iter().cloned().map(SortField::new).collect();
+        Ok(Order {
+            converter: RowConverter::new(fields)?,
+            types,
+        })
+    }
+
+    async fn next(&mut self, order: &Order) -> Result<Option<Keyed>, ReprocessError> {
+        loop {
+            if let Some((batch, rows)) = &self.batch
+                && self.next < batch.num_rows()
+            {
+                let row = self.keyed(batch, rows, self.next)?;
+                self.next += 1;
+                self.count += 1;
+                return Ok(Some(row));
+            }
+            let Some(batch) = self.stream.next().await.transpose()? else {
+                return Ok(None);
+            };
+            let keys = batch
+                .columns()
+                .iter()
+                .zip(&self.layout.is_key)
+                .filter(|(_, k)| **k)
+                .zip(&order.types)
+                .map(|((c, _), t)| cast(c, t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows = order.converter.convert_columns(&keys)?;
+            self.batch = Some((batch, rows));
+            self.next = 0;
+        }
+    }
+
+    fn keyed(&self, batch: &RecordBatch, rows: &Rows, row: usize) -> Result<Keyed, ReprocessError> {
+        let options = FormatOptions::default().with_null("null");
+        let mut keyed = Keyed {
+            order: rows.row(row).owned(),
+            key: Vec::new(),
+            values: Vec::new(),
+        };
+        for (column, is_key) in batch.columns().iter().zip(&self.layout.is_key) {
+            let text = || -> Result<String, ArrowError> {
+                Ok(ArrayFormatter::try_new(column.as_ref(), &options)?
+                    .value(row)
+                    .to_string())
+            };
+            if *is_key {
+                keyed.key.push(text()?);
+            } else if column.data_type() == &DataType::Float64 {
+                let floats = column.as_primitive::<Float64Type>();
+                keyed
+                    .values
+                    .push(Cell::Float(floats.is_valid(row).then(|| floats.value(row))));
+            } else {
+                keyed.values.push(Cell::Text(text()?));
+            }
+        }
+        Ok(keyed)
+    }
+
+    /// `head` and the rows after it with the same key; leaves the first row
+    /// of the next key in `head`.
+    async fn group(
+        &mut self,
+        head: &mut Option<Keyed>,
+        order: &Order,
+    ) -> Result<Vec<Keyed>, ReprocessError> {
+        let Some(first) = head.take() else {
+            return Ok(Vec::new());
+        };
+        let mut group = vec![first];
+        while let Some(row) = self.next(order).await? {
+            if row.order != group[0].order {
+                *head = Some(row);
+                break;
+            }
+            group.push(row);
+        }
+        Ok(group)
+    }
 }
 
 /// `name=value` pairs, space-separated.
@@ -286,73 +417,158 @@ fn labelled(names: &[String], values: &[impl fmt::Display]) -> String {
         .join(" ")
 }
 
-fn compare(
+/// Walks both sides in key order: rows of one key pair up in order, and
+/// what one side has more of is only on that side.
+async fn compare(
     output: &str,
     keys: &[String],
-    live: &[RecordBatch],
-    new: &[RecordBatch],
+    live: SendableRecordBatchStream,
+    new: SendableRecordBatchStream,
 ) -> Result<Diff, ReprocessError> {
-    let live = keyed(live, keys)?;
-    let new = keyed(new, keys)?;
-    let names = if live.names.is_empty() {
-        &new.names
-    } else {
-        &live.names
-    };
-    let key_names = if live.key_names.is_empty() {
-        &new.key_names
-    } else {
-        &live.key_names
-    };
-    let show_key = |key: &[String]| labelled(key_names, key);
-    let show_values = |values: &[Cell]| labelled(names, values);
-    let mut diff = Diff {
-        output: output.to_owned(),
-        live: live.count,
-        reprocessed: new.count,
-        ..Diff::default()
-    };
-    let mut samples: [Vec<String>; 3] = Default::default();
-    let mut sample = |kind: usize, text: &dyn Fn() -> String| {
-        if samples[kind].len() < SAMPLES {
-            samples[kind].push(text());
+    let (mut live, mut new) = (Side::new(live, keys), Side::new(new, keys));
+    let order = live.order()?;
+    let mut tally = Tally::new(output, live.layout.clone());
+    let (mut a, mut b) = (live.next(&order).await?, new.next(&order).await?);
+    loop {
+        let side = match (&a, &b) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => x.order.cmp(&y.order),
+        };
+        let from_live = match side {
+            Ordering::Greater => Vec::new(),
+            _ => live.group(&mut a, &order).await?,
+        };
+        let from_new = match side {
+            Ordering::Less => Vec::new(),
+            _ => new.group(&mut b, &order).await?,
+        };
+        tally.add(&from_live, &from_new);
+    }
+    tally.diff.live = live.count;
+    tally.diff.reprocessed = new.count;
+    Ok(tally.finish())
+}
+
+/// The differences found so far, with a few samples of each kind.
+struct Tally {
+    diff: Diff,
+    layout: Layout,
+    samples: [Vec<String>; 3],
+}
+
+impl Tally {
+    fn new(output: &str, layout: Layout) -> Self {
+        Self {
+            diff: Diff {
+                output: output.to_owned(),
+                ..Diff::default()
+            },
+            layout,
+            samples: Default::default(),
         }
-    };
-    let mut all_keys: Vec<&Vec<String>> = live.rows.keys().chain(new.rows.keys()).collect();
-    all_keys.sort();
-    all_keys.dedup();
-    for key in all_keys {
-        let empty = Vec::new();
-        let (a, b) = (
-            live.rows.get(key).unwrap_or(&empty),
-            new.rows.get(key).unwrap_or(&empty),
-        );
-        for pair in a.iter().zip(b) {
-            if !pair.0.iter().zip(pair.1).all(|(x, y)| x.same(y)) {
-                diff.differing += 1;
-                sample(2, &|| {
+    }
+
+    fn sample(&mut self, kind: usize, text: impl FnOnce() -> String) {
+        if self.samples[kind].len() < SAMPLES {
+            self.samples[kind].push(text());
+        }
+    }
+
+    /// One key's rows on each side.
+    fn add(&mut self, live: &[Keyed], new: &[Keyed]) {
+        let Layout {
+            key_names, names, ..
+        } = self.layout.clone();
+        let show = |row: &Keyed| labelled(&key_names, &row.key);
+        for (a, b) in live.iter().zip(new) {
+            if !a.values.iter().zip(&b.values).all(|(x, y)| x.same(y)) {
+                self.diff.differing += 1;
+                self.sample(2, || {
                     format!(
                         "differing: {}: live {} | reprocessed {}",
-                        show_key(key),
-                        show_values(pair.0),
-                        show_values(pair.1)
+                        show(a),
+                        labelled(&names, &a.values),
+                        labelled(&names, &b.values)
                     )
                 });
             }
         }
-        for extra in a.iter().skip(b.len()) {
-            diff.only_live += 1;
-            sample(0, &|| {
-                format!("only live: {} {}", show_key(key), show_values(extra))
+        for extra in live.iter().skip(new.len()) {
+            self.diff.only_live += 1;
+            self.sample(0, || {
+                format!(
+                    "only live: {} {}",
+                    show(extra),
+                    labelled(&names, &extra.values)
+                )
             });
         }
-        for extra in b.iter().skip(a.len()) {
-            diff.only_reprocessed += 1;
-            sample(1, &|| {
-                format!("only reprocessed: {} {}", show_key(key), show_values(extra))
+        for extra in new.iter().skip(live.len()) {
+            self.diff.only_reprocessed += 1;
+            self.sample(1, || {
+                format!(
+                    "only reprocessed: {} {}",
+                    show(extra),
+                    labelled(&names, &extra.values)
+                )
             });
         }
     }
-    diff.samples = samples.into_iter().flatten().collect();
-    Ok(diff)
+
+    fn finish(self) -> Diff {
+        Diff {
+            samples: self.samples.into_iter().flatten().collect(),
+            ..self.diff
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, Int64Array};
+    use arrow::datatypes::Field;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+    use super::*;
+
+    /// Rows of (id, value), in the order given, as one side's stream.
+    fn side(rows: &[(i64, f64)]) -> SendableRecordBatchStream {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("value", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(rows.iter().map(|r| r.0).collect::<Int64Array>()),
+                Arc::new(rows.iter().map(|r| Some(r.1)).collect::<Float64Array>()),
+            ],
+        )
+        .unwrap();
+        Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter([Ok(batch)]),
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_walk_in_key_order_pairs_rows_of_a_key_and_counts_the_rest() {
+        let live = side(&[(1, 1.0), (2, 2.0), (2, 2.5), (4, 4.0), (5, 5.0)]);
+        let new = side(&[(2, 2.0), (2, 2.5), (3, 3.0), (4, 4.5), (5, 5.0), (5, 5.0)]);
+        let diff = compare("t", &["id".to_owned()], live, new).await.unwrap();
+        assert_eq!((diff.live, diff.reprocessed), (5, 6));
+        assert_eq!(diff.only_live, 1, "id 1");
+        assert_eq!(diff.only_reprocessed, 2, "id 3 and the second id 5");
+        assert_eq!(diff.differing, 1, "id 4");
+        assert!(
+            diff.samples
+                .contains(&"differing: id=4: live value=4 | reprocessed value=4.5".to_owned()),
+            "{:?}",
+            diff.samples
+        );
+    }
 }
