@@ -199,7 +199,7 @@ def test_reprocess_one_day_under_a_new_definition(remote, request, tmp_path):
 
 
 MEMORY_MIB = 16
-RSS_BOUND_MIB = 260
+RSS_BOUND_MIB = 300
 
 
 def peak_rss(*args) -> tuple[str, float]:

@@ -20,6 +20,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigNonZeroUsize;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -44,8 +45,11 @@ const ROW_GROUP_ROWS: usize = 16 * 1024;
 /// between them (shared fairly), spilling to the system's temporary folder
 /// beyond. Delta's own session, so delta-rs can run writes planned in it.
 pub fn bounded_session(memory_bytes: usize) -> Result<SessionContext, DataFusionError> {
+    // No cache of folder listings: a stage's folders change between reads.
+    let listings = CacheManagerConfig::default().with_list_files_cache_limit(0);
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
+        .with_cache_manager(listings)
         .build_arc()?;
     let ctx = DeltaSessionContext::with_runtime_env(runtime).into_inner();
     let state = ctx.state_ref();
