@@ -19,6 +19,7 @@ from conftest import (WEIR, clickstream_job, crash_after_each, kill_at_random_mo
                       read_report, weir, write_job)
 from test_broker_e2e import (event_ms, oracle, start_run, stop_gracefully,
                              stored, wait_for_count)
+from test_operate import rss_peak_mib
 
 NEW_FILTER = "action = 'view' AND country <> 'US'"
 
@@ -203,16 +204,24 @@ RSS_BOUND_MIB = 300
 
 
 def peak_rss(*args) -> tuple[str, float]:
-    """Runs weir to completion; its stdout and its own peak RSS in MiB (from
-    wait4, so no other process's peak counts)."""
+    """Runs weir to completion; its stdout and its own peak RSS in MiB: the
+    last VmHWM read while it ran (sampled every 50 ms). Not getrusage's
+    ru_maxrss: Linux keeps a high-water mark across exec, so a child forked
+    from a large pytest process would report pytest's size."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([WEIR, *map(str, args)], stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = 0.0
+        while proc.poll() is None:
+            try:
+                peak = rss_peak_mib(proc.pid)
+            except (OSError, AssertionError):
+                pass  # exiting: no memory left to read
+            time.sleep(0.05)
         out.seek(0)
         err.seek(0)
         assert proc.returncode == 0, f"weir {args} failed:\n{out.read()}\n{err.read()}"
-        return out.read(), usage.ru_maxrss / 1024
+        assert peak > 0, "no VmHWM read"
+        return out.read(), peak
 
 
 def test_reprocess_and_verify_hold_bounded_memory_on_a_day_20_times_larger(tmp_path):

@@ -62,7 +62,11 @@ pub fn bounded_session(memory_bytes: usize) -> Result<SessionContext, DataFusion
     execution.target_partitions = 1;
     execution.batch_size = ConfigNonZeroUsize::try_new(BATCH_ROWS)?;
     execution.sort_spill_reservation_bytes =
-        (memory_bytes / 4).min(execution.sort_spill_reservation_bytes);
+        (memory_bytes / 16).min(execution.sort_spill_reservation_bytes);
+    // One sort over the tiers' union, not one per tier merged after: a merge
+    // of sorted inputs cannot spill, so beside sorts that fill the pool it
+    // would find no room.
+    state.config_mut().options_mut().optimizer.repartition_sorts = false;
     drop(state);
     Ok(ctx)
 }
