@@ -318,6 +318,11 @@ impl Pipeline {
         self.sink.clone()
     }
 
+    /// Whether the consumer group has assigned this process any partition.
+    pub fn has_partitions(&self) -> bool {
+        !self.source.generations().is_empty()
+    }
+
     /// Runs triggers until [`Pipeline::stop`] (the batches already cut are
     /// committed first) or an error.
     ///
@@ -331,11 +336,6 @@ impl Pipeline {
     /// the previous commit left. Within a trigger, the outputs' queries and
     /// every table's file writes run as tasks of their own; only the log
     /// commits are in order.
-    /// Whether the consumer group has assigned this process any partition.
-    pub fn has_partitions(&self) -> bool {
-        !self.source.generations().is_empty()
-    }
-
     pub async fn run(self: &Arc<Self>) -> Result<(), PipelineError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(DECODED_BATCHES);
         // A task of its own: in the trigger's task, the next batch would be
