@@ -375,11 +375,6 @@ impl Rebuilt {
             .await
     }
 
-    /// The bounded session the rows are read in.
-    fn session(&self) -> &SessionContext {
-        &self.ctx
-    }
-
     /// A write of `rows` into `table`, cast to `stored` (its schema), streamed
     /// in the bounded session.
     fn write(

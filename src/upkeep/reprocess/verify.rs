@@ -9,6 +9,7 @@
 //! are equal within 1e-9 relative (sums add up in a different order).
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Schema};
 use arrow::error::ArrowError;
-use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use arrow::row::{OwnedRow, RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
@@ -120,7 +121,7 @@ pub async fn verify(
             .find(|o| o.name() == target.name())
             .expect("targets are the job's outputs");
         let table = write_scratch(job, scratch, &rebuilt, index, target).await?;
-        let ctx = rebuilt.session();
+        let ctx = &rebuilt.ctx;
         let (live, new) = (format!("live_{index}"), format!("scratch_{index}"));
         register_tiers(ctx, job, target.spec.id, &live).await?;
         register(ctx, &new, &table).await?;
@@ -298,8 +299,8 @@ struct Keyed {
 struct Side {
     stream: SendableRecordBatchStream,
     layout: Layout,
-    batch: Option<(RecordBatch, Rows)>,
-    next: usize,
+    /// The rest of the batch read last, keyed.
+    rows: VecDeque<Keyed>,
     count: usize,
 }
 
@@ -308,8 +309,7 @@ impl Side {
         Self {
             layout: Layout::new(&stream.schema(), keys),
             stream,
-            batch: None,
-            next: 0,
+            rows: VecDeque::new(),
             count: 0,
         }
     }
@@ -333,56 +333,60 @@ impl Side {
 
     async fn next(&mut self, order: &Order) -> Result<Option<Keyed>, ReprocessError> {
         loop {
-            if let Some((batch, rows)) = &self.batch
-                && self.next < batch.num_rows()
-            {
-                let row = self.keyed(batch, rows, self.next)?;
-                self.next += 1;
+            if let Some(row) = self.rows.pop_front() {
                 self.count += 1;
                 return Ok(Some(row));
             }
             let Some(batch) = self.stream.next().await.transpose()? else {
                 return Ok(None);
             };
-            let keys = batch
-                .columns()
-                .iter()
-                .zip(&self.layout.is_key)
-                .filter(|(_, k)| **k)
-                .zip(&order.types)
-                .map(|((c, _), t)| cast(c, t))
-                .collect::<Result<Vec<_>, _>>()?;
-            let rows = order.converter.convert_columns(&keys)?;
-            self.batch = Some((batch, rows));
-            self.next = 0;
+            self.rows = self.keyed(&batch, order)?;
         }
     }
 
-    fn keyed(&self, batch: &RecordBatch, rows: &Rows, row: usize) -> Result<Keyed, ReprocessError> {
+    /// Every row of `batch` as compared.
+    fn keyed(&self, batch: &RecordBatch, order: &Order) -> Result<VecDeque<Keyed>, ArrowError> {
+        let keys = batch
+            .columns()
+            .iter()
+            .zip(&self.layout.is_key)
+            .filter(|(_, k)| **k)
+            .zip(&order.types)
+            .map(|((c, _), t)| cast(c, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sorted = order.converter.convert_columns(&keys)?;
         let options = FormatOptions::default().with_null("null");
-        let mut keyed = Keyed {
-            order: rows.row(row).owned(),
-            key: Vec::new(),
-            values: Vec::new(),
-        };
-        for (column, is_key) in batch.columns().iter().zip(&self.layout.is_key) {
-            let text = || -> Result<String, ArrowError> {
-                Ok(ArrayFormatter::try_new(column.as_ref(), &options)?
-                    .value(row)
-                    .to_string())
-            };
-            if *is_key {
-                keyed.key.push(text()?);
-            } else if column.data_type() == &DataType::Float64 {
-                let floats = column.as_primitive::<Float64Type>();
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cells = batch
+            .columns()
+            .iter()
+            .zip(&formatters)
+            .zip(&self.layout.is_key);
+        Ok((0..batch.num_rows())
+            .map(|row| {
+                let mut keyed = Keyed {
+                    order: sorted.row(row).owned(),
+                    key: Vec::new(),
+                    values: Vec::new(),
+                };
+                for ((column, text), is_key) in cells.clone() {
+                    if *is_key {
+                        keyed.key.push(text.value(row).to_string());
+                    } else if column.data_type() == &DataType::Float64 {
+                        let floats = column.as_primitive::<Float64Type>();
+                        let value = floats.is_valid(row).then(|| floats.value(row));
+                        keyed.values.push(Cell::Float(value));
+                    } else {
+                        keyed.values.push(Cell::Text(text.value(row).to_string()));
+                    }
+                }
                 keyed
-                    .values
-                    .push(Cell::Float(floats.is_valid(row).then(|| floats.value(row))));
-            } else {
-                keyed.values.push(Cell::Text(text()?));
-            }
-        }
-        Ok(keyed)
+            })
+            .collect())
     }
 
     /// `head` and the rows after it with the same key; leaves the first row
@@ -470,48 +474,51 @@ impl Tally {
         }
     }
 
-    fn sample(&mut self, kind: usize, text: impl FnOnce() -> String) {
-        if self.samples[kind].len() < SAMPLES {
-            self.samples[kind].push(text());
-        }
-    }
-
     /// One key's rows on each side.
     fn add(&mut self, live: &[Keyed], new: &[Keyed]) {
-        let Layout {
-            key_names, names, ..
-        } = self.layout.clone();
-        let show = |row: &Keyed| labelled(&key_names, &row.key);
+        let Tally {
+            diff,
+            layout: Layout {
+                key_names, names, ..
+            },
+            samples,
+        } = self;
+        let mut sample = |kind: usize, text: &dyn Fn() -> String| {
+            if samples[kind].len() < SAMPLES {
+                samples[kind].push(text());
+            }
+        };
+        let show = |row: &Keyed| labelled(key_names, &row.key);
         for (a, b) in live.iter().zip(new) {
             if !a.values.iter().zip(&b.values).all(|(x, y)| x.same(y)) {
-                self.diff.differing += 1;
-                self.sample(2, || {
+                diff.differing += 1;
+                sample(2, &|| {
                     format!(
                         "differing: {}: live {} | reprocessed {}",
                         show(a),
-                        labelled(&names, &a.values),
-                        labelled(&names, &b.values)
+                        labelled(names, &a.values),
+                        labelled(names, &b.values)
                     )
                 });
             }
         }
         for extra in live.iter().skip(new.len()) {
-            self.diff.only_live += 1;
-            self.sample(0, || {
+            diff.only_live += 1;
+            sample(0, &|| {
                 format!(
                     "only live: {} {}",
                     show(extra),
-                    labelled(&names, &extra.values)
+                    labelled(names, &extra.values)
                 )
             });
         }
         for extra in new.iter().skip(live.len()) {
-            self.diff.only_reprocessed += 1;
-            self.sample(1, || {
+            diff.only_reprocessed += 1;
+            sample(1, &|| {
                 format!(
                     "only reprocessed: {} {}",
                     show(extra),
-                    labelled(&names, &extra.values)
+                    labelled(names, &extra.values)
                 )
             });
         }
