@@ -56,7 +56,9 @@ def test_bad_reprocess_requests_exit_2_saying_why(tmp_path):
             (["--from", "2026-11-20", "--to", "2026-11-19"], "is after --to"),
             (["--from", "2026-11-31", "--to", "2026-12-01"], "--from"),
             (["--from", "2026-11-19", "--to", "2026-11-19", "--output", "nope"],
-             "has no output `nope`; its outputs are: page_views, revenue, purchases")):
+             "has no output `nope`; its outputs are: page_views, revenue, purchases"),
+            (["--from", "2026-11-19", "--to", "2026-11-19", "--memory-mib", "8"],
+             "invalid value '8' for '--memory-mib <MIB>': 8 is not in 16..")):
         for command in ("reprocess", "verify"):
             result = run(command, "--job", spec, "--data", tmp_path, *args)
             assert result.returncode == 2 and message in result.stderr, result.stderr
