@@ -10,7 +10,11 @@ use weir::ingest::transform::Transform;
 
 fn aggregate(c: &mut Criterion) {
     let job = common::clickstream(None);
-    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+    let decoder = Decoder::new(
+        job.contract.clone(),
+        job.source.max_message_bytes,
+        (&job.source.format).into(),
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let outputs = runtime.block_on(Transform::all(&job)).unwrap();
     let mut generator = common::generator(&job, 0.0, 0.0, 5);
@@ -18,7 +22,10 @@ fn aggregate(c: &mut Criterion) {
     let mut group = c.benchmark_group("aggregate");
     for size in [100, 1000, 10_000] {
         let batch = common::micro_batch(&mut generator, size, 0);
-        let events = decoder.decode(&batch, Utc::now()).unwrap().valid;
+        let events = decoder
+            .decode(&batch, &Default::default(), Utc::now())
+            .unwrap()
+            .valid;
         group.throughput(Throughput::Elements(size as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &events, |b, events| {
             b.iter(|| {

@@ -21,7 +21,11 @@ fn commit(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let job = common::clickstream(Some(dir.path()));
-    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+    let decoder = Decoder::new(
+        job.contract.clone(),
+        job.source.max_message_bytes,
+        (&job.source.format).into(),
+    );
     let outputs = runtime.block_on(Transform::all(&job)).unwrap();
     let catalog = Catalog::new(&job, &outputs);
     let metrics = JobMetrics::detached(&job.name);
@@ -40,7 +44,9 @@ fn commit(c: &mut Criterion) {
     let mut next_offset = 0i64;
     for size in [100, 1000, 10_000] {
         let batch = common::micro_batch(&mut generator, size, 0);
-        let decoded = decoder.decode(&batch, Utc::now()).unwrap();
+        let decoded = decoder
+            .decode(&batch, &Default::default(), Utc::now())
+            .unwrap();
         let empty_late = arrow::array::RecordBatch::new_empty(late_schema(&job.contract));
         let mut rows = BTreeMap::from([
             (TableId::Raw, decoded.valid.clone()),

@@ -9,7 +9,11 @@ use weir::ingest::decode::Decoder;
 
 fn decode(c: &mut Criterion) {
     let job = common::clickstream(None);
-    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+    let decoder = Decoder::new(
+        job.contract.clone(),
+        job.source.max_message_bytes,
+        (&job.source.format).into(),
+    );
     let mut group = c.benchmark_group("decode");
     for (size, malformed) in [
         (100, 0.0),
@@ -22,7 +26,11 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Elements(size as u64));
         let id = BenchmarkId::new(format!("malformed_{malformed}"), size);
         group.bench_with_input(id, &input, |b, input| {
-            b.iter(|| decoder.decode(input, Utc::now()).unwrap())
+            b.iter(|| {
+                decoder
+                    .decode(input, &Default::default(), Utc::now())
+                    .unwrap()
+            })
         });
     }
     group.finish();

@@ -12,13 +12,20 @@ use weir::ingest::dedup::Dedup;
 
 fn dedup(c: &mut Criterion) {
     let job = common::clickstream(None);
-    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+    let decoder = Decoder::new(
+        job.contract.clone(),
+        job.source.max_message_bytes,
+        (&job.source.format).into(),
+    );
     let mut generator = common::generator(&job, 0.0, 0.01, 3);
     let mut offset = 0;
     let mut next_batch = |size: usize| {
         let batch = common::micro_batch(&mut generator, size, offset);
         offset += size as i64;
-        decoder.decode(&batch, Utc::now()).unwrap().valid
+        decoder
+            .decode(&batch, &Default::default(), Utc::now())
+            .unwrap()
+            .valid
     };
 
     let mut group = c.benchmark_group("dedup");

@@ -60,6 +60,7 @@ pub struct Metrics {
     queue_capacity: IntGaugeVec,
     paused: IntGaugeVec,
     pauses: IntCounterVec,
+    registry_retries: IntCounterVec,
     health: Mutex<BTreeMap<String, Result<(), String>>>,
 }
 
@@ -238,6 +239,12 @@ impl Metrics {
                 "Times the poller paused its partitions because the queue stayed full (a pause shorter than a scrape interval shows here, not in weir_partitions_paused)",
                 &["job"],
             ),
+            registry_retries: counter(
+                &r,
+                "weir_registry_retries_total",
+                "Tries of the schema registry that failed while a micro-batch waited for a writer schema",
+                &["job"],
+            ),
             registry: r,
             health: Mutex::new(BTreeMap::new()),
         })
@@ -265,6 +272,7 @@ impl Metrics {
             restarts: self.restarts.with_label_values(&[job]),
             paused: self.paused.with_label_values(&[job]),
             pauses: self.pauses.with_label_values(&[job]),
+            registry_retries: self.registry_retries.with_label_values(&[job]),
         }
     }
 
@@ -312,6 +320,7 @@ pub struct JobMetrics {
     pub restarts: IntCounter,
     pub paused: IntGauge,
     pub pauses: IntCounter,
+    pub registry_retries: IntCounter,
 }
 
 impl JobMetrics {

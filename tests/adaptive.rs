@@ -35,6 +35,7 @@ fn feed(bootstrap: &str, job: &Job, rate: f64, seconds: u64) -> tokio::task::Joi
             &bootstrap,
             &topic,
             &mut g,
+            None,
             limits,
             &AtomicBool::new(false),
             &[],

@@ -20,7 +20,9 @@ use crate::config::Job;
 use crate::fault::Faults;
 use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::source::embedded::EmbeddedBroker;
+use crate::ingest::source::framing::AvroFraming;
 use crate::ingest::source::generator::{self, Delivered, Generator, Kind, Limits, Mix};
+use crate::ingest::source::registry::RegistryError;
 use crate::ingest::stats::Stats;
 use crate::telemetry::quantile;
 
@@ -68,6 +70,8 @@ pub enum DriveError {
     Pipeline(Box<PipelineError>),
     #[error("the pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 impl From<PipelineError> for DriveError {
@@ -99,6 +103,7 @@ impl DrivenBy for generator::ProduceError {}
 impl DrivenBy for PipelineError {}
 impl DrivenBy for tokio::task::JoinError {}
 impl DrivenBy for DriveError {}
+impl DrivenBy for RegistryError {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -258,6 +263,7 @@ async fn run_against(
     while !pipeline.has_partitions() && !task.is_finished() && Instant::now() < joined {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut framing = AvroFraming::for_job(&job.contract, &job.source.format).await?;
     let progress = tokio::spawn(report_progress(stats.clone()));
     let mut generator = Generator::new(job.contract.clone(), options.mix, rand::random());
     if let Some(span) = options.backfill {
@@ -274,6 +280,7 @@ async fn run_against(
         bootstrap,
         &job.source.topic,
         &mut generator,
+        framing.as_mut(),
         limits,
         &never,
         &[],

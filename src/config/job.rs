@@ -68,6 +68,57 @@ pub struct Source {
     /// Extra librdkafka properties (security among them); they override
     /// weir's defaults.
     pub properties: BTreeMap<String, Property>,
+    pub format: Format,
+}
+
+/// How message values are encoded.
+#[derive(Debug, Clone)]
+pub enum Format {
+    /// One JSON object per message.
+    Json,
+    /// Avro in the Confluent wire format (magic byte 0, a 4-byte big-endian
+    /// schema ID, the body), each writer schema fetched from the registry.
+    Avro(Registry),
+}
+
+impl Format {
+    pub fn registry(&self) -> Option<&Registry> {
+        match self {
+            Self::Json => None,
+            Self::Avro(r) => Some(r),
+        }
+    }
+}
+
+/// A Confluent-compatible schema registry (Confluent's own, Apicurio's
+/// `/apis/ccompat/v7`, Karapace, Redpanda's).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// The API root; `schemas/ids/{id}` and `subjects/…` are joined onto it.
+    pub url: Url,
+    /// Where `weir produce` registers the job's schema: `<topic>-value` by
+    /// default, Confluent's TopicNameStrategy.
+    pub subject: String,
+    /// HTTP basic auth, as Confluent's `basic.auth.user.info`.
+    pub username: Option<Property>,
+    pub password: Option<Property>,
+    /// A PEM bundle of extra CA certificates for an `https` registry.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Registry {
+    /// The basic-auth pair with `${VAR}`s resolved, if the job sets one;
+    /// names the key whose variable is not set.
+    pub fn credentials(&self) -> Result<Option<(String, String)>, String> {
+        let resolve = |key: &str, p: &Option<Property>| {
+            p.as_ref()
+                .map(|p| expand_env(&p.value).map_err(|e| format!("source.registry.{key}: {e}")))
+                .transpose()
+        };
+        let user = resolve("username", &self.username)?;
+        let password = resolve("password", &self.password)?;
+        Ok(user.map(|u| (u, password.unwrap_or_default())))
+    }
 }
 
 /// A librdkafka property value as written, where `${VAR}` references an

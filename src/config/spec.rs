@@ -4,6 +4,7 @@
 //! [`super::Job`].
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -161,6 +162,17 @@ pub(super) struct SourceSpec {
     pub(super) max_message_bytes: u64,
     #[serde(default)]
     pub(super) properties: BTreeMap<String, String>,
+    pub(super) registry: Option<RegistrySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RegistrySpec {
+    pub(super) url: String,
+    pub(super) subject: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -363,3 +363,51 @@ fn shipped_example_jobs_are_valid() {
     }
     assert!(seen >= 1);
 }
+
+#[test]
+fn avro_needs_a_registry_and_other_formats_are_named() {
+    let with = |source: &str| {
+        GOOD.replace(
+            "topic = \"clicks\"",
+            &format!("topic = \"clicks\"\n{source}"),
+        )
+    };
+    // SAFETY: the variable name is unique to this test.
+    unsafe {
+        std::env::set_var("WEIR_REGISTRY_TEST_PASSWORD", "s3cret");
+    }
+    let job = parse(&with(
+        "format = \"avro\"\nregistry = { url = \"https://sr:8081/api\", username = \"u\", password = \"${WEIR_REGISTRY_TEST_PASSWORD}\" }",
+    ))
+    .unwrap();
+    let Format::Avro(registry) = &job.source.format else {
+        panic!("{:?}", job.source.format)
+    };
+    assert_eq!(registry.subject, "clicks-value");
+    assert_eq!(
+        registry.credentials().unwrap(),
+        Some(("u".into(), "s3cret".into()))
+    );
+    assert!(!format!("{job:?}").contains("s3cret"));
+    for (source, key, says) in [
+        ("format = \"avro\"", "source.registry", "a registry"),
+        (
+            "format = \"protobuf\"",
+            "source.format",
+            "not supported yet",
+        ),
+        (
+            "registry = { url = \"http://sr:8081\" }",
+            "source.registry",
+            "no registry for",
+        ),
+        (
+            "format = \"avro\"\nregistry = { url = \"sr:8081\" }",
+            "source.registry.url",
+            "an http:// or https:// URL",
+        ),
+    ] {
+        let err = error_of(&with(source));
+        assert!(err.contains(key) && err.contains(says), "{source}: {err}");
+    }
+}

@@ -4,6 +4,7 @@
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
+use url::Url;
 
 use crate::table::TableId;
 
@@ -180,13 +181,7 @@ pub(super) fn validate_source(
             "an empty string".into(),
         ));
     }
-    if spec.format != "json" {
-        return Err(invalid(
-            "source.format",
-            "`json`",
-            format!("`{}`", spec.format),
-        ));
-    }
+    let format = validate_format(&spec.format, spec.registry, &spec.topic, invalid)?;
     if !(1..=256 * 1024 * 1024).contains(&spec.max_message_bytes) {
         return Err(invalid(
             "source.max_message_bytes",
@@ -224,6 +219,80 @@ pub(super) fn validate_source(
         on_data_loss: spec.on_data_loss,
         max_message_bytes: spec.max_message_bytes as usize,
         properties,
+        format,
+    })
+}
+
+fn validate_format(
+    format: &str,
+    registry: Option<RegistrySpec>,
+    topic: &str,
+    invalid: &Invalid,
+) -> Result<Format, JobError> {
+    match (format, registry) {
+        ("json", None) => Ok(Format::Json),
+        ("json", Some(_)) => Err(invalid(
+            "source.registry",
+            "no registry for `source.format = \"json\"` (a registry is read for `avro`)",
+            "a registry".into(),
+        )),
+        ("avro", Some(r)) => Ok(Format::Avro(validate_registry(r, topic, invalid)?)),
+        ("avro", None) => Err(invalid(
+            "source.registry",
+            "a registry (`registry = { url = \"http://host:8081\" }`) for `source.format = \"avro\"`",
+            "none".into(),
+        )),
+        (other, _) => Err(invalid(
+            "source.format",
+            "`json` or `avro` (`protobuf` and `json_schema` are not supported yet)",
+            format!("`{other}`"),
+        )),
+    }
+}
+
+fn validate_registry(
+    spec: RegistrySpec,
+    topic: &str,
+    invalid: &Invalid,
+) -> Result<Registry, JobError> {
+    let url = Url::parse(&spec.url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        .ok_or_else(|| {
+            invalid(
+                "source.registry.url",
+                "an http:// or https:// URL",
+                format!("`{}`", spec.url),
+            )
+        })?;
+    let subject = spec.subject.unwrap_or_else(|| format!("{topic}-value"));
+    if subject.trim().is_empty() {
+        return Err(invalid(
+            "source.registry.subject",
+            "a subject name",
+            "an empty string".into(),
+        ));
+    }
+    if spec.password.is_some() && spec.username.is_none() {
+        return Err(invalid(
+            "source.registry.password",
+            "a password only beside `username`",
+            "a password alone".into(),
+        ));
+    }
+    let secret = |value| Property {
+        value,
+        secret: true,
+    };
+    Ok(Registry {
+        url,
+        subject,
+        username: spec.username.map(|value| Property {
+            value,
+            secret: false,
+        }),
+        password: spec.password.map(secret),
+        ca_file: spec.ca_file,
     })
 }
 

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::Job;
 use crate::fault::Faults;
 use crate::ingest::adaptive::{BatchCap, Controller, Observation};
+use crate::ingest::decode::avro::WriterSchemas;
 use crate::ingest::decode::{Decoded, Decoder};
 use crate::ingest::dedup::{Dedup, Seed, seeds};
 use crate::ingest::replay::{filter_replayed, without_partitions};
@@ -32,6 +33,7 @@ use crate::ingest::source::MicroBatch;
 use crate::ingest::source::kafka::{
     Batches, KafkaSource, Polled, Rebalance, SourceError, high_watermarks,
 };
+use crate::ingest::source::registry::{RegistryError, SchemaRegistry};
 use crate::ingest::stats::{Stats, TriggerSample};
 use crate::ingest::transform::Transform;
 use crate::ingest::watermark::{Settled, Watermark};
@@ -49,6 +51,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("restoring the job's state from its tables: {0}")]
     Restore(#[from] RestoreError),
     #[error("an Arrow operation on a micro-batch failed: {0}")]
@@ -209,6 +213,8 @@ struct Outcome<'a> {
 pub struct Pipeline {
     job: Job,
     decoder: Decoder,
+    /// Where Avro messages' writer schemas come from (none for JSON).
+    registry: Option<SchemaRegistry>,
     dedup: Mutex<Dedup>,
     watermark: Mutex<Watermark>,
     outputs: Arc<[Transform]>,
@@ -262,7 +268,12 @@ impl Pipeline {
         faults: Faults,
         metrics: JobMetrics,
     ) -> Result<Self, PipelineError> {
-        let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+        let decoder = Decoder::new(
+            job.contract.clone(),
+            job.source.max_message_bytes,
+            (&job.source.format).into(),
+        );
+        let registry = job.source.format.registry().map(SchemaRegistry::new);
         let outputs = Transform::all(job).await?;
         let catalog = Catalog::new(job, &outputs);
         create_colder_tiers(job, &catalog).await?;
@@ -290,6 +301,7 @@ impl Pipeline {
         Ok(Self {
             job: job.clone(),
             decoder,
+            registry: registry.transpose()?,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
             outputs: outputs.into(),
@@ -372,8 +384,9 @@ impl Pipeline {
                 return Ok(());
             };
             self.seed_reassigned().await?;
+            let schemas = self.writer_schemas(&polled.batch).await?;
             let stage = Arc::clone(&self);
-            let next = tokio::task::spawn_blocking(move || stage.prepare(polled))
+            let next = tokio::task::spawn_blocking(move || stage.prepare(polled, &schemas))
                 .await
                 .expect("decoding and dedup do not panic")?;
             self.metrics.queue(
@@ -387,10 +400,22 @@ impl Pipeline {
         }
     }
 
-    fn prepare(&self, polled: Polled) -> Result<Prepared, ArrowError> {
+    /// The writer schemas `batch`'s messages name, waiting while the
+    /// registry is down (a stop request ends the wait; the batch is not
+    /// committed, so it is read again after the restart).
+    async fn writer_schemas(&self, batch: &MicroBatch) -> Result<WriterSchemas, RegistryError> {
+        let Some(registry) = &self.registry else {
+            return Ok(WriterSchemas::default());
+        };
+        let payloads = batch.messages.iter().filter_map(|m| m.payload.as_deref());
+        let stopping = || self.stop.load(Ordering::Relaxed);
+        registry.resolve(payloads, &self.metrics, &stopping).await
+    }
+
+    fn prepare(&self, polled: Polled, schemas: &WriterSchemas) -> Result<Prepared, ArrowError> {
         let clock = Instant::now();
         let now = Utc::now();
-        let mut decoded = self.decoder.decode(&polled.batch, now)?;
+        let mut decoded = self.decoder.decode(&polled.batch, schemas, now)?;
         self.metrics.stage("decode", clock.elapsed());
         let clock = Instant::now();
         let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;

@@ -54,6 +54,7 @@ pub async fn produce(
         bootstrap,
         &job.source.topic,
         &mut g,
+        None,
         limits,
         &AtomicBool::new(false),
         &[],

@@ -14,19 +14,21 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BinaryArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BinaryArray, Date32Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
 };
 use arrow::compute;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::config::{Contract, Payload};
+use crate::config::{Contract, Format, Payload};
 use crate::ingest::source::{Message, MicroBatch};
+use avro::WriterSchemas;
 use columns::{Columns, Value};
 use shape::{MAX_TIMESTAMP_MS, Shape};
 
+pub mod avro;
 mod columns;
 mod shape;
 
@@ -53,10 +55,28 @@ pub struct Decoded {
     pub rejected: RecordBatch,
 }
 
+/// How message values are encoded, as the decode stage needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    /// Confluent-framed Avro; the writer schemas come with each batch.
+    Avro,
+}
+
+impl From<&Format> for Encoding {
+    fn from(format: &Format) -> Self {
+        match format {
+            Format::Json => Self::Json,
+            Format::Avro(_) => Self::Avro,
+        }
+    }
+}
+
 /// The compiled contract: schemas derived once, reused for every batch.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     contract: Contract,
+    encoding: Encoding,
     shape: Shape,
     max_message_bytes: usize,
     raw_schema: SchemaRef,
@@ -99,9 +119,18 @@ pub fn dlq_schema() -> SchemaRef {
 /// A message refused by the contract: its index in the micro-batch and why.
 type Rejection = (usize, String);
 
+/// What reading a micro-batch's messages gave: the contract's columns of
+/// the rows that passed the row rules, those rows' indices, and refusals.
+struct Read {
+    columns: Vec<ArrayRef>,
+    rows: Vec<usize>,
+    rejected: Vec<Rejection>,
+}
+
 impl Decoder {
-    pub fn new(contract: Contract, max_message_bytes: usize) -> Self {
+    pub fn new(contract: Contract, max_message_bytes: usize, encoding: Encoding) -> Self {
         Self {
+            encoding,
             raw_schema: raw_schema(&contract),
             dlq_schema: dlq_schema(),
             shape: Shape::new(&contract),
@@ -124,9 +153,16 @@ impl Decoder {
 
     /// Splits a micro-batch into valid rows and DLQ rows. Errors only on an
     /// internal Arrow failure, never because of message content.
-    pub fn decode(&self, batch: &MicroBatch, now: DateTime<Utc>) -> Result<Decoded, ArrowError> {
+    /// `schemas` holds the writer schemas that Avro messages name (empty
+    /// for JSON).
+    pub fn decode(
+        &self,
+        batch: &MicroBatch,
+        schemas: &WriterSchemas,
+        now: DateTime<Utc>,
+    ) -> Result<Decoded, ArrowError> {
         let now_ms = now.timestamp_millis();
-        self.decode_judged(batch, now, &|_| Some(now_ms))
+        self.decode_judged(batch, schemas, now, &|_| Some(now_ms))
     }
 
     /// [`Self::decode`] of messages read again long after they were ingested
@@ -137,9 +173,10 @@ impl Decoder {
     pub fn decode_as_ingested(
         &self,
         batch: &MicroBatch,
+        schemas: &WriterSchemas,
         now: DateTime<Utc>,
     ) -> Result<Decoded, ArrowError> {
-        self.decode_judged(batch, now, &|m| m.kafka_ts)
+        self.decode_judged(batch, schemas, now, &|m| m.kafka_ts)
     }
 
     /// [`Self::decode`], the event-time range judged against `reference`
@@ -147,16 +184,40 @@ impl Decoder {
     fn decode_judged(
         &self,
         batch: &MicroBatch,
+        schemas: &WriterSchemas,
         now: DateTime<Utc>,
         reference: &dyn Fn(&Message) -> Option<i64>,
     ) -> Result<Decoded, ArrowError> {
+        let read = match self.encoding {
+            Encoding::Json => self.read_json(&batch.messages, reference),
+            Encoding::Avro => self.read_avro(&batch.messages, schemas, reference)?,
+        };
+        Ok(Decoded {
+            valid: self.to_raw(read.columns, &read.rows, &batch.messages)?,
+            rejected: self.to_dlq(&read.rejected, batch, now)?,
+        })
+    }
+
+    fn read_json(&self, messages: &[Message], reference: &dyn Fn(&Message) -> Option<i64>) -> Read {
         let mut rejected: Vec<Rejection> = Vec::new();
-        let mut rows = Vec::with_capacity(batch.len());
+        let mut rows = Vec::with_capacity(messages.len());
         let types = self.contract.fields.iter().map(|f| f.ty);
-        let mut columns = Columns::new(types, batch.len());
-        for (i, m) in batch.messages.iter().enumerate() {
-            let read = self.precheck(m).and_then(|bytes| self.shape.read(bytes));
-            match read.and_then(|values| self.check_row(&values, reference(m)).map(|()| values)) {
+        let mut columns = Columns::new(types, messages.len());
+        let event_time = self.contract.event_time;
+        for (i, m) in messages.iter().enumerate() {
+            let read = self
+                .precheck(m)
+                .and_then(json_object)
+                .and_then(|bytes| self.shape.read(bytes));
+            let checked = read.and_then(|values| {
+                let time = match values[event_time] {
+                    Value::TimestampMs(ms) => Some(ms),
+                    _ => None,
+                };
+                let present = |f: usize| values[f] != Value::Null;
+                self.check_row(present, time, reference(m)).map(|()| values)
+            });
+            match checked {
                 Ok(values) => {
                     columns.push(values);
                     rows.push(i);
@@ -164,10 +225,90 @@ impl Decoder {
                 Err(reason) => rejected.push((i, reason)),
             }
         }
-        Ok(Decoded {
-            valid: self.to_raw(columns.finish(), &rows, &batch.messages)?,
-            rejected: self.to_dlq(&rejected, batch, now)?,
+        Read {
+            columns: columns.finish(),
+            rows,
+            rejected,
+        }
+    }
+
+    /// Avro messages decoded group by group ([`avro`]), the row rules
+    /// checked on the columns, and the rows put back in message order.
+    fn read_avro(
+        &self,
+        messages: &[Message],
+        schemas: &WriterSchemas,
+        reference: &dyn Fn(&Message) -> Option<i64>,
+    ) -> Result<Read, ArrowError> {
+        let mut rejected = Vec::new();
+        let mut framed = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            match self.precheck(m) {
+                Ok(bytes) => framed.push((i, bytes)),
+                Err(reason) => rejected.push((i, reason)),
+            }
+        }
+        let (groups, refused) = avro::decode(&self.contract, framed, schemas)?;
+        rejected.extend(refused);
+        let mut kept: Vec<Vec<ArrayRef>> = Vec::with_capacity(groups.len());
+        let mut rows = Vec::new();
+        for group in groups {
+            let times =
+                group.columns[self.contract.event_time].as_primitive::<TimestampMicrosecondType>();
+            let mut keep = Vec::with_capacity(group.rows.len());
+            for (r, &i) in group.rows.iter().enumerate() {
+                let time = times.is_valid(r).then(|| times.value(r).div_euclid(1000));
+                let present = |f: usize| group.columns[f].is_valid(r);
+                let checked = match &group.unfit[r] {
+                    Some(why) => Err(why.clone()),
+                    None => self.check_row(present, time, reference(&messages[i])),
+                };
+                keep.push(checked.is_ok());
+                match checked {
+                    Ok(()) => rows.push(i),
+                    Err(reason) => rejected.push((i, reason)),
+                }
+            }
+            let keep = arrow::array::BooleanArray::from(keep);
+            let columns = group.columns.iter().map(|c| compute::filter(c, &keep));
+            kept.push(columns.collect::<Result<_, _>>()?);
+        }
+        rejected.sort_unstable_by_key(|(i, _)| *i);
+        let columns = self.in_message_order(kept, &rows)?;
+        rows.sort_unstable();
+        Ok(Read {
+            columns,
+            rows,
+            rejected,
         })
+    }
+
+    /// The groups' columns concatenated, then reordered so that rows
+    /// (their message indices, group by group) ascend.
+    fn in_message_order(
+        &self,
+        groups: Vec<Vec<ArrayRef>>,
+        rows: &[usize],
+    ) -> Result<Vec<ArrayRef>, ArrowError> {
+        let order = compute::sort_to_indices(
+            &arrow::array::UInt64Array::from_iter_values(rows.iter().map(|&i| i as u64)),
+            None,
+            None,
+        )?;
+        self.contract
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(f, field)| {
+                let parts: Vec<&dyn arrow::array::Array> =
+                    groups.iter().map(|g| g[f].as_ref()).collect();
+                let all = match parts.is_empty() {
+                    true => arrow::array::new_empty_array(&field.ty.stored_type()),
+                    false => compute::concat(&parts)?,
+                };
+                compute::take(&all, &order, None)
+            })
+            .collect()
     }
 
     /// Rules that need no parsing.
@@ -190,31 +331,32 @@ impl Decoder {
                 "Kafka timestamp {ms} ms is beyond what a timestamp column holds"
             ));
         }
-        match bytes.trim_ascii_start().first() {
-            None => return Err("empty message".into()),
-            Some(b'{') => {}
-            Some(_) => return Err("not a JSON object".into()),
-        }
         Ok(bytes)
     }
 
-    /// The row rules on one message's values: required fields present and
-    /// the event time in range of `reference` (epoch ms; none: not judged).
-    /// A message is refused for the first rule it breaks.
-    fn check_row(&self, values: &[Value], reference: Option<i64>) -> Result<(), String> {
+    /// The row rules on one message: required fields `present` (by
+    /// contract index) and the event time (epoch ms) in range of
+    /// `reference` (epoch ms; none: not judged). A message is refused for
+    /// the first rule it breaks.
+    fn check_row(
+        &self,
+        present: impl Fn(usize) -> bool,
+        time: Option<i64>,
+        reference: Option<i64>,
+    ) -> Result<(), String> {
         let c = &self.contract;
-        if values[c.event_id] == Value::Null {
+        if !present(c.event_id) {
             return Err(format!("missing event ID `{}`", c.event_id_name()));
         }
-        let Value::TimestampMs(time) = values[c.event_time] else {
+        let Some(time) = time else {
             return Err(format!("missing event time `{}`", c.event_time_name()));
         };
         let missing = c
             .fields
             .iter()
-            .zip(values)
-            .find(|(f, v)| !f.nullable && **v == Value::Null);
-        if let Some((f, _)) = missing {
+            .enumerate()
+            .find(|(i, f)| !f.nullable && !present(*i));
+        if let Some((_, f)) = missing {
             return Err(format!("missing required field `{}`", f.name));
         }
         match reference {
@@ -283,6 +425,15 @@ impl Decoder {
     }
 }
 
+/// A JSON message's first rule: it is an object.
+fn json_object(bytes: &[u8]) -> Result<&[u8], String> {
+    match bytes.trim_ascii_start().first() {
+        None => Err("empty message".into()),
+        Some(b'{') => Ok(bytes),
+        Some(_) => Err("not a JSON object".into()),
+    }
+}
+
 fn kafka_ts<'a>(messages: impl Iterator<Item = &'a Message>) -> TimestampMicrosecondArray {
     // An absurd one's message is in the DLQ (`precheck`), its time left null.
     let micros = |ms: i64| ms.checked_mul(1000);
@@ -301,5 +452,7 @@ fn format_ms(ms: i64) -> String {
     }
 }
 
+#[cfg(test)]
+mod avro_tests;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Events with a required `n`, an optional `x` and `s`, and messages of at
 /// most 200 bytes.
-fn spec() -> Spec<'static> {
+pub(super) fn spec() -> Spec<'static> {
     Spec {
         source: "max_message_bytes = 200",
         fields: &[
@@ -21,14 +21,14 @@ fn spec() -> Spec<'static> {
 
 fn decoder() -> Decoder {
     let job = spec().job();
-    Decoder::new(job.contract, job.source.max_message_bytes)
+    Decoder::new(job.contract, job.source.max_message_bytes, Encoding::Json)
 }
 
-fn now() -> DateTime<Utc> {
+pub(super) fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
 }
 
-fn batch(payloads: &[Option<&[u8]>]) -> MicroBatch {
+pub(super) fn batch(payloads: &[Option<&[u8]>]) -> MicroBatch {
     MicroBatch {
         topic: "t".into(),
         messages: payloads
@@ -46,7 +46,7 @@ fn batch(payloads: &[Option<&[u8]>]) -> MicroBatch {
 
 const GOOD: &[u8] = br#"{"id":"a","ts":"2026-11-21T11:59:00.250Z","n":1,"x":2.5,"s":"p"}"#;
 
-fn errors(d: &Decoded) -> Vec<String> {
+pub(super) fn errors(d: &Decoded) -> Vec<String> {
     d.rejected
         .column_by_name("error")
         .unwrap()
@@ -56,7 +56,7 @@ fn errors(d: &Decoded) -> Vec<String> {
         .collect()
 }
 
-fn offsets(b: &RecordBatch) -> Vec<i64> {
+pub(super) fn offsets(b: &RecordBatch) -> Vec<i64> {
     b.column_by_name(OFFSET)
         .unwrap()
         .as_primitive::<Int64Type>()
@@ -68,7 +68,11 @@ fn offsets(b: &RecordBatch) -> Vec<i64> {
 fn valid_messages_become_raw_rows_with_weir_columns() {
     let epoch_ms = br#"{"id":"b","ts":1795262400000,"n":2,"extra":"ignored"}"#;
     let d = decoder()
-        .decode(&batch(&[Some(GOOD), Some(epoch_ms)]), now())
+        .decode(
+            &batch(&[Some(GOOD), Some(epoch_ms)]),
+            &WriterSchemas::default(),
+            now(),
+        )
         .unwrap();
     assert_eq!(d.rejected.num_rows(), 0, "{:?}", errors(&d));
     assert_eq!(d.valid.num_rows(), 2);
@@ -95,10 +99,14 @@ fn valid_messages_become_raw_rows_with_weir_columns() {
 fn a_job_without_payloads_stores_them_null() {
     let mut job = spec().job();
     job.contract.payload = Payload::None;
-    let without = Decoder::new(job.contract, job.source.max_message_bytes);
+    let without = Decoder::new(job.contract, job.source.max_message_bytes, Encoding::Json);
     let input = batch(&[Some(GOOD), Some(b"{")]);
-    let d = without.decode(&input, now()).unwrap();
-    let kept = decoder().decode(&input, now()).unwrap();
+    let d = without
+        .decode(&input, &WriterSchemas::default(), now())
+        .unwrap();
+    let kept = decoder()
+        .decode(&input, &WriterSchemas::default(), now())
+        .unwrap();
     let payload = d.valid.column_by_name(PAYLOAD).unwrap();
     assert_eq!((d.valid.num_rows(), payload.null_count()), (1, 1));
     let all_but_payload: Vec<usize> = (0..9).collect();
@@ -183,7 +191,11 @@ fn every_kind_of_bad_message_goes_to_the_dlq_with_its_reason() {
     ];
     for (payload, expected) in cases {
         let d = decoder()
-            .decode(&batch(&[Some(GOOD), payload, Some(GOOD)]), now())
+            .decode(
+                &batch(&[Some(GOOD), payload, Some(GOOD)]),
+                &WriterSchemas::default(),
+                now(),
+            )
             .unwrap();
         let shown = payload.map(String::from_utf8_lossy);
         assert_eq!(offsets(&d.valid), vec![100, 102], "{shown:?}");
@@ -208,6 +220,7 @@ fn adjacent_fragments_are_not_glued_together() {
                 Some(br#"{"id":"a","ts":"#),
                 Some(br#""2026-11-21T11:00:00Z","n":1}"#),
             ]),
+            &WriterSchemas::default(),
             now(),
         )
         .unwrap();
@@ -226,7 +239,9 @@ fn a_large_mixed_batch_splits_exactly() {
     let payloads: Vec<Option<&[u8]>> = (0..1000)
         .map(|i| Some(if i % 37 == 5 { bad[i % 4] } else { GOOD }))
         .collect();
-    let d = decoder().decode(&batch(&payloads), now()).unwrap();
+    let d = decoder()
+        .decode(&batch(&payloads), &WriterSchemas::default(), now())
+        .unwrap();
     let expected_bad: Vec<i64> = (0..1000).filter(|i| i % 37 == 5).map(|i| 100 + i).collect();
     let expected_good: Vec<i64> = (0..1000).filter(|i| i % 37 != 5).map(|i| 100 + i).collect();
     assert_eq!(offsets(&d.rejected), expected_bad);
@@ -235,7 +250,9 @@ fn a_large_mixed_batch_splits_exactly() {
 
 #[test]
 fn an_empty_batch_decodes_to_empty_tables() {
-    let d = decoder().decode(&batch(&[]), now()).unwrap();
+    let d = decoder()
+        .decode(&batch(&[]), &WriterSchemas::default(), now())
+        .unwrap();
     assert_eq!(d.valid.num_rows(), 0);
     assert_eq!(d.rejected.num_rows(), 0);
 }
@@ -263,7 +280,7 @@ mod properties {
         #[test]
         fn every_message_lands_exactly_once(payloads in prop::collection::vec(message(), 0..60)) {
             let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| p.as_deref()).collect();
-            let d = decoder().decode(&batch(&refs), now()).unwrap();
+            let d = decoder().decode(&batch(&refs), &WriterSchemas::default(), now()).unwrap();
             let mut all = offsets(&d.valid);
             all.extend(offsets(&d.rejected));
             all.sort_unstable();
@@ -319,7 +336,9 @@ fn numbers_and_times_a_column_cannot_hold_go_to_the_dlq() {
         ..batch(&[Some(GOOD)]).messages[0].clone()
     });
     b.messages.last_mut().unwrap().offset = 999;
-    let d = decoder.decode(&b, now()).unwrap();
+    let d = decoder
+        .decode(&b, &WriterSchemas::default(), now())
+        .unwrap();
     let reasons = errors(&d);
     let rejected = offsets(&d.rejected);
     // `1e3` is the integer 1000: kept.
@@ -356,9 +375,11 @@ fn reprocessing_judges_the_event_time_range_against_ingest_time() {
         "event_time = \"ts\"\nevent_time_range = \"2days\"",
     );
     let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
-    let decoder = Decoder::new(job.contract, job.source.max_message_bytes);
+    let decoder = Decoder::new(job.contract, job.source.max_message_bytes, Encoding::Json);
 
-    let again = decoder.decode_as_ingested(&b, now()).unwrap();
+    let again = decoder
+        .decode_as_ingested(&b, &WriterSchemas::default(), now())
+        .unwrap();
     assert_eq!(
         offsets(&again.valid),
         vec![100, 102],
@@ -367,6 +388,8 @@ fn reprocessing_judges_the_event_time_range_against_ingest_time() {
     );
     assert_eq!(offsets(&again.rejected), vec![101]);
     assert!(errors(&again)[0].contains("outside the accepted range"));
-    let live = decoder.decode(&b, now()).unwrap();
+    let live = decoder
+        .decode(&b, &WriterSchemas::default(), now())
+        .unwrap();
     assert_eq!(live.valid.num_rows(), 0, "live, all three are 4 days old");
 }

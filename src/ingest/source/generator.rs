@@ -17,6 +17,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde_json::{Map, Value, json};
 
+use super::framing::AvroFraming;
 use crate::config::{Contract, FieldType};
 
 /// What a generated message is meant to be, so tests can check where it landed.
@@ -364,11 +365,13 @@ const IN_FLIGHT: usize = 20_000;
 
 /// Sends generated messages to `topic` until a limit is reached or `stop` is
 /// set, then waits for every delivery report. Sends are concurrent (awaiting
-/// each one in turn is about a thousand times slower).
+/// each one in turn is about a thousand times slower). With `framing`, each
+/// goes out as Avro; what is reported delivered is still its JSON.
 pub async fn produce(
     bootstrap: &str,
     topic: &str,
     generator: &mut Generator,
+    mut framing: Option<&mut AvroFraming>,
     limits: Limits,
     stop: &AtomicBool,
     extra: &[(String, String)],
@@ -406,10 +409,11 @@ pub async fn produce(
             }
         }
         let message = generator.next_message();
+        let framed = framing.as_mut().map(|f| f.frame(&message.payload));
         let future = loop {
             let record = FutureRecord::to(topic)
                 .key(&message.key)
-                .payload(&message.payload);
+                .payload(framed.as_deref().unwrap_or(&message.payload));
             match producer.send_result(record) {
                 Ok(future) => break future,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

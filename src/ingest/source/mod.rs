@@ -2,8 +2,10 @@
 //! a Kafka topic in demos and tests).
 
 pub mod embedded;
+pub mod framing;
 pub mod generator;
 pub mod kafka;
+pub mod registry;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::fixture::Spec;
 use crate::config::{Job, Overrides};
-use crate::ingest::decode::Decoder;
+use crate::ingest::decode::{Decoder, Encoding};
 use crate::ingest::source::{Message, MicroBatch};
 use arrow::array::AsArray;
 use arrow::compute::concat_batches;
@@ -83,9 +83,9 @@ fn events(job: &Job, rows: &[(i64, &str, &str, Option<f64>)]) -> RecordBatch {
         topic: "t".into(),
         messages,
     };
-    let decoder = Decoder::new(job.contract.clone(), 1 << 20);
+    let decoder = Decoder::new(job.contract.clone(), 1 << 20, Encoding::Json);
     let now = Utc.with_ymd_and_hms(2026, 11, 21, 12, 30, 0).unwrap();
-    let decoded = decoder.decode(&batch, now).unwrap();
+    let decoded = decoder.decode(&batch, &Default::default(), now).unwrap();
     assert_eq!(decoded.rejected.num_rows(), 0);
     decoded.valid
 }

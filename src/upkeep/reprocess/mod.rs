@@ -56,13 +56,16 @@ use tracing::{info, warn};
 
 use crate::config::{Job, JobError, Tier};
 use crate::fault::{FaultError, Faults};
+use crate::ingest::decode::avro::WriterSchemas;
 use crate::ingest::decode::{
     Decoder, EVENT_DATE, KAFKA_TS, OFFSET, PARTITION, PAYLOAD, utc_micros,
 };
 use crate::ingest::dedup::{Dedup, Seed};
+use crate::ingest::source::registry::{RegistryError, SchemaRegistry};
 use crate::ingest::source::{Message, MicroBatch};
 use crate::ingest::transform::{Transform, WINDOW_START};
 use crate::ingest::watermark::Watermark;
+use crate::metrics::JobMetrics;
 use crate::table::delta::{open_or_create, register, stored_schema, txn_version};
 use crate::table::schema::{conform, conform_frame};
 use crate::table::tier::Tiered;
@@ -142,6 +145,8 @@ pub enum ReprocessError {
     Arrow(#[from] ArrowError),
     #[error(transparent)]
     Fault(#[from] FaultError),
+    #[error("decoding raw's payloads: {0}")]
+    Registry(#[from] RegistryError),
 }
 
 /// What to do when the bound on memory is too tight for even one sort's merge.
@@ -435,7 +440,11 @@ async fn rebuild_day(
     rebuilt: &mut Rebuilt,
     progress: &Progress,
 ) -> Result<usize, ReprocessError> {
-    let decoder = Decoder::new(job.contract.clone(), job.source.max_message_bytes);
+    let decoder = Decoder::new(
+        job.contract.clone(),
+        job.source.max_message_bytes,
+        (&job.source.format).into(),
+    );
     let slack = targets.iter().map(|t| t.slack).max().unwrap_or_default();
     let start = day_start_us(day);
     let window = (start, start + DAY_US + slack.as_micros() as i64);
@@ -457,8 +466,16 @@ async fn rebuild_day(
         .execute_stream()
         .await?;
     let (mut read, mut bytes) = (0, 0);
+    let registry = job
+        .source
+        .format
+        .registry()
+        .map(SchemaRegistry::new)
+        .transpose()?;
     while let Some(batch) = stream.next().await {
-        let events = restore_events(&decoder, &batch?, &mut rebuilt.stats)?;
+        let batch = batch?;
+        let schemas = writer_schemas(registry.as_ref(), &batch, &job.name).await?;
+        let events = restore_events(&decoder, &batch, &schemas, &mut rebuilt.stats)?;
         bytes += events.get_array_memory_size();
         let (accepted, duplicates) = dedup.apply(&events)?;
         // Events come oldest first, so the newest so far stands for the watermark.
@@ -530,6 +547,22 @@ async fn seeded_dedup(
     Ok(Dedup::restored(&job.contract, job.dedup_horizon, tables, seed).await?)
 }
 
+/// The writer schemas that `rows`' payloads name. Reprocessing does not
+/// wait out a registry that is down: it fails, naming it, and can be run again.
+async fn writer_schemas(
+    registry: Option<&SchemaRegistry>,
+    rows: &RecordBatch,
+    job: &str,
+) -> Result<WriterSchemas, ReprocessError> {
+    let (Some(registry), Some(payloads)) = (registry, rows.column_by_name(PAYLOAD)) else {
+        return Ok(WriterSchemas::default());
+    };
+    let payloads = cast(payloads, &DataType::Binary)?;
+    let payloads = payloads.as_binary::<i32>().iter().flatten();
+    let metrics = JobMetrics::detached(job);
+    Ok(registry.resolve(payloads, &metrics, &|| true).await?)
+}
+
 /// `raw` rows as the live loop's decode stage would produce them under the
 /// current contract: from the payload where there is one, else (rows stored
 /// before payloads were kept, or by a job that keeps none) from the stored
@@ -537,6 +570,7 @@ async fn seeded_dedup(
 fn restore_events(
     decoder: &Decoder,
     rows: &RecordBatch,
+    schemas: &WriterSchemas,
     stats: &mut Rebuild,
 ) -> Result<RecordBatch, ReprocessError> {
     // Read back in whatever layout the engine chose (views, for one).
@@ -577,7 +611,7 @@ fn restore_events(
             topic: String::new(),
             messages,
         };
-        let decoded = decoder.decode_as_ingested(&batch, Utc::now())?;
+        let decoded = decoder.decode_as_ingested(&batch, schemas, Utc::now())?;
         stats.note_refusals(&decoded.rejected);
         parts.push(decoded.valid);
     }

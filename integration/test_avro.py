@@ -1,0 +1,252 @@
+"""Avro topics in the Confluent wire format, through a schema registry, on
+Apache Kafka: messages written by weir's producer and by Confluent's own
+serializer land exactly once, writer schemas evolve compatibly into the
+contract's columns, incompatible ones and broken frames go to the DLQ
+naming the schema ID, and a registry that goes away loses nothing.
+
+The registry is the small one in schema_registry.py (see the README for why
+no real registry server runs here)."""
+
+import json
+import math
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import (WEIR, duckdb_connection, free_port, read_report, table_path, weir,
+                      write_job)
+from schema_registry import Registry
+from test_broker_e2e import (assert_exactly_once, assert_outputs_match_oracle, run_command,
+                             start_run, stop_gracefully, stored, wait_for_count)
+
+
+@pytest.fixture
+def registry():
+    server = Registry(free_port()).start()
+    yield server
+    server.stop()
+
+
+def avro_job(tmp_path, broker, topic, data, registry, fields=(), max_events=200):
+    """The clickstream job reading Avro through `registry`, with extra
+    contract `fields` (TOML inline tables)."""
+    job = write_job(tmp_path / "job.toml", broker, topic, data, max_events=max_events)
+    text = job.read_text()
+    text = text.replace(
+        "max_message_bytes = 1048576",
+        f'max_message_bytes = 1048576\nformat = "avro"\nregistry = {{ url = "{registry.url}" }}')
+    for field in fields:
+        text = text.replace('  { name = "price",    type = "float64" },',
+                            f'  {{ name = "price",    type = "float64" }},\n  {field},')
+    job.write_text(text)
+    return job
+
+
+def test_avro_from_weir_produce_lands_exactly_once_through_a_kill(broker, registry, tmp_path):
+    """`weir produce` registers the job's contract and frames each event;
+    `weir run` fetches the schema once, lands every event exactly once
+    although it is SIGKILLed mid-stream, and the outputs equal the oracle
+    computed from the producer's JSON report."""
+    broker.create_topic("clicks", 3)
+    data = tmp_path / "data"
+    job = avro_job(tmp_path, broker, "clicks", data, registry)
+    report = tmp_path / "produced.csv"
+    weir("produce", "--job", job, "--brokers", broker.bootstrap, "--topic", "clicks",
+         "--count", 3000, "--malformed-ratio", 0.02, "--duplicate-ratio", 0.02,
+         "--late-ratio", 0, "--seed", 5, "--report", report, timeout=120)
+    produced = read_report(report)
+    assert registry.subjects == {"clicks-value": [1]}
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_run(job, log)
+        wait_for_count(data, 500, 120, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = start_run(job, log)
+        wait_for_count(data, stored(produced), 120, proc)
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+    assert_exactly_once(data, produced)
+    assert_outputs_match_oracle(job, produced)
+    # Once per process at most (the second may have found nothing left to read).
+    assert registry.fetches in ([1], [1, 1]), registry.fetches
+    con = duckdb_connection()
+    reasons = {r for (r,) in con.sql(
+        f"SELECT error FROM delta_scan('{table_path(data, 'clickstream', 'dlq')}')").fetchall()}
+    assert any("Confluent wire format" in r for r in reasons), reasons
+
+
+CLICK_V1 = {
+    "type": "record", "name": "Click", "namespace": "shop",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "user_id", "type": ["null", "string"], "default": None},
+        {"name": "page", "type": "string"},
+        {"name": "action", "type": {"type": "enum", "name": "Action",
+                                    "symbols": ["view", "click", "purchase"]}},
+        {"name": "country", "type": "string"},
+        {"name": "price", "type": ["null", "float"], "default": None},
+        {"name": "device", "type": {"type": "record", "name": "Device", "fields": [
+            {"name": "os", "type": "string"}, {"name": "model", "type": "string"}]}},
+    ],
+}
+# Compatible: a field added with a default, price widened to double.
+CLICK_V2 = {**CLICK_V1, "fields": [
+    *[f for f in CLICK_V1["fields"] if f["name"] != "price"],
+    {"name": "price", "type": ["null", "double"], "default": None},
+    {"name": "referrer", "type": ["null", "string"], "default": None},
+]}
+# Incompatible with the contract: the event ID became a number.
+CLICK_V3 = {**CLICK_V1, "fields": [
+    {"name": "event_id", "type": "long"},
+    *[f for f in CLICK_V1["fields"] if f["name"] != "event_id"],
+]}
+
+
+def click(i, version, now_ms):
+    event = {
+        "event_id": f"e{version}-{i}", "ts": now_ms - i, "user_id": None if i % 7 == 0 else f"u{i % 13}",
+        "page": f"/p/{i % 5}", "action": ["view", "click", "purchase"][i % 3],
+        "country": ["DE", "US"][i % 2], "price": None if i % 3 else round(i * 0.25, 2),
+        "device": {"os": "linux", "model": f"m{i % 4}"},
+    }
+    if version == 2:
+        event["referrer"] = None if i % 2 else f"https://ref/{i}"
+    if version == 3:
+        event["event_id"] = i
+    return event
+
+
+def serialized(registry, schema, topic, events) -> list[bytes]:
+    """`events` as Confluent's AvroSerializer writes them (it registers
+    `schema` under `<topic>-value` on first use)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    serializer = AvroSerializer(SchemaRegistryClient({"url": registry.url}), json.dumps(schema))
+    context = SerializationContext(topic, MessageField.VALUE)
+    return [serializer(event, context) for event in events]
+
+
+def send(broker, topic, values) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
+    for value in values:
+        producer.produce(topic, value=value)
+    assert producer.flush(30) == 0
+
+
+def test_confluent_serializer_evolution_and_refusals(broker, registry, tmp_path):
+    """Confluent's AvroSerializer writes v1, then v2 (a new field, a wider
+    type), then v3 (the event ID's type changed): v1 and v2 land with the
+    new column null for v1 rows and every value intact; v3 goes to the DLQ
+    with its schema ID; so do a frame naming an ID the registry lacks and a
+    truncated body. DuckDB and polars agree on the rows and the sums."""
+    broker.create_topic("orders", 2)
+    data = tmp_path / "data"
+    job = avro_job(tmp_path, broker, "orders", data, registry,
+                   fields=['{ name = "referrer", type = "string" }'])
+    now_ms = int(time.time() * 1000)
+    v1 = [click(i, 1, now_ms) for i in range(400)]
+    v2 = [click(i, 2, now_ms) for i in range(300)]
+    v3 = [click(i, 3, now_ms) for i in range(50)]
+    for schema, events in ((CLICK_V1, v1), (CLICK_V2, v2), (CLICK_V3, v3)):
+        send(broker, "orders", serialized(registry, schema, "orders", events))
+    assert len(registry.schemas) == 3
+    [good] = serialized(registry, CLICK_V1, "orders", [click(999, 1, now_ms)])
+    broken = [b"\x00\x00\x00\x03\xe7" + good[5:],   # schema ID 999: not in the registry
+              good[: len(good) // 2],                # truncated body
+              b'{"event_id": "json"}']              # not framed at all
+    send(broker, "orders", broken)
+
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_run(job, log)
+        wait_for_count(data, len(v1) + len(v2) + len(v3) + len(broken), 120, proc)
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+
+    con = duckdb_connection()
+    raw = table_path(data, "clickstream", "raw")
+    dlq = table_path(data, "clickstream", "dlq")
+    rows = con.sql(f"SELECT event_id, epoch_ms(ts), user_id, page, action, country, price, "
+                   f"referrer FROM delta_scan('{raw}') ORDER BY event_id").fetchall()
+    want = sorted((e["event_id"], e["ts"], e["user_id"], e["page"], e["action"], e["country"],
+                   e["price"], e.get("referrer")) for e in v1 + v2)
+    assert len(rows) == len(want)
+    for got, expected in zip(rows, want):
+        assert got[:6] == expected[:6] and got[7] == expected[7], (got, expected)
+        assert (got[6] is None) == (expected[6] is None)
+        assert got[6] is None or math.isclose(got[6], expected[6], rel_tol=1e-6), (got, expected)
+    assert con.sql(f"SELECT count(*) FROM delta_scan('{raw}') WHERE referrer IS NOT NULL "
+                   f"AND event_id LIKE 'e1-%'").fetchone()[0] == 0
+    total = con.sql(f"SELECT sum(price) FROM delta_scan('{raw}')").fetchone()[0]
+    assert math.isclose(total, sum(e["price"] or 0 for e in v1 + v2), rel_tol=1e-9)
+
+    import polars as pl
+
+    frame = pl.read_delta(str(raw))
+    assert frame.height == len(want)
+    assert frame["referrer"].null_count() == len(v1) + sum(1 for e in v2 if e["referrer"] is None)
+
+    reasons = [r for (r,) in con.sql(f"SELECT error FROM delta_scan('{dlq}')").fetchall()]
+    assert len(reasons) == len(v3) + len(broken), reasons
+    refused_v3 = [r for r in reasons if re.search(r"schema ID 3: field `event_id` is Int64", r)]
+    assert len(refused_v3) == len(v3), reasons
+    assert any("schema ID 999 is not in the registry" in r for r in reasons), reasons
+    assert any("schema ID 1:" in r and "Avro" in r for r in reasons), reasons
+    assert any("Confluent wire format" in r for r in reasons), reasons
+
+
+def metric(port, name) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = [float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith(name) and not line.startswith("#")]
+    return sum(values)
+
+
+def healthz(port) -> str:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+
+
+def test_a_registry_down_for_ten_seconds_loses_nothing(broker, registry, tmp_path):
+    """With a writer schema weir has not fetched yet, the registry goes away
+    for 10 s: the batch waits (retries counted in /metrics, the reason on
+    /healthz) and every event lands once the registry is back."""
+    broker.create_topic("clicks", 2)
+    data = tmp_path / "data"
+    job = avro_job(tmp_path, broker, "clicks", data, registry,
+                   fields=['{ name = "referrer", type = "string" }'])
+    now_ms = int(time.time() * 1000)
+    send(broker, "clicks", serialized(registry, CLICK_V1, "clicks",
+                                      [click(i, 1, now_ms) for i in range(200)]))
+    # Registered now, sent while the registry is down: weir has not seen its ID.
+    v2 = serialized(registry, CLICK_V2, "clicks", [click(i, 2, now_ms) for i in range(300)])
+    port = free_port()
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        wait_for_count(data, 200, 120, proc)
+        registry.stop()
+        send(broker, "clicks", v2)
+        deadline = time.monotonic() + 60
+        while metric(port, "weir_registry_retries_total") < 3:
+            assert time.monotonic() < deadline, "weir never retried the registry"
+            time.sleep(0.5)
+        assert "schema ID 2" in healthz(port), healthz(port)
+        time.sleep(10)
+        registry.start()
+        wait_for_count(data, 500, 120, proc)
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+    con = duckdb_connection()
+    raw = table_path(data, "clickstream", "raw")
+    assert con.sql(f"SELECT count(*), count(DISTINCT event_id) FROM delta_scan('{raw}')"
+                   ).fetchone() == (500, 500)
+    dlq = table_path(data, "clickstream", "dlq")
+    assert con.sql(f"SELECT count(*) FROM delta_scan('{dlq}')").fetchone()[0] == 0

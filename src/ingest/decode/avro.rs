@@ -1,0 +1,266 @@
+//! Avro in the Confluent wire format → the contract's columns.
+//!
+//! Messages are grouped by the writer schema their frame names, and each
+//! group is decoded by arrow-avro into one Arrow batch of that schema's
+//! shape, then conformed to the contract by field name: a field the writer
+//! added is ignored, one it dropped is null (refused if the contract
+//! requires it), a type Avro may promote is cast (int → long → double,
+//! timestamp units, enums and bytes → string). A writer schema the contract
+//! cannot take refuses its messages, naming the schema ID, and only those.
+//!
+//! arrow-avro's decoder is a stream: a body that fails halfway leaves a
+//! partial row in its builders. So a failed message is refused alone and
+//! the decoder rebuilt, the good messages since the last failure decoded
+//! again: each good message costs at most two decodes however hostile the
+//! batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options, concat_batches};
+use arrow::datatypes::{DataType, TimeUnit};
+use arrow_avro::reader::{Decoder as StreamDecoder, ReaderBuilder};
+use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+
+use super::Rejection;
+use crate::config::{Contract, FieldDef};
+
+/// The Confluent frame: magic byte 0, then a 4-byte big-endian schema ID.
+const FRAME: usize = 5;
+
+/// The writer schema a registry gave for one ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterSchema {
+    /// Avro schema JSON.
+    Avro(Arc<str>),
+    /// Why messages naming this ID cannot be read (DLQ reason).
+    Refused(Arc<str>),
+}
+
+/// The writer schemas a micro-batch's messages name, resolved at the source end.
+#[derive(Debug, Clone, Default)]
+pub struct WriterSchemas(HashMap<u32, WriterSchema>);
+
+impl WriterSchemas {
+    pub fn insert(&mut self, id: u32, schema: WriterSchema) {
+        self.0.insert(id, schema);
+    }
+
+    fn get(&self, id: u32) -> Option<&WriterSchema> {
+        self.0.get(&id)
+    }
+}
+
+/// The schema ID of a message in the Confluent wire format.
+pub fn schema_id(bytes: &[u8]) -> Option<u32> {
+    match bytes {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// One writer schema's messages, decoded and conformed to the contract.
+pub(super) struct Group {
+    /// Indices in the micro-batch, in order; one per row of `columns`.
+    pub(super) rows: Vec<usize>,
+    /// The contract's columns, in contract order.
+    pub(super) columns: Vec<ArrayRef>,
+    /// Per row, the first value that did not fit its contract type.
+    pub(super) unfit: Vec<Option<String>>,
+}
+
+/// Splits `messages` (micro-batch index, bytes that passed the precheck)
+/// into groups by writer schema and refusals.
+pub(super) fn decode(
+    contract: &Contract,
+    messages: Vec<(usize, &[u8])>,
+    schemas: &WriterSchemas,
+) -> Result<(Vec<Group>, Vec<Rejection>), arrow::error::ArrowError> {
+    let mut rejected = Vec::new();
+    let mut by_id: BTreeMap<u32, Vec<(usize, &[u8])>> = BTreeMap::new();
+    for (i, bytes) in messages {
+        let Some(id) = schema_id(bytes).filter(|_| bytes.len() > FRAME) else {
+            rejected.push((i, "not in the Confluent wire format (magic byte 0, a 4-byte schema ID, then the Avro body)".into()));
+            continue;
+        };
+        match schemas.get(id) {
+            Some(WriterSchema::Avro(_)) => by_id.entry(id).or_default().push((i, bytes)),
+            Some(WriterSchema::Refused(why)) => rejected.push((i, why.to_string())),
+            None => rejected.push((i, format!("schema ID {id} was not resolved"))),
+        }
+    }
+    let mut groups = Vec::new();
+    for (id, group) in by_id {
+        let Some(WriterSchema::Avro(schema)) = schemas.get(id) else {
+            unreachable!("grouped by a resolved Avro ID")
+        };
+        let refuse_all = |why: String| group.iter().map(move |(i, _)| (*i, why.clone()));
+        match decode_group(id, schema, &group) {
+            Err(why) => rejected.extend(refuse_all(why)),
+            Ok((rows, batch, bad)) => {
+                rejected.extend(bad);
+                match conform(contract, &batch) {
+                    Ok((columns, unfit)) => groups.push(Group {
+                        rows,
+                        columns,
+                        unfit,
+                    }),
+                    Err(why) => {
+                        let why = format!("schema ID {id}: {why}");
+                        rejected.extend(rows.iter().map(|i| (*i, why.clone())));
+                    }
+                }
+            }
+        }
+    }
+    Ok((groups, rejected))
+}
+
+/// The messages of one writer schema as one batch of its shape: the
+/// indices of the rows, the rows, and the messages refused. Errors when
+/// the schema itself cannot be read.
+fn decode_group(
+    id: u32,
+    schema: &str,
+    messages: &[(usize, &[u8])],
+) -> Result<(Vec<usize>, RecordBatch, Vec<Rejection>), String> {
+    let build = || -> Result<StreamDecoder, String> {
+        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+        let unreadable = |e: &dyn std::fmt::Display| format!("schema ID {id} cannot be read: {e}");
+        store
+            .set(Fingerprint::Id(id), AvroSchema::new(schema.to_owned()))
+            .map_err(|e| unreadable(&e))?;
+        ReaderBuilder::new()
+            .with_batch_size(messages.len().max(1))
+            .with_writer_schema_store(store)
+            .build_decoder()
+            .map_err(|e| unreadable(&e))
+    };
+    let flush =
+        |decoder: &mut StreamDecoder| decoder.flush().map_err(|e| format!("schema ID {id}: {e}"));
+    let mut decoder = build()?;
+    let arrow_schema = decoder.schema();
+    let (mut rows, mut parts, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+    let mut segment: Vec<(usize, &[u8])> = Vec::new();
+    for &(i, bytes) in messages {
+        match feed(&mut decoder, bytes) {
+            Ok(()) => segment.push((i, bytes)),
+            Err(why) => {
+                rejected.push((i, format!("schema ID {id}: {why}")));
+                // The failed body may have left a partial row: decode the
+                // good ones again into a fresh decoder.
+                decoder = build()?;
+                for (_, good) in &segment {
+                    feed(&mut decoder, good).expect("a body that decoded once decodes again");
+                }
+                parts.extend(flush(&mut decoder)?);
+                rows.extend(segment.drain(..).map(|(i, _)| i));
+                decoder = build()?;
+            }
+        }
+    }
+    parts.extend(flush(&mut decoder)?);
+    rows.extend(segment.into_iter().map(|(i, _)| i));
+    let batch = concat_batches(&arrow_schema, &parts).map_err(|e| e.to_string())?;
+    Ok((rows, batch, rejected))
+}
+
+/// Feeds one framed message; Ok when it became exactly one row.
+fn feed(decoder: &mut StreamDecoder, bytes: &[u8]) -> Result<(), String> {
+    let room = decoder.capacity();
+    let consumed = catch_unwind(AssertUnwindSafe(|| decoder.decode(bytes)))
+        .map_err(|_| "the Avro decoder failed on this body".to_owned())?;
+    let rows = room - decoder.capacity();
+    match (consumed, rows) {
+        (Ok(n), 1) if n == bytes.len() => Ok(()),
+        // Past a whole record the decoder looks for the next frame.
+        (_, 1..) => Err("bytes follow the Avro record".into()),
+        (Err(e), 0) => Err(format!("malformed Avro body: {e}")),
+        (Ok(_), 0) => Err("the Avro body ends before its record does".into()),
+    }
+}
+
+/// `batch` (a writer schema's shape) as the contract's columns, and per
+/// row the first value that did not fit its column's type (never stored
+/// as a null in its place).
+fn conform(
+    contract: &Contract,
+    batch: &RecordBatch,
+) -> Result<(Vec<ArrayRef>, Vec<Option<String>>), String> {
+    let mut unfit = vec![None; batch.num_rows()];
+    let mut columns = Vec::with_capacity(contract.fields.len());
+    for field in &contract.fields {
+        let target = field.ty.stored_type();
+        let column = match batch.column_by_name(&field.name) {
+            None if field.nullable => new_null_array(&target, batch.num_rows()),
+            None => {
+                return Err(format!(
+                    "the writer schema has no field `{}`, which the contract requires",
+                    field.name
+                ));
+            }
+            Some(column) => {
+                let promoted = promote(field, column, &target)?;
+                for row in (0..column.len()).filter(|&r| column.is_valid(r) && promoted.is_null(r))
+                {
+                    unfit[row].get_or_insert_with(|| {
+                        format!(
+                            "field `{}`: a value out of range for {}",
+                            field.name,
+                            field.ty.name()
+                        )
+                    });
+                }
+                promoted
+            }
+        };
+        columns.push(column);
+    }
+    Ok((columns, unfit))
+}
+
+/// `column` cast to the contract's type where Avro's schema resolution
+/// would promote it. A value that does not fit becomes null ([`conform`]
+/// refuses its row).
+fn promote(field: &FieldDef, column: &ArrayRef, target: &DataType) -> Result<ArrayRef, String> {
+    use DataType::*;
+    let from = column.data_type();
+    let promotes = from == target
+        || matches!(
+            (from, target),
+            (Int32, Int64 | Float32 | Float64)
+                | (Int64 | Float32, Float64)
+                | (
+                    Utf8View | LargeUtf8 | Binary | LargeBinary | BinaryView,
+                    Utf8
+                )
+                | (Timestamp(_, _), Timestamp(_, _))
+                | (Int64, Timestamp(_, _))
+        )
+        || matches!((from, target), (Dictionary(_, v), Utf8) if **v == Utf8);
+    if !promotes {
+        return Err(format!(
+            "field `{}` is {from} in the writer schema, which the contract's {} cannot take",
+            field.name,
+            field.ty.name()
+        ));
+    }
+    // A long in a timestamp field holds epoch milliseconds, as a JSON number does.
+    let column = match from {
+        Int64 if matches!(target, Timestamp(_, _)) => {
+            cast(column, &Timestamp(TimeUnit::Millisecond, None))?
+        }
+        _ => column.clone(),
+    };
+    cast(&column, target)
+}
+
+fn cast(column: &ArrayRef, to: &DataType) -> Result<ArrayRef, String> {
+    let options = CastOptions {
+        safe: true,
+        ..Default::default()
+    };
+    cast_with_options(column, to, &options).map_err(|e| e.to_string())
+}

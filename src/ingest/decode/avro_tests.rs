@@ -1,0 +1,195 @@
+//! Avro bodies written here by hand from the spec's binary encoding (an
+//! oracle independent of arrow-avro), decoded under the test contract: `id`
+//! string, `ts` timestamp, `n` required int64, `x` float64, `s` string.
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+
+use super::avro::{WriterSchema, WriterSchemas};
+use super::tests::{batch, errors, now, offsets, spec};
+use super::*;
+
+/// `n` an int (promoted to long), `x` a nullable float, no `s`, millisecond times.
+const V1: &str = r#"{"type":"record","name":"E","fields":[
+    {"name":"id","type":"string"},
+    {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+    {"name":"n","type":"int"},
+    {"name":"x","type":["null","float"],"default":null}]}"#;
+/// Everything the contract has, microsecond times, and a field it lacks.
+const V2: &str = r#"{"type":"record","name":"E","fields":[
+    {"name":"id","type":"string"},
+    {"name":"ts","type":{"type":"long","logicalType":"timestamp-micros"}},
+    {"name":"n","type":"long"},
+    {"name":"x","type":["null","double"],"default":null},
+    {"name":"s","type":"string"},
+    {"name":"extra","type":"string"}]}"#;
+/// The event ID became a number.
+const V3: &str = r#"{"type":"record","name":"E","fields":[
+    {"name":"id","type":"long"},
+    {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+    {"name":"n","type":"long"}]}"#;
+
+/// 2026-11-21T11:59:00Z in epoch ms: a minute before the tests' now.
+const TS_MS: i64 = 1_795_262_340_000;
+
+fn long(v: i64) -> Vec<u8> {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    let mut out = Vec::new();
+    loop {
+        let byte = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn string(s: &str) -> Vec<u8> {
+    [long(s.len() as i64), s.as_bytes().to_vec()].concat()
+}
+
+fn framed(id: u32, body: &[Vec<u8>]) -> Vec<u8> {
+    [vec![0], id.to_be_bytes().to_vec(), body.concat()].concat()
+}
+
+fn v1(id: &str, n: i64, x: Option<f32>) -> Vec<u8> {
+    let x = match x {
+        None => long(0),
+        Some(x) => [long(1), x.to_le_bytes().to_vec()].concat(),
+    };
+    framed(1, &[string(id), long(TS_MS), long(n), x])
+}
+
+fn v2(id: &str, n: i64, s: &str) -> Vec<u8> {
+    let x = [long(1), 0.5f64.to_le_bytes().to_vec()].concat();
+    let body = [
+        string(id),
+        long(TS_MS * 1000 + 7),
+        long(n),
+        x,
+        string(s),
+        string("e"),
+    ];
+    framed(2, &body)
+}
+
+fn schemas() -> WriterSchemas {
+    let mut schemas = WriterSchemas::default();
+    schemas.insert(1, WriterSchema::Avro(V1.into()));
+    schemas.insert(2, WriterSchema::Avro(V2.into()));
+    schemas.insert(3, WriterSchema::Avro(V3.into()));
+    schemas.insert(
+        9,
+        WriterSchema::Refused("schema ID 9 is not in the registry".into()),
+    );
+    schemas
+}
+
+fn decode(payloads: &[Vec<u8>]) -> Decoded {
+    let job = spec().job();
+    let decoder = Decoder::new(job.contract, 1 << 20, Encoding::Avro);
+    let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+    decoder.decode(&batch(&refs), &schemas(), now()).unwrap()
+}
+
+#[test]
+fn two_writer_schemas_interleaved_become_contract_rows_in_message_order() {
+    let d = decode(&[v1("a", 1, Some(1.5)), v2("b", 2, "s2"), v1("c", 3, None)]);
+    assert_eq!(d.rejected.num_rows(), 0, "{:?}", errors(&d));
+    assert_eq!(offsets(&d.valid), vec![100, 101, 102]);
+    let column = |name: &str| d.valid.column_by_name(name).unwrap().clone();
+    let ids: Vec<_> = column("id")
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let n = column("n");
+    assert_eq!(
+        n.as_primitive::<Int64Type>().values().to_vec(),
+        vec![1, 2, 3]
+    );
+    let x = column("x");
+    let x = x.as_primitive::<Float64Type>();
+    assert_eq!((x.value(0), x.value(1), x.is_null(2)), (1.5, 0.5, true));
+    let s = column("s");
+    assert_eq!((s.is_null(0), s.as_string::<i32>().value(1)), (true, "s2"));
+    let ts = column("ts");
+    let ts = ts.as_primitive::<TimestampMicrosecondType>();
+    assert_eq!((ts.value(0), ts.value(1)), (TS_MS * 1000, TS_MS * 1000 + 7));
+}
+
+#[test]
+fn a_broken_body_is_refused_alone_and_its_neighbours_survive() {
+    let whole = v1("b", 2, Some(2.0));
+    let truncated = whole[..whole.len() - 3].to_vec();
+    let trailing = [v1("d", 4, None), vec![1, 2]].concat();
+    let d = decode(&[
+        v1("a", 1, None),
+        truncated,
+        v1("c", 3, None),
+        trailing,
+        v1("e", 5, None),
+    ]);
+    assert_eq!(offsets(&d.valid), vec![100, 102, 104]);
+    assert_eq!(offsets(&d.rejected), vec![101, 103]);
+    let e = errors(&d);
+    assert!(e[0].contains("schema ID 1:"), "{e:?}");
+    assert!(e[1].ends_with("bytes follow the Avro record"), "{e:?}");
+    let n = d.valid.column_by_name("n").unwrap();
+    assert_eq!(
+        n.as_primitive::<Int64Type>().values().to_vec(),
+        vec![1, 3, 5]
+    );
+}
+
+#[test]
+fn refusals_name_the_schema_id_and_keep_the_bytes() {
+    let incompatible = framed(3, &[long(7), long(TS_MS), long(1)]);
+    let unknown = framed(9, &[string("a")]);
+    let unframed = br#"{"id":"a"}"#.to_vec();
+    let d = decode(&[
+        v2("ok", 1, "s"),
+        incompatible.clone(),
+        unknown,
+        unframed,
+        vec![],
+    ]);
+    assert_eq!(offsets(&d.valid), vec![100]);
+    assert_eq!(offsets(&d.rejected), vec![101, 102, 103, 104]);
+    let e = errors(&d);
+    assert!(
+        e[0].starts_with("schema ID 3: field `id` is Int64 in the writer schema"),
+        "{e:?}"
+    );
+    assert_eq!(e[1], "schema ID 9 is not in the registry");
+    assert!(e[2].contains("Confluent wire format") && e[3].contains("Confluent wire format"));
+    let kept = d.rejected.column_by_name("payload").unwrap();
+    assert_eq!(kept.as_binary::<i32>().value(0), incompatible.as_slice());
+}
+
+#[test]
+fn row_rules_and_values_out_of_range_are_refused_not_nulled() {
+    // Milliseconds no microsecond column holds.
+    let far = framed(1, &[string("far"), long(i64::MAX / 10), long(1), long(0)]);
+    let old = framed(
+        1,
+        &[
+            string("old"),
+            long(TS_MS - 400 * 86_400_000 * 11),
+            long(1),
+            long(0),
+        ],
+    );
+    let d = decode(&[far, old, v1("ok", 1, None)]);
+    assert_eq!(offsets(&d.valid), vec![102]);
+    let e = errors(&d);
+    assert_eq!(
+        e[0], "field `ts`: a value out of range for timestamp",
+        "{e:?}"
+    );
+    assert!(e[1].contains("outside the accepted range"), "{e:?}");
+}
