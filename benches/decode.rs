@@ -1,11 +1,14 @@
 //! Decode stage throughput: one micro-batch of clickstream JSON to Arrow, clean
-//! and with malformed messages mixed in.
+//! and with malformed messages mixed in; and the same events as Avro in the
+//! Confluent wire format.
 
 mod common;
 
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use weir::ingest::decode::Decoder;
+use weir::ingest::decode::framed::{WriterSchema, WriterSchemas};
+use weir::ingest::decode::{Decoder, Encoding};
+use weir::ingest::source::framing::AvroFraming;
 
 fn decode(c: &mut Criterion) {
     let job = common::clickstream(None);
@@ -36,5 +39,36 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode);
+/// The same clean events as `decode`'s, framed as `weir produce --format avro` sends them.
+fn decode_avro(c: &mut Criterion) {
+    let job = common::clickstream(None);
+    let decoder = Decoder::new(
+        job.contract.clone(),
+        job.source.max_message_bytes,
+        Encoding::Avro,
+    );
+    let mut framing = AvroFraming::new(&job.contract, 1).unwrap();
+    let mut schemas = WriterSchemas::default();
+    schemas.insert(
+        1,
+        WriterSchema::Avro(AvroFraming::schema(&job.contract).unwrap().into()),
+    );
+    let mut group = c.benchmark_group("decode_avro");
+    for size in [1000, 10_000] {
+        let mut input = common::micro_batch(&mut common::generator(&job, 0.0, 0.0, 11), size, 0);
+        for m in &mut input.messages {
+            m.payload = m.payload.as_deref().map(|json| framing.frame(json));
+        }
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_with_input(BenchmarkId::new("clean", size), &input, |b, input| {
+            b.iter(|| {
+                let decoded = decoder.decode(input, &schemas, Utc::now()).unwrap();
+                assert_eq!(decoded.valid.num_rows(), size);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, decode_avro);
 criterion_main!(benches);

@@ -79,13 +79,16 @@ pub enum Format {
     /// Avro in the Confluent wire format (magic byte 0, a 4-byte big-endian
     /// schema ID, the body), each writer schema fetched from the registry.
     Avro(Registry),
+    /// JSON in the same wire format, each message validated against the
+    /// JSON Schema its ID names, then read as [`Format::Json`].
+    JsonSchema(Registry),
 }
 
 impl Format {
     pub fn registry(&self) -> Option<&Registry> {
         match self {
             Self::Json => None,
-            Self::Avro(r) => Some(r),
+            Self::Avro(r) | Self::JsonSchema(r) => Some(r),
         }
     }
 }

@@ -233,18 +233,21 @@ fn validate_format(
         ("json", None) => Ok(Format::Json),
         ("json", Some(_)) => Err(invalid(
             "source.registry",
-            "no registry for `source.format = \"json\"` (a registry is read for `avro`)",
+            "no registry for `source.format = \"json\"` (a registry is read for `avro` and `json_schema`)",
             "a registry".into(),
         )),
         ("avro", Some(r)) => Ok(Format::Avro(validate_registry(r, topic, invalid)?)),
-        ("avro", None) => Err(invalid(
+        ("json_schema", Some(r)) => Ok(Format::JsonSchema(validate_registry(r, topic, invalid)?)),
+        (framed @ ("avro" | "json_schema"), None) => Err(invalid(
             "source.registry",
-            "a registry (`registry = { url = \"http://host:8081\" }`) for `source.format = \"avro\"`",
+            &format!(
+                "a registry (`registry = {{ url = \"http://host:8081\" }}`) for `source.format = \"{framed}\"`"
+            ),
             "none".into(),
         )),
         (other, _) => Err(invalid(
             "source.format",
-            "`json` or `avro` (`protobuf` and `json_schema` are not supported yet)",
+            "`json`, `avro` or `json_schema` (`protobuf` is not supported yet)",
             format!("`{other}`"),
         )),
     }

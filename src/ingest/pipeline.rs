@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::Job;
 use crate::fault::Faults;
 use crate::ingest::adaptive::{BatchCap, Controller, Observation};
-use crate::ingest::decode::avro::WriterSchemas;
+use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{Decoded, Decoder};
 use crate::ingest::dedup::{Dedup, Seed, seeds};
 use crate::ingest::replay::{filter_replayed, without_partitions};
@@ -273,7 +273,7 @@ impl Pipeline {
             job.source.max_message_bytes,
             (&job.source.format).into(),
         );
-        let registry = job.source.format.registry().map(SchemaRegistry::new);
+        let registry = SchemaRegistry::for_format(&job.source.format)?;
         let outputs = Transform::all(job).await?;
         let catalog = Catalog::new(job, &outputs);
         create_colder_tiers(job, &catalog).await?;
@@ -301,7 +301,7 @@ impl Pipeline {
         Ok(Self {
             job: job.clone(),
             decoder,
-            registry: registry.transpose()?,
+            registry,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
             outputs: outputs.into(),

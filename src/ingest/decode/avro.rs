@@ -14,9 +14,8 @@
 //! again: each good message costs at most two decodes however hostile the
 //! batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options, concat_batches};
@@ -25,41 +24,8 @@ use arrow_avro::reader::{Decoder as StreamDecoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 
 use super::Rejection;
+use super::framed::{WriterSchema, WriterSchemas, unframe};
 use crate::config::{Contract, FieldDef};
-
-/// The Confluent frame: magic byte 0, then a 4-byte big-endian schema ID.
-const FRAME: usize = 5;
-
-/// The writer schema a registry gave for one ID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriterSchema {
-    /// Avro schema JSON.
-    Avro(Arc<str>),
-    /// Why messages naming this ID cannot be read (DLQ reason).
-    Refused(Arc<str>),
-}
-
-/// The writer schemas a micro-batch's messages name, resolved at the source end.
-#[derive(Debug, Clone, Default)]
-pub struct WriterSchemas(HashMap<u32, WriterSchema>);
-
-impl WriterSchemas {
-    pub fn insert(&mut self, id: u32, schema: WriterSchema) {
-        self.0.insert(id, schema);
-    }
-
-    fn get(&self, id: u32) -> Option<&WriterSchema> {
-        self.0.get(&id)
-    }
-}
-
-/// The schema ID of a message in the Confluent wire format.
-pub fn schema_id(bytes: &[u8]) -> Option<u32> {
-    match bytes {
-        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
-        _ => None,
-    }
-}
 
 /// One writer schema's messages, decoded and conformed to the contract.
 pub(super) struct Group {
@@ -81,19 +47,15 @@ pub(super) fn decode(
     let mut rejected = Vec::new();
     let mut by_id: BTreeMap<u32, Vec<(usize, &[u8])>> = BTreeMap::new();
     for (i, bytes) in messages {
-        let Some(id) = schema_id(bytes).filter(|_| bytes.len() > FRAME) else {
-            rejected.push((i, "not in the Confluent wire format (magic byte 0, a 4-byte schema ID, then the Avro body)".into()));
-            continue;
-        };
-        match schemas.get(id) {
-            Some(WriterSchema::Avro(_)) => by_id.entry(id).or_default().push((i, bytes)),
-            Some(WriterSchema::Refused(why)) => rejected.push((i, why.to_string())),
-            None => rejected.push((i, format!("schema ID {id} was not resolved"))),
+        match unframe(bytes, schemas) {
+            Ok((id, WriterSchema::Avro(_), _)) => by_id.entry(id).or_default().push((i, bytes)),
+            Ok((id, _, _)) => rejected.push((i, format!("schema ID {id} is not Avro"))),
+            Err(why) => rejected.push((i, why)),
         }
     }
     let mut groups = Vec::new();
     for (id, group) in by_id {
-        let Some(WriterSchema::Avro(schema)) = schemas.get(id) else {
+        let Ok((_, WriterSchema::Avro(schema), _)) = unframe(group[0].1, schemas) else {
             unreachable!("grouped by a resolved Avro ID")
         };
         let refuse_all = |why: String| group.iter().map(move |(i, _)| (*i, why.clone()));

@@ -24,12 +24,13 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::config::{Contract, Format, Payload};
 use crate::ingest::source::{Message, MicroBatch};
-use avro::WriterSchemas;
 use columns::{Columns, Value};
+use framed::WriterSchemas;
 use shape::{MAX_TIMESTAMP_MS, Shape};
 
-pub mod avro;
+mod avro;
 mod columns;
+pub mod framed;
 mod shape;
 
 pub const EVENT_DATE: &str = "_event_date";
@@ -61,6 +62,8 @@ pub enum Encoding {
     Json,
     /// Confluent-framed Avro; the writer schemas come with each batch.
     Avro,
+    /// Confluent-framed JSON, validated against the writer's JSON Schema.
+    JsonSchema,
 }
 
 impl From<&Format> for Encoding {
@@ -68,6 +71,17 @@ impl From<&Format> for Encoding {
         match format {
             Format::Json => Self::Json,
             Format::Avro(_) => Self::Avro,
+            Format::JsonSchema(_) => Self::JsonSchema,
+        }
+    }
+}
+
+impl Encoding {
+    /// The registry's `schemaType` this encoding reads.
+    pub fn schema_type(self) -> &'static str {
+        match self {
+            Self::Json | Self::JsonSchema => "JSON",
+            Self::Avro => "AVRO",
         }
     }
 }
@@ -189,7 +203,9 @@ impl Decoder {
         reference: &dyn Fn(&Message) -> Option<i64>,
     ) -> Result<Decoded, ArrowError> {
         let read = match self.encoding {
-            Encoding::Json => self.read_json(&batch.messages, reference),
+            Encoding::Json | Encoding::JsonSchema => {
+                self.read_json(&batch.messages, schemas, reference)
+            }
             Encoding::Avro => self.read_avro(&batch.messages, schemas, reference)?,
         };
         Ok(Decoded {
@@ -198,7 +214,12 @@ impl Decoder {
         })
     }
 
-    fn read_json(&self, messages: &[Message], reference: &dyn Fn(&Message) -> Option<i64>) -> Read {
+    fn read_json(
+        &self,
+        messages: &[Message],
+        schemas: &WriterSchemas,
+        reference: &dyn Fn(&Message) -> Option<i64>,
+    ) -> Read {
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut rows = Vec::with_capacity(messages.len());
         let types = self.contract.fields.iter().map(|f| f.ty);
@@ -207,7 +228,12 @@ impl Decoder {
         for (i, m) in messages.iter().enumerate() {
             let read = self
                 .precheck(m)
-                .and_then(json_object)
+                .and_then(|bytes| match self.encoding {
+                    Encoding::JsonSchema => {
+                        framed::validated_json(bytes, schemas).and_then(json_object)
+                    }
+                    _ => json_object(bytes),
+                })
                 .and_then(|bytes| self.shape.read(bytes));
             let checked = read.and_then(|values| {
                 let time = match values[event_time] {
@@ -241,14 +267,14 @@ impl Decoder {
         reference: &dyn Fn(&Message) -> Option<i64>,
     ) -> Result<Read, ArrowError> {
         let mut rejected = Vec::new();
-        let mut framed = Vec::with_capacity(messages.len());
+        let mut passed = Vec::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
             match self.precheck(m) {
-                Ok(bytes) => framed.push((i, bytes)),
+                Ok(bytes) => passed.push((i, bytes)),
                 Err(reason) => rejected.push((i, reason)),
             }
         }
-        let (groups, refused) = avro::decode(&self.contract, framed, schemas)?;
+        let (groups, refused) = avro::decode(&self.contract, passed, schemas)?;
         rejected.extend(refused);
         let mut kept: Vec<Vec<ArrayRef>> = Vec::with_capacity(groups.len());
         let mut rows = Vec::new();
@@ -453,6 +479,6 @@ fn format_ms(ms: i64) -> String {
 }
 
 #[cfg(test)]
-mod avro_tests;
+mod framed_tests;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use chrono::Utc;
 use super::registry::{RegistryError, SchemaRegistry};
 use super::{Message, MicroBatch};
 use crate::config::{Contract, Format, Registry};
-use crate::ingest::decode::avro::WriterSchemas;
+use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{Decoder, Encoding};
 
 /// Turns generated JSON events into framed Avro.
@@ -29,25 +29,36 @@ pub struct AvroFraming {
 }
 
 impl AvroFraming {
-    /// The framing a job's producer needs: Avro jobs get one, JSON jobs none.
+    /// The framing a job's producer needs: Avro jobs get one, others none
+    /// (they are sent plain JSON).
     pub async fn for_job(
         contract: &Contract,
         format: &Format,
     ) -> Result<Option<Self>, RegistryError> {
-        match format.registry() {
-            Some(registry) => Ok(Some(Self::register(contract, registry).await?)),
-            None => Ok(None),
+        match format {
+            Format::Avro(registry) => Ok(Some(Self::register(contract, registry).await?)),
+            Format::Json | Format::JsonSchema(_) => Ok(None),
         }
     }
 
     /// Registers the contract's Avro schema under the registry's subject.
     pub async fn register(contract: &Contract, registry: &Registry) -> Result<Self, RegistryError> {
-        let schema = Arc::new(Schema::new(contract.stored_fields()));
-        let avro = AvroSchema::try_from(schema.as_ref())
-            .map_err(|e| RegistryError::Config(format!("the contract as Avro: {e}")))?;
-        let schema_id = SchemaRegistry::new(registry)?
-            .register(&registry.subject, &avro.json_string)
+        let schema_id = SchemaRegistry::new(registry, Encoding::Avro)?
+            .register(&registry.subject, &Self::schema(contract)?)
             .await?;
+        Self::new(contract, schema_id)
+    }
+
+    /// The contract's columns as an Avro schema (JSON): what is registered.
+    pub fn schema(contract: &Contract) -> Result<String, RegistryError> {
+        AvroSchema::try_from(&Schema::new(contract.stored_fields()))
+            .map(|avro| avro.json_string)
+            .map_err(|e| RegistryError::Config(format!("the contract as Avro: {e}")))
+    }
+
+    /// Framing under [`Self::schema`] registered as `schema_id`.
+    pub fn new(contract: &Contract, schema_id: u32) -> Result<Self, RegistryError> {
+        let schema = Arc::new(Schema::new(contract.stored_fields()));
         let encoder = WriterBuilder::new(schema.as_ref().clone())
             .with_fingerprint_strategy(FingerprintStrategy::Id(schema_id))
             .build_encoder::<AvroSoeFormat>()

@@ -9,15 +9,16 @@
 //! nothing, a DLQ row per message would bury the data.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tracing::warn;
 use url::Url;
 
-use crate::config::Registry;
-use crate::ingest::decode::avro::{WriterSchema, WriterSchemas, schema_id};
+use crate::config::{Format, Registry};
+use crate::ingest::decode::Encoding;
+use crate::ingest::decode::framed::{WriterSchema, WriterSchemas, schema_id};
 use crate::metrics::JobMetrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct SchemaRegistry {
     http: reqwest::Client,
+    /// What the job reads: other schema types are refused.
+    encoding: Encoding,
     base: Url,
     auth: Option<(String, String)>,
     known: Mutex<HashMap<u32, WriterSchema>>,
@@ -57,7 +60,15 @@ struct Registered {
 }
 
 impl SchemaRegistry {
-    pub fn new(registry: &Registry) -> Result<Self, RegistryError> {
+    /// The client a job's source format needs, if it reads through a registry.
+    pub fn for_format(format: &Format) -> Result<Option<Self>, RegistryError> {
+        format
+            .registry()
+            .map(|registry| Self::new(registry, format.into()))
+            .transpose()
+    }
+
+    pub fn new(registry: &Registry, encoding: Encoding) -> Result<Self, RegistryError> {
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
         if let Some(path) = &registry.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
@@ -77,6 +88,7 @@ impl SchemaRegistry {
         }
         Ok(Self {
             http,
+            encoding,
             base,
             auth: registry.credentials().map_err(RegistryError::Config)?,
             known: Mutex::default(),
@@ -158,19 +170,23 @@ impl SchemaRegistry {
         }
         let found: SchemaById = serde_json::from_slice(&body)
             .map_err(|e| self.unreachable(&format!("unreadable answer for {url}: {e}")))?;
-        Ok(match found.schema_type.as_deref() {
-            None | Some("AVRO") => WriterSchema::Avro(found.schema.into()),
-            Some(other) => WriterSchema::Refused(
-                format!("schema ID {id} is {other}, and the job reads Avro").into(),
+        let found_type = found.schema_type.as_deref().unwrap_or("AVRO");
+        let wanted = self.encoding.schema_type();
+        Ok(match found_type {
+            _ if found_type != wanted => WriterSchema::Refused(
+                format!("schema ID {id} is {found_type}, and the job reads {wanted}").into(),
             ),
+            "JSON" => json_schema(id, &found.schema),
+            _ => WriterSchema::Avro(found.schema.into()),
         })
     }
 
-    /// Registers `schema` (Avro JSON) under `subject`; returns its ID (the
+    /// Registers `schema` (of the job's type) under `subject`; returns its ID (the
     /// existing one when the registry already has this schema there).
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         let url = self.join(&format!("subjects/{subject}/versions"))?;
-        let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" });
+        let body =
+            serde_json::json!({ "schema": schema, "schemaType": self.encoding.schema_type() });
         let response = self
             .authorized(self.http.post(url))
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
@@ -211,5 +227,18 @@ impl SchemaRegistry {
             url: self.base.to_string(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// A registry's JSON Schema compiled, or why its messages are refused.
+fn json_schema(id: u32, text: &str) -> WriterSchema {
+    let compiled = serde_json::from_str(text)
+        .map_err(|e| e.to_string())
+        .and_then(|schema| jsonschema::validator_for(&schema).map_err(|e| e.to_string()));
+    match compiled {
+        Ok(validator) => WriterSchema::JsonSchema(Arc::new(validator)),
+        Err(e) => WriterSchema::Refused(
+            format!("schema ID {id} is not a JSON Schema weir can use: {e}").into(),
+        ),
     }
 }

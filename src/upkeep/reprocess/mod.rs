@@ -56,7 +56,7 @@ use tracing::{info, warn};
 
 use crate::config::{Job, JobError, Tier};
 use crate::fault::{FaultError, Faults};
-use crate::ingest::decode::avro::WriterSchemas;
+use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{
     Decoder, EVENT_DATE, KAFKA_TS, OFFSET, PARTITION, PAYLOAD, utc_micros,
 };
@@ -466,12 +466,7 @@ async fn rebuild_day(
         .execute_stream()
         .await?;
     let (mut read, mut bytes) = (0, 0);
-    let registry = job
-        .source
-        .format
-        .registry()
-        .map(SchemaRegistry::new)
-        .transpose()?;
+    let registry = SchemaRegistry::for_format(&job.source.format)?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let schemas = writer_schemas(registry.as_ref(), &batch, &job.name).await?;

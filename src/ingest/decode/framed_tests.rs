@@ -1,11 +1,12 @@
-//! Avro bodies written here by hand from the spec's binary encoding (an
-//! oracle independent of arrow-avro), decoded under the test contract: `id`
-//! string, `ts` timestamp, `n` required int64, `x` float64, `s` string.
+//! Messages in the Confluent wire format decoded under the test contract:
+//! `id` string, `ts` timestamp, `n` required int64, `x` float64, `s` string.
+//! Avro bodies are written here by hand from the spec's binary encoding (an
+//! oracle independent of arrow-avro).
 
 use arrow::array::AsArray;
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
-use super::avro::{WriterSchema, WriterSchemas};
+use super::framed::{WriterSchema, WriterSchemas};
 use super::tests::{batch, errors, now, offsets, spec};
 use super::*;
 
@@ -192,4 +193,38 @@ fn row_rules_and_values_out_of_range_are_refused_not_nulled() {
         "{e:?}"
     );
     assert!(e[1].contains("outside the accepted range"), "{e:?}");
+}
+
+#[test]
+fn json_schema_messages_are_validated_before_the_contract_reads_them() {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": { "s": { "type": "string", "maxLength": 2 } },
+        "required": ["id"]
+    });
+    let mut schemas = WriterSchemas::default();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    schemas.insert(4, WriterSchema::JsonSchema(std::sync::Arc::new(validator)));
+    schemas.insert(1, WriterSchema::Avro(V1.into()));
+    let json = |text: &str| [vec![0, 0, 0, 0, 4], text.as_bytes().to_vec()].concat();
+    let payloads = [
+        json(r#"{"id":"a","ts":1795262340000,"n":1,"s":"ok"}"#),
+        json(r#"{"id":"b","ts":1795262340000,"n":1,"s":"too long"}"#),
+        json(r#"{"id":"c","ts":1795262340000,"n":"#),
+        v1("d", 1, None),
+        br#"{"id":"e","ts":1795262340000,"n":1}"#.to_vec(),
+    ];
+    let job = spec().job();
+    let decoder = Decoder::new(job.contract, 1 << 20, Encoding::JsonSchema);
+    let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+    let d = decoder.decode(&batch(&refs), &schemas, now()).unwrap();
+    assert_eq!(offsets(&d.valid), vec![100]);
+    let e = errors(&d);
+    assert!(
+        e[0].starts_with("schema ID 4: ") && e[0].contains("at `/s`"),
+        "{e:?}"
+    );
+    assert!(e[1].contains("JSON"), "{e:?}");
+    assert_eq!(e[2], "schema ID 1 is not a JSON Schema");
+    assert!(e[3].contains("Confluent wire format"), "{e:?}");
 }

@@ -1,8 +1,9 @@
-"""Avro topics in the Confluent wire format, through a schema registry, on
-Apache Kafka: messages written by weir's producer and by Confluent's own
-serializer land exactly once, writer schemas evolve compatibly into the
-contract's columns, incompatible ones and broken frames go to the DLQ
-naming the schema ID, and a registry that goes away loses nothing.
+"""Avro and JSON Schema topics in the Confluent wire format, through a
+schema registry, on Apache Kafka: messages written by weir's producer and by
+Confluent's own serializers land exactly once, writer schemas evolve
+compatibly into the contract's columns, incompatible ones and broken frames
+go to the DLQ naming the schema ID, and a registry that goes away loses
+nothing.
 
 The registry is the small one in schema_registry.py (see the README for why
 no real registry server runs here)."""
@@ -31,14 +32,16 @@ def registry():
     server.stop()
 
 
-def avro_job(tmp_path, broker, topic, data, registry, fields=(), max_events=200):
-    """The clickstream job reading Avro through `registry`, with extra
+def avro_job(tmp_path, broker, topic, data, registry, fields=(), max_events=200,
+             format="avro"):
+    """The clickstream job reading `format` through `registry`, with extra
     contract `fields` (TOML inline tables)."""
     job = write_job(tmp_path / "job.toml", broker, topic, data, max_events=max_events)
     text = job.read_text()
     text = text.replace(
         "max_message_bytes = 1048576",
-        f'max_message_bytes = 1048576\nformat = "avro"\nregistry = {{ url = "{registry.url}" }}')
+        f'max_message_bytes = 1048576\nformat = "{format}"\n'
+        f'registry = {{ url = "{registry.url}" }}')
     for field in fields:
         text = text.replace('  { name = "price",    type = "float64" },',
                             f'  {{ name = "price",    type = "float64" }},\n  {field},')
@@ -250,3 +253,68 @@ def test_a_registry_down_for_ten_seconds_loses_nothing(broker, registry, tmp_pat
                    ).fetchone() == (500, 500)
     dlq = table_path(data, "clickstream", "dlq")
     assert con.sql(f"SELECT count(*) FROM delta_scan('{dlq}')").fetchone()[0] == 0
+
+
+CLICK_JSON_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "Click", "type": "object",
+    "properties": {
+        "event_id": {"type": "string"},
+        "ts": {"type": "integer"},
+        "user_id": {"type": ["string", "null"]},
+        "page": {"type": "string"},
+        "action": {"enum": ["view", "click", "purchase"]},
+        "country": {"type": "string", "maxLength": 2},
+        "price": {"type": ["number", "null"]},
+    },
+    "required": ["event_id", "ts", "page", "action", "country"],
+}
+
+
+def test_json_schema_messages_are_validated_against_their_writer_schema(broker, registry,
+                                                                       tmp_path):
+    """Confluent's JSONSerializer writes events under a JSON Schema; weir
+    validates each against the schema its ID names: a country longer than
+    the schema allows (the contract alone would take it) goes to the DLQ with
+    the schema ID and the path, as does a message naming an Avro schema, an
+    unframed one and one naming an ID the registry lacks."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.json_schema import JSONSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    broker.create_topic("events", 2)
+    data = tmp_path / "data"
+    job = avro_job(tmp_path, broker, "events", data, registry, format="json_schema")
+    now_ms = int(time.time() * 1000)
+    events = [{k: v for k, v in click(i, 1, now_ms).items() if k != "device"}
+              for i in range(300)]
+    serializer = JSONSerializer(json.dumps(CLICK_JSON_SCHEMA),
+                                SchemaRegistryClient({"url": registry.url}))
+    context = SerializationContext("events", MessageField.VALUE)
+    values = [serializer(event, context) for event in events]
+    json_id = int.from_bytes(values[0][1:5], "big")
+    [avro_value] = serialized(registry, CLICK_V1, "other", [click(0, 1, now_ms)])
+    too_long = {**events[0], "event_id": "long-country", "country": "GERMANY"}
+    broken = [
+        values[0][:5] + json.dumps(too_long).encode(),  # valid for the contract, not the schema
+        avro_value,                                     # an Avro schema's ID
+        json.dumps(events[1]).encode(),                 # not framed
+        b"\x00\x00\x00\x07\xd0" + json.dumps(events[2]).encode(),  # ID 2000: unknown
+    ]
+    send(broker, "events", values + broken)
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_run(job, log)
+        wait_for_count(data, len(values) + len(broken), 120, proc)
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+    con = duckdb_connection()
+    raw = table_path(data, "clickstream", "raw")
+    got = con.sql(f"SELECT event_id, epoch_ms(ts), price FROM delta_scan('{raw}') "
+                  f"ORDER BY event_id").fetchall()
+    assert got == sorted((e["event_id"], e["ts"], e["price"]) for e in events)
+    dlq = table_path(data, "clickstream", "dlq")
+    reasons = sorted(r for (r,) in con.sql(f"SELECT error FROM delta_scan('{dlq}')").fetchall())
+    assert len(reasons) == len(broken), reasons
+    assert any(r.startswith(f"schema ID {json_id}: ") and "country" in r for r in reasons), reasons
+    assert any("is AVRO, and the job reads JSON" in r for r in reasons), reasons
+    assert any("Confluent wire format" in r for r in reasons), reasons
+    assert any("schema ID 2000 is not in the registry" in r for r in reasons), reasons
