@@ -264,6 +264,26 @@ pub struct Contract {
     /// Event times further than this from now (either way) are refused.
     pub event_time_range: Duration,
     pub payload: Payload,
+    /// What of each Kafka record besides its value `raw` keeps (`source.columns`).
+    pub kafka: KafkaColumns,
+}
+
+/// The Kafka record's own parts a job stores as columns of `raw`
+/// (`_key`, `_headers`, `_topic`); its timestamp is always kept (`_kafka_ts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KafkaColumns {
+    pub key: Option<KeyFormat>,
+    pub headers: bool,
+    pub topic: bool,
+}
+
+/// How a stored Kafka key reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// The key's bytes as sent.
+    Bytes,
+    /// UTF-8 text; a key that is not UTF-8 sends its message to the DLQ.
+    String,
 }
 
 impl Contract {

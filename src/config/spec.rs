@@ -163,6 +163,10 @@ pub(super) struct SourceSpec {
     #[serde(default)]
     pub(super) properties: BTreeMap<String, String>,
     pub(super) registry: Option<RegistrySpec>,
+    #[serde(default)]
+    pub(super) columns: Vec<String>,
+    #[serde(default = "default_key_format")]
+    pub(super) key_format: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +267,10 @@ pub(super) struct TierSpec {
 #[serde(deny_unknown_fields)]
 pub(super) struct ColdTierSpec {
     pub(super) root: Option<String>,
+}
+
+pub(super) fn default_key_format() -> String {
+    "bytes".into()
 }
 
 pub(super) fn default_format() -> String {

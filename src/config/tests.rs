@@ -411,3 +411,34 @@ fn avro_needs_a_registry_and_other_formats_are_named() {
         assert!(err.contains(key) && err.contains(says), "{source}: {err}");
     }
 }
+
+#[test]
+fn kafka_columns_are_named_once_and_a_key_format_needs_the_key() {
+    let with = |source: &str| {
+        GOOD.replace(
+            "topic = \"clicks\"",
+            &format!("topic = \"clicks\"\n{source}"),
+        )
+    };
+    let job = parse(&with("columns = [\"key\", \"headers\", \"topic\"]")).unwrap();
+    assert_eq!(
+        job.contract.kafka,
+        KafkaColumns {
+            key: Some(KeyFormat::Bytes),
+            headers: true,
+            topic: true
+        }
+    );
+    for (source, says) in [
+        ("columns = [\"key\", \"key\"]", "`key` twice"),
+        ("columns = [\"partition\"]", "`partition`"),
+        ("key_format = \"string\"", "a key format only beside"),
+        (
+            "columns = [\"key\"]\nkey_format = \"avro\"",
+            "`bytes` or `string`",
+        ),
+    ] {
+        let err = error_of(&with(source));
+        assert!(err.contains(says), "{source}: {err}");
+    }
+}

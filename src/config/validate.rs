@@ -55,8 +55,12 @@ impl Job {
                 format!("`{}`", spec.name),
             ));
         }
+        let kafka = validate_columns(&spec.source.columns, &spec.source.key_format, &invalid)?;
         let source = validate_source(spec.source, &spec.name, &invalid)?;
-        let contract = validate_schema(spec.schema, &invalid)?;
+        let contract = Contract {
+            kafka,
+            ..validate_schema(spec.schema, &invalid)?
+        };
         let batching = validate_batching(spec.batching, &invalid)?;
         let dedup_horizon = duration_key(
             &invalid,
@@ -391,7 +395,58 @@ pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Con
         event_time,
         event_time_range,
         payload: spec.payload,
+        kafka: KafkaColumns::default(),
     })
+}
+
+fn validate_columns(
+    columns: &[String],
+    key_format: &str,
+    invalid: &Invalid,
+) -> Result<KafkaColumns, JobError> {
+    let mut kafka = KafkaColumns::default();
+    let format = match key_format {
+        "bytes" => KeyFormat::Bytes,
+        "string" => KeyFormat::String,
+        other => {
+            return Err(invalid(
+                "source.key_format",
+                "`bytes` or `string`",
+                format!("`{other}`"),
+            ));
+        }
+    };
+    for (i, column) in columns.iter().enumerate() {
+        if columns[..i].contains(column) {
+            return Err(invalid(
+                "source.columns",
+                "each column once",
+                format!("`{column}` twice"),
+            ));
+        }
+        match column.as_str() {
+            "key" => kafka.key = Some(format),
+            "headers" => kafka.headers = true,
+            "topic" => kafka.topic = true,
+            // Always stored, as `_kafka_ts`; naming it is allowed.
+            "timestamp" => {}
+            other => {
+                return Err(invalid(
+                    "source.columns",
+                    "a list of `key`, `headers`, `timestamp`, `topic`",
+                    format!("`{other}`"),
+                ));
+            }
+        }
+    }
+    if kafka.key.is_none() && key_format != "bytes" {
+        return Err(invalid(
+            "source.key_format",
+            "a key format only beside `source.columns = [\"key\", …]`",
+            format!("`{key_format}`"),
+        ));
+    }
+    Ok(kafka)
 }
 
 pub(super) fn validate_watermark(

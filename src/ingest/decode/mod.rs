@@ -14,15 +14,18 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Date32Array, Int32Array, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Date32Array, Int32Array, Int64Array,
+    ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder, StructBuilder,
+    TimestampMicrosecondArray,
 };
 use arrow::compute;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Field, Fields, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 use arrow::error::ArrowError;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::config::{Contract, Format, Payload};
+use crate::config::{Contract, Format, KeyFormat, Payload};
 use crate::ingest::source::{Message, MicroBatch};
 use columns::{Columns, Value};
 use framed::WriterSchemas;
@@ -44,6 +47,12 @@ pub const INGEST_TS: &str = "_ingest_ts";
 /// contract (a field added, a decoding bug fixed) sees what was sent, not
 /// only what the old contract kept.
 pub const PAYLOAD: &str = "_payload";
+/// The Kafka record's key, for a job that stores it (`source.columns`).
+pub const KEY: &str = "_key";
+/// The Kafka record's headers, (key, value) in order, for a job that stores them.
+pub const HEADERS: &str = "_headers";
+/// The topic a row was read from (`raw`: for a job that stores it; `dlq`: always).
+pub const TOPIC: &str = "_topic";
 
 const US_PER_DAY: i64 = 86_400_000_000;
 
@@ -114,13 +123,45 @@ pub fn raw_schema(contract: &Contract) -> SchemaRef {
         Field::new(KAFKA_TS, utc_micros(), true),
         Field::new(PAYLOAD, DataType::Binary, true),
     ]);
+    let kafka = contract.kafka;
+    if let Some(format) = kafka.key {
+        fields.push(Field::new(KEY, key_type(format), true));
+    }
+    if kafka.headers {
+        fields.push(Field::new(HEADERS, headers_type(), true));
+    }
+    if kafka.topic {
+        fields.push(Field::new(TOPIC, DataType::Utf8, true));
+    }
     Arc::new(Schema::new(fields))
+}
+
+fn key_type(format: KeyFormat) -> DataType {
+    match format {
+        KeyFormat::Bytes => DataType::Binary,
+        KeyFormat::String => DataType::Utf8,
+    }
+}
+
+/// One header: a name and an optional value.
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ])
+}
+
+/// Headers as a list of (key, value) in the record's order: not a map,
+/// because Kafka allows a name twice and readers (DuckDB) refuse maps with
+/// a repeated key.
+fn headers_type() -> DataType {
+    DataType::List(Arc::new(Field::new_struct("item", header_fields(), false)))
 }
 
 /// The `dlq` table: where a message came from, why it was refused, and its bytes.
 pub fn dlq_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("_topic", DataType::Utf8, false),
+        Field::new(TOPIC, DataType::Utf8, false),
         Field::new(PARTITION, DataType::Int32, false),
         Field::new(OFFSET, DataType::Int64, false),
         Field::new(KAFKA_TS, utc_micros(), true),
@@ -209,7 +250,7 @@ impl Decoder {
             Encoding::Avro => self.read_avro(&batch.messages, schemas, reference)?,
         };
         Ok(Decoded {
-            valid: self.to_raw(read.columns, &read.rows, &batch.messages)?,
+            valid: self.to_raw(read.columns, &read.rows, batch)?,
             rejected: self.to_dlq(&read.rejected, batch, now)?,
         })
     }
@@ -349,6 +390,12 @@ impl Decoder {
                 self.max_message_bytes
             ));
         }
+        let not_utf8 = |key: &[u8]| std::str::from_utf8(key).is_err();
+        if self.contract.kafka.key == Some(KeyFormat::String)
+            && m.key.as_deref().is_some_and(not_utf8)
+        {
+            return Err("the Kafka key is not UTF-8 (source.key_format = \"string\")".into());
+        }
         if let Some(ms) = m
             .kafka_ts
             .filter(|ms| ms.unsigned_abs() > MAX_TIMESTAMP_MS as u64)
@@ -402,8 +449,9 @@ impl Decoder {
         &self,
         mut columns: Vec<ArrayRef>,
         rows: &[usize],
-        messages: &[Message],
+        batch: &MicroBatch,
     ) -> Result<RecordBatch, ArrowError> {
+        let messages = &batch.messages;
         let times = columns[self.contract.event_time].as_primitive::<TimestampMicrosecondType>();
         let dates: Date32Array =
             compute::kernels::arity::unary(times, |us: i64| us.div_euclid(US_PER_DAY) as i32);
@@ -420,6 +468,25 @@ impl Decoder {
             Payload::Kept => Arc::new(payloads(picked())),
             Payload::None => arrow::array::new_null_array(&DataType::Binary, rows.len()),
         });
+        let kafka = self.contract.kafka;
+        if let Some(format) = kafka.key {
+            let keys = picked().map(|m| m.key.as_deref());
+            columns.push(match format {
+                KeyFormat::Bytes => Arc::new(BinaryArray::from_iter(keys)),
+                // `precheck` refused the keys that are not UTF-8.
+                KeyFormat::String => Arc::new(StringArray::from_iter(
+                    keys.map(|k| k.and_then(|k| std::str::from_utf8(k).ok())),
+                )),
+            });
+        }
+        if kafka.headers {
+            columns.push(Arc::new(headers(picked())));
+        }
+        if kafka.topic {
+            columns.push(Arc::new(StringArray::from_iter_values(
+                picked().map(|_| batch.topic.as_str()),
+            )));
+        }
         RecordBatch::try_new(self.raw_schema.clone(), columns)
     }
 
@@ -465,6 +532,31 @@ fn kafka_ts<'a>(messages: impl Iterator<Item = &'a Message>) -> TimestampMicrose
     let micros = |ms: i64| ms.checked_mul(1000);
     TimestampMicrosecondArray::from_iter(messages.map(|m| m.kafka_ts.and_then(micros)))
         .with_timezone("UTC")
+}
+
+fn headers<'a>(messages: impl Iterator<Item = &'a Message>) -> ListArray {
+    let entry = StructBuilder::from_fields(header_fields(), 0);
+    let mut builder = ListBuilder::new(entry).with_field(Arc::new(Field::new_struct(
+        "item",
+        header_fields(),
+        false,
+    )));
+    for m in messages {
+        for (name, value) in m.headers.iter().flatten() {
+            let entry = builder.values();
+            entry
+                .field_builder::<StringBuilder>(0)
+                .expect("a key column")
+                .append_value(name);
+            entry
+                .field_builder::<BinaryBuilder>(1)
+                .expect("a value column")
+                .append_option(value.as_deref());
+            entry.append(true);
+        }
+        builder.append(true);
+    }
+    builder.finish()
 }
 
 fn payloads<'a>(messages: impl Iterator<Item = &'a Message>) -> BinaryArray {

@@ -39,6 +39,7 @@ pub(super) fn batch(payloads: &[Option<&[u8]>]) -> MicroBatch {
                 offset: 100 + i as i64,
                 kafka_ts: Some(1_700_000_000_000 + i as i64),
                 payload: p.map(<[u8]>::to_vec),
+                ..Message::default()
             })
             .collect(),
     }
@@ -392,4 +393,43 @@ fn reprocessing_judges_the_event_time_range_against_ingest_time() {
         .decode(&b, &WriterSchemas::default(), now())
         .unwrap();
     assert_eq!(live.valid.num_rows(), 0, "live, all three are 4 days old");
+}
+
+#[test]
+fn kafka_keys_headers_and_topic_become_columns_when_asked() {
+    let job = Spec {
+        source: "columns = [\"key\", \"headers\", \"timestamp\", \"topic\"]\nkey_format = \"string\"",
+        ..spec()
+    }
+    .job();
+    let decoder = Decoder::new(job.contract, 1 << 20, Encoding::Json);
+    let mut b = batch(&[Some(GOOD), Some(GOOD), Some(GOOD)]);
+    let headers = vec![
+        ("h".to_owned(), Some(vec![0, 0xff])),
+        ("h".to_owned(), None),
+    ];
+    b.messages[0].key = Some(b"k1".to_vec());
+    b.messages[0].headers = Some(headers.clone());
+    b.messages[1].key = Some(vec![0xff]);
+    b.messages[2].headers = Some(vec![]);
+    let d = decoder
+        .decode(&b, &WriterSchemas::default(), now())
+        .unwrap();
+    assert_eq!(offsets(&d.valid), vec![100, 102]);
+    assert_eq!(
+        errors(&d),
+        ["the Kafka key is not UTF-8 (source.key_format = \"string\")"]
+    );
+    let keys = d.valid.column_by_name(KEY).unwrap().as_string::<i32>();
+    assert_eq!((keys.value(0), keys.is_null(1)), ("k1", true));
+    let lists = d.valid.column_by_name(HEADERS).unwrap().as_list::<i32>();
+    let first = lists.value(0);
+    let first = first.as_struct();
+    let names = first.column(0).as_string::<i32>();
+    let values = first.column(1).as_binary::<i32>();
+    assert_eq!((names.value(0), values.value(0)), ("h", &[0u8, 0xff][..]));
+    assert_eq!((names.value(1), values.is_null(1)), ("h", true));
+    assert_eq!(lists.value(1).len(), 0);
+    let topics = d.valid.column_by_name(TOPIC).unwrap().as_string::<i32>();
+    assert_eq!(topics.value(1), "t");
 }

@@ -82,6 +82,7 @@ impl AvroFraming {
                 offset: 0,
                 kafka_ts: None,
                 payload: Some(json.to_vec()),
+                ..Message::default()
             }],
         };
         let decoded = self

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers as _, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{Message, MicroBatch};
-use crate::config::{Batching, Job, OnDataLoss, StartFrom};
+use crate::config::{Batching, Job, KafkaColumns, OnDataLoss, StartFrom};
 use crate::ingest::adaptive::BatchCap;
 use crate::metrics::JobMetrics;
 
@@ -475,6 +475,7 @@ impl KafkaSource {
         let poller = Poller {
             consumer: consumer.clone(),
             topic: job.source.topic.clone(),
+            kept: job.contract.kafka,
             batching: job.batching,
             cap: cap.clone(),
             metrics: metrics.clone(),
@@ -610,6 +611,8 @@ pub fn high_watermarks(
 struct Poller {
     consumer: Arc<BaseConsumer<WeirContext>>,
     topic: String,
+    /// What of each record besides its value the job stores.
+    kept: KafkaColumns,
     batching: Batching,
     /// The batch cap in force: `max_events`, or the adaptive controller's.
     cap: BatchCap,
@@ -888,7 +891,7 @@ impl Poller {
         let polled = match consumer.poll(timeout) {
             Some(Ok(m)) => {
                 self.delivered.insert(m.partition(), m.offset() + 1);
-                Some(to_message(&m))
+                Some(to_message(&m, self.kept))
             }
             Some(Err(e)) => {
                 self.on_error(e)?;
@@ -932,12 +935,22 @@ fn payload_bytes(messages: &[Message]) -> usize {
     messages.iter().map(Message::payload_len).sum()
 }
 
-fn to_message(m: &BorrowedMessage<'_>) -> Message {
+/// The record as weir keeps it; its key and headers only when the job stores them.
+fn to_message(m: &BorrowedMessage<'_>, kept: KafkaColumns) -> Message {
+    let headers = |h: &BorrowedHeaders| {
+        h.iter()
+            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+            .collect()
+    };
     Message {
         partition: m.partition(),
         offset: m.offset(),
         kafka_ts: m.timestamp().to_millis(),
         payload: m.payload().map(<[u8]>::to_vec),
+        key: m.key().filter(|_| kept.key.is_some()).map(<[u8]>::to_vec),
+        headers: kept
+            .headers
+            .then(|| m.headers().map(headers).unwrap_or_default()),
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 /// One Kafka record as weir keeps it: enough to decode it, to locate it again,
 /// and to put it in the DLQ untouched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
     pub partition: i32,
     pub offset: i64,
@@ -19,7 +19,14 @@ pub struct Message {
     pub kafka_ts: Option<i64>,
     /// `None` for a record with no value (a tombstone).
     pub payload: Option<Vec<u8>>,
+    /// The record's key, read only for a job that stores it (`source.columns`).
+    pub key: Option<Vec<u8>>,
+    /// The record's headers in order, read only for a job that stores them.
+    pub headers: Option<Headers>,
 }
+
+/// Kafka record headers: names with optional values, repeats allowed.
+pub type Headers = Vec<(String, Option<Vec<u8>>)>;
 
 impl Message {
     pub fn payload_len(&self) -> usize {
@@ -74,8 +81,7 @@ mod tests {
         Message {
             partition,
             offset,
-            kafka_ts: None,
-            payload: None,
+            ..Message::default()
         }
     }
 

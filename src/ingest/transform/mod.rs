@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
 use tokio::sync::OnceCell;
 
@@ -497,8 +497,22 @@ fn delta_type(ty: &DataType) -> Option<DataType> {
         | DataType::Decimal128(_, _) => ty.clone(),
         DataType::UInt8 | DataType::UInt16 => DataType::Int32,
         DataType::UInt32 => DataType::Int64,
+        // Kafka headers (`_headers`) among them.
+        DataType::List(item) | DataType::LargeList(item) => {
+            DataType::List(Arc::new(nullable_delta_field(item)?))
+        }
+        DataType::Struct(fields) => DataType::Struct(
+            fields
+                .iter()
+                .map(|f| nullable_delta_field(f))
+                .collect::<Option<Fields>>()?,
+        ),
         _ => return None,
     })
+}
+
+fn nullable_delta_field(field: &Field) -> Option<Field> {
+    delta_type(field.data_type()).map(|ty| Field::new(field.name(), ty, true))
 }
 
 /// A job's output, compiled.

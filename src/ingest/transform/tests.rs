@@ -76,6 +76,7 @@ fn events(job: &Job, rows: &[(i64, &str, &str, Option<f64>)]) -> RecordBatch {
                 offset: i as i64,
                 kafka_ts: None,
                 payload: Some(json.into_bytes()),
+                ..Message::default()
             }
         })
         .collect();

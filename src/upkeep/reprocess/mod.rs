@@ -36,7 +36,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, ListArray, RecordBatch};
 use arrow::compute::{cast, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
 use arrow::error::ArrowError;
@@ -58,11 +58,11 @@ use crate::config::{Job, JobError, Tier};
 use crate::fault::{FaultError, Faults};
 use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{
-    Decoder, EVENT_DATE, KAFKA_TS, OFFSET, PARTITION, PAYLOAD, utc_micros,
+    Decoder, EVENT_DATE, HEADERS, KAFKA_TS, KEY, OFFSET, PARTITION, PAYLOAD, utc_micros,
 };
 use crate::ingest::dedup::{Dedup, Seed};
 use crate::ingest::source::registry::{RegistryError, SchemaRegistry};
-use crate::ingest::source::{Message, MicroBatch};
+use crate::ingest::source::{Headers, Message, MicroBatch};
 use crate::ingest::transform::{Transform, WINDOW_START};
 use crate::ingest::watermark::Watermark;
 use crate::metrics::JobMetrics;
@@ -470,7 +470,13 @@ async fn rebuild_day(
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let schemas = writer_schemas(registry.as_ref(), &batch, &job.name).await?;
-        let events = restore_events(&decoder, &batch, &schemas, &mut rebuilt.stats)?;
+        let events = restore_events(
+            &decoder,
+            &job.source.topic,
+            &batch,
+            &schemas,
+            &mut rebuilt.stats,
+        )?;
         bytes += events.get_array_memory_size();
         let (accepted, duplicates) = dedup.apply(&events)?;
         // Events come oldest first, so the newest so far stands for the watermark.
@@ -558,12 +564,56 @@ async fn writer_schemas(
     Ok(registry.resolve(payloads, &metrics, &|| true).await?)
 }
 
+/// The Kafka keys and headers `raw` kept (`source.columns`), to put back
+/// into the messages decoded again: the rebuilt rows keep them.
+struct StoredRecordParts {
+    keys: Option<ArrayRef>,
+    headers: Option<ListArray>,
+}
+
+impl StoredRecordParts {
+    fn of(rows: &RecordBatch) -> Result<Self, ArrowError> {
+        let keys = rows
+            .column_by_name(KEY)
+            .map(|k| cast(k, &DataType::Binary))
+            .transpose()?;
+        let headers = rows
+            .column_by_name(HEADERS)
+            .map(|h| h.as_list::<i32>().clone());
+        Ok(Self { keys, headers })
+    }
+
+    fn key(&self, row: usize) -> Option<Vec<u8>> {
+        let keys = self.keys.as_ref()?.as_binary::<i32>();
+        keys.is_valid(row).then(|| keys.value(row).to_vec())
+    }
+
+    fn headers(&self, row: usize) -> Option<Headers> {
+        let lists = self.headers.as_ref()?;
+        if lists.is_null(row) {
+            return None;
+        }
+        let entries = lists.value(row);
+        let entries = entries.as_struct();
+        let names = cast(entries.column(0), &DataType::Utf8).ok()?;
+        let values = cast(entries.column(1), &DataType::Binary).ok()?;
+        let (names, values) = (names.as_string::<i32>(), values.as_binary::<i32>());
+        let value = |i: usize| values.is_valid(i).then(|| values.value(i).to_vec());
+        Some(
+            (0..names.len())
+                .map(|i| (names.value(i).to_owned(), value(i)))
+                .collect(),
+        )
+    }
+}
+
 /// `raw` rows as the live loop's decode stage would produce them under the
 /// current contract: from the payload where there is one, else (rows stored
 /// before payloads were kept, or by a job that keeps none) from the stored
 /// columns.
 fn restore_events(
     decoder: &Decoder,
+    topic: &str,
     rows: &RecordBatch,
     schemas: &WriterSchemas,
     stats: &mut Rebuild,
@@ -593,6 +643,7 @@ fn restore_events(
         let offsets = offsets.as_primitive::<Int64Type>();
         let kafka_ts = column(KAFKA_TS, &utc_micros())?;
         let kafka_ts = kafka_ts.as_primitive::<TimestampMicrosecondType>();
+        let stored = StoredRecordParts::of(rows)?;
         let messages = (0..rows.num_rows())
             .filter(|&i| has_payload.value(i))
             .map(|i| Message {
@@ -600,10 +651,12 @@ fn restore_events(
                 offset: offsets.value(i),
                 kafka_ts: kafka_ts.is_valid(i).then(|| kafka_ts.value(i) / 1000),
                 payload: Some(payloads.value(i).to_vec()),
+                key: stored.key(i),
+                headers: stored.headers(i),
             })
             .collect();
         let batch = MicroBatch {
-            topic: String::new(),
+            topic: topic.to_owned(),
             messages,
         };
         let decoded = decoder.decode_as_ingested(&batch, schemas, Utc::now())?;
