@@ -203,6 +203,11 @@ def test_confluent_serializer_evolution_and_refusals(broker, registry, tmp_path)
     assert any("schema ID 1:" in r and "Avro" in r for r in reasons), reasons
     assert any("Confluent wire format" in r for r in reasons), reasons
 
+    status = weir("status", "--job", job, timeout=60).stdout
+    assert "schema ID 3 refused: 50 messages in the DLQ, e.g. schema ID 3: field `event_id`" \
+        in status, status
+    assert "schema ID 999 refused: 1 messages" in status, status
+
 
 def metric(port, name) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

@@ -7,12 +7,15 @@
 //! the txn actions in its recent log entries). Partitions whose lag or rate is
 //! far above the median are flagged hot, the partition that holds the
 //! watermark and those idle are noted; a watermark far behind the wall
-//! clock is flagged stalled.
+//! clock is flagged stalled. For a job that reads through a schema
+//! registry, the schema IDs whose messages the DLQ holds, and why.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Int64Type};
 use chrono::{DateTime, Utc};
 use rdkafka::error::KafkaError;
 
@@ -21,7 +24,7 @@ use crate::ingest::source::kafka;
 use crate::ingest::watermark::Watermark;
 use crate::table::delta::{held_versions, open};
 use crate::table::tier::Tiered;
-use crate::table::{TableError, TableId};
+use crate::table::{TableError, TableId, Tables};
 
 /// How far back in `raw`'s log the last commit per partition is looked for.
 const LOG_LOOKBACK: u64 = 500;
@@ -41,6 +44,8 @@ pub enum StatusError {
     Spec(#[from] Box<crate::config::JobError>),
     #[error("job {0} uses the embedded broker, which only exists while `weir demo` runs")]
     Embedded(String),
+    #[error("reading the DLQ: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
     #[error("reading the Delta log of {table}: {source}")]
     Log {
         table: String,
@@ -70,6 +75,17 @@ pub struct Status {
     pub partitions: Vec<PartitionStatus>,
     pub watermark: Option<DateTime<Utc>>,
     pub stalled: Option<String>,
+    /// Schema IDs whose messages went to the DLQ, most first.
+    pub refused: Vec<RefusedSchema>,
+}
+
+/// A writer schema whose messages the DLQ holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedSchema {
+    pub id: String,
+    pub messages: i64,
+    /// One of the reasons given (the first in sort order).
+    pub example: String,
 }
 
 impl fmt::Display for Status {
@@ -97,10 +113,18 @@ impl fmt::Display for Status {
         let total: i64 = self.partitions.iter().map(|p| p.lag).sum();
         writeln!(f, "total lag {total}")?;
         match (&self.watermark, &self.stalled) {
-            (None, _) => write!(f, "watermark: none yet (raw is empty)"),
-            (Some(w), None) => write!(f, "watermark: {}", w.to_rfc3339()),
-            (Some(w), Some(why)) => write!(f, "watermark: {} — STALLED: {why}", w.to_rfc3339()),
+            (None, _) => write!(f, "watermark: none yet (raw is empty)")?,
+            (Some(w), None) => write!(f, "watermark: {}", w.to_rfc3339())?,
+            (Some(w), Some(why)) => write!(f, "watermark: {} — STALLED: {why}", w.to_rfc3339())?,
         }
+        for r in &self.refused {
+            write!(
+                f,
+                "\nschema ID {} refused: {} messages in the DLQ, e.g. {}",
+                r.id, r.messages, r.example
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -161,7 +185,35 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         partitions: rows,
         watermark,
         stalled,
+        refused: refused_schemas(job).await?,
     })
+}
+
+/// The schema IDs the DLQ's reasons name (every refusal of a framed message
+/// names its ID first), for a job that reads through a registry.
+async fn refused_schemas(job: &Job) -> Result<Vec<RefusedSchema>, StatusError> {
+    if job.source.format.registry().is_none() {
+        return Ok(Vec::new());
+    }
+    let sql = "SELECT regexp_replace(error, '^schema ID ([0-9]+).*$', '${1}') AS id, \
+               count(*) AS messages, min(error) AS example FROM dlq \
+               WHERE error LIKE 'schema ID %' GROUP BY 1 ORDER BY 2 DESC, 1";
+    let batches = Tiered::new(job).query(&[TableId::Dlq], sql).await?;
+    let mut refused = Vec::new();
+    for batch in &batches {
+        let text = |i: usize| arrow::compute::cast(batch.column(i), &DataType::Utf8);
+        let (ids, examples) = (text(0)?, text(2)?);
+        let counts = arrow::compute::cast(batch.column(1), &DataType::Int64)?;
+        let counts = counts.as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            refused.push(RefusedSchema {
+                id: ids.as_string::<i32>().value(row).to_owned(),
+                messages: counts.value(row),
+                example: examples.as_string::<i32>().value(row).to_owned(),
+            });
+        }
+    }
+    Ok(refused)
 }
 
 /// Notes the partition whose clock sets the watermark, and those left out
