@@ -323,3 +323,99 @@ def test_json_schema_messages_are_validated_against_their_writer_schema(broker, 
     assert any("is AVRO, and the job reads JSON" in r for r in reasons), reasons
     assert any("Confluent wire format" in r for r in reasons), reasons
     assert any("schema ID 2000 is not in the registry" in r for r in reasons), reasons
+
+
+def click_proto():
+    """shop.Click and shop.Other as Python classes built from a descriptor
+    made here (no protoc): what Confluent's ProtobufSerializer is given."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
+
+    F = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(
+        name="shop/click.proto", package="shop", syntax="proto3",
+        dependency=["google/protobuf/timestamp.proto"])
+    click = file.message_type.add(name="Click")
+    action = click.enum_type.add(name="Action")
+    for number, name in enumerate(["view", "click", "purchase"]):
+        action.value.add(name=name, number=number)
+    device = click.nested_type.add(name="Device")
+    device.field.add(name="os", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    fields = [("event_id", F.TYPE_STRING, None, False), ("ts", F.TYPE_MESSAGE,
+              ".google.protobuf.Timestamp", False), ("user_id", F.TYPE_STRING, None, True),
+              ("page", F.TYPE_STRING, None, False), ("action", F.TYPE_ENUM,
+              ".shop.Click.Action", False), ("country", F.TYPE_STRING, None, False),
+              ("price", F.TYPE_DOUBLE, None, True), ("device", F.TYPE_MESSAGE,
+              ".shop.Click.Device", False)]
+    for number, (name, type_, type_name, optional) in enumerate(fields, 1):
+        field = click.field.add(name=name, number=number, type=type_, label=F.LABEL_OPTIONAL)
+        if type_name:
+            field.type_name = type_name
+        if optional:  # proto3 `optional`: a synthetic oneof gives it presence
+            field.proto3_optional = True
+            field.oneof_index = len(click.oneof_decl)
+            click.oneof_decl.add(name=f"_{name}")
+    other = file.message_type.add(name="Other")
+    other.field.add(name="event_id", number=1, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(file)
+    return [message_factory.GetMessageClass(pool.FindMessageTypeByName(f"shop.{name}"))
+            for name in ("Click", "Other")]
+
+
+def test_protobuf_messages_of_two_types_through_confluents_serializer(broker, registry,
+                                                                      tmp_path):
+    """Confluent's ProtobufSerializer writes shop.Click (a Timestamp, an enum,
+    optional fields, a nested message) and shop.Other (the second type in
+    the file: its event ID is an int64): Click rows land with every value
+    (microsecond times, enum names, absent optionals null), Other's go to
+    the DLQ naming the schema ID and the field, so does a truncated body."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    Click, Other = click_proto()
+    broker.create_topic("protos", 2)
+    data = tmp_path / "data"
+    job = avro_job(tmp_path, broker, "protos", data, registry, format="protobuf")
+    client = SchemaRegistryClient({"url": registry.url})
+    context = SerializationContext("protos", MessageField.VALUE)
+    now_us = int(time.time() * 1_000_000)
+    events, values = [], []
+    serialize = ProtobufSerializer(Click, client, {"use.deprecated.format": False})
+    for i in range(400):
+        event = click(i, 1, now_us // 1000)
+        message = Click(event_id=event["event_id"], page=event["page"], country=event["country"],
+                        action=["view", "click", "purchase"].index(event["action"]))
+        us = now_us - i * 1_007
+        message.ts.seconds, message.ts.nanos = us // 10**6, us % 10**6 * 1000
+        if event["user_id"] is not None:
+            message.user_id = event["user_id"]
+        if event["price"] is not None:
+            message.price = event["price"]
+        message.device.os = "linux"
+        values.append(serialize(message, context))
+        events.append((event["event_id"], now_us - i * 1_007, event["user_id"],
+                       event["action"], event["price"]))
+    others = [ProtobufSerializer(Other, client, {"use.deprecated.format": False})(
+        Other(event_id=i), context) for i in range(30)]
+    broken = [values[0][: len(values[0]) - 4]]
+    send(broker, "protos", values + others + broken)
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_run(job, log)
+        wait_for_count(data, len(values) + len(others) + len(broken), 120, proc)
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+    con = duckdb_connection()
+    raw = table_path(data, "clickstream", "raw")
+    got = con.sql(f"SELECT event_id, epoch_us(ts), user_id, action, price "
+                  f"FROM delta_scan('{raw}') ORDER BY event_id").fetchall()
+    want = sorted(events)
+    assert len(got) == len(want)
+    for row, expected in zip(got, want):
+        assert row == expected, (row, expected)
+    dlq = table_path(data, "clickstream", "dlq")
+    reasons = [r for (r,) in con.sql(f"SELECT error FROM delta_scan('{dlq}')").fetchall()]
+    assert len(reasons) == len(others) + len(broken), reasons
+    other = [r for r in reasons if "field `event_id` of shop.Other is int64" in r]
+    assert len(other) == len(others) and other[0].startswith("schema ID 1: "), reasons
+    assert any("malformed Protobuf body" in r for r in reasons), reasons

@@ -82,13 +82,16 @@ pub enum Format {
     /// JSON in the same wire format, each message validated against the
     /// JSON Schema its ID names, then read as [`Format::Json`].
     JsonSchema(Registry),
+    /// Protobuf in the same wire format, read as dynamic messages of the
+    /// type the frame's message indexes name.
+    Protobuf(Registry),
 }
 
 impl Format {
     pub fn registry(&self) -> Option<&Registry> {
         match self {
             Self::Json => None,
-            Self::Avro(r) | Self::JsonSchema(r) => Some(r),
+            Self::Avro(r) | Self::JsonSchema(r) | Self::Protobuf(r) => Some(r),
         }
     }
 }

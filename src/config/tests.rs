@@ -391,10 +391,11 @@ fn avro_needs_a_registry_and_other_formats_are_named() {
     assert!(!format!("{job:?}").contains("s3cret"));
     for (source, key, says) in [
         ("format = \"avro\"", "source.registry", "a registry"),
+        ("format = \"protobuf\"", "source.registry", "a registry"),
         (
-            "format = \"protobuf\"",
+            "format = \"xml\"",
             "source.format",
-            "not supported yet",
+            "`protobuf` or `json_schema`",
         ),
         (
             "registry = { url = \"http://sr:8081\" }",

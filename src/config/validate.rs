@@ -237,12 +237,13 @@ fn validate_format(
         ("json", None) => Ok(Format::Json),
         ("json", Some(_)) => Err(invalid(
             "source.registry",
-            "no registry for `source.format = \"json\"` (a registry is read for `avro` and `json_schema`)",
+            "no registry for `source.format = \"json\"` (a registry is read for `avro`, `protobuf` and `json_schema`)",
             "a registry".into(),
         )),
         ("avro", Some(r)) => Ok(Format::Avro(validate_registry(r, topic, invalid)?)),
         ("json_schema", Some(r)) => Ok(Format::JsonSchema(validate_registry(r, topic, invalid)?)),
-        (framed @ ("avro" | "json_schema"), None) => Err(invalid(
+        ("protobuf", Some(r)) => Ok(Format::Protobuf(validate_registry(r, topic, invalid)?)),
+        (framed @ ("avro" | "json_schema" | "protobuf"), None) => Err(invalid(
             "source.registry",
             &format!(
                 "a registry (`registry = {{ url = \"http://host:8081\" }}`) for `source.format = \"{framed}\"`"
@@ -251,7 +252,7 @@ fn validate_format(
         )),
         (other, _) => Err(invalid(
             "source.format",
-            "`json`, `avro` or `json_schema` (`protobuf` is not supported yet)",
+            "`json`, `avro`, `protobuf` or `json_schema`",
             format!("`{other}`"),
         )),
     }

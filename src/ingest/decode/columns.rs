@@ -27,6 +27,19 @@ pub(super) enum Value<'a> {
     /// Epoch milliseconds (a JSON number in a timestamp field means those),
     /// within what a microsecond column holds.
     TimestampMs(i64),
+    /// Epoch microseconds (a Protobuf `Timestamp`), within the column's range.
+    TimestampUs(i64),
+}
+
+impl Value<'_> {
+    /// The event time this value holds, in epoch milliseconds.
+    pub(super) fn as_ms(&self) -> Option<i64> {
+        match self {
+            Self::TimestampMs(ms) => Some(*ms),
+            Self::TimestampUs(us) => Some(us.div_euclid(1000)),
+            _ => None,
+        }
+    }
 }
 
 /// A column being built, of one [`FieldType`]'s stored type.
@@ -68,6 +81,7 @@ impl Builder {
             (Self::Float64(b), Value::Float64(v)) => b.append_value(v),
             (Self::Date(b), Value::Date(v)) => b.append_value(v),
             (Self::TimestampUs(b), Value::TimestampMs(v)) => b.append_value(v * 1000),
+            (Self::TimestampUs(b), Value::TimestampUs(v)) => b.append_value(v),
             (builder, Value::Null) => builder.append_null(),
             (_, value) => unreachable!("{value:?} read for a column of another type"),
         }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::protobuf::ProtoSchema;
+
 /// The frame's length: the magic byte and the schema ID.
 pub(super) const FRAME: usize = 5;
 
@@ -16,6 +18,8 @@ pub enum WriterSchema {
     Avro(Arc<str>),
     /// A compiled JSON Schema.
     JsonSchema(Arc<jsonschema::Validator>),
+    /// A compiled Protobuf schema.
+    Protobuf(Arc<ProtoSchema>),
     /// Why messages naming this ID cannot be read (DLQ reason).
     Refused(Arc<str>),
 }
@@ -25,6 +29,7 @@ impl fmt::Debug for WriterSchema {
         match self {
             Self::Avro(text) => f.debug_tuple("Avro").field(text).finish(),
             Self::JsonSchema(_) => f.write_str("JsonSchema"),
+            Self::Protobuf(_) => f.write_str("Protobuf"),
             Self::Refused(why) => f.debug_tuple("Refused").field(why).finish(),
         }
     }

@@ -228,3 +228,98 @@ fn json_schema_messages_are_validated_before_the_contract_reads_them() {
     assert_eq!(e[2], "schema ID 1 is not a JSON Schema");
     assert!(e[3].contains("Confluent wire format"), "{e:?}");
 }
+
+const PROTO: &str = r#"
+syntax = "proto3";
+import "google/protobuf/timestamp.proto";
+message E {
+  string id = 1;
+  google.protobuf.Timestamp ts = 2;
+  int32 n = 3;
+  optional double x = 4;
+  Kind s = 5;
+  enum Kind { A = 0; B = 1; }
+}
+message F { string id = 1; google.protobuf.Timestamp ts = 2; repeated int64 n = 3; }
+"#;
+
+/// A protobuf field: its tag, then a varint or length-delimited bytes.
+fn tag(field: u64, wire: u64) -> Vec<u8> {
+    long_unsigned((field << 3) | wire)
+}
+
+fn long_unsigned(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
+fn delimited(field: u64, bytes: &[u8]) -> Vec<u8> {
+    [
+        tag(field, 2),
+        long_unsigned(bytes.len() as u64),
+        bytes.to_vec(),
+    ]
+    .concat()
+}
+
+fn proto_e(id: &str, n: Option<u64>, kind: u64) -> Vec<u8> {
+    let ts = [
+        tag(1, 0),
+        long_unsigned(TS_MS as u64 / 1000),
+        tag(2, 0),
+        long_unsigned(5000),
+    ]
+    .concat();
+    let mut body = [delimited(1, id.as_bytes()), delimited(2, &ts)].concat();
+    if let Some(n) = n {
+        body.extend([tag(3, 0), long_unsigned(n)].concat());
+    }
+    body.extend([tag(5, 0), long_unsigned(kind)].concat());
+    [vec![0, 0, 0, 0, 5, 0], body].concat()
+}
+
+#[test]
+fn protobuf_messages_are_read_by_the_type_their_indexes_name() {
+    let schema = super::protobuf::ProtoSchema::compile(PROTO).unwrap();
+    let mut schemas = WriterSchemas::default();
+    schemas.insert(5, WriterSchema::Protobuf(std::sync::Arc::new(schema)));
+    let f = [vec![0, 0, 0, 0, 5, 2, 2], delimited(1, b"f")].concat();
+    let whole = proto_e("c", Some(1), 0);
+    let payloads = [
+        proto_e("a", Some(7), 1),
+        proto_e("b", None, 0),
+        f,
+        whole[..whole.len() - 3].to_vec(),
+    ];
+    let job = spec().job();
+    let decoder = Decoder::new(job.contract, 1 << 20, Encoding::Protobuf);
+    let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+    let d = decoder.decode(&batch(&refs), &schemas, now()).unwrap();
+    assert_eq!(offsets(&d.valid), vec![100, 101], "{:?}", errors(&d));
+    let column = |name: &str| d.valid.column_by_name(name).unwrap().clone();
+    let n = column("n");
+    assert_eq!(n.as_primitive::<Int64Type>().values().to_vec(), vec![7, 0]);
+    let ts = column("ts");
+    assert_eq!(
+        ts.as_primitive::<TimestampMicrosecondType>().value(0),
+        TS_MS * 1000 + 5
+    );
+    let s = column("s");
+    let s = s.as_string::<i32>();
+    assert_eq!((s.value(0), s.value(1)), ("B", "A"));
+    assert!(column("x").is_null(0));
+    let e = errors(&d);
+    assert_eq!(
+        e[0],
+        "schema ID 5: field `n` of F is repeated int64, which the contract's int64 cannot take"
+    );
+    assert!(
+        e[1].starts_with("schema ID 5: malformed Protobuf body"),
+        "{e:?}"
+    );
+}

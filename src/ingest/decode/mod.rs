@@ -34,6 +34,7 @@ use shape::{MAX_TIMESTAMP_MS, Shape};
 mod avro;
 mod columns;
 pub mod framed;
+pub mod protobuf;
 mod shape;
 
 pub const EVENT_DATE: &str = "_event_date";
@@ -73,6 +74,8 @@ pub enum Encoding {
     Avro,
     /// Confluent-framed JSON, validated against the writer's JSON Schema.
     JsonSchema,
+    /// Confluent-framed Protobuf.
+    Protobuf,
 }
 
 impl From<&Format> for Encoding {
@@ -81,6 +84,7 @@ impl From<&Format> for Encoding {
             Format::Json => Self::Json,
             Format::Avro(_) => Self::Avro,
             Format::JsonSchema(_) => Self::JsonSchema,
+            Format::Protobuf(_) => Self::Protobuf,
         }
     }
 }
@@ -91,6 +95,7 @@ impl Encoding {
         match self {
             Self::Json | Self::JsonSchema => "JSON",
             Self::Avro => "AVRO",
+            Self::Protobuf => "PROTOBUF",
         }
     }
 }
@@ -174,6 +179,9 @@ pub fn dlq_schema() -> SchemaRef {
 /// A message refused by the contract: its index in the micro-batch and why.
 type Rejection = (usize, String);
 
+/// One message's bytes to its contract values, or why it is refused.
+type ReadMessage<'r> = dyn for<'m> FnMut(&'m [u8]) -> Result<Vec<Value<'m>>, String> + 'r;
+
 /// What reading a micro-batch's messages gave: the contract's columns of
 /// the rows that passed the row rules, those rows' indices, and refusals.
 struct Read {
@@ -243,11 +251,23 @@ impl Decoder {
         now: DateTime<Utc>,
         reference: &dyn Fn(&Message) -> Option<i64>,
     ) -> Result<Decoded, ArrowError> {
+        let messages = &batch.messages;
         let read = match self.encoding {
-            Encoding::Json | Encoding::JsonSchema => {
-                self.read_json(&batch.messages, schemas, reference)
+            Encoding::Json => self.read_rows(messages, reference, &mut |bytes| {
+                json_object(bytes).and_then(|b| self.shape.read(b))
+            }),
+            Encoding::JsonSchema => self.read_rows(messages, reference, &mut |bytes| {
+                framed::validated_json(bytes, schemas)
+                    .and_then(json_object)
+                    .and_then(|b| self.shape.read(b))
+            }),
+            Encoding::Protobuf => {
+                let mut reader = protobuf::Reader::new(&self.contract);
+                self.read_rows(messages, reference, &mut |bytes| {
+                    reader.read(bytes, schemas)
+                })
             }
-            Encoding::Avro => self.read_avro(&batch.messages, schemas, reference)?,
+            Encoding::Avro => self.read_avro(messages, schemas, reference)?,
         };
         Ok(Decoded {
             valid: self.to_raw(read.columns, &read.rows, batch)?,
@@ -255,11 +275,13 @@ impl Decoder {
         })
     }
 
-    fn read_json(
+    /// Messages read one at a time by `read` (each message's bytes to its
+    /// contract values), the row rules checked on the values.
+    fn read_rows(
         &self,
         messages: &[Message],
-        schemas: &WriterSchemas,
         reference: &dyn Fn(&Message) -> Option<i64>,
+        read: &mut ReadMessage,
     ) -> Read {
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut rows = Vec::with_capacity(messages.len());
@@ -267,20 +289,9 @@ impl Decoder {
         let mut columns = Columns::new(types, messages.len());
         let event_time = self.contract.event_time;
         for (i, m) in messages.iter().enumerate() {
-            let read = self
-                .precheck(m)
-                .and_then(|bytes| match self.encoding {
-                    Encoding::JsonSchema => {
-                        framed::validated_json(bytes, schemas).and_then(json_object)
-                    }
-                    _ => json_object(bytes),
-                })
-                .and_then(|bytes| self.shape.read(bytes));
+            let read = self.precheck(m).and_then(&mut *read);
             let checked = read.and_then(|values| {
-                let time = match values[event_time] {
-                    Value::TimestampMs(ms) => Some(ms),
-                    _ => None,
-                };
+                let time = values[event_time].as_ms();
                 let present = |f: usize| values[f] != Value::Null;
                 self.check_row(present, time, reference(m)).map(|()| values)
             });

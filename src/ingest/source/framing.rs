@@ -37,7 +37,7 @@ impl AvroFraming {
     ) -> Result<Option<Self>, RegistryError> {
         match format {
             Format::Avro(registry) => Ok(Some(Self::register(contract, registry).await?)),
-            Format::Json | Format::JsonSchema(_) => Ok(None),
+            Format::Json | Format::JsonSchema(_) | Format::Protobuf(_) => Ok(None),
         }
     }
 

@@ -19,6 +19,7 @@ use url::Url;
 use crate::config::{Format, Registry};
 use crate::ingest::decode::Encoding;
 use crate::ingest::decode::framed::{WriterSchema, WriterSchemas, schema_id};
+use crate::ingest::decode::protobuf::ProtoSchema;
 use crate::metrics::JobMetrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,12 @@ impl SchemaRegistry {
                 format!("schema ID {id} is {found_type}, and the job reads {wanted}").into(),
             ),
             "JSON" => json_schema(id, &found.schema),
+            "PROTOBUF" => match ProtoSchema::compile(&found.schema) {
+                Ok(schema) => WriterSchema::Protobuf(Arc::new(schema)),
+                Err(e) => WriterSchema::Refused(
+                    format!("schema ID {id} is not a Protobuf schema weir can compile: {e}").into(),
+                ),
+            },
             _ => WriterSchema::Avro(found.schema.into()),
         })
     }

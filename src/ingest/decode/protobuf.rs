@@ -1,0 +1,289 @@
+//! Protobuf in the Confluent wire format → the contract's values.
+//!
+//! After the schema ID, Confluent's framing names the message type by its
+//! indexes in the schema's file (a zigzag varint count, then that many
+//! indexes; a lone 0 byte for the first type). Each (schema ID, type) gets a
+//! plan once per batch: which field each contract field reads and whether
+//! its kind can become the contract's type (a kind that cannot refuses the
+//! messages of that type, naming the schema ID). Each message is then read
+//! as a dynamic message and its values converted: no generated code, any
+//! schema the registry holds.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value as Proto,
+};
+use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
+
+use super::columns::Value;
+use super::framed::{WriterSchema, WriterSchemas, unframe};
+use crate::config::{Contract, FieldType};
+
+/// A registry's Protobuf schema, compiled.
+#[derive(Debug)]
+pub struct ProtoSchema {
+    pool: DescriptorPool,
+    file: String,
+}
+
+/// The name a schema given as `.proto` text is compiled under.
+const TEXT_FILE: &str = "registered.proto";
+
+/// One schema the registry holds, as text or as Confluent's Python client
+/// registers it (a base64 `FileDescriptorProto`); imports of Google's
+/// well-known types resolve, other references do not.
+struct Registered(File);
+
+impl FileResolver for Registered {
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        match name == self.0.name() {
+            true => Ok(self.0.clone()),
+            false => Err(protox::Error::file_not_found(name)),
+        }
+    }
+}
+
+impl ProtoSchema {
+    pub fn compile(text: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let descriptor = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()
+            .and_then(|bytes| File::decode_file_descriptor_proto(bytes.as_slice()).ok());
+        let file = match descriptor {
+            Some(file) => file,
+            None => File::from_source(TEXT_FILE, text).map_err(|e| e.to_string())?,
+        };
+        let name = file.name().to_owned();
+        let mut resolver = ChainFileResolver::new();
+        resolver.add(Registered(file));
+        resolver.add(GoogleFileResolver::new());
+        let mut compiler = protox::Compiler::with_file_resolver(resolver);
+        compiler.include_imports(true);
+        compiler.open_file(&name).map_err(|e| e.to_string())?;
+        Ok(Self {
+            pool: compiler.descriptor_pool(),
+            file: name,
+        })
+    }
+
+    /// The message type `indexes` name: the top-level type, then nested ones.
+    fn message(&self, indexes: &[i32]) -> Option<MessageDescriptor> {
+        let file = self.pool.get_file_by_name(&self.file)?;
+        let (first, nested) = indexes.split_first()?;
+        let mut message = file.messages().nth(usize::try_from(*first).ok()?)?;
+        for &i in nested {
+            let child = message.child_messages().nth(usize::try_from(i).ok()?)?;
+            message = child;
+        }
+        Some(message)
+    }
+}
+
+/// Reads one zigzag varint off the front of `bytes`.
+fn varint(bytes: &mut &[u8]) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// The message indexes after the schema ID, and the body after them.
+fn message_indexes(mut body: &[u8]) -> Option<(Vec<i32>, &[u8])> {
+    let count = varint(&mut body)?;
+    if count == 0 {
+        return Some((vec![0], body));
+    }
+    if !(1..=100).contains(&count) {
+        return None;
+    }
+    let indexes = (0..count)
+        .map(|_| varint(&mut body).and_then(|i| i32::try_from(i).ok()))
+        .collect::<Option<_>>()?;
+    Some((indexes, body))
+}
+
+/// How one message type's fields become the contract's: for each contract
+/// field, the field it reads (none: the type lacks it, so it is null).
+struct Plan {
+    message: MessageDescriptor,
+    fields: Vec<Option<FieldDescriptor>>,
+}
+
+impl Plan {
+    fn new(contract: &Contract, message: MessageDescriptor) -> Result<Self, String> {
+        let fields = contract
+            .fields
+            .iter()
+            .map(|f| match message.get_field_by_name(&f.name) {
+                None if f.nullable => Ok(None),
+                None => Err(format!(
+                    "{} has no field `{}`, which the contract requires",
+                    message.full_name(),
+                    f.name
+                )),
+                Some(field)
+                    if !field.is_list() && !field.is_map() && takes(f.ty, &field.kind()) =>
+                {
+                    Ok(Some(field))
+                }
+                Some(field) => Err(format!(
+                    "field `{}` of {} is {}{:?}, which the contract's {} cannot take",
+                    f.name,
+                    message.full_name(),
+                    if field.is_list() { "repeated " } else { "" },
+                    field.kind(),
+                    f.ty.name()
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { message, fields })
+    }
+}
+
+/// Whether a Protobuf kind becomes a contract type as Avro's promotions would.
+fn takes(ty: FieldType, kind: &Kind) -> bool {
+    use Kind::*;
+    let int32 = matches!(kind, Int32 | Sint32 | Sfixed32);
+    let int64 = matches!(kind, Int64 | Sint64 | Sfixed64 | Uint32 | Fixed32);
+    match ty {
+        FieldType::String => matches!(kind, String | Bytes | Enum(_)),
+        FieldType::Bool => matches!(kind, Bool),
+        FieldType::Int32 | FieldType::Date => int32,
+        FieldType::Int64 => int32 || int64 || matches!(kind, Uint64 | Fixed64),
+        FieldType::Float32 => matches!(kind, Float),
+        FieldType::Float64 => int32 || int64 || matches!(kind, Float | Double),
+        FieldType::Timestamp => match kind {
+            Message(m) => m.full_name() == "google.protobuf.Timestamp",
+            _ => matches!(kind, Int64 | Sint64 | Sfixed64),
+        },
+    }
+}
+
+/// Reads a batch's Protobuf messages, planning each message type once.
+pub(super) struct Reader<'c> {
+    contract: &'c Contract,
+    plans: HashMap<(u32, Vec<i32>), Result<Plan, String>>,
+}
+
+impl<'c> Reader<'c> {
+    pub(super) fn new(contract: &'c Contract) -> Self {
+        Self {
+            contract,
+            plans: HashMap::new(),
+        }
+    }
+
+    /// One framed message's contract values, or why it is refused.
+    pub(super) fn read(
+        &mut self,
+        bytes: &[u8],
+        schemas: &WriterSchemas,
+    ) -> Result<Vec<Value<'static>>, String> {
+        let (id, schema, body) = unframe(bytes, schemas)?;
+        let WriterSchema::Protobuf(schema) = schema else {
+            return Err(format!("schema ID {id} is not Protobuf"));
+        };
+        let (indexes, body) = message_indexes(body)
+            .ok_or_else(|| format!("schema ID {id}: unreadable message indexes"))?;
+        let contract = self.contract;
+        let plan = self
+            .plans
+            .entry((id, indexes))
+            .or_insert_with_key(|(_, indexes)| {
+                let message = schema.message(indexes).ok_or_else(|| {
+                    format!("schema ID {id} has no message type at indexes {indexes:?}")
+                })?;
+                Plan::new(contract, message)
+            })
+            .as_ref()
+            .map_err(|why| format!("schema ID {id}: {why}"))?;
+        let message = DynamicMessage::decode(plan.message.clone(), body)
+            .map_err(|e| format!("schema ID {id}: malformed Protobuf body: {e}"))?;
+        contract
+            .fields
+            .iter()
+            .zip(&plan.fields)
+            .map(|(f, field)| match field {
+                Some(field) if !field.supports_presence() || message.has_field(field) => {
+                    convert(f.ty, &message.get_field(field), field)
+                        .map_err(|why| format!("field `{}`: {why}", f.name))
+                }
+                _ => Ok(Value::Null),
+            })
+            .collect()
+    }
+}
+
+/// A field's value as the contract's type ([`takes`] allowed the pair).
+fn convert(
+    ty: FieldType,
+    value: &Proto,
+    field: &FieldDescriptor,
+) -> Result<Value<'static>, String> {
+    let out_of_range = || format!("{value:?} is out of range for {}", ty.name());
+    Ok(match (ty, value) {
+        (FieldType::String, Proto::String(s)) => Value::Str(Cow::Owned(s.clone())),
+        (FieldType::String, Proto::Bytes(b)) => Value::Str(Cow::Owned(
+            String::from_utf8(b.to_vec()).map_err(|_| "bytes that are not UTF-8".to_owned())?,
+        )),
+        (FieldType::String, Proto::EnumNumber(n)) => {
+            let name = field
+                .kind()
+                .as_enum()
+                .and_then(|e| e.get_value(*n))
+                .map_or_else(|| n.to_string(), |v| v.name().to_owned());
+            Value::Str(Cow::Owned(name))
+        }
+        (FieldType::Bool, Proto::Bool(b)) => Value::Bool(*b),
+        (FieldType::Int32, Proto::I32(n)) => Value::Int32(*n),
+        (FieldType::Date, Proto::I32(n)) => Value::Date(*n),
+        (FieldType::Int64, Proto::U64(n)) => {
+            Value::Int64(i64::try_from(*n).map_err(|_| out_of_range())?)
+        }
+        (FieldType::Int64, v) => Value::Int64(integer(v).ok_or_else(out_of_range)?),
+        (FieldType::Float32, Proto::F32(x)) => Value::Float32(*x),
+        (FieldType::Float64, Proto::F64(x)) => Value::Float64(*x),
+        (FieldType::Float64, Proto::F32(x)) => Value::Float64(f64::from(*x)),
+        (FieldType::Float64, v) => Value::Float64(integer(v).ok_or_else(out_of_range)? as f64),
+        (FieldType::Timestamp, Proto::Message(m)) => {
+            Value::TimestampUs(timestamp_us(m).ok_or_else(out_of_range)?)
+        }
+        // A plain integer in a timestamp field is epoch milliseconds, as in JSON.
+        (FieldType::Timestamp, Proto::I64(ms)) => Value::TimestampMs(
+            Some(*ms)
+                .filter(|ms| ms.unsigned_abs() <= super::shape::MAX_TIMESTAMP_MS as u64)
+                .ok_or_else(out_of_range)?,
+        ),
+        _ => return Err(out_of_range()),
+    })
+}
+
+fn integer(value: &Proto) -> Option<i64> {
+    match value {
+        Proto::I32(n) => Some(i64::from(*n)),
+        Proto::U32(n) => Some(i64::from(*n)),
+        Proto::I64(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// A `google.protobuf.Timestamp` in epoch microseconds.
+fn timestamp_us(message: &DynamicMessage) -> Option<i64> {
+    let seconds = message.get_field_by_name("seconds")?.as_i64()?;
+    let nanos = message.get_field_by_name("nanos")?.as_i32()?;
+    if !(0..1_000_000_000).contains(&nanos) {
+        return None;
+    }
+    seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(nanos / 1000))
+}
