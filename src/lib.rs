@@ -6,8 +6,10 @@
 //! One trigger, in order ([`ingest::pipeline`] sequences it):
 //!
 //! 1. [`ingest::source`]: a micro-batch of Kafka messages, with the
-//!    assignment it was polled under.
-//! 2. [`ingest::decode`]: bytes to Arrow under the job's contract; what
+//!    assignment it was polled under, and for registry-backed formats the
+//!    writer schemas its messages name ([`ingest::source::registry`]).
+//! 2. [`ingest::decode`]: bytes (JSON, or Avro, Protobuf or JSON Schema in
+//!    the Confluent wire format) to Arrow under the job's contract; what
 //!    does not fit becomes a DLQ row with the reason.
 //! 3. [`ingest::dedup`]: re-sent events dropped by event ID.
 //! 4. [`ingest::watermark`]: fates of re-read events settled from `raw`;
