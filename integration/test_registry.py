@@ -419,3 +419,35 @@ def test_protobuf_messages_of_two_types_through_confluents_serializer(broker, re
     other = [r for r in reasons if "field `event_id` of shop.Other is int64" in r]
     assert len(other) == len(others) and other[0].startswith("schema ID 1: "), reasons
     assert any("malformed Protobuf body" in r for r in reasons), reasons
+
+
+def test_reprocess_and_verify_decode_avro_payloads_through_the_registry(broker, registry,
+                                                                        tmp_path):
+    """raw keeps each Avro message's framed bytes; `weir verify` and `weir
+    reprocess` decode them again through the registry (a process of their
+    own, so a fetch of their own) and rebuild the outputs exactly; with the
+    registry gone, reprocess fails naming it instead of refusing the rows."""
+    import datetime
+
+    broker.create_topic("clicks", 2)
+    data = tmp_path / "data"
+    job = avro_job(tmp_path, broker, "clicks", data, registry)
+    weir("produce", "--job", job, "--brokers", broker.bootstrap, "--topic", "clicks",
+         "--count", 3000, "--backfill", "3days", "--malformed-ratio", 0, "--duplicate-ratio", 0,
+         "--late-ratio", 0, "--seed", 9, timeout=120)
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_run(job, log)
+        wait_for_count(data, 3000, 120, proc)
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+    fetched = len(registry.fetches)
+    day = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)).date()
+    span = ["--from", day.isoformat(), "--to", day.isoformat()]
+    assert "no differences" in weir("verify", "--job", job, *span, timeout=240).stdout
+    assert len(registry.fetches) > fetched, "verify decoded the payloads through the registry"
+    report = weir("reprocess", "--job", job, *span, timeout=240).stdout
+    assert "replaced" in report and "no longer match the contract" not in report, report
+    assert "no differences" in weir("verify", "--job", job, *span, timeout=240).stdout
+    registry.stop()
+    down = subprocess.run([WEIR, "reprocess", "--job", str(job), *span], capture_output=True,
+                          text=True, timeout=240)
+    assert down.returncode != 0 and "schema registry" in down.stderr, down.stderr
