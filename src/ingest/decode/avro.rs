@@ -37,6 +37,9 @@ pub(super) struct Group {
     pub(super) unfit: Vec<Option<String>>,
 }
 
+/// Messages of one writer schema: micro-batch index and framed bytes.
+type Framed<'m> = Vec<(usize, &'m [u8])>;
+
 /// Splits `messages` (micro-batch index, bytes that passed the precheck)
 /// into groups by writer schema and refusals.
 pub(super) fn decode(
@@ -45,19 +48,19 @@ pub(super) fn decode(
     schemas: &WriterSchemas,
 ) -> Result<(Vec<Group>, Vec<Rejection>), arrow::error::ArrowError> {
     let mut rejected = Vec::new();
-    let mut by_id: BTreeMap<u32, Vec<(usize, &[u8])>> = BTreeMap::new();
+    let mut by_id: BTreeMap<u32, (&str, Framed)> = BTreeMap::new();
     for (i, bytes) in messages {
         match unframe(bytes, schemas) {
-            Ok((id, WriterSchema::Avro(_), _)) => by_id.entry(id).or_default().push((i, bytes)),
+            Ok((id, WriterSchema::Avro(schema), _)) => {
+                let entry = by_id.entry(id).or_insert_with(|| (schema, Vec::new()));
+                entry.1.push((i, bytes));
+            }
             Ok((id, _, _)) => rejected.push((i, format!("schema ID {id} is not Avro"))),
             Err(why) => rejected.push((i, why)),
         }
     }
     let mut groups = Vec::new();
-    for (id, group) in by_id {
-        let Ok((_, WriterSchema::Avro(schema), _)) = unframe(group[0].1, schemas) else {
-            unreachable!("grouped by a resolved Avro ID")
-        };
+    for (id, (schema, group)) in by_id {
         let refuse_all = |why: String| group.iter().map(move |(i, _)| (*i, why.clone()));
         match decode_group(id, schema, &group) {
             Err(why) => rejected.extend(refuse_all(why)),

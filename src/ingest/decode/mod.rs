@@ -216,8 +216,8 @@ impl Decoder {
 
     /// Splits a micro-batch into valid rows and DLQ rows. Errors only on an
     /// internal Arrow failure, never because of message content.
-    /// `schemas` holds the writer schemas that Avro messages name (empty
-    /// for JSON).
+    /// `schemas` holds the writer schemas that framed messages (Avro,
+    /// Protobuf, JSON Schema) name; empty for JSON.
     pub fn decode(
         &self,
         batch: &MicroBatch,
