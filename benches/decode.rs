@@ -8,7 +8,7 @@ use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use weir::ingest::decode::framed::{WriterSchema, WriterSchemas};
 use weir::ingest::decode::{Decoder, Encoding};
-use weir::ingest::source::framing::AvroFraming;
+use weir::ingest::source::framing::Framing;
 
 fn decode(c: &mut Criterion) {
     let job = common::clickstream(None);
@@ -47,11 +47,15 @@ fn decode_avro(c: &mut Criterion) {
         job.source.max_message_bytes,
         Encoding::Avro,
     );
-    let mut framing = AvroFraming::new(&job.contract, 1).unwrap();
+    let mut framing = Framing::new(&job.contract, Encoding::Avro, 1).unwrap();
     let mut schemas = WriterSchemas::default();
     schemas.insert(
         1,
-        WriterSchema::Avro(AvroFraming::schema(&job.contract).unwrap().into()),
+        WriterSchema::Avro(
+            Framing::schema(&job.contract, Encoding::Avro)
+                .unwrap()
+                .into(),
+        ),
     );
     let mut group = c.benchmark_group("decode_avro");
     for size in [1000, 10_000] {

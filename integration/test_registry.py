@@ -1,4 +1,4 @@
-"""Avro and JSON Schema topics in the Confluent wire format, through a
+"""Avro, Protobuf and JSON Schema topics in the Confluent wire format, through a
 schema registry, on Apache Kafka: messages written by weir's producer and by
 Confluent's own serializers land exactly once, writer schemas evolve
 compatibly into the contract's columns, incompatible ones and broken frames
@@ -49,20 +49,24 @@ def avro_job(tmp_path, broker, topic, data, registry, fields=(), max_events=200,
     return job
 
 
-def test_avro_from_weir_produce_lands_exactly_once_through_a_kill(broker, registry, tmp_path):
-    """`weir produce` registers the job's contract and frames each event;
-    `weir run` fetches the schema once, lands every event exactly once
-    although it is SIGKILLed mid-stream, and the outputs equal the oracle
-    computed from the producer's JSON report."""
+@pytest.mark.parametrize("format,schema_type",
+                         [("avro", None), ("protobuf", "PROTOBUF"), ("json_schema", "JSON")])
+def test_weir_produce_lands_exactly_once_through_a_kill(broker, registry, tmp_path, format,
+                                                       schema_type):
+    """`weir produce` registers the job's contract in the job's format and
+    frames each event; `weir run` fetches the schema once, lands every event
+    exactly once although it is SIGKILLed mid-stream, and the outputs equal
+    the oracle computed from the producer's JSON report."""
     broker.create_topic("clicks", 3)
     data = tmp_path / "data"
-    job = avro_job(tmp_path, broker, "clicks", data, registry)
+    job = avro_job(tmp_path, broker, "clicks", data, registry, format=format)
     report = tmp_path / "produced.csv"
     weir("produce", "--job", job, "--brokers", broker.bootstrap, "--topic", "clicks",
          "--count", 3000, "--malformed-ratio", 0.02, "--duplicate-ratio", 0.02,
          "--late-ratio", 0, "--seed", 5, "--report", report, timeout=120)
     produced = read_report(report)
     assert registry.subjects == {"clicks-value": [1]}
+    assert registry.schemas[0].get("schemaType") == schema_type, registry.schemas
     with open(tmp_path / "run.log", "w") as log:
         proc = start_run(job, log)
         wait_for_count(data, 500, 120, proc)

@@ -17,7 +17,7 @@ use weir::cmd::query::{self, Format};
 use weir::cmd::views::{self, Dialect};
 use weir::config::{Brokers, Choice, Format as SourceFormat, Job, JobError, Overrides};
 use weir::fault::Faults;
-use weir::ingest::source::framing::AvroFraming;
+use weir::ingest::source::framing::Framing;
 use weir::ingest::source::generator::{self, Generator, Limits, Mix};
 use weir::telemetry::LogFormat;
 use weir::upkeep::maintain;
@@ -363,10 +363,11 @@ struct ProduceArgs {
     /// Extra librdkafka producer property, KEY=VALUE (repeatable).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
     property: Vec<(String, String)>,
-    /// How to encode messages [default: the job's source.format]. `avro`
-    /// registers the job's contract in its source.registry and sends the
-    /// Confluent wire format; --report still shows each event as JSON.
-    #[arg(long, value_parser = ["json", "avro"], value_name = "FORMAT")]
+    /// How to encode messages [default: the job's source.format]. `avro`,
+    /// `protobuf` and `json_schema` register the job's contract in that
+    /// format in its source.registry and send the Confluent wire format;
+    /// --report still shows each event as JSON.
+    #[arg(long, value_parser = ["json", "avro", "protobuf", "json_schema"], value_name = "FORMAT")]
     format: Option<String>,
 }
 
@@ -784,16 +785,18 @@ async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
         duplicate_ratio: args.duplicate_ratio,
         late_ratio: args.late_ratio,
     };
-    let format = match args.format.as_deref() {
-        Some("json") => SourceFormat::Json,
-        Some(_) if job.source.format.registry().is_none() => bail!(Usage(
-            "--format avro needs a job whose source.registry says where to register its schema \
-             (pass --job)"
-                .into()
-        )),
-        _ => job.source.format.clone(),
+    let format = match (args.format.as_deref(), job.source.format.registry()) {
+        (None, _) => job.source.format.clone(),
+        (Some("json"), _) => SourceFormat::Json,
+        (Some(format), None) => bail!(Usage(format!(
+            "--format {format} needs a job whose source.registry says where to register its \
+             schema (pass --job)"
+        ))),
+        (Some("avro"), Some(registry)) => SourceFormat::Avro(registry.clone()),
+        (Some("protobuf"), Some(registry)) => SourceFormat::Protobuf(registry.clone()),
+        (Some(_), Some(registry)) => SourceFormat::JsonSchema(registry.clone()),
     };
-    let mut framing = AvroFraming::for_job(&job.contract, &format).await?;
+    let mut framing = Framing::for_job(&job.contract, &format).await?;
     let mut generator = Generator::new(job.contract, mix, args.seed.unwrap_or_else(rand::random));
     if let (Some(span), Some(count)) = (args.backfill, args.count) {
         generator = generator.backfill(span, count);

@@ -20,7 +20,7 @@ use crate::config::Job;
 use crate::fault::Faults;
 use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::source::embedded::EmbeddedBroker;
-use crate::ingest::source::framing::AvroFraming;
+use crate::ingest::source::framing::Framing;
 use crate::ingest::source::generator::{self, Delivered, Generator, Kind, Limits, Mix};
 use crate::ingest::source::registry::RegistryError;
 use crate::ingest::stats::Stats;
@@ -263,7 +263,7 @@ async fn run_against(
     while !pipeline.has_partitions() && !task.is_finished() && Instant::now() < joined {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut framing = AvroFraming::for_job(&job.contract, &job.source.format).await?;
+    let mut framing = Framing::for_job(&job.contract, &job.source.format).await?;
     let progress = tokio::spawn(report_progress(stats.clone()));
     let mut generator = Generator::new(job.contract.clone(), options.mix, rand::random());
     if let Some(span) = options.backfill {

@@ -29,7 +29,7 @@ use crate::config::{Batching, Job, JobError, Storage};
 use crate::fault::Faults;
 use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::source::embedded::EmbeddedBroker;
-use crate::ingest::source::framing::AvroFraming;
+use crate::ingest::source::framing::Framing;
 use crate::ingest::source::generator::{self, Generator, Limits, Mix};
 use crate::ingest::source::kafka::client_config;
 use crate::ingest::stats::Samples;
@@ -422,7 +422,7 @@ async fn send(job: &Job, bootstrap: &str, topic: &str, limits: Limits) -> Result
     let mut generator = Generator::new(job.contract.clone(), Mix::default(), rand::random());
     let never = AtomicBool::new(false);
     let properties = connection_only(&job.kafka_properties()?);
-    let mut framing = AvroFraming::for_job(&job.contract, &job.source.format).await?;
+    let mut framing = Framing::for_job(&job.contract, &job.source.format).await?;
     let delivered = generator::produce(
         bootstrap,
         topic,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::Encoding;
 use super::protobuf::ProtoSchema;
 
 /// The frame's length: the magic byte and the schema ID.
@@ -31,6 +32,30 @@ impl fmt::Debug for WriterSchema {
             Self::JsonSchema(_) => f.write_str("JsonSchema"),
             Self::Protobuf(_) => f.write_str("Protobuf"),
             Self::Refused(why) => f.debug_tuple("Refused").field(why).finish(),
+        }
+    }
+}
+
+impl WriterSchema {
+    /// Schema `id`'s `text` (a registry's schema of the job's `encoding`)
+    /// ready to read messages, or why its messages are refused.
+    pub fn compile(id: u32, encoding: Encoding, text: &str) -> Self {
+        let refused = |what: &str, e: String| {
+            Self::Refused(format!("schema ID {id} is not a {what} weir can use: {e}").into())
+        };
+        match encoding {
+            Encoding::Json | Encoding::Avro => Self::Avro(text.into()),
+            Encoding::JsonSchema => match serde_json::from_str(text)
+                .map_err(|e| e.to_string())
+                .and_then(|schema| jsonschema::validator_for(&schema).map_err(|e| e.to_string()))
+            {
+                Ok(validator) => Self::JsonSchema(Arc::new(validator)),
+                Err(e) => refused("JSON Schema", e),
+            },
+            Encoding::Protobuf => match ProtoSchema::compile(text) {
+                Ok(schema) => Self::Protobuf(Arc::new(schema)),
+                Err(e) => refused("Protobuf schema", e),
+            },
         }
     }
 }

@@ -70,7 +70,7 @@ impl ProtoSchema {
     }
 
     /// The message type `indexes` name: the top-level type, then nested ones.
-    fn message(&self, indexes: &[i32]) -> Option<MessageDescriptor> {
+    pub fn message(&self, indexes: &[i32]) -> Option<MessageDescriptor> {
         let file = self.pool.get_file_by_name(&self.file)?;
         let (first, nested) = indexes.split_first()?;
         let mut message = file.messages().nth(usize::try_from(*first).ok()?)?;

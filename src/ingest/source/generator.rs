@@ -17,7 +17,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde_json::{Map, Value, json};
 
-use super::framing::AvroFraming;
+use super::framing::Framing;
 use crate::config::{Contract, FieldType};
 
 /// What a generated message is meant to be, so tests can check where it landed.
@@ -366,12 +366,12 @@ const IN_FLIGHT: usize = 20_000;
 /// Sends generated messages to `topic` until a limit is reached or `stop` is
 /// set, then waits for every delivery report. Sends are concurrent (awaiting
 /// each one in turn is about a thousand times slower). With `framing`, each
-/// goes out as Avro; what is reported delivered is still its JSON.
+/// goes out in its wire format; what is reported delivered is still its JSON.
 pub async fn produce(
     bootstrap: &str,
     topic: &str,
     generator: &mut Generator,
-    mut framing: Option<&mut AvroFraming>,
+    mut framing: Option<&mut Framing>,
     limits: Limits,
     stop: &AtomicBool,
     extra: &[(String, String)],

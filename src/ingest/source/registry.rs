@@ -9,7 +9,7 @@
 //! nothing, a DLQ row per message would bury the data.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,7 +19,6 @@ use url::Url;
 use crate::config::{Format, Registry};
 use crate::ingest::decode::Encoding;
 use crate::ingest::decode::framed::{WriterSchema, WriterSchemas, schema_id};
-use crate::ingest::decode::protobuf::ProtoSchema;
 use crate::metrics::JobMetrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -173,18 +172,11 @@ impl SchemaRegistry {
             .map_err(|e| self.unreachable(&format!("unreadable answer for {url}: {e}")))?;
         let found_type = found.schema_type.as_deref().unwrap_or("AVRO");
         let wanted = self.encoding.schema_type();
-        Ok(match found_type {
-            _ if found_type != wanted => WriterSchema::Refused(
+        Ok(match found_type == wanted {
+            false => WriterSchema::Refused(
                 format!("schema ID {id} is {found_type}, and the job reads {wanted}").into(),
             ),
-            "JSON" => json_schema(id, &found.schema),
-            "PROTOBUF" => match ProtoSchema::compile(&found.schema) {
-                Ok(schema) => WriterSchema::Protobuf(Arc::new(schema)),
-                Err(e) => WriterSchema::Refused(
-                    format!("schema ID {id} is not a Protobuf schema weir can compile: {e}").into(),
-                ),
-            },
-            _ => WriterSchema::Avro(found.schema.into()),
+            true => WriterSchema::compile(id, self.encoding, &found.schema),
         })
     }
 
@@ -234,18 +226,5 @@ impl SchemaRegistry {
             url: self.base.to_string(),
             reason: reason.to_string(),
         }
-    }
-}
-
-/// A registry's JSON Schema compiled, or why its messages are refused.
-fn json_schema(id: u32, text: &str) -> WriterSchema {
-    let compiled = serde_json::from_str(text)
-        .map_err(|e| e.to_string())
-        .and_then(|schema| jsonschema::validator_for(&schema).map_err(|e| e.to_string()));
-    match compiled {
-        Ok(validator) => WriterSchema::JsonSchema(Arc::new(validator)),
-        Err(e) => WriterSchema::Refused(
-            format!("schema ID {id} is not a JSON Schema weir can use: {e}").into(),
-        ),
     }
 }
