@@ -31,6 +31,17 @@ def test_impossible_value_exits_2(tmp_path):
     assert str(spec) in result.stderr and "batching.max_wait_ms" in result.stderr
 
 
+def test_bad_start_from_and_until_exit_2_saying_why(tmp_path):
+    spec, result = bad_spec(tmp_path, 'start_from = "earliest"', 'start_from = "offsets:0=x"')
+    assert result.returncode == 2
+    assert str(spec) in result.stderr and "source.start_from" in result.stderr
+    assert "`offsets:0=x`" in result.stderr, result.stderr
+    for until, why in (("yesterday", "neither `caught-up`"),
+                       ("2020-01-01T00:00:00Z", "is in the past")):
+        result = run("run", spec, "--brokers", "127.0.0.1:1", "--until", until)
+        assert result.returncode == 2 and why in result.stderr, result.stderr
+
+
 def test_run_refuses_the_embedded_broker():
     result = run("run", ROOT / "jobs/clickstream.toml")
     assert result.returncode == 2

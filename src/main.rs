@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use weir::cmd::demo::{self, DemoOptions};
 use weir::cmd::query::{self, Format};
+use weir::cmd::run::Until;
 use weir::cmd::views::{self, Dialect};
 use weir::config::{Brokers, Choice, Format as SourceFormat, Job, JobError, Overrides};
 use weir::fault::Faults;
@@ -159,6 +160,12 @@ struct RunArgs {
     /// before abandoning them (nothing is half-committed either way).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+    /// End the run by itself and exit 0, for schedulers: `caught-up` once
+    /// the tables hold every message below the high watermarks seen at
+    /// start (each job, its assigned partitions), or at a time (RFC 3339,
+    /// or a duration from now such as 30m).
+    #[arg(long, value_name = "caught-up|TIME", value_parser = Until::parse)]
+    until: Option<Until>,
 }
 
 #[derive(Args)]
@@ -527,6 +534,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let options = weir::cmd::run::RunOptions {
         shutdown_timeout: args.shutdown_timeout,
         metrics_addr,
+        until: args.until,
     };
     info!(jobs = jobs.len(), metrics = %metrics_addr, "running; SIGINT or SIGTERM stops after the batches in flight");
     weir::cmd::run::run(jobs, options, faults_from_env()?, stop).await?;

@@ -12,16 +12,18 @@
 //! trigger's commits are per table and atomic, so nothing is half-written,
 //! and the next start re-reads it).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Brokers, Job};
 use crate::fault::Faults;
-use crate::ingest::pipeline::{Pipeline, PipelineError};
+use crate::ingest::pipeline::{Pipeline, PipelineError, broker_high_watermarks};
 use crate::ingest::sink::SinkError;
 use crate::ingest::source::kafka::SourceError;
 use crate::metrics::{JobMetrics, Metrics};
@@ -54,6 +56,44 @@ pub struct RunOptions {
     pub shutdown_timeout: Duration,
     /// Where `/metrics` and `/healthz` are served.
     pub metrics_addr: SocketAddr,
+    /// When the run ends by itself, for schedulers (none: at a signal).
+    pub until: Option<Until>,
+}
+
+/// When a bounded run ends by itself and exits 0, as a scheduler's batch
+/// job (Spark's `Trigger.AvailableNow`, kafka-delta-ingest's `-e`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Once each job's tables hold, for every partition assigned to it,
+    /// every message below the high watermark the broker gave for that
+    /// partition when the job first started in this run.
+    CaughtUp,
+    /// At this time: the batches already cut are committed, then it stops.
+    Time(DateTime<Utc>),
+}
+
+impl Until {
+    /// `caught-up`, an RFC 3339 time, or a duration from now (`90s`, `2h`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "caught-up" {
+            return Ok(Self::CaughtUp);
+        }
+        let time = match DateTime::parse_from_rfc3339(text) {
+            Ok(time) => time.with_timezone(&Utc),
+            Err(_) => {
+                let span = humantime::parse_duration(text).map_err(|_| {
+                    format!(
+                        "`{text}` is neither `caught-up`, an RFC 3339 time nor a duration such as 30m"
+                    )
+                })?;
+                Utc::now() + span
+            }
+        };
+        if time <= Utc::now() {
+            return Err(format!("`{text}` is in the past"));
+        }
+        Ok(Self::Time(time))
+    }
 }
 
 /// Whether restarting cannot help: the spec's failures, and a broker that no
@@ -102,15 +142,26 @@ pub async fn run(
         })?;
     tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
 
+    if let Some(Until::Time(time)) = options.until {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let left = (time - Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(left).await;
+            info!(%time, "--until time reached: stopping after the batches in flight");
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let caught_up = options.until == Some(Until::CaughtUp);
     let mut supervised = tokio::task::JoinSet::new();
     let mut upkeep = Vec::new();
     for job in jobs {
         let job_metrics = metrics.job(&job.name);
         upkeep.push(tokio::spawn(keep_up(job.clone(), faults.clone())));
         let (faults, stop) = (faults.clone(), stop.clone());
+        let bound = caught_up.then(Arc::default);
         supervised.spawn(async move {
             let name = job.name.clone();
-            supervise(job, job_metrics, faults, stop)
+            supervise(job, job_metrics, faults, stop, bound)
                 .await
                 .map_err(|source| RunError::Job { job: name, source })
         });
@@ -155,12 +206,18 @@ async fn wait_for(flag: &AtomicBool) {
     }
 }
 
-/// Runs one job, restarting it after errors, until `stop` or a fatal error.
+/// With `--until caught-up`, the offsets a job's run ends at: the broker's
+/// high watermarks when its first life started, kept across restarts.
+type Bound = Arc<tokio::sync::OnceCell<BTreeMap<i32, i64>>>;
+
+/// Runs one job, restarting it after errors, until `stop`, a fatal error,
+/// or (with `bound`) once it caught up.
 async fn supervise(
     job: Job,
     metrics: JobMetrics,
     faults: Faults,
     stop: Arc<AtomicBool>,
+    bound: Option<Bound>,
 ) -> Result<(), PipelineError> {
     let Brokers::List(bootstrap) = &job.source.brokers else {
         unreachable!("the CLI refuses embedded brokers for `weir run`")
@@ -178,6 +235,7 @@ async fn supervise(
             metrics.clone(),
             faults.clone(),
             stop.clone(),
+            bound.clone(),
         ));
         let result = match life.join().await {
             Ok(result) => result,
@@ -223,13 +281,15 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// One life of a job's pipeline: start, run until stopped or failed.
+/// One life of a job's pipeline: start, run until stopped, failed or (with
+/// `bound`) caught up.
 async fn run_once(
     job: Job,
     bootstrap: String,
     metrics: JobMetrics,
     faults: Faults,
     stop: Arc<AtomicBool>,
+    bound: Option<Bound>,
 ) -> Result<(), PipelineError> {
     if stop.load(Ordering::Relaxed) {
         return Ok(());
@@ -244,7 +304,35 @@ async fn run_once(
             pipeline.stop();
         })
     };
+    let _bound = match bound {
+        Some(bound) => {
+            let targets = bound
+                .get_or_try_init(|| broker_high_watermarks(&job, &bootstrap, None))
+                .await?
+                .clone();
+            info!(job = %job.name, ?targets, "--until caught-up: stopping once the tables hold every message below these offsets");
+            Some(AbortOnDrop::spawn(stop_when_caught_up(
+                pipeline.clone(),
+                targets,
+            )))
+        }
+        None => None,
+    };
     pipeline.run().await
+}
+
+/// How often a bounded run looks whether its job caught up.
+const CAUGHT_UP_CHECK: Duration = Duration::from_millis(250);
+
+/// Stops `pipeline` once it holds every message below `targets`.
+async fn stop_when_caught_up(pipeline: Arc<Pipeline>, targets: BTreeMap<i32, i64>) {
+    while !pipeline.caught_up(&targets).await {
+        tokio::time::sleep(CAUGHT_UP_CHECK).await;
+    }
+    info!(
+        "caught up: every assigned partition's messages below its target are in the tables; stopping"
+    );
+    pipeline.stop();
 }
 
 /// How often the hot tables are looked at for small files to merge.

@@ -14,13 +14,49 @@ use url::Url;
 use super::*;
 
 /// Where a consumer starts on a partition the Delta tables know nothing of.
-/// Only there: a position the tables recorded is never replaced by either.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Only there: a position the tables recorded is never replaced by any of
+/// these, so a first run's choice does not move a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StartFrom {
     #[default]
     Earliest,
     Latest,
+    /// The first message whose Kafka timestamp is at or after this (epoch
+    /// ms); the end of a partition that has none.
+    Timestamp(i64),
+    /// These offsets for the partitions named; the earliest for the others.
+    Offsets(BTreeMap<i32, i64>),
+}
+
+impl StartFrom {
+    /// What the spec's `start_from` string should look like, for errors.
+    pub const EXPECTED: &str = "`earliest`, `latest`, `timestamp:<RFC 3339 time>` or \
+         `offsets:<partition>=<offset>,…`";
+
+    /// `earliest`, `latest`, `timestamp:2026-11-01T00:00:00Z` or
+    /// `offsets:0=120,3=7`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "earliest" => return Some(Self::Earliest),
+            "latest" => return Some(Self::Latest),
+            _ => {}
+        }
+        if let Some(time) = text.strip_prefix("timestamp:") {
+            let time = chrono::DateTime::parse_from_rfc3339(time).ok()?;
+            return Some(Self::Timestamp(time.timestamp_millis()));
+        }
+        let offsets = text.strip_prefix("offsets:")?;
+        let parsed = offsets
+            .split(',')
+            .map(|pair| {
+                let (partition, offset) = pair.trim().split_once('=')?;
+                let partition = partition.trim().parse().ok().filter(|p| *p >= 0)?;
+                let offset = offset.trim().parse().ok().filter(|o| *o >= 0)?;
+                Some((partition, offset))
+            })
+            .collect::<Option<BTreeMap<_, _>>>()?;
+        Some(Self::Offsets(parsed))
+    }
 }
 
 /// Whether `raw` keeps each message's bytes (`_payload`) beside its

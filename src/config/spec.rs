@@ -152,8 +152,8 @@ pub(super) struct SourceSpec {
     pub(super) brokers: String,
     pub(super) topic: String,
     pub(super) group: Option<String>,
-    #[serde(default)]
-    pub(super) start_from: StartFrom,
+    #[serde(default = "default_start_from")]
+    pub(super) start_from: String,
     #[serde(default)]
     pub(super) on_data_loss: OnDataLoss,
     #[serde(default = "default_format")]
@@ -273,6 +273,9 @@ pub(super) fn default_key_format() -> String {
     "bytes".into()
 }
 
+pub(super) fn default_start_from() -> String {
+    "earliest".into()
+}
 pub(super) fn default_format() -> String {
     "json".into()
 }

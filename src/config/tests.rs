@@ -443,3 +443,32 @@ fn kafka_columns_are_named_once_and_a_key_format_needs_the_key() {
         assert!(err.contains(says), "{source}: {err}");
     }
 }
+
+#[test]
+fn start_from_takes_a_time_or_offsets_and_refuses_anything_else() {
+    let with =
+        |value: &str| GOOD.replace("[schema]", &format!("start_from = \"{value}\"\n[schema]"));
+    let at = |value: &str| parse(&with(value)).unwrap().source.start_from;
+    assert_eq!(at("latest"), StartFrom::Latest);
+    assert_eq!(
+        at("timestamp:2026-11-01T00:00:00Z"),
+        StartFrom::Timestamp(1_793_491_200_000)
+    );
+    assert_eq!(
+        at("offsets:0=120, 3=7"),
+        StartFrom::Offsets([(0, 120), (3, 7)].into())
+    );
+    for bad in [
+        "newest",
+        "timestamp:yesterday",
+        "offsets:0=-1",
+        "offsets:x=1",
+        "offsets:",
+    ] {
+        let err = parse(&with(bad)).unwrap_err().to_string();
+        assert!(
+            err.contains("source.start_from") && err.contains(&format!("`{bad}`")),
+            "{bad}: {err}"
+        );
+    }
+}

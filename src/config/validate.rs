@@ -185,6 +185,13 @@ pub(super) fn validate_source(
             "an empty string".into(),
         ));
     }
+    let start_from = StartFrom::parse(&spec.start_from).ok_or_else(|| {
+        invalid(
+            "source.start_from",
+            StartFrom::EXPECTED,
+            format!("`{}`", spec.start_from),
+        )
+    })?;
     let format = validate_format(&spec.format, spec.registry, &spec.topic, invalid)?;
     if !(1..=256 * 1024 * 1024).contains(&spec.max_message_bytes) {
         return Err(invalid(
@@ -219,7 +226,7 @@ pub(super) fn validate_source(
         brokers,
         topic: spec.topic,
         group,
-        start_from: spec.start_from,
+        start_from,
         on_data_loss: spec.on_data_loss,
         max_message_bytes: spec.max_message_bytes as usize,
         properties,

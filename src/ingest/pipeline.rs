@@ -142,19 +142,7 @@ async fn unread(
     partitions: &[i32],
 ) -> Result<Vec<i32>, PipelineError> {
     let resume = sink.resume_positions(partitions).await?;
-    let properties = job.kafka_properties()?;
-    let (topic, bootstrap, asked) = (
-        job.source.topic.clone(),
-        bootstrap.to_owned(),
-        partitions.to_vec(),
-    );
-    let high = tokio::task::spawn_blocking(move || {
-        let timeout = Duration::from_secs(10);
-        high_watermarks(&bootstrap, &properties, &topic, Some(&asked), timeout)
-    })
-    .await
-    .expect("asking the broker does not panic");
-    let high = match high {
+    let high = match broker_high_watermarks(job, bootstrap, Some(partitions.to_vec())).await {
         Ok(high) => high,
         Err(error) => {
             warn!(%error, "cannot ask the broker which partitions have messages left; none is taken as idle");
@@ -166,6 +154,30 @@ async fn unread(
         .copied()
         .filter(|p| high.get(p).copied().unwrap_or(0) > resume.get(p).copied().unwrap_or(0))
         .collect())
+}
+
+/// The broker's high watermark of each partition of the job's topic (of
+/// `partitions` when given), asked off the runtime's threads.
+pub async fn broker_high_watermarks(
+    job: &Job,
+    bootstrap: &str,
+    partitions: Option<Vec<i32>>,
+) -> Result<BTreeMap<i32, i64>, PipelineError> {
+    let properties = job.kafka_properties()?;
+    let (topic, bootstrap) = (job.source.topic.clone(), bootstrap.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(10);
+        high_watermarks(
+            &bootstrap,
+            &properties,
+            &topic,
+            partitions.as_deref(),
+            timeout,
+        )
+        .map_err(|error| SourceError::Watermarks { topic, error }.into())
+    })
+    .await
+    .expect("asking the broker does not panic")
 }
 
 /// The IDs accepted (into `raw` or `late`) within the dedup horizon of
@@ -333,6 +345,22 @@ impl Pipeline {
     /// Whether the consumer group has assigned this process any partition.
     pub fn has_partitions(&self) -> bool {
         !self.source.generations().is_empty()
+    }
+
+    /// Whether the tables hold, for every partition assigned to this
+    /// process (at least one), each message below its offset in `targets`
+    /// (a partition without one has nothing to wait for): a bounded run's
+    /// end (`weir run --until caught-up`).
+    pub async fn caught_up(&self, targets: &BTreeMap<i32, i64>) -> bool {
+        let assigned: Vec<i32> = self.source.generations().into_keys().collect();
+        if assigned.is_empty() {
+            return false;
+        }
+        let held = self.sink.lock().await.positions(&assigned);
+        assigned.iter().all(|p| {
+            let target = targets.get(p).copied().unwrap_or(0);
+            target == 0 || held.get(p).is_some_and(|&h| h >= target)
+        })
     }
 
     /// Runs triggers until [`Pipeline::stop`] (the batches already cut are

@@ -623,6 +623,13 @@ impl Sink {
                 };
             }
         }
+        Ok(self.positions(partitions))
+    }
+
+    /// Per partition of `partitions` any table knows, the lowest next offset
+    /// the tables hold as of this sink's last commit or reload: where a
+    /// restart would resume.
+    pub fn positions(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
         let mut positions = BTreeMap::new();
         for table in &self.tables {
             for (p, v) in table.held() {
@@ -632,7 +639,7 @@ impl Sink {
                 }
             }
         }
-        Ok(positions)
+        positions
     }
 
     /// The next offset table `id` holds for each partition it knows: what

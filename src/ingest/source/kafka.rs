@@ -18,6 +18,7 @@
 //! (transaction markers), so the tables' positions reach the high watermark.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{Message, MicroBatch};
-use crate::config::{Batching, Job, KafkaColumns, OnDataLoss, StartFrom};
+use crate::config::{Batching, Job, JobError, KafkaColumns, OnDataLoss, StartFrom};
 use crate::ingest::adaptive::BatchCap;
 use crate::metrics::JobMetrics;
 
@@ -73,6 +74,8 @@ pub enum SourceError {
         recorded: i64,
         gap: Gap,
     },
+    #[error("cannot ask the broker for topic `{topic}`'s high watermarks: {error}")]
+    Watermarks { topic: String, error: KafkaError },
     #[error("fatal Kafka consumer error: {0}")]
     Fatal(KafkaError),
     #[error("the consumer cannot be configured as specified")]
@@ -151,6 +154,8 @@ pub struct WeirContext {
     generations: Mutex<Generations>,
     assignments: AtomicU64,
     start_from: StartFrom,
+    /// The spec `start_from` came from, for an error naming it.
+    job_file: PathBuf,
     on_data_loss: OnDataLoss,
     metrics: JobMetrics,
 }
@@ -257,11 +262,16 @@ impl WeirContext {
                 partitions: partitions.to_vec(),
                 reason,
             })?;
+        let unknown: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !positions.contains_key(p))
+            .collect();
+        let mut starts = self.starts(consumer, &unknown)?;
         for &partition in partitions {
             let offset = match positions.get(&partition) {
                 Some(&recorded) => Offset::Offset(self.held(consumer, partition, recorded)?),
-                None if self.start_from == StartFrom::Latest => Offset::End,
-                None => Offset::Beginning,
+                None => starts.remove(&partition).unwrap_or(Offset::Beginning),
             };
             if let Err(e) = tpl.set_partition_offset(&self.topic, partition, offset) {
                 warn!(partition, error = %e, "cannot set the resume offset");
@@ -269,6 +279,89 @@ impl WeirContext {
         }
         info!(?partitions, resume = ?positions, "partitions assigned");
         Ok(())
+    }
+
+    /// Where `start_from` begins each of `partitions` (which no table knows).
+    fn starts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, Offset>, SourceError> {
+        let every = |offset: Offset| partitions.iter().map(|&p| (p, offset)).collect();
+        Ok(match &self.start_from {
+            StartFrom::Earliest => every(Offset::Beginning),
+            StartFrom::Latest => every(Offset::End),
+            StartFrom::Offsets(offsets) => partitions
+                .iter()
+                .map(|&p| match offsets.get(&p) {
+                    Some(&offset) => Ok((p, Offset::Offset(self.held_start(consumer, p, offset)?))),
+                    None => Ok((p, Offset::Beginning)),
+                })
+                .collect::<Result<_, SourceError>>()?,
+            StartFrom::Timestamp(_) if partitions.is_empty() => BTreeMap::new(),
+            StartFrom::Timestamp(ms) => {
+                let mut asked = TopicPartitionList::new();
+                for &p in partitions {
+                    let added = asked.add_partition_offset(&self.topic, p, Offset::Offset(*ms));
+                    added.map_err(SourceError::Fatal)?;
+                }
+                let found = consumer
+                    .offsets_for_times(asked, WATERMARKS_TIMEOUT)
+                    .map_err(|e| SourceError::Resume {
+                        partitions: partitions.to_vec(),
+                        reason: format!(
+                            "asking the broker for the offsets at start_from's time: {e}"
+                        ),
+                    })?;
+                let starts = found
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| (e.partition(), e.offset()))
+                    .collect();
+                info!(
+                    ?starts,
+                    "partitions no table knows start at start_from's time"
+                );
+                starts
+            }
+        })
+    }
+
+    /// The broker's first offset and high watermark of `partition`.
+    fn watermarks(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partition: i32,
+    ) -> Result<(i64, i64), SourceError> {
+        consumer
+            .fetch_watermarks(&self.topic, partition, WATERMARKS_TIMEOUT)
+            .map_err(|e| SourceError::Resume {
+                partitions: vec![partition],
+                reason: format!("asking the broker for the partition's offsets: {e}"),
+            })
+    }
+
+    /// `offset`, which `start_from` gives for `partition`, once the broker is
+    /// known to hold it: one outside the partition is a mistake in the spec.
+    fn held_start(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, SourceError> {
+        let (log_start, high_watermark) = self.watermarks(consumer, partition)?;
+        match Gap::between(offset, log_start, high_watermark) {
+            None => Ok(offset),
+            Some(_) => Err(SourceError::Spec(JobError::Invalid {
+                file: self.job_file.clone(),
+                key: "source.start_from".into(),
+                expected: format!(
+                    "an offset the broker holds for partition {partition} \
+                     ({log_start} to {high_watermark})"
+                ),
+                found: format!("{offset}"),
+            })),
+        }
     }
 
     /// Where to read `partition` from, `recorded` being where this process
@@ -283,12 +376,7 @@ impl WeirContext {
         partition: i32,
         recorded: i64,
     ) -> Result<i64, SourceError> {
-        let (log_start, high_watermark) = consumer
-            .fetch_watermarks(&self.topic, partition, WATERMARKS_TIMEOUT)
-            .map_err(|e| SourceError::Resume {
-                partitions: vec![partition],
-                reason: format!("asking the broker for the partition's offsets: {e}"),
-            })?;
+        let (log_start, high_watermark) = self.watermarks(consumer, partition)?;
         match Gap::between(recorded, log_start, high_watermark) {
             None => Ok(recorded),
             Some(Gap::Deleted { log_start }) if self.on_data_loss == OnDataLoss::Skip => {
@@ -453,7 +541,8 @@ impl KafkaSource {
             failure: Mutex::new(None),
             generations: Mutex::new(BTreeMap::new()),
             assignments: AtomicU64::new(0),
-            start_from: job.source.start_from,
+            start_from: job.source.start_from.clone(),
+            job_file: job.file.clone(),
             on_data_loss: job.source.on_data_loss,
             metrics: metrics.clone(),
         };
