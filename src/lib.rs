@@ -12,11 +12,13 @@
 //!    the Confluent wire format) to Arrow under the job's contract; what
 //!    does not fit becomes a DLQ row with the reason.
 //! 3. [`ingest::dedup`]: re-sent events dropped by event ID.
-//! 4. [`ingest::watermark`]: fates of re-read events settled from `raw`;
+//! 4. [`ingest::expect`]: the job's data-quality rules; breaches counted
+//!    (the `quality` table), dropped to the DLQ, or the job stopped.
+//! 5. [`ingest::watermark`]: fates of re-read events settled from `raw`;
 //!    the rest judged on time or late.
-//! 5. [`ingest::replay`]: each table's rows without those it already holds.
-//! 6. [`ingest::transform`]: each output's rows (windowed partials or SQL).
-//! 7. [`ingest::sink`]: data files staged per table, then committed with the
+//! 6. [`ingest::replay`]: each table's rows without those it already holds.
+//! 7. [`ingest::transform`]: each output's rows (windowed partials or SQL).
+//! 8. [`ingest::sink`]: data files staged per table, then committed with the
 //!    Kafka offsets, `raw` first.
 //!
 //! # The layers

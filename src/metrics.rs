@@ -56,6 +56,7 @@ pub struct Metrics {
     commit_conflicts: IntCounterVec,
     restarts: IntCounterVec,
     skipped_offsets: IntCounterVec,
+    expectation_breaches: IntCounterVec,
     queue_fill: IntGaugeVec,
     queue_capacity: IntGaugeVec,
     paused: IntGaugeVec,
@@ -202,6 +203,12 @@ impl Metrics {
                 "weir_skipped_offsets_total",
                 "Per partition: offsets the broker deleted before weir read them, gone past with source.on_data_loss = skip",
                 &["job", "partition"],
+            ),
+            expectation_breaches: counter(
+                &r,
+                "weir_expectation_breaches_total",
+                "Per expectation: committed events that broke it (action: warn, they landed; drop, they went to the DLQ)",
+                &["job", "rule", "action"],
             ),
             commit_conflicts: counter(
                 &r,
@@ -375,6 +382,13 @@ impl JobMetrics {
         self.metrics
             .skipped_offsets
             .with_label_values(&[&self.job, &p])
+            .inc_by(count);
+    }
+
+    pub fn expectation_breaches(&self, rule: &str, action: &str, count: u64) {
+        self.metrics
+            .expectation_breaches
+            .with_label_values(&[&self.job, rule, action])
             .inc_by(count);
     }
 

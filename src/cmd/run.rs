@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Brokers, Job};
 use crate::fault::Faults;
+use crate::ingest::expect::ExpectError;
 use crate::ingest::pipeline::{Pipeline, PipelineError, broker_high_watermarks};
 use crate::ingest::sink::SinkError;
 use crate::ingest::source::kafka::SourceError;
@@ -104,6 +105,7 @@ fn is_fatal(e: &PipelineError) -> bool {
         PipelineError::Job(_)
             | PipelineError::Sink(SinkError::Table(TableError::Incompatible { .. }))
             | PipelineError::Table(TableError::Incompatible { .. })
+            | PipelineError::Expectation(ExpectError::Failed { .. })
             | PipelineError::Source(
                 SourceError::Create { .. }
                     | SourceError::Subscribe { .. }

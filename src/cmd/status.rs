@@ -15,11 +15,12 @@ use std::fmt;
 use std::time::Duration;
 
 use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use rdkafka::error::KafkaError;
 
 use crate::config::{Brokers, Job};
+use crate::ingest::decode::INGEST_TS;
 use crate::ingest::source::kafka;
 use crate::ingest::watermark::Watermark;
 use crate::table::delta::{held_versions, open};
@@ -77,6 +78,18 @@ pub struct Status {
     pub stalled: Option<String>,
     /// Schema IDs whose messages went to the DLQ, most first.
     pub refused: Vec<RefusedSchema>,
+    /// Each expectation of the job and how often it was broken.
+    pub expectations: Vec<ExpectationStatus>,
+}
+
+/// An expectation and the breaches the `quality` table holds of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpectationStatus {
+    pub name: String,
+    pub action: &'static str,
+    /// Events that broke it (warned of, or dropped to the DLQ).
+    pub breaches: i64,
+    pub last: Option<DateTime<Utc>>,
 }
 
 /// A writer schema whose messages the DLQ holds.
@@ -123,6 +136,20 @@ impl fmt::Display for Status {
                 "\nschema ID {} refused: {} messages in the DLQ, e.g. {}",
                 r.id, r.messages, r.example
             )?;
+        }
+        for e in &self.expectations {
+            write!(
+                f,
+                "\nexpectation {} ({}): {} events broke it",
+                e.name, e.action, e.breaches
+            )?;
+            if let Some(last) = e.last {
+                write!(
+                    f,
+                    ", last at {}",
+                    last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )?;
+            }
         }
         Ok(())
     }
@@ -186,7 +213,43 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         watermark,
         stalled,
         refused: refused_schemas(job).await?,
+        expectations: expectations(job).await?,
     })
+}
+
+/// Each of the job's expectations with the breaches `quality` holds of it.
+async fn expectations(job: &Job) -> Result<Vec<ExpectationStatus>, StatusError> {
+    if job.expectations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT rule, CAST(sum(observed) AS BIGINT), max({INGEST_TS}) FROM quality GROUP BY rule"
+    );
+    let mut found = BTreeMap::new();
+    for batch in Tiered::new(job).query(&[TableId::Quality], &sql).await? {
+        // Strings may come back as views: cast, as for the DLQ's reasons.
+        let rules = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+        let rules = rules.as_string::<i32>();
+        let counts = batch.column(1).as_primitive::<Int64Type>();
+        let last = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        for row in 0..batch.num_rows() {
+            let at = DateTime::from_timestamp_micros(last.value(row));
+            found.insert(rules.value(row).to_owned(), (counts.value(row), at));
+        }
+    }
+    Ok(job
+        .expectations
+        .iter()
+        .map(|e| {
+            let (breaches, last) = found.get(&e.name).copied().unwrap_or((0, None));
+            ExpectationStatus {
+                name: e.name.clone(),
+                action: e.on_fail.name(),
+                breaches,
+                last,
+            }
+        })
+        .collect())
 }
 
 /// The schema IDs the DLQ's reasons name (every refusal of a framed message

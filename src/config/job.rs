@@ -59,6 +59,47 @@ impl StartFrom {
     }
 }
 
+/// A data-quality rule: a SQL predicate over an event's fields that every
+/// accepted event should satisfy, and what a breach does. A rule that is
+/// NULL for an event (a comparison with a missing field) holds, as in a
+/// SQL `CHECK` constraint: write `price IS NOT NULL AND …` to require one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    pub name: String,
+    pub rule: String,
+    pub on_fail: OnFail,
+}
+
+/// What an event that breaks an expectation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFail {
+    /// It lands as usual; the breach is counted (metric, `quality` table,
+    /// `weir status`).
+    Warn,
+    /// It goes to the DLQ, the rule's name in the reason, and is counted.
+    Drop,
+    /// The job stops, naming the event's partition and offset; nothing of
+    /// its batch is committed.
+    Fail,
+}
+
+impl OnFail {
+    pub const NAMES: [&str; 3] = ["warn", "drop", "fail"];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "warn" => Some(Self::Warn),
+            "drop" => Some(Self::Drop),
+            "fail" => Some(Self::Fail),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
 /// Whether `raw` keeps each message's bytes (`_payload`) beside its
 /// decoded columns. Kept, `weir reprocess` decodes what was sent under the
 /// current contract (a field added later is filled in); not kept, raw is
@@ -504,6 +545,8 @@ pub struct Job {
     pub storage: Storage,
     /// Each written to its own table, in the same trigger as `raw`.
     pub outputs: Vec<Output>,
+    /// Data-quality rules every accepted event is held to, in order.
+    pub expectations: Vec<Expectation>,
     /// Where `weir run` serves `/metrics` and `/healthz`, if the spec says.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }

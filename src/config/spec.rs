@@ -30,7 +30,18 @@ pub(super) struct JobSpec {
     #[serde(default)]
     pub(super) outputs: Vec<OutputSpec>,
     #[serde(default)]
+    pub(super) expectations: Vec<ExpectationSpec>,
+    #[serde(default)]
     pub(super) metrics: MetricsSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExpectationSpec {
+    pub(super) name: String,
+    pub(super) rule: String,
+    #[serde(default = "default_on_fail")]
+    pub(super) on_fail: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -273,6 +284,9 @@ pub(super) fn default_key_format() -> String {
     "bytes".into()
 }
 
+pub(super) fn default_on_fail() -> String {
+    "warn".into()
+}
 pub(super) fn default_start_from() -> String {
     "earliest".into()
 }

@@ -472,3 +472,28 @@ fn start_from_takes_a_time_or_offsets_and_refuses_anything_else() {
         );
     }
 }
+
+#[test]
+fn expectations_need_unique_names_a_rule_and_a_known_action() {
+    let with = |text: &str| format!("{}{text}", *GOOD);
+    let job = parse(&with("[[expectations]]\nname = \"e\"\nrule = \"n > 0\"\n")).unwrap();
+    assert_eq!(job.expectations[0].on_fail, OnFail::Warn);
+    for (text, key) in [
+        (
+            "[[expectations]]\nname = \"e\"\nrule = \"n > 0\"\non_fail = \"skip\"\n",
+            "expectations[0].on_fail",
+        ),
+        (
+            "[[expectations]]\nname = \"e\"\nrule = \" \"\n",
+            "expectations[0].rule",
+        ),
+        (
+            "[[expectations]]\nname = \"e\"\nrule = \"n > 0\"\n\
+             [[expectations]]\nname = \"e\"\nrule = \"n > 1\"\n",
+            "expectations[1].name",
+        ),
+    ] {
+        let err = parse(&with(text)).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}

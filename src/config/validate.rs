@@ -99,6 +99,7 @@ impl Job {
             }
         }
 
+        let expectations = validate_expectations(spec.expectations, &invalid)?;
         let metrics_addr = spec
             .metrics
             .addr
@@ -125,8 +126,49 @@ impl Job {
             maintenance,
             storage,
             outputs,
+            expectations,
         })
     }
+}
+
+/// Names and actions checked here; whether each rule plans over the
+/// event's fields is checked when the job starts (the expectation stage).
+pub(super) fn validate_expectations(
+    specs: Vec<ExpectationSpec>,
+    invalid: &Invalid,
+) -> Result<Vec<Expectation>, JobError> {
+    let mut expectations: Vec<Expectation> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let key = |k: &str| format!("expectations[{i}].{k}");
+        let taken = expectations.iter().any(|e| e.name == spec.name);
+        if !is_identifier(&spec.name) || taken {
+            return Err(invalid(
+                &key("name"),
+                "a name of letters, digits, `_` or `-` that no other expectation uses",
+                format!("`{}`", spec.name),
+            ));
+        }
+        if spec.rule.trim().is_empty() {
+            return Err(invalid(
+                &key("rule"),
+                "a SQL condition over the event's fields",
+                "an empty string".into(),
+            ));
+        }
+        let on_fail = OnFail::parse(&spec.on_fail).ok_or_else(|| {
+            invalid(
+                &key("on_fail"),
+                "`warn`, `drop` or `fail`",
+                format!("`{}`", spec.on_fail),
+            )
+        })?;
+        expectations.push(Expectation {
+            name: spec.name,
+            rule: spec.rule,
+            on_fail,
+        });
+    }
+    Ok(expectations)
 }
 
 pub(super) type Invalid<'a> = dyn Fn(&str, &str, String) -> JobError + 'a;
@@ -608,7 +650,7 @@ pub(super) fn validate_output(
     {
         return Err(invalid(
             &key("name"),
-            "a name of letters, digits, `_` or `-`, not starting with `_`, without `__` (weir's own table names use it), and not raw, dlq or late in any case",
+            "a name of letters, digits, `_` or `-`, not starting with `_`, without `__` (weir's own table names use it), and not raw, dlq, late or quality in any case",
             format!("`{}`", spec.name),
         ));
     }

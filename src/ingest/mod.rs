@@ -1,5 +1,5 @@
 //! The data path, one module per stage in the order a trigger runs them:
-//! [`source`] → [`decode`] → [`dedup`] → [`watermark`] → [`replay`] →
+//! [`source`] → [`decode`] → [`dedup`] → [`expect`] → [`watermark`] → [`replay`] →
 //! [`transform`] → [`sink`]. [`pipeline`] sequences them, [`adaptive`]
 //! sizes the batches and [`stats`] counts what they did. Between the ends the stages are pure functions over
 //! Arrow batches; a stage that keeps state (dedup, the watermark) restores it
@@ -10,6 +10,8 @@ pub mod source;
 pub mod decode;
 
 pub mod dedup;
+
+pub mod expect;
 
 pub mod watermark;
 

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use chrono::Utc;
 use datafusion::error::DataFusionError;
@@ -27,6 +28,7 @@ use crate::ingest::adaptive::{BatchCap, Controller, Observation};
 use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{Decoded, Decoder};
 use crate::ingest::dedup::{Dedup, Seed, seeds};
+use crate::ingest::expect::{Breaches, ExpectError, Expectations};
 use crate::ingest::replay::{filter_replayed, without_partitions};
 use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError};
 use crate::ingest::source::MicroBatch;
@@ -53,6 +55,8 @@ pub enum PipelineError {
     Table(#[from] TableError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Expectation(#[from] ExpectError),
     #[error("restoring the job's state from its tables: {0}")]
     Restore(#[from] RestoreError),
     #[error("an Arrow operation on a micro-batch failed: {0}")]
@@ -78,6 +82,8 @@ struct Prepared {
     polled: Polled,
     /// `valid` holds the accepted events only.
     decoded: Decoded,
+    /// The breaches of `warn` and `drop` expectations.
+    breaches: Breaches,
     duplicates: usize,
     /// When it was decoded: the ingest time of its DLQ and late rows.
     now: chrono::DateTime<Utc>,
@@ -225,6 +231,7 @@ struct Outcome<'a> {
 pub struct Pipeline {
     job: Job,
     decoder: Decoder,
+    expectations: Expectations,
     /// Where Avro messages' writer schemas come from (none for JSON).
     registry: Option<SchemaRegistry>,
     dedup: Mutex<Dedup>,
@@ -286,6 +293,7 @@ impl Pipeline {
             (&job.source.format).into(),
         );
         let registry = SchemaRegistry::for_format(&job.source.format)?;
+        let expectations = Expectations::new(job)?;
         let outputs = Transform::all(job).await?;
         let catalog = Catalog::new(job, &outputs);
         create_colder_tiers(job, &catalog).await?;
@@ -313,6 +321,7 @@ impl Pipeline {
         Ok(Self {
             job: job.clone(),
             decoder,
+            expectations,
             registry,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
@@ -366,7 +375,7 @@ impl Pipeline {
     /// Runs triggers until [`Pipeline::stop`] (the batches already cut are
     /// committed first) or an error.
     ///
-    /// Two stages with a bounded queue between them: decoding and dedup (on a
+    /// Two stages with a bounded queue between them: decoding, dedup and the expectations (on a
     /// blocking thread) run ahead of the stage that judges, transforms and
     /// commits, so the next batch is prepared while this one commits. Dedup
     /// belongs to the first stage because it needs nothing a commit leaves
@@ -440,18 +449,24 @@ impl Pipeline {
         registry.resolve(payloads, &self.metrics, &stopping).await
     }
 
-    fn prepare(&self, polled: Polled, schemas: &WriterSchemas) -> Result<Prepared, ArrowError> {
+    fn prepare(&self, polled: Polled, schemas: &WriterSchemas) -> Result<Prepared, PipelineError> {
         let clock = Instant::now();
         let now = Utc::now();
         let mut decoded = self.decoder.decode(&polled.batch, schemas, now)?;
         self.metrics.stage("decode", clock.elapsed());
         let clock = Instant::now();
         let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
-        decoded.valid = accepted;
         self.metrics.stage("dedup", clock.elapsed());
+        let judged = self.expectations.apply(accepted)?;
+        decoded.valid = judged.kept;
+        if !judged.dropped.is_empty() {
+            let refused = self.decoder.refuse(&polled.batch, &judged.dropped, now)?;
+            decoded.rejected = concat_batches(&refused.schema(), [&decoded.rejected, &refused])?;
+        }
         Ok(Prepared {
             polled,
             decoded,
+            breaches: judged.breaches,
             duplicates,
             now,
         })
@@ -463,6 +478,7 @@ impl Pipeline {
         let Some(Prepared {
             polled,
             decoded,
+            breaches,
             duplicates,
             now,
         }) = self.still_assigned(prepared)?
@@ -495,6 +511,20 @@ impl Pipeline {
             replayed += rows.num_rows() - kept.num_rows();
             staged.insert(id, sink.stage(id, kept)?);
         }
+        let quality = match self.expectations.is_empty() {
+            true => None,
+            false => {
+                let breaches = Breaches(fresh(&sink, TableId::Quality, &breaches.0)?);
+                let rows = self
+                    .expectations
+                    .quality_rows(&breaches, now.timestamp_micros())?;
+                staged.insert(
+                    TableId::Quality,
+                    sink.stage(TableId::Quality, rows.clone())?,
+                );
+                Some(rows)
+            }
+        };
         for (i, rows) in outputs.await?.into_iter().enumerate() {
             let id = TableId::Output(i);
             staged.insert(id, sink.stage(id, rows)?);
@@ -513,6 +543,9 @@ impl Pipeline {
         })?;
         m.stage("commit", report.elapsed);
         m.commit_retries.inc_by(report.retries as u64);
+        if let Some(rows) = &quality {
+            self.report_breaches(rows);
+        }
         drop(sink);
         self.source.commit_offsets(&next);
         let committed_us = Utc::now().timestamp_micros();
@@ -535,6 +568,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The committed `quality` rows of a trigger, as metrics and log lines.
+    fn report_breaches(&self, rows: &RecordBatch) {
+        let text = |i: usize| rows.column(i).as_string::<i32>();
+        let (rules, actions) = (text(1), text(2));
+        let observed = rows.column(3).as_primitive::<Int64Type>();
+        for row in 0..rows.num_rows() {
+            let (rule, action, count) = (rules.value(row), actions.value(row), observed.value(row));
+            self.metrics
+                .expectation_breaches(rule, action, count as u64);
+            warn!(rule, action, events = count, "expectation broken");
+        }
+    }
+
     /// `prepared` without the messages and rows of partitions revoked since
     /// it was polled (`None` when nothing is left). Called under the sink's
     /// lock, which a revocation takes too: what passes is still this
@@ -544,6 +590,7 @@ impl Pipeline {
         let Prepared {
             mut polled,
             mut decoded,
+            mut breaches,
             duplicates,
             now,
         } = prepared;
@@ -552,6 +599,7 @@ impl Pipeline {
         if !moved.is_empty() {
             decoded.valid = without_partitions(&decoded.valid, &moved)?;
             decoded.rejected = without_partitions(&decoded.rejected, &moved)?;
+            breaches = Breaches(without_partitions(&breaches.0, &moved)?);
             info!(
                 dropped = before - polled.batch.len(),
                 ?moved,
@@ -561,6 +609,7 @@ impl Pipeline {
         Ok((!polled.is_empty()).then_some(Prepared {
             polled,
             decoded,
+            breaches,
             duplicates,
             now,
         }))

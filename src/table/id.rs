@@ -14,6 +14,8 @@ pub enum TableId {
     Dlq,
     /// Events behind the watermark.
     Late,
+    /// Data-quality breaches (for a job with expectations).
+    Quality,
     /// An output's rows (partials for windowed outputs).
     Output(usize),
 }
@@ -21,8 +23,9 @@ pub enum TableId {
 impl TableId {
     /// The tables every job writes before its outputs, in commit order.
     pub const INGEST: [TableId; 3] = [TableId::Raw, TableId::Dlq, TableId::Late];
-    /// Their names: the one list of them (outputs may not take these).
-    pub const INGEST_NAMES: [&'static str; 3] = ["raw", "dlq", "late"];
+    /// Their names and `quality`'s: the one list of weir's own table names
+    /// (outputs may not take these).
+    pub const INGEST_NAMES: [&'static str; 4] = ["raw", "dlq", "late", "quality"];
 
     /// The name of an ingest table; `None` for outputs (named by the job).
     pub fn ingest_name(self) -> Option<&'static str> {
@@ -30,6 +33,7 @@ impl TableId {
             TableId::Raw => Some(Self::INGEST_NAMES[0]),
             TableId::Dlq => Some(Self::INGEST_NAMES[1]),
             TableId::Late => Some(Self::INGEST_NAMES[2]),
+            TableId::Quality => Some(Self::INGEST_NAMES[3]),
             TableId::Output(_) => None,
         }
     }
@@ -38,17 +42,8 @@ impl TableId {
     pub fn ingest(name: &str) -> Option<TableId> {
         Self::INGEST
             .into_iter()
+            .chain([TableId::Quality])
             .find(|t| t.ingest_name() == Some(name))
-    }
-
-    /// Where the table comes in a trigger's commits (and in the catalog).
-    pub fn position(self) -> usize {
-        match self {
-            TableId::Raw => 0,
-            TableId::Dlq => 1,
-            TableId::Late => 2,
-            TableId::Output(i) => Self::INGEST.len() + i,
-        }
     }
 }
 
@@ -57,17 +52,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positions_follow_the_commit_order() {
-        let ids = [
-            TableId::Raw,
-            TableId::Dlq,
-            TableId::Late,
-            TableId::Output(0),
-            TableId::Output(1),
-        ];
-        let positions: Vec<usize> = ids.iter().map(|t| t.position()).collect();
-        assert_eq!(positions, [0, 1, 2, 3, 4]);
+    fn ingest_tables_are_found_by_name() {
         assert_eq!(TableId::ingest("late"), Some(TableId::Late));
+        assert_eq!(TableId::ingest("quality"), Some(TableId::Quality));
         assert_eq!(TableId::ingest("clicks"), None);
     }
 }

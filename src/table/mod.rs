@@ -35,6 +35,7 @@ use url::Url;
 
 use crate::config::{Job, JobError};
 use crate::ingest::decode::{EVENT_DATE, dlq_schema, raw_schema};
+use crate::ingest::expect::quality_schema;
 use crate::ingest::transform::Transform;
 use crate::ingest::watermark::late_schema;
 use schema::Incompatible;
@@ -118,8 +119,8 @@ pub struct TableSpec {
     pub event_id: Option<String>,
 }
 
-/// The tables of a job, in commit order: [`TableId::INGEST`], then one per
-/// output.
+/// The tables of a job, in commit order: [`TableId::INGEST`], `quality`
+/// (for a job with expectations), then one per output.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     specs: Vec<TableSpec>,
@@ -141,8 +142,11 @@ impl Catalog {
             (TableId::Dlq, dlq_schema(), vec![], None),
             (TableId::Late, late_schema(contract), by_date(), Some(id)),
         ];
+        let quality = (!job.expectations.is_empty())
+            .then(|| (TableId::Quality, quality_schema(), vec![], None));
         let mut specs: Vec<TableSpec> = ingest
             .into_iter()
+            .chain(quality)
             .map(|(id, schema, partition_columns, event_id)| TableSpec {
                 id,
                 name: id.ingest_name().unwrap_or_default().to_owned(),
@@ -177,21 +181,29 @@ impl Catalog {
         &self.specs
     }
 
+    /// Table `id`, which must be one of the job's.
     pub fn spec(&self, id: TableId) -> &TableSpec {
-        &self.specs[id.position()]
+        self.specs
+            .iter()
+            .find(|s| s.id == id)
+            .expect("the catalog holds every table of its job")
     }
 
     /// The outputs' tables, in the job's order.
-    pub fn outputs(&self) -> &[TableSpec] {
-        &self.specs[TableId::INGEST.len()..]
+    pub fn outputs(&self) -> impl Iterator<Item = &TableSpec> {
+        self.specs
+            .iter()
+            .filter(|s| matches!(s.id, TableId::Output(_)))
     }
 }
 
 impl TableId {
     /// Every table of `job`, in commit order.
     pub fn all(job: &Job) -> impl Iterator<Item = TableId> + use<> {
+        let quality = (!job.expectations.is_empty()).then_some(TableId::Quality);
         Self::INGEST
             .into_iter()
+            .chain(quality)
             .chain((0..job.outputs.len()).map(TableId::Output))
     }
 

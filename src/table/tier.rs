@@ -59,7 +59,7 @@ pub fn age_of(job: &Job, table: TableId) -> Option<Age> {
             slack: Duration::ZERO,
             sort: vec![job.contract.event_time_name().to_owned()],
         }),
-        TableId::Dlq | TableId::Late => Some(ingest(INGEST_TS)),
+        TableId::Dlq | TableId::Late | TableId::Quality => Some(ingest(INGEST_TS)),
         TableId::Output(i) => match job.outputs.get(i)? {
             Output::Window(w) => Some(Age {
                 column: WINDOW_START.to_owned(),

@@ -11,6 +11,7 @@
 //!
 //! This stage is a pure function: the caller passes the ingest time in.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -501,6 +502,35 @@ impl Decoder {
         RecordBatch::try_new(self.raw_schema.clone(), columns)
     }
 
+    /// DLQ rows for messages of `batch` a later stage refused, each named
+    /// by its (partition, offset) with the reason: the bytes as they were
+    /// sent, as for every other refusal.
+    pub fn refuse(
+        &self,
+        batch: &MicroBatch,
+        refused: &[(i32, i64, String)],
+        now: DateTime<Utc>,
+    ) -> Result<RecordBatch, ArrowError> {
+        let index: HashMap<(i32, i64), usize> = batch
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ((m.partition, m.offset), i))
+            .collect();
+        let rejected: Vec<Rejection> = refused
+            .iter()
+            .map(|(p, o, reason)| {
+                let i = index.get(&(*p, *o)).ok_or_else(|| {
+                    ArrowError::InvalidArgumentError(format!(
+                        "no message at partition {p}, offset {o} in the batch"
+                    ))
+                })?;
+                Ok((*i, reason.clone()))
+            })
+            .collect::<Result<_, ArrowError>>()?;
+        self.to_dlq(&rejected, batch, now)
+    }
+
     fn to_dlq(
         &self,
         rejected: &[Rejection],
@@ -583,5 +613,25 @@ fn format_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod framed_tests;
+
+/// For other stages' tests: `messages` of JSON events, every one of which
+/// the contract accepts, as `raw` rows.
+#[cfg(test)]
+pub(crate) fn accepted(
+    contract: &Contract,
+    messages: Vec<Message>,
+    now: DateTime<Utc>,
+) -> RecordBatch {
+    let batch = MicroBatch {
+        topic: "t".into(),
+        messages,
+    };
+    let decoder = Decoder::new(contract.clone(), 1 << 20, Encoding::Json);
+    let decoded = decoder
+        .decode(&batch, &WriterSchemas::default(), now)
+        .unwrap();
+    assert_eq!(decoded.rejected.num_rows(), 0, "{:?}", decoded.rejected);
+    decoded.valid
+}
 #[cfg(test)]
 mod tests;

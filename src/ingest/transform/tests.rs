@@ -1,8 +1,8 @@
 use super::*;
 use crate::config::fixture::Spec;
 use crate::config::{Job, Overrides};
-use crate::ingest::decode::{Decoder, Encoding};
-use crate::ingest::source::{Message, MicroBatch};
+use crate::ingest::decode::accepted;
+use crate::ingest::source::Message;
 use arrow::array::AsArray;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
@@ -80,15 +80,8 @@ fn events(job: &Job, rows: &[(i64, &str, &str, Option<f64>)]) -> RecordBatch {
             }
         })
         .collect();
-    let batch = MicroBatch {
-        topic: "t".into(),
-        messages,
-    };
-    let decoder = Decoder::new(job.contract.clone(), 1 << 20, Encoding::Json);
     let now = Utc.with_ymd_and_hms(2026, 11, 21, 12, 30, 0).unwrap();
-    let decoded = decoder.decode(&batch, &Default::default(), now).unwrap();
-    assert_eq!(decoded.rejected.num_rows(), 0);
-    decoded.valid
+    accepted(&job.contract, messages, now)
 }
 
 async fn merged(agg: &WindowAggregate, partials: Vec<RecordBatch>) -> Vec<RecordBatch> {

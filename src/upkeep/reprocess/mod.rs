@@ -262,10 +262,7 @@ pub async fn targets(job: &Job, names: &[String]) -> Result<Vec<Target>, Reproce
     }
     let catalog = Catalog::new(job, &transforms);
     let mut out = Vec::new();
-    for (transform, spec) in transforms
-        .into_iter()
-        .zip(catalog.outputs().iter().cloned())
-    {
+    for (transform, spec) in transforms.into_iter().zip(catalog.outputs().cloned()) {
         if !names.is_empty() && !names.iter().any(|n| n == transform.name()) {
             continue;
         }

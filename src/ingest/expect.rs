@@ -1,0 +1,412 @@
+//! The expectation stage: the job's data-quality rules held against every
+//! accepted event, after dedup (a re-sent copy is not a second breach) and
+//! before the watermark splits on-time from late events.
+//!
+//! Each rule is a SQL predicate over `raw`'s columns, planned once when the
+//! job starts (a rule that does not plan, or is not a condition, stops the
+//! job with exit 2 naming it) and then evaluated as a vectorized expression
+//! over each micro-batch. What a breach does is the rule's `on_fail`:
+//!
+//! - `warn`: the event lands; the breach is a row of [`Breaches`].
+//! - `drop`: the event goes to the DLQ with the rule's name in the reason;
+//!   the breach is a row of [`Breaches`] too.
+//! - `fail`: the batch is refused whole, naming the first breaking event.
+//!
+//! Breaches are per event (its partition and offset), so the `quality`
+//! table's rows can be made from the ones it does not hold yet after a
+//! replay, as every other table's are: counts stay exact across crashes.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute;
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use datafusion::common::DFSchema;
+use datafusion::error::DataFusionError;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+
+use crate::config::{Expectation, Job, JobError, OnFail};
+use crate::ingest::decode::{INGEST_TS, OFFSET, PARTITION, raw_schema, utc_micros};
+
+/// A rule, planned.
+struct Rule {
+    spec: Expectation,
+    predicate: Arc<dyn PhysicalExpr>,
+}
+
+/// The job's expectations, ready to judge micro-batches.
+pub struct Expectations {
+    rules: Vec<Rule>,
+}
+
+/// Why a batch could not be judged.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpectError {
+    #[error(
+        "expectation `{rule}` (on_fail = \"fail\") does not hold for the event at partition \
+         {partition}, offset {offset}: {text}"
+    )]
+    Failed {
+        rule: String,
+        text: String,
+        partition: i32,
+        offset: i64,
+    },
+    #[error("evaluating expectation `{rule}`: {source}")]
+    Evaluate {
+        rule: String,
+        source: DataFusionError,
+    },
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+/// What the rules made of a micro-batch's events.
+#[derive(Debug)]
+pub struct Judged {
+    /// The events that go on: all but those a `drop` rule refused.
+    pub kept: RecordBatch,
+    /// The events a `drop` rule refused: (partition, offset, reason).
+    pub dropped: Vec<(i32, i64, String)>,
+    /// Each breach of a `warn` or `drop` rule.
+    pub breaches: Breaches,
+}
+
+/// One row per event and rule it broke: `_partition`, `_offset` and the
+/// rule's index, in the replay filter's terms.
+#[derive(Debug, Clone)]
+pub struct Breaches(pub RecordBatch);
+
+/// The breaches' rule column.
+const RULE: &str = "rule";
+
+impl Breaches {
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(PARTITION, DataType::Int32, false),
+            Field::new(OFFSET, DataType::Int64, false),
+            Field::new(RULE, DataType::UInt32, false),
+        ]))
+    }
+
+    pub fn empty() -> Self {
+        Self(RecordBatch::new_empty(Self::schema()))
+    }
+
+    fn new(rows: Vec<(i32, i64, u32)>) -> Result<Self, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ];
+        Ok(Self(RecordBatch::try_new(Self::schema(), columns)?))
+    }
+}
+
+/// The `quality` table: one row per trigger, rule and partition with
+/// breaches. `observed` counts the events that broke `rule` (whose text is
+/// `expected`); `_partition` and `_offset` (the first of them) let a replay
+/// tell which rows the table already holds.
+pub fn quality_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(INGEST_TS, utc_micros(), false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("observed", DataType::Int64, false),
+        Field::new("expected", DataType::Utf8, false),
+        Field::new(PARTITION, DataType::Int32, false),
+        Field::new(OFFSET, DataType::Int64, false),
+    ]))
+}
+
+impl Expectations {
+    /// Plans the job's rules over `raw`'s columns.
+    pub fn new(job: &Job) -> Result<Self, JobError> {
+        let schema = raw_schema(&job.contract);
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())
+            .expect("raw's schema has unique column names");
+        let ctx = SessionContext::new();
+        let rules = job
+            .expectations
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let refused = |why: String| JobError::Invalid {
+                    file: job.file.clone(),
+                    key: format!("expectations[{i}].rule"),
+                    expected: "a SQL condition over the event's fields".into(),
+                    found: format!("`{}` ({why})", spec.rule),
+                };
+                let expr = ctx
+                    .parse_sql_expr(&spec.rule, &df_schema)
+                    .map_err(|e| refused(e.to_string()))?;
+                let predicate = ctx
+                    .create_physical_expr(expr, &df_schema)
+                    .map_err(|e| refused(e.to_string()))?;
+                match predicate.data_type(&schema) {
+                    Ok(DataType::Boolean) => Ok(Rule {
+                        spec: spec.clone(),
+                        predicate,
+                    }),
+                    Ok(other) => Err(refused(format!("it is {other}, not true or false"))),
+                    Err(e) => Err(refused(e.to_string())),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { rules })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Holds `events` (rows of `raw`) to every rule.
+    pub fn apply(&self, events: RecordBatch) -> Result<Judged, ExpectError> {
+        if self.rules.is_empty() || events.num_rows() == 0 {
+            return Ok(Judged {
+                kept: events,
+                dropped: Vec::new(),
+                breaches: Breaches::empty(),
+            });
+        }
+        let partitions = events
+            .column_by_name(PARTITION)
+            .expect("raw has _partition")
+            .as_primitive::<Int32Type>()
+            .clone();
+        let offsets = events
+            .column_by_name(OFFSET)
+            .expect("raw has _offset")
+            .as_primitive::<Int64Type>()
+            .clone();
+        let position = |row: usize| (partitions.value(row), offsets.value(row));
+        let mut dropped: Vec<Option<String>> = vec![None; events.num_rows()];
+        let mut breaches = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let broken = self.broken(rule, &events)?;
+            for row in broken {
+                let (partition, offset) = position(row);
+                match rule.spec.on_fail {
+                    OnFail::Fail => {
+                        return Err(ExpectError::Failed {
+                            rule: rule.spec.name.clone(),
+                            text: rule.spec.rule.clone(),
+                            partition,
+                            offset,
+                        });
+                    }
+                    OnFail::Drop if dropped[row].is_none() => {
+                        dropped[row] = Some(format!(
+                            "expectation `{}` failed: {}",
+                            rule.spec.name, rule.spec.rule
+                        ));
+                    }
+                    OnFail::Drop | OnFail::Warn => {}
+                }
+                breaches.push((partition, offset, index as u32));
+            }
+        }
+        let keep: BooleanArray = dropped.iter().map(|d| Some(d.is_none())).collect();
+        let kept = match keep.false_count() {
+            0 => events,
+            _ => compute::filter_record_batch(&events, &keep)?,
+        };
+        let dropped = dropped
+            .into_iter()
+            .enumerate()
+            .filter_map(|(row, reason)| {
+                let (partition, offset) = position(row);
+                reason.map(|r| (partition, offset, r))
+            })
+            .collect();
+        Ok(Judged {
+            kept,
+            dropped,
+            breaches: Breaches::new(breaches)?,
+        })
+    }
+
+    /// The rows of `events` for which `rule` is false (NULL holds).
+    fn broken(&self, rule: &Rule, events: &RecordBatch) -> Result<Vec<usize>, ExpectError> {
+        let evaluated = rule
+            .predicate
+            .evaluate(events)
+            .and_then(|v| v.into_array(events.num_rows()))
+            .map_err(|source| ExpectError::Evaluate {
+                rule: rule.spec.name.clone(),
+                source,
+            })?;
+        let holds = evaluated.as_boolean();
+        Ok((0..holds.len())
+            .filter(|&row| holds.is_valid(row) && !holds.value(row))
+            .collect())
+    }
+
+    /// The `quality` table's rows for `breaches` (those the table does not
+    /// hold yet), judged at `now_us`: one per rule and partition.
+    pub fn quality_rows(
+        &self,
+        breaches: &Breaches,
+        now_us: i64,
+    ) -> Result<RecordBatch, ArrowError> {
+        let rows = &breaches.0;
+        let partitions = rows.column(0).as_primitive::<Int32Type>();
+        let offsets = rows.column(1).as_primitive::<Int64Type>();
+        let rules = rows
+            .column(2)
+            .as_primitive::<arrow::datatypes::UInt32Type>();
+        // (rule, partition) → (count, first offset), in a stable order.
+        let mut groups = std::collections::BTreeMap::<(u32, i32), (i64, i64)>::new();
+        for row in 0..rows.num_rows() {
+            let group = groups
+                .entry((rules.value(row), partitions.value(row)))
+                .or_insert((0, i64::MAX));
+            group.0 += 1;
+            group.1 = group.1.min(offsets.value(row));
+        }
+        let spec = |rule: u32| &self.rules[rule as usize].spec;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(groups.keys().map(|_| now_us))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                groups.keys().map(|(r, _)| spec(*r).name.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                groups.keys().map(|(r, _)| spec(*r).on_fail.name()),
+            )),
+            Arc::new(Int64Array::from_iter_values(groups.values().map(|g| g.0))),
+            Arc::new(StringArray::from_iter_values(
+                groups.keys().map(|(r, _)| spec(*r).rule.as_str()),
+            )),
+            Arc::new(Int32Array::from_iter_values(groups.keys().map(|(_, p)| *p))),
+            Arc::new(Int64Array::from_iter_values(groups.values().map(|g| g.1))),
+        ];
+        RecordBatch::try_new(quality_schema(), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::fixture::Spec;
+    use crate::ingest::decode::accepted;
+    use crate::ingest::source::Message;
+    use chrono::Utc;
+
+    fn job(expectations: &str) -> Job {
+        Spec {
+            fields: &[
+                r#"{ name = "price", type = "float64" }"#,
+                r#"{ name = "country", type = "string" }"#,
+            ],
+            rest: expectations,
+            ..Spec::default()
+        }
+        .job()
+    }
+
+    /// Events with these (price, country), at offsets 0.. of partition 3.
+    fn events(job: &Job, rows: &[(&str, &str)]) -> RecordBatch {
+        let ts = Utc::now().timestamp_millis();
+        let messages = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (price, country))| Message {
+                partition: 3,
+                offset: i as i64,
+                payload: Some(
+                    format!(r#"{{"id":"e{i}","ts":{ts},"price":{price},"country":{country}}}"#)
+                        .into_bytes(),
+                ),
+                ..Message::default()
+            })
+            .collect();
+        accepted(&job.contract, messages, Utc::now())
+    }
+
+    const RULES: &str = r#"
+[[expectations]]
+name = "cheap"
+rule = "price < 100"
+[[expectations]]
+name = "no_pl"
+rule = "country <> 'PL'"
+on_fail = "drop"
+"#;
+
+    #[test]
+    fn warn_counts_drop_refuses_and_null_holds() {
+        let job = job(RULES);
+        let expectations = Expectations::new(&job).unwrap();
+        let rows = [
+            ("5", r#""DE""#),
+            ("500", r#""PL""#),
+            ("null", r#""PL""#),
+            ("700", r#""FR""#),
+            ("1", "null"),
+        ];
+        let judged = expectations.apply(events(&job, &rows)).unwrap();
+        let offsets = judged.kept.column_by_name(OFFSET).unwrap();
+        assert_eq!(offsets.as_primitive::<Int64Type>().values(), &[0, 3, 4]);
+        let reason = "expectation `no_pl` failed: country <> 'PL'".to_owned();
+        assert_eq!(judged.dropped, vec![(3, 1, reason.clone()), (3, 2, reason)]);
+        let quality = expectations.quality_rows(&judged.breaches, 7).unwrap();
+        let text = |i: usize| quality.column(i).as_string::<i32>().clone();
+        let (rules, actions) = (text(1), text(2));
+        let got: Vec<_> = (0..quality.num_rows())
+            .map(|r| {
+                (
+                    rules.value(r),
+                    actions.value(r),
+                    quality.column(3).as_primitive::<Int64Type>().value(r),
+                    quality.column(6).as_primitive::<Int64Type>().value(r),
+                )
+            })
+            .collect();
+        assert_eq!(got, vec![("cheap", "warn", 2, 1), ("no_pl", "drop", 2, 1)]);
+    }
+
+    #[test]
+    fn fail_names_the_first_breaking_event() {
+        let job =
+            job("[[expectations]]\nname = \"cheap\"\nrule = \"price < 100\"\non_fail = \"fail\"\n");
+        let expectations = Expectations::new(&job).unwrap();
+        let err = expectations
+            .apply(events(
+                &job,
+                &[("5", "null"), ("150", "null"), ("200", "null")],
+            ))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "expectation `cheap` (on_fail = \"fail\") does not hold for the event at \
+             partition 3, offset 1: price < 100"
+        );
+    }
+
+    #[test]
+    fn a_rule_that_is_not_a_condition_over_the_fields_is_refused_naming_it() {
+        for (rule, why) in [
+            ("price +", "SQL"),
+            ("nope > 1", "nope"),
+            ("price * 2", "Float64, not true or false"),
+        ] {
+            let job = job(&format!(
+                "[[expectations]]\nname = \"a\"\nrule = \"price > 0\"\n\
+                 [[expectations]]\nname = \"b\"\nrule = \"{rule}\"\n"
+            ));
+            let err = Expectations::new(&job).err().unwrap().to_string();
+            assert!(
+                err.contains("expectations[1].rule") && err.contains(why),
+                "{rule}: {err}"
+            );
+        }
+    }
+}
