@@ -1,15 +1,19 @@
-"""Data-quality expectations on Apache Kafka: a `warn` rule counts its
+"""Data quality on Apache Kafka. Expectations: a `warn` rule counts its
 breaches in the `quality` table, a `drop` rule sends its events to the DLQ
 naming the rule, both exact (against counts computed here from the
-producer's own report) through a crash between raw's commit and the
-others'; a `fail` rule stops the job naming the breaking event."""
+producer's own report) through crashes between commits; a `fail` rule stops
+the job naming the breaking event. Monitors: a producer that drifts (a
+field arriving null, volume down to a tenth) is caught within a window."""
 
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 
-from conftest import duckdb_connection, duckdb_offsets, read_report, table_path, weir, write_job
+from conftest import (WEIR, duckdb_connection, duckdb_offsets, free_port, read_report,
+                      table_path, weir, write_job)
 from test_broker_e2e import positions, run_command
 
 RULES = """
@@ -99,3 +103,73 @@ def test_a_fail_rule_stops_the_job_naming_the_event(broker, tmp_path):
     assert by_position[position]["price"] >= 450
     # Nothing of the refused batch was committed: the event is not in raw.
     assert position not in duckdb_offsets(tmp_path / "strict", "clickstream", "raw")
+
+
+MONITORS = """
+[[monitors]]
+name = "volume"
+check = "volume"
+min = 400
+window = "5s"
+
+[[monitors]]
+name = "price_nulls"
+check = "null_rate"
+field = "price"
+max = 0.5
+window = "5s"
+"""
+
+
+def test_monitors_catch_a_producer_that_drifts(broker, tmp_path):
+    """200 events/s with prices, then 20/s without any: within a window or
+    two the volume and null-rate monitors write their breaches (with the
+    figures observed) to `quality`, count them in /metrics, and say so in
+    `weir status`; before the drift the null rate stays within bounds."""
+    from test_registry import metric
+
+    broker.create_topic("clicks", 3)
+    job = job_with(tmp_path, broker, "drift", MONITORS)
+    # The same contract without `price`: the drifted producer's events lack it.
+    no_price = tmp_path / "no_price.toml"
+    spec = job.read_text().split("[[outputs]]")[0]
+    no_price.write_text(spec.replace('  { name = "price",    type = "float64" },', ""))
+    port = free_port()
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            def produce(spec, rate, seed):
+                weir("produce", "--job", spec, "--brokers", broker.bootstrap, "--topic",
+                     "clicks", "--rate", rate, "--seconds", 15, "--malformed-ratio", 0,
+                     "--duplicate-ratio", 0, "--late-ratio", 0, "--seed", seed, timeout=60)
+
+            produce(job, 200, 1)
+            drifted = time.time()
+            produce(no_price, 20, 2)
+            breached = metric(port, 'weir_monitor_breaches_total{job="clickstream",monitor="volume"}')
+            nulls = metric(port, 'weir_monitor_breaches_total{job="clickstream",monitor="price_nulls"}')
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    assert breached >= 1 and nulls >= 1, (breached, nulls)
+
+    con = duckdb_connection()
+    rows = con.sql(
+        "SELECT rule, epoch_ms(_ingest_ts) / 1000.0, observed FROM "
+        f"delta_scan('{table_path(tmp_path / 'drift', 'clickstream', 'quality')}') "
+        "WHERE action = 'monitor' ORDER BY 2").fetchall()
+    after = [(rule, at, observed) for rule, at, observed in rows if at > drifted + 5]
+    volume = [observed for rule, _, observed in after if rule == "volume"]
+    null_rates = [observed for rule, _, observed in after if rule == "price_nulls"]
+    # Windows wholly inside the drift: about 100 events (20/s × 5 s), none priced.
+    assert volume and all(50 <= v < 400 for v in volume), rows
+    assert null_rates and all(r == 1.0 for r in null_rates), rows
+    first = min(at for rule, at, _ in rows if at > drifted)
+    assert first - drifted < 60, rows
+    # Before the drift about 5 % of prices are null: no window breaks 0.5.
+    assert not [r for r in rows if r[0] == "price_nulls" and r[1] <= drifted], rows
+
+    status = weir("status", "--job", job, timeout=60).stdout
+    assert re.search(r"monitor volume \(at least 400\): \d+ windows out of bounds, last at", status), status
+    assert "monitor price_nulls (at most 0.5)" in status and "(observed 1)" in status, status

@@ -57,6 +57,8 @@ pub struct Metrics {
     restarts: IntCounterVec,
     skipped_offsets: IntCounterVec,
     expectation_breaches: IntCounterVec,
+    monitor_breaches: IntCounterVec,
+    monitor_observed: GaugeVec,
     queue_fill: IntGaugeVec,
     queue_capacity: IntGaugeVec,
     paused: IntGaugeVec,
@@ -81,6 +83,14 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     g
 }
 
+fn gauge_f64(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
 fn histogram(
     registry: &Registry,
     name: &str,
@@ -99,16 +109,12 @@ fn histogram(
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registry::new();
-        let watermark = GaugeVec::new(
-            Opts::new(
-                "weir_watermark_seconds",
-                "The job's watermark, in seconds since the epoch",
-            ),
+        let watermark = gauge_f64(
+            &r,
+            "weir_watermark_seconds",
+            "The job's watermark, in seconds since the epoch",
             &["job"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(watermark.clone()))
-            .expect("registered once");
+        );
         Arc::new(Self {
             events_in: counter(
                 &r,
@@ -209,6 +215,18 @@ impl Metrics {
                 "weir_expectation_breaches_total",
                 "Per expectation: committed events that broke it (action: warn, they landed; drop, they went to the DLQ)",
                 &["job", "rule", "action"],
+            ),
+            monitor_breaches: counter(
+                &r,
+                "weir_monitor_breaches_total",
+                "Per monitor: windows whose figure fell outside its bounds",
+                &["job", "monitor"],
+            ),
+            monitor_observed: gauge_f64(
+                &r,
+                "weir_monitor_observed",
+                "Per monitor: the figure of the last window that broke its bounds",
+                &["job", "monitor"],
             ),
             commit_conflicts: counter(
                 &r,
@@ -390,6 +408,18 @@ impl JobMetrics {
             .expectation_breaches
             .with_label_values(&[&self.job, rule, action])
             .inc_by(count);
+    }
+
+    pub fn monitor_breach(&self, monitor: &str, observed: f64) {
+        let labels = [self.job.as_str(), monitor];
+        self.metrics
+            .monitor_breaches
+            .with_label_values(&labels)
+            .inc();
+        self.metrics
+            .monitor_observed
+            .with_label_values(&labels)
+            .set(observed);
     }
 
     pub fn queue(&self, queue: &str, fill: usize, capacity: usize) {

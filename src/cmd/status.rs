@@ -15,12 +15,13 @@ use std::fmt;
 use std::time::Duration;
 
 use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use rdkafka::error::KafkaError;
 
 use crate::config::{Brokers, Job};
 use crate::ingest::decode::INGEST_TS;
+use crate::ingest::monitor::MONITOR;
 use crate::ingest::source::kafka;
 use crate::ingest::watermark::Watermark;
 use crate::table::delta::{held_versions, open};
@@ -82,14 +83,45 @@ pub struct Status {
     pub expectations: Vec<ExpectationStatus>,
 }
 
-/// An expectation and the breaches the `quality` table holds of it.
+/// An expectation or a monitor and the breaches the `quality` table holds
+/// of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpectationStatus {
     pub name: String,
+    /// `warn`, `drop` (expectations) or `monitor`.
     pub action: &'static str,
-    /// Events that broke it (warned of, or dropped to the DLQ).
+    /// What holds: a monitor's bounds (an expectation's rule is in the spec).
+    pub expected: Option<String>,
+    /// Events that broke an expectation; windows out of a monitor's bounds.
     pub breaches: i64,
     pub last: Option<DateTime<Utc>>,
+    /// A monitor's figure in its last window out of bounds.
+    pub last_observed: Option<f64>,
+}
+
+impl fmt::Display for ExpectationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.expected {
+            None => write!(
+                f,
+                "expectation {} ({}): {} events broke it",
+                self.name, self.action, self.breaches
+            )?,
+            Some(bounds) => write!(
+                f,
+                "monitor {} ({bounds}): {} windows out of bounds",
+                self.name, self.breaches
+            )?,
+        }
+        if let Some(last) = self.last {
+            let at = last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            write!(f, ", last at {at}")?;
+        }
+        match self.last_observed {
+            Some(observed) => write!(f, " (observed {observed})"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A writer schema whose messages the DLQ holds.
@@ -138,18 +170,7 @@ impl fmt::Display for Status {
             )?;
         }
         for e in &self.expectations {
-            write!(
-                f,
-                "\nexpectation {} ({}): {} events broke it",
-                e.name, e.action, e.breaches
-            )?;
-            if let Some(last) = e.last {
-                write!(
-                    f,
-                    ", last at {}",
-                    last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                )?;
-            }
+            write!(f, "\n{e}")?;
         }
         Ok(())
     }
@@ -217,39 +238,55 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
     })
 }
 
-/// Each of the job's expectations with the breaches `quality` holds of it.
+/// Each of the job's expectations and monitors with the breaches
+/// `quality` holds of it.
 async fn expectations(job: &Job) -> Result<Vec<ExpectationStatus>, StatusError> {
-    if job.expectations.is_empty() {
+    if !job.has_quality() {
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT rule, CAST(sum(observed) AS BIGINT), max({INGEST_TS}) FROM quality GROUP BY rule"
+        "SELECT rule, CAST(sum(observed) AS BIGINT), count(*), max({INGEST_TS}), \
+         last_value(observed ORDER BY {INGEST_TS}) FROM quality GROUP BY rule"
     );
     let mut found = BTreeMap::new();
     for batch in Tiered::new(job).query(&[TableId::Quality], &sql).await? {
         // Strings may come back as views: cast, as for the DLQ's reasons.
         let rules = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
         let rules = rules.as_string::<i32>();
-        let counts = batch.column(1).as_primitive::<Int64Type>();
-        let last = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        let sums = batch.column(1).as_primitive::<Int64Type>();
+        let rows = batch.column(2).as_primitive::<Int64Type>();
+        let last = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+        let observed = batch.column(4).as_primitive::<Float64Type>();
         for row in 0..batch.num_rows() {
             let at = DateTime::from_timestamp_micros(last.value(row));
-            found.insert(rules.value(row).to_owned(), (counts.value(row), at));
+            let figures = (sums.value(row), rows.value(row), at, observed.value(row));
+            found.insert(rules.value(row).to_owned(), figures);
         }
     }
-    Ok(job
-        .expectations
-        .iter()
-        .map(|e| {
-            let (breaches, last) = found.get(&e.name).copied().unwrap_or((0, None));
-            ExpectationStatus {
-                name: e.name.clone(),
-                action: e.on_fail.name(),
-                breaches,
-                last,
-            }
-        })
-        .collect())
+    let get = |name: &str| found.get(name).copied();
+    let expectations = job.expectations.iter().map(|e| {
+        let figures = get(&e.name);
+        ExpectationStatus {
+            name: e.name.clone(),
+            action: e.on_fail.name(),
+            expected: None,
+            breaches: figures.map_or(0, |f| f.0),
+            last: figures.and_then(|f| f.2),
+            last_observed: None,
+        }
+    });
+    let monitors = job.monitors.iter().map(|m| {
+        let figures = get(&m.name);
+        ExpectationStatus {
+            name: m.name.clone(),
+            action: MONITOR,
+            expected: Some(m.expected()),
+            breaches: figures.map_or(0, |f| f.1),
+            last: figures.and_then(|f| f.2),
+            last_observed: figures.map(|f| f.3),
+        }
+    });
+    Ok(expectations.chain(monitors).collect())
 }
 
 /// The schema IDs the DLQ's reasons name (every refusal of a framed message

@@ -70,6 +70,55 @@ pub struct Expectation {
     pub on_fail: OnFail,
 }
 
+/// A batch-level data-quality check: a figure over each window of ingest
+/// time that must stay within bounds (either may be open).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitor {
+    pub name: String,
+    pub check: Check,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub window: Duration,
+}
+
+/// The figure a monitor watches; fields by their index in the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Events accepted in the window.
+    Volume,
+    /// The share of events (0–1) whose field is null.
+    NullRate(usize),
+    /// The least value of a numeric field.
+    Min(usize),
+    /// The greatest value of a numeric field.
+    Max(usize),
+}
+
+impl Monitor {
+    /// The bounds as words, for the `quality` table's `expected`.
+    pub fn expected(&self) -> String {
+        match (self.min, self.max) {
+            (Some(min), Some(max)) => format!("between {min} and {max}"),
+            (Some(min), None) => format!("at least {min}"),
+            (None, Some(max)) => format!("at most {max}"),
+            (None, None) => "anything".into(),
+        }
+    }
+
+    /// Whether `observed` is within the bounds.
+    pub fn holds(&self, observed: f64) -> bool {
+        self.min.is_none_or(|min| observed >= min) && self.max.is_none_or(|max| observed <= max)
+    }
+}
+
+impl Job {
+    /// Whether the job writes a `quality` table: it has expectations or
+    /// monitors.
+    pub fn has_quality(&self) -> bool {
+        !self.expectations.is_empty() || !self.monitors.is_empty()
+    }
+}
+
 /// What an event that breaks an expectation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFail {
@@ -313,6 +362,14 @@ impl FieldType {
     }
 
     /// The type written to Delta (Delta timestamps are microseconds, UTC).
+    /// Whether it holds numbers a monitor can bound.
+    pub fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            Self::Int32 | Self::Int64 | Self::Float32 | Self::Float64
+        )
+    }
+
     pub fn stored_type(self) -> DataType {
         match self {
             Self::String => DataType::Utf8,
@@ -547,6 +604,8 @@ pub struct Job {
     pub outputs: Vec<Output>,
     /// Data-quality rules every accepted event is held to, in order.
     pub expectations: Vec<Expectation>,
+    /// Batch-level data-quality checks over windows of ingest time.
+    pub monitors: Vec<Monitor>,
     /// Where `weir run` serves `/metrics` and `/healthz`, if the spec says.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }

@@ -32,7 +32,21 @@ pub(super) struct JobSpec {
     #[serde(default)]
     pub(super) expectations: Vec<ExpectationSpec>,
     #[serde(default)]
+    pub(super) monitors: Vec<MonitorSpec>,
+    #[serde(default)]
     pub(super) metrics: MetricsSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MonitorSpec {
+    pub(super) name: String,
+    pub(super) check: String,
+    pub(super) field: Option<String>,
+    pub(super) min: Option<f64>,
+    pub(super) max: Option<f64>,
+    #[serde(default = "default_monitor_window")]
+    pub(super) window: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,6 +298,9 @@ pub(super) fn default_key_format() -> String {
     "bytes".into()
 }
 
+pub(super) fn default_monitor_window() -> String {
+    "1m".into()
+}
 pub(super) fn default_on_fail() -> String {
     "warn".into()
 }

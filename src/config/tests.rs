@@ -497,3 +497,36 @@ fn expectations_need_unique_names_a_rule_and_a_known_action() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn monitors_need_a_known_check_a_fitting_field_and_bounds() {
+    let with = |text: &str| format!("{}[[monitors]]\nname = \"m\"\n{text}", *GOOD);
+    let job = parse(&with("check = \"max\"\nfield = \"n\"\nmax = 5")).unwrap();
+    assert_eq!(job.monitors[0].check, Check::Max(2));
+    assert_eq!(job.monitors[0].window, Duration::from_secs(60));
+    assert_eq!(job.monitors[0].expected(), "at most 5");
+    for (text, key) in [
+        ("check = \"median\"\nmin = 1", "monitors[0].check"),
+        (
+            "check = \"volume\"\nfield = \"n\"\nmin = 1",
+            "monitors[0].field",
+        ),
+        (
+            "check = \"max\"\nfield = \"id\"\nmax = 1",
+            "monitors[0].field",
+        ),
+        (
+            "check = \"null_rate\"\nfield = \"nope\"\nmax = 1",
+            "monitors[0].field",
+        ),
+        ("check = \"volume\"", "monitors[0].min"),
+        ("check = \"volume\"\nmin = 5\nmax = 1", "monitors[0].min"),
+        (
+            "check = \"volume\"\nmin = 5\nwindow = \"0s\"",
+            "monitors[0].window",
+        ),
+    ] {
+        let err = parse(&with(text)).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}

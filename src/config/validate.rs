@@ -100,6 +100,7 @@ impl Job {
         }
 
         let expectations = validate_expectations(spec.expectations, &invalid)?;
+        let monitors = validate_monitors(spec.monitors, &contract, &expectations, &invalid)?;
         let metrics_addr = spec
             .metrics
             .addr
@@ -127,8 +128,97 @@ impl Job {
             storage,
             outputs,
             expectations,
+            monitors,
         })
     }
+}
+
+pub(super) fn validate_monitors(
+    specs: Vec<MonitorSpec>,
+    contract: &Contract,
+    expectations: &[Expectation],
+    invalid: &Invalid,
+) -> Result<Vec<Monitor>, JobError> {
+    let mut monitors: Vec<Monitor> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let key = |k: &str| format!("monitors[{i}].{k}");
+        let taken = monitors.iter().any(|m| m.name == spec.name)
+            || expectations.iter().any(|e| e.name == spec.name);
+        if !is_identifier(&spec.name) || taken {
+            return Err(invalid(
+                &key("name"),
+                "a name of letters, digits, `_` or `-` that no other monitor or expectation uses",
+                format!("`{}`", spec.name),
+            ));
+        }
+        let field = |numeric: bool| {
+            let name = spec.field.as_deref().unwrap_or_default();
+            contract
+                .fields
+                .iter()
+                .position(|f| f.name == name && (!numeric || f.ty.is_numeric()))
+                .ok_or_else(|| {
+                    let what = if numeric {
+                        "a numeric field"
+                    } else {
+                        "a field"
+                    };
+                    invalid(
+                        &key("field"),
+                        &format!("{what} of the schema"),
+                        format!("`{name}`"),
+                    )
+                })
+        };
+        let check = match spec.check.as_str() {
+            "volume" if spec.field.is_none() => Check::Volume,
+            "null_rate" => Check::NullRate(field(false)?),
+            "min" => Check::Min(field(true)?),
+            "max" => Check::Max(field(true)?),
+            "volume" => {
+                return Err(invalid(
+                    &key("field"),
+                    "no field for `volume`",
+                    "a field".into(),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    &key("check"),
+                    "`volume`, `null_rate`, `min` or `max`",
+                    format!("`{other}`"),
+                ));
+            }
+        };
+        let bounded = spec.min.is_some() || spec.max.is_some();
+        let ordered = matches!((spec.min, spec.max), (Some(a), Some(b)) if a > b);
+        let finite = [spec.min, spec.max]
+            .into_iter()
+            .flatten()
+            .all(f64::is_finite);
+        if !bounded || ordered || !finite {
+            return Err(invalid(
+                &key("min"),
+                "a `min`, a `max` or both (finite, `min` ≤ `max`)",
+                format!("min {:?}, max {:?}", spec.min, spec.max),
+            ));
+        }
+        let window = duration_key(
+            invalid,
+            &key("window"),
+            &spec.window,
+            (1, 86_400),
+            "a duration between 1s and 1day, like \"1m\"",
+        )?;
+        monitors.push(Monitor {
+            name: spec.name,
+            check,
+            min: spec.min,
+            max: spec.max,
+            window,
+        });
+    }
+    Ok(monitors)
 }
 
 /// Names and actions checked here; whether each rule plans over the

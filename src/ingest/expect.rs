@@ -18,12 +18,13 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, UInt32Array,
 };
 use arrow::compute;
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::error::ArrowError;
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
@@ -31,7 +32,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
 use crate::config::{Expectation, Job, JobError, OnFail};
-use crate::ingest::decode::{INGEST_TS, OFFSET, PARTITION, raw_schema, utc_micros};
+use crate::ingest::decode::{OFFSET, PARTITION, raw_schema};
+use crate::ingest::quality::QualityRow;
 
 /// A rule, planned.
 struct Rule {
@@ -106,22 +108,6 @@ impl Breaches {
         ];
         Ok(Self(RecordBatch::try_new(Self::schema(), columns)?))
     }
-}
-
-/// The `quality` table: one row per trigger, rule and partition with
-/// breaches. `observed` counts the events that broke `rule` (whose text is
-/// `expected`); `_partition` and `_offset` (the first of them) let a replay
-/// tell which rows the table already holds.
-pub fn quality_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(INGEST_TS, utc_micros(), false),
-        Field::new("rule", DataType::Utf8, false),
-        Field::new("action", DataType::Utf8, false),
-        Field::new("observed", DataType::Int64, false),
-        Field::new("expected", DataType::Utf8, false),
-        Field::new(PARTITION, DataType::Int32, false),
-        Field::new(OFFSET, DataType::Int64, false),
-    ]))
 }
 
 impl Expectations {
@@ -249,19 +235,13 @@ impl Expectations {
 
     /// The `quality` table's rows for `breaches` (those the table does not
     /// hold yet), judged at `now_us`: one per rule and partition.
-    pub fn quality_rows(
-        &self,
-        breaches: &Breaches,
-        now_us: i64,
-    ) -> Result<RecordBatch, ArrowError> {
+    pub fn quality_rows(&self, breaches: &Breaches, now_us: i64) -> Vec<QualityRow> {
         let rows = &breaches.0;
         let partitions = rows.column(0).as_primitive::<Int32Type>();
         let offsets = rows.column(1).as_primitive::<Int64Type>();
-        let rules = rows
-            .column(2)
-            .as_primitive::<arrow::datatypes::UInt32Type>();
+        let rules = rows.column(2).as_primitive::<UInt32Type>();
         // (rule, partition) → (count, first offset), in a stable order.
-        let mut groups = std::collections::BTreeMap::<(u32, i32), (i64, i64)>::new();
+        let mut groups = BTreeMap::<(u32, i32), (i64, i64)>::new();
         for row in 0..rows.num_rows() {
             let group = groups
                 .entry((rules.value(row), partitions.value(row)))
@@ -269,26 +249,21 @@ impl Expectations {
             group.0 += 1;
             group.1 = group.1.min(offsets.value(row));
         }
-        let spec = |rule: u32| &self.rules[rule as usize].spec;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(groups.keys().map(|_| now_us))
-                    .with_timezone("UTC"),
-            ),
-            Arc::new(StringArray::from_iter_values(
-                groups.keys().map(|(r, _)| spec(*r).name.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                groups.keys().map(|(r, _)| spec(*r).on_fail.name()),
-            )),
-            Arc::new(Int64Array::from_iter_values(groups.values().map(|g| g.0))),
-            Arc::new(StringArray::from_iter_values(
-                groups.keys().map(|(r, _)| spec(*r).rule.as_str()),
-            )),
-            Arc::new(Int32Array::from_iter_values(groups.keys().map(|(_, p)| *p))),
-            Arc::new(Int64Array::from_iter_values(groups.values().map(|g| g.1))),
-        ];
-        RecordBatch::try_new(quality_schema(), columns)
+        groups
+            .into_iter()
+            .map(|((rule, partition), (count, offset))| {
+                let spec = &self.rules[rule as usize].spec;
+                QualityRow {
+                    time_us: now_us,
+                    rule: spec.name.clone(),
+                    action: spec.on_fail.name(),
+                    observed: count as f64,
+                    expected: spec.rule.clone(),
+                    partition,
+                    offset,
+                }
+            })
+            .collect()
     }
 }
 
@@ -357,20 +332,16 @@ on_fail = "drop"
         assert_eq!(offsets.as_primitive::<Int64Type>().values(), &[0, 3, 4]);
         let reason = "expectation `no_pl` failed: country <> 'PL'".to_owned();
         assert_eq!(judged.dropped, vec![(3, 1, reason.clone()), (3, 2, reason)]);
-        let quality = expectations.quality_rows(&judged.breaches, 7).unwrap();
-        let text = |i: usize| quality.column(i).as_string::<i32>().clone();
-        let (rules, actions) = (text(1), text(2));
-        let got: Vec<_> = (0..quality.num_rows())
-            .map(|r| {
-                (
-                    rules.value(r),
-                    actions.value(r),
-                    quality.column(3).as_primitive::<Int64Type>().value(r),
-                    quality.column(6).as_primitive::<Int64Type>().value(r),
-                )
-            })
+        let got: Vec<_> = expectations
+            .quality_rows(&judged.breaches, 7)
+            .into_iter()
+            .map(|r| (r.rule, r.action, r.observed, r.offset))
             .collect();
-        assert_eq!(got, vec![("cheap", "warn", 2, 1), ("no_pl", "drop", 2, 1)]);
+        let row = |rule: &str, action, observed| (rule.to_owned(), action, observed, 1);
+        assert_eq!(
+            got,
+            vec![row("cheap", "warn", 2.0), row("no_pl", "drop", 2.0)]
+        );
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub mod dedup;
 
 pub mod expect;
 
+pub mod monitor;
+
+pub mod quality;
+
 pub mod watermark;
 
 pub mod replay;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
-use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::TimestampMicrosecondType;
 use arrow::error::ArrowError;
 use chrono::Utc;
 use datafusion::error::DataFusionError;
@@ -29,6 +29,8 @@ use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{Decoded, Decoder};
 use crate::ingest::dedup::{Dedup, Seed, seeds};
 use crate::ingest::expect::{Breaches, ExpectError, Expectations};
+use crate::ingest::monitor::{MONITOR, Monitors};
+use crate::ingest::quality::{QualityRow, quality_batch};
 use crate::ingest::replay::{filter_replayed, without_partitions};
 use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError};
 use crate::ingest::source::MicroBatch;
@@ -232,6 +234,7 @@ pub struct Pipeline {
     job: Job,
     decoder: Decoder,
     expectations: Expectations,
+    monitors: Mutex<Monitors>,
     /// Where Avro messages' writer schemas come from (none for JSON).
     registry: Option<SchemaRegistry>,
     dedup: Mutex<Dedup>,
@@ -322,6 +325,7 @@ impl Pipeline {
             job: job.clone(),
             decoder,
             expectations,
+            monitors: Mutex::new(Monitors::new(&job.monitors, Utc::now())),
             registry,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
@@ -511,20 +515,16 @@ impl Pipeline {
             replayed += rows.num_rows() - kept.num_rows();
             staged.insert(id, sink.stage(id, kept)?);
         }
-        let quality = match self.expectations.is_empty() {
-            true => None,
-            false => {
-                let breaches = Breaches(fresh(&sink, TableId::Quality, &breaches.0)?);
-                let rows = self
-                    .expectations
-                    .quality_rows(&breaches, now.timestamp_micros())?;
-                staged.insert(
-                    TableId::Quality,
-                    sink.stage(TableId::Quality, rows.clone())?,
-                );
-                Some(rows)
-            }
-        };
+        let mut quality = Vec::new();
+        if self.job.has_quality() {
+            let breaches = Breaches(fresh(&sink, TableId::Quality, &breaches.0)?);
+            quality = self
+                .expectations
+                .quality_rows(&breaches, now.timestamp_micros());
+            quality.extend(self.monitors.lock().unwrap().observe(&accepted, now));
+            let rows = quality_batch(&quality)?;
+            staged.insert(TableId::Quality, sink.stage(TableId::Quality, rows)?);
+        }
         for (i, rows) in outputs.await?.into_iter().enumerate() {
             let id = TableId::Output(i);
             staged.insert(id, sink.stage(id, rows)?);
@@ -543,9 +543,7 @@ impl Pipeline {
         })?;
         m.stage("commit", report.elapsed);
         m.commit_retries.inc_by(report.retries as u64);
-        if let Some(rows) = &quality {
-            self.report_breaches(rows);
-        }
+        self.report_breaches(&quality);
         drop(sink);
         self.source.commit_offsets(&next);
         let committed_us = Utc::now().timestamp_micros();
@@ -569,15 +567,23 @@ impl Pipeline {
     }
 
     /// The committed `quality` rows of a trigger, as metrics and log lines.
-    fn report_breaches(&self, rows: &RecordBatch) {
-        let text = |i: usize| rows.column(i).as_string::<i32>();
-        let (rules, actions) = (text(1), text(2));
-        let observed = rows.column(3).as_primitive::<Int64Type>();
-        for row in 0..rows.num_rows() {
-            let (rule, action, count) = (rules.value(row), actions.value(row), observed.value(row));
-            self.metrics
-                .expectation_breaches(rule, action, count as u64);
-            warn!(rule, action, events = count, "expectation broken");
+    fn report_breaches(&self, rows: &[QualityRow]) {
+        for row in rows {
+            let (rule, observed) = (row.rule.as_str(), row.observed);
+            if row.action == MONITOR {
+                self.metrics.monitor_breach(rule, observed);
+                warn!(
+                    monitor = rule,
+                    observed,
+                    expected = row.expected,
+                    "monitor out of bounds"
+                );
+            } else {
+                let action = row.action;
+                self.metrics
+                    .expectation_breaches(rule, action, observed as u64);
+                warn!(rule, action, events = observed, "expectation broken");
+            }
         }
     }
 

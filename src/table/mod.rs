@@ -35,7 +35,7 @@ use url::Url;
 
 use crate::config::{Job, JobError};
 use crate::ingest::decode::{EVENT_DATE, dlq_schema, raw_schema};
-use crate::ingest::expect::quality_schema;
+use crate::ingest::quality::quality_schema;
 use crate::ingest::transform::Transform;
 use crate::ingest::watermark::late_schema;
 use schema::Incompatible;
@@ -142,7 +142,8 @@ impl Catalog {
             (TableId::Dlq, dlq_schema(), vec![], None),
             (TableId::Late, late_schema(contract), by_date(), Some(id)),
         ];
-        let quality = (!job.expectations.is_empty())
+        let quality = job
+            .has_quality()
             .then(|| (TableId::Quality, quality_schema(), vec![], None));
         let mut specs: Vec<TableSpec> = ingest
             .into_iter()
@@ -200,7 +201,7 @@ impl Catalog {
 impl TableId {
     /// Every table of `job`, in commit order.
     pub fn all(job: &Job) -> impl Iterator<Item = TableId> + use<> {
-        let quality = (!job.expectations.is_empty()).then_some(TableId::Quality);
+        let quality = job.has_quality().then_some(TableId::Quality);
         Self::INGEST
             .into_iter()
             .chain(quality)
