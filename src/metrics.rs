@@ -59,6 +59,7 @@ pub struct Metrics {
     expectation_breaches: IntCounterVec,
     monitor_breaches: IntCounterVec,
     monitor_observed: GaugeVec,
+    checkpoint_lag: IntGaugeVec,
     queue_fill: IntGaugeVec,
     queue_capacity: IntGaugeVec,
     paused: IntGaugeVec,
@@ -227,6 +228,12 @@ impl Metrics {
                 "weir_monitor_observed",
                 "Per monitor: the figure of the last window that broke its bounds",
                 &["job", "monitor"],
+            ),
+            checkpoint_lag: gauge(
+                &r,
+                "weir_checkpoint_lag_versions",
+                "Per table: log versions asked to be checkpointed past the newest checkpoint written (about the checkpoint interval while checkpoints keep up)",
+                &["job", "table"],
             ),
             commit_conflicts: counter(
                 &r,
@@ -408,6 +415,12 @@ impl JobMetrics {
             .expectation_breaches
             .with_label_values(&[&self.job, rule, action])
             .inc_by(count);
+    }
+
+    pub fn checkpoint_lag(&self, table: &str) -> IntGauge {
+        self.metrics
+            .checkpoint_lag
+            .with_label_values(&[&self.job, table])
     }
 
     pub fn monitor_breach(&self, monitor: &str, observed: f64) {

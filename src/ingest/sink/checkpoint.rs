@@ -15,6 +15,7 @@ use deltalake::DeltaTable;
 use deltalake::checkpoints::create_checkpoint;
 use deltalake::kernel::Version;
 use deltalake::logstore::LogStoreRef;
+use prometheus::IntGauge;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -30,14 +31,28 @@ struct Rounds {
     wanted: Option<Version>,
     /// Whether a writer task is running (it takes `wanted` until none is left).
     running: bool,
+    /// The newest version asked for at all, and the newest written (the
+    /// head when the table was opened, until this process writes one).
+    asked: Version,
+    written: Version,
 }
 
 impl Rounds {
     /// Records a request for `version`; `true` when no writer runs and one
     /// must be started.
     fn ask(&mut self, version: Version) -> bool {
+        self.asked = self.asked.max(version);
         self.wanted = Some(self.wanted.map_or(version, |v| v.max(version)));
         !std::mem::replace(&mut self.running, true)
+    }
+
+    fn wrote(&mut self, version: Version) {
+        self.written = self.written.max(version);
+    }
+
+    /// Versions asked for past the newest checkpoint written.
+    fn lag(&self) -> i64 {
+        self.asked.saturating_sub(self.written) as i64
     }
 
     /// The version the writer makes next; `None` ends the writer.
@@ -55,27 +70,47 @@ pub(super) struct Checkpointer {
     faults: Faults,
     rounds: Arc<Mutex<Rounds>>,
     writers: JoinSet<()>,
+    /// Versions asked for past the newest checkpoint written: about the
+    /// interval while checkpoints keep up, growing when they fall behind.
+    lag: IntGauge,
 }
 
 impl Checkpointer {
-    pub(super) fn new(table: &str, url: &Url, faults: Faults) -> Self {
+    /// For a table whose log is at `head`.
+    pub(super) fn new(
+        table: &str,
+        url: &Url,
+        faults: Faults,
+        head: Version,
+        lag: IntGauge,
+    ) -> Self {
+        let rounds = Rounds {
+            asked: head,
+            written: head,
+            ..Rounds::default()
+        };
         Self {
             table: table.to_owned(),
             url: url.clone(),
             faults,
-            rounds: Arc::default(),
+            rounds: Arc::new(Mutex::new(rounds)),
             writers: JoinSet::new(),
+            lag,
         }
     }
 
     /// Asks for a checkpoint at `version` of the log in `log_store`.
     pub(super) fn request(&mut self, log_store: LogStoreRef, version: Version) {
-        if !self.rounds.lock().unwrap().ask(version) {
+        let mut rounds = self.rounds.lock().unwrap();
+        let start = rounds.ask(version);
+        self.lag.set(rounds.lag());
+        drop(rounds);
+        if !start {
             return;
         }
         while self.writers.try_join_next().is_some() {}
         let (table, url, faults) = (self.table.clone(), self.url.clone(), self.faults.clone());
-        let rounds = self.rounds.clone();
+        let (rounds, lag) = (self.rounds.clone(), self.lag.clone());
         self.writers.spawn(async move {
             // One table at a time: a job's tables reach the interval in the
             // same trigger, and six at once took both cores from it.
@@ -94,7 +129,12 @@ impl Checkpointer {
                     Err(e) => Err(deltalake::DeltaTableError::Generic(e.to_string())),
                 };
                 match made {
-                    Ok(()) => debug!(table, version, "checkpoint written"),
+                    Ok(()) => {
+                        let mut rounds = rounds.lock().unwrap();
+                        rounds.wrote(version);
+                        lag.set(rounds.lag());
+                        debug!(table, version, "checkpoint written");
+                    }
                     Err(error) => warn!(table, %url, version, %error, "checkpoint failed"),
                 }
             }
@@ -121,7 +161,12 @@ mod tests {
         assert!(!rounds.ask(199), "the writer is still running");
         assert!(!rounds.ask(399));
         assert!(!rounds.ask(299));
+        assert_eq!(rounds.lag(), 399, "nothing written yet");
+        rounds.wrote(99);
+        assert_eq!(rounds.lag(), 300, "three intervals behind");
         assert_eq!(rounds.next(), Some(399), "one more round, at the newest");
+        rounds.wrote(399);
+        assert_eq!(rounds.lag(), 0);
         assert_eq!(rounds.next(), None, "nothing left: the writer ends");
         assert!(rounds.ask(499), "a later request starts a writer again");
     }

@@ -170,13 +170,19 @@ pub struct TableSink {
 }
 
 impl TableSink {
-    async fn open(url: Url, spec: TableSpec, faults: &Faults) -> Result<Self, SinkError> {
+    async fn open(
+        url: Url,
+        spec: TableSpec,
+        faults: &Faults,
+        metrics: &JobMetrics,
+    ) -> Result<Self, SinkError> {
         let table = open_or_create(url.clone(), &spec).await?;
         let fail = |e| delta_error(&spec, &url, e);
         let stored = stored_schema(&table).map_err(fail)?;
         let head = table.snapshot().map_err(fail)?.version();
         let properties = writer_properties(&stored, spec.event_id.as_deref());
-        let checkpoints = Checkpointer::new(&spec.name, &url, faults.clone());
+        let lag = metrics.checkpoint_lag(&spec.name);
+        let checkpoints = Checkpointer::new(&spec.name, &url, faults.clone(), head, lag);
         Ok(Self {
             spec,
             url,
@@ -575,7 +581,7 @@ impl Sink {
         let mut tables = Vec::with_capacity(specs.len());
         for spec in specs.iter().cloned() {
             let url = job.storage.hot_table(&job.name, &spec.name);
-            tables.push(TableSink::open(url, spec, &faults).await?);
+            tables.push(TableSink::open(url, spec, &faults, &metrics).await?);
         }
         Ok(Self {
             job: job.clone(),
