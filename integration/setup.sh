@@ -6,6 +6,7 @@
 #   ~/.cache/weir-kafka  Apache Kafka's jars (integration/kafka/pom.xml)
 #   ~/.cache/weir-spark  Apache Spark's and Delta's jars (integration/spark/pom.xml)
 #   ~/.cache/weir-trino  Trino's server with only its Delta Lake plugin
+#   ~/.cache/weir-npm    dockerfilelint, which lints the Dockerfile (from npm)
 # The jars come from Maven Central through `mvn dependency:copy-dependencies`
 # (Maven's own cache is ~/.m2). Each part is redone only when its pinned list
 # changed. WEIR_VENV, WEIR_KAFKA_LIBS, WEIR_SPARK_LIBS and WEIR_TRINO_HOME override the
@@ -54,4 +55,15 @@ if [ "$(cat "$trino/.weir-version" 2>/dev/null)" != "$trino_version" ]; then
   mv "$staging/trino-server-$trino_version/plugin/delta-lake" "$trino/plugin/delta-lake"
   rm -rf "$staging"
   echo "$trino_version" > "$trino/.weir-version"
+fi
+
+# A Dockerfile linter from the npm registry (hadolint's binaries come only from
+# GitHub, which these machines cannot reach). Without npm the test skips.
+npm_dir=${WEIR_NPM:-$HOME/.cache/weir-npm}
+dockerfilelint_version=1.8.0
+if command -v npm >/dev/null && \
+    [ "$(cat "$npm_dir/.weir-version" 2>/dev/null)" != "$dockerfilelint_version" ]; then
+  echo "integration/setup.sh: installing dockerfilelint $dockerfilelint_version into $npm_dir" >&2
+  npm install --silent --no-audit --no-fund --prefix "$npm_dir" "dockerfilelint@$dockerfilelint_version"
+  echo "$dockerfilelint_version" > "$npm_dir/.weir-version"
 fi
