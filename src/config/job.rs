@@ -396,6 +396,10 @@ pub struct FieldDef {
 #[derive(Debug, Clone)]
 pub struct Contract {
     pub fields: Vec<FieldDef>,
+    /// Columns computed from the fields for the outputs (`[[schema.derived]]`),
+    /// numbered after the fields: an output's field index past
+    /// `fields.len()` is one of these.
+    pub derived: Vec<Derived>,
     pub event_id: usize,
     pub event_time: usize,
     /// Event times further than this from now (either way) are refused.
@@ -423,7 +427,31 @@ pub enum KeyFormat {
     String,
 }
 
+/// A column computed from an event's fields by a SQL expression, as the
+/// declared type; outputs use it as they use a field. Never stored in `raw`.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    pub field: FieldDef,
+    pub expr: String,
+}
+
 impl Contract {
+    /// Field `i` of the outputs' inputs: the fields, then the derived columns.
+    pub fn input(&self, i: usize) -> &FieldDef {
+        match i.checked_sub(self.fields.len()) {
+            None => &self.fields[i],
+            Some(d) => &self.derived[d].field,
+        }
+    }
+
+    /// The index of the field or derived column `name`.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.fields
+            .iter()
+            .chain(self.derived.iter().map(|d| &d.field))
+            .position(|f| f.name == name)
+    }
+
     pub fn event_id_name(&self) -> &str {
         &self.fields[self.event_id].name
     }

@@ -214,6 +214,17 @@ pub(super) struct SchemaSpec {
     #[serde(default)]
     pub(super) payload: Payload,
     pub(super) fields: Vec<FieldSpec>,
+    #[serde(default)]
+    pub(super) derived: Vec<DerivedSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DerivedSpec {
+    pub(super) name: String,
+    pub(super) expr: String,
+    #[serde(rename = "type")]
+    pub(super) ty: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -530,3 +530,26 @@ fn monitors_need_a_known_check_a_fitting_field_and_bounds() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn derived_columns_take_new_names_and_a_type_and_serve_outputs() {
+    let derived = |name: &str, ty: &str| {
+        GOOD.replace(
+            "[storage]",
+            &format!(
+                "[[schema.derived]]\nname = \"{name}\"\nexpr = \"n * 2\"\ntype = \"{ty}\"\n[storage]"
+            ),
+        )
+    };
+    let job = parse(&derived("twice", "int64")).unwrap();
+    assert_eq!(job.contract.input_index("twice"), Some(3));
+    assert_eq!(job.contract.input(3).ty, FieldType::Int64);
+    for (name, ty, key) in [
+        ("n", "int64", "schema.derived[0].name"),
+        ("_x", "int64", "schema.derived[0].name"),
+        ("x", "decimal", "schema.derived[0].type"),
+    ] {
+        let err = parse(&derived(name, ty)).unwrap_err().to_string();
+        assert!(err.contains(key), "{name} {ty}: {err}");
+    }
+}

@@ -529,14 +529,61 @@ pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Con
         (60, 100 * 366 * DAY),
         "a duration between 1min and 100years, like \"10years\" or \"30days\"",
     )?;
+    let derived = validate_derived(spec.derived, &fields, invalid)?;
     Ok(Contract {
         fields,
+        derived,
         event_id,
         event_time,
         event_time_range,
         payload: spec.payload,
         kafka: KafkaColumns::default(),
     })
+}
+
+/// Names and types checked here; whether each expression plans, and as
+/// its type, is checked when the outputs are planned.
+fn validate_derived(
+    specs: Vec<DerivedSpec>,
+    fields: &[FieldDef],
+    invalid: &Invalid,
+) -> Result<Vec<Derived>, JobError> {
+    let mut derived: Vec<Derived> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let key = |k: &str| format!("schema.derived[{i}].{k}");
+        let taken = fields.iter().any(|f| f.name == spec.name)
+            || derived.iter().any(|d| d.field.name == spec.name);
+        if !is_identifier(&spec.name) || spec.name.starts_with('_') || taken {
+            return Err(invalid(
+                &key("name"),
+                "a name of letters, digits, `_` or `-`, not starting with `_`, that no field or other derived column uses",
+                format!("`{}`", spec.name),
+            ));
+        }
+        let ty = FieldType::parse(&spec.ty).ok_or_else(|| {
+            invalid(
+                &key("type"),
+                &FieldType::choices(),
+                format!("`{}`", spec.ty),
+            )
+        })?;
+        if spec.expr.trim().is_empty() {
+            return Err(invalid(
+                &key("expr"),
+                "a SQL expression over the event's fields",
+                "an empty string".into(),
+            ));
+        }
+        derived.push(Derived {
+            field: FieldDef {
+                name: spec.name,
+                ty,
+                nullable: true,
+            },
+            expr: spec.expr,
+        });
+    }
+    Ok(derived)
 }
 
 fn validate_columns(
@@ -806,17 +853,13 @@ pub(super) fn validate_output(
         ));
     }
     let field = |k: &str, name: &str| {
-        contract
-            .fields
-            .iter()
-            .position(|f| f.name == name)
-            .ok_or_else(|| {
-                invalid(
-                    k,
-                    "the name of a field in schema.fields",
-                    format!("`{name}`"),
-                )
-            })
+        contract.input_index(name).ok_or_else(|| {
+            invalid(
+                k,
+                "the name of a field in schema.fields or schema.derived",
+                format!("`{name}`"),
+            )
+        })
     };
     let keys = spec
         .keys
@@ -835,7 +878,7 @@ pub(super) fn validate_output(
     for (a, agg) in spec.aggregates.into_iter().enumerate() {
         let akey = |k: &str| key(&format!("aggregates[{a}].{k}"));
         let taken = ["window_start", "window_end"].contains(&agg.name.as_str())
-            || keys.iter().any(|&k| contract.fields[k].name == agg.name)
+            || keys.iter().any(|&k| contract.input(k).name == agg.name)
             || aggregates.iter().any(|earlier| earlier.name == agg.name);
         if !is_identifier(&agg.name) || agg.name.contains("__") || taken {
             return Err(invalid(
@@ -870,12 +913,7 @@ pub(super) fn validate_output(
             }
             (Some(name), _) => Some(field(&akey("field"), name)?),
         };
-        let numeric = |f: usize| {
-            matches!(
-                contract.fields[f].ty,
-                FieldType::Int32 | FieldType::Int64 | FieldType::Float32 | FieldType::Float64
-            )
-        };
+        let numeric = |f: usize| contract.input(f).ty.is_numeric();
         if let Some(f) = field
             && matches!(func, AggregateFn::Sum | AggregateFn::Avg)
             && !numeric(f)
@@ -883,7 +921,7 @@ pub(super) fn validate_output(
             return Err(invalid(
                 &akey("field"),
                 "a numeric field (int32, int64, float32, float64)",
-                format!("`{}`", contract.fields[f].name),
+                format!("`{}`", contract.input(f).name),
             ));
         }
         aggregates.push(Aggregate {

@@ -68,7 +68,7 @@ pub fn age_of(job: &Job, table: TableId) -> Option<Age> {
                 sort: w
                     .keys
                     .iter()
-                    .map(|&k| job.contract.fields[k].name.clone())
+                    .map(|&k| job.contract.input(k).name.clone())
                     .chain([WINDOW_START.to_owned()])
                     .collect(),
             }),

@@ -15,7 +15,8 @@ use datafusion::error::DataFusionError;
 use tokio::sync::OnceCell;
 
 use crate::config::{
-    AggregateFn, Choice, Contract, FieldType, Job, JobError, Output, SqlOutput, WindowOutput,
+    AggregateFn, Choice, Contract, Derived, FieldType, Job, JobError, Output, SqlOutput,
+    WindowOutput,
 };
 use crate::ingest::decode::{EVENT_DATE, raw_schema, utc_micros};
 use crate::table::schema::conform;
@@ -131,6 +132,75 @@ fn quote(name: &str) -> String {
     format!("\"{name}\"")
 }
 
+/// What a window reads: `batch`, with the contract's derived columns added
+/// (each cast to its declared type, so the partial table's schema is known
+/// before any event arrives).
+fn with_derived(contract: &Contract) -> String {
+    if contract.derived.is_empty() {
+        return "batch".into();
+    }
+    let derived: String = contract
+        .derived
+        .iter()
+        .map(|d| format!(", {} AS {}", derived_sql(d), quote(&d.field.name)))
+        .collect();
+    format!("(SELECT *{derived} FROM batch) AS batch")
+}
+
+/// A derived column's expression as its declared type; a value that
+/// cannot be one (a number out of an int32's range) is null.
+fn derived_sql(derived: &Derived) -> String {
+    format!(
+        "arrow_try_cast(({}), '{}')",
+        derived.expr,
+        derived.field.ty.stored_type()
+    )
+}
+
+/// Plans each derived column over `raw`'s columns: one that does not plan,
+/// or whose type is of another kind than the declared one (text declared a
+/// number), is a bad job spec, named by its key.
+async fn check_derived(job: &Job) -> Result<(), JobError> {
+    for (i, derived) in job.contract.derived.iter().enumerate() {
+        let sql = format!("SELECT ({}) FROM batch", derived.expr);
+        let found = match PlannedQuery::new(&sql, raw_schema(&job.contract)).await {
+            Ok(plan) => match plan.schema().field(0).data_type() {
+                ty if same_kind(ty, derived.field.ty) => continue,
+                ty => format!("`{}`, which is {ty}", derived.expr),
+            },
+            Err(e) => format!("`{}` ({})", derived.expr, e.find_root()),
+        };
+        return Err(JobError::Invalid {
+            file: job.file.clone(),
+            key: format!("schema.derived[{i}].expr"),
+            expected: format!(
+                "a SQL expression over the event's fields that is a {}",
+                derived.field.ty.name()
+            ),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Whether values of `ty` become `declared` by a cast that keeps their
+/// meaning: numbers to a number type, text to text, and so on.
+fn same_kind(ty: &DataType, declared: FieldType) -> bool {
+    match declared {
+        _ if ty.is_null() => true,
+        FieldType::Int32 | FieldType::Int64 | FieldType::Float32 | FieldType::Float64 => {
+            ty.is_numeric()
+        }
+        FieldType::String => matches!(
+            ty,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ),
+        FieldType::Bool => ty == &DataType::Boolean,
+        FieldType::Timestamp => matches!(ty, DataType::Timestamp(..)),
+        FieldType::Date => matches!(ty, DataType::Date32 | DataType::Date64),
+    }
+}
+
 /// The partition column of a window table: the UTC date its window starts.
 fn window_date() -> String {
     format!(
@@ -142,7 +212,7 @@ fn window_date() -> String {
 
 impl WindowAggregate {
     pub fn new(output: &WindowOutput, contract: &Contract) -> Self {
-        let field = |i: usize| &contract.fields[i];
+        let field = |i: usize| contract.input(i);
         let time = quote(contract.event_time_name());
         let size_ms = output.size.as_millis();
         let hop_ms = output.hop.as_millis();
@@ -261,8 +331,9 @@ impl WindowAggregate {
                 };
                 format!(
                     "SELECT date_bin(INTERVAL '{hop_ms} milliseconds', {time}){earlier} \
-                     AS {ws}, * FROM batch{filter}",
+                     AS {ws}, * FROM {source}{filter}",
                     ws = quote(WINDOW_START),
+                    source = with_derived(contract),
                 )
             })
             .collect();
@@ -525,6 +596,7 @@ pub enum Transform {
 impl Transform {
     /// Compiles a job's outputs, in spec order.
     pub async fn all(job: &Job) -> Result<Vec<Self>, JobError> {
+        check_derived(job).await?;
         let mut out = Vec::with_capacity(job.outputs.len());
         for (i, output) in job.outputs.iter().enumerate() {
             out.push(match output {

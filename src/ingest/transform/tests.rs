@@ -360,3 +360,72 @@ async fn windows_plan_before_any_event_and_blame_the_right_key() {
         "{err}"
     );
 }
+
+/// Derived columns are computed per event before the window: as a key, in
+/// the filter and as an aggregate's field.
+#[tokio::test]
+async fn derived_columns_feed_keys_filters_and_aggregates() {
+    let derived = r#"
+[[schema.derived]]
+name = "net"
+expr = "price * 0.9"
+type = "float64"
+[[schema.derived]]
+name = "tier"
+expr = "CASE WHEN price >= 10 THEN 'high' ELSE 'low' END"
+type = "string"
+[[outputs]]
+name = "by_tier"
+window = "1m"
+keys = ["tier"]
+filter = "net > 0"
+aggregates = [{ name = "net_sum", fn = "sum", field = "net" }, { name = "n", fn = "count" }]
+"#;
+    let job = Spec {
+        rest: derived,
+        ..spec()
+    }
+    .job();
+    let transforms = Transform::all(&job).await.unwrap();
+    let rows = events(
+        &job,
+        &[
+            (5, "/a", "view", Some(10.0)),
+            (6, "/a", "view", Some(20.0)),
+            (7, "/b", "view", Some(1.5)),
+            (8, "/b", "view", None),
+        ],
+    );
+    let out = transforms[0].apply(&rows).await.unwrap();
+    let tiers = out.column_by_name("tier").unwrap().as_string::<i32>();
+    let sums = out.column_by_name("net_sum").unwrap();
+    let counts = out.column_by_name("n").unwrap();
+    let got: Vec<_> = (0..out.num_rows())
+        .map(|r| {
+            (
+                tiers.value(r),
+                sums.as_primitive::<Float64Type>().value(r),
+                counts.as_primitive::<Int64Type>().value(r),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![("high", 27.0, 2), ("low", 1.35, 1)]);
+}
+
+#[tokio::test]
+async fn a_derived_column_that_does_not_plan_is_a_bad_spec_naming_its_key() {
+    for (expr, ty) in [("nope * 2", "float64"), ("page", "int64")] {
+        let rest =
+            format!("[[schema.derived]]\nname = \"d\"\nexpr = \"{expr}\"\ntype = \"{ty}\"\n");
+        let job = Spec {
+            rest: &rest,
+            ..spec()
+        }
+        .job();
+        let err = Transform::all(&job).await.unwrap_err().to_string();
+        assert!(
+            err.contains("key `schema.derived[0].expr`") && err.contains(expr),
+            "{err}"
+        );
+    }
+}
