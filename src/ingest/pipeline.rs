@@ -379,12 +379,13 @@ impl Pipeline {
     /// Runs triggers until [`Pipeline::stop`] (the batches already cut are
     /// committed first) or an error.
     ///
-    /// Two stages with a bounded queue between them: decoding, dedup and the expectations (on a
-    /// blocking thread) run ahead of the stage that judges, transforms and
-    /// commits, so the next batch is prepared while this one commits. Dedup
-    /// belongs to the first stage because it needs nothing a commit leaves
-    /// (a failed commit ends the pipeline, and the next one rebuilds the
-    /// index from `raw`); judging and transforming stay with the commits:
+    /// Two stages with a bounded queue between them: decoding, dedup and the
+    /// expectations (on a blocking thread) run ahead of the stage that
+    /// judges, transforms and commits, so the next batch is prepared while
+    /// this one commits. Dedup belongs to the first stage because it needs
+    /// nothing a commit leaves (a failed commit ends the pipeline, and the
+    /// next one rebuilds the index from `raw`); judging and transforming
+    /// stay with the commits:
     /// the watermark's settled fates and the replay filter read the versions
     /// the previous commit left. Within a trigger, the outputs' queries and
     /// every table's file writes run as tasks of their own; only the log
