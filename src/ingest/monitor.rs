@@ -11,7 +11,7 @@
 //! not restored after a restart, and a crash may lose the breach rows of
 //! the trigger it interrupts.
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute;
 use arrow::datatypes::{DataType, Float64Type};
 use chrono::{DateTime, Utc};
@@ -27,8 +27,8 @@ struct Window {
     partial: bool,
     events: u64,
     nulls: u64,
-    min: Option<f64>,
-    max: Option<f64>,
+    /// The least value (a `min` check) or the greatest (`max`).
+    extreme: Option<f64>,
 }
 
 impl Window {
@@ -38,8 +38,7 @@ impl Window {
             partial,
             events: 0,
             nulls: 0,
-            min: None,
-            max: None,
+            extreme: None,
         }
     }
 }
@@ -103,8 +102,7 @@ fn judge(monitor: &Monitor, window: &Window, size: i64) -> Option<QualityRow> {
         Check::NullRate(_) => {
             (window.events > 0).then(|| window.nulls as f64 / window.events as f64)
         }
-        Check::Min(_) => window.min,
-        Check::Max(_) => window.max,
+        Check::Min(_) | Check::Max(_) => window.extreme,
     }?;
     (!monitor.holds(observed)).then(|| QualityRow {
         time_us: window.start_us + size,
@@ -120,26 +118,26 @@ fn judge(monitor: &Monitor, window: &Window, size: i64) -> Option<QualityRow> {
 /// `events` counted into `window` for `check`.
 fn add(check: Check, window: &mut Window, events: &RecordBatch) {
     window.events += events.num_rows() as u64;
-    let field = match check {
+    let (field, keep): (usize, fn(f64, f64) -> f64) = match check {
         Check::Volume => return,
-        Check::NullRate(field) | Check::Min(field) | Check::Max(field) => field,
+        Check::NullRate(field) => {
+            window.nulls += events.column(field).null_count() as u64;
+            return;
+        }
+        Check::Min(field) => (field, f64::min),
+        Check::Max(field) => (field, f64::max),
     };
-    let column = events.column(field);
-    window.nulls += column.null_count() as u64;
-    let Ok(values) = compute::cast(column, &DataType::Float64) else {
+    // Validated numeric: the cast to float64 does not fail.
+    let Ok(values) = compute::cast(events.column(field), &DataType::Float64) else {
         return;
     };
-    let values = values
-        .as_any()
-        .downcast_ref::<arrow::array::PrimitiveArray<Float64Type>>();
-    let Some(values) = values else {
-        return;
+    let values = values.as_primitive::<Float64Type>();
+    let found = match check {
+        Check::Min(_) => compute::min(values),
+        _ => compute::max(values),
     };
-    if let Some(min) = compute::min(values) {
-        window.min = Some(window.min.map_or(min, |m| m.min(min)));
-    }
-    if let Some(max) = compute::max(values) {
-        window.max = Some(window.max.map_or(max, |m| m.max(max)));
+    if let Some(found) = found {
+        window.extreme = Some(window.extreme.map_or(found, |e| keep(e, found)));
     }
 }
 

@@ -108,14 +108,11 @@ impl Framing {
                     .build_encoder::<AvroSoeFormat>()
                     .map_err(|e| RegistryError::Config(format!("an Avro encoder: {e}")))?,
             )),
-            Encoding::Protobuf => Writer::Protobuf(
-                ProtoSchema::compile(&proto_text(contract)?)
-                    .ok()
-                    .and_then(|compiled| compiled.message(&[0]))
-                    .ok_or_else(|| {
-                        RegistryError::Config("the contract as Protobuf does not compile".into())
-                    })?,
-            ),
+            Encoding::Protobuf => {
+                let compiled = ProtoSchema::compile(&proto_text(contract)?)
+                    .map_err(|e| RegistryError::Config(format!("the contract as Protobuf: {e}")))?;
+                Writer::Protobuf(compiled.message(&[0]).expect("the .proto has one message"))
+            }
             Encoding::JsonSchema => Writer::JsonSchema,
             Encoding::Json => return Err(Self::schema(contract, encoding).unwrap_err()),
         };
