@@ -11,10 +11,10 @@
 //! 2. [`ingest::decode`]: bytes (JSON, or Avro, Protobuf or JSON Schema in
 //!    the Confluent wire format) to Arrow under the job's contract; what
 //!    does not fit becomes a DLQ row with the reason.
-//! 3. [`ingest::dedup`]: re-sent events dropped by event ID.
-//! 4. [`ingest::expect`]: the job's data-quality rules; breaches counted
+//! 3. [`ingest::expect`]: the job's data-quality rules; breaches counted
 //!    (the [`ingest::quality`] table), dropped to the DLQ, or the job
 //!    stopped; [`ingest::monitor`] watches figures per window beside them.
+//! 4. [`ingest::dedup`]: re-sent events dropped by event ID.
 //! 5. [`ingest::watermark`]: fates of re-read events settled from `raw`;
 //!    the rest judged on time or late.
 //! 6. [`ingest::replay`]: each table's rows without those it already holds.

@@ -1,6 +1,13 @@
 //! The expectation stage: the job's data-quality rules held against every
-//! accepted event, after dedup (a re-sent copy is not a second breach) and
-//! before the watermark splits on-time from late events.
+//! event the contract accepted, before dedup and the watermark.
+//!
+//! Before dedup, so that an event a `drop` rule refuses is never accepted:
+//! a re-sent copy is refused again (another DLQ row, as for a malformed
+//! message), whether or not the process restarted in between. Dedup's
+//! index is restored from `raw` and `late` only, so remembering refused IDs
+//! in the running process would make that depend on when it last started.
+//! A `warn` breach is counted only for the events dedup then lets through
+//! ([`Judged::counted`]): a re-sent copy is not a second breach.
 //!
 //! Each rule is a SQL predicate over `raw`'s columns, planned once when the
 //! job starts (a rule that does not plan, or is not a condition, stops the
@@ -18,7 +25,7 @@
 
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, UInt32Array,
@@ -35,10 +42,41 @@ use crate::config::{Expectation, Job, JobError, OnFail};
 use crate::ingest::decode::{OFFSET, PARTITION, raw_schema};
 use crate::ingest::quality::QualityRow;
 
+/// Each row's (partition, offset), of rows in `raw`'s columns.
+fn positions(rows: &RecordBatch) -> Vec<(i32, i64)> {
+    let column = |name: &str| rows.column_by_name(name).expect("raw's columns");
+    let partitions = column(PARTITION).as_primitive::<Int32Type>();
+    let offsets = column(OFFSET).as_primitive::<Int64Type>();
+    partitions
+        .values()
+        .iter()
+        .copied()
+        .zip(offsets.values().iter().copied())
+        .collect()
+}
+
 /// A rule, planned.
 struct Rule {
     spec: Expectation,
     predicate: Arc<dyn PhysicalExpr>,
+}
+
+impl Rule {
+    /// The rows of `events` for which the rule is false (NULL holds).
+    fn broken(&self, events: &RecordBatch) -> Result<Vec<usize>, ExpectError> {
+        let evaluated = self
+            .predicate
+            .evaluate(events)
+            .and_then(|v| v.into_array(events.num_rows()))
+            .map_err(|source| ExpectError::Evaluate {
+                rule: self.spec.name.clone(),
+                source,
+            })?;
+        let holds = evaluated.as_boolean();
+        Ok((0..holds.len())
+            .filter(|&row| holds.is_valid(row) && !holds.value(row))
+            .collect())
+    }
 }
 
 /// The job's expectations, ready to judge micro-batches.
@@ -76,7 +114,28 @@ pub struct Judged {
     /// The events a `drop` rule refused: (partition, offset, reason).
     pub dropped: Vec<(i32, i64, String)>,
     /// Each breach of a `warn` or `drop` rule.
-    pub breaches: Breaches,
+    breaches: Breaches,
+}
+
+impl Judged {
+    /// The breaches to count once dedup kept `accepted` of [`Self::kept`]:
+    /// every one of a refused event (each is a DLQ row), and of the others
+    /// only those of events dedup let through.
+    pub fn counted(&self, accepted: &RecordBatch) -> Result<Breaches, ArrowError> {
+        let rows = &self.breaches.0;
+        if rows.num_rows() == 0 {
+            return Ok(self.breaches.clone());
+        }
+        let counted: HashSet<(i32, i64)> = positions(accepted)
+            .into_iter()
+            .chain(self.dropped.iter().map(|(p, o, _)| (*p, *o)))
+            .collect();
+        let keep: BooleanArray = positions(rows)
+            .into_iter()
+            .map(|position| Some(counted.contains(&position)))
+            .collect();
+        Ok(Breaches(compute::filter_record_batch(rows, &keep)?))
+    }
 }
 
 /// One row per event and rule it broke: `_partition`, `_offset` and the
@@ -160,21 +219,12 @@ impl Expectations {
                 breaches: Breaches::empty(),
             });
         }
-        let partitions = events
-            .column_by_name(PARTITION)
-            .expect("raw has _partition")
-            .as_primitive::<Int32Type>()
-            .clone();
-        let offsets = events
-            .column_by_name(OFFSET)
-            .expect("raw has _offset")
-            .as_primitive::<Int64Type>()
-            .clone();
-        let position = |row: usize| (partitions.value(row), offsets.value(row));
+        let positions = positions(&events);
+        let position = |row: usize| positions[row];
         let mut dropped: Vec<Option<String>> = vec![None; events.num_rows()];
         let mut breaches = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            let broken = self.broken(rule, &events)?;
+            let broken = rule.broken(&events)?;
             for row in broken {
                 let (partition, offset) = position(row);
                 match rule.spec.on_fail {
@@ -215,22 +265,6 @@ impl Expectations {
             dropped,
             breaches: Breaches::new(breaches)?,
         })
-    }
-
-    /// The rows of `events` for which `rule` is false (NULL holds).
-    fn broken(&self, rule: &Rule, events: &RecordBatch) -> Result<Vec<usize>, ExpectError> {
-        let evaluated = rule
-            .predicate
-            .evaluate(events)
-            .and_then(|v| v.into_array(events.num_rows()))
-            .map_err(|source| ExpectError::Evaluate {
-                rule: rule.spec.name.clone(),
-                source,
-            })?;
-        let holds = evaluated.as_boolean();
-        Ok((0..holds.len())
-            .filter(|&row| holds.is_valid(row) && !holds.value(row))
-            .collect())
     }
 
     /// The `quality` table's rows for `breaches` (those the table does not
@@ -316,8 +350,10 @@ rule = "country <> 'PL'"
 on_fail = "drop"
 "#;
 
-    #[test]
-    fn warn_counts_drop_refuses_and_null_holds() {
+    /// [`RULES`] judged over five events at offsets 0–4: cheap and German,
+    /// dear and Polish, unpriced and Polish, dear and French, and `last`
+    /// (a price) of no country.
+    fn judged(last: &str) -> (Expectations, Judged) {
         let job = job(RULES);
         let expectations = Expectations::new(&job).unwrap();
         let rows = [
@@ -325,9 +361,15 @@ on_fail = "drop"
             ("500", r#""PL""#),
             ("null", r#""PL""#),
             ("700", r#""FR""#),
-            ("1", "null"),
+            (last, "null"),
         ];
         let judged = expectations.apply(events(&job, &rows)).unwrap();
+        (expectations, judged)
+    }
+
+    #[test]
+    fn warn_counts_drop_refuses_and_null_holds() {
+        let (expectations, judged) = judged("1");
         let offsets = judged.kept.column_by_name(OFFSET).unwrap();
         assert_eq!(offsets.as_primitive::<Int64Type>().values(), &[0, 3, 4]);
         let reason = "expectation `no_pl` failed: country <> 'PL'".to_owned();
@@ -342,6 +384,24 @@ on_fail = "drop"
             got,
             vec![row("cheap", "warn", 2.0), row("no_pl", "drop", 2.0)]
         );
+    }
+
+    /// Dedup then lets through only the events at offsets 0 and 4: the warn
+    /// breach at offset 3 (a re-sent copy) is not counted, the refused
+    /// events' breaches all are.
+    #[test]
+    fn breaches_count_refused_events_and_the_ones_dedup_let_through() {
+        let (expectations, judged) = judged("900");
+        let keep = BooleanArray::from(vec![true, false, true]);
+        let accepted = compute::filter_record_batch(&judged.kept, &keep).unwrap();
+        let counted = judged.counted(&accepted).unwrap();
+        let got: Vec<_> = expectations
+            .quality_rows(&counted, 7)
+            .into_iter()
+            .map(|r| (r.rule, r.observed, r.offset))
+            .collect();
+        let row = |rule: &str, observed, offset| (rule.to_owned(), observed, offset);
+        assert_eq!(got, vec![row("cheap", 2.0, 1), row("no_pl", 2.0, 1)]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The data path, one module per stage in the order a trigger runs them:
-//! [`source`] → [`decode`] → [`dedup`] → [`expect`] → [`watermark`] → [`replay`] →
+//! [`source`] → [`decode`] → [`expect`] → [`dedup`] → [`watermark`] → [`replay`] →
 //! [`transform`] → [`sink`]. [`pipeline`] sequences them, [`adaptive`]
 //! sizes the batches and [`stats`] counts what they did. Between the ends the stages are pure functions over
 //! Arrow batches; a stage that keeps state (dedup, the watermark) restores it
@@ -9,13 +9,13 @@ pub mod source;
 
 pub mod decode;
 
-pub mod dedup;
-
 pub mod expect;
 
 pub mod monitor;
 
 pub mod quality;
+
+pub mod dedup;
 
 pub mod watermark;
 

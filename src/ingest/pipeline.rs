@@ -379,8 +379,8 @@ impl Pipeline {
     /// Runs triggers until [`Pipeline::stop`] (the batches already cut are
     /// committed first) or an error.
     ///
-    /// Two stages with a bounded queue between them: decoding, dedup and the
-    /// expectations (on a blocking thread) run ahead of the stage that
+    /// Two stages with a bounded queue between them: decoding, the
+    /// expectations and dedup (on a blocking thread) run ahead of the stage that
     /// judges, transforms and commits, so the next batch is prepared while
     /// this one commits. Dedup belongs to the first stage because it needs
     /// nothing a commit leaves (a failed commit ends the pipeline, and the
@@ -459,19 +459,20 @@ impl Pipeline {
         let now = Utc::now();
         let mut decoded = self.decoder.decode(&polled.batch, schemas, now)?;
         self.metrics.stage("decode", clock.elapsed());
-        let clock = Instant::now();
-        let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&decoded.valid)?;
-        self.metrics.stage("dedup", clock.elapsed());
-        let judged = self.expectations.apply(accepted)?;
-        decoded.valid = judged.kept;
+        let judged = self.expectations.apply(decoded.valid)?;
         if !judged.dropped.is_empty() {
             let refused = self.decoder.refuse(&polled.batch, &judged.dropped, now)?;
             decoded.rejected = concat_batches(&refused.schema(), [&decoded.rejected, &refused])?;
         }
+        let clock = Instant::now();
+        let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&judged.kept)?;
+        self.metrics.stage("dedup", clock.elapsed());
+        let breaches = judged.counted(&accepted)?;
+        decoded.valid = accepted;
         Ok(Prepared {
             polled,
             decoded,
-            breaches: judged.breaches,
+            breaches,
             duplicates,
             now,
         })
