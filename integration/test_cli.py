@@ -3,7 +3,7 @@ the file and the key; nothing connects anywhere first."""
 
 import subprocess
 
-from conftest import ROOT, WEIR
+from conftest import ROOT, WEIR, free_port
 
 
 def run(*args):
@@ -59,6 +59,15 @@ def test_every_command_has_help():
                     ["reprocess"], ["verify"], ["status"], ["bench"], ["tune"]):
         result = run(*command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_status_needs_a_job_or_a_process_and_names_an_unreachable_one():
+    result = run("status")
+    assert result.returncode == 2 and "--job" in result.stderr, result.stderr
+    port = free_port()
+    result = run("status", "--from", f"http://127.0.0.1:{port}")
+    assert result.returncode == 1, result.stderr
+    assert f"asking http://127.0.0.1:{port}/api/status for the status" in result.stderr
 
 
 def test_bad_reprocess_requests_exit_2_saying_why(tmp_path):

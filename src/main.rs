@@ -152,8 +152,8 @@ struct RunArgs {
     jobs: Vec<PathBuf>,
     #[command(flatten)]
     job_args: JobArgs,
-    /// Where to serve /metrics (Prometheus) and /healthz [default: the jobs'
-    /// `metrics.addr`, else 127.0.0.1:9898].
+    /// Where to serve the status page (/), /api/status, /metrics (Prometheus)
+    /// and /healthz [default: the jobs' `metrics.addr`, else 127.0.0.1:9898].
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// On SIGTERM/SIGINT, how long to wait for the batches in flight to commit
@@ -200,8 +200,13 @@ struct MaintainArgs {
 #[derive(Args)]
 struct StatusArgs {
     /// The job spec to report on.
-    #[arg(long, value_name = "PATH")]
-    job: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "from")]
+    job: Option<PathBuf>,
+    /// Ask a running `weir run` instead (its metrics address, e.g.
+    /// http://127.0.0.1:9898): the tables' view plus its live figures, for
+    /// every job it runs, or only `--job`'s.
+    #[arg(long, value_name = "URL")]
+    from: Option<String>,
     #[command(flatten)]
     job_args: JobArgs,
 }
@@ -674,8 +679,21 @@ async fn verify_command(args: VerifyArgs) -> anyhow::Result<()> {
 }
 
 async fn status_command(args: StatusArgs) -> anyhow::Result<()> {
-    let job = Job::load(&args.job, &args.job_args.overrides())?;
-    println!("{}", weir::cmd::status::status(&job).await?);
+    let job = match &args.job {
+        Some(path) => Some(Job::load(path, &args.job_args.overrides())?),
+        None => None,
+    };
+    match (args.from, job) {
+        (Some(url), job) => {
+            let mut snapshot = weir::cmd::console::fetch(&url).await?;
+            if let Some(job) = job {
+                snapshot = snapshot.only(&job.name)?;
+            }
+            println!("{snapshot}");
+        }
+        (None, Some(job)) => println!("{}", weir::cmd::status::status(&job).await?),
+        (None, None) => unreachable!("clap requires --job without --from"),
+    }
     Ok(())
 }
 

@@ -10,16 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tracing::info;
 
 /// The default address of `/metrics` and `/healthz`: loopback only, unless
 /// the operator says otherwise.
@@ -65,6 +60,7 @@ pub struct Metrics {
     paused: IntGaugeVec,
     pauses: IntCounterVec,
     registry_retries: IntCounterVec,
+    last_maintenance: GaugeVec,
     health: Mutex<BTreeMap<String, Result<(), String>>>,
 }
 
@@ -277,6 +273,12 @@ impl Metrics {
                 "Tries of the schema registry that failed while a micro-batch waited for a writer schema",
                 &["job"],
             ),
+            last_maintenance: gauge_f64(
+                &r,
+                "weir_last_maintenance_timestamp_seconds",
+                "When the job's last maintenance round (tier moves, merges, vacuum) finished, in seconds since the epoch",
+                &["job"],
+            ),
             registry: r,
             health: Mutex::new(BTreeMap::new()),
         })
@@ -305,6 +307,7 @@ impl Metrics {
             paused: self.paused.with_label_values(&[job]),
             pauses: self.pauses.with_label_values(&[job]),
             registry_retries: self.registry_retries.with_label_values(&[job]),
+            last_maintenance: self.last_maintenance.with_label_values(&[job]),
         }
     }
 
@@ -317,12 +320,20 @@ impl Metrics {
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
+    /// Every series, as a scrape would read them.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// Per job: running, or why not.
+    pub fn healths(&self) -> BTreeMap<String, Result<(), String>> {
+        self.health.lock().unwrap().clone()
+    }
+
     /// `Ok` when every job runs; otherwise which do not, and why.
     pub fn health(&self) -> Result<(), String> {
         let problems: Vec<String> = self
-            .health
-            .lock()
-            .unwrap()
+            .healths()
             .iter()
             .filter_map(|(job, h)| h.as_ref().err().map(|why| format!("{job}: {why}")))
             .collect();
@@ -353,6 +364,7 @@ pub struct JobMetrics {
     pub paused: IntGauge,
     pub pauses: IntCounter,
     pub registry_retries: IntCounter,
+    pub last_maintenance: Gauge,
 }
 
 impl JobMetrics {
@@ -454,35 +466,6 @@ impl JobMetrics {
             .lock()
             .unwrap()
             .insert(self.job.clone(), health);
-    }
-}
-
-/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(render))
-        .route("/healthz", get(healthz))
-        .with_state(metrics);
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "serving /metrics and /healthz");
-    }
-    axum::serve(listener, app).await
-}
-
-async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
-    )
-}
-
-async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.health() {
-        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 

@@ -2,6 +2,7 @@
 //! parses the arguments and calls these; they print for people or scripts.
 
 pub mod bench;
+pub mod console;
 pub mod demo;
 pub mod query;
 pub mod run;

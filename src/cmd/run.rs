@@ -55,7 +55,7 @@ pub enum RunError {
 pub struct RunOptions {
     /// How long a stop waits for in-flight batches before abandoning them.
     pub shutdown_timeout: Duration,
-    /// Where `/metrics` and `/healthz` are served.
+    /// Where the status page, `/api/status`, `/metrics` and `/healthz` are served.
     pub metrics_addr: SocketAddr,
     /// When the run ends by itself, for schedulers (none: at a signal).
     pub until: Option<Until>,
@@ -116,7 +116,7 @@ fn is_fatal(e: &PipelineError) -> bool {
 }
 
 /// An error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -142,7 +142,11 @@ pub async fn run(
             addr: options.metrics_addr,
             source,
         })?;
-    tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    tokio::spawn(crate::cmd::console::serve(
+        listener,
+        metrics.clone(),
+        jobs.clone(),
+    ));
 
     if let Some(Until::Time(time)) = options.until {
         let stop = stop.clone();
@@ -158,7 +162,11 @@ pub async fn run(
     let mut upkeep = Vec::new();
     for job in jobs {
         let job_metrics = metrics.job(&job.name);
-        upkeep.push(tokio::spawn(keep_up(job.clone(), faults.clone())));
+        upkeep.push(tokio::spawn(keep_up(
+            job.clone(),
+            faults.clone(),
+            job_metrics.clone(),
+        )));
         let (faults, stop) = (faults.clone(), stop.clone());
         let bound = caught_up.then(Arc::default);
         supervised.spawn(async move {
@@ -344,7 +352,7 @@ const COMPACT_CHECK: Duration = Duration::from_secs(10);
 /// between rounds the hot tables' small files merged as they accumulate
 /// ([`Compactor`]). One task, so two merges of a table never race. A failed
 /// step is logged and retried next time; it never stops ingest.
-pub async fn keep_up(job: Job, faults: Faults) {
+pub async fn keep_up(job: Job, faults: Faults, metrics: JobMetrics) {
     let every = job.maintenance.every;
     let mut compactor = Compactor::new(&job);
     let check = match compactor {
@@ -367,11 +375,14 @@ pub async fn keep_up(job: Job, faults: Faults) {
         }
         next_round = now + every;
         match maintain::run_once(&job, &faults).await {
-            Ok(report) => info!(
-                job = %job.name,
-                seconds = report.elapsed.as_secs_f64(),
-                "maintenance round done"
-            ),
+            Ok(report) => {
+                metrics.last_maintenance.set(Utc::now().timestamp() as f64);
+                info!(
+                    job = %job.name,
+                    seconds = report.elapsed.as_secs_f64(),
+                    "maintenance round done"
+                )
+            }
             // The job has not created its tables yet (a first start on slow
             // storage): nothing to keep up.
             Err(maintain::MaintainError::Table(TableError::Missing { table, .. })) => {

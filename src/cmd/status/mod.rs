@@ -7,8 +7,12 @@
 //! the txn actions in its recent log entries). Partitions whose lag or rate is
 //! far above the median are flagged hot, the partition that holds the
 //! watermark and those idle are noted; a watermark far behind the wall
-//! clock is flagged stalled. For a job that reads through a schema
-//! registry, the schema IDs whose messages the DLQ holds, and why.
+//! clock is flagged stalled. Per table, its newest commits and the rows of
+//! each tier ([`tables`]); the DLQ's commonest reasons; for a job that reads
+//! through a schema registry, the schema IDs whose messages the DLQ holds.
+//! `weir run` serves the same [`Status`] as JSON (`/api/status`).
+
+mod tables;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +22,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use rdkafka::error::KafkaError;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Brokers, Job};
 use crate::ingest::decode::INGEST_TS;
@@ -27,6 +32,7 @@ use crate::ingest::watermark::Watermark;
 use crate::table::delta::{held_versions, open};
 use crate::table::tier::Tiered;
 use crate::table::{TableError, TableId, Tables};
+pub use tables::{Commit, Reason, TableStatus, TierStatus};
 
 /// How far back in `raw`'s log the last commit per partition is looked for.
 const LOG_LOOKBACK: u64 = 500;
@@ -56,7 +62,7 @@ pub enum StatusError {
 }
 
 /// One partition's state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionStatus {
     pub partition: i32,
     /// The next offset every table holds; `None` before any commit.
@@ -70,7 +76,7 @@ pub struct PartitionStatus {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub job: String,
     pub topic: String,
@@ -81,15 +87,19 @@ pub struct Status {
     pub refused: Vec<RefusedSchema>,
     /// Each expectation of the job and how often it was broken.
     pub expectations: Vec<ExpectationStatus>,
+    /// Every table of the job, `raw` first.
+    pub tables: Vec<TableStatus>,
+    /// The DLQ's commonest reasons, most first.
+    pub dlq_reasons: Vec<Reason>,
 }
 
 /// An expectation or a monitor and the breaches the `quality` table holds
 /// of it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExpectationStatus {
     pub name: String,
     /// `warn`, `drop` (expectations) or `monitor`.
-    pub action: &'static str,
+    pub action: String,
     /// What holds: a monitor's bounds (an expectation's rule is in the spec).
     pub expected: Option<String>,
     /// Events that broke an expectation; windows out of a monitor's bounds.
@@ -125,7 +135,7 @@ impl fmt::Display for ExpectationStatus {
 }
 
 /// A writer schema whose messages the DLQ holds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefusedSchema {
     pub id: String,
     pub messages: i64,
@@ -171,6 +181,12 @@ impl fmt::Display for Status {
         }
         for e in &self.expectations {
             write!(f, "\n{e}")?;
+        }
+        for t in &self.tables {
+            write!(f, "\n{t}")?;
+        }
+        for r in &self.dlq_reasons {
+            write!(f, "\ndlq: {} messages: {}", r.messages, r.reason)?;
         }
         Ok(())
     }
@@ -235,6 +251,8 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         stalled,
         refused: refused_schemas(job).await?,
         expectations: expectations(job).await?,
+        tables: tables::tables(job).await?,
+        dlq_reasons: tables::dlq_reasons(job).await?,
     })
 }
 
@@ -268,7 +286,7 @@ async fn expectations(job: &Job) -> Result<Vec<ExpectationStatus>, StatusError> 
         let figures = get(&e.name);
         ExpectationStatus {
             name: e.name.clone(),
-            action: e.on_fail.name(),
+            action: e.on_fail.name().to_owned(),
             expected: None,
             breaches: figures.map_or(0, |f| f.0),
             last: figures.and_then(|f| f.2),
@@ -279,7 +297,7 @@ async fn expectations(job: &Job) -> Result<Vec<ExpectationStatus>, StatusError> 
         let figures = get(&m.name);
         ExpectationStatus {
             name: m.name.clone(),
-            action: MONITOR,
+            action: MONITOR.to_owned(),
             expected: Some(m.expected()),
             breaches: figures.map_or(0, |f| f.1),
             last: figures.and_then(|f| f.2),
@@ -298,22 +316,15 @@ async fn refused_schemas(job: &Job) -> Result<Vec<RefusedSchema>, StatusError> {
     let sql = "SELECT regexp_replace(error, '^schema ID ([0-9]+).*$', '${1}') AS id, \
                count(*) AS messages, min(error) AS example FROM dlq \
                WHERE error LIKE 'schema ID %' GROUP BY 1 ORDER BY 2 DESC, 1";
-    let batches = Tiered::new(job).query(&[TableId::Dlq], sql).await?;
-    let mut refused = Vec::new();
-    for batch in &batches {
-        let text = |i: usize| arrow::compute::cast(batch.column(i), &DataType::Utf8);
-        let (ids, examples) = (text(0)?, text(2)?);
-        let counts = arrow::compute::cast(batch.column(1), &DataType::Int64)?;
-        let counts = counts.as_primitive::<Int64Type>();
-        for row in 0..batch.num_rows() {
-            refused.push(RefusedSchema {
-                id: ids.as_string::<i32>().value(row).to_owned(),
-                messages: counts.value(row),
-                example: examples.as_string::<i32>().value(row).to_owned(),
-            });
-        }
-    }
-    Ok(refused)
+    let groups = tables::dlq_groups(job, sql).await?;
+    Ok(groups
+        .into_iter()
+        .map(|(id, messages, example)| RefusedSchema {
+            id,
+            messages,
+            example,
+        })
+        .collect())
 }
 
 /// Notes the partition whose clock sets the watermark, and those left out
@@ -409,47 +420,20 @@ async fn recent_commits(
 ) -> Result<(BTreeMap<i32, DateTime<Utc>>, BTreeMap<i32, f64>), StatusError> {
     let raw = TableId::Raw.name(job);
     let table = open(raw, &job.storage.hot_table(&job.name, raw)).await?;
-    let log = |source| StatusError::Log {
-        table: raw.into(),
-        source: Box::new(source),
-    };
     let latest = table.version().unwrap_or(0);
     let prefix = format!("weir:{}:{}:", job.name, job.source.topic);
     // Per partition: the (time ms, version) of its newest and oldest commit seen.
     type Span = ((i64, i64), (i64, i64));
     let mut seen: BTreeMap<i32, Span> = BTreeMap::new();
     for version in (latest.saturating_sub(LOG_LOOKBACK)..=latest).rev() {
-        let Some(bytes) = table
-            .log_store()
-            .read_commit_entry(version)
-            .await
-            .map_err(log)?
-        else {
+        let Some(entry) = tables::read_entry(&table, raw, version).await? else {
             break;
         };
-        let mut time = None;
-        let mut txns = Vec::new();
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            let Ok(action) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if let Some(ts) = action
-                .pointer("/commitInfo/timestamp")
-                .and_then(|t| t.as_i64())
-            {
-                time = Some(ts);
-            }
-            let app = action.pointer("/txn/appId").and_then(|a| a.as_str());
-            let v = action.pointer("/txn/version").and_then(|v| v.as_i64());
-            if let (Some(app), Some(v)) = (app, v)
-                && let Some(p) = app
-                    .strip_prefix(&prefix)
-                    .and_then(|p| p.parse::<i32>().ok())
-            {
-                txns.push((p, v));
-            }
-        }
-        let Some(time) = time else { continue };
+        let txns = entry.txns.iter().filter_map(|(app, v)| {
+            let p = app.strip_prefix(&prefix)?.parse::<i32>().ok()?;
+            Some((p, *v))
+        });
+        let Some(time) = entry.at_ms else { continue };
         for (p, v) in txns {
             let e = seen.entry(p).or_insert(((time, v), (time, v)));
             e.1 = (time, v);
