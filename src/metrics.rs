@@ -61,6 +61,9 @@ pub struct Metrics {
     pauses: IntCounterVec,
     registry_retries: IntCounterVec,
     last_maintenance: GaugeVec,
+    probe_latency: HistogramVec,
+    probe_last: GaugeVec,
+    probe_failures: IntCounterVec,
     health: Mutex<BTreeMap<String, Result<(), String>>>,
 }
 
@@ -279,6 +282,25 @@ impl Metrics {
                 "When the job's last maintenance round (tier moves, merges, vacuum) finished, in seconds since the epoch",
                 &["job"],
             ),
+            probe_latency: histogram(
+                &r,
+                "weir_probe_latency_seconds",
+                "Per latency probe (probes.every): from its send to its offset held by raw's committed Delta log, read back as a reader would",
+                &["job"],
+                LATENCY,
+            ),
+            probe_last: gauge_f64(
+                &r,
+                "weir_probe_last_latency_seconds",
+                "Per partition: the latency of its newest probe that became visible",
+                &["job", "partition"],
+            ),
+            probe_failures: counter(
+                &r,
+                "weir_probe_failures_total",
+                "Latency probes that could not be sent, or were not visible in raw within their deadline",
+                &["job"],
+            ),
             registry: r,
             health: Mutex::new(BTreeMap::new()),
         })
@@ -308,6 +330,8 @@ impl Metrics {
             pauses: self.pauses.with_label_values(&[job]),
             registry_retries: self.registry_retries.with_label_values(&[job]),
             last_maintenance: self.last_maintenance.with_label_values(&[job]),
+            probe_latency: self.probe_latency.with_label_values(&[job]),
+            probe_failures: self.probe_failures.with_label_values(&[job]),
         }
     }
 
@@ -365,6 +389,8 @@ pub struct JobMetrics {
     pub pauses: IntCounter,
     pub registry_retries: IntCounter,
     pub last_maintenance: Gauge,
+    pub probe_latency: Histogram,
+    pub probe_failures: IntCounter,
 }
 
 impl JobMetrics {
@@ -412,6 +438,16 @@ impl JobMetrics {
             .lag
             .with_label_values(&labels)
             .set((high - next).max(0));
+    }
+
+    /// A probe of `partition` became visible `latency` after it was sent.
+    pub fn probe_seen(&self, partition: i32, latency: Duration) {
+        let p = partition.to_string();
+        self.probe_latency.observe(latency.as_secs_f64());
+        self.metrics
+            .probe_last
+            .with_label_values(&[&self.job, &p])
+            .set(latency.as_secs_f64());
     }
 
     pub fn skipped_offsets(&self, partition: i32, count: u64) {

@@ -25,6 +25,7 @@ use crate::config::{Brokers, Job};
 use crate::fault::Faults;
 use crate::ingest::expect::ExpectError;
 use crate::ingest::pipeline::{Pipeline, PipelineError, broker_high_watermarks};
+use crate::ingest::probe::probe;
 use crate::ingest::sink::SinkError;
 use crate::ingest::source::kafka::SourceError;
 use crate::metrics::{JobMetrics, Metrics};
@@ -167,6 +168,10 @@ pub async fn run(
             faults.clone(),
             job_metrics.clone(),
         )));
+        if let (Some(every), Brokers::List(bootstrap)) = (job.probe_every, &job.source.brokers) {
+            let probes = probe(job.clone(), bootstrap.clone(), job_metrics.clone(), every);
+            upkeep.push(tokio::spawn(probes));
+        }
         let (faults, stop) = (faults.clone(), stop.clone());
         let bound = caught_up.then(Arc::default);
         supervised.spawn(async move {

@@ -636,6 +636,9 @@ pub struct Job {
     pub monitors: Vec<Monitor>,
     /// Where `weir run` serves `/metrics` and `/healthz`, if the spec says.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often `weir run` sends a latency probe to each partition of the
+    /// topic (`probes.every`); `None`: never.
+    pub probe_every: Option<Duration>,
 }
 
 /// What a job derives from its events.

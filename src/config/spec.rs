@@ -35,6 +35,8 @@ pub(super) struct JobSpec {
     pub(super) monitors: Vec<MonitorSpec>,
     #[serde(default)]
     pub(super) metrics: MetricsSpec,
+    #[serde(default)]
+    pub(super) probes: ProbesSpec,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +58,12 @@ pub(super) struct ExpectationSpec {
     pub(super) rule: String,
     #[serde(default = "default_on_fail")]
     pub(super) on_fail: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProbesSpec {
+    pub(super) every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,6 +27,17 @@ fn the_metrics_address_is_a_socket_address() {
 }
 
 #[test]
+fn probes_are_off_unless_asked_and_their_interval_is_bounded() {
+    assert_eq!(parse(&GOOD).unwrap().probe_every, None);
+    let job = parse(&format!("{}[probes]\nevery = \"30s\"\n", *GOOD)).unwrap();
+    assert_eq!(job.probe_every, Some(Duration::from_secs(30)));
+    for bad in ["0s", "2days", "often"] {
+        let err = parse(&format!("{}[probes]\nevery = \"{bad}\"\n", *GOOD)).unwrap_err();
+        assert!(err.to_string().contains("probes.every"), "{err}");
+    }
+}
+
+#[test]
 fn properties_resolve_env_references_when_connecting_and_hide_secrets() {
     // SAFETY: the variable names are unique to this test.
     unsafe {

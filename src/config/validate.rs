@@ -114,11 +114,25 @@ impl Job {
                 })
             })
             .transpose()?;
+        let probe_every = spec
+            .probes
+            .every
+            .map(|every| {
+                duration_key(
+                    &invalid,
+                    "probes.every",
+                    &every,
+                    (1, DAY),
+                    "a duration between 1s and 1day, like \"30s\"",
+                )
+            })
+            .transpose()?;
         Ok(Job {
             name: spec.name,
             file: file.to_owned(),
             spec_hash,
             metrics_addr,
+            probe_every,
             source,
             contract,
             batching,

@@ -422,9 +422,10 @@ impl Pipeline {
         prepared: tokio::sync::mpsc::Sender<Prepared>,
     ) -> Result<(), PipelineError> {
         loop {
-            let Some(polled) = self.batches.lock().await.next_batch().await? else {
+            let Some(mut polled) = self.batches.lock().await.next_batch().await? else {
                 return Ok(());
             };
+            polled.strip_probes();
             self.seed_reassigned().await?;
             let schemas = self.writer_schemas(&polled.batch).await?;
             let stage = Arc::clone(&self);

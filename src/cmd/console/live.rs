@@ -46,6 +46,10 @@ pub struct Figures {
     pub lag: BTreeMap<i32, i64>,
     /// Per table: log versions not yet covered by a checkpoint.
     pub checkpoint_lag: BTreeMap<String, i64>,
+    /// Per partition: seconds from its newest visible latency probe's send
+    /// to its commit in raw (only with `probes.every`).
+    pub probes: BTreeMap<i32, f64>,
+    pub probe_failures: u64,
     /// The end-to-end histogram: (upper bound in seconds, cumulative count),
     /// and the count of every observation.
     pub latency: Vec<(f64, u64)>,
@@ -100,6 +104,12 @@ impl Figures {
                     self.lag.insert(p, gauge() as i64);
                 }
             }
+            "weir_probe_last_latency_seconds" => {
+                if let Some(p) = partition() {
+                    self.probes.insert(p, gauge());
+                }
+            }
+            "weir_probe_failures_total" => self.probe_failures = counter(),
             "weir_end_to_end_seconds" if label(m, "clock") == Some(CLOCK) => {
                 let h = m.get_histogram();
                 self.latency = h
@@ -115,6 +125,11 @@ impl Figures {
 
     pub fn total_lag(&self) -> i64 {
         self.lag.values().sum()
+    }
+
+    /// The slowest partition's newest probe latency, in seconds.
+    pub fn slowest_probe(&self) -> Option<f64> {
+        self.probes.values().copied().reduce(f64::max)
     }
 }
 

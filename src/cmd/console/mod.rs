@@ -227,6 +227,19 @@ impl fmt::Display for JobSnapshot {
             "live: {health}; {} events in, {} duplicates, {} restarts, dedup index {} IDs ({} bytes)",
             live.events_in, live.duplicates, live.restarts, live.dedup_entries, live.dedup_bytes
         )?;
+        if !live.probes.is_empty() || live.probe_failures > 0 {
+            let each: Vec<String> = live
+                .probes
+                .iter()
+                .map(|(p, s)| format!("{p}: {:.0} ms", s * 1e3))
+                .collect();
+            write!(
+                f,
+                "\nprobes (send → visible in raw, newest per partition): {}; {} failed",
+                each.join(", "),
+                live.probe_failures
+            )?;
+        }
         if let Some(p) = self.history.last() {
             let ms = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.0} ms", s * 1e3));
             write!(

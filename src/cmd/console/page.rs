@@ -157,6 +157,13 @@ fn figures(html: &mut String, job: &JobSnapshot) {
             &format!("{fill} / {capacity}"),
         );
     }
+    if !live.probes.is_empty() || live.probe_failures > 0 {
+        let label = format!(
+            "probe send → visible, slowest partition ({} failed)",
+            live.probe_failures
+        );
+        figure(html, "probe", &label, &millis(live.slowest_probe()));
+    }
     let paused = if live.paused { "paused" } else { "no" };
     let pauses = format!("partitions paused ({} pauses)", live.pauses);
     figure(html, "paused", &pauses, paused);
@@ -273,7 +280,7 @@ fn sparkline(values: &[Option<f64>], unit: &str) -> String {
 }
 
 fn tables_part(html: &mut String, job: &JobSnapshot, status: &Status) {
-    html.push_str("<h3>Partitions</h3><table data-figure=\"partitions\"><tr><th class=n>partition</th><th class=n>committed</th><th class=n>high watermark</th><th class=n>lag</th><th>trend</th><th class=n>events/s</th><th>last commit</th><th>note</th></tr>");
+    html.push_str("<h3>Partitions</h3><table data-figure=\"partitions\"><tr><th class=n>partition</th><th class=n>committed</th><th class=n>high watermark</th><th class=n>lag</th><th>trend</th><th class=n>events/s</th><th class=n>probe</th><th>last commit</th><th>note</th></tr>");
     for p in &status.partitions {
         let trend: Vec<Option<f64>> = job
             .history
@@ -282,7 +289,7 @@ fn tables_part(html: &mut String, job: &JobSnapshot, status: &Status) {
             .collect();
         write!(
             html,
-            "<tr data-partition=\"{}\"><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n data-figure=\"lag\">{}</td><td>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr data-partition=\"{}\"><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n data-figure=\"lag\">{}</td><td>{}</td><td class=n>{}</td><td class=n data-figure=\"probe\">{}</td><td>{}</td><td>{}</td></tr>",
             p.partition,
             p.partition,
             p.committed.map_or("-".into(), |c| c.to_string()),
@@ -290,6 +297,7 @@ fn tables_part(html: &mut String, job: &JobSnapshot, status: &Status) {
             p.lag,
             sparkline(&trend, ""),
             p.rate.map_or("-".into(), |r| format!("{r:.1}")),
+            millis(job.live.probes.get(&p.partition).copied()),
             p.last_commit.as_ref().map_or("-".into(), time),
             esc(p.note.as_deref().unwrap_or(""))
         )

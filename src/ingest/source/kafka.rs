@@ -33,7 +33,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Message, MicroBatch};
+use super::{Message, MicroBatch, PROBE_HEADER};
 use crate::config::{Batching, Job, JobError, KafkaColumns, OnDataLoss, StartFrom};
 use crate::ingest::adaptive::BatchCap;
 use crate::metrics::JobMetrics;
@@ -461,6 +461,23 @@ impl Polled {
 
     pub fn is_empty(&self) -> bool {
         self.batch.is_empty() && self.progress.is_empty()
+    }
+
+    /// Takes the latency probes out of the batch; the positions after them
+    /// become progress, so the commit moves the tables past them as past
+    /// any record (the probe sees its offset held, however quiet the
+    /// partition). Returns how many there were.
+    pub fn strip_probes(&mut self) -> usize {
+        let before = self.batch.messages.len();
+        let progress = &mut self.progress;
+        self.batch.messages.retain(|m| {
+            if m.probe {
+                let e = progress.entry(m.partition).or_insert(m.offset + 1);
+                *e = (*e).max(m.offset + 1);
+            }
+            !m.probe
+        });
+        before - self.batch.messages.len()
     }
 
     /// Drops the messages and progress of its partitions that were revoked
@@ -1040,12 +1057,40 @@ fn to_message(m: &BorrowedMessage<'_>, kept: KafkaColumns) -> Message {
         headers: kept
             .headers
             .then(|| m.headers().map(headers).unwrap_or_default()),
+        probe: m
+            .headers()
+            .is_some_and(|h| h.iter().any(|h| h.key == PROBE_HEADER)),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Gap;
+    use std::collections::BTreeMap;
+
+    use super::{Gap, Message, MicroBatch, Polled};
+
+    #[test]
+    fn probes_leave_the_batch_and_move_its_positions_past_them() {
+        let msg = |partition, offset, probe| Message {
+            partition,
+            offset,
+            probe,
+            ..Message::default()
+        };
+        let mut polled = Polled {
+            batch: MicroBatch {
+                topic: "t".into(),
+                messages: vec![msg(0, 4, false), msg(0, 5, true), msg(1, 8, true)],
+            },
+            generations: BTreeMap::new(),
+            progress: BTreeMap::new(),
+        };
+        assert_eq!(polled.strip_probes(), 2);
+        assert_eq!(polled.batch.messages, vec![msg(0, 4, false)]);
+        // Partition 1 had only a probe: the commit still moves it past it.
+        assert_eq!(polled.next_offsets(), BTreeMap::from([(0, 6), (1, 9)]));
+        assert_eq!(polled.first_offsets(), BTreeMap::from([(0, 4), (1, 9)]));
+    }
 
     #[test]
     fn a_position_is_held_from_the_log_start_up_to_the_high_watermark() {

@@ -23,7 +23,15 @@ pub struct Message {
     pub key: Option<Vec<u8>>,
     /// The record's headers in order, read only for a job that stores them.
     pub headers: Option<Headers>,
+    /// A latency probe ([`PROBE_HEADER`]): it moves the tables' positions
+    /// past itself and is never decoded.
+    pub probe: bool,
 }
+
+/// The header that marks a record as a latency probe of `weir run`
+/// (`probes.every`), whatever job sent it: every weir job reading the topic
+/// steps over it, so probes never reach `raw`, the DLQ or an output.
+pub const PROBE_HEADER: &str = "weir-probe";
 
 /// Kafka record headers: names with optional values, repeats allowed.
 pub type Headers = Vec<(String, Option<Vec<u8>>)>;

@@ -650,6 +650,7 @@ fn restore_events(
                 payload: Some(payloads.value(i).to_vec()),
                 key: stored.key(i),
                 headers: stored.headers(i),
+                probe: false,
             })
             .collect();
         let batch = MicroBatch {
