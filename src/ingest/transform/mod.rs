@@ -124,6 +124,8 @@ pub struct WindowAggregate {
     /// Per aggregate: its quoted name and how its states merge.
     merges: Vec<(String, Merge)>,
     group_columns: Vec<String>,
+    /// What `batch` is over the events ([`batch_view`]).
+    view: Option<String>,
     /// Planned before the first batch ([`Self::planned`]) or at it.
     plan: Arc<OnceCell<PlannedQuery>>,
 }
@@ -132,19 +134,26 @@ fn quote(name: &str) -> String {
     format!("\"{name}\"")
 }
 
-/// What a window reads: `batch`, with the contract's derived columns added
-/// (each cast to its declared type, so the partial table's schema is known
-/// before any event arrives).
-fn with_derived(contract: &Contract) -> String {
+/// What outputs read as `batch` when the contract derives columns: the
+/// events with each derived column added, cast to its declared type (so a
+/// window's partial table's schema is known before any event arrives).
+fn batch_view(contract: &Contract) -> Option<String> {
     if contract.derived.is_empty() {
-        return "batch".into();
+        return None;
     }
     let derived: String = contract
         .derived
         .iter()
         .map(|d| format!(", {} AS {}", derived_sql(d), quote(&d.field.name)))
         .collect();
-    format!("(SELECT *{derived} FROM batch) AS batch")
+    Some(format!("SELECT *{derived} FROM {}", planned::EVENTS))
+}
+
+/// `sql` over `batch` (the events in `raw`'s columns, and the contract's
+/// derived columns), planned.
+async fn plan(sql: &str, contract: &Contract) -> Result<PlannedQuery, DataFusionError> {
+    let view = batch_view(contract);
+    PlannedQuery::over(sql, raw_schema(contract), view.as_deref()).await
 }
 
 /// A derived column's expression as its declared type; a value that
@@ -331,9 +340,8 @@ impl WindowAggregate {
                 };
                 format!(
                     "SELECT date_bin(INTERVAL '{hop_ms} milliseconds', {time}){earlier} \
-                     AS {ws}, * FROM {source}{filter}",
+                     AS {ws}, * FROM batch{filter}",
                     ws = quote(WINDOW_START),
-                    source = with_derived(contract),
                 )
             })
             .collect();
@@ -374,6 +382,7 @@ impl WindowAggregate {
             partial_sql,
             merges,
             group_columns,
+            view: batch_view(contract),
             plan: Arc::default(),
         }
     }
@@ -382,8 +391,7 @@ impl WindowAggregate {
     /// not plan is a bad job spec, not a failure at the first batch.
     pub async fn planned(index: usize, output: &WindowOutput, job: &Job) -> Result<Self, JobError> {
         let window = Self::new(output, &job.contract);
-        let input = raw_schema(&job.contract);
-        let error = match PlannedQuery::new(&window.partial_sql, input.clone()).await {
+        let error = match plan(&window.partial_sql, &job.contract).await {
             Ok(plan) => {
                 window
                     .plan
@@ -399,7 +407,7 @@ impl WindowAggregate {
             ..output.clone()
         };
         let unfiltered = Self::new(&unfiltered, &job.contract);
-        let (key, expected) = match PlannedQuery::new(&unfiltered.partial_sql, input).await {
+        let (key, expected) = match plan(&unfiltered.partial_sql, &job.contract).await {
             Ok(_) => ("filter", "a DataFusion condition over the event's fields"),
             Err(_) => ("aggregates", "aggregates DataFusion can compute"),
         };
@@ -428,7 +436,9 @@ impl WindowAggregate {
     pub async fn apply(&self, events: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
         let plan = self
             .plan
-            .get_or_try_init(|| PlannedQuery::new(&self.partial_sql, events.schema()))
+            .get_or_try_init(|| {
+                PlannedQuery::over(&self.partial_sql, events.schema(), self.view.as_deref())
+            })
             .await?;
         run_over_batch(plan, events, &self.partial_schema).await
     }
@@ -488,22 +498,20 @@ impl SqlTransform {
     /// Plans the query once over an empty `batch`; a query that does not plan,
     /// or returns a type Delta cannot store, is a bad job spec.
     pub async fn new(index: usize, output: &SqlOutput, job: &Job) -> Result<Self, JobError> {
-        let invalid = |found: String| JobError::Invalid {
+        let invalid = |found: String| {
+            JobError::Invalid {
             file: job.file.clone(),
             key: format!("outputs[{index}].sql"),
-            expected: "a DataFusion query over `batch` (the trigger's events, in raw's columns)"
+            expected: "a DataFusion query over `batch` (the trigger's events, in raw's columns and the derived ones)"
                 .into(),
             found,
+        }
         };
         let invalid = &invalid;
-        let input = raw_schema(&job.contract);
-        let plan_sql = |sql: String| {
-            let input = input.clone();
-            async move {
-                PlannedQuery::new(&sql, input)
-                    .await
-                    .map_err(|e| invalid(e.find_root().to_string()))
-            }
+        let plan_sql = |sql: String| async move {
+            plan(&sql, &job.contract)
+                .await
+                .map_err(|e| invalid(e.find_root().to_string()))
         };
         let mut plan = plan_sql(output.sql.clone()).await?;
         // Rows that carry their event time are stored by its date, which is

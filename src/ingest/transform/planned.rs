@@ -31,6 +31,9 @@ use datafusion::physical_plan::{
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+/// What the events are registered as when `batch` is a view over them.
+pub const EVENTS: &str = "__events";
+
 /// A query over `batch` (rows in `input`'s schema), physically planned.
 #[derive(Debug, Clone)]
 pub struct PlannedQuery {
@@ -43,11 +46,26 @@ impl PlannedQuery {
     /// One partition: a trigger's events are one small batch, and the cores
     /// are busy writing the other tables meanwhile.
     pub async fn new(sql: &str, input: SchemaRef) -> Result<Self> {
+        Self::over(sql, input, None).await
+    }
+
+    /// [`Self::new`] with `batch` the query `view` over the events, which it
+    /// reads as [`EVENTS`] (the contract's derived columns added to them,
+    /// say). The view is inlined into the plan, so its scan is still the
+    /// leaf each run swaps the events into.
+    pub async fn over(sql: &str, input: SchemaRef, view: Option<&str>) -> Result<Self> {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let stand_in = TriggerTable {
+        let stand_in = Arc::new(TriggerTable {
             schema: input.clone(),
+        });
+        match view {
+            None => ctx.register_table("batch", stand_in)?,
+            Some(view) => {
+                ctx.register_table(EVENTS, stand_in)?;
+                let view = ctx.sql(view).await?.into_view();
+                ctx.register_table("batch", view)?
+            }
         };
-        ctx.register_table("batch", Arc::new(stand_in))?;
         let plan = ctx.sql(sql).await?.create_physical_plan().await?;
         Ok(Self {
             input,

@@ -410,6 +410,23 @@ aggregates = [{ name = "net_sum", fn = "sum", field = "net" }, { name = "n", fn 
         })
         .collect();
     assert_eq!(got, vec![("high", 27.0, 2), ("low", 1.35, 1)]);
+
+    // A query output reads the same derived columns in `batch`.
+    let query = Spec {
+        rest: &format!(
+            "{derived}[[outputs]]\nname = \"tiers\"\nsql = \"SELECT tier, sum(net) AS net FROM batch GROUP BY tier ORDER BY tier\"\n"
+        ),
+        ..spec()
+    }
+    .job();
+    let transforms = Transform::all(&query).await.unwrap();
+    let out = transforms[1].apply(&rows).await.unwrap();
+    let tiers = out.column(0).as_string::<i32>();
+    let nets = out.column(1).as_primitive::<Float64Type>();
+    let got: Vec<_> = (0..out.num_rows())
+        .map(|r| (tiers.value(r), nets.value(r)))
+        .collect();
+    assert_eq!(got, vec![("high", 27.0), ("low", 1.35)]);
 }
 
 #[tokio::test]
