@@ -16,7 +16,9 @@ fn aggregate(c: &mut Criterion) {
         (&job.source.format).into(),
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let outputs = runtime.block_on(Transform::all(&job)).unwrap();
+    let outputs = runtime
+        .block_on(Transform::all(&job, &Default::default()))
+        .unwrap();
     let mut generator = common::generator(&job, 0.0, 0.0, 5);
 
     let mut group = c.benchmark_group("aggregate");

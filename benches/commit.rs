@@ -26,7 +26,9 @@ fn commit(c: &mut Criterion) {
         job.source.max_message_bytes,
         (&job.source.format).into(),
     );
-    let outputs = runtime.block_on(Transform::all(&job)).unwrap();
+    let outputs = runtime
+        .block_on(Transform::all(&job, &Default::default()))
+        .unwrap();
     let catalog = Catalog::new(&job, &outputs);
     let metrics = JobMetrics::detached(&job.name);
     let mut sink = runtime

@@ -64,6 +64,9 @@ pub struct Metrics {
     probe_latency: HistogramVec,
     probe_last: GaugeVec,
     probe_failures: IntCounterVec,
+    lookup_rows: IntGaugeVec,
+    lookup_loads: IntCounterVec,
+    lookup_failures: IntCounterVec,
     health: Mutex<BTreeMap<String, Result<(), String>>>,
 }
 
@@ -301,6 +304,24 @@ impl Metrics {
                 "Latency probes that could not be sent, or were not visible in raw within their deadline",
                 &["job"],
             ),
+            lookup_rows: gauge(
+                &r,
+                "weir_lookup_rows",
+                "Per lookup: the rows of the version the outputs read",
+                &["job", "lookup"],
+            ),
+            lookup_loads: counter(
+                &r,
+                "weir_lookup_loads_total",
+                "Per lookup: versions taken into the outputs (at start and at each refresh that found a new one)",
+                &["job", "lookup"],
+            ),
+            lookup_failures: counter(
+                &r,
+                "weir_lookup_refresh_failures_total",
+                "Per lookup: refreshes that kept the last good version (the source unreadable, its key repeated or null, its columns changed)",
+                &["job", "lookup"],
+            ),
             registry: r,
             health: Mutex::new(BTreeMap::new()),
         })
@@ -448,6 +469,24 @@ impl JobMetrics {
             .probe_last
             .with_label_values(&[&self.job, &p])
             .set(latency.as_secs_f64());
+    }
+
+    /// The outputs read a new version of `lookup`, of `rows` rows.
+    pub fn lookup_loaded(&self, lookup: &str, rows: usize) {
+        let labels = [self.job.as_str(), lookup];
+        self.metrics
+            .lookup_rows
+            .with_label_values(&labels)
+            .set(rows as i64);
+        self.metrics.lookup_loads.with_label_values(&labels).inc();
+    }
+
+    pub fn lookup_failed(&self, lookup: &str) {
+        let labels = [self.job.as_str(), lookup];
+        self.metrics
+            .lookup_failures
+            .with_label_values(&labels)
+            .inc();
     }
 
     pub fn skipped_offsets(&self, partition: i32, count: u64) {

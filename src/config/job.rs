@@ -639,6 +639,54 @@ pub struct Job {
     /// How often `weir run` sends a latency probe to each partition of the
     /// topic (`probes.every`); `None`: never.
     pub probe_every: Option<Duration>,
+    /// Dimension tables the outputs may join (`[[lookups]]`).
+    pub lookups: Vec<Lookup>,
+}
+
+/// A dimension table read beside each trigger's events: `sql` outputs,
+/// window filters and derived columns may name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// Its table name in SQL.
+    pub name: String,
+    pub source: LookupSource,
+    /// The column that names a row: unique and never null.
+    pub key: String,
+    /// How often `weir run` reads the source again.
+    pub refresh: Duration,
+}
+
+/// Where a lookup's rows come from, by the source's form: a `.parquet` or
+/// `.csv` file (CSV with a header row), otherwise a Delta table (a folder
+/// or a URL). Relative paths are made absolute when the spec is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupSource {
+    Parquet(PathBuf),
+    Csv(PathBuf),
+    Delta(Url),
+}
+
+impl LookupSource {
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.to_ascii_lowercase();
+        let file = || std::path::absolute(text).map_err(|e| format!("`{text}` ({e})"));
+        Ok(if lower.ends_with(".parquet") {
+            Self::Parquet(file()?)
+        } else if lower.ends_with(".csv") {
+            Self::Csv(file()?)
+        } else {
+            Self::Delta(parse_root(text)?)
+        })
+    }
+}
+
+impl std::fmt::Display for LookupSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Parquet(path) | Self::Csv(path) => write!(f, "{}", path.display()),
+            Self::Delta(location) => write!(f, "{location}"),
+        }
+    }
 }
 
 /// What a job derives from its events.

@@ -37,6 +37,22 @@ pub(super) struct JobSpec {
     pub(super) metrics: MetricsSpec,
     #[serde(default)]
     pub(super) probes: ProbesSpec,
+    #[serde(default)]
+    pub(super) lookups: Vec<LookupSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LookupSpec {
+    pub(super) name: String,
+    pub(super) source: String,
+    pub(super) key: String,
+    #[serde(default = "default_lookup_refresh")]
+    pub(super) refresh: String,
+}
+
+pub(super) fn default_lookup_refresh() -> String {
+    "5m".into()
 }
 
 #[derive(Debug, Deserialize)]

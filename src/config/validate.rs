@@ -127,12 +127,14 @@ impl Job {
                 )
             })
             .transpose()?;
+        let lookups = validate_lookups(spec.lookups, &invalid)?;
         Ok(Job {
             name: spec.name,
             file: file.to_owned(),
             spec_hash,
             metrics_addr,
             probe_every,
+            lookups,
             source,
             contract,
             batching,
@@ -273,6 +275,54 @@ pub(super) fn validate_expectations(
         });
     }
     Ok(expectations)
+}
+
+/// Names, sources and refresh intervals checked here; whether the source
+/// reads and its key is unique, when a command loads it.
+fn validate_lookups(specs: Vec<LookupSpec>, invalid: &Invalid) -> Result<Vec<Lookup>, JobError> {
+    let mut lookups: Vec<Lookup> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let key = |k: &str| format!("lookups[{i}].{k}");
+        let sql_name = spec.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let taken = lookups.iter().any(|l| l.name == spec.name);
+        if !sql_name || taken || spec.name == "batch" {
+            return Err(invalid(
+                &key("name"),
+                "a table name of lowercase letters, digits and `_`, starting with a letter, not `batch`, that no other lookup uses",
+                format!("`{}`", spec.name),
+            ));
+        }
+        for (k, value) in [("source", &spec.source), ("key", &spec.key)] {
+            if value.trim().is_empty() {
+                return Err(invalid(&key(k), "a value", "an empty string".into()));
+            }
+        }
+        let refresh = duration_key(
+            invalid,
+            &key("refresh"),
+            &spec.refresh,
+            (1, DAY),
+            "a duration between 1s and 1day, like \"5m\"",
+        )?;
+        let source = LookupSource::parse(&spec.source).map_err(|found| {
+            invalid(
+                &key("source"),
+                "a .parquet or .csv file, or a Delta table (a folder, file:// or s3://)",
+                found,
+            )
+        })?;
+        lookups.push(Lookup {
+            name: spec.name,
+            source,
+            key: spec.key,
+            refresh,
+        });
+    }
+    Ok(lookups)
 }
 
 pub(super) type Invalid<'a> = dyn Fn(&str, &str, String) -> JobError + 'a;

@@ -22,6 +22,8 @@ pub mod watermark;
 
 pub mod replay;
 
+pub mod lookup;
+
 pub mod transform;
 
 pub mod sink;

@@ -29,6 +29,7 @@ use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{Decoded, Decoder};
 use crate::ingest::dedup::{Dedup, Seed, seeds};
 use crate::ingest::expect::{Breaches, ExpectError, Expectations};
+use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::monitor::{MONITOR, Monitors};
 use crate::ingest::quality::{QualityRow, quality_batch};
 use crate::ingest::replay::{filter_replayed, without_partitions};
@@ -72,6 +73,8 @@ pub enum PipelineError {
     /// other failure (nothing committed is lost; the restart re-reads).
     #[error("the job panicked: {0}")]
     Panicked(String),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
 }
 
 /// Decoded micro-batches that may wait for the commit stage.
@@ -239,7 +242,7 @@ pub struct Pipeline {
     registry: Option<SchemaRegistry>,
     dedup: Mutex<Dedup>,
     watermark: Mutex<Watermark>,
-    outputs: Arc<[Transform]>,
+    outputs: Mutex<Derivation>,
     source: KafkaSource,
     batches: tokio::sync::Mutex<Batches>,
     sink: SharedSink,
@@ -252,6 +255,15 @@ pub struct Pipeline {
     /// partition assigned anew (after a rebalance) is seeded again from the
     /// tables, since its previous owner accepted IDs this process never saw.
     seeded: tokio::sync::Mutex<BTreeMap<i32, u64>>,
+}
+
+/// The outputs as planned over one snapshot of the job's lookups: replaced
+/// whole when a lookup refreshes, and taken whole by each trigger, so every
+/// output of a trigger reads the same versions.
+#[derive(Clone)]
+struct Derivation {
+    transforms: Arc<[Transform]>,
+    lookups: Lookups,
 }
 
 /// The rebalance callback's view of the tables, through the shared sink.
@@ -297,7 +309,8 @@ impl Pipeline {
         );
         let registry = SchemaRegistry::for_format(&job.source.format)?;
         let expectations = Expectations::new(job)?;
-        let outputs = Transform::all(job).await?;
+        let lookups = Lookups::load(job).await?;
+        let outputs = Transform::all(job, &lookups).await?;
         let catalog = Catalog::new(job, &outputs);
         create_colder_tiers(job, &catalog).await?;
         let mut sink = Sink::open(job, catalog.specs(), faults, metrics.clone()).await?;
@@ -329,7 +342,10 @@ impl Pipeline {
             registry,
             dedup: Mutex::new(dedup),
             watermark: Mutex::new(watermark),
-            outputs: outputs.into(),
+            outputs: Mutex::new(Derivation {
+                transforms: outputs.into(),
+                lookups,
+            }),
             source,
             batches: tokio::sync::Mutex::new(batches),
             sink,
@@ -391,6 +407,8 @@ impl Pipeline {
     /// every table's file writes run as tasks of their own; only the log
     /// commits are in order.
     pub async fn run(self: &Arc<Self>) -> Result<(), PipelineError> {
+        let _refresh = (!self.job.lookups.is_empty())
+            .then(|| AbortOnDrop::spawn(Arc::clone(self).refresh_lookups()));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(DECODED_BATCHES);
         // A task of its own: in the trigger's task, the next batch would be
         // handed over only when the trigger yields.
@@ -412,6 +430,42 @@ impl Pipeline {
         };
         self.sink.lock().await.settle().await;
         committed.and(prepared)
+    }
+
+    /// Reads the lookups again at the shortest of their `refresh`
+    /// intervals; a new version replans the outputs and takes effect from
+    /// the next trigger. A lookup that fails keeps its last good version.
+    async fn refresh_lookups(self: Arc<Self>) {
+        let every = self.job.lookups.iter().map(|l| l.refresh).min();
+        let every = every.expect("only jobs with lookups refresh them");
+        for lookup in self.outputs.lock().unwrap().lookups.tables() {
+            self.metrics.lookup_loaded(&lookup.name, lookup.rows());
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            let current = self.outputs.lock().unwrap().lookups.clone();
+            let (fresh, failed) = current.refreshed(&self.job).await;
+            for e in failed {
+                self.metrics.lookup_failed(&e.name);
+                warn!(job = %self.job.name, error = %e, "lookup not refreshed; keeping its last good version");
+            }
+            let Some(fresh) = fresh else { continue };
+            match Transform::all(&self.job, &fresh).await {
+                Ok(transforms) => {
+                    for lookup in fresh.tables() {
+                        self.metrics.lookup_loaded(&lookup.name, lookup.rows());
+                    }
+                    info!(job = %self.job.name, versions = ?fresh.versions(), "lookups refreshed");
+                    *self.outputs.lock().unwrap() = Derivation {
+                        transforms: transforms.into(),
+                        lookups: fresh,
+                    };
+                }
+                Err(e) => {
+                    warn!(job = %self.job.name, error = %e, "outputs do not plan over the refreshed lookups; keeping the last good versions")
+                }
+            }
+        }
     }
 
     /// The first stage: each micro-batch decoded and deduplicated on a
@@ -502,10 +556,11 @@ impl Pipeline {
         let below = sink.held(TableId::Raw);
         let settled = Settled::read(&mut *sink, below, &accepted).await?;
         let split = self.judge(&accepted, &settled, now)?;
-        let inputs = (0..self.outputs.len())
+        let derivation = self.outputs.lock().unwrap().clone();
+        let inputs = (0..derivation.transforms.len())
             .map(|i| fresh(&sink, TableId::Output(i), &split.on_time))
             .collect::<Result<_, _>>()?;
-        let outputs = self.apply_outputs(inputs);
+        let outputs = apply_outputs(&derivation.transforms, inputs);
         let ingest = [
             (TableId::Raw, &split.on_time),
             (TableId::Dlq, &decoded.rejected),
@@ -534,6 +589,7 @@ impl Pipeline {
         }
         m.stage("transform", clock.elapsed());
 
+        sink.derived_with(&derivation.lookups.versions());
         let report = sink.commit_staged(staged, &first, &next).await;
         let report = report.inspect_err(|e| {
             if e.is_conflict() {
@@ -622,30 +678,6 @@ impl Pipeline {
             duplicates,
             now,
         }))
-    }
-
-    /// Each output's rows from its input (`inputs[i]` for the i-th output),
-    /// each query in a task of its own: they share nothing, and the cores are
-    /// otherwise left to the ingest tables' file writes.
-    fn apply_outputs(
-        &self,
-        inputs: Vec<RecordBatch>,
-    ) -> impl Future<Output = Result<Vec<RecordBatch>, DataFusionError>> + use<> {
-        let queries: Vec<_> = inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, rows)| {
-                let outputs = self.outputs.clone();
-                tokio::spawn(async move { outputs[i].apply(&rows).await })
-            })
-            .collect();
-        async move {
-            let mut computed = Vec::with_capacity(queries.len());
-            for query in queries {
-                computed.push(query.await.expect("an output's query does not panic")?);
-            }
-            Ok(computed)
-        }
     }
 
     /// Seeds dedup for partitions assigned since the last trigger (see `seeded`).
@@ -792,5 +824,29 @@ impl Pipeline {
             self.dedup.lock().unwrap().evict(w);
         }
         Ok(split)
+    }
+}
+
+/// Each output's rows from its input (`inputs[i]` for the i-th output),
+/// each query in a task of its own: they share nothing, and the cores are
+/// otherwise left to the ingest tables' file writes.
+fn apply_outputs(
+    transforms: &Arc<[Transform]>,
+    inputs: Vec<RecordBatch>,
+) -> impl Future<Output = Result<Vec<RecordBatch>, DataFusionError>> + use<> {
+    let queries: Vec<_> = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, rows)| {
+            let transforms = transforms.clone();
+            tokio::spawn(async move { transforms[i].apply(&rows).await })
+        })
+        .collect();
+    async move {
+        let mut computed = Vec::with_capacity(queries.len());
+        for query in queries {
+            computed.push(query.await.expect("an output's query does not panic")?);
+        }
+        Ok(computed)
     }
 }

@@ -35,6 +35,7 @@ use url::Url;
 
 use crate::config::{Job, JobError};
 use crate::ingest::decode::{EVENT_DATE, dlq_schema, raw_schema};
+use crate::ingest::lookup::Lookups;
 use crate::ingest::quality::quality_schema;
 use crate::ingest::transform::Transform;
 use crate::ingest::watermark::late_schema;
@@ -172,9 +173,10 @@ impl Catalog {
         Self { specs }
     }
 
-    /// The catalog of `job`, planning its outputs to learn their schemas.
-    pub async fn of(job: &Job) -> Result<Self, JobError> {
-        Ok(Self::new(job, &Transform::all(job).await?))
+    /// The catalog of `job`, planning its outputs over `lookups` to learn
+    /// their schemas.
+    pub async fn of(job: &Job, lookups: &Lookups) -> Result<Self, JobError> {
+        Ok(Self::new(job, &Transform::all(job, lookups).await?))
     }
 
     /// Every table, in commit order.

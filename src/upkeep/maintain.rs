@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::config::{Job, JobError, Output, Tier};
 use crate::fault::{FaultError, Faults};
+use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::transform::{WINDOW_END, WindowAggregate};
 use crate::ingest::watermark::Watermark;
 use crate::table::delta::{is_commit_conflict, open_or_create, register, stored_schema};
@@ -55,6 +56,8 @@ pub enum MaintainError {
     Fault(#[from] FaultError),
     #[error(transparent)]
     Job(Box<JobError>),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
     #[error("reading the rows of {table} to move: {source}")]
     Move {
         table: String,
@@ -155,7 +158,8 @@ pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainErro
     let (watermark, _) =
         Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job), &[]).await?;
     let watermark = watermark.current_us();
-    let catalog = Catalog::of(job)
+    let lookups = Lookups::load(job).await?;
+    let catalog = Catalog::of(job, &lookups)
         .await
         .map_err(|e| MaintainError::Job(Box::new(e)))?;
     let specs = catalog.specs();

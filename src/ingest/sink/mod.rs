@@ -167,6 +167,9 @@ pub struct TableSink {
     retries: usize,
     /// Checkpoints written beside the ingest path.
     checkpoints: Checkpointer,
+    /// The lookup versions the rows being committed were derived with,
+    /// stamped into each commit's info as `weir.lookups`.
+    lookups: BTreeMap<String, String>,
 }
 
 impl TableSink {
@@ -195,6 +198,7 @@ impl TableSink {
             synced: head,
             retries: 0,
             checkpoints,
+            lookups: BTreeMap::new(),
         })
     }
 
@@ -340,11 +344,15 @@ impl TableSink {
             .map(|(p, v)| Transaction::new(job.app_id(*p), *v))
             .chain(vouches)
             .collect();
-        let metadata = [
+        let mut metadata: std::collections::HashMap<String, serde_json::Value> = [
             ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
             ("weir.job".to_owned(), json!(job.name)),
-        ];
-        let data = CommitData::new(actions, self.operation(), metadata.into(), txns);
+        ]
+        .into();
+        if !self.lookups.is_empty() {
+            metadata.insert("weir.lookups".to_owned(), json!(self.lookups));
+        }
+        let data = CommitData::new(actions, self.operation(), metadata, txns);
         if !self.commit_directly(&data).await? {
             self.commit_rebased(data).await?;
         }
@@ -589,6 +597,14 @@ impl Sink {
             faults,
             metrics,
         })
+    }
+
+    /// Stamps the commits that follow with the lookup versions their rows
+    /// were derived with (until stamped again).
+    pub fn derived_with(&mut self, lookups: &BTreeMap<String, String>) {
+        for table in &mut self.tables {
+            table.lookups.clone_from(lookups);
+        }
     }
 
     /// Per table, where it is stored.

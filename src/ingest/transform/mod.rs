@@ -19,6 +19,7 @@ use crate::config::{
     WindowOutput,
 };
 use crate::ingest::decode::{EVENT_DATE, raw_schema, utc_micros};
+use crate::ingest::lookup::Lookups;
 use crate::table::schema::conform;
 
 mod planned;
@@ -126,6 +127,8 @@ pub struct WindowAggregate {
     group_columns: Vec<String>,
     /// What `batch` is over the events ([`batch_view`]).
     view: Option<String>,
+    /// The lookups its filter and derived columns may read.
+    lookups: Lookups,
     /// Planned before the first batch ([`Self::planned`]) or at it.
     plan: Arc<OnceCell<PlannedQuery>>,
 }
@@ -146,14 +149,21 @@ fn batch_view(contract: &Contract) -> Option<String> {
         .iter()
         .map(|d| format!(", {} AS {}", derived_sql(d), quote(&d.field.name)))
         .collect();
-    Some(format!("SELECT *{derived} FROM {}", planned::EVENTS))
+    Some(format!(
+        "SELECT *{derived} FROM {} AS batch",
+        planned::EVENTS
+    ))
 }
 
 /// `sql` over `batch` (the events in `raw`'s columns, and the contract's
 /// derived columns), planned.
-async fn plan(sql: &str, contract: &Contract) -> Result<PlannedQuery, DataFusionError> {
+async fn plan(
+    sql: &str,
+    contract: &Contract,
+    lookups: &Lookups,
+) -> Result<PlannedQuery, DataFusionError> {
     let view = batch_view(contract);
-    PlannedQuery::over(sql, raw_schema(contract), view.as_deref()).await
+    PlannedQuery::over(sql, raw_schema(contract), view.as_deref(), lookups).await
 }
 
 /// A derived column's expression as its declared type; a value that
@@ -169,10 +179,11 @@ fn derived_sql(derived: &Derived) -> String {
 /// Plans each derived column over `raw`'s columns: one that does not plan,
 /// or whose type is of another kind than the declared one (text declared a
 /// number), is a bad job spec, named by its key.
-async fn check_derived(job: &Job) -> Result<(), JobError> {
+async fn check_derived(job: &Job, lookups: &Lookups) -> Result<(), JobError> {
     for (i, derived) in job.contract.derived.iter().enumerate() {
         let sql = format!("SELECT ({}) FROM batch", derived.expr);
-        let found = match PlannedQuery::new(&sql, raw_schema(&job.contract)).await {
+        let input = raw_schema(&job.contract);
+        let found = match PlannedQuery::over(&sql, input, None, lookups).await {
             Ok(plan) => match plan.schema().field(0).data_type() {
                 ty if same_kind(ty, derived.field.ty) => continue,
                 ty => format!("`{}`, which is {ty}", derived.expr),
@@ -383,15 +394,24 @@ impl WindowAggregate {
             merges,
             group_columns,
             view: batch_view(contract),
+            lookups: Lookups::default(),
             plan: Arc::default(),
         }
     }
 
     /// [`Self::new`], planned before any event arrives: a `filter` that does
     /// not plan is a bad job spec, not a failure at the first batch.
-    pub async fn planned(index: usize, output: &WindowOutput, job: &Job) -> Result<Self, JobError> {
-        let window = Self::new(output, &job.contract);
-        let error = match plan(&window.partial_sql, &job.contract).await {
+    pub async fn planned(
+        index: usize,
+        output: &WindowOutput,
+        job: &Job,
+        lookups: &Lookups,
+    ) -> Result<Self, JobError> {
+        let window = Self {
+            lookups: lookups.clone(),
+            ..Self::new(output, &job.contract)
+        };
+        let error = match plan(&window.partial_sql, &job.contract, lookups).await {
             Ok(plan) => {
                 window
                     .plan
@@ -407,7 +427,7 @@ impl WindowAggregate {
             ..output.clone()
         };
         let unfiltered = Self::new(&unfiltered, &job.contract);
-        let (key, expected) = match plan(&unfiltered.partial_sql, &job.contract).await {
+        let (key, expected) = match plan(&unfiltered.partial_sql, &job.contract, lookups).await {
             Ok(_) => ("filter", "a DataFusion condition over the event's fields"),
             Err(_) => ("aggregates", "aggregates DataFusion can compute"),
         };
@@ -437,7 +457,8 @@ impl WindowAggregate {
         let plan = self
             .plan
             .get_or_try_init(|| {
-                PlannedQuery::over(&self.partial_sql, events.schema(), self.view.as_deref())
+                let view = self.view.as_deref();
+                PlannedQuery::over(&self.partial_sql, events.schema(), view, &self.lookups)
             })
             .await?;
         run_over_batch(plan, events, &self.partial_schema).await
@@ -497,7 +518,12 @@ pub struct SqlTransform {
 impl SqlTransform {
     /// Plans the query once over an empty `batch`; a query that does not plan,
     /// or returns a type Delta cannot store, is a bad job spec.
-    pub async fn new(index: usize, output: &SqlOutput, job: &Job) -> Result<Self, JobError> {
+    pub async fn new(
+        index: usize,
+        output: &SqlOutput,
+        job: &Job,
+        lookups: &Lookups,
+    ) -> Result<Self, JobError> {
         let invalid = |found: String| {
             JobError::Invalid {
             file: job.file.clone(),
@@ -509,7 +535,7 @@ impl SqlTransform {
         };
         let invalid = &invalid;
         let plan_sql = |sql: String| async move {
-            plan(&sql, &job.contract)
+            plan(&sql, &job.contract, lookups)
                 .await
                 .map_err(|e| invalid(e.find_root().to_string()))
         };
@@ -602,14 +628,17 @@ pub enum Transform {
 }
 
 impl Transform {
-    /// Compiles a job's outputs, in spec order.
-    pub async fn all(job: &Job) -> Result<Vec<Self>, JobError> {
-        check_derived(job).await?;
+    /// Compiles a job's outputs, in spec order, over one snapshot of its
+    /// lookups.
+    pub async fn all(job: &Job, lookups: &Lookups) -> Result<Vec<Self>, JobError> {
+        check_derived(job, lookups).await?;
         let mut out = Vec::with_capacity(job.outputs.len());
         for (i, output) in job.outputs.iter().enumerate() {
             out.push(match output {
-                Output::Window(w) => Self::Window(WindowAggregate::planned(i, w, job).await?),
-                Output::Sql(q) => Self::Sql(SqlTransform::new(i, q, job).await?),
+                Output::Window(w) => {
+                    Self::Window(WindowAggregate::planned(i, w, job, lookups).await?)
+                }
+                Output::Sql(q) => Self::Sql(SqlTransform::new(i, q, job, lookups).await?),
             });
         }
         Ok(out)

@@ -31,6 +31,8 @@ use datafusion::physical_plan::{
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::ingest::lookup::Lookups;
+
 /// What the events are registered as when `batch` is a view over them.
 pub const EVENTS: &str = "__events";
 
@@ -46,15 +48,25 @@ impl PlannedQuery {
     /// One partition: a trigger's events are one small batch, and the cores
     /// are busy writing the other tables meanwhile.
     pub async fn new(sql: &str, input: SchemaRef) -> Result<Self> {
-        Self::over(sql, input, None).await
+        Self::over(sql, input, None, &Lookups::default()).await
     }
 
     /// [`Self::new`] with `batch` the query `view` over the events, which it
     /// reads as [`EVENTS`] (the contract's derived columns added to them,
-    /// say). The view is inlined into the plan, so its scan is still the
-    /// leaf each run swaps the events into.
-    pub async fn over(sql: &str, input: SchemaRef, view: Option<&str>) -> Result<Self> {
+    /// say), and `lookups` registered under their names. The view is inlined
+    /// into the plan, so its scan is still the leaf each run swaps the events
+    /// into; a lookup's rows are part of the plan, so a new version of them
+    /// takes a new plan.
+    pub async fn over(
+        sql: &str,
+        input: SchemaRef,
+        view: Option<&str>,
+        lookups: &Lookups,
+    ) -> Result<Self> {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        for lookup in lookups.tables() {
+            ctx.register_table(lookup.name.as_str(), lookup.table())?;
+        }
         let stand_in = Arc::new(TriggerTable {
             schema: input.clone(),
         });

@@ -2,6 +2,7 @@ use super::*;
 use crate::config::fixture::Spec;
 use crate::config::{Job, Overrides};
 use crate::ingest::decode::accepted;
+use crate::ingest::lookup::Lookups;
 use crate::ingest::source::Message;
 use arrow::array::AsArray;
 use arrow::compute::concat_batches;
@@ -291,7 +292,7 @@ async fn query_outputs_keep_their_rows_in_delta_types() {
         spec().toml()
     );
     let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
-    let transforms = Transform::all(&job).await.unwrap();
+    let transforms = Transform::all(&job, &Lookups::default()).await.unwrap();
     let query = &transforms[2];
     assert_eq!(query.name(), "views");
     let types: Vec<_> = query
@@ -330,7 +331,10 @@ async fn a_query_that_does_not_plan_is_a_bad_spec_naming_its_key() {
         spec().toml()
     );
     let job = Job::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap();
-    let err = Transform::all(&job).await.unwrap_err().to_string();
+    let err = Transform::all(&job, &Lookups::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("t.toml") && err.contains("key `outputs[2].sql`"),
         "{err}"
@@ -348,13 +352,22 @@ async fn windows_plan_before_any_event_and_blame_the_right_key() {
         r#"{ name = "price", type = "int64" }"#,
     );
     let job = Job::parse(&int_price, Path::new("t.toml"), &Overrides::default()).unwrap();
-    assert_eq!(Transform::all(&job).await.unwrap().len(), 2);
+    assert_eq!(
+        Transform::all(&job, &Lookups::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
     let bad_filter = spec()
         .toml()
         .replace("filter = \"kind = 'view'\"", "filter = \"nope = 1\"");
     let job = Job::parse(&bad_filter, Path::new("t.toml"), &Overrides::default()).unwrap();
-    let err = Transform::all(&job).await.unwrap_err().to_string();
+    let err = Transform::all(&job, &Lookups::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("key `outputs[0].filter`") && err.contains("nope"),
         "{err}"
@@ -386,7 +399,7 @@ aggregates = [{ name = "net_sum", fn = "sum", field = "net" }, { name = "n", fn 
         ..spec()
     }
     .job();
-    let transforms = Transform::all(&job).await.unwrap();
+    let transforms = Transform::all(&job, &Lookups::default()).await.unwrap();
     let rows = events(
         &job,
         &[
@@ -419,7 +432,7 @@ aggregates = [{ name = "net_sum", fn = "sum", field = "net" }, { name = "n", fn 
         ..spec()
     }
     .job();
-    let transforms = Transform::all(&query).await.unwrap();
+    let transforms = Transform::all(&query, &Lookups::default()).await.unwrap();
     let out = transforms[1].apply(&rows).await.unwrap();
     let tiers = out.column(0).as_string::<i32>();
     let nets = out.column(1).as_primitive::<Float64Type>();
@@ -439,10 +452,88 @@ async fn a_derived_column_that_does_not_plan_is_a_bad_spec_naming_its_key() {
             ..spec()
         }
         .job();
-        let err = Transform::all(&job).await.unwrap_err().to_string();
+        let err = Transform::all(&job, &Lookups::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("key `schema.derived[0].expr`") && err.contains(expr),
             "{err}"
         );
     }
+}
+
+#[tokio::test]
+async fn lookups_serve_joins_filters_and_derived_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("pages.csv");
+    std::fs::write(&pages, "page,section\n/a,news\n/b,sport\n").unwrap();
+    let rest = format!(
+        r#"
+[[lookups]]
+name = "pages"
+source = "{}"
+key = "page"
+[[schema.derived]]
+name = "section"
+expr = "(SELECT max(section) FROM pages WHERE pages.page = batch.page)"
+type = "string"
+[[outputs]]
+name = "by_section"
+window = "1m"
+keys = ["section"]
+filter = "page IN (SELECT page FROM pages)"
+aggregates = [{{ name = "n", fn = "count" }}]
+[[outputs]]
+name = "joined"
+sql = "SELECT p.section, sum(b.price) AS revenue FROM batch b JOIN pages p ON b.page = p.page GROUP BY p.section ORDER BY p.section"
+"#,
+        pages.display()
+    );
+    let job = Spec {
+        rest: &rest,
+        ..spec()
+    }
+    .job();
+    let lookups = Lookups::load(&job).await.unwrap();
+    let transforms = Transform::all(&job, &lookups).await.unwrap();
+    let rows = events(
+        &job,
+        &[
+            (5, "/a", "view", Some(10.0)),
+            (6, "/b", "view", Some(20.0)),
+            (7, "/b", "view", Some(1.5)),
+            (8, "/c", "view", Some(4.0)),
+        ],
+    );
+    let windowed = transforms[0].apply(&rows).await.unwrap();
+    let sections = windowed
+        .column_by_name("section")
+        .unwrap()
+        .as_string::<i32>();
+    let counts = windowed
+        .column_by_name("n")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let mut got: Vec<_> = (0..windowed.num_rows())
+        .map(|r| (sections.value(r).to_owned(), counts.value(r)))
+        .collect();
+    got.sort();
+    // `/c` is not in the lookup: filtered out of the window.
+    assert_eq!(got, vec![("news".to_owned(), 1), ("sport".to_owned(), 2)]);
+
+    let joined = transforms[1].apply(&rows).await.unwrap();
+    let sections = joined.column(0).as_string::<i32>();
+    let revenue = joined.column(1).as_primitive::<Float64Type>();
+    let got: Vec<_> = (0..joined.num_rows())
+        .map(|r| (sections.value(r), revenue.value(r)))
+        .collect();
+    assert_eq!(got, vec![("news", 10.0), ("sport", 21.5)]);
+
+    // Without the lookup the same job does not plan, naming what is missing.
+    let err = Transform::all(&job, &Lookups::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pages"), "{err}");
 }

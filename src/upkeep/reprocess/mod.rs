@@ -61,6 +61,7 @@ use crate::ingest::decode::{
     Decoder, EVENT_DATE, HEADERS, KAFKA_TS, KEY, OFFSET, PARTITION, PAYLOAD, utc_micros,
 };
 use crate::ingest::dedup::{Dedup, Seed};
+use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::source::registry::{RegistryError, SchemaRegistry};
 use crate::ingest::source::{Headers, Message, MicroBatch};
 use crate::ingest::transform::{Transform, WINDOW_START};
@@ -147,6 +148,8 @@ pub enum ReprocessError {
     Fault(#[from] FaultError),
     #[error("decoding raw's payloads: {0}")]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
 }
 
 /// What to do when the bound on memory is too tight for even one sort's merge.
@@ -242,7 +245,11 @@ impl Target {
 
 /// The outputs named in `names` (all, when empty), checked to be reprocessable.
 pub async fn targets(job: &Job, names: &[String]) -> Result<Vec<Target>, ReprocessError> {
-    let transforms = Transform::all(job).await?;
+    let lookups = Lookups::load(job).await?;
+    if !job.lookups.is_empty() {
+        info!(versions = ?lookups.versions(), "the outputs read these lookup versions (live commits name theirs in weir.lookups)");
+    }
+    let transforms = Transform::all(job, &lookups).await?;
     let known = || {
         transforms
             .iter()
