@@ -341,6 +341,25 @@ impl FieldType {
         Self::ALL.into_iter().find(|t| t.name() == s)
     }
 
+    /// The type an expression's Arrow values are aggregated as: integers
+    /// widen to int64, decimals become float64; `None` for values no
+    /// aggregate of weir's takes (lists, structs, a bare NULL).
+    pub(super) fn of(ty: &DataType) -> Option<Self> {
+        Some(match ty {
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => Self::Int64,
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => Self::Int64,
+            DataType::Float16 | DataType::Float32 => Self::Float32,
+            DataType::Float64 | DataType::Decimal128(..) | DataType::Decimal256(..) => {
+                Self::Float64
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Self::String,
+            DataType::Boolean => Self::Bool,
+            DataType::Timestamp(..) => Self::Timestamp,
+            DataType::Date32 | DataType::Date64 => Self::Date,
+            _ => return None,
+        })
+    }
+
     /// What a spec's `type` may be, for the error that refuses another.
     pub(super) fn choices() -> String {
         let names: Vec<&str> = Self::ALL.iter().map(|t| t.name()).collect();
@@ -742,8 +761,18 @@ pub enum AggregateFn {
 pub struct Aggregate {
     pub name: String,
     pub func: AggregateFn,
-    /// Index into the contract's fields; `None` only for `count` (all events).
-    pub field: Option<usize>,
+    /// What it aggregates; `None` only for `count` (all events).
+    pub input: Option<Input>,
+}
+
+/// What an aggregate reads from each event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A field or derived column: an index into the contract's inputs.
+    Field(usize),
+    /// A SQL expression over them (`expr`), with the type it was found to
+    /// have when the spec was read.
+    Expr { sql: String, ty: FieldType },
 }
 
 /// Command-line values that replace what the spec says (`--data`, `--brokers`, `--topic`).

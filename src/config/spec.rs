@@ -109,6 +109,7 @@ pub(super) struct AggregateSpec {
     #[serde(rename = "fn")]
     pub(super) func: String,
     pub(super) field: Option<String>,
+    pub(super) expr: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -313,6 +313,25 @@ fn outputs_are_validated_with_named_keys() {
             "outputs[0].aggregates[0].field",
         ),
         (
+            OUTPUT.replace("fn = \"count\"", "fn = \"sum\", expr = \"upper(id)\""),
+            "outputs[0].aggregates[0].expr",
+        ),
+        (
+            OUTPUT.replace("fn = \"count\"", "fn = \"sum\", expr = \"n * nope\""),
+            "outputs[0].aggregates[0].expr",
+        ),
+        (
+            OUTPUT.replace("fn = \"count\"", "fn = \"max\", expr = \"make_array(n)\""),
+            "outputs[0].aggregates[0].expr",
+        ),
+        (
+            OUTPUT.replace(
+                "fn = \"count\"",
+                "fn = \"sum\", field = \"n\", expr = \"n\"",
+            ),
+            "outputs[0].aggregates[0].expr",
+        ),
+        (
             OUTPUT.replace("name = \"c\"", "name = \"n\""),
             "outputs[0].aggregates[0].name",
         ),

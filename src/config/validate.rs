@@ -325,6 +325,31 @@ fn validate_lookups(specs: Vec<LookupSpec>, invalid: &Invalid) -> Result<Vec<Loo
     Ok(lookups)
 }
 
+/// The type of SQL expression `sql` over the event's fields and derived
+/// columns, planned (not run) by DataFusion; why not, when it does not plan
+/// or is of no type weir aggregates.
+fn expression_type(sql: &str, contract: &Contract) -> Result<FieldType, String> {
+    use datafusion::common::DFSchema;
+    use datafusion::logical_expr::ExprSchemable;
+
+    let fields: Vec<arrow::datatypes::Field> = contract
+        .fields
+        .iter()
+        .chain(contract.derived.iter().map(|d| &d.field))
+        .map(|f| arrow::datatypes::Field::new(&f.name, f.ty.stored_type(), true))
+        .collect();
+    let schema =
+        DFSchema::try_from(arrow::datatypes::Schema::new(fields)).map_err(|e| e.to_string())?;
+    let state = datafusion::prelude::SessionContext::new().state();
+    let expr = state
+        .create_logical_expr(sql, &schema)
+        .and_then(|e| e.get_type(&schema).map(|ty| (e, ty)));
+    match expr {
+        Ok((_, ty)) => FieldType::of(&ty).ok_or_else(|| format!("`{sql}`, which is {ty}")),
+        Err(e) => Err(format!("`{sql}` ({})", e.find_root())),
+    }
+}
+
 pub(super) type Invalid<'a> = dyn Fn(&str, &str, String) -> JobError + 'a;
 
 pub(super) fn is_identifier(s: &str) -> bool {
@@ -966,32 +991,50 @@ pub(super) fn validate_output(
                 ));
             }
         };
-        let field = match (&agg.field, func) {
-            (None, AggregateFn::Count) => None,
-            (None, _) => {
+        let input = match (agg.field, agg.expr, func) {
+            (None, None, AggregateFn::Count) => None,
+            (None, None, _) => {
                 return Err(invalid(
                     &akey("field"),
-                    "the field to aggregate",
+                    "the field to aggregate (or `expr`, an expression to)",
                     "nothing".into(),
                 ));
             }
-            (Some(name), _) => Some(field(&akey("field"), name)?),
+            (Some(_), Some(_), _) => {
+                return Err(invalid(
+                    &akey("expr"),
+                    "either `field` or `expr`",
+                    "both".into(),
+                ));
+            }
+            (Some(name), None, _) => Some(Input::Field(field(&akey("field"), &name)?)),
+            (None, Some(sql), _) => {
+                let ty = expression_type(&sql, contract).map_err(|found| {
+                    invalid(
+                        &akey("expr"),
+                        "a SQL expression over the event's fields (and derived columns) of a type weir aggregates",
+                        found,
+                    )
+                })?;
+                Some(Input::Expr { sql, ty })
+            }
         };
-        let numeric = |f: usize| contract.input(f).ty.is_numeric();
-        if let Some(f) = field
-            && matches!(func, AggregateFn::Sum | AggregateFn::Avg)
-            && !numeric(f)
-        {
+        let (ty, named) = match &input {
+            Some(Input::Field(f)) => (contract.input(*f).ty, "field"),
+            Some(Input::Expr { ty, .. }) => (*ty, "expr"),
+            None => (FieldType::Int64, "field"),
+        };
+        if matches!(func, AggregateFn::Sum | AggregateFn::Avg) && !ty.is_numeric() {
             return Err(invalid(
-                &akey("field"),
-                "a numeric field (int32, int64, float32, float64)",
-                format!("`{}`", contract.input(f).name),
+                &akey(named),
+                "a number (int32, int64, float32, float64)",
+                format!("a {}", ty.name()),
             ));
         }
         aggregates.push(Aggregate {
             name: agg.name,
             func,
-            field,
+            input,
         });
     }
     Ok(Output::Window(WindowOutput {

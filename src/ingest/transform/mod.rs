@@ -15,7 +15,7 @@ use datafusion::error::DataFusionError;
 use tokio::sync::OnceCell;
 
 use crate::config::{
-    AggregateFn, Choice, Contract, Derived, FieldType, Job, JobError, Output, SqlOutput,
+    AggregateFn, Choice, Contract, Derived, FieldType, Input, Job, JobError, Output, SqlOutput,
     WindowOutput,
 };
 use crate::ingest::decode::{EVENT_DATE, raw_schema, utc_micros};
@@ -166,14 +166,15 @@ async fn plan(
     PlannedQuery::over(sql, raw_schema(contract), view.as_deref(), lookups).await
 }
 
-/// A derived column's expression as its declared type; a value that
-/// cannot be one (a number out of an int32's range) is null.
+/// A derived column's expression as its declared type.
 fn derived_sql(derived: &Derived) -> String {
-    format!(
-        "arrow_try_cast(({}), '{}')",
-        derived.expr,
-        derived.field.ty.stored_type()
-    )
+    typed(&derived.expr, derived.field.ty)
+}
+
+/// SQL expression `sql` as type `ty`; a value that cannot be one (a number
+/// out of an int32's range) is null.
+fn typed(sql: &str, ty: FieldType) -> String {
+    format!("arrow_try_cast(({sql}), '{}')", ty.stored_type())
 }
 
 /// Plans each derived column over `raw`'s columns: one that does not plan,
@@ -252,8 +253,14 @@ impl WindowAggregate {
         let mut merges = Vec::new();
         for agg in &output.aggregates {
             let name = &agg.name;
-            let input = agg.field.map(|f| quote(&field(f).name));
-            let input_ty = agg.field.map(|f| field(f).ty);
+            let input = agg.input.as_ref().map(|i| match i {
+                Input::Field(f) => quote(&field(*f).name),
+                Input::Expr { sql, ty } => typed(sql, *ty),
+            });
+            let input_ty = agg.input.as_ref().map(|i| match i {
+                Input::Field(f) => field(*f).ty,
+                Input::Expr { ty, .. } => *ty,
+            });
             let sum_ty = match input_ty {
                 Some(FieldType::Int32 | FieldType::Int64) => DataType::Int64,
                 _ => DataType::Float64,

@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::fixture::Spec;
-use crate::config::{Job, Overrides};
+use crate::config::{FieldType, Input, Job, Output, Overrides};
 use crate::ingest::decode::accepted;
 use crate::ingest::lookup::Lookups;
 use crate::ingest::source::Message;
@@ -536,4 +536,77 @@ sql = "SELECT p.section, sum(b.price) AS revenue FROM batch b JOIN pages p ON b.
         .unwrap_err()
         .to_string();
     assert!(err.contains("pages"), "{err}");
+}
+
+#[tokio::test]
+async fn an_aggregate_of_an_expression_is_typed_when_the_spec_is_read() {
+    let rest = r#"
+[[outputs]]
+name = "discounted"
+window = "1m"
+keys = ["kind"]
+aggregates = [
+  { name = "net", fn = "sum", expr = "price * (1 - 0.25)" },
+  { name = "longest", fn = "max", expr = "length(page)" },
+  { name = "pages", fn = "count_distinct", expr = "upper(page)" },
+  { name = "avg_net", fn = "avg", expr = "price * 0.5" },
+]
+"#;
+    let job = Spec { rest, ..spec() }.job();
+    let Output::Window(w) = &job.outputs[0] else {
+        panic!("a window")
+    };
+    let types: Vec<_> = w
+        .aggregates
+        .iter()
+        .map(|a| match &a.input {
+            Some(Input::Expr { ty, .. }) => *ty,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            FieldType::Float64,
+            FieldType::Int64,
+            FieldType::String,
+            FieldType::Float64
+        ]
+    );
+    let transforms = Transform::all(&job, &Lookups::default()).await.unwrap();
+    let rows = events(
+        &job,
+        &[
+            (5, "/a", "view", Some(10.0)),
+            (6, "/bb", "view", Some(20.0)),
+            (7, "/A", "view", None),
+        ],
+    );
+    let out = transforms[0].apply(&rows).await.unwrap();
+    assert_eq!(out.num_rows(), 1);
+    let net = out
+        .column_by_name("net")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    assert_eq!(net.value(0), 22.5);
+    let longest = out
+        .column_by_name("longest")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!(longest.value(0), 3);
+    // `/a` and `/A` are one page once upper-cased.
+    let distinct = out
+        .column_by_name("pages__distinct")
+        .unwrap()
+        .as_list::<i32>();
+    assert_eq!(distinct.value(0).len(), 2);
+    let sum = out
+        .column_by_name("avg_net__sum")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let count = out
+        .column_by_name("avg_net__count")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!((sum.value(0), count.value(0)), (15.0, 2));
 }
