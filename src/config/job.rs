@@ -739,8 +739,8 @@ pub struct WindowOutput {
     pub name: String,
     pub size: Duration,
     pub hop: Duration,
-    /// Indices into the contract's fields.
-    pub keys: Vec<usize>,
+    /// What each window's rows are grouped by, besides the window.
+    pub keys: Vec<Key>,
     /// A SQL predicate over the event's fields; only matching events count.
     pub filter: Option<String>,
     pub aggregates: Vec<Aggregate>,
@@ -763,6 +763,29 @@ pub struct Aggregate {
     pub func: AggregateFn,
     /// What it aggregates; `None` only for `count` (all events).
     pub input: Option<Input>,
+}
+
+/// A window key: a field or derived column, or a named expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// An index into the contract's inputs.
+    Field(usize),
+    /// `{ name, expr }`, with the type the expression was found to have.
+    Expr {
+        name: String,
+        sql: String,
+        ty: FieldType,
+    },
+}
+
+impl Key {
+    /// The key's column in the output's table.
+    pub fn name<'a>(&'a self, contract: &'a Contract) -> &'a str {
+        match self {
+            Key::Field(i) => &contract.input(*i).name,
+            Key::Expr { name, .. } => name,
+        }
+    }
 }
 
 /// What an aggregate reads from each event.

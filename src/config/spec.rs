@@ -95,11 +95,26 @@ pub(super) struct OutputSpec {
     pub(super) window: Option<String>,
     pub(super) hop: Option<String>,
     #[serde(default)]
-    pub(super) keys: Vec<String>,
+    pub(super) keys: Vec<KeySpec>,
     pub(super) filter: Option<String>,
     #[serde(default)]
     pub(super) aggregates: Vec<AggregateSpec>,
     pub(super) sql: Option<String>,
+}
+
+/// A window key: a field's name, or a named expression.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum KeySpec {
+    Field(String),
+    Expr(KeyExprSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeyExprSpec {
+    pub(super) name: String,
+    pub(super) expr: String,
 }
 
 #[derive(Debug, Deserialize)]

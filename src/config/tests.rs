@@ -276,7 +276,7 @@ fn outputs_are_validated_with_named_keys() {
     };
     assert_eq!(window.size, Duration::from_secs(60));
     assert_eq!(window.hop, window.size, "tumbling by default");
-    assert_eq!(window.keys, vec![2]);
+    assert_eq!(window.keys, vec![Key::Field(2)]);
     let sql = parse(&with_output("name = \"q\"\nsql = \"SELECT id FROM batch\"")).unwrap();
     assert_eq!(
         sql.outputs[0],

@@ -950,12 +950,37 @@ pub(super) fn validate_output(
             )
         })
     };
-    let keys = spec
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(k, name)| field(&key(&format!("keys[{k}]")), name))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut keys: Vec<Key> = Vec::with_capacity(spec.keys.len());
+    for (k, spec) in spec.keys.into_iter().enumerate() {
+        let kkey = |part: &str| key(&format!("keys[{k}]{part}"));
+        keys.push(match spec {
+            KeySpec::Field(name) => Key::Field(field(&kkey(""), &name)?),
+            KeySpec::Expr(KeyExprSpec { name, expr }) => {
+                let taken = contract.input_index(&name).is_some()
+                    || ["window_start", "window_end"].contains(&name.as_str())
+                    || keys.iter().any(|earlier| earlier.name(contract) == name);
+                if !is_identifier(&name) || name.contains("__") || taken {
+                    return Err(invalid(
+                        &kkey(".name"),
+                        "a new column name (letters, digits, `_`; no `__`; not a field, derived column, other key or window column)",
+                        format!("`{name}`"),
+                    ));
+                }
+                let ty = expression_type(&expr, contract).map_err(|found| {
+                    invalid(
+                        &kkey(".expr"),
+                        "a SQL expression over the event's fields (and derived columns)",
+                        found,
+                    )
+                })?;
+                Key::Expr {
+                    name,
+                    sql: expr,
+                    ty,
+                }
+            }
+        });
+    }
     if spec.aggregates.is_empty() {
         return Err(invalid(
             &key("aggregates"),
@@ -967,7 +992,7 @@ pub(super) fn validate_output(
     for (a, agg) in spec.aggregates.into_iter().enumerate() {
         let akey = |k: &str| key(&format!("aggregates[{a}].{k}"));
         let taken = ["window_start", "window_end"].contains(&agg.name.as_str())
-            || keys.iter().any(|&k| contract.input(k).name == agg.name)
+            || keys.iter().any(|k| k.name(contract) == agg.name)
             || aggregates.iter().any(|earlier| earlier.name == agg.name);
         if !is_identifier(&agg.name) || agg.name.contains("__") || taken {
             return Err(invalid(

@@ -68,7 +68,7 @@ pub fn age_of(job: &Job, table: TableId) -> Option<Age> {
                 sort: w
                     .keys
                     .iter()
-                    .map(|&k| job.contract.input(k).name.clone())
+                    .map(|k| k.name(&job.contract).to_owned())
                     .chain([WINDOW_START.to_owned()])
                     .collect(),
             }),

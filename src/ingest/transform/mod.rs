@@ -15,8 +15,8 @@ use datafusion::error::DataFusionError;
 use tokio::sync::OnceCell;
 
 use crate::config::{
-    AggregateFn, Choice, Contract, Derived, FieldType, Input, Job, JobError, Output, SqlOutput,
-    WindowOutput,
+    AggregateFn, Choice, Contract, Derived, FieldType, Input, Job, JobError, Key, Output,
+    SqlOutput, WindowOutput,
 };
 use crate::ingest::decode::{EVENT_DATE, raw_schema, utc_micros};
 use crate::ingest::lookup::Lookups;
@@ -243,10 +243,18 @@ impl WindowAggregate {
             Field::new(WINDOW_END, utc_micros(), false),
         ];
         let mut group_columns = vec![quote(WINDOW_START), quote(WINDOW_END)];
-        for &k in &output.keys {
-            let f = field(k);
-            fields.push(Field::new(&f.name, f.ty.stored_type(), true));
-            group_columns.push(quote(&f.name));
+        // Expression keys are computed beside each event's window.
+        let mut computed_keys = String::new();
+        for k in &output.keys {
+            let (name, ty) = match k {
+                Key::Field(i) => (&field(*i).name, field(*i).ty),
+                Key::Expr { name, sql, ty } => {
+                    computed_keys.push_str(&format!(", {} AS {}", typed(sql, *ty), quote(name)));
+                    (name, *ty)
+                }
+            };
+            fields.push(Field::new(name, ty.stored_type(), true));
+            group_columns.push(quote(name));
         }
 
         let mut states = Vec::new();
@@ -358,7 +366,7 @@ impl WindowAggregate {
                 };
                 format!(
                     "SELECT date_bin(INTERVAL '{hop_ms} milliseconds', {time}){earlier} \
-                     AS {ws}, * FROM batch{filter}",
+                     AS {ws}, *{computed_keys} FROM batch{filter}",
                     ws = quote(WINDOW_START),
                 )
             })

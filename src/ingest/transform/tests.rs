@@ -610,3 +610,50 @@ aggregates = [
         .as_primitive::<Int64Type>();
     assert_eq!((sum.value(0), count.value(0)), (15.0, 2));
 }
+
+#[tokio::test]
+async fn a_window_key_may_be_a_named_expression() {
+    let rest = r#"
+[[outputs]]
+name = "by_initial"
+window = "1m"
+keys = ["kind", { name = "initial", expr = "upper(substr(page, 2, 1))" }]
+aggregates = [{ name = "n", fn = "count" }]
+"#;
+    let job = Spec { rest, ..spec() }.job();
+    let transforms = Transform::all(&job, &Lookups::default()).await.unwrap();
+    assert_eq!(
+        transforms[0].schema().field_with_name("initial").unwrap().data_type(),
+        &DataType::Utf8
+    );
+    let rows = events(
+        &job,
+        &[
+            (5, "/a", "view", None),
+            (6, "/A", "view", None),
+            (7, "/b", "view", None),
+        ],
+    );
+    let out = transforms[0].apply(&rows).await.unwrap();
+    let initials = out.column_by_name("initial").unwrap().as_string::<i32>();
+    let counts = out.column_by_name("n").unwrap().as_primitive::<Int64Type>();
+    let mut got: Vec<_> = (0..out.num_rows())
+        .map(|r| (initials.value(r), counts.value(r)))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![("A", 2), ("B", 1)]);
+    for (keys, key) in [
+        (r#"[{ name = "page", expr = "page" }]"#, "keys[0].name"),
+        (r#"[{ name = "x", expr = "nope(page)" }]"#, "keys[0].expr"),
+    ] {
+        let rest = rest.replace(
+            r#"["kind", { name = "initial", expr = "upper(substr(page, 2, 1))" }]"#,
+            keys,
+        );
+        let text = format!("{}{rest}", spec().toml().split("[[outputs]]").next().unwrap());
+        let err = Job::parse(&text, Path::new("t.toml"), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("outputs[0].{key}")), "{err}");
+    }
+}

@@ -211,7 +211,7 @@ fn key_columns(job: &Job, output: &Output) -> Vec<String> {
         Output::Window(w) => [WINDOW_START, WINDOW_END]
             .into_iter()
             .map(str::to_owned)
-            .chain(w.keys.iter().map(|&k| job.contract.input(k).name.clone()))
+            .chain(w.keys.iter().map(|k| k.name(&job.contract).to_owned()))
             .collect(),
         Output::Sql(_) => vec![job.contract.event_id_name().to_owned()],
     }
