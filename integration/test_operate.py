@@ -2,6 +2,7 @@
 backoff, graceful stop), /metrics and /healthz, `weir status`, secrets from the
 environment, backpressure, and scale-out with fencing, on the real broker."""
 
+import contextlib
 import json
 import os
 import signal
@@ -43,6 +44,35 @@ def wait_until(predicate, timeout, proc=None, what="condition"):
             assert proc.poll() is None, f"weir exited early with {proc.returncode}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running(command, log_path):
+    """`weir run` as a process for the block; then SIGTERM, and it must exit 0."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=40) == 0
+
+
+def killed_once(command, log_path, until, what):
+    """`weir run` as a process, SIGKILLed once `until()` holds."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(until, 60, proc, what)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def ingested(data, producer, report, proc):
+    """The producer's report once it finished and the job stored all it sent."""
+    producer.join()
+    sent = read_report(report)
+    wait_until(lambda: committed(data, "clickstream") == stored(sent), 180, proc, "ingest")
+    return sent
 
 
 def get(url):

@@ -6,14 +6,12 @@ tables' positions move past them (no lag left); the latency shows in /metrics,
 /api/status and `weir status --from`."""
 
 import json
-import signal
-import subprocess
 import threading
 import urllib.error
 
-from conftest import WEIR, free_port, read_report, weir, write_job
-from test_broker_e2e import assert_exactly_once, stored
-from test_operate import committed, get, scrape, value, wait_until
+from conftest import WEIR, free_port, weir, write_job
+from test_broker_e2e import assert_exactly_once
+from test_operate import get, ingested, killed_once, running, scrape, value, wait_until
 
 
 def probed(port):
@@ -39,31 +37,20 @@ def test_probes_measure_send_to_visible_and_never_land(broker, tmp_path):
     producer = threading.Thread(target=lambda: weir(
         "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--report", report,
         "--count", 4000, "--rate", 400, "--late-ratio", 0, timeout=180))
-    with open(tmp_path / "run-1.log", "w") as log:
-        first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        producer.start()
-        # Probes flow while events do; then a SIGKILL mid-stream.
-        wait_until(lambda: probed(port) >= 6, 60, first, "two rounds of probes")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-    with open(tmp_path / "run-2.log", "w") as log:
-        second = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            producer.join()
-            sent = read_report(report)
-            wait_until(lambda: committed(data, "clickstream") == stored(sent), 180, second,
-                       "ingest")
-            # Rounds after the last event: each partition's newest record is
-            # a probe, and it is seen (the positions move past it).
-            seen = probed(port)
-            wait_until(lambda: probed(port) >= seen + 6, 60, second, "two more rounds")
-            samples, _ = scrape(port)
-            _, body = get(f"http://127.0.0.1:{port}/api/status")
-            from_cli = weir("status", "--from", f"http://127.0.0.1:{port}").stdout
-            status = weir("status", "--job", job).stdout
-        finally:
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(timeout=40) == 0
+    producer.start()
+    # Probes flow while events do; then a SIGKILL mid-stream.
+    killed_once(command, tmp_path / "run-1.log", lambda: probed(port) >= 6,
+                "two rounds of probes")
+    with running(command, tmp_path / "run-2.log") as second:
+        sent = ingested(data, producer, report, second)
+        # Rounds after the last event: each partition's newest record is a
+        # probe, and it is seen (the positions move past it).
+        seen = probed(port)
+        wait_until(lambda: probed(port) >= seen + 6, 60, second, "two more rounds")
+        samples, _ = scrape(port)
+        _, body = get(f"http://127.0.0.1:{port}/api/status")
+        from_cli = weir("status", "--from", f"http://127.0.0.1:{port}").stdout
+        status = weir("status", "--job", job).stdout
 
     assert_exactly_once(data, sent)
     assert value(samples, "weir_probe_failures_total", job="clickstream") == 0
