@@ -137,6 +137,9 @@ pub async fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<(), RunError> {
     let metrics = Metrics::new();
+    // Every job's series exist before the console's first sample, so its
+    // history starts from zero rather than from wherever a fast job got.
+    let job_metrics: Vec<JobMetrics> = jobs.iter().map(|j| metrics.job(&j.name)).collect();
     let listener = tokio::net::TcpListener::bind(options.metrics_addr)
         .await
         .map_err(|source| RunError::Metrics {
@@ -161,8 +164,7 @@ pub async fn run(
     let caught_up = options.until == Some(Until::CaughtUp);
     let mut supervised = tokio::task::JoinSet::new();
     let mut upkeep = Vec::new();
-    for job in jobs {
-        let job_metrics = metrics.job(&job.name);
+    for (job, job_metrics) in jobs.into_iter().zip(job_metrics) {
         upkeep.push(tokio::spawn(keep_up(
             job.clone(),
             faults.clone(),
