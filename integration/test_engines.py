@@ -19,7 +19,20 @@ import pytest
 from conftest import duckdb_with_views, spark_sql, weir
 from test_tiers import tier_counts, tier_job
 
-VIEWS = ("raw", "dlq", "late", "page_views", "revenue", "purchases")
+VIEWS = ("raw", "dlq", "late", "page_views", "revenue", "purchases", "visits")
+
+# A session window too: its view joins fragments with window functions.
+SESSIONS = """
+[[outputs]]
+name = "visits"
+window = { session_gap = "2s" }
+keys = ["user_id"]
+aggregates = [
+  { name = "events", fn = "count" },
+  { name = "spent", fn = "sum", field = "price" },
+  { name = "pages", fn = "count_distinct", field = "page" },
+]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +41,7 @@ def tables(tmp_path_factory):
     (`demo`, everything hot), and after one `weir maintain` (`maintained`)."""
     tmp = tmp_path_factory.mktemp("engines")
     job = tier_job(tmp / "job.toml")
+    job.write_text(job.read_text() + SESSIONS)
     maintained = tmp / "maintained"
     weir("demo", "--job", job, "--seconds", 20, "--rate", 300, "--data", maintained,
          timeout=240)

@@ -737,13 +737,36 @@ pub struct SqlOutput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowOutput {
     pub name: String,
-    pub size: Duration,
-    pub hop: Duration,
+    pub windowing: Windowing,
     /// What each window's rows are grouped by, besides the window.
     pub keys: Vec<Key>,
     /// A SQL predicate over the event's fields; only matching events count.
     pub filter: Option<String>,
     pub aggregates: Vec<Aggregate>,
+}
+
+/// How a window output groups events in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Windowing {
+    /// Windows of `size` starting every `hop` (tumbling when equal).
+    Fixed { size: Duration, hop: Duration },
+    /// Per key, events less than `gap` apart (and within one `max_length`
+    /// bucket, which divides a day: a session never spans UTC midnight).
+    Session { gap: Duration, max_length: Duration },
+}
+
+impl Windowing {
+    /// The default cap on a session's length, as Arroyo's: a day.
+    pub const SESSION_MAX: Duration = Duration::from_secs(86_400);
+
+    /// How long before its events a row's `window_start` may be: a window's
+    /// size; nothing for a session fragment, which starts at its first event.
+    pub fn slack(&self) -> Duration {
+        match self {
+            Windowing::Fixed { size, .. } => *size,
+            Windowing::Session { .. } => Duration::ZERO,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,7 +92,7 @@ pub(super) struct MetricsSpec {
 #[serde(deny_unknown_fields)]
 pub(super) struct OutputSpec {
     pub(super) name: String,
-    pub(super) window: Option<String>,
+    pub(super) window: Option<WindowSpec>,
     pub(super) hop: Option<String>,
     #[serde(default)]
     pub(super) keys: Vec<KeySpec>,
@@ -100,6 +100,21 @@ pub(super) struct OutputSpec {
     #[serde(default)]
     pub(super) aggregates: Vec<AggregateSpec>,
     pub(super) sql: Option<String>,
+}
+
+/// A window: a duration (tumbling, or hopping with `hop`), or a session.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum WindowSpec {
+    Fixed(String),
+    Session(SessionSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SessionSpec {
+    pub(super) session_gap: String,
+    pub(super) max_length: Option<String>,
 }
 
 /// A window key: a field's name, or a named expression.

@@ -269,13 +269,57 @@ const OUTPUT: &str = "name = \"o\"\nwindow = \"1m\"\nkeys = [\"n\"]\n\
                       aggregates = [{ name = \"c\", fn = \"count\" }]";
 
 #[test]
+fn session_windows_take_a_gap_and_a_cap_that_divides_a_day() {
+    let session = |window: &str| with_output(&OUTPUT.replace("window = \"1m\"", window));
+    let job = parse(&session("window = { session_gap = \"30m\" }")).unwrap();
+    let Output::Window(window) = &job.outputs[0] else {
+        panic!("a windowed output");
+    };
+    assert_eq!(
+        window.windowing,
+        Windowing::Session {
+            gap: Duration::from_secs(1800),
+            max_length: Windowing::SESSION_MAX
+        }
+    );
+    for (window, key) in [
+        (
+            "window = { session_gap = \"often\" }",
+            "outputs[0].window.session_gap",
+        ),
+        (
+            "window = { session_gap = \"1m\", max_length = \"7h\" }",
+            "outputs[0].window.max_length",
+        ),
+        (
+            "window = { session_gap = \"2h\", max_length = \"1h\" }",
+            "outputs[0].window.max_length",
+        ),
+        (
+            "window = { session_gap = \"1m\" }\nhop = \"30s\"",
+            "outputs[0].hop",
+        ),
+    ] {
+        let err = parse(&session(window)).unwrap_err().to_string();
+        assert!(err.contains(key), "{window}: {err}");
+    }
+}
+
+#[test]
 fn outputs_are_validated_with_named_keys() {
     let job = parse(&with_output(OUTPUT)).unwrap();
     let Output::Window(window) = &job.outputs[0] else {
         panic!("a windowed output: {:?}", job.outputs[0]);
     };
-    assert_eq!(window.size, Duration::from_secs(60));
-    assert_eq!(window.hop, window.size, "tumbling by default");
+    let minute = Duration::from_secs(60);
+    assert_eq!(
+        window.windowing,
+        Windowing::Fixed {
+            size: minute,
+            hop: minute
+        },
+        "tumbling by default"
+    );
     assert_eq!(window.keys, vec![Key::Field(2)]);
     let sql = parse(&with_output("name = \"q\"\nsql = \"SELECT id FROM batch\"")).unwrap();
     assert_eq!(

@@ -915,32 +915,7 @@ pub(super) fn validate_output(
             ));
         }
     };
-    let size = duration_key(
-        invalid,
-        &key("window"),
-        &window,
-        (1, DAY),
-        "a duration between 1s and 1day, like \"1m\"",
-    )?;
-    let hop = match &spec.hop {
-        None => size,
-        Some(text) => parse_duration(text, 1, 86400)
-            .filter(|hop| *hop <= size && size.as_millis() % hop.as_millis() == 0)
-            .ok_or_else(|| {
-                invalid(
-                    &key("hop"),
-                    "a duration that divides the window, like \"30s\" for a 1m window",
-                    format!("`{text}`"),
-                )
-            })?,
-    };
-    if size.subsec_millis() != 0 || hop.subsec_millis() != 0 {
-        return Err(invalid(
-            &key("window"),
-            "whole seconds",
-            format!("`{window}`"),
-        ));
-    }
+    let windowing = validate_windowing(window, spec.hop.as_deref(), &key, invalid)?;
     let field = |k: &str, name: &str| {
         contract.input_index(name).ok_or_else(|| {
             invalid(
@@ -1064,12 +1039,84 @@ pub(super) fn validate_output(
     }
     Ok(Output::Window(WindowOutput {
         name: spec.name,
-        size,
-        hop,
+        windowing,
         keys,
         filter: spec.filter,
         aggregates,
     }))
+}
+
+/// A window's timing: a duration (and `hop`), or a session's gap and cap.
+fn validate_windowing(
+    window: WindowSpec,
+    hop: Option<&str>,
+    key: &dyn Fn(&str) -> String,
+    invalid: &Invalid,
+) -> Result<Windowing, JobError> {
+    let whole = |d: Duration, k: &str, text: &str| {
+        if d.subsec_millis() == 0 {
+            Ok(d)
+        } else {
+            Err(invalid(&key(k), "whole seconds", format!("`{text}`")))
+        }
+    };
+    let window = match window {
+        WindowSpec::Fixed(window) => window,
+        WindowSpec::Session(session) => {
+            if let Some(hop) = hop {
+                return Err(invalid(
+                    &key("hop"),
+                    "no hop beside a session window",
+                    format!("`{hop}`"),
+                ));
+            }
+            let gap = duration_key(
+                invalid,
+                &key("window.session_gap"),
+                &session.session_gap,
+                (1, DAY),
+                "a duration between 1s and 1day, like \"30m\"",
+            )?;
+            let gap = whole(gap, "window.session_gap", &session.session_gap)?;
+            let max_length = match &session.max_length {
+                None => Windowing::SESSION_MAX,
+                Some(text) => parse_duration(text, 1, DAY)
+                    .filter(|m| {
+                        m.subsec_millis() == 0 && DAY.is_multiple_of(m.as_secs()) && *m >= gap
+                    })
+                    .ok_or_else(|| {
+                        invalid(
+                            &key("window.max_length"),
+                            "whole seconds that divide a day and are at least the gap, like \"6h\"",
+                            format!("`{text}`"),
+                        )
+                    })?,
+            };
+            return Ok(Windowing::Session { gap, max_length });
+        }
+    };
+    let size = duration_key(
+        invalid,
+        &key("window"),
+        &window,
+        (1, DAY),
+        "a duration between 1s and 1day, like \"1m\", or { session_gap = \"30m\" }",
+    )?;
+    let size = whole(size, "window", &window)?;
+    let hop = match hop {
+        None => size,
+        Some(text) => parse_duration(text, 1, 86400)
+            .filter(|hop| *hop <= size && size.as_millis() % hop.as_millis() == 0)
+            .ok_or_else(|| {
+                invalid(
+                    &key("hop"),
+                    "a duration that divides the window, like \"30s\" for a 1m window",
+                    format!("`{text}`"),
+                )
+            })?,
+    };
+    let hop = whole(hop, "window", &window)?;
+    Ok(Windowing::Fixed { size, hop })
 }
 
 pub(super) fn validate_batching(

@@ -64,7 +64,7 @@ pub fn age_of(job: &Job, table: TableId) -> Option<Age> {
             Output::Window(w) => Some(Age {
                 column: WINDOW_START.to_owned(),
                 event_time: true,
-                slack: w.size,
+                slack: w.windowing.slack(),
                 sort: w
                     .keys
                     .iter()

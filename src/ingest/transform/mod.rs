@@ -16,14 +16,16 @@ use tokio::sync::OnceCell;
 
 use crate::config::{
     AggregateFn, Choice, Contract, Derived, FieldType, Input, Job, JobError, Key, Output,
-    SqlOutput, WindowOutput,
+    SqlOutput, WindowOutput, Windowing,
 };
 use crate::ingest::decode::{EVENT_DATE, raw_schema, utc_micros};
 use crate::ingest::lookup::Lookups;
 use crate::table::schema::conform;
 
 mod planned;
+mod session;
 pub use planned::PlannedQuery;
+pub use session::SESSION_BUCKET;
 
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
@@ -235,14 +237,21 @@ impl WindowAggregate {
     pub fn new(output: &WindowOutput, contract: &Contract) -> Self {
         let field = |i: usize| contract.input(i);
         let time = quote(contract.event_time_name());
-        let size_ms = output.size.as_millis();
-        let hop_ms = output.hop.as_millis();
 
         let mut fields = vec![
             Field::new(WINDOW_START, utc_micros(), false),
             Field::new(WINDOW_END, utc_micros(), false),
         ];
-        let mut group_columns = vec![quote(WINDOW_START), quote(WINDOW_END)];
+        // What rows are grouped by besides the keys: the window, or a
+        // session's bucket (its sessions are found among its fragments).
+        let mut group_columns = match output.windowing {
+            Windowing::Fixed { .. } => vec![quote(WINDOW_START), quote(WINDOW_END)],
+            Windowing::Session { .. } => {
+                fields.push(Field::new(SESSION_BUCKET, utc_micros(), false));
+                vec![quote(SESSION_BUCKET)]
+            }
+        };
+        let windows = group_columns.len();
         // Expression keys are computed beside each event's window.
         let mut computed_keys = String::new();
         for k in &output.keys {
@@ -350,28 +359,11 @@ impl WindowAggregate {
         // a day replaces that day's files and no other.
         fields.push(Field::new(EVENT_DATE, DataType::Date32, false));
 
-        // One event belongs to size/hop windows: the one its hop-aligned bucket
-        // starts, and those starting up to size − hop earlier.
         let filter = output
             .filter
             .as_ref()
             .map_or(String::new(), |f| format!(" WHERE ({f})"));
-        // No interval arithmetic for the bucket's own window: on a UTC-zoned
-        // timestamp it goes through the time-zone database row by row.
-        let assignments: Vec<String> = (0..size_ms / hop_ms)
-            .map(|k| {
-                let earlier = match k {
-                    0 => String::new(),
-                    k => format!(" - INTERVAL '{} milliseconds'", k * hop_ms),
-                };
-                format!(
-                    "SELECT date_bin(INTERVAL '{hop_ms} milliseconds', {time}){earlier} \
-                     AS {ws}, *{computed_keys} FROM batch{filter}",
-                    ws = quote(WINDOW_START),
-                )
-            })
-            .collect();
-        let keys: Vec<String> = group_columns[2..].to_vec();
+        let keys: Vec<String> = group_columns[windows..].to_vec();
         // Each distinct aggregate is computed once, then projected under every
         // column name that wants it.
         let mut distinct: Vec<&str> = Vec::new();
@@ -391,17 +383,51 @@ impl WindowAggregate {
             .map(|(i, expr)| format!("{expr} AS __s{i}"))
             .collect();
         let keys_list = keys.iter().map(|k| format!(", {k}")).collect::<String>();
-        let partial_sql = format!(
-            "SELECT {ws}, {ws} + INTERVAL '{size_ms} milliseconds' AS {we}{keys_list}, {projected}, \
-             {date} FROM (SELECT {ws}{keys_list}, {computed} FROM ({windows}) AS assigned \
-             GROUP BY {ws}{keys_list}) AS aggregated",
-            ws = quote(WINDOW_START),
-            we = quote(WINDOW_END),
-            projected = projected.join(", "),
-            computed = computed.join(", "),
-            windows = assignments.join(" UNION ALL "),
-            date = window_date(),
-        );
+        let (projected, computed) = (projected.join(", "), computed.join(", "));
+        let partial_sql = match output.windowing {
+            Windowing::Fixed { size, hop } => {
+                let (size_ms, hop_ms) = (size.as_millis(), hop.as_millis());
+                // One event belongs to size/hop windows: the one its
+                // hop-aligned bucket starts, and those starting up to
+                // size − hop earlier. No interval arithmetic for the bucket's
+                // own window: on a UTC-zoned timestamp it goes through the
+                // time-zone database row by row.
+                let assignments: Vec<String> = (0..size_ms / hop_ms)
+                    .map(|k| {
+                        let earlier = match k {
+                            0 => String::new(),
+                            k => format!(" - INTERVAL '{} milliseconds'", k * hop_ms),
+                        };
+                        format!(
+                            "SELECT date_bin(INTERVAL '{hop_ms} milliseconds', {time}){earlier} \
+                             AS {ws}, *{computed_keys} FROM batch{filter}",
+                            ws = quote(WINDOW_START),
+                        )
+                    })
+                    .collect();
+                format!(
+                    "SELECT {ws}, {ws} + INTERVAL '{size_ms} milliseconds' AS {we}{keys_list}, {projected}, \
+                     {date} FROM (SELECT {ws}{keys_list}, {computed} FROM ({windows}) AS assigned \
+                     GROUP BY {ws}{keys_list}) AS aggregated",
+                    ws = quote(WINDOW_START),
+                    we = quote(WINDOW_END),
+                    windows = assignments.join(" UNION ALL "),
+                    date = window_date(),
+                )
+            }
+            Windowing::Session { gap, max_length } => session::Fragments {
+                time: &time,
+                gap_ms: gap.as_millis(),
+                max_ms: max_length.as_millis(),
+                partition: &group_columns.join(", "),
+                keys_list: &keys_list,
+                computed_keys: &computed_keys,
+                filter: &filter,
+                computed: &computed,
+                projected: &projected,
+            }
+            .sql(),
+        };
         Self {
             output: output.clone(),
             partial_schema: Arc::new(Schema::new(fields)),
@@ -458,9 +484,9 @@ impl WindowAggregate {
         &self.output.name
     }
 
-    /// How long a window is: its rows take events up to this long after its start.
-    pub fn size(&self) -> std::time::Duration {
-        self.output.size
+    /// How long before its events a row's `window_start` may be.
+    pub fn slack(&self) -> std::time::Duration {
+        self.output.windowing.slack()
     }
 
     pub fn partial_schema(&self) -> &SchemaRef {
@@ -484,6 +510,10 @@ impl WindowAggregate {
     pub fn fold_sql(&self, table: &str, filter: &str) -> String {
         let groups = self.group_columns.join(", ");
         let folded: Vec<String> = self.merges.iter().flat_map(|(_, m)| m.fold()).collect();
+        if let Windowing::Session { .. } = self.output.windowing {
+            let keys = self.keys_list();
+            return session::fold_sql(table, filter, &groups, &keys, &folded.join(", "));
+        }
         format!(
             "SELECT {groups}, {}, {} FROM {table} WHERE {filter} GROUP BY {groups}",
             folded.join(", "),
@@ -500,10 +530,26 @@ impl WindowAggregate {
             .iter()
             .map(|(alias, merge)| merge.sql(alias, dialect))
             .collect();
+        if let Windowing::Session { .. } = self.output.windowing {
+            let keys = self.keys_list();
+            return session::merge_sql(table, &groups, &keys, &merged.join(", "));
+        }
         format!(
             "SELECT {groups}, {} FROM {table} GROUP BY {groups}",
             merged.join(", ")
         )
+    }
+
+    /// The keys' quoted columns, each after a comma.
+    fn keys_list(&self) -> String {
+        let windows = match self.output.windowing {
+            Windowing::Fixed { .. } => 2,
+            Windowing::Session { .. } => 1,
+        };
+        self.group_columns[windows..]
+            .iter()
+            .map(|k| format!(", {k}"))
+            .collect()
     }
 }
 

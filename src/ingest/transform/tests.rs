@@ -10,6 +10,7 @@ use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 use chrono::{TimeZone, Utc};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const OUTPUTS: &str = r#"
@@ -231,17 +232,7 @@ async fn folding_partials_keeps_the_merged_answer_and_leaves_one_row_per_window(
     for b in &batches {
         partials.push(agg.apply(b).await.unwrap());
     }
-    let ctx = SessionContext::new();
-    let table = MemTable::try_new(agg.partial_schema().clone(), vec![partials.clone()]).unwrap();
-    ctx.register_table("p", Arc::new(table)).unwrap();
-    let folded = ctx
-        .sql(&agg.fold_sql("p", "true"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let folded = crate::table::schema::conform(folded, agg.partial_schema()).unwrap();
+    let folded = folded(&agg, partials.clone()).await;
     assert_eq!(folded.num_rows(), 4, "one row per (minute, page)");
     let before = merged(&agg, partials).await;
     let after = merged(&agg, vec![folded]).await;
@@ -623,7 +614,11 @@ aggregates = [{ name = "n", fn = "count" }]
     let job = Spec { rest, ..spec() }.job();
     let transforms = Transform::all(&job, &Lookups::default()).await.unwrap();
     assert_eq!(
-        transforms[0].schema().field_with_name("initial").unwrap().data_type(),
+        transforms[0]
+            .schema()
+            .field_with_name("initial")
+            .unwrap()
+            .data_type(),
         &DataType::Utf8
     );
     let rows = events(
@@ -650,10 +645,207 @@ aggregates = [{ name = "n", fn = "count" }]
             r#"["kind", { name = "initial", expr = "upper(substr(page, 2, 1))" }]"#,
             keys,
         );
-        let text = format!("{}{rest}", spec().toml().split("[[outputs]]").next().unwrap());
+        let text = format!(
+            "{}{rest}",
+            spec().toml().split("[[outputs]]").next().unwrap()
+        );
         let err = Job::parse(&text, Path::new("t.toml"), &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("outputs[0].{key}")), "{err}");
+    }
+}
+
+const SESSIONS: &str = r#"
+[[outputs]]
+name = "visits"
+window = { session_gap = "30s" }
+keys = ["page"]
+aggregates = [
+  { name = "n", fn = "count" },
+  { name = "spent", fn = "sum", field = "price" },
+  { name = "kinds", fn = "count_distinct", field = "kind" },
+]
+"#;
+
+/// A session as (page, start s, end s = last event + gap, events, spent, kinds).
+type Session = (String, i64, i64, i64, f64, i64);
+
+/// The sessions of all events at once, computed here: per page, sorted
+/// times, a new session after a gap over 30 s.
+fn oracle_sessions(rows: &[(i64, &str, &str, Option<f64>)]) -> Vec<Session> {
+    let mut by_page: BTreeMap<&str, Vec<(i64, &str, f64)>> = BTreeMap::new();
+    for &(t, page, kind, price) in rows {
+        by_page
+            .entry(page)
+            .or_default()
+            .push((t, kind, price.unwrap_or(0.0)));
+    }
+    let mut sessions = Vec::new();
+    for (page, mut events) in by_page {
+        events.sort_by_key(|e| e.0);
+        let mut current: Option<(i64, i64, i64, f64, BTreeSet<&str>)> = None;
+        for (t, kind, price) in events {
+            match &mut current {
+                Some((_, last, n, spent, kinds)) if t <= *last + 30 => {
+                    (*last, *n, *spent) = (t, *n + 1, *spent + price);
+                    kinds.insert(kind);
+                }
+                _ => {
+                    if let Some((start, last, n, spent, kinds)) = current.take() {
+                        let kinds = kinds.len() as i64;
+                        sessions.push((page.to_owned(), start, last + 30, n, spent, kinds));
+                    }
+                    current = Some((t, t, 1, price, BTreeSet::from([kind])));
+                }
+            }
+        }
+        if let Some((start, last, n, spent, kinds)) = current {
+            let kinds = kinds.len() as i64;
+            sessions.push((page.to_owned(), start, last + 30, n, spent, kinds));
+        }
+    }
+    sessions.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    sessions
+}
+
+/// The sessions the merged view gives over `partials`.
+async fn merged_sessions(agg: &WindowAggregate, partials: Vec<RecordBatch>) -> Vec<Session> {
+    let base = Utc
+        .with_ymd_and_hms(2026, 11, 21, 12, 0, 0)
+        .unwrap()
+        .timestamp_micros();
+    let secs = |us: i64| (us - base) / 1_000_000;
+    let mut sessions = Vec::new();
+    for b in merged(agg, partials).await {
+        let starts = b.column(0).as_primitive::<TimestampMicrosecondType>();
+        let ends = b.column(1).as_primitive::<TimestampMicrosecondType>();
+        let pages = arrow::compute::cast(b.column(2), &DataType::Utf8).unwrap();
+        let pages = pages.as_string::<i32>();
+        let n = b.column(3).as_primitive::<Int64Type>();
+        let spent = b.column(4).as_primitive::<Float64Type>();
+        let kinds = b.column(5).as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            sessions.push((
+                pages.value(r).to_owned(),
+                secs(starts.value(r)),
+                secs(ends.value(r)),
+                n.value(r),
+                if arrow::array::Array::is_null(spent, r) {
+                    0.0
+                } else {
+                    spent.value(r)
+                },
+                kinds.value(r),
+            ));
+        }
+    }
+    sessions.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    sessions
+}
+
+/// Partial rows folded as upkeep folds them (every window closed).
+async fn folded(agg: &WindowAggregate, partials: Vec<RecordBatch>) -> RecordBatch {
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(agg.partial_schema().clone(), vec![partials]).unwrap();
+    ctx.register_table("p", Arc::new(table)).unwrap();
+    let rows = ctx
+        .sql(&agg.fold_sql("p", "true"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    crate::table::schema::conform(rows, agg.partial_schema()).unwrap()
+}
+
+#[tokio::test]
+async fn sessions_join_fragments_across_triggers_and_a_late_bridge_merges_two() {
+    let job = Spec {
+        rest: SESSIONS,
+        ..spec()
+    }
+    .job();
+    let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+    // /a: 0, 10 | 50, 60 in one trigger: two fragments 40 s apart. A later
+    // trigger brings 30 (within 30 s of 10 and of 50): one session.
+    let first = events(
+        &job,
+        &[
+            (0, "/a", "view", Some(1.0)),
+            (10, "/a", "click", None),
+            (50, "/a", "view", Some(2.0)),
+            (60, "/a", "view", None),
+            (200, "/b", "view", Some(5.0)),
+        ],
+    );
+    let late = events(&job, &[(30, "/a", "buy", Some(4.0))]);
+    let partials = vec![
+        agg.apply(&first).await.unwrap(),
+        agg.apply(&late).await.unwrap(),
+    ];
+    assert_eq!(partials[0].num_rows(), 3, "two fragments of /a, one of /b");
+    let got = merged_sessions(&agg, partials.clone()).await;
+    assert_eq!(
+        got,
+        vec![
+            ("/a".into(), 0, 90, 5, 7.0, 3),
+            ("/b".into(), 200, 230, 1, 5.0, 1)
+        ]
+    );
+    // Without the bridge, /a is two sessions.
+    let alone = merged_sessions(&agg, vec![partials[0].clone()]).await;
+    assert_eq!(alone[0], ("/a".into(), 0, 40, 2, 1.0, 2));
+    assert_eq!(alone[1], ("/a".into(), 50, 90, 2, 2.0, 1));
+    // Folded, the fragments are one row per session, and merge the same.
+    let folded = folded(&agg, partials).await;
+    assert_eq!(folded.num_rows(), 2);
+    assert_eq!(merged_sessions(&agg, vec![folded]).await, got);
+}
+
+mod session_split {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Any split of a keyed event sequence into triggers, committed in
+        /// any order, folded or not, gives the sessions of the whole.
+        #[test]
+        fn any_split_gives_the_sessions_of_the_whole(
+            events_in in prop::collection::vec((0usize..2, 0i64..400, 0u8..3, 0u8..5), 1..40),
+            triggers in prop::collection::vec(0usize..4, 40),
+            reversed in any::<bool>(),
+            fold in any::<bool>(),
+        ) {
+            let pages = ["/a", "/b"];
+            let kinds = ["view", "click", "buy"];
+            let rows: Vec<(i64, &str, &str, Option<f64>)> = events_in
+                .iter()
+                .map(|&(p, t, k, price)| (t, pages[p], kinds[k as usize], Some(f64::from(price))))
+                .collect();
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let got = runtime.block_on(async {
+                let job = Spec { rest: SESSIONS, ..spec() }.job();
+                let agg = WindowAggregate::new(window(&job, 0), &job.contract);
+                let mut split: Vec<Vec<_>> = vec![Vec::new(); 4];
+                for (i, row) in rows.iter().enumerate() {
+                    split[triggers[i]].push(*row);
+                }
+                if reversed {
+                    split.reverse();
+                }
+                let mut partials = Vec::new();
+                for part in split.iter().filter(|p| !p.is_empty()) {
+                    partials.push(agg.apply(&events(&job, part)).await.unwrap());
+                }
+                if fold {
+                    partials = vec![folded(&agg, partials).await];
+                }
+                merged_sessions(&agg, partials).await
+            });
+            prop_assert_eq!(got, oracle_sessions(&rows));
+        }
     }
 }

@@ -274,7 +274,7 @@ pub async fn targets(job: &Job, names: &[String]) -> Result<Vec<Target>, Reproce
             continue;
         }
         let (age, slack) = match &transform {
-            Transform::Window(w) => (WINDOW_START.to_owned(), w.size()),
+            Transform::Window(w) => (WINDOW_START.to_owned(), w.slack()),
             Transform::Sql(_) => {
                 let time = job.contract.event_time_name().to_owned();
                 if spec.partition_columns.is_empty() {
