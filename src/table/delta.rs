@@ -37,6 +37,18 @@ pub fn is_commit_conflict(error: &DeltaTableError) -> bool {
     )
 }
 
+/// Whether delta-rs gave up on a commit after its retries, every one beaten
+/// to the next version by another writer (ingest committing faster than a
+/// slow store lets a large commit check for conflicts and land).
+pub fn is_outpaced(error: &DeltaTableError) -> bool {
+    matches!(
+        error,
+        DeltaTableError::Transaction {
+            source: TransactionError::MaxCommitAttempts(_)
+        }
+    )
+}
+
 /// Opens a job table read from its Delta log; a location without a log is `Missing`.
 pub async fn open(name: &str, url: &Url) -> Result<DeltaTable, TableError> {
     let missing = || TableError::Missing {

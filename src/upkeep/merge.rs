@@ -41,7 +41,7 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 
 use crate::config::{Job, Tier};
-use crate::table::delta::{is_commit_conflict, stored_schema};
+use crate::table::delta::{is_commit_conflict, is_outpaced, stored_schema};
 use crate::table::schema::conform;
 
 /// What one merge of a table's small files did.
@@ -49,8 +49,9 @@ pub enum Merged {
     /// No partition had two files under the target size.
     Nothing,
     /// A concurrent commit that removed files (another process's merge, a
-    /// fold, a move, a reprocess) landed first; the files are left for a
-    /// later round.
+    /// fold, a move, a reprocess) landed first, or other commits took every
+    /// next version while this one retried; the files are left for a later
+    /// round.
     Lost,
     /// `removed` files became `added`; the table is at the merge's commit.
     Done {
@@ -110,7 +111,7 @@ pub async fn merge_small_files(
                 added,
             })
         }
-        Err(e) if is_commit_conflict(&e) => Ok(Merged::Lost),
+        Err(e) if is_commit_conflict(&e) || is_outpaced(&e) => Ok(Merged::Lost),
         Err(e) => Err(e),
     }
 }
