@@ -1,14 +1,19 @@
 """Computed fields on Apache Kafka: TPC-H Q1 written as a weir job (a derived
 column for the discounted price, an aggregate of an inline expression for the
 charge, a daily window keyed by return flag and line status) gives DuckDB's
-answers over the same rows."""
+answers over the same rows, through a SIGKILL mid-stream, and DuckDB running
+the view `weir views` prints gets the same."""
 
 import json
 import math
+import os
+import signal
+import subprocess
 
-from conftest import duckdb_connection, read_report, weir
+from conftest import duckdb_connection, duckdb_with_views, read_report, weir
 from test_bounded import run_until_caught_up
-from test_broker_e2e import event_ms
+from test_broker_e2e import event_ms, run_command, stored
+from test_operate import committed, wait_until
 
 LINEITEM = """
 name = "lineitem"
@@ -94,6 +99,16 @@ def test_tpch_q1_as_a_job_gives_duckdbs_answers(broker, tmp_path):
          "--count", 4000, "--malformed-ratio", 0.01, "--duplicate-ratio", 0.02,
          "--late-ratio", 0, "--seed", 21, "--report", report, timeout=120)
     with open(tmp_path / "run.log", "w") as log:
+        # Each trigger slowed, so the kill lands mid-stream.
+        slowed = {**os.environ, "WEIR_FAULTS": "sink.after_commit.raw@*:sleep=200"}
+        proc = subprocess.Popen(run_command(job), stdout=log, stderr=subprocess.STDOUT,
+                                env=slowed)
+        wait_until(lambda: committed(tmp_path / "data", "lineitem") >= 1000, 120, proc,
+                   "a quarter of the events")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert committed(tmp_path / "data", "lineitem") < stored(read_report(report)), \
+            "killed after the last event"
         run_until_caught_up(job, log)
 
     # DuckDB over the producer's own events (the on-time originals).
@@ -115,6 +130,12 @@ def test_tpch_q1_as_a_job_gives_duckdbs_answers(broker, tmp_path):
     for row in rows:
         day = event_ms(row["window_start"])
         got[(day, row["l_returnflag"], row["l_linestatus"])] = [row[a] for a in AGGREGATES]
+    viewed = duckdb_with_views(job).sql(
+        f"SELECT epoch_ms(window_start), l_returnflag, l_linestatus, {', '.join(AGGREGATES)} "
+        "FROM q1").fetchall()
+    assert len(viewed) == len(got)
+    for day, flag, status, *rest in viewed:
+        assert all(close(a, b) for a, b in zip(rest, got[(day, flag, status)])), (flag, status)
     assert sum(r[-1] for r in got.values()) == len(events)
     assert got.keys() == expected.keys()
     for group, want in expected.items():
