@@ -99,12 +99,14 @@ def test_tpch_q1_as_a_job_gives_duckdbs_answers(broker, tmp_path):
          "--count", 4000, "--malformed-ratio", 0.01, "--duplicate-ratio", 0.02,
          "--late-ratio", 0, "--seed", 21, "--report", report, timeout=120)
     with open(tmp_path / "run.log", "w") as log:
-        # Each trigger slowed, so the kill lands mid-stream.
-        slowed = {**os.environ, "WEIR_FAULTS": "sink.after_commit.raw@*:sleep=200"}
+        # Each of the eight triggers slowed by 1.5 s, so the kill lands
+        # mid-stream even on a loaded machine, where each look at the tables
+        # takes a while.
+        slowed = {**os.environ, "WEIR_FAULTS": "sink.after_commit.raw@*:sleep=1500"}
         proc = subprocess.Popen(run_command(job), stdout=log, stderr=subprocess.STDOUT,
                                 env=slowed)
-        wait_until(lambda: committed(tmp_path / "data", "lineitem") >= 1000, 120, proc,
-                   "a quarter of the events")
+        wait_until(lambda: committed(tmp_path / "data", "lineitem") > 0, 120, proc,
+                   "a first trigger")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert committed(tmp_path / "data", "lineitem") < stored(read_report(report)), \
