@@ -242,16 +242,13 @@ impl WindowAggregate {
             Field::new(WINDOW_START, utc_micros(), false),
             Field::new(WINDOW_END, utc_micros(), false),
         ];
-        // What rows are grouped by besides the keys: the window, or a
-        // session's bucket (its sessions are found among its fragments).
-        let mut group_columns = match output.windowing {
-            Windowing::Fixed { .. } => vec![quote(WINDOW_START), quote(WINDOW_END)],
-            Windowing::Session { .. } => {
-                fields.push(Field::new(SESSION_BUCKET, utc_micros(), false));
-                vec![quote(SESSION_BUCKET)]
-            }
-        };
-        let windows = group_columns.len();
+        // A session's fragments also keep their bucket.
+        if let Windowing::Session { .. } = output.windowing {
+            fields.push(Field::new(SESSION_BUCKET, utc_micros(), false));
+        }
+        let windows = window_columns(&output.windowing);
+        let mut group_columns: Vec<String> = windows.iter().map(|c| quote(c)).collect();
+        let windows = windows.len();
         // Expression keys are computed beside each event's window.
         let mut computed_keys = String::new();
         for k in &output.keys {
@@ -363,7 +360,6 @@ impl WindowAggregate {
             .filter
             .as_ref()
             .map_or(String::new(), |f| format!(" WHERE ({f})"));
-        let keys: Vec<String> = group_columns[windows..].to_vec();
         // Each distinct aggregate is computed once, then projected under every
         // column name that wants it.
         let mut distinct: Vec<&str> = Vec::new();
@@ -382,7 +378,7 @@ impl WindowAggregate {
             .enumerate()
             .map(|(i, expr)| format!("{expr} AS __s{i}"))
             .collect();
-        let keys_list = keys.iter().map(|k| format!(", {k}")).collect::<String>();
+        let keys_list = after_commas(&group_columns[windows..]);
         let (projected, computed) = (projected.join(", "), computed.join(", "));
         let partial_sql = match output.windowing {
             Windowing::Fixed { size, hop } => {
@@ -542,15 +538,22 @@ impl WindowAggregate {
 
     /// The keys' quoted columns, each after a comma.
     fn keys_list(&self) -> String {
-        let windows = match self.output.windowing {
-            Windowing::Fixed { .. } => 2,
-            Windowing::Session { .. } => 1,
-        };
-        self.group_columns[windows..]
-            .iter()
-            .map(|k| format!(", {k}"))
-            .collect()
+        after_commas(&self.group_columns[window_columns(&self.output.windowing).len()..])
     }
+}
+
+/// What a window output's rows are grouped by besides the keys: the window,
+/// or a session's bucket (its sessions are found among its fragments).
+fn window_columns(windowing: &Windowing) -> &'static [&'static str] {
+    match windowing {
+        Windowing::Fixed { .. } => &[WINDOW_START, WINDOW_END],
+        Windowing::Session { .. } => &[SESSION_BUCKET],
+    }
+}
+
+/// Each of `columns` after a comma: to follow other columns in a list.
+fn after_commas(columns: &[String]) -> String {
+    columns.iter().map(|c| format!(", {c}")).collect()
 }
 
 /// Runs `plan` over `events` (none: no rows, without running it), and conforms the result to
