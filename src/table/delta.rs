@@ -37,16 +37,18 @@ pub fn is_commit_conflict(error: &DeltaTableError) -> bool {
     )
 }
 
-/// Whether delta-rs gave up on a commit after its retries, every one beaten
-/// to the next version by another writer (ingest committing faster than a
-/// slow store lets a large commit check for conflicts and land).
-pub fn is_outpaced(error: &DeltaTableError) -> bool {
-    matches!(
-        error,
-        DeltaTableError::Transaction {
-            source: TransactionError::MaxCommitAttempts(_)
-        }
-    )
+/// Whether a commit lost to other writers and may be tried again from a
+/// fresh snapshot: a conflict, or delta-rs's retries spent with every next
+/// version taken by another writer (ingest committing faster than a slow
+/// store lets a large commit check for conflicts and land).
+pub fn is_lost_race(error: &DeltaTableError) -> bool {
+    is_commit_conflict(error)
+        || matches!(
+            error,
+            DeltaTableError::Transaction {
+                source: TransactionError::MaxCommitAttempts(_)
+            }
+        )
 }
 
 /// Opens a job table read from its Delta log; a location without a log is `Missing`.

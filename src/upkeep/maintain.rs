@@ -33,9 +33,7 @@ use crate::fault::{FaultError, Faults};
 use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::transform::{WINDOW_END, WindowAggregate};
 use crate::ingest::watermark::Watermark;
-use crate::table::delta::{
-    is_commit_conflict, is_outpaced, open_or_create, register, stored_schema,
-};
+use crate::table::delta::{is_lost_race, open_or_create, register, stored_schema};
 use crate::table::schema::conform;
 use crate::table::tier::{self, Tiered};
 use crate::table::{Catalog, TableError};
@@ -367,7 +365,7 @@ async fn fold_closed_windows(
             .await
         {
             Ok(written) => return Ok((written, Some((before, after)))),
-            Err(e) if attempt < FOLD_ATTEMPTS && (is_commit_conflict(&e) || is_outpaced(&e)) => {
+            Err(e) if attempt < FOLD_ATTEMPTS && is_lost_race(&e) => {
                 warn!(table = name, attempt, error = %e, "fold lost to concurrent commits; retrying");
                 table.load().await.map_err(|source| MaintainError::Delta {
                     step: "reloading",

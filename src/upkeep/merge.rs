@@ -41,7 +41,7 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 
 use crate::config::{Job, Tier};
-use crate::table::delta::{is_commit_conflict, is_outpaced, stored_schema};
+use crate::table::delta::{is_lost_race, stored_schema};
 use crate::table::schema::conform;
 
 /// What one merge of a table's small files did.
@@ -111,7 +111,7 @@ pub async fn merge_small_files(
                 added,
             })
         }
-        Err(e) if is_commit_conflict(&e) || is_outpaced(&e) => Ok(Merged::Lost),
+        Err(e) if is_lost_race(&e) => Ok(Merged::Lost),
         Err(e) => Err(e),
     }
 }
