@@ -15,30 +15,60 @@
 //! environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
 //! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, …), so no
 //! secret is ever written in a job spec or printed.
+//!
+//! Every scheme's log store is deltalake's default one wrapped in
+//! [`BoundedReads`], which only changes how the Delta kernel reads the log:
+//! deltalake builds the kernel's engine with its defaults, which read up to
+//! 1,000 commit files at once, each through a JSON decoder sized for 1,000
+//! rows of the whole action schema (about 1.1 MB). A table opened from a
+//! checkpoint plus 100 commits then held ~110 MB for a moment, many times a
+//! minute in a long run, and the allocator kept much of what those peaks
+//! touched (benches/README.md, "Under heaptrack").
 
+use std::num::NonZero;
 use std::sync::{Arc, Once};
 
+use bytes::Bytes;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use delta_kernel::Engine;
+use delta_kernel_default_engine::DefaultEngineBuilder;
+use delta_kernel_default_engine::executor::tokio::{
+    TokioBackgroundExecutor, TokioMultiThreadExecutor,
+};
+use deltalake::kernel::Version;
+use deltalake::kernel::transaction::TransactionError;
+use deltalake::logstore::object_store::ObjectStore;
 use deltalake::logstore::object_store::aws::{
     AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut,
 };
 use deltalake::logstore::object_store::path::Path;
 use deltalake::logstore::{
-    LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
-    logstore_factories, object_store_factories,
+    CommitOrBytes, LogStore, LogStoreConfig, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef,
+    StorageConfig, default_logstore, logstore_factories, object_store_factories,
 };
 use deltalake::{DeltaResult, DeltaTableError};
+use tokio::runtime::{Handle, RuntimeFlavor};
 use url::Url;
+use uuid::Uuid;
 
 /// URL schemes a storage root may use.
 pub const SCHEMES: [&str; 2] = ["file", "s3"];
 
-/// Makes `s3://` locations openable by deltalake. Idempotent.
+/// Log files the kernel reads at once: enough to overlap an object store's
+/// latency, few enough that a log replay's decoders stay a few MB.
+const LOG_READS_IN_FLIGHT: NonZero<usize> = NonZero::new(16).expect("not zero");
+
+/// Makes `s3://` locations openable by deltalake, and every scheme's log
+/// reads bounded. Idempotent.
 pub fn register() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let scheme = Url::parse("s3://").expect("a valid URL");
-        object_store_factories().insert(scheme.clone(), Arc::new(S3Stores));
-        logstore_factories().insert(scheme, Arc::new(DefaultLogStores));
+        let s3 = Url::parse("s3://").expect("a valid URL");
+        object_store_factories().insert(s3.clone(), Arc::new(S3Stores));
+        for scheme in SCHEMES {
+            let scheme = Url::parse(&format!("{scheme}://")).expect("a valid URL");
+            logstore_factories().insert(scheme, Arc::new(BoundedLogStores));
+        }
     });
 }
 
@@ -67,9 +97,9 @@ impl ObjectStoreFactory for S3Stores {
     }
 }
 
-struct DefaultLogStores;
+struct BoundedLogStores;
 
-impl LogStoreFactory for DefaultLogStores {
+impl LogStoreFactory for BoundedLogStores {
     fn with_options(
         &self,
         prefixed_store: ObjectStoreRef,
@@ -77,11 +107,109 @@ impl LogStoreFactory for DefaultLogStores {
         location: &Url,
         options: &StorageConfig,
     ) -> DeltaResult<Arc<dyn LogStore>> {
-        Ok(default_logstore(
-            prefixed_store,
-            root_store,
-            location,
-            options,
-        ))
+        let inner = default_logstore(prefixed_store, root_store, location, options);
+        Ok(Arc::new(BoundedReads { inner }))
+    }
+}
+
+/// deltalake's default log store, whose kernel engine reads at most
+/// [`LOG_READS_IN_FLIGHT`] log files at once. Everything else is delegated.
+struct BoundedReads {
+    inner: Arc<dyn LogStore>,
+}
+
+#[async_trait::async_trait]
+impl LogStore for BoundedReads {
+    /// As deltalake's own, but for the bound on reads in flight.
+    fn engine(&self, operation_id: Option<Uuid>) -> Arc<dyn Engine> {
+        let engine = DefaultEngineBuilder::new(self.root_object_store(operation_id))
+            .with_buffer_size(LOG_READS_IN_FLIGHT);
+        let handle = Handle::current();
+        match handle.runtime_flavor() {
+            RuntimeFlavor::CurrentThread => Arc::new(
+                engine
+                    .with_task_executor(Arc::new(TokioBackgroundExecutor::new()))
+                    .build(),
+            ),
+            _ => Arc::new(
+                engine
+                    .with_task_executor(Arc::new(TokioMultiThreadExecutor::new(handle)))
+                    .build(),
+            ),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    async fn refresh(&self) -> DeltaResult<()> {
+        self.inner.refresh().await
+    }
+
+    async fn read_commit_entry(&self, version: Version) -> DeltaResult<Option<Bytes>> {
+        self.inner.read_commit_entry(version).await
+    }
+
+    async fn write_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> Result<(), TransactionError> {
+        (self.inner)
+            .write_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn abort_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> Result<(), TransactionError> {
+        (self.inner)
+            .abort_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn get_latest_version(&self, start_version: Version) -> DeltaResult<Version> {
+        self.inner.get_latest_version(start_version).await
+    }
+
+    fn object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.object_store(operation_id)
+    }
+
+    fn root_object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.root_object_store(operation_id)
+    }
+
+    fn to_uri(&self, location: &Path) -> String {
+        self.inner.to_uri(location)
+    }
+
+    fn root_url(&self) -> &Url {
+        self.inner.root_url()
+    }
+
+    fn log_path(&self) -> &Path {
+        self.inner.log_path()
+    }
+
+    fn transaction_url(&self, operation_id: Option<Uuid>) -> DeltaResult<Url> {
+        self.inner.transaction_url(operation_id)
+    }
+
+    async fn is_delta_table_location(&self) -> DeltaResult<bool> {
+        self.inner.is_delta_table_location().await
+    }
+
+    fn config(&self) -> &LogStoreConfig {
+        self.inner.config()
+    }
+
+    fn object_store_url(&self) -> ObjectStoreUrl {
+        self.inner.object_store_url()
     }
 }
