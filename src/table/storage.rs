@@ -213,3 +213,35 @@ impl LogStore for BoundedReads {
         self.inner.object_store_url()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{TableId, TableSpec};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    /// Tables weir creates and opens on local disk read their log through
+    /// [`BoundedReads`], not deltalake's default log store.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn local_tables_read_their_log_through_bounded_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let spec = TableSpec {
+            id: TableId::Dlq,
+            name: "t".into(),
+            schema: Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)])),
+            partition_columns: vec![],
+            event_id: None,
+        };
+        let created = crate::table::delta::open_or_create(url.clone(), &spec)
+            .await
+            .unwrap();
+        let opened = crate::table::delta::open("t", &url).await.unwrap();
+        for table in [created, opened] {
+            let store = table.log_store();
+            let name = store.name();
+            assert!(store.as_any().is::<BoundedReads>(), "{name}");
+            assert!(table.snapshot().is_ok());
+        }
+    }
+}
