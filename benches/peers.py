@@ -5,12 +5,17 @@ Delta sink through foreachBatch with txnAppId/txnVersion), each with its own
 defaults, batches of up to 100,000 events and a trigger of about a second
 (kafka-delta-ingest: 5 s, see Peer.start).
 
-Per run and peer, two measurements, each on a topic of its own:
+Per run and peer, three measurements, each on a topic of its own:
 
 - throughput: once the peer has stored ten events (it has joined and polls;
   a JVM's start-up is left out), EVENTS clean events (3 partitions) are sent
   as fast as the broker takes them; events/s is EVENTS over the time from the
-  first send to the commit that holds the last event;
+  first send to the commit that holds the last event. This includes the
+  producer's own pace and the peer's trigger interval;
+- backlog: the peer stores ten events and is stopped; BACKLOG events are
+  sent; the peer is started again and drains them. Events/s is the events of
+  its commits after the first one over the time from the first to the last,
+  so neither start-up nor the producer is in it: the peer's own pace;
 - latency: likewise ready, the peer gets RATE events/s for SECONDS from
   `weir produce`; an event's latency is the timestamp of the Delta commit that
   added its file minus its Kafka timestamp (the producer's create time), p50
@@ -114,15 +119,19 @@ class Peer:
         return self.work / topic / "table"
 
     def start(self, topic):
+        """Starts the peer on `topic`, resuming where it stopped if it ran on
+        it before (each keeps its position in its table or checkpoint)."""
         out = self.work / topic
-        out.mkdir(parents=True)
-        log = open(out / "peer.log", "w")
+        fresh = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out / "peer.log", "a")
         if self.name == "weir":
             job = write_job(out / "job.toml", self.broker, topic, out, max_events=100000,
                             interval_ms=1000)
             command = [WEIR, "run", str(job)]
         elif self.name == "kdi":
-            create_kdi_table(self.table(topic))
+            if fresh:
+                create_kdi_table(self.table(topic))
             command = [KDI, "ingest", topic, str(self.table(topic)), "--kafka",
                        self.broker.bootstrap, "--app_id", f"peer-{topic}",
                        # Its commits take about 1.5 s here: with allowed_latency 1
@@ -193,6 +202,29 @@ def drain(peer, broker, topic, events) -> float:
     return events / (max(at for at, n, _ in commits(peer.table(topic)) if n) - started)
 
 
+def backlog(peer, broker, topic, events) -> float:
+    """Events/s draining EVENTS that waited on the broker while the peer was
+    stopped: the rows of its commits after the first one after the restart,
+    over the time from that first commit to the last."""
+    ready(peer, broker, topic)
+    peer.stop()
+    produce(broker, topic, "--count", events)
+    restarted = time.time()
+    peer.start(topic)
+    try:
+        wait_for(peer.table(topic), 10 + events, peer, 1800)
+    finally:
+        peer.stop()
+    drained = {}
+    for at, n, _ in commits(peer.table(topic)):
+        if at >= restarted and n:
+            drained[at] = drained.get(at, 0) + n
+    times = sorted(drained)
+    if len(times) < 2:
+        raise RuntimeError(f"{peer.name} drained the backlog in one commit: nothing to time")
+    return sum(drained[at] for at in times[1:]) / (times[-1] - times[0])
+
+
 def latency(peer, broker, topic, rate, seconds) -> tuple[float, float]:
     """p50 and p99 of commit time minus event time, at RATE events/s."""
     ready(peer, broker, topic)
@@ -213,13 +245,14 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peers", default="weir,kdi,spark")
     parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=30)
     args = parser.parse_args()
     peers = args.peers.split(",")
     if "spark" in peers:
         spark_jars()
-    results = {p: {"drain": [], "p50": [], "p99": []} for p in peers}
+    results = {p: {"drain": [], "backlog": [], "p50": [], "p99": []} for p in peers}
     with tempfile.TemporaryDirectory(prefix="weir-peers-") as work:
         work = pathlib.Path(work)
         broker = start_kafka(work / "kafka")
@@ -228,11 +261,14 @@ def main():
                 for name in peers:
                     peer = Peer(name, work / name, broker)
                     rate = drain(peer, broker, f"{name}-drain-{run}", args.events)
+                    pace = backlog(peer, broker, f"{name}-backlog-{run}", args.backlog)
                     p50, p99 = latency(peer, broker, f"{name}-latency-{run}", args.rate,
                                        args.seconds)
-                    for key, value in (("drain", rate), ("p50", p50), ("p99", p99)):
+                    for key, value in (("drain", rate), ("backlog", pace), ("p50", p50),
+                                       ("p99", p99)):
                         results[name][key].append(value)
-                    print(f"run {run} {name:5}: drain {rate:9.0f} events/s; at {args.rate}/s "
+                    print(f"run {run} {name:5}: drain {rate:9.0f} events/s; backlog {pace:9.0f} "
+                          f"events/s; at {args.rate}/s "
                           f"latency p50 {p50:7.0f} ms, p99 {p99:7.0f} ms", flush=True)
                     if not os.environ.get("KEEP"):
                         shutil.rmtree(work / name, ignore_errors=True)
@@ -240,7 +276,8 @@ def main():
             stop_kafka(broker)
     print("medians:")
     for name, r in results.items():
-        print(f"  {name:5}: drain {statistics.median(r['drain']):9.0f} events/s; latency p50 "
+        print(f"  {name:5}: drain {statistics.median(r['drain']):9.0f} events/s; backlog "
+              f"{statistics.median(r['backlog']):9.0f} events/s; latency p50 "
               f"{statistics.median(r['p50']):7.0f} ms, p99 {statistics.median(r['p99']):7.0f} ms")
 
 

@@ -40,6 +40,9 @@ public class SparkStream {
                 .option("subscribe", topic)
                 .option("startingOffsets", "earliest")
                 .option("failOnDataLoss", "true")
+                // The batch size the other peers are given, so a backlog is
+                // drained in batches as theirs is, not in one.
+                .option("maxOffsetsPerTrigger", "100000")
                 .load()
                 .select(from_json(col("value").cast("string"), StructType.fromDDL(SCHEMA)).as("e"),
                         col("partition").as("_partition"), col("offset").as("_offset"),
