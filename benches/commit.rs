@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use weir::config::SourcePartition;
 use weir::fault::Faults;
 use weir::ingest::decode::Decoder;
 use weir::ingest::sink::Sink;
@@ -63,9 +64,9 @@ fn commit(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(size), &rows, |b, rows| {
             b.iter(|| {
                 // Each trigger covers the next offsets, as a live one would.
-                let first = BTreeMap::from([(0, next_offset)]);
+                let first = BTreeMap::from([(SourcePartition::first(0), next_offset)]);
                 next_offset += size as i64;
-                let next = BTreeMap::from([(0, next_offset)]);
+                let next = BTreeMap::from([(SourcePartition::first(0), next_offset)]);
                 runtime
                     .block_on(sink.commit(rows.clone(), &first, &next))
                     .unwrap()

@@ -30,7 +30,11 @@ fn dedup(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("dedup");
     for size in [100, 1000, 10_000] {
-        let mut stage = Dedup::new(&job.contract, Duration::from_secs(3600));
+        let mut stage = Dedup::new(
+            &job.contract,
+            Duration::from_secs(3600),
+            job.source.topics.clone(),
+        );
         for _ in 0..10 {
             stage.apply(&next_batch(10_000)).unwrap();
         }

@@ -754,7 +754,7 @@ async fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
             let (bootstrap, probed) = (list.clone(), job.clone());
             eprintln!(
                 "measuring the input rate of `{}` over 10 s…",
-                job.source.topic
+                job.source.topics
             );
             let rate = tokio::task::spawn_blocking(move || {
                 weir::cmd::bench::tune::measure_rate(&probed, &bootstrap, Duration::from_secs(10))
@@ -763,7 +763,7 @@ async fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
             if !positive(rate) {
                 bail!(Usage(format!(
                     "nothing arrived on `{}` in 10 s: pass --rate",
-                    job.source.topic
+                    job.source.topics
                 )));
             }
             rate

@@ -438,9 +438,9 @@ impl JobMetrics {
             .with_label_values(&[&self.job, clock])
     }
 
-    pub fn partition(&self, partition: i32, high_watermark: Option<i64>, next: Option<i64>) {
-        let p = partition.to_string();
-        let labels = [self.job.as_str(), p.as_str()];
+    /// `partition` as [`crate::config::Topics::label`] names it.
+    pub fn partition(&self, partition: &str, high_watermark: Option<i64>, next: Option<i64>) {
+        let labels = [self.job.as_str(), partition];
         if let Some(high) = high_watermark {
             self.metrics
                 .high_watermark
@@ -462,12 +462,11 @@ impl JobMetrics {
     }
 
     /// A probe of `partition` became visible `latency` after it was sent.
-    pub fn probe_seen(&self, partition: i32, latency: Duration) {
-        let p = partition.to_string();
+    pub fn probe_seen(&self, partition: &str, latency: Duration) {
         self.probe_latency.observe(latency.as_secs_f64());
         self.metrics
             .probe_last
-            .with_label_values(&[&self.job, &p])
+            .with_label_values(&[&self.job, partition])
             .set(latency.as_secs_f64());
     }
 
@@ -489,11 +488,10 @@ impl JobMetrics {
             .inc();
     }
 
-    pub fn skipped_offsets(&self, partition: i32, count: u64) {
-        let p = partition.to_string();
+    pub fn skipped_offsets(&self, partition: &str, count: u64) {
         self.metrics
             .skipped_offsets
-            .with_label_values(&[&self.job, &p])
+            .with_label_values(&[&self.job, partition])
             .inc_by(count);
     }
 
@@ -554,7 +552,7 @@ mod tests {
         let job = metrics.job("clicks");
         job.events_in.inc_by(3);
         job.rows_out("raw").inc_by(2);
-        job.partition(0, Some(10), Some(4));
+        job.partition("0", Some(10), Some(4));
         let text = metrics.render();
         assert!(
             text.contains("weir_events_in_total{job=\"clicks\"} 3"),

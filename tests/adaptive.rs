@@ -22,7 +22,7 @@ const TARGET: Duration = Duration::from_millis(4000);
 
 /// Sends at `rate` for `seconds` from a background task.
 fn feed(bootstrap: &str, job: &Job, rate: f64, seconds: u64) -> tokio::task::JoinHandle<()> {
-    let (bootstrap, topic) = (bootstrap.to_owned(), job.source.topic.clone());
+    let (bootstrap, topic) = (bootstrap.to_owned(), job.source.topics.first().to_owned());
     let contract = job.contract.clone();
     tokio::spawn(async move {
         let mut g = Generator::new(contract, Mix::default(), rand::random());
@@ -94,7 +94,7 @@ async fn batch_cap_follows_rate_steps_and_holds_the_p99_target() {
     let mut job = common::job(dir.path(), 20_000);
     job.batching.min_events = 50;
     job.batching.adaptive = Some(Adaptive { target_p99: TARGET });
-    let broker = EmbeddedBroker::start(&job.source.topic, 3).unwrap();
+    let broker = EmbeddedBroker::start(job.source.topics.first(), 3).unwrap();
     let bootstrap = broker.bootstrap_servers();
     let metrics = JobMetrics::detached(&job.name);
     let pipeline = Arc::new(

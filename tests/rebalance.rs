@@ -45,7 +45,7 @@ async fn wait_for_raw(job: &weir::config::Job, ends: &BTreeMap<i32, i64>) {
 async fn partitions_moving_between_live_pipelines_land_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), 40);
-    let broker = EmbeddedBroker::start(&job.source.topic, 4).unwrap();
+    let broker = EmbeddedBroker::start(job.source.topics.first(), 4).unwrap();
     let bootstrap = broker.bootstrap_servers();
     let mix = Mix {
         malformed_ratio: 0.05,
@@ -53,7 +53,7 @@ async fn partitions_moving_between_live_pipelines_land_exactly_once() {
         late_ratio: 0.0,
     };
     let delivered = produce(&bootstrap, &job, 4000, mix, 11).await;
-    let ends = end_offsets(&delivered);
+    let ends = numbered(&end_offsets(&delivered));
 
     // `a`'s commits are slow, so its queues stay full of decoded batches.
     let slow = Faults::parse("sink.after_commit.raw@*:sleep=150").unwrap();

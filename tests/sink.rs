@@ -13,7 +13,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use weir::config::Job;
+use weir::config::{Job, Offsets, SourcePartition};
 use weir::fault::Faults;
 use weir::ingest::sink::Sink;
 use weir::metrics::JobMetrics;
@@ -35,11 +35,11 @@ fn spec() -> TableSpec {
     }
 }
 
-type Trigger = (
-    BTreeMap<TableId, RecordBatch>,
-    BTreeMap<i32, i64>,
-    BTreeMap<i32, i64>,
-);
+type Trigger = (BTreeMap<TableId, RecordBatch>, Offsets, Offsets);
+
+const fn p(partition: i32) -> SourcePartition {
+    SourcePartition::first(partition)
+}
 
 /// Rows for offsets `from..to` of partition 0, and the trigger's first/next offsets.
 fn trigger(from: i64, to: i64) -> Trigger {
@@ -58,8 +58,8 @@ fn trigger_of(partition: i32, from: i64, to: i64) -> Trigger {
     .unwrap();
     (
         BTreeMap::from([(NUMBERS, rows)]),
-        BTreeMap::from([(partition, from)]),
-        BTreeMap::from([(partition, to)]),
+        BTreeMap::from([(p(partition), from)]),
+        BTreeMap::from([(p(partition), to)]),
     )
 }
 
@@ -155,7 +155,7 @@ async fn a_writer_whose_partition_another_committed_is_fenced() {
     sink.commit(rows, &first, &next).await.unwrap();
 
     // The partition moved: its new owner committed offsets up to 20.
-    foreign_commit(&job, job.app_id(0), 20).await;
+    foreign_commit(&job, job.app_id(p(0)), 20).await;
     let (rows, first, next) = trigger(10, 20);
     let err = sink.commit(rows, &first, &next).await.unwrap_err();
     assert!(err.is_conflict(), "expected a conflict, got: {err}");
@@ -179,15 +179,15 @@ async fn a_partition_committed_by_another_sink_since_a_refresh_of_others_is_fenc
     // Partition 1 moves to sink b, which commits 10..20 of it.
     let mut b = open(&job).await;
     assert_eq!(
-        b.resume_positions(&[1]).await.unwrap(),
-        BTreeMap::from([(1, 10)])
+        b.resume_positions(&[p(1)]).await.unwrap(),
+        BTreeMap::from([(p(1), 10)])
     );
     let (rows, first, next) = trigger_of(1, 10, 20);
     b.commit(rows, &first, &next).await.unwrap();
     // a is assigned partition 0 again (only), then commits a stale batch of 1.
     assert_eq!(
-        a.resume_positions(&[0]).await.unwrap(),
-        BTreeMap::from([(0, 10)])
+        a.resume_positions(&[p(0)]).await.unwrap(),
+        BTreeMap::from([(p(0), 10)])
     );
     let (rows, first, next) = trigger_of(1, 10, 15);
     let err = a.commit(rows, &first, &next).await.unwrap_err();

@@ -28,7 +28,7 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     let dir = tempfile::tempdir().unwrap();
     // Small batches: many commits, so the checkpoint interval is crossed too.
     let job = job(dir.path(), 20);
-    let broker = EmbeddedBroker::start(&job.source.topic, 3).unwrap();
+    let broker = EmbeddedBroker::start(job.source.topics.first(), 3).unwrap();
     let mix = Mix {
         malformed_ratio: 0.03,
         duplicate_ratio: 0.03,
@@ -59,12 +59,13 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     );
     assert_eq!(dlq, malformed, "dlq holds exactly the malformed messages");
 
-    let partitions: Vec<i32> = ends.keys().cloned().collect();
-    assert_eq!(txn_versions(&job, "raw", &partitions).await, ends);
-    assert_eq!(txn_versions(&job, "dlq", &partitions).await, ends);
+    let numbered_ends = numbered(&ends);
+    let partitions: Vec<i32> = numbered_ends.keys().copied().collect();
+    assert_eq!(txn_versions(&job, "raw", &partitions).await, numbered_ends);
+    assert_eq!(txn_versions(&job, "dlq", &partitions).await, numbered_ends);
     // Nothing was late: `late` never committed, and holds every offset
     // through what raw's commits vouch for it.
-    assert_eq!(txn_versions(&job, "late", &partitions).await, ends);
+    assert_eq!(txn_versions(&job, "late", &partitions).await, numbered_ends);
     let late = deltalake::open_table(table_url(&job, "late"))
         .await
         .unwrap();
@@ -73,7 +74,7 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
     // The consumer group shows the same progress (for lag tools).
     assert_eq!(
         group_offsets(&job, &broker.bootstrap_servers(), &partitions),
-        ends
+        numbered_ends
     );
 
     // ~150 triggers × 2 tables: a checkpoint exists at the interval.
@@ -96,7 +97,7 @@ async fn known_set_lands_exactly_once_and_offsets_match() {
 async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), 50);
-    let broker = EmbeddedBroker::start(&job.source.topic, 2).unwrap();
+    let broker = EmbeddedBroker::start(job.source.topics.first(), 2).unwrap();
     let mix = Mix {
         malformed_ratio: 0.1,
         duplicate_ratio: 0.02,
@@ -104,7 +105,8 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     };
     let delivered = produce(&broker.bootstrap_servers(), &job, 1000, mix, 7).await;
     let ends = end_offsets(&delivered);
-    let partitions: Vec<i32> = ends.keys().cloned().collect();
+    let numbered_ends = numbered(&ends);
+    let partitions: Vec<i32> = numbered_ends.keys().copied().collect();
 
     // First run: the 3rd trigger fails after `raw` committed and before `dlq` did.
     let faults = Faults::parse("sink.after_commit.raw@3:error").unwrap();
@@ -140,8 +142,8 @@ async fn crash_between_raw_and_dlq_commits_converges_exactly_once() {
     assert_unique(&dlq, "dlq");
     assert_eq!(raw, expected(&delivered, |d| d.kind == Kind::Valid));
     assert_eq!(dlq, expected(&delivered, |d| !d.kind.is_valid()));
-    assert_eq!(txn_versions(&job, "raw", &partitions).await, ends);
-    assert_eq!(txn_versions(&job, "dlq", &partitions).await, ends);
+    assert_eq!(txn_versions(&job, "raw", &partitions).await, numbered_ends);
+    assert_eq!(txn_versions(&job, "dlq", &partitions).await, numbered_ends);
 }
 
 /// Two runs of the job: the first over `first_seed`'s messages, then a restart
@@ -158,7 +160,7 @@ async fn restart_over(
     Arc<Stats>,
 ) {
     let job = job(dir, 100);
-    let broker = EmbeddedBroker::start(&job.source.topic, 2).unwrap();
+    let broker = EmbeddedBroker::start(job.source.topics.first(), 2).unwrap();
     let bootstrap = broker.bootstrap_servers();
     let mix = Mix {
         late_ratio: 0.0,
@@ -293,7 +295,7 @@ async fn merged_outputs(job: &weir::config::Job) -> Oracle {
 async fn drain_across_crash(
     job: &weir::config::Job,
     bootstrap: &str,
-    ends: &BTreeMap<i32, i64>,
+    ends: &weir::config::Offsets,
     fault: &str,
 ) {
     let faults = Faults::parse(fault).unwrap();
@@ -313,7 +315,7 @@ async fn outputs_equal_an_independent_computation_across_crashes() {
         3,
         "the example job declares page_views, revenue and purchases"
     );
-    let broker = EmbeddedBroker::start(&job.source.topic, 3).unwrap();
+    let broker = EmbeddedBroker::start(job.source.topics.first(), 3).unwrap();
     let bootstrap = broker.bootstrap_servers();
     let mut mix = Mix {
         malformed_ratio: 0.02,

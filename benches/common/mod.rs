@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use weir::config::{Job, Overrides};
+use weir::config::{Job, Overrides, SourcePartition, Topics};
 use weir::ingest::source::generator::{Generator, Mix};
 use weir::ingest::source::{Message, MicroBatch};
 
@@ -28,10 +28,10 @@ pub fn generator(job: &Job, malformed_ratio: f64, duplicate_ratio: f64, seed: u6
 /// `size` generated messages on partition 0, from `first_offset` on.
 pub fn micro_batch(generator: &mut Generator, size: usize, first_offset: i64) -> MicroBatch {
     MicroBatch {
-        topic: "clicks".into(),
+        topics: Topics::single("clicks"),
         messages: (0..size)
             .map(|i| Message {
-                partition: 0,
+                partition: SourcePartition::first(0),
                 offset: first_offset + i as i64,
                 kafka_ts: Some(0),
                 payload: Some(generator.next_message().payload),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::config::Job;
+use crate::config::{Job, Offsets, SourcePartition};
 use crate::fault::Faults;
 use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::source::embedded::EmbeddedBroker;
@@ -233,7 +233,7 @@ impl fmt::Display for DemoSummary {
 pub async fn run(job: &Job, options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     prepare_directory(job)?;
     let started = Instant::now();
-    let broker = EmbeddedBroker::start(&job.source.topic, options.partitions)?;
+    let broker = EmbeddedBroker::start(job.source.topics.first(), options.partitions)?;
     let bootstrap = broker.bootstrap_servers();
     let summary = run_against(job, options, &bootstrap, started).await;
     drop(broker); // only after every client of it is gone
@@ -278,7 +278,7 @@ async fn run_against(
     info!(seconds = options.seconds, rate = options.rate, "producing");
     let produced = generator::produce(
         bootstrap,
-        &job.source.topic,
+        job.source.topics.first(),
         &mut generator,
         framing.as_mut(),
         limits,
@@ -355,11 +355,14 @@ async fn report_progress(stats: Arc<Stats>) {
     }
 }
 
-/// Per partition, the offset after the last delivered message.
-pub fn end_offsets(delivered: &[Delivered]) -> BTreeMap<i32, i64> {
+/// Per partition of the job's first topic (the one demo and bench produce
+/// to), the offset after the last delivered message.
+pub fn end_offsets(delivered: &[Delivered]) -> Offsets {
     let mut ends = BTreeMap::new();
     for d in delivered {
-        let e = ends.entry(d.partition).or_insert(d.offset + 1);
+        let e = ends
+            .entry(SourcePartition::first(d.partition))
+            .or_insert(d.offset + 1);
         *e = (*e).max(d.offset + 1);
     }
     ends

@@ -12,7 +12,6 @@
 //! trigger's commits are per table and atomic, so nothing is half-written,
 //! and the next start re-reads it).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Brokers, Job};
+use crate::config::{Brokers, Job, Offsets};
 use crate::fault::Faults;
 use crate::ingest::expect::ExpectError;
 use crate::ingest::pipeline::{Pipeline, PipelineError, broker_high_watermarks};
@@ -225,7 +224,7 @@ async fn wait_for(flag: &AtomicBool) {
 
 /// With `--until caught-up`, the offsets a job's run ends at: the broker's
 /// high watermarks when its first life started, kept across restarts.
-type Bound = Arc<tokio::sync::OnceCell<BTreeMap<i32, i64>>>;
+type Bound = Arc<tokio::sync::OnceCell<Offsets>>;
 
 /// Runs one job, restarting it after errors, until `stop`, a fatal error,
 /// or (with `bound`) once it caught up.
@@ -313,7 +312,7 @@ async fn run_once(
     }
     let pipeline = Arc::new(Pipeline::start(&job, &bootstrap, faults, metrics.clone()).await?);
     metrics.set_health(Ok(()));
-    info!(job = %job.name, brokers = %bootstrap, topic = %job.source.topic, "running");
+    info!(job = %job.name, brokers = %bootstrap, topics = %job.source.topics, "running");
     let _relay = {
         let (pipeline, stop) = (pipeline.clone(), stop.clone());
         AbortOnDrop::spawn(async move {
@@ -327,7 +326,8 @@ async fn run_once(
                 .get_or_try_init(|| broker_high_watermarks(&job, &bootstrap, None))
                 .await?
                 .clone();
-            info!(job = %job.name, ?targets, "--until caught-up: stopping once the tables hold every message below these offsets");
+            let labelled = job.source.topics.labelled(&targets);
+            info!(job = %job.name, targets = ?labelled, "--until caught-up: stopping once the tables hold every message below these offsets");
             Some(AbortOnDrop::spawn(stop_when_caught_up(
                 pipeline.clone(),
                 targets,
@@ -342,7 +342,7 @@ async fn run_once(
 const CAUGHT_UP_CHECK: Duration = Duration::from_millis(250);
 
 /// Stops `pipeline` once it holds every message below `targets`.
-async fn stop_when_caught_up(pipeline: Arc<Pipeline>, targets: BTreeMap<i32, i64>) {
+async fn stop_when_caught_up(pipeline: Arc<Pipeline>, targets: Offsets) {
     while !pipeline.caught_up(&targets).await {
         tokio::time::sleep(CAUGHT_UP_CHECK).await;
     }

@@ -186,7 +186,8 @@ pub enum Brokers {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub brokers: Brokers,
-    pub topic: String,
+    /// `source.topic`, or `source.topics` when the job reads several.
+    pub topics: Topics,
     pub group: String,
     pub start_from: StartFrom,
     pub on_data_loss: OnDataLoss,
@@ -850,15 +851,21 @@ impl Job {
     }
 
     /// The Delta `txn` application ID that records this job's progress on one partition.
-    pub fn app_id(&self, partition: i32) -> String {
-        format!("weir:{}:{}:{}", self.name, self.source.topic, partition)
+    pub fn app_id(&self, partition: SourcePartition) -> String {
+        let topic = self.source.topics.name(partition.topic);
+        format!("{}{}", self.app_id_prefix(topic), partition.partition)
+    }
+
+    /// What the txn appIds of `topic`'s partitions start with.
+    pub fn app_id_prefix(&self, topic: &str) -> String {
+        format!("weir:{}:{topic}:", self.name)
     }
 
     /// The txn application ID under which `raw`'s commits vouch that table
     /// `table` holds every row of `partition` below its version: how a table
     /// with nothing to write in a trigger records its progress without a
     /// commit of its own (see [`crate::ingest::sink`]).
-    pub fn vouch_app_id(&self, table: &str, partition: i32) -> String {
+    pub fn vouch_app_id(&self, table: &str, partition: SourcePartition) -> String {
         format!("{}:{table}", self.app_id(partition))
     }
 }

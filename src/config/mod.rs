@@ -20,10 +20,12 @@ mod job;
 mod spec;
 #[cfg(test)]
 mod tests;
+mod topics;
 mod validate;
 
 pub use choice::Choice;
 pub use job::*;
+pub use topics::{MAX_TOPICS, Offsets, SourcePartition, TopicIndex, Topics};
 
 /// Why a job spec was refused. Every variant names the file.
 #[derive(Debug, thiserror::Error)]

@@ -230,7 +230,8 @@ pub(super) fn default_idle_timeout() -> String {
 #[serde(deny_unknown_fields)]
 pub(super) struct SourceSpec {
     pub(super) brokers: String,
-    pub(super) topic: String,
+    pub(super) topic: Option<String>,
+    pub(super) topics: Option<Vec<String>>,
     pub(super) group: Option<String>,
     #[serde(default = "default_start_from")]
     pub(super) start_from: String,

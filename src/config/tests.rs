@@ -100,7 +100,10 @@ fn good_spec_gets_defaults() {
     assert_eq!(job.dedup_horizon, Duration::from_secs(3600));
     assert_eq!(job.contract.event_id_name(), "id");
     assert!(!job.contract.fields[2].nullable);
-    assert_eq!(job.app_id(3), "weir:clicks:clicks:3");
+    assert_eq!(
+        job.app_id(SourcePartition::first(3)),
+        "weir:clicks:clicks:3"
+    );
     assert_eq!(
         job.storage.hot_table("clicks", "raw").as_str(),
         "file:///tmp/weir-test/hot/clicks/raw/"
@@ -117,7 +120,7 @@ fn overrides_replace_spec_values() {
     let job = Job::parse(&GOOD, Path::new("t.toml"), &overrides).unwrap();
     assert_eq!(job.storage.root.as_str(), "file:///tmp/elsewhere/");
     assert_eq!(job.source.brokers, Brokers::Embedded);
-    assert_eq!(job.source.topic, "other");
+    assert_eq!(job.source.topics.names(), ["other"]);
 }
 
 #[test]
@@ -154,7 +157,32 @@ fn unknown_key_names_the_key_and_file() {
 #[test]
 fn missing_key_is_named() {
     let err = error_of(&GOOD.replace("topic = \"clicks\"", ""));
-    assert!(err.contains("missing field `topic`"), "{err}");
+    assert!(err.contains("key `source.topic`"), "{err}");
+    assert!(err.contains("found neither"), "{err}");
+}
+
+#[test]
+fn several_topics_are_one_job_whose_rows_say_their_topic() {
+    let job =
+        parse(&GOOD.replace("topic = \"clicks\"", "topics = [\"clicks\", \"clicks.eu\"]")).unwrap();
+    assert_eq!(job.source.topics.names(), ["clicks", "clicks.eu"]);
+    assert!(job.contract.kafka.topic, "raw stores _topic");
+    let eu = job.source.topics.partition("clicks.eu", 2).unwrap();
+    assert_eq!(job.app_id(eu), "weir:clicks:clicks.eu:2");
+    let refused = [
+        ("topics = []", "between 1 and 1024 topics"),
+        ("topics = [\"a\", \"a\"]", "`a` twice"),
+        ("topics = [\"a\", \"b c\"]", "`b c`"),
+        ("topic = \"a\"\ntopics = [\"b\"]", "not both"),
+        (
+            "topics = [\"a\", \"b\"]\nstart_from = \"offsets:0=5\"",
+            "source.start_from",
+        ),
+    ];
+    for (source, expected) in refused {
+        let err = error_of(&GOOD.replace("topic = \"clicks\"", source));
+        assert!(err.contains(expected), "{source}: {err}");
+    }
 }
 
 #[test]

@@ -34,7 +34,8 @@ impl Job {
             spec.source.brokers = brokers.clone();
         }
         if let Some(topic) = &overrides.topic {
-            spec.source.topic = topic.clone();
+            spec.source.topic = Some(topic.clone());
+            spec.source.topics = None;
         }
         let spec_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
         Self::from_spec(spec, file, spec_hash)
@@ -55,8 +56,10 @@ impl Job {
                 format!("`{}`", spec.name),
             ));
         }
-        let kafka = validate_columns(&spec.source.columns, &spec.source.key_format, &invalid)?;
+        let mut kafka = validate_columns(&spec.source.columns, &spec.source.key_format, &invalid)?;
         let source = validate_source(spec.source, &spec.name, &invalid)?;
+        // Rows say their partition only with their topic once there are several.
+        kafka.topic |= source.topics.several();
         let contract = Contract {
             kafka,
             ..validate_schema(spec.schema, &invalid)?
@@ -384,20 +387,7 @@ pub(super) fn validate_source(
             Brokers::List(list.to_owned())
         }
     };
-    // Kafka's own topic-name rule.
-    if spec.topic.is_empty()
-        || spec.topic.len() > 249
-        || !spec
-            .topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(invalid(
-            "source.topic",
-            "a Kafka topic name (1–249 of a-z A-Z 0-9 . _ -)",
-            format!("`{}`", spec.topic),
-        ));
-    }
+    let topics = validate_topics(spec.topic, spec.topics, invalid)?;
     let group = spec.group.unwrap_or_else(|| format!("weir-{job}"));
     if group.trim().is_empty() {
         return Err(invalid(
@@ -413,7 +403,14 @@ pub(super) fn validate_source(
             format!("`{}`", spec.start_from),
         )
     })?;
-    let format = validate_format(&spec.format, spec.registry, &spec.topic, invalid)?;
+    if topics.several() && matches!(start_from, StartFrom::Offsets(_)) {
+        return Err(invalid(
+            "source.start_from",
+            "`earliest`, `latest` or `timestamp:…` for a job of several topics (offsets name partitions of one topic)",
+            format!("`{}`", spec.start_from),
+        ));
+    }
+    let format = validate_format(&spec.format, spec.registry, topics.first(), invalid)?;
     if !(1..=256 * 1024 * 1024).contains(&spec.max_message_bytes) {
         return Err(invalid(
             "source.max_message_bytes",
@@ -445,13 +442,65 @@ pub(super) fn validate_source(
         .collect();
     Ok(Source {
         brokers,
-        topic: spec.topic,
+        topics,
         group,
         start_from,
         on_data_loss: spec.on_data_loss,
         max_message_bytes: spec.max_message_bytes as usize,
         properties,
         format,
+    })
+}
+
+/// `source.topic` or `source.topics` (exactly one), each name by Kafka's own
+/// rule, none twice.
+fn validate_topics(
+    topic: Option<String>,
+    topics: Option<Vec<String>>,
+    invalid: &Invalid,
+) -> Result<Topics, JobError> {
+    let (key, names) = match (topic, topics) {
+        (Some(topic), None) => ("source.topic", vec![topic]),
+        (None, Some(topics)) => ("source.topics", topics),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "source.topics",
+                "either `source.topic` or `source.topics`, not both",
+                "both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "source.topic",
+                "the topic to read (or `source.topics`, a list)",
+                "neither".into(),
+            ));
+        }
+    };
+    for (i, name) in names.iter().enumerate() {
+        let legal = !name.is_empty()
+            && name.len() <= 249
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !legal {
+            return Err(invalid(
+                key,
+                "Kafka topic names (1–249 of a-z A-Z 0-9 . _ -)",
+                format!("`{name}`"),
+            ));
+        }
+        if names[..i].contains(name) {
+            return Err(invalid(key, "each topic once", format!("`{name}` twice")));
+        }
+    }
+    let count = names.len();
+    Topics::new(names).ok_or_else(|| {
+        invalid(
+            key,
+            &format!("between 1 and {MAX_TOPICS} topics"),
+            count.to_string(),
+        )
     })
 }
 

@@ -16,19 +16,19 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute;
-use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use foldhash::fast::RandomState;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::config::Contract;
-use crate::ingest::decode::{EVENT_DATE, OFFSET, PARTITION};
+use crate::config::{Contract, Job, SourcePartition, Topics};
+use crate::ingest::decode::{EVENT_DATE, OFFSET, PARTITION, TOPIC, positions};
 use crate::table::{RestoreError, TableError, TableId, Tables};
 
 /// Where an accepted event was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
-    pub partition: i32,
+    pub partition: SourcePartition,
     pub offset: i64,
 }
 
@@ -124,7 +124,7 @@ pub struct Seed<'a> {
     pub tables: &'a [TableId],
     pub since_us: Option<i64>,
     pub until_us: Option<i64>,
-    pub partitions: Option<&'a [i32]>,
+    pub partitions: Option<&'a [SourcePartition]>,
 }
 
 /// The dedup stage: drops re-sent events from batches in the `raw` schema.
@@ -134,26 +134,29 @@ pub struct Dedup {
     index: DedupIndex,
     id_column: String,
     time_column: String,
+    /// Which partition a row is of: an origin is a partition of a topic.
+    topics: Topics,
 }
 
 impl Dedup {
-    pub fn new(contract: &Contract, horizon: Duration) -> Self {
+    pub fn new(contract: &Contract, horizon: Duration, topics: Topics) -> Self {
         Self {
             index: DedupIndex::new(horizon),
             id_column: contract.event_id_name().to_owned(),
             time_column: contract.event_time_name().to_owned(),
+            topics,
         }
     }
 
-    /// An index seeded from `tables` (see [`Seed`]).
+    /// `job`'s index, seeded from `tables` (see [`Seed`]).
     pub async fn restored(
-        contract: &Contract,
-        horizon: Duration,
+        job: &Job,
         tables: &mut impl Tables,
         seed: Seed<'_>,
     ) -> Result<Self, RestoreError> {
-        let mut dedup = Self::new(contract, horizon);
-        for batch in seeds(contract, tables, seed).await? {
+        let (contract, topics) = (&job.contract, &job.source.topics);
+        let mut dedup = Self::new(contract, job.dedup_horizon, topics.clone());
+        for batch in seeds(contract, topics, tables, seed).await? {
             dedup.seed(&batch)?;
         }
         Ok(dedup)
@@ -198,16 +201,15 @@ impl Dedup {
         };
         let ids = hash_ids(column(&self.id_column)?.as_ref())?;
         let times = column(&self.time_column)?.as_primitive::<TimestampMicrosecondType>();
-        let partitions = column(PARTITION)?.as_primitive::<Int32Type>();
-        let offsets = column(OFFSET)?.as_primitive::<Int64Type>();
+        let positions = positions(batch, &self.topics)?;
         Ok((0..batch.num_rows())
             .map(|row| Candidate {
                 // Decode guarantees the ID is present; hash a null as 0 all the same.
                 id_hash: ids[row].unwrap_or(0),
                 time_ms: times.value(row).div_euclid(1000),
                 origin: Origin {
-                    partition: partitions.value(row),
-                    offset: offsets.value(row),
+                    partition: positions[row].0,
+                    offset: positions[row].1,
                 },
             })
             .collect())
@@ -218,6 +220,7 @@ impl Dedup {
 /// [`Dedup::seed`] reads.
 pub async fn seeds(
     contract: &Contract,
+    topics: &Topics,
     tables: &mut impl Tables,
     seed: Seed<'_>,
 ) -> Result<Vec<RecordBatch>, TableError> {
@@ -242,19 +245,29 @@ pub async fn seeds(
         ));
     }
     if let Some(partitions) = seed.partitions {
-        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
-        conditions.push(format!("{PARTITION} IN ({})", list.join(", ")));
+        let list: Vec<String> = partitions
+            .iter()
+            .map(|&p| topics.sql_is(p, PARTITION))
+            .collect();
+        conditions.push(format!("({})", list.join(" OR ")));
     }
     let filter = if conditions.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
     };
+    let topic = if topics.several() {
+        format!(", {TOPIC}")
+    } else {
+        String::new()
+    };
     let selects: Vec<String> = seed
         .tables
         .iter()
         .filter_map(|t| t.ingest_name())
-        .map(|table| format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET} FROM {table}{filter}"))
+        .map(|table| {
+            format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET}{topic} FROM {table}{filter}")
+        })
         .collect();
     tables
         .query(seed.tables, &selects.join(" UNION ALL "))
@@ -304,7 +317,10 @@ mod tests {
         Candidate {
             id_hash: id,
             time_ms,
-            origin: Origin { partition, offset },
+            origin: Origin {
+                partition: SourcePartition::first(partition),
+                offset,
+            },
         }
     }
 

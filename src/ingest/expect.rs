@@ -28,32 +28,20 @@ use std::sync::Arc;
 use std::collections::{BTreeMap, HashSet};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    UInt32Array,
 };
 use arrow::compute;
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, UInt32Type};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use arrow::error::ArrowError;
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
-use crate::config::{Expectation, Job, JobError, OnFail};
-use crate::ingest::decode::{OFFSET, PARTITION, raw_schema};
+use crate::config::{Expectation, Job, JobError, OnFail, SourcePartition, Topics};
+use crate::ingest::decode::{OFFSET, PARTITION, TOPIC, positions, raw_schema};
 use crate::ingest::quality::QualityRow;
-
-/// Each row's (partition, offset), of rows in `raw`'s columns.
-fn positions(rows: &RecordBatch) -> Vec<(i32, i64)> {
-    let column = |name: &str| rows.column_by_name(name).expect("raw's columns");
-    let partitions = column(PARTITION).as_primitive::<Int32Type>();
-    let offsets = column(OFFSET).as_primitive::<Int64Type>();
-    partitions
-        .values()
-        .iter()
-        .copied()
-        .zip(offsets.values().iter().copied())
-        .collect()
-}
 
 /// A rule, planned.
 struct Rule {
@@ -82,6 +70,7 @@ impl Rule {
 /// The job's expectations, ready to judge micro-batches.
 pub struct Expectations {
     rules: Vec<Rule>,
+    topics: Topics,
 }
 
 /// Why a batch could not be judged.
@@ -94,7 +83,8 @@ pub enum ExpectError {
     Failed {
         rule: String,
         text: String,
-        partition: i32,
+        /// As [`Topics::label`] names it.
+        partition: String,
         offset: i64,
     },
     #[error("evaluating expectation `{rule}`: {source}")]
@@ -109,10 +99,11 @@ pub enum ExpectError {
 /// What the rules made of a micro-batch's events.
 #[derive(Debug)]
 pub struct Judged {
+    topics: Topics,
     /// The events that go on: all but those a `drop` rule refused.
     pub kept: RecordBatch,
     /// The events a `drop` rule refused: (partition, offset, reason).
-    pub dropped: Vec<(i32, i64, String)>,
+    pub dropped: Vec<(SourcePartition, i64, String)>,
     /// Each breach of a `warn` or `drop` rule.
     breaches: Breaches,
 }
@@ -126,11 +117,11 @@ impl Judged {
         if rows.num_rows() == 0 {
             return Ok(self.breaches.clone());
         }
-        let counted: HashSet<(i32, i64)> = positions(accepted)
+        let counted: HashSet<(SourcePartition, i64)> = positions(accepted, &self.topics)?
             .into_iter()
             .chain(self.dropped.iter().map(|(p, o, _)| (*p, *o)))
             .collect();
-        let keep: BooleanArray = positions(rows)
+        let keep: BooleanArray = positions(rows, &self.topics)?
             .into_iter()
             .map(|position| Some(counted.contains(&position)))
             .collect();
@@ -138,8 +129,8 @@ impl Judged {
     }
 }
 
-/// One row per event and rule it broke: `_partition`, `_offset` and the
-/// rule's index, in the replay filter's terms.
+/// One row per event and rule it broke: `_partition`, `_offset`, `_topic`
+/// and the rule's index, in the replay filter's terms.
 #[derive(Debug, Clone)]
 pub struct Breaches(pub RecordBatch);
 
@@ -151,6 +142,7 @@ impl Breaches {
         Arc::new(Schema::new(vec![
             Field::new(PARTITION, DataType::Int32, false),
             Field::new(OFFSET, DataType::Int64, false),
+            Field::new(TOPIC, DataType::Utf8, false),
             Field::new(RULE, DataType::UInt32, false),
         ]))
     }
@@ -159,10 +151,15 @@ impl Breaches {
         Self(RecordBatch::new_empty(Self::schema()))
     }
 
-    fn new(rows: Vec<(i32, i64, u32)>) -> Result<Self, ArrowError> {
+    fn new(rows: Vec<(SourcePartition, i64, u32)>, topics: &Topics) -> Result<Self, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.0.partition),
+            )),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| topics.name(r.0.topic)),
+            )),
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.2))),
         ];
         Ok(Self(RecordBatch::try_new(Self::schema(), columns)?))
@@ -203,7 +200,8 @@ impl Expectations {
                 }
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { rules })
+        let topics = job.source.topics.clone();
+        Ok(Self { rules, topics })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -214,12 +212,13 @@ impl Expectations {
     pub fn apply(&self, events: RecordBatch) -> Result<Judged, ExpectError> {
         if self.rules.is_empty() || events.num_rows() == 0 {
             return Ok(Judged {
+                topics: self.topics.clone(),
                 kept: events,
                 dropped: Vec::new(),
                 breaches: Breaches::empty(),
             });
         }
-        let positions = positions(&events);
+        let positions = positions(&events, &self.topics)?;
         let position = |row: usize| positions[row];
         let mut dropped: Vec<Option<String>> = vec![None; events.num_rows()];
         let mut breaches = Vec::new();
@@ -232,7 +231,7 @@ impl Expectations {
                         return Err(ExpectError::Failed {
                             rule: rule.spec.name.clone(),
                             text: rule.spec.rule.clone(),
-                            partition,
+                            partition: self.topics.label(partition),
                             offset,
                         });
                     }
@@ -261,9 +260,10 @@ impl Expectations {
             })
             .collect();
         Ok(Judged {
+            topics: self.topics.clone(),
             kept,
             dropped,
-            breaches: Breaches::new(breaches)?,
+            breaches: Breaches::new(breaches, &self.topics)?,
         })
     }
 
@@ -271,17 +271,19 @@ impl Expectations {
     /// hold yet), judged at `now_us`: one per rule and partition.
     pub fn quality_rows(&self, breaches: &Breaches, now_us: i64) -> Vec<QualityRow> {
         let rows = &breaches.0;
-        let partitions = rows.column(0).as_primitive::<Int32Type>();
-        let offsets = rows.column(1).as_primitive::<Int64Type>();
-        let rules = rows.column(2).as_primitive::<UInt32Type>();
+        let positions = positions(rows, &self.topics).expect("breaches have their positions");
+        let rules = rows
+            .column_by_name(RULE)
+            .expect("breaches name their rule")
+            .as_primitive::<UInt32Type>();
         // (rule, partition) → (count, first offset), in a stable order.
-        let mut groups = BTreeMap::<(u32, i32), (i64, i64)>::new();
-        for row in 0..rows.num_rows() {
+        let mut groups = BTreeMap::<(u32, SourcePartition), (i64, i64)>::new();
+        for (row, (partition, offset)) in positions.into_iter().enumerate() {
             let group = groups
-                .entry((rules.value(row), partitions.value(row)))
+                .entry((rules.value(row), partition))
                 .or_insert((0, i64::MAX));
             group.0 += 1;
-            group.1 = group.1.min(offsets.value(row));
+            group.1 = group.1.min(offset);
         }
         groups
             .into_iter()
@@ -293,7 +295,7 @@ impl Expectations {
                     action: spec.on_fail.name(),
                     observed: count as f64,
                     expected: spec.rule.clone(),
-                    partition,
+                    partition: partition.partition,
                     offset,
                 }
             })
@@ -328,7 +330,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (price, country))| Message {
-                partition: 3,
+                partition: SourcePartition::first(3),
                 offset: i as i64,
                 payload: Some(
                     format!(r#"{{"id":"e{i}","ts":{ts},"price":{price},"country":{country}}}"#)
@@ -371,9 +373,18 @@ on_fail = "drop"
     fn warn_counts_drop_refuses_and_null_holds() {
         let (expectations, judged) = judged("1");
         let offsets = judged.kept.column_by_name(OFFSET).unwrap();
-        assert_eq!(offsets.as_primitive::<Int64Type>().values(), &[0, 3, 4]);
+        assert_eq!(
+            offsets
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values(),
+            &[0, 3, 4]
+        );
         let reason = "expectation `no_pl` failed: country <> 'PL'".to_owned();
-        assert_eq!(judged.dropped, vec![(3, 1, reason.clone()), (3, 2, reason)]);
+        let p3 = SourcePartition::first(3);
+        assert_eq!(
+            judged.dropped,
+            vec![(p3, 1, reason.clone()), (p3, 2, reason)]
+        );
         let got: Vec<_> = expectations
             .quality_rows(&judged.breaches, 7)
             .into_iter()

@@ -22,7 +22,7 @@ use datafusion::error::DataFusionError;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
-use crate::config::Job;
+use crate::config::{Job, Offsets, SourcePartition};
 use crate::fault::Faults;
 use crate::ingest::adaptive::{BatchCap, Controller, Observation};
 use crate::ingest::decode::framed::WriterSchemas;
@@ -96,7 +96,7 @@ struct Prepared {
 
 /// `rows` without those table `id` already holds.
 fn fresh(sink: &Sink, id: TableId, rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    filter_replayed(rows, &sink.held(id))
+    filter_replayed(rows, &sink.held(id), sink.topics())
 }
 
 /// Restores the watermark and the dedup index from the tables: each
@@ -108,27 +108,25 @@ async fn restore(
     bootstrap: &str,
     sink: &mut Sink,
 ) -> Result<(Watermark, Dedup), PipelineError> {
-    let (mut watermark, mut idle) =
-        Watermark::restored(&job.contract, job.watermark, sink, &[]).await?;
+    let (mut watermark, mut idle) = Watermark::restored(job, sink, &[]).await?;
     if !idle.is_empty() {
         let unread = unread(job, bootstrap, sink, &idle).await?;
         if !unread.is_empty() {
             info!(
-                partitions = ?unread,
+                partitions = ?labels(job, &unread),
                 "partitions whose stored messages are old but which have messages left to read hold the restored watermark"
             );
-            (watermark, idle) =
-                Watermark::restored(&job.contract, job.watermark, sink, &unread).await?;
+            (watermark, idle) = Watermark::restored(job, sink, &unread).await?;
         }
     }
     if !idle.is_empty() {
         info!(
-            partitions = ?idle,
+            partitions = ?labels(job, &idle),
             "partitions idle when the job stopped do not hold the restored watermark"
         );
     }
     let seed = accepted_within_horizon(job, watermark.current_us(), None);
-    let mut dedup = Dedup::restored(&job.contract, job.dedup_horizon, sink, seed)
+    let mut dedup = Dedup::restored(job, sink, seed)
         .await
         .map_err(PipelineError::from)?;
     if let Some(w) = watermark.current_us() {
@@ -150,8 +148,8 @@ async fn unread(
     job: &Job,
     bootstrap: &str,
     sink: &mut Sink,
-    partitions: &[i32],
-) -> Result<Vec<i32>, PipelineError> {
+    partitions: &[SourcePartition],
+) -> Result<Vec<SourcePartition>, PipelineError> {
     let resume = sink.resume_positions(partitions).await?;
     let high = match broker_high_watermarks(job, bootstrap, Some(partitions.to_vec())).await {
         Ok(high) => high,
@@ -167,25 +165,33 @@ async fn unread(
         .collect())
 }
 
-/// The broker's high watermark of each partition of the job's topic (of
+/// `partitions` as logs name them.
+fn labels(job: &Job, partitions: &[SourcePartition]) -> Vec<String> {
+    partitions
+        .iter()
+        .map(|&p| job.source.topics.label(p))
+        .collect()
+}
+
+/// The broker's high watermark of each partition of the job's topics (of
 /// `partitions` when given), asked off the runtime's threads.
 pub async fn broker_high_watermarks(
     job: &Job,
     bootstrap: &str,
-    partitions: Option<Vec<i32>>,
-) -> Result<BTreeMap<i32, i64>, PipelineError> {
+    partitions: Option<Vec<SourcePartition>>,
+) -> Result<Offsets, PipelineError> {
     let properties = job.kafka_properties()?;
-    let (topic, bootstrap) = (job.source.topic.clone(), bootstrap.to_owned());
+    let (topics, bootstrap) = (job.source.topics.clone(), bootstrap.to_owned());
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
         high_watermarks(
             &bootstrap,
             &properties,
-            &topic,
+            &topics,
             partitions.as_deref(),
             timeout,
         )
-        .map_err(|error| SourceError::Watermarks { topic, error }.into())
+        .map_err(|(topic, error)| SourceError::Watermarks { topic, error }.into())
     })
     .await
     .expect("asking the broker does not panic")
@@ -196,7 +202,7 @@ pub async fn broker_high_watermarks(
 fn accepted_within_horizon<'a>(
     job: &Job,
     watermark_us: Option<i64>,
-    partitions: Option<&'a [i32]>,
+    partitions: Option<&'a [SourcePartition]>,
 ) -> Seed<'a> {
     Seed {
         tables: &[TableId::Raw, TableId::Late],
@@ -226,7 +232,7 @@ struct Outcome<'a> {
     on_time: &'a RecordBatch,
     duplicates: usize,
     replayed: usize,
-    next: &'a BTreeMap<i32, i64>,
+    next: &'a Offsets,
     committed_us: i64,
     /// Per message, produced → committed.
     produced: Vec<Duration>,
@@ -254,7 +260,7 @@ pub struct Pipeline {
     /// Per partition, the assignment whose accepted IDs dedup holds: a
     /// partition assigned anew (after a rebalance) is seeded again from the
     /// tables, since its previous owner accepted IDs this process never saw.
-    seeded: tokio::sync::Mutex<BTreeMap<i32, u64>>,
+    seeded: tokio::sync::Mutex<BTreeMap<SourcePartition, u64>>,
 }
 
 /// The outputs as planned over one snapshot of the job's lookups: replaced
@@ -273,7 +279,7 @@ struct SinkPositions {
 }
 
 impl Rebalance for SinkPositions {
-    fn resume_positions(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String> {
+    fn resume_positions(&self, partitions: &[SourcePartition]) -> Result<Offsets, String> {
         self.runtime
             .block_on(async { self.sink.lock().await.resume_positions(partitions).await })
             .map_err(|e| e.to_string())
@@ -380,8 +386,8 @@ impl Pipeline {
     /// process (at least one), each message below its offset in `targets`
     /// (a partition without one has nothing to wait for): a bounded run's
     /// end (`weir run --until caught-up`).
-    pub async fn caught_up(&self, targets: &BTreeMap<i32, i64>) -> bool {
-        let assigned: Vec<i32> = self.source.generations().into_keys().collect();
+    pub async fn caught_up(&self, targets: &Offsets) -> bool {
+        let assigned: Vec<SourcePartition> = self.source.generations().into_keys().collect();
         if assigned.is_empty() {
             return false;
         }
@@ -554,7 +560,7 @@ impl Pipeline {
 
         let clock = Instant::now();
         let below = sink.held(TableId::Raw);
-        let settled = Settled::read(&mut *sink, below, &accepted).await?;
+        let settled = Settled::read(&mut *sink, below, &accepted, &self.job.source.topics).await?;
         let split = self.judge(&accepted, &settled, now)?;
         let derivation = self.outputs.lock().unwrap().clone();
         let inputs = (0..derivation.transforms.len())
@@ -662,12 +668,13 @@ impl Pipeline {
         let before = polled.batch.len();
         let moved = polled.drop_moved(&self.source.generations());
         if !moved.is_empty() {
-            decoded.valid = without_partitions(&decoded.valid, &moved)?;
-            decoded.rejected = without_partitions(&decoded.rejected, &moved)?;
-            breaches = Breaches(without_partitions(&breaches.0, &moved)?);
+            let topics = &self.job.source.topics;
+            decoded.valid = without_partitions(&decoded.valid, &moved, topics)?;
+            decoded.rejected = without_partitions(&decoded.rejected, &moved, topics)?;
+            breaches = Breaches(without_partitions(&breaches.0, &moved, topics)?);
             info!(
                 dropped = before - polled.batch.len(),
-                ?moved,
+                moved = ?labels(&self.job, &moved),
                 "dropped decoded messages of partitions revoked since they were polled; their owner re-reads them"
             );
         }
@@ -684,7 +691,7 @@ impl Pipeline {
     async fn seed_reassigned(&self) -> Result<(), PipelineError> {
         let current = self.source.generations();
         let mut seeded = self.seeded.lock().await;
-        let fresh: Vec<i32> = current
+        let fresh: Vec<SourcePartition> = current
             .iter()
             .filter(|(p, g)| seeded.get(p) != Some(g))
             .map(|(p, _)| *p)
@@ -695,13 +702,14 @@ impl Pipeline {
         let watermark = self.watermark.lock().unwrap().current_us();
         let seed = accepted_within_horizon(&self.job, watermark, Some(&fresh));
         let mut sink = self.sink.lock().await;
-        let batches = seeds(&self.job.contract, &mut *sink, seed).await?;
+        let (contract, topics) = (&self.job.contract, &self.job.source.topics);
+        let batches = seeds(contract, topics, &mut *sink, seed).await?;
         drop(sink);
         let mut dedup = self.dedup.lock().unwrap();
         for batch in &batches {
             dedup.seed(batch)?;
         }
-        debug!(partitions = ?fresh, ids = dedup.index().len(), "dedup seeded for newly assigned partitions");
+        debug!(partitions = ?labels(&self.job, &fresh), ids = dedup.index().len(), "dedup seeded for newly assigned partitions");
         seeded.clear();
         seeded.extend(current);
         Ok(())
@@ -778,9 +786,10 @@ impl Pipeline {
     }
 
     /// Publishes the partitions' committed positions (stats and metrics).
-    fn note_positions(&self, next: &BTreeMap<i32, i64>) {
+    fn note_positions(&self, next: &Offsets) {
         for (&p, &offset) in next {
-            self.metrics.partition(p, None, Some(offset));
+            let label = self.job.source.topics.label(p);
+            self.metrics.partition(&label, None, Some(offset));
         }
         self.stats.positions.lock().unwrap().extend(next);
     }
@@ -814,7 +823,7 @@ impl Pipeline {
         now: chrono::DateTime<Utc>,
     ) -> Result<crate::ingest::watermark::Split, ArrowError> {
         let mut watermark = self.watermark.lock().unwrap();
-        let assigned: Vec<i32> = self.source.generations().into_keys().collect();
+        let assigned: Vec<SourcePartition> = self.source.generations().into_keys().collect();
         if !assigned.is_empty() {
             watermark.assign(&assigned, Instant::now());
         }

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::source::PROBE_HEADER;
 use super::source::kafka::{client_config, high_watermarks};
-use crate::config::Job;
+use crate::config::{Job, SourcePartition};
 use crate::metrics::JobMetrics;
 use crate::table::TableId;
 use crate::table::delta::{open, txn_version};
@@ -39,6 +39,8 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ProbeError {
     #[error("{0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topic `{0}`: {1}")]
+    Topic(String, rdkafka::error::KafkaError),
     #[error("{0}")]
     Spec(#[from] crate::config::JobError),
     #[error("{0}")]
@@ -75,22 +77,24 @@ async fn round(
         None => producer.insert(client_config(bootstrap, &properties).create()?),
     };
     let partitions = {
-        let (bootstrap, topic) = (bootstrap.to_owned(), job.source.topic.clone());
+        let (bootstrap, topics) = (bootstrap.to_owned(), job.source.topics.clone());
         tokio::task::spawn_blocking(move || {
-            high_watermarks(&bootstrap, &properties, &topic, None, METADATA_TIMEOUT)
+            high_watermarks(&bootstrap, &properties, &topics, None, METADATA_TIMEOUT)
         })
         .await
-        .expect("metadata lookups do not panic")?
+        .expect("metadata lookups do not panic")
+        .map_err(|(topic, e)| ProbeError::Topic(topic, e))?
     };
     let mut pending = BTreeMap::new();
     for &partition in partitions.keys() {
+        let label = job.source.topics.label(partition);
         let sent = Instant::now();
         let headers = OwnedHeaders::new().insert(Header {
             key: PROBE_HEADER,
             value: Some(job.name.as_bytes()),
         });
-        let record = FutureRecord::<(), [u8]>::to(&job.source.topic)
-            .partition(partition)
+        let record = FutureRecord::<(), [u8]>::to(job.source.topics.name(partition.topic))
+            .partition(partition.partition)
             .payload(&[])
             .headers(headers);
         match producer.send(record, METADATA_TIMEOUT).await {
@@ -99,7 +103,7 @@ async fn round(
             }
             Err((e, _)) => {
                 metrics.probe_failures.inc();
-                warn!(job = %job.name, partition, error = %e, "cannot send a latency probe");
+                warn!(job = %job.name, partition = label, error = %e, "cannot send a latency probe");
             }
         }
     }
@@ -111,7 +115,7 @@ async fn round(
 async fn await_visible(
     job: &Job,
     metrics: &JobMetrics,
-    mut pending: BTreeMap<i32, (i64, Instant)>,
+    mut pending: BTreeMap<SourcePartition, (i64, Instant)>,
 ) -> Result<(), ProbeError> {
     let raw = TableId::Raw.name(job);
     let mut table = open(raw, &job.storage.hot_table(&job.name, raw)).await?;
@@ -122,8 +126,9 @@ async fn await_visible(
         for (&partition, &(offset, sent)) in &pending {
             let held = txn_version(&table, &job.app_id(partition)).await?;
             if held.is_some_and(|next| next > offset) {
-                metrics.probe_seen(partition, sent.elapsed());
-                debug!(job = %job.name, partition, latency = ?sent.elapsed(), "probe visible");
+                let label = job.source.topics.label(partition);
+                metrics.probe_seen(&label, sent.elapsed());
+                debug!(job = %job.name, partition = label, latency = ?sent.elapsed(), "probe visible");
                 seen.push(partition);
             }
         }
@@ -132,7 +137,11 @@ async fn await_visible(
         });
         if started.elapsed() > DEADLINE {
             metrics.probe_failures.inc_by(pending.len() as u64);
-            warn!(job = %job.name, partitions = ?pending.keys(), "latency probes not visible in raw within the deadline");
+            let labels: Vec<String> = pending
+                .keys()
+                .map(|&p| job.source.topics.label(p))
+                .collect();
+            warn!(job = %job.name, partitions = ?labels, "latency probes not visible in raw within the deadline");
             return Ok(());
         }
         if !pending.is_empty() {

@@ -2,42 +2,26 @@
 //! offset any table still needs, and each table must drop the rows it already
 //! holds. A table's Delta txn versions say exactly which those are.
 
-use std::collections::BTreeMap;
-
-use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
+use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute;
 use arrow::error::ArrowError;
 
-use crate::ingest::decode::{OFFSET, PARTITION};
+use crate::config::{Offsets, SourcePartition, Topics};
+use crate::ingest::decode::positions;
 
 /// The rows of `rows` this table does not hold yet: those at or after its txn
-/// version for their partition.
+/// version for their partition (`topics` says which partition a row is of).
 pub fn filter_replayed(
     rows: &RecordBatch,
-    versions: &BTreeMap<i32, i64>,
+    versions: &Offsets,
+    topics: &Topics,
 ) -> Result<RecordBatch, ArrowError> {
     if versions.is_empty() || rows.num_rows() == 0 {
         return Ok(rows.clone());
     }
-    let column = |name: &str| {
-        rows.column_by_name(name)
-            .ok_or_else(|| ArrowError::SchemaError(format!("missing column {name}")))
-    };
-    let partitions = column(PARTITION)?;
-    let partitions = partitions
-        .as_any()
-        .downcast_ref::<Int32Array>()
-        .ok_or_else(|| ArrowError::SchemaError(format!("{PARTITION} is not int32")))?;
-    let offsets = column(OFFSET)?;
-    let offsets = offsets
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .ok_or_else(|| ArrowError::SchemaError(format!("{OFFSET} is not int64")))?;
-    let keep: BooleanArray = partitions
-        .values()
-        .iter()
-        .zip(offsets.values().iter())
-        .map(|(p, o)| Some(versions.get(p).is_none_or(|v| o >= v)))
+    let keep: BooleanArray = positions(rows, topics)?
+        .into_iter()
+        .map(|(p, o)| Some(versions.get(&p).is_none_or(|v| o >= *v)))
         .collect();
     if keep.true_count() == rows.num_rows() {
         return Ok(rows.clone());
@@ -50,60 +34,81 @@ pub fn filter_replayed(
 /// every offset of them.
 pub fn without_partitions(
     rows: &RecordBatch,
-    partitions: &[i32],
+    partitions: &[SourcePartition],
+    topics: &Topics,
 ) -> Result<RecordBatch, ArrowError> {
     let held_elsewhere = partitions.iter().map(|&p| (p, i64::MAX)).collect();
-    filter_replayed(rows, &held_elsewhere)
+    filter_replayed(rows, &held_elsewhere, topics)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use arrow::datatypes::{DataType, Field, Schema};
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    fn rows(parts: &[i32], offs: &[i64]) -> RecordBatch {
+    use arrow::array::{Array, AsArray, Int32Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
+
+    use super::*;
+    use crate::ingest::decode::{OFFSET, PARTITION, TOPIC};
+
+    fn rows(topics: &[&str], parts: &[i32], offs: &[i64]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new(PARTITION, DataType::Int32, false),
             Field::new(OFFSET, DataType::Int64, false),
+            Field::new(TOPIC, DataType::Utf8, true),
         ]));
         RecordBatch::try_new(
             schema,
             vec![
                 Arc::new(Int32Array::from(parts.to_vec())),
                 Arc::new(Int64Array::from(offs.to_vec())),
+                Arc::new(StringArray::from(topics.to_vec())),
             ],
         )
         .unwrap()
     }
 
+    fn kept(batch: &RecordBatch) -> Vec<(i32, i64)> {
+        let parts = batch.column(0).as_primitive::<Int32Type>();
+        let offsets = batch.column(1).as_primitive::<Int64Type>();
+        parts
+            .values()
+            .iter()
+            .copied()
+            .zip(offsets.values().iter().copied())
+            .collect()
+    }
+
     #[test]
     fn replayed_rows_are_dropped_per_partition() {
-        let batch = rows(&[0, 0, 1, 1, 2], &[5, 6, 5, 6, 0]);
-        let versions = BTreeMap::from([(0, 6), (1, 100)]);
-        let kept = filter_replayed(&batch, &versions).unwrap();
-        let offsets = kept
-            .column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        let parts = kept
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .unwrap();
-        assert_eq!(parts.values().to_vec(), vec![0, 2]);
-        assert_eq!(offsets.values().to_vec(), vec![6, 0]);
+        let p = SourcePartition::first;
+        let batch = rows(&["t"; 5], &[0, 0, 1, 1, 2], &[5, 6, 5, 6, 0]);
+        let versions = BTreeMap::from([(p(0), 6), (p(1), 100)]);
+        let topics = Topics::single("t");
+        let kept_rows = filter_replayed(&batch, &versions, &topics).unwrap();
+        assert_eq!(kept(&kept_rows), vec![(0, 6), (2, 0)]);
+    }
+
+    #[test]
+    fn partitions_of_two_topics_are_told_apart() {
+        let topics = Topics::new(vec!["a".into(), "b".into()]).unwrap();
+        let batch = rows(&["a", "a", "b", "b"], &[0, 0, 0, 0], &[5, 6, 5, 6]);
+        let versions = BTreeMap::from([(topics.partition("b", 0).unwrap(), 6)]);
+        let kept_rows = filter_replayed(&batch, &versions, &topics).unwrap();
+        assert_eq!(kept(&kept_rows), vec![(0, 5), (0, 6), (0, 6)]);
+        let moved = [topics.partition("a", 0).unwrap()];
+        let left = without_partitions(&batch, &moved, &topics).unwrap();
+        assert_eq!(left.column(2).as_string::<i32>().value(0), "b");
+        assert_eq!(left.num_rows(), 2);
     }
 
     #[test]
     fn nothing_known_keeps_everything() {
-        let batch = rows(&[0, 1], &[1, 2]);
-        assert_eq!(
-            filter_replayed(&batch, &BTreeMap::new())
-                .unwrap()
-                .num_rows(),
-            2
-        );
+        let batch = rows(&["t", "t"], &[0, 1], &[1, 2]);
+        let topics = Topics::single("t");
+        let all = filter_replayed(&batch, &BTreeMap::new(), &topics).unwrap();
+        assert_eq!(all.num_rows(), 2);
+        assert!(all.column(0).is_valid(1));
     }
 }

@@ -2,11 +2,11 @@
 //! committed position per partition, and (for the demo and the bench only)
 //! exact per-trigger and per-event samples.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
+use crate::config::Offsets;
 use crate::ingest::pipeline::PipelineError;
 
 /// Counters of a running pipeline, readable while it runs.
@@ -23,7 +23,7 @@ pub struct Stats {
     /// Rows re-read after a restart that the tables already held.
     pub replayed: AtomicU64,
     /// Per partition, the next offset every table holds.
-    pub positions: Mutex<BTreeMap<i32, i64>>,
+    pub positions: Mutex<Offsets>,
     /// Exact per-trigger and per-event samples, kept only when asked for (the
     /// demo and the bench): a long-running job would grow them without bound.
     pub(super) samples: Mutex<Option<Samples>>,
@@ -64,7 +64,7 @@ impl Stats {
     /// pipeline's) ended or `deadline` passed first.
     pub async fn wait_until_reached(
         &self,
-        targets: &BTreeMap<i32, i64>,
+        targets: &Offsets,
         task: &tokio::task::JoinHandle<Result<(), PipelineError>>,
         deadline: Instant,
     ) -> bool {
@@ -78,7 +78,7 @@ impl Stats {
     }
 
     /// Whether every partition in `targets` has been committed up to its offset.
-    pub fn reached(&self, targets: &BTreeMap<i32, i64>) -> bool {
+    pub fn reached(&self, targets: &Offsets) -> bool {
         let positions = self.positions.lock().unwrap();
         targets
             .iter()

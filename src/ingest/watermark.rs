@@ -24,16 +24,17 @@ use arrow::array::{
     Array, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::compute;
-use arrow::datatypes::{
-    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
-};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use tracing::debug;
 
-use crate::config::{Contract, WatermarkPolicy};
-use crate::ingest::decode::{INGEST_TS, KAFKA_TS, OFFSET, PARTITION, raw_schema, utc_micros};
+use crate::config::{Contract, Job, WatermarkPolicy};
+use crate::config::{Offsets, SourcePartition, Topics};
+use crate::ingest::decode::{
+    INGEST_TS, KAFKA_TS, OFFSET, PARTITION, TOPIC, partitions, positions, raw_schema, utc_micros,
+};
 use crate::table::{TableError, TableId, Tables};
 
 /// The watermark an event was judged against (null when a stored decision was reused).
@@ -59,15 +60,20 @@ pub fn late_schema(contract: &Contract) -> SchemaRef {
 /// SQL over `raw` giving each partition's newest event time and when its
 /// newest message was sent, the input of [`Watermark::restore`] (via
 /// [`newest_rows`]).
-fn newest_sql(contract: &Contract) -> String {
+fn newest_sql(contract: &Contract, topics: &Topics) -> String {
     let ts = format!("\"{}\"", contract.event_time_name());
-    format!("SELECT {PARTITION}, max({ts}), max({KAFKA_TS}) FROM raw GROUP BY {PARTITION}")
+    let by = if topics.several() {
+        format!("{TOPIC}, {PARTITION}")
+    } else {
+        PARTITION.to_owned()
+    };
+    format!("SELECT max({ts}), max({KAFKA_TS}), {by} FROM raw GROUP BY {by}")
 }
 
 /// What `raw` says of one partition's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Newest {
-    pub partition: i32,
+    pub partition: SourcePartition,
     /// Its newest event time, epoch µs.
     pub event_us: i64,
     /// When its newest message was sent (Kafka timestamp), epoch µs.
@@ -75,29 +81,36 @@ pub struct Newest {
 }
 
 /// The rows of [`newest_sql`]'s result.
-fn newest_rows(batches: &[RecordBatch]) -> Vec<Newest> {
-    let mut out = Vec::new();
+/// The rows of [`newest_sql`]'s result, one per partition (rows stored
+/// without a topic and rows of the first topic are one partition's).
+fn newest_rows(batches: &[RecordBatch], topics: &Topics) -> Result<Vec<Newest>, ArrowError> {
+    let mut newest: BTreeMap<SourcePartition, Newest> = BTreeMap::new();
     for batch in batches {
-        let partitions = batch.column(0).as_primitive::<Int32Type>();
-        let times = batch.column(1).as_primitive::<TimestampMicrosecondType>();
-        let sent = batch.column(2).as_primitive::<TimestampMicrosecondType>();
-        for (i, p) in partitions.values().iter().enumerate() {
-            out.extend(times.is_valid(i).then(|| Newest {
-                partition: *p,
+        let times = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+        let sent = batch.column(1).as_primitive::<TimestampMicrosecondType>();
+        for (i, partition) in partitions(batch, topics)?.into_iter().enumerate() {
+            if !times.is_valid(i) {
+                continue;
+            }
+            let row = Newest {
+                partition,
                 event_us: times.value(i),
                 sent_us: sent.is_valid(i).then(|| sent.value(i)),
-            }));
+            };
+            let kept = newest.entry(partition).or_insert(row);
+            kept.event_us = kept.event_us.max(row.event_us);
+            kept.sent_us = kept.sent_us.max(row.sent_us);
         }
     }
-    out
+    Ok(newest.into_values().collect())
 }
 
 /// Fates the tables already hold for re-read events: an event at an offset
 /// below `below[partition]` is on time exactly when `on_time` holds it.
 #[derive(Debug, Clone, Default)]
 pub struct Settled {
-    pub below: BTreeMap<i32, i64>,
-    pub on_time: HashSet<(i32, i64)>,
+    pub below: Offsets,
+    pub on_time: HashSet<(SourcePartition, i64)>,
 }
 
 impl Settled {
@@ -107,44 +120,39 @@ impl Settled {
     /// rebalance hit the table.
     pub async fn read(
         tables: &mut impl Tables,
-        below: BTreeMap<i32, i64>,
+        below: Offsets,
         accepted: &RecordBatch,
+        topics: &Topics,
     ) -> Result<Settled, TableError> {
-        let partitions = accepted
-            .column_by_name(PARTITION)
-            .map(|c| c.as_primitive::<Int32Type>().clone());
-        let offsets = accepted
-            .column_by_name(OFFSET)
-            .map(|c| c.as_primitive::<Int64Type>().clone());
-        let (Some(partitions), Some(offsets)) = (partitions, offsets) else {
+        let Ok(accepted) = positions(accepted, topics) else {
             return Ok(Settled::default());
         };
-        let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-        for (p, o) in partitions.values().iter().zip(offsets.values()) {
-            if let Some(&v) = below.get(p).filter(|v| o < *v) {
-                let range = ranges.entry(*p).or_insert((*o, v));
-                range.0 = range.0.min(*o);
+        let mut ranges: BTreeMap<SourcePartition, (i64, i64)> = BTreeMap::new();
+        for (p, o) in accepted {
+            if let Some(&v) = below.get(&p).filter(|v| o < **v) {
+                let range = ranges.entry(p).or_insert((o, v));
+                range.0 = range.0.min(o);
             }
         }
         let mut on_time = HashSet::new();
         if !ranges.is_empty() {
             let conditions: Vec<String> = ranges
                 .iter()
-                .map(|(p, (lo, hi))| {
-                    format!("({PARTITION} = {p} AND {OFFSET} >= {lo} AND {OFFSET} < {hi})")
+                .map(|(&p, (lo, hi))| {
+                    let partition = topics.sql_is(p, PARTITION);
+                    format!("({partition} AND {OFFSET} >= {lo} AND {OFFSET} < {hi})")
                 })
                 .collect();
+            let topic = if topics.several() { ", _topic" } else { "" };
             let sql = format!(
-                "SELECT {PARTITION}, {OFFSET} FROM raw WHERE {}",
+                "SELECT {PARTITION}, {OFFSET}{topic} FROM raw WHERE {}",
                 conditions.join(" OR ")
             );
             for batch in tables.query(&[TableId::Raw], &sql).await? {
-                let p = batch.column(0).as_primitive::<Int32Type>();
-                let o = batch.column(1).as_primitive::<Int64Type>();
-                on_time.extend(p.values().iter().copied().zip(o.values().iter().copied()));
+                on_time.extend(positions(&batch, topics).map_err(raw_result)?);
             }
             debug!(
-                ?ranges,
+                ranges = ranges.len(),
                 on_time = on_time.len(),
                 "re-read events settled from raw"
             );
@@ -152,7 +160,7 @@ impl Settled {
         Ok(Settled { below, on_time })
     }
 
-    fn fate(&self, partition: i32, offset: i64) -> Option<bool> {
+    fn fate(&self, partition: SourcePartition, offset: i64) -> Option<bool> {
         let settled = self.below.get(&partition).is_some_and(|v| offset < *v);
         settled.then(|| self.on_time.contains(&(partition, offset)))
     }
@@ -181,17 +189,19 @@ pub struct Watermark {
     policy: WatermarkPolicy,
     time_column: String,
     late_schema: SchemaRef,
-    clocks: BTreeMap<i32, Clock>,
+    topics: Topics,
+    clocks: BTreeMap<SourcePartition, Clock>,
     current_us: Option<i64>,
 }
 
 impl Watermark {
-    pub fn new(contract: &Contract, policy: WatermarkPolicy) -> Self {
+    pub fn new(contract: &Contract, policy: WatermarkPolicy, topics: Topics) -> Self {
         Self {
             lateness_us: policy.allowed_lateness.as_micros() as i64,
             policy,
             time_column: contract.event_time_name().to_owned(),
             late_schema: late_schema(contract),
+            topics,
             clocks: BTreeMap::new(),
             current_us: None,
         }
@@ -200,14 +210,16 @@ impl Watermark {
     /// The watermark a restart restores from `raw` in `tables` (see
     /// [`Watermark::restore`]), and the partitions left out of it as idle.
     pub async fn restored(
-        contract: &Contract,
-        policy: WatermarkPolicy,
+        job: &Job,
         tables: &mut impl Tables,
-        unread: &[i32],
-    ) -> Result<(Self, Vec<i32>), TableError> {
-        let newest = tables.query(&[TableId::Raw], &newest_sql(contract)).await?;
-        let mut watermark = Self::new(contract, policy);
-        let idle = watermark.restore(&newest_rows(&newest), Instant::now(), unread);
+        unread: &[SourcePartition],
+    ) -> Result<(Self, Vec<SourcePartition>), TableError> {
+        let (contract, policy, topics) = (&job.contract, job.watermark, job.source.topics.clone());
+        let sql = newest_sql(contract, &topics);
+        let newest = tables.query(&[TableId::Raw], &sql).await?;
+        let newest = newest_rows(&newest, &topics).map_err(raw_result)?;
+        let mut watermark = Self::new(contract, policy, topics);
+        let idle = watermark.restore(&newest, Instant::now(), unread);
         Ok((watermark, idle))
     }
 
@@ -221,7 +233,12 @@ impl Watermark {
     /// after what `raw` holds: it was behind, not silent, and is never idle
     /// (its backlog would otherwise be judged against the others' clocks and
     /// go to `late`). Returns the idle ones.
-    pub fn restore(&mut self, newest: &[Newest], now: Instant, unread: &[i32]) -> Vec<i32> {
+    pub fn restore(
+        &mut self,
+        newest: &[Newest],
+        now: Instant,
+        unread: &[SourcePartition],
+    ) -> Vec<SourcePartition> {
         let last_sent = newest.iter().filter_map(|n| n.sent_us).max();
         let idle_us = self.policy.idle_timeout.as_micros() as i64;
         let mut idle = Vec::new();
@@ -244,7 +261,7 @@ impl Watermark {
     }
 
     /// The partition whose clock sets the watermark: the slowest that counts.
-    pub fn holder(&self) -> Option<i32> {
+    pub fn holder(&self) -> Option<SourcePartition> {
         self.clocks
             .iter()
             .filter_map(|(p, c)| c.newest_us.map(|t| (t, *p)))
@@ -255,7 +272,7 @@ impl Watermark {
     /// Follows the consumer's assignment: partitions no longer assigned stop
     /// counting; newly assigned ones count from `now`, holding the watermark
     /// until they deliver or go idle.
-    pub fn assign(&mut self, partitions: &[i32], now: Instant) {
+    pub fn assign(&mut self, partitions: &[SourcePartition], now: Instant) {
         self.clocks.retain(|p, _| partitions.contains(p));
         for &p in partitions {
             self.clocks.entry(p).or_insert(Clock {
@@ -283,11 +300,11 @@ impl Watermark {
         ingest: DateTime<Utc>,
     ) -> Result<Split, ArrowError> {
         let times = self.times(events)?;
-        let (partitions, offsets) = positions(events)?;
+        let positions = positions(events, &self.topics)?;
         let mut reused = Vec::new();
         let late: BooleanArray = (0..events.num_rows())
             .map(|i| {
-                let fate = settled.fate(partitions.value(i), offsets.value(i));
+                let fate = settled.fate(positions[i].0, positions[i].1);
                 reused.push(fate.is_some());
                 Some(match fate {
                     Some(on_time) => !on_time,
@@ -315,9 +332,9 @@ impl Watermark {
     /// (their partitions count as active from `now`) and recomputes the watermark.
     pub fn advance(&mut self, on_time: &RecordBatch, now: Instant) -> Result<(), ArrowError> {
         let times = self.times(on_time)?;
-        let (partitions, _) = positions(on_time)?;
-        for (p, t) in partitions.values().iter().zip(times.values()) {
-            let clock = self.clocks.entry(*p).or_insert(Clock {
+        let partitions = partitions(on_time, &self.topics)?;
+        for (p, t) in partitions.into_iter().zip(times.values()) {
+            let clock = self.clocks.entry(p).or_insert(Clock {
                 newest_us: None,
                 seen: now,
             });
@@ -402,24 +419,19 @@ fn behind(t: i64, w: i64) -> Duration {
     Duration::from_millis(((w - t).max(0) / 1000) as u64)
 }
 
+/// A query over `raw` whose result did not have the columns asked for.
+fn raw_result(e: ArrowError) -> TableError {
+    TableError::Query {
+        tables: "raw".into(),
+        source: Box::new(e.into()),
+    }
+}
+
 fn rfc3339(us: i64) -> String {
     DateTime::from_timestamp_micros(us).map_or_else(
         || us.to_string(),
         |t| t.to_rfc3339_opts(SecondsFormat::Millis, true),
     )
-}
-
-fn positions(
-    rows: &RecordBatch,
-) -> Result<(&arrow::array::Int32Array, &arrow::array::Int64Array), ArrowError> {
-    let column = |name: &str| {
-        rows.column_by_name(name)
-            .ok_or_else(|| ArrowError::SchemaError(format!("missing column {name}")))
-    };
-    Ok((
-        column(PARTITION)?.as_primitive::<Int32Type>(),
-        column(OFFSET)?.as_primitive::<Int64Type>(),
-    ))
 }
 
 #[cfg(test)]

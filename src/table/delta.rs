@@ -22,7 +22,7 @@ use url::Url;
 
 use super::schema::{EVENT_ID_PROPERTY, Shape};
 use super::{TableError, TableSpec};
-use crate::config::Job;
+use crate::config::{Job, Offsets, SourcePartition};
 
 /// Commits between Delta checkpoints, so the log stays cheap to read.
 pub const CHECKPOINT_INTERVAL: u64 = 100;
@@ -256,8 +256,8 @@ pub async fn held_versions(
     job: &Job,
     table: (&str, &DeltaTable),
     raw: Option<&DeltaTable>,
-    partitions: &[i32],
-) -> Result<BTreeMap<i32, i64>, DeltaTableError> {
+    partitions: &[SourcePartition],
+) -> Result<Offsets, DeltaTableError> {
     let (name, table) = table;
     let mut held = BTreeMap::new();
     for &p in partitions {

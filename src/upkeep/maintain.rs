@@ -155,8 +155,7 @@ const FOLD_ATTEMPTS: usize = 5;
 /// `maintain.after_<move_write|move_delete|fold|merge|checkpoint|vacuum>.<table>`.
 pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainError> {
     let started = Instant::now();
-    let (watermark, _) =
-        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job), &[]).await?;
+    let (watermark, _) = Watermark::restored(job, &mut Tiered::new(job), &[]).await?;
     let watermark = watermark.current_us();
     let lookups = Lookups::load(job).await?;
     let catalog = Catalog::of(job, &lookups)

@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use url::Url;
 
-use weir::config::{Job, Overrides};
+use weir::config::{Job, Offsets, Overrides, SourcePartition};
 use weir::fault::Faults;
 use weir::ingest::pipeline::{Pipeline, PipelineError};
 use weir::ingest::source::generator::{self, Delivered, Generator, Limits, Mix};
@@ -52,7 +52,7 @@ pub async fn produce(
     };
     generator::produce(
         bootstrap,
-        &job.source.topic,
+        job.source.topics.first(),
         &mut g,
         None,
         limits,
@@ -79,7 +79,7 @@ pub async fn start(job: &Job, bootstrap: &str, faults: Faults) -> Arc<Pipeline> 
 /// Runs the pipeline until it has committed `targets` (or fails), then stops it.
 pub async fn run_until(
     pipeline: Arc<Pipeline>,
-    targets: &BTreeMap<i32, i64>,
+    targets: &Offsets,
     timeout: Duration,
 ) -> Result<(), PipelineError> {
     let task = {
@@ -141,16 +141,29 @@ pub fn assert_unique(rows: &[(i32, i64)], what: &str) {
     assert_eq!(set.len(), rows.len(), "{what} holds duplicates");
 }
 
-/// The next offsets a table holds for `partitions` (its own txn versions or
-/// what raw vouches for it), read straight from the logs.
+/// The next offsets a table holds for `partitions` of the job's (first)
+/// topic (its own txn versions or what raw vouches for it), read straight
+/// from the logs.
 pub async fn txn_versions(job: &Job, table: &str, partitions: &[i32]) -> BTreeMap<i32, i64> {
     let open = |name: &str| deltalake::open_table(table_url(job, name));
     // A sink of other tables than a job's has no raw (tests/sink.rs).
     let (own, raw) = (open(table).await.unwrap(), open("raw").await.ok());
     let vouching = raw.as_ref().filter(|_| table != "raw");
-    weir::table::delta::held_versions(job, (table, &own), vouching, partitions)
+    let partitions: Vec<SourcePartition> = partitions
+        .iter()
+        .map(|&p| SourcePartition::first(p))
+        .collect();
+    weir::table::delta::held_versions(job, (table, &own), vouching, &partitions)
         .await
         .unwrap()
+        .into_iter()
+        .map(|(p, v)| (p.partition, v))
+        .collect()
+}
+
+/// `offsets` of the job's first topic, keyed by partition number.
+pub fn numbered(offsets: &Offsets) -> BTreeMap<i32, i64> {
+    offsets.iter().map(|(p, &v)| (p.partition, v)).collect()
 }
 
 /// The offsets the job's consumer group has committed.
@@ -162,7 +175,7 @@ pub fn group_offsets(job: &Job, bootstrap: &str, partitions: &[i32]) -> BTreeMap
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
-        tpl.add_partition(&job.source.topic, p);
+        tpl.add_partition(job.source.topics.first(), p);
     }
     consumer
         .committed_offsets(tpl, Duration::from_secs(10))

@@ -25,7 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info};
 
 use crate::cmd::demo::{DriveError, drive_errors, end_offsets};
-use crate::config::{Batching, Job, JobError, Storage};
+use crate::config::{Batching, Job, JobError, Offsets, Storage, Topics};
 use crate::fault::Faults;
 use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::source::embedded::EmbeddedBroker;
@@ -415,7 +415,7 @@ async fn sweep(
 #[derive(Debug, Clone)]
 struct Sent {
     events: u64,
-    ends: std::collections::BTreeMap<i32, i64>,
+    ends: Offsets,
 }
 
 async fn send(job: &Job, bootstrap: &str, topic: &str, limits: Limits) -> Result<Sent, BenchError> {
@@ -454,7 +454,7 @@ fn point_job(
         source,
     })?;
     let mut job = base.clone();
-    job.source.topic = topic.to_owned();
+    job.source.topics = Topics::single(topic);
     job.source.group = format!("weir-bench-{}", dir.display()).replace(['/', '\\'], "_");
     let ages = (job.storage.hot_max_age, job.storage.warm_max_age);
     job.storage = Storage::parse(&dir.to_string_lossy()).map_err(|e| BenchError::WorkDir {
@@ -567,7 +567,13 @@ impl Phase<'_> {
             count: Some(self.size as u64),
             duration: None,
         };
-        let warm = send(&self.job, self.bootstrap, &self.job.source.topic, warm).await?;
+        let warm = send(
+            &self.job,
+            self.bootstrap,
+            self.job.source.topics.first(),
+            warm,
+        )
+        .await?;
         let timeout = drain_timeout(options.seconds_per_point);
         let deadline = Instant::now() + timeout;
         if !stats.wait_until_reached(&warm.ends, &task, deadline).await {
@@ -584,7 +590,13 @@ impl Phase<'_> {
             count: None,
             duration: Some(options.seconds_per_point),
         };
-        let sent = send(&self.job, self.bootstrap, &self.job.source.topic, limits).await?;
+        let sent = send(
+            &self.job,
+            self.bootstrap,
+            self.job.source.topics.first(),
+            limits,
+        )
+        .await?;
         let produced = Instant::now();
         let grace = produced + options.seconds_per_point + Duration::from_secs(2);
         stats.wait_until_reached(&sent.ends, &task, grace).await;
@@ -678,14 +690,19 @@ fn consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, 
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for &p in sent.ends.keys() {
-        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        assignment.add_partition_offset(topic, p.partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
     let timeout = Duration::from_secs(120);
     let deadline = Instant::now() + timeout;
     let mut read = 0u64;
     let mut first: Option<Instant> = None;
-    let mut behind: std::collections::BTreeMap<i32, i64> = sent.ends.clone();
+    // Bench jobs read one topic: a partition's number names it.
+    let mut behind: std::collections::BTreeMap<i32, i64> = sent
+        .ends
+        .iter()
+        .map(|(p, &end)| (p.partition, end))
+        .collect();
     while !behind.is_empty() && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {

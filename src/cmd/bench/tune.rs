@@ -4,11 +4,9 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-
 use super::{BenchError, BenchReport, Point, ms};
 use crate::config::Job;
-use crate::ingest::source::kafka::client_config;
+use crate::ingest::source::kafka::high_watermarks;
 
 /// A point keeps up when it committed at least this share of what was offered
 /// by the end of its latency phase.
@@ -133,30 +131,20 @@ fn trade_off(report: &BenchReport, chosen: &Point, target: Duration) -> String {
     }
 }
 
-/// Events per second arriving on the job's topic: the growth of its
+/// Events per second arriving on the job's topics: the growth of their
 /// partitions' high watermarks over `window`.
 pub fn measure_rate(job: &Job, bootstrap: &str, window: Duration) -> Result<f64, BenchError> {
-    let topic = job.source.topic.as_str();
-    let consumer: BaseConsumer = client_config(bootstrap, &job.kafka_properties()?)
-        .set("group.id", "weir-tune-rate")
-        .create()?;
+    let properties = job.kafka_properties()?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let total = |c: &BaseConsumer| -> Result<i64, rdkafka::error::KafkaError> {
-        partitions
-            .iter()
-            .map(|&p| c.fetch_watermarks(topic, p, timeout).map(|(_, high)| high))
-            .sum()
+    let total = || {
+        high_watermarks(bootstrap, &properties, &job.source.topics, None, timeout)
+            .map(|high| high.values().sum::<i64>())
+            .map_err(|(_, e)| e)
     };
-    let before = total(&consumer)?;
+    let before = total()?;
     let started = Instant::now();
     std::thread::sleep(window);
-    let after = total(&consumer)?;
+    let after = total()?;
     Ok((after - before).max(0) as f64 / started.elapsed().as_secs_f64())
 }
 

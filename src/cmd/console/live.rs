@@ -42,13 +42,14 @@ pub struct Figures {
     pub queues: BTreeMap<String, (i64, i64)>,
     /// Rows committed since the process started, per table.
     pub rows_out: BTreeMap<String, u64>,
-    /// Per partition: high watermark minus the next offset every table holds.
-    pub lag: BTreeMap<i32, i64>,
+    /// Per partition (as metrics label it): high watermark minus the next
+    /// offset every table holds.
+    pub lag: BTreeMap<String, i64>,
     /// Per table: log versions not yet covered by a checkpoint.
     pub checkpoint_lag: BTreeMap<String, i64>,
     /// Per partition: seconds from its newest visible latency probe's send
     /// to its commit in raw (only with `probes.every`).
-    pub probes: BTreeMap<i32, f64>,
+    pub probes: BTreeMap<String, f64>,
     pub probe_failures: u64,
     /// The end-to-end histogram: (upper bound in seconds, cumulative count),
     /// and the count of every observation.
@@ -73,7 +74,7 @@ impl Figures {
     fn take(&mut self, name: &str, m: &Metric) {
         let counter = || m.get_counter().get_value() as u64;
         let gauge = || m.get_gauge().get_value();
-        let partition = || label(m, "partition").and_then(|p| p.parse::<i32>().ok());
+        let partition = || label(m, "partition").map(str::to_owned);
         let named = |key: &str| label(m, key).unwrap_or_default().to_owned();
         match name {
             "weir_events_in_total" => self.events_in = counter(),
@@ -151,7 +152,7 @@ pub struct Point {
     pub p50: Option<f64>,
     pub p99: Option<f64>,
     /// Per partition lag at the end of the interval.
-    pub lag: BTreeMap<i32, i64>,
+    pub lag: BTreeMap<String, i64>,
 }
 
 impl Point {
@@ -273,7 +274,7 @@ mod tests {
         let history = History::default();
         history.sample(&metrics);
         job.events_in.inc_by(500);
-        job.partition(2, Some(40), Some(10));
+        job.partition("2", Some(40), Some(10));
         let latency = job.end_to_end(CLOCK);
         (0..99).for_each(|_| latency.observe(0.02));
         latency.observe(20.0);
@@ -281,7 +282,7 @@ mod tests {
 
         let now = Figures::read(&metrics.gather(), "clicks");
         assert_eq!(now.events_in, 500);
-        assert_eq!(now.lag, BTreeMap::from([(2, 30)]));
+        assert_eq!(now.lag, BTreeMap::from([("2".to_owned(), 30)]));
         assert_eq!(Figures::read(&metrics.gather(), "other").events_in, 0);
         let points = history.points("clicks");
         assert_eq!(points.len(), 1);
@@ -290,7 +291,7 @@ mod tests {
         assert!(p50 > 0.01 && p50 <= 0.025, "{p50}");
         let p99 = points[0].p99.unwrap();
         assert!(p99 <= 0.025, "{p99}");
-        assert_eq!(points[0].lag, BTreeMap::from([(2, 30)]));
+        assert_eq!(points[0].lag, BTreeMap::from([("2".to_owned(), 30)]));
         assert!(history.points("nobody").is_empty());
     }
 }

@@ -285,19 +285,19 @@ fn tables_part(html: &mut String, job: &JobSnapshot, status: &Status) {
         let trend: Vec<Option<f64>> = job
             .history
             .iter()
-            .map(|point| point.lag.get(&p.partition).map(|&l| l as f64))
+            .map(|point| point.lag.get(&p.label).map(|&l| l as f64))
             .collect();
         write!(
             html,
             "<tr data-partition=\"{}\"><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n data-figure=\"lag\">{}</td><td>{}</td><td class=n>{}</td><td class=n data-figure=\"probe\">{}</td><td>{}</td><td>{}</td></tr>",
-            p.partition,
-            p.partition,
+            p.label,
+            p.label,
             p.committed.map_or("-".into(), |c| c.to_string()),
             p.high_watermark,
             p.lag,
             sparkline(&trend, ""),
             p.rate.map_or("-".into(), |r| format!("{r:.1}")),
-            millis(job.live.probes.get(&p.partition).copied()),
+            millis(job.live.probes.get(&p.label).copied()),
             p.last_commit.as_ref().map_or("-".into(), time),
             esc(p.note.as_deref().unwrap_or(""))
         )
@@ -409,7 +409,7 @@ fn table<'a>(status: &'a Status, name: &str) -> Option<&'a TableStatus> {
     status.tables.iter().find(|t| t.name == name)
 }
 
-fn watermark_holder(status: &Status) -> Option<i32> {
+fn watermark_holder(status: &Status) -> Option<&str> {
     status
         .partitions
         .iter()
@@ -418,7 +418,7 @@ fn watermark_holder(status: &Status) -> Option<i32> {
                 .as_deref()
                 .is_some_and(|n| n.contains("holds the watermark"))
         })
-        .map(|p| p.partition)
+        .map(|p| p.label.as_str())
 }
 
 fn time(t: &DateTime<Utc>) -> String {

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Brokers, Job};
+use crate::config::{Brokers, Job, Offsets, SourcePartition, TopicIndex};
 use crate::ingest::decode::INGEST_TS;
 use crate::ingest::monitor::MONITOR;
 use crate::ingest::source::kafka;
@@ -64,7 +64,11 @@ pub enum StatusError {
 /// One partition's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionStatus {
+    pub topic: String,
     pub partition: i32,
+    /// How metrics and logs name it: the number for a job of one topic,
+    /// `topic:number` otherwise.
+    pub label: String,
     /// The next offset every table holds; `None` before any commit.
     pub committed: Option<i64>,
     pub high_watermark: i64,
@@ -79,6 +83,7 @@ pub struct PartitionStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub job: String,
+    /// The job's topics, comma-separated.
     pub topic: String,
     pub partitions: Vec<PartitionStatus>,
     pub watermark: Option<DateTime<Utc>>,
@@ -145,17 +150,26 @@ pub struct RefusedSchema {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "job {} on topic {}", self.job, self.topic)?;
+        let several = self.topic.contains(',');
+        let topics = if several { "topics" } else { "topic" };
+        writeln!(f, "job {} on {topics} {}", self.job, self.topic)?;
+        let width = self
+            .partitions
+            .iter()
+            .map(|p| p.label.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
         writeln!(
             f,
-            "{:>9} {:>12} {:>14} {:>10} {:>10} {:<24} note",
+            "{:>width$} {:>12} {:>14} {:>10} {:>10} {:<24} note",
             "partition", "committed", "high watermark", "lag", "events/s", "last commit"
         )?;
         for p in &self.partitions {
             writeln!(
                 f,
-                "{:>9} {:>12} {:>14} {:>10} {:>10} {:<24} {}",
-                p.partition,
+                "{:>width$} {:>12} {:>14} {:>10} {:>10} {:<24} {}",
+                p.label,
                 p.committed.map_or("-".into(), |c| c.to_string()),
                 p.high_watermark,
                 p.lag,
@@ -164,6 +178,15 @@ impl fmt::Display for Status {
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 p.note.as_deref().unwrap_or("")
             )?;
+        }
+        if several {
+            let mut per_topic: BTreeMap<&str, i64> = BTreeMap::new();
+            for p in &self.partitions {
+                *per_topic.entry(p.topic.as_str()).or_default() += p.lag;
+            }
+            for (topic, lag) in per_topic {
+                writeln!(f, "topic {topic}: lag {lag}")?;
+            }
         }
         let total: i64 = self.partitions.iter().map(|p| p.lag).sum();
         writeln!(f, "total lag {total}")?;
@@ -198,15 +221,18 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         return Err(StatusError::Embedded(job.name.clone()));
     };
     let high = high_watermarks(job, brokers)?;
-    let partitions: Vec<i32> = high.keys().copied().collect();
+    let partitions: Vec<SourcePartition> = high.keys().copied().collect();
     let committed = committed_offsets(job, &partitions).await?;
     let (last_commit, rate) = recent_commits(job).await?;
+    let topics = &job.source.topics;
     let mut rows: Vec<PartitionStatus> = high
         .iter()
         .map(|(&p, &hw)| {
             let committed = committed.get(&p).copied();
             PartitionStatus {
-                partition: p,
+                topic: topics.name(p.topic).to_owned(),
+                partition: p.partition,
+                label: topics.label(p),
                 committed,
                 high_watermark: hw,
                 lag: (hw - committed.unwrap_or(0)).max(0),
@@ -218,14 +244,16 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         .collect();
     flag_hot(&mut rows);
     // As a restart restores it: a partition with lag is behind, never idle.
-    let unread: Vec<i32> = rows
-        .iter()
-        .filter(|r| r.lag > 0)
-        .map(|r| r.partition)
+    let unread: Vec<SourcePartition> = high
+        .keys()
+        .zip(&rows)
+        .filter(|(_, r)| r.lag > 0)
+        .map(|(&p, _)| p)
         .collect();
-    let (clocks, idle) =
-        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job), &unread).await?;
-    flag_clocks(&mut rows, clocks.holder(), &idle);
+    let (clocks, idle) = Watermark::restored(job, &mut Tiered::new(job), &unread).await?;
+    let label = |p: SourcePartition| topics.label(p);
+    let idle: Vec<String> = idle.into_iter().map(label).collect();
+    flag_clocks(&mut rows, clocks.holder().map(label), &idle);
     let watermark = clocks
         .current_us()
         .and_then(DateTime::from_timestamp_micros);
@@ -245,7 +273,7 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
     });
     Ok(Status {
         job: job.name.clone(),
-        topic: job.source.topic.clone(),
+        topic: job.source.topics.to_string(),
         partitions: rows,
         watermark,
         stalled,
@@ -330,11 +358,11 @@ async fn refused_schemas(job: &Job) -> Result<Vec<RefusedSchema>, StatusError> {
 /// Notes the partition whose clock sets the watermark, and those left out
 /// of it as idle (they had sent nothing for the idle timeout when the
 /// others last did), beside any hot flag.
-fn flag_clocks(rows: &mut [PartitionStatus], holder: Option<i32>, idle: &[i32]) {
+fn flag_clocks(rows: &mut [PartitionStatus], holder: Option<String>, idle: &[String]) {
     for p in rows {
-        let note = if holder == Some(p.partition) {
+        let note = if holder.as_ref() == Some(&p.label) {
             "holds the watermark"
-        } else if idle.contains(&p.partition) {
+        } else if idle.contains(&p.label) {
             "idle: not counted in the watermark"
         } else {
             continue;
@@ -375,27 +403,27 @@ fn flag_hot(rows: &mut [PartitionStatus]) {
     }
 }
 
-/// The broker's high watermark per partition of the job's topic.
-fn high_watermarks(job: &Job, brokers: &str) -> Result<BTreeMap<i32, i64>, StatusError> {
+/// The broker's high watermark per partition of the job's topics.
+fn high_watermarks(job: &Job, brokers: &str) -> Result<Offsets, StatusError> {
     let properties = job.kafka_properties().map_err(Box::new)?;
-    let topic = &job.source.topic;
-    kafka::high_watermarks(brokers, &properties, topic, None, BROKER_TIMEOUT).map_err(|source| {
-        StatusError::Broker(Box::new((brokers.to_owned(), topic.clone(), source)))
-    })
+    let topics = &job.source.topics;
+    kafka::high_watermarks(brokers, &properties, topics, None, BROKER_TIMEOUT).map_err(
+        |(topic, source)| StatusError::Broker(Box::new((brokers.to_owned(), topic, source))),
+    )
 }
 
 /// Per partition, the lowest next offset the job's hot tables hold.
 async fn committed_offsets(
     job: &Job,
-    partitions: &[i32],
-) -> Result<BTreeMap<i32, i64>, StatusError> {
+    partitions: &[SourcePartition],
+) -> Result<Offsets, StatusError> {
     let hot = |id: TableId| async move {
         let name = id.name(job);
         let table = open(name, &job.storage.hot_table(&job.name, name)).await?;
         Ok::<_, StatusError>((name, table))
     };
     let (_, raw) = hot(TableId::Raw).await?;
-    let mut lowest: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut lowest = Offsets::new();
     for id in TableId::all(job) {
         let (name, table) = hot(id).await?;
         let vouching = (id != TableId::Raw).then_some(&raw);
@@ -413,26 +441,44 @@ async fn committed_offsets(
     Ok(lowest)
 }
 
+/// Per partition, when it was last committed.
+type LastCommits = BTreeMap<SourcePartition, DateTime<Utc>>;
+/// Per partition, events per second.
+type Rates = BTreeMap<SourcePartition, f64>;
+
 /// From `raw`'s recent log entries: per partition, when it was last committed
 /// and how many offsets per second it advanced over that span.
-async fn recent_commits(
-    job: &Job,
-) -> Result<(BTreeMap<i32, DateTime<Utc>>, BTreeMap<i32, f64>), StatusError> {
+async fn recent_commits(job: &Job) -> Result<(LastCommits, Rates), StatusError> {
     let raw = TableId::Raw.name(job);
     let table = open(raw, &job.storage.hot_table(&job.name, raw)).await?;
     let latest = table.version().unwrap_or(0);
-    let prefix = format!("weir:{}:{}:", job.name, job.source.topic);
+    let prefixes: Vec<(TopicIndex, String)> = job
+        .source
+        .topics
+        .iter()
+        .map(|(topic, name)| (topic, job.app_id_prefix(name)))
+        .collect();
+    // The partition a txn appId of raw's own records (not a vouch).
+    let partition_of = |app: &str| {
+        prefixes.iter().find_map(|(topic, prefix)| {
+            let partition = app.strip_prefix(prefix)?.parse::<i32>().ok()?;
+            Some(SourcePartition {
+                topic: *topic,
+                partition,
+            })
+        })
+    };
     // Per partition: the (time ms, version) of its newest and oldest commit seen.
     type Span = ((i64, i64), (i64, i64));
-    let mut seen: BTreeMap<i32, Span> = BTreeMap::new();
+    let mut seen: BTreeMap<SourcePartition, Span> = BTreeMap::new();
     for version in (latest.saturating_sub(LOG_LOOKBACK)..=latest).rev() {
         let Some(entry) = tables::read_entry(&table, raw, version).await? else {
             break;
         };
-        let txns = entry.txns.iter().filter_map(|(app, v)| {
-            let p = app.strip_prefix(&prefix)?.parse::<i32>().ok()?;
-            Some((p, *v))
-        });
+        let txns = entry
+            .txns
+            .iter()
+            .filter_map(|(app, v)| Some((partition_of(app)?, *v)));
         let Some(time) = entry.at_ms else { continue };
         for (p, v) in txns {
             let e = seen.entry(p).or_insert(((time, v), (time, v)));
@@ -456,7 +502,9 @@ mod tests {
 
     fn row(partition: i32, lag: i64, rate: f64) -> PartitionStatus {
         PartitionStatus {
+            topic: "t".into(),
             partition,
+            label: partition.to_string(),
             committed: Some(0),
             high_watermark: lag,
             lag,
@@ -488,7 +536,7 @@ mod tests {
     fn the_partition_holding_the_watermark_and_idle_ones_are_noted() {
         let mut rows = vec![row(0, 9000, 10.0), row(1, 10, 10.0), row(2, 10, 10.0)];
         rows[0].note = Some("hot: lag 900× the median".into());
-        flag_clocks(&mut rows, Some(0), &[2]);
+        flag_clocks(&mut rows, Some("0".into()), &["2".into()]);
         assert_eq!(
             rows[0].note.as_deref(),
             Some("hot: lag 900× the median; holds the watermark")

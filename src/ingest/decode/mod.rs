@@ -26,7 +26,7 @@ use arrow::datatypes::{
 use arrow::error::ArrowError;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::config::{Contract, Format, KeyFormat, Payload};
+use crate::config::{Contract, Format, KeyFormat, Payload, SourcePartition, Topics};
 use crate::ingest::source::{Message, MicroBatch};
 use columns::{Columns, Value};
 use framed::WriterSchemas;
@@ -99,6 +99,45 @@ impl Encoding {
             Self::Protobuf => "PROTOBUF",
         }
     }
+}
+
+/// Each row's partition, of rows with `raw`'s `_partition` and (for a job
+/// of several topics) `_topic` columns: `raw`, `late`, a decoded batch, a
+/// projection of them, a query's result.
+pub fn partitions(rows: &RecordBatch, topics: &Topics) -> Result<Vec<SourcePartition>, ArrowError> {
+    let numbers = rows
+        .column_by_name(PARTITION)
+        .ok_or_else(|| ArrowError::SchemaError(format!("missing column {PARTITION}")))?;
+    let numbers = compute::cast(numbers, &DataType::Int32)?;
+    let numbers = numbers.as_primitive::<arrow::datatypes::Int32Type>();
+    let names = match rows.column_by_name(TOPIC).filter(|_| topics.several()) {
+        Some(column) => Some(compute::cast(column, &DataType::Utf8)?),
+        None => None,
+    };
+    let names = names.as_ref().map(|n| n.as_string::<i32>());
+    Ok((0..rows.num_rows())
+        .map(|row| SourcePartition {
+            topic: topics.of_row(names.filter(|n| n.is_valid(row)).map(|n| n.value(row))),
+            partition: numbers.value(row),
+        })
+        .collect())
+}
+
+/// Each row's partition and offset (see [`partitions`]).
+pub fn positions(
+    rows: &RecordBatch,
+    topics: &Topics,
+) -> Result<Vec<(SourcePartition, i64)>, ArrowError> {
+    let offsets = rows
+        .column_by_name(OFFSET)
+        .ok_or_else(|| ArrowError::SchemaError(format!("missing column {OFFSET}")))?;
+    let offsets = compute::cast(offsets, &DataType::Int64)?;
+    let offsets = offsets.as_primitive::<arrow::datatypes::Int64Type>();
+    let partitions = partitions(rows, topics)?;
+    Ok(partitions
+        .into_iter()
+        .zip(offsets.values().iter().copied())
+        .collect())
 }
 
 /// The compiled contract: schemas derived once, reused for every batch.
@@ -470,7 +509,7 @@ impl Decoder {
         let picked = || rows.iter().map(|&i| &messages[i]);
         columns.push(Arc::new(dates));
         columns.push(Arc::new(Int32Array::from_iter_values(
-            picked().map(|m| m.partition),
+            picked().map(|m| m.partition.partition),
         )));
         columns.push(Arc::new(Int64Array::from_iter_values(
             picked().map(|m| m.offset),
@@ -495,9 +534,7 @@ impl Decoder {
             columns.push(Arc::new(headers(picked())));
         }
         if kafka.topic {
-            columns.push(Arc::new(StringArray::from_iter_values(
-                picked().map(|_| batch.topic.as_str()),
-            )));
+            columns.push(Arc::new(topic_names(batch, picked())));
         }
         RecordBatch::try_new(self.raw_schema.clone(), columns)
     }
@@ -508,10 +545,10 @@ impl Decoder {
     pub fn refuse(
         &self,
         batch: &MicroBatch,
-        refused: &[(i32, i64, String)],
+        refused: &[(SourcePartition, i64, String)],
         now: DateTime<Utc>,
     ) -> Result<RecordBatch, ArrowError> {
-        let index: HashMap<(i32, i64), usize> = batch
+        let index: HashMap<(SourcePartition, i64), usize> = batch
             .messages
             .iter()
             .enumerate()
@@ -522,7 +559,8 @@ impl Decoder {
             .map(|(p, o, reason)| {
                 let i = index.get(&(*p, *o)).ok_or_else(|| {
                     ArrowError::InvalidArgumentError(format!(
-                        "no message at partition {p}, offset {o} in the batch"
+                        "no message at partition {}, offset {o} in the batch",
+                        batch.topics.label(*p)
                     ))
                 })?;
                 Ok((*i, reason.clone()))
@@ -540,10 +578,10 @@ impl Decoder {
         let picked = || rejected.iter().map(|(i, _)| &batch.messages[*i]);
         let now_us = now.timestamp_micros();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                picked().map(|_| batch.topic.as_str()),
+            Arc::new(topic_names(batch, picked())),
+            Arc::new(Int32Array::from_iter_values(
+                picked().map(|m| m.partition.partition),
             )),
-            Arc::new(Int32Array::from_iter_values(picked().map(|m| m.partition))),
             Arc::new(Int64Array::from_iter_values(picked().map(|m| m.offset))),
             Arc::new(kafka_ts(picked())),
             Arc::new(
@@ -614,6 +652,11 @@ fn format_ms(ms: i64) -> String {
 #[cfg(test)]
 mod framed_tests;
 
+/// Each message's topic, by name.
+fn topic_names<'m>(batch: &MicroBatch, messages: impl Iterator<Item = &'m Message>) -> StringArray {
+    StringArray::from_iter_values(messages.map(|m| batch.topics.name(m.partition.topic)))
+}
+
 /// For other stages' tests: `messages` of JSON events, every one of which
 /// the contract accepts, as `raw` rows.
 #[cfg(test)]
@@ -623,7 +666,7 @@ pub(crate) fn accepted(
     now: DateTime<Utc>,
 ) -> RecordBatch {
     let batch = MicroBatch {
-        topic: "t".into(),
+        topics: Topics::single("t"),
         messages,
     };
     let decoder = Decoder::new(contract.clone(), 1 << 20, Encoding::Json);

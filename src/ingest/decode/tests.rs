@@ -30,12 +30,12 @@ pub(super) fn now() -> DateTime<Utc> {
 
 pub(super) fn batch(payloads: &[Option<&[u8]>]) -> MicroBatch {
     MicroBatch {
-        topic: "t".into(),
+        topics: Topics::single("t"),
         messages: payloads
             .iter()
             .enumerate()
             .map(|(i, p)| Message {
-                partition: (i % 3) as i32,
+                partition: SourcePartition::first((i % 3) as i32),
                 offset: 100 + i as i64,
                 kafka_ts: Some(1_700_000_000_000 + i as i64),
                 payload: p.map(<[u8]>::to_vec),

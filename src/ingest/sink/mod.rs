@@ -98,7 +98,7 @@ mod checkpoint;
 
 use checkpoint::Checkpointer;
 
-use crate::config::Job;
+use crate::config::{Job, Offsets, SourcePartition};
 use crate::fault::{FaultError, Faults};
 use crate::metrics::JobMetrics;
 use crate::table::delta::{is_binary, is_commit_conflict, open_or_create, register, stored_schema};
@@ -116,7 +116,8 @@ pub enum SinkError {
     )]
     Fenced {
         table: String,
-        partition: i32,
+        /// As [`crate::config::Topics::label`] names it.
+        partition: String,
         known: Option<i64>,
         found: Option<i64>,
     },
@@ -151,10 +152,10 @@ pub struct TableSink {
     /// How its data files are encoded (see [`writer_properties`]).
     properties: WriterProperties,
     /// Its own txn versions: the fence against another writer of a partition.
-    versions: BTreeMap<i32, i64>,
+    versions: Offsets,
     /// What `raw`'s commits vouch for this table (none for `raw` itself): see
     /// the module doc. What it holds is the higher of the two ([`Self::held_at`]).
-    vouched: BTreeMap<i32, i64>,
+    vouched: Offsets,
     /// The newest log version this sink knows of (its own commits included);
     /// `table`'s snapshot may be older (see [`Self::commit_directly`]).
     head: Version,
@@ -208,7 +209,11 @@ impl TableSink {
 
     /// Re-reads the log and the txn versions of `partitions` (the others
     /// are checked when next committed: [`Self::sync`]).
-    async fn refresh(&mut self, job: &Job, partitions: &[i32]) -> Result<(), SinkError> {
+    async fn refresh(
+        &mut self,
+        job: &Job,
+        partitions: &[SourcePartition],
+    ) -> Result<(), SinkError> {
         self.table.update_state().await.map_err(|e| self.fail(e))?;
         self.head = self.table.snapshot().map_err(|e| self.fail(e))?.version();
         for (p, version) in self.read_versions(job, partitions).await? {
@@ -224,8 +229,8 @@ impl TableSink {
     async fn read_versions(
         &self,
         job: &Job,
-        partitions: &[i32],
-    ) -> Result<Vec<(i32, Option<i64>)>, SinkError> {
+        partitions: &[SourcePartition],
+    ) -> Result<Vec<(SourcePartition, Option<i64>)>, SinkError> {
         let ids: Vec<String> = partitions.iter().map(|&p| job.app_id(p)).collect();
         let versions = self.read_txns(&ids).await?;
         Ok(partitions.iter().copied().zip(versions).collect())
@@ -250,12 +255,12 @@ impl TableSink {
     /// (`committing`) is not where this writer last saw it: its rows were
     /// filtered against a version that is no longer the table's, and writing
     /// them would store another writer's rows twice and set its version back.
-    async fn sync(&mut self, job: &Job, committing: &[i32]) -> Result<(), SinkError> {
+    async fn sync(&mut self, job: &Job, committing: &[SourcePartition]) -> Result<(), SinkError> {
         if self.synced == self.head {
             return Ok(());
         }
         self.catch_up().await?;
-        let known: Vec<i32> = self.versions.keys().copied().collect();
+        let known: Vec<SourcePartition> = self.versions.keys().copied().collect();
         for (p, found) in self.read_versions(job, &known).await? {
             let known = self.versions.get(&p).copied();
             if found == known {
@@ -264,7 +269,7 @@ impl TableSink {
             if committing.contains(&p) {
                 return Err(SinkError::Fenced {
                     table: self.spec.name.clone(),
-                    partition: p,
+                    partition: job.source.topics.label(p),
                     known,
                     found,
                 });
@@ -279,13 +284,13 @@ impl TableSink {
     }
 
     /// The next offset of `partition` this table holds, if it knows the partition.
-    fn held_at(&self, partition: i32) -> Option<i64> {
+    fn held_at(&self, partition: SourcePartition) -> Option<i64> {
         let own = self.versions.get(&partition).copied();
         own.max(self.vouched.get(&partition).copied())
     }
 
     /// Per partition it knows, the next offset this table holds.
-    fn held(&self) -> BTreeMap<i32, i64> {
+    fn held(&self) -> Offsets {
         let mut held = self.versions.clone();
         for (&p, &v) in &self.vouched {
             let e = held.entry(p).or_insert(v);
@@ -301,9 +306,9 @@ impl TableSink {
     fn to_vouch(
         &self,
         rows: usize,
-        first: &BTreeMap<i32, i64>,
-        next: &BTreeMap<i32, i64>,
-    ) -> Vec<(i32, i64)> {
+        first: &Offsets,
+        next: &Offsets,
+    ) -> Vec<(SourcePartition, i64)> {
         let (offsets, unseen_only) = if rows == 0 {
             (next, false)
         } else {
@@ -326,12 +331,12 @@ impl TableSink {
         &mut self,
         job: &Job,
         actions: Vec<Action>,
-        next: &BTreeMap<i32, i64>,
+        next: &Offsets,
         vouches: Vec<Transaction>,
     ) -> Result<bool, SinkError> {
         self.sync(job, &next.keys().copied().collect::<Vec<_>>())
             .await?;
-        let advancing: Vec<(i32, i64)> = next
+        let advancing: Vec<(SourcePartition, i64)> = next
             .iter()
             .filter(|(p, v)| self.versions.get(p).is_none_or(|known| *v > known))
             .map(|(p, v)| (*p, *v))
@@ -476,7 +481,7 @@ impl TableSink {
         &mut self,
         job: &Job,
         staged: Staged,
-        next: &BTreeMap<i32, i64>,
+        next: &Offsets,
         vouches: Vec<Transaction>,
         faults: &Faults,
         metrics: &JobMetrics,
@@ -627,8 +632,8 @@ impl Sink {
     /// any table knows, the lowest next offset the tables hold.
     pub async fn resume_positions(
         &mut self,
-        partitions: &[i32],
-    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        partitions: &[SourcePartition],
+    ) -> Result<Offsets, SinkError> {
         for table in &mut self.tables {
             table.refresh(&self.job, partitions).await?;
         }
@@ -651,7 +656,7 @@ impl Sink {
     /// Per partition of `partitions` any table knows, the lowest next offset
     /// the tables hold as of this sink's last commit or reload: where a
     /// restart would resume.
-    pub fn positions(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+    pub fn positions(&self, partitions: &[SourcePartition]) -> Offsets {
         let mut positions = BTreeMap::new();
         for table in &self.tables {
             for (p, v) in table.held() {
@@ -664,9 +669,14 @@ impl Sink {
         positions
     }
 
+    /// The topics whose partitions the tables' txn versions follow.
+    pub fn topics(&self) -> &crate::config::Topics {
+        &self.job.source.topics
+    }
+
     /// The next offset table `id` holds for each partition it knows: what
     /// the trigger loop filters replayed rows with.
-    pub fn held(&self, id: TableId) -> BTreeMap<i32, i64> {
+    pub fn held(&self, id: TableId) -> Offsets {
         self.tables
             .iter()
             .find(|t| t.spec.id == id)
@@ -686,8 +696,8 @@ impl Sink {
     pub async fn commit(
         &mut self,
         rows: BTreeMap<TableId, RecordBatch>,
-        first: &BTreeMap<i32, i64>,
-        next: &BTreeMap<i32, i64>,
+        first: &Offsets,
+        next: &Offsets,
     ) -> Result<CommitReport, SinkError> {
         let mut staged = BTreeMap::new();
         for (id, rows) in rows {
@@ -701,8 +711,8 @@ impl Sink {
     pub async fn commit_staged(
         &mut self,
         mut staged: BTreeMap<TableId, Staged>,
-        first: &BTreeMap<i32, i64>,
-        next: &BTreeMap<i32, i64>,
+        first: &Offsets,
+        next: &Offsets,
     ) -> Result<CommitReport, SinkError> {
         let ids: Vec<TableId> = self.tables.iter().map(|t| t.spec.id).collect();
         assert!(

@@ -24,7 +24,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, Value as Proto};
 
 use super::registry::{RegistryError, SchemaRegistry};
 use super::{Message, MicroBatch};
-use crate::config::{Contract, FieldType, Format, Registry};
+use crate::config::{Contract, FieldType, Format, Registry, Topics};
 use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::protobuf::ProtoSchema;
 use crate::ingest::decode::{Decoder, Encoding};
@@ -151,7 +151,7 @@ impl Framing {
     /// accepts the event.
     fn accepted(&self, json: &[u8]) -> Option<RecordBatch> {
         let batch = MicroBatch {
-            topic: String::new(),
+            topics: Topics::single("t"),
             messages: vec![Message {
                 payload: Some(json.to_vec()),
                 ..Message::default()
@@ -331,7 +331,7 @@ mod tests {
         let now = Utc::now();
         let decode = |encoding, messages, schemas: &WriterSchemas| {
             let batch = MicroBatch {
-                topic: "t".into(),
+                topics: Topics::single("t"),
                 messages,
             };
             Decoder::new(contract.clone(), usize::MAX, encoding)

@@ -33,8 +33,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Message, MicroBatch, PROBE_HEADER};
-use crate::config::{Batching, Job, JobError, KafkaColumns, OnDataLoss, StartFrom};
+use super::{Message, MicroBatch, Offsets, PROBE_HEADER};
+use crate::config::{
+    Batching, Job, JobError, KafkaColumns, OnDataLoss, SourcePartition, StartFrom, Topics,
+};
 use crate::ingest::adaptive::BatchCap;
 use crate::metrics::JobMetrics;
 
@@ -58,11 +60,12 @@ const PAUSE_AFTER: Duration = Duration::from_millis(500);
 pub enum SourceError {
     #[error("cannot create the Kafka consumer for {brokers}: {source}")]
     Create { brokers: String, source: KafkaError },
-    #[error("cannot subscribe to topic `{topic}`: {source}")]
-    Subscribe { topic: String, source: KafkaError },
+    #[error("cannot subscribe to topics `{topics}`: {source}")]
+    Subscribe { topics: Topics, source: KafkaError },
     #[error("cannot decide where to resume partitions {partitions:?}: {reason}")]
     Resume {
-        partitions: Vec<i32>,
+        /// As [`Topics::label`] names them.
+        partitions: Vec<String>,
         reason: String,
     },
     #[error(
@@ -74,7 +77,7 @@ pub enum SourceError {
         recorded: i64,
         gap: Gap,
     },
-    #[error("cannot ask the broker for topic `{topic}`'s high watermarks: {error}")]
+    #[error("cannot ask the broker for the high watermarks of topic `{topic}`: {error}")]
     Watermarks { topic: String, error: KafkaError },
     #[error("fatal Kafka consumer error: {0}")]
     Fatal(KafkaError),
@@ -131,7 +134,7 @@ pub trait Rebalance: Send + Sync + 'static {
     /// On an assignment: from which offset each partition must be re-read.
     /// Offsets for the partitions the tables know; partitions left out start
     /// at the job's `start_from`.
-    fn resume_positions(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String>;
+    fn resume_positions(&self, partitions: &[SourcePartition]) -> Result<Offsets, String>;
 
     /// On a revocation: runs `revoke` while no trigger commits. A trigger
     /// checks its batch's assignment under the same lock, so once a
@@ -142,11 +145,11 @@ pub trait Rebalance: Send + Sync + 'static {
 
 /// The consumer context: rebalance handling with Delta-chosen positions.
 pub struct WeirContext {
-    topic: String,
+    topics: Topics,
     resolver: Arc<dyn Rebalance>,
     /// Partitions taken away since the trigger loop last looked: their messages
     /// in the open batch must not be committed by this process.
-    revoked: Mutex<Vec<i32>>,
+    revoked: Mutex<Vec<SourcePartition>>,
     /// A resume failure seen in the callback, surfaced by the next poll.
     failure: Mutex<Option<SourceError>>,
     /// Per assigned partition, the number of the assignment it belongs to: a
@@ -164,12 +167,15 @@ impl ClientContext for WeirContext {
     /// librdkafka's periodic statistics carry each partition's high watermark:
     /// the lag metric's upper end.
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        for (&partition, p) in &topic.partitions {
-            if partition >= 0 && p.hi_offset >= 0 {
-                self.metrics.partition(partition, Some(p.hi_offset), None);
+        for (name, topic) in &statistics.topics {
+            for (&partition, p) in &topic.partitions {
+                let Some(p_id) = self.topics.partition(name, partition) else {
+                    continue;
+                };
+                if partition >= 0 && p.hi_offset >= 0 {
+                    let label = self.topics.label(p_id);
+                    self.metrics.partition(&label, Some(p.hi_offset), None);
+                }
             }
         }
     }
@@ -182,11 +188,7 @@ impl ConsumerContext for WeirContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let partitions: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let partitions = partitions_of(&self.topics, tpl);
         let cooperative = matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
@@ -215,7 +217,7 @@ impl ConsumerContext for WeirContext {
                 assigned.and_then(|()| consumer.resume(tpl))
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                info!(?partitions, "partitions revoked");
+                info!(partitions = ?self.labels(&partitions), "partitions revoked");
                 self.revoke(&partitions);
                 if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -236,7 +238,7 @@ impl ConsumerContext for WeirContext {
 }
 
 impl WeirContext {
-    fn revoke(&self, partitions: &[i32]) {
+    fn revoke(&self, partitions: &[SourcePartition]) {
         self.resolver.between_commits(&mut || {
             self.revoked.lock().unwrap().extend(partitions);
             let mut generations = self.generations.lock().unwrap();
@@ -252,17 +254,17 @@ impl WeirContext {
     fn position_assignment(
         &self,
         consumer: &BaseConsumer<Self>,
-        partitions: &[i32],
+        partitions: &[SourcePartition],
         tpl: &mut TopicPartitionList,
     ) -> Result<(), SourceError> {
         let positions = self
             .resolver
             .resume_positions(partitions)
             .map_err(|reason| SourceError::Resume {
-                partitions: partitions.to_vec(),
+                partitions: self.labels(partitions),
                 reason,
             })?;
-        let unknown: Vec<i32> = partitions
+        let unknown: Vec<SourcePartition> = partitions
             .iter()
             .copied()
             .filter(|p| !positions.contains_key(p))
@@ -273,27 +275,34 @@ impl WeirContext {
                 Some(&recorded) => Offset::Offset(self.held(consumer, partition, recorded)?),
                 None => starts.remove(&partition).unwrap_or(Offset::Beginning),
             };
-            if let Err(e) = tpl.set_partition_offset(&self.topic, partition, offset) {
-                warn!(partition, error = %e, "cannot set the resume offset");
+            let topic = self.topics.name(partition.topic);
+            if let Err(e) = tpl.set_partition_offset(topic, partition.partition, offset) {
+                warn!(partition = self.topics.label(partition), error = %e, "cannot set the resume offset");
             }
         }
-        info!(?partitions, resume = ?positions, "partitions assigned");
+        let resume = self.topics.labelled(&positions);
+        info!(partitions = ?self.labels(partitions), ?resume, "partitions assigned");
         Ok(())
+    }
+
+    /// `partitions` as logs and errors name them.
+    fn labels(&self, partitions: &[SourcePartition]) -> Vec<String> {
+        partitions.iter().map(|&p| self.topics.label(p)).collect()
     }
 
     /// Where `start_from` begins each of `partitions` (which no table knows).
     fn starts(
         &self,
         consumer: &BaseConsumer<Self>,
-        partitions: &[i32],
-    ) -> Result<BTreeMap<i32, Offset>, SourceError> {
+        partitions: &[SourcePartition],
+    ) -> Result<BTreeMap<SourcePartition, Offset>, SourceError> {
         let every = |offset: Offset| partitions.iter().map(|&p| (p, offset)).collect();
         Ok(match &self.start_from {
             StartFrom::Earliest => every(Offset::Beginning),
             StartFrom::Latest => every(Offset::End),
             StartFrom::Offsets(offsets) => partitions
                 .iter()
-                .map(|&p| match offsets.get(&p) {
+                .map(|&p| match offsets.get(&p.partition) {
                     Some(&offset) => Ok((p, Offset::Offset(self.held_start(consumer, p, offset)?))),
                     None => Ok((p, Offset::Beginning)),
                 })
@@ -302,24 +311,27 @@ impl WeirContext {
             StartFrom::Timestamp(ms) => {
                 let mut asked = TopicPartitionList::new();
                 for &p in partitions {
-                    let added = asked.add_partition_offset(&self.topic, p, Offset::Offset(*ms));
+                    let topic = self.topics.name(p.topic);
+                    let added = asked.add_partition_offset(topic, p.partition, Offset::Offset(*ms));
                     added.map_err(SourceError::Fatal)?;
                 }
                 let found = consumer
                     .offsets_for_times(asked, WATERMARKS_TIMEOUT)
                     .map_err(|e| SourceError::Resume {
-                        partitions: partitions.to_vec(),
+                        partitions: self.labels(partitions),
                         reason: format!(
                             "asking the broker for the offsets at start_from's time: {e}"
                         ),
                     })?;
-                let starts = found
-                    .elements_for_topic(&self.topic)
+                let starts: BTreeMap<SourcePartition, Offset> = found
+                    .elements()
                     .iter()
-                    .map(|e| (e.partition(), e.offset()))
+                    .filter_map(|e| {
+                        Some((self.topics.partition(e.topic(), e.partition())?, e.offset()))
+                    })
                     .collect();
                 info!(
-                    ?starts,
+                    starts = ?self.topics.labelled(&starts),
                     "partitions no table knows start at start_from's time"
                 );
                 starts
@@ -331,12 +343,13 @@ impl WeirContext {
     fn watermarks(
         &self,
         consumer: &BaseConsumer<Self>,
-        partition: i32,
+        partition: SourcePartition,
     ) -> Result<(i64, i64), SourceError> {
+        let topic = self.topics.name(partition.topic);
         consumer
-            .fetch_watermarks(&self.topic, partition, WATERMARKS_TIMEOUT)
+            .fetch_watermarks(topic, partition.partition, WATERMARKS_TIMEOUT)
             .map_err(|e| SourceError::Resume {
-                partitions: vec![partition],
+                partitions: self.labels(&[partition]),
                 reason: format!("asking the broker for the partition's offsets: {e}"),
             })
     }
@@ -346,7 +359,7 @@ impl WeirContext {
     fn held_start(
         &self,
         consumer: &BaseConsumer<Self>,
-        partition: i32,
+        partition: SourcePartition,
         offset: i64,
     ) -> Result<i64, SourceError> {
         let (log_start, high_watermark) = self.watermarks(consumer, partition)?;
@@ -356,8 +369,9 @@ impl WeirContext {
                 file: self.job_file.clone(),
                 key: "source.start_from".into(),
                 expected: format!(
-                    "an offset the broker holds for partition {partition} \
-                     ({log_start} to {high_watermark})"
+                    "an offset the broker holds for partition {} \
+                     ({log_start} to {high_watermark})",
+                    partition.partition
                 ),
                 found: format!("{offset}"),
             })),
@@ -373,7 +387,7 @@ impl WeirContext {
     fn held(
         &self,
         consumer: &BaseConsumer<Self>,
-        partition: i32,
+        partition: SourcePartition,
         recorded: i64,
     ) -> Result<i64, SourceError> {
         let (log_start, high_watermark) = self.watermarks(consumer, partition)?;
@@ -382,19 +396,20 @@ impl WeirContext {
             Some(Gap::Deleted { log_start }) if self.on_data_loss == OnDataLoss::Skip => {
                 let skipped = log_start - recorded;
                 warn!(
-                    topic = self.topic,
-                    partition,
+                    topic = self.topics.name(partition.topic),
+                    partition = partition.partition,
                     recorded,
                     log_start,
                     skipped,
                     "the broker deleted messages before weir read them; going on from the oldest left (source.on_data_loss = skip)"
                 );
-                self.metrics.skipped_offsets(partition, skipped as u64);
+                self.metrics
+                    .skipped_offsets(&self.topics.label(partition), skipped as u64);
                 Ok(log_start)
             }
             Some(gap) => Err(SourceError::PositionGone {
-                topic: self.topic.clone(),
-                partition,
+                topic: self.topics.name(partition.topic).to_owned(),
+                partition: partition.partition,
                 recorded,
                 gap,
             }),
@@ -406,16 +421,19 @@ impl WeirContext {
     /// position the broker no longer holds goes where [`Self::held`] says.
     fn out_of_range(&self, consumer: &BaseConsumer<Self>) -> Result<(), SourceError> {
         let positions = consumer.position().map_err(SourceError::Fatal)?;
-        for element in positions.elements_for_topic(&self.topic) {
+        for element in positions.elements() {
             let Offset::Offset(position) = element.offset() else {
                 continue;
             };
-            let partition = element.partition();
+            let Some(partition) = self.topics.partition(element.topic(), element.partition())
+            else {
+                continue;
+            };
             let resumed = self.held(consumer, partition, position)?;
             if resumed != position {
                 let seek = consumer.seek(
-                    &self.topic,
-                    partition,
+                    element.topic(),
+                    element.partition(),
                     Offset::Offset(resumed),
                     WATERMARKS_TIMEOUT,
                 );
@@ -426,8 +444,16 @@ impl WeirContext {
     }
 }
 
+/// The partitions of the job's topics in `tpl`.
+fn partitions_of(topics: &Topics, tpl: &TopicPartitionList) -> Vec<SourcePartition> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| topics.partition(e.topic(), e.partition()))
+        .collect()
+}
+
 /// Per assigned partition, the number of the assignment it belongs to.
-pub type Generations = BTreeMap<i32, u64>;
+pub type Generations = BTreeMap<SourcePartition, u64>;
 
 /// A micro-batch with the assignment numbers of its partitions when it was cut.
 #[derive(Debug)]
@@ -438,12 +464,12 @@ pub struct Polled {
     /// never delivers (the markers that end transactions, aborted records)
     /// with nothing after them: the tables' positions must move there too,
     /// or they stay short of the high watermark and show lag for good.
-    pub progress: BTreeMap<i32, i64>,
+    pub progress: Offsets,
 }
 
 impl Polled {
     /// Per partition, the next offset once this is committed.
-    pub fn next_offsets(&self) -> BTreeMap<i32, i64> {
+    pub fn next_offsets(&self) -> Offsets {
         let mut next = self.batch.next_offsets();
         for (&p, &position) in &self.progress {
             let e = next.entry(p).or_insert(position);
@@ -453,7 +479,7 @@ impl Polled {
     }
 
     /// Per partition, the first offset this covers.
-    pub fn first_offsets(&self) -> BTreeMap<i32, i64> {
+    pub fn first_offsets(&self) -> Offsets {
         let mut first = self.progress.clone();
         first.extend(self.batch.first_offsets());
         first
@@ -483,8 +509,8 @@ impl Polled {
     /// Drops the messages and progress of its partitions that were revoked
     /// (or revoked and assigned again) since it was polled, going by the
     /// assignment now (`current`); returns those partitions.
-    pub fn drop_moved(&mut self, current: &Generations) -> Vec<i32> {
-        let moved: Vec<i32> = self
+    pub fn drop_moved(&mut self, current: &Generations) -> Vec<SourcePartition> {
+        let moved: Vec<SourcePartition> = self
             .next_offsets()
             .into_keys()
             .filter(|p| current.get(p) != self.generations.get(p))
@@ -503,7 +529,7 @@ type Queued = Result<Polled, SourceError>;
 /// batches: its assignment and the group offset commits.
 pub struct KafkaSource {
     consumer: Arc<BaseConsumer<WeirContext>>,
-    topic: String,
+    topics: Topics,
 }
 
 /// The micro-batches the poll thread cuts, from its bounded queue.
@@ -552,7 +578,7 @@ impl KafkaSource {
             config.set(key, value);
         }
         let context = WeirContext {
-            topic: job.source.topic.clone(),
+            topics: job.source.topics.clone(),
             resolver,
             revoked: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
@@ -570,17 +596,24 @@ impl KafkaSource {
                     brokers: bootstrap.to_owned(),
                     source,
                 })?;
+        let topics: Vec<&str> = job
+            .source
+            .topics
+            .names()
+            .iter()
+            .map(String::as_str)
+            .collect();
         consumer
-            .subscribe(&[&job.source.topic])
+            .subscribe(&topics)
             .map_err(|source| SourceError::Subscribe {
-                topic: job.source.topic.clone(),
+                topics: job.source.topics.clone(),
                 source,
             })?;
         let consumer = Arc::new(consumer);
         let (tx, queue) = mpsc::channel(QUEUE_BATCHES);
         let poller = Poller {
             consumer: consumer.clone(),
-            topic: job.source.topic.clone(),
+            topics: job.source.topics.clone(),
             kept: job.contract.kafka,
             batching: job.batching,
             cap: cap.clone(),
@@ -601,7 +634,7 @@ impl KafkaSource {
         };
         let source = Self {
             consumer,
-            topic: job.source.topic.clone(),
+            topics: job.source.topics.clone(),
         };
         Ok((source, batches))
     }
@@ -614,12 +647,12 @@ impl KafkaSource {
 
     /// Records progress in the consumer group, for lag monitoring only:
     /// correctness never depends on it (the Delta txn versions do).
-    pub fn commit_offsets(&self, next_offsets: &BTreeMap<i32, i64>) {
+    pub fn commit_offsets(&self, next_offsets: &Offsets) {
         let mut tpl = TopicPartitionList::new();
-        for (&partition, &offset) in next_offsets {
-            if let Err(e) = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
-            {
-                warn!(partition, error = %e, "cannot build the offset commit");
+        for (&p, &offset) in next_offsets {
+            let topic = self.topics.name(p.topic);
+            if let Err(e) = tpl.add_partition_offset(topic, p.partition, Offset::Offset(offset)) {
+                warn!(partition = self.topics.label(p), error = %e, "cannot build the offset commit");
                 return;
             }
         }
@@ -646,7 +679,7 @@ impl Batches {
             if !moved.is_empty() {
                 info!(
                     dropped = before - polled.batch.len(),
-                    ?moved,
+                    moved = ?moved.iter().map(|&p| polled.batch.topics.label(p)).collect::<Vec<_>>(),
                     "dropped queued messages of partitions reassigned since; their owner re-reads them"
                 );
             }
@@ -680,33 +713,42 @@ pub fn client_config(bootstrap: &str, properties: &[(String, String)]) -> Client
     config
 }
 
-/// Per partition of `topic` (those in `partitions`, or all the broker
+/// Per partition of `topics` (those in `partitions`, or all the broker
 /// lists), the offset after its newest message (its high watermark), asked
 /// of `bootstrap` as the job's consumer would (with its `properties`).
 pub fn high_watermarks(
     bootstrap: &str,
     properties: &[(String, String)],
-    topic: &str,
-    partitions: Option<&[i32]>,
+    topics: &Topics,
+    partitions: Option<&[SourcePartition]>,
     timeout: Duration,
-) -> Result<BTreeMap<i32, i64>, KafkaError> {
-    let consumer: BaseConsumer = client_config(bootstrap, properties).create()?;
-    let listed: Vec<i32>;
+) -> Result<Offsets, (String, KafkaError)> {
+    let consumer: BaseConsumer = client_config(bootstrap, properties)
+        .create()
+        .map_err(|e| (topics.to_string(), e))?;
+    let mut listed = Vec::new();
     let partitions = match partitions {
         Some(partitions) => partitions,
         None => {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-            listed = metadata
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
+            for (topic, name) in topics.iter() {
+                let metadata = consumer
+                    .fetch_metadata(Some(name), timeout)
+                    .map_err(|e| (name.to_owned(), e))?;
+                let ids = metadata.topics().iter().flat_map(|t| t.partitions());
+                listed.extend(ids.map(|p| SourcePartition {
+                    topic,
+                    partition: p.id(),
+                }));
+            }
             &listed
         }
     };
     let mut out = BTreeMap::new();
     for &p in partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let name = topics.name(p.topic);
+        let (_, high) = consumer
+            .fetch_watermarks(name, p.partition, timeout)
+            .map_err(|e| (name.to_owned(), e))?;
         out.insert(p, high);
     }
     Ok(out)
@@ -716,7 +758,7 @@ pub fn high_watermarks(
 /// partitions while the queue is full.
 struct Poller {
     consumer: Arc<BaseConsumer<WeirContext>>,
-    topic: String,
+    topics: Topics,
     /// What of each record besides its value the job stores.
     kept: KafkaColumns,
     batching: Batching,
@@ -725,9 +767,9 @@ struct Poller {
     metrics: JobMetrics,
     paused: bool,
     /// Per partition, the offset after the newest message polled.
-    delivered: BTreeMap<i32, i64>,
+    delivered: Offsets,
     /// Per partition, the position last reported as progress.
-    reported: BTreeMap<i32, i64>,
+    reported: Offsets,
     /// When the last batch was cut: the next is cut `batching.interval`
     /// later at the earliest, unless it fills first.
     last_cut: Option<Instant>,
@@ -752,7 +794,7 @@ impl Poller {
                     };
                     Polled {
                         batch: MicroBatch {
-                            topic: self.topic.clone(),
+                            topics: self.topics.clone(),
                             messages,
                         },
                         generations,
@@ -951,14 +993,14 @@ impl Poller {
     /// message polled from it, once per position. Everything below a
     /// position was delivered (and queued ahead of this report) or stepped
     /// over by librdkafka; the commit moves only tables that are behind it.
-    fn stepped_over(&mut self) -> BTreeMap<i32, i64> {
+    fn stepped_over(&mut self) -> Offsets {
         let Ok(positions) = self.consumer.position() else {
             return BTreeMap::new();
         };
         let mut progress = BTreeMap::new();
-        for element in positions.elements_for_topic(&self.topic) {
-            let (partition, Offset::Offset(position)) = (element.partition(), element.offset())
-            else {
+        for element in positions.elements() {
+            let partition = self.topics.partition(element.topic(), element.partition());
+            let (Some(partition), Offset::Offset(position)) = (partition, element.offset()) else {
                 continue;
             };
             let past = self.delivered.get(&partition) != Some(&position);
@@ -995,10 +1037,14 @@ impl Poller {
     ) -> Result<Option<Message>, SourceError> {
         let consumer = Arc::clone(&self.consumer);
         let polled = match consumer.poll(timeout) {
-            Some(Ok(m)) => {
-                self.delivered.insert(m.partition(), m.offset() + 1);
-                Some(to_message(&m, self.kept))
-            }
+            Some(Ok(m)) => match self.topics.partition(m.topic(), m.partition()) {
+                Some(partition) => {
+                    self.delivered.insert(partition, m.offset() + 1);
+                    Some(to_message(partition, &m, self.kept))
+                }
+                // The consumer subscribes to the job's topics only.
+                None => None,
+            },
             Some(Err(e)) => {
                 self.on_error(e)?;
                 None
@@ -1013,7 +1059,7 @@ impl Poller {
                 if before != messages.len() {
                     info!(
                         dropped = before - messages.len(),
-                        ?revoked,
+                        revoked = ?revoked.iter().map(|&p| self.topics.label(p)).collect::<Vec<_>>(),
                         "dropped uncommitted messages of revoked partitions; their new owner re-reads them"
                     );
                 }
@@ -1042,14 +1088,14 @@ fn payload_bytes(messages: &[Message]) -> usize {
 }
 
 /// The record as weir keeps it; its key and headers only when the job stores them.
-fn to_message(m: &BorrowedMessage<'_>, kept: KafkaColumns) -> Message {
+fn to_message(partition: SourcePartition, m: &BorrowedMessage<'_>, kept: KafkaColumns) -> Message {
     let headers = |h: &BorrowedHeaders| {
         h.iter()
             .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
             .collect()
     };
     Message {
-        partition: m.partition(),
+        partition,
         offset: m.offset(),
         kafka_ts: m.timestamp().to_millis(),
         payload: m.payload().map(<[u8]>::to_vec),
@@ -1068,18 +1114,20 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::{Gap, Message, MicroBatch, Polled};
+    use crate::config::{SourcePartition, Topics};
 
     #[test]
     fn probes_leave_the_batch_and_move_its_positions_past_them() {
+        let p = SourcePartition::first;
         let msg = |partition, offset, probe| Message {
-            partition,
+            partition: p(partition),
             offset,
             probe,
             ..Message::default()
         };
         let mut polled = Polled {
             batch: MicroBatch {
-                topic: "t".into(),
+                topics: Topics::single("t"),
                 messages: vec![msg(0, 4, false), msg(0, 5, true), msg(1, 8, true)],
             },
             generations: BTreeMap::new(),
@@ -1088,8 +1136,14 @@ mod tests {
         assert_eq!(polled.strip_probes(), 2);
         assert_eq!(polled.batch.messages, vec![msg(0, 4, false)]);
         // Partition 1 had only a probe: the commit still moves it past it.
-        assert_eq!(polled.next_offsets(), BTreeMap::from([(0, 6), (1, 9)]));
-        assert_eq!(polled.first_offsets(), BTreeMap::from([(0, 4), (1, 9)]));
+        assert_eq!(
+            polled.next_offsets(),
+            BTreeMap::from([(p(0), 6), (p(1), 9)])
+        );
+        assert_eq!(
+            polled.first_offsets(),
+            BTreeMap::from([(p(0), 4), (p(1), 9)])
+        );
     }
 
     #[test]

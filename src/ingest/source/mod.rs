@@ -9,11 +9,14 @@ pub mod registry;
 
 use std::collections::BTreeMap;
 
+pub use crate::config::Offsets;
+use crate::config::{SourcePartition, Topics};
+
 /// One Kafka record as weir keeps it: enough to decode it, to locate it again,
 /// and to put it in the DLQ untouched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
-    pub partition: i32,
+    pub partition: SourcePartition,
     pub offset: i64,
     /// The record's Kafka timestamp in epoch milliseconds, when the broker gave one.
     pub kafka_ts: Option<i64>,
@@ -42,15 +45,23 @@ impl Message {
     }
 }
 
-/// The unit of work of one trigger: messages from one topic, in offset order
-/// within each partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The unit of work of one trigger: messages of the job's topics, in offset
+/// order within each partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MicroBatch {
-    pub topic: String,
+    /// What the messages' [`SourcePartition`]s index.
+    pub topics: Topics,
     pub messages: Vec<Message>,
 }
 
 impl MicroBatch {
+    pub fn new(topics: Topics) -> Self {
+        Self {
+            topics,
+            messages: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.messages.len()
     }
@@ -61,7 +72,7 @@ impl MicroBatch {
 
     /// Per partition, the offset to read next once this batch is committed: the
     /// `version` of the Delta `txn` action for that partition.
-    pub fn next_offsets(&self) -> BTreeMap<i32, i64> {
+    pub fn next_offsets(&self) -> Offsets {
         let mut next = BTreeMap::new();
         for m in &self.messages {
             let e = next.entry(m.partition).or_insert(m.offset + 1);
@@ -71,7 +82,7 @@ impl MicroBatch {
     }
 
     /// Per partition, the lowest offset in this batch.
-    pub fn first_offsets(&self) -> BTreeMap<i32, i64> {
+    pub fn first_offsets(&self) -> Offsets {
         let mut first = BTreeMap::new();
         for m in &self.messages {
             let e = first.entry(m.partition).or_insert(m.offset);
@@ -87,7 +98,7 @@ mod tests {
 
     fn msg(partition: i32, offset: i64) -> Message {
         Message {
-            partition,
+            partition: SourcePartition::first(partition),
             offset,
             ..Message::default()
         }
@@ -96,10 +107,17 @@ mod tests {
     #[test]
     fn offsets_per_partition() {
         let batch = MicroBatch {
-            topic: "t".into(),
+            topics: Topics::single("t"),
             messages: vec![msg(0, 5), msg(1, 9), msg(0, 6), msg(1, 10), msg(0, 7)],
         };
-        assert_eq!(batch.next_offsets(), BTreeMap::from([(0, 8), (1, 11)]));
-        assert_eq!(batch.first_offsets(), BTreeMap::from([(0, 5), (1, 9)]));
+        let p = SourcePartition::first;
+        assert_eq!(
+            batch.next_offsets(),
+            BTreeMap::from([(p(0), 8), (p(1), 11)])
+        );
+        assert_eq!(
+            batch.first_offsets(),
+            BTreeMap::from([(p(0), 5), (p(1), 9)])
+        );
     }
 }

@@ -74,7 +74,7 @@ fn events(job: &Job, rows: &[(i64, &str, &str, Option<f64>)]) -> RecordBatch {
                 base + s * 1000
             );
             Message {
-                partition: 0,
+                partition: crate::config::SourcePartition::first(0),
                 offset: i as i64,
                 kafka_ts: None,
                 payload: Some(json.into_bytes()),

@@ -1,5 +1,9 @@
 use super::*;
-use crate::config::{Job, Overrides};
+use crate::config::{Job, Overrides, SourcePartition, Topics};
+
+const fn p(partition: i32) -> SourcePartition {
+    SourcePartition::first(partition)
+}
 use arrow::array::{
     Array, ArrayRef, BinaryArray, Date32Array, Float64Array, Int32Array, Int64Array,
 };
@@ -58,14 +62,14 @@ fn offsets(batch: &RecordBatch) -> Vec<i64> {
     batch
         .column_by_name(OFFSET)
         .unwrap()
-        .as_primitive::<Int64Type>()
+        .as_primitive::<arrow::datatypes::Int64Type>()
         .values()
         .to_vec()
 }
 
 #[test]
 fn follows_the_slowest_active_partition_minus_the_lateness() {
-    let mut w = Watermark::new(&job().contract, policy(10, 30));
+    let mut w = Watermark::new(&job().contract, policy(10, 30), Topics::single("t"));
     let now = Instant::now();
     assert_eq!(w.current_us(), None);
     w.advance(&events(&[(0, 0, 100), (1, 0, 50), (0, 1, 120)]), now)
@@ -80,7 +84,7 @@ fn follows_the_slowest_active_partition_minus_the_lateness() {
 
 #[test]
 fn an_idle_partition_stops_holding_the_watermark_back() {
-    let mut w = Watermark::new(&job().contract, policy(0, 30));
+    let mut w = Watermark::new(&job().contract, policy(0, 30), Topics::single("t"));
     let start = Instant::now();
     w.advance(&events(&[(0, 0, 100), (1, 0, 10)]), start)
         .unwrap();
@@ -96,9 +100,9 @@ fn an_idle_partition_stops_holding_the_watermark_back() {
 
 #[test]
 fn an_assigned_partition_holds_the_watermark_until_it_delivers_or_idles() {
-    let mut w = Watermark::new(&job().contract, policy(0, 30));
+    let mut w = Watermark::new(&job().contract, policy(0, 30), Topics::single("t"));
     let start = Instant::now();
-    w.assign(&[0, 1], start);
+    w.assign(&[p(0), p(1)], start);
     // A backlog: partition 0 delivers days of events first.
     w.advance(&events(&[(0, 0, 100), (0, 1, 5000)]), start)
         .unwrap();
@@ -106,19 +110,19 @@ fn an_assigned_partition_holds_the_watermark_until_it_delivers_or_idles() {
     w.advance(&events(&[(1, 0, 50)]), start).unwrap();
     assert_eq!(w.current_us(), Some(50 * SECOND));
     // A partition that stays empty stops holding once the idle timeout passes.
-    let mut w = Watermark::new(&job().contract, policy(0, 30));
-    w.assign(&[0, 1], start);
+    let mut w = Watermark::new(&job().contract, policy(0, 30), Topics::single("t"));
+    w.assign(&[p(0), p(1)], start);
     w.advance(&events(&[(0, 0, 100)]), start + Duration::from_secs(31))
         .unwrap();
     assert_eq!(w.current_us(), Some(100 * SECOND));
     // Revoked partitions stop counting.
-    w.assign(&[1], start + Duration::from_secs(31));
+    w.assign(&[p(1)], start + Duration::from_secs(31));
     assert_eq!(w.current_us(), Some(100 * SECOND), "never moves back");
 }
 
 #[test]
 fn events_behind_the_watermark_are_late_with_a_reason() {
-    let mut w = Watermark::new(&job().contract, policy(10, 30));
+    let mut w = Watermark::new(&job().contract, policy(10, 30), Topics::single("t"));
     let first = w
         .split(
             &events(&[(0, 0, 100), (0, 1, 1)]),
@@ -165,12 +169,12 @@ fn events_behind_the_watermark_are_late_with_a_reason() {
 
 #[test]
 fn settled_events_keep_their_stored_fate_whatever_the_watermark() {
-    let mut w = Watermark::new(&job().contract, policy(0, 30));
+    let mut w = Watermark::new(&job().contract, policy(0, 30), Topics::single("t"));
     w.advance(&events(&[(0, 0, 100)]), Instant::now()).unwrap();
     // Offsets below 10 on partition 0 are settled: 3 is in raw, 4 is not.
     let settled = Settled {
-        below: BTreeMap::from([(0, 10)]),
-        on_time: HashSet::from([(0, 3)]),
+        below: BTreeMap::from([(p(0), 10)]),
+        on_time: HashSet::from([(p(0), 3)]),
     };
     let split = w
         .split(
@@ -199,7 +203,7 @@ fn settled_events_keep_their_stored_fate_whatever_the_watermark() {
 
 fn newest(partition: i32, event_s: i64, sent_s: Option<i64>) -> Newest {
     Newest {
-        partition,
+        partition: p(partition),
         event_us: event_s * SECOND,
         sent_us: sent_s.map(|s| s * SECOND),
     }
@@ -207,7 +211,7 @@ fn newest(partition: i32, event_s: i64, sent_s: Option<i64>) -> Newest {
 
 #[test]
 fn restore_counts_every_partition_that_was_active_as_active() {
-    let mut w = Watermark::new(&job().contract, policy(5, 30));
+    let mut w = Watermark::new(&job().contract, policy(5, 30), Topics::single("t"));
     // Partition 1 sent its newest 20 s before partition 0: within the idle timeout.
     let idle = w.restore(
         &[newest(0, 100, Some(1000)), newest(1, 40, Some(980))],
@@ -216,7 +220,7 @@ fn restore_counts_every_partition_that_was_active_as_active() {
     );
     assert!(idle.is_empty());
     assert_eq!(w.current_us(), Some(35 * SECOND));
-    assert_eq!(w.holder(), Some(1));
+    assert_eq!(w.holder(), Some(p(1)));
 }
 
 /// A partition that had stopped receiving events long before the job
@@ -224,20 +228,20 @@ fn restore_counts_every_partition_that_was_active_as_active() {
 /// aged, windows never folded, reprocess refused recent days).
 #[test]
 fn restore_leaves_out_a_partition_that_was_idle_when_the_job_stopped() {
-    let mut w = Watermark::new(&job().contract, policy(5, 30));
+    let mut w = Watermark::new(&job().contract, policy(5, 30), Topics::single("t"));
     let rows = [
         newest(0, 100, Some(1000)),
         newest(1, 40, Some(500)),
         newest(2, 90, None),
     ];
     let idle = w.restore(&rows, Instant::now(), &[]);
-    assert_eq!(idle, vec![1]);
+    assert_eq!(idle, vec![p(1)]);
     assert_eq!(
         w.current_us(),
         Some(85 * SECOND),
         "partition 2 (no Kafka time) counts"
     );
-    assert_eq!(w.holder(), Some(2));
+    assert_eq!(w.holder(), Some(p(2)));
 }
 
 /// A partition whose newest stored message is old because it fell behind
@@ -245,10 +249,10 @@ fn restore_leaves_out_a_partition_that_was_idle_when_the_job_stopped() {
 /// restored watermark: its backlog is on time when it is read.
 #[test]
 fn restore_keeps_a_partition_with_unread_messages_although_its_stored_ones_are_old() {
-    let mut w = Watermark::new(&job().contract, policy(5, 30));
+    let mut w = Watermark::new(&job().contract, policy(5, 30), Topics::single("t"));
     let rows = [newest(0, 100, Some(1000)), newest(1, 40, Some(500))];
-    let idle = w.restore(&rows, Instant::now(), &[1]);
+    let idle = w.restore(&rows, Instant::now(), &[p(1)]);
     assert!(idle.is_empty());
     assert_eq!(w.current_us(), Some(35 * SECOND));
-    assert_eq!(w.holder(), Some(1));
+    assert_eq!(w.holder(), Some(p(1)));
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, ListArray, RecordBatch};
 use arrow::compute::{cast, concat_batches, filter_record_batch};
-use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{NaiveDate, Utc};
@@ -54,11 +54,11 @@ use futures::StreamExt;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::config::{Job, JobError, Tier};
+use crate::config::{Job, JobError, Tier, Topics};
 use crate::fault::{FaultError, Faults};
 use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{
-    Decoder, EVENT_DATE, HEADERS, KAFKA_TS, KEY, OFFSET, PARTITION, PAYLOAD, utc_micros,
+    Decoder, EVENT_DATE, HEADERS, KAFKA_TS, KEY, OFFSET, PARTITION, PAYLOAD, positions, utc_micros,
 };
 use crate::ingest::dedup::{Dedup, Seed};
 use crate::ingest::lookup::{LookupError, Lookups};
@@ -304,8 +304,7 @@ pub async fn check_closed(
 ) -> Result<(), ReprocessError> {
     let slack = targets.iter().map(|t| t.slack).max().unwrap_or_default();
     let needed = range.end_us() + slack.as_micros() as i64;
-    let (watermark, _) =
-        Watermark::restored(&job.contract, job.watermark, &mut Tiered::new(job), &[]).await?;
+    let (watermark, _) = Watermark::restored(job, &mut Tiered::new(job), &[]).await?;
     let watermark = watermark.current_us();
     if watermark.is_some_and(|w| w >= needed) {
         return Ok(());
@@ -476,7 +475,7 @@ async fn rebuild_day(
         let schemas = writer_schemas(registry.as_ref(), &batch, &job.name).await?;
         let events = restore_events(
             &decoder,
-            &job.source.topic,
+            &job.source.topics,
             &batch,
             &schemas,
             &mut rebuilt.stats,
@@ -549,7 +548,7 @@ async fn seeded_dedup(
         until_us: Some(start),
         partitions: None,
     };
-    Ok(Dedup::restored(&job.contract, job.dedup_horizon, tables, seed).await?)
+    Ok(Dedup::restored(job, tables, seed).await?)
 }
 
 /// The writer schemas that `rows`' payloads name. Reprocessing does not
@@ -617,7 +616,7 @@ impl StoredRecordParts {
 /// columns.
 fn restore_events(
     decoder: &Decoder,
-    topic: &str,
+    topics: &Topics,
     rows: &RecordBatch,
     schemas: &WriterSchemas,
     stats: &mut Rebuild,
@@ -641,18 +640,15 @@ fn restore_events(
             .as_ref()
             .expect("some rows have one")
             .as_binary::<i32>();
-        let partitions = column(PARTITION, &DataType::Int32)?;
-        let partitions = partitions.as_primitive::<Int32Type>();
-        let offsets = column(OFFSET, &DataType::Int64)?;
-        let offsets = offsets.as_primitive::<Int64Type>();
+        let positions = positions(rows, topics)?;
         let kafka_ts = column(KAFKA_TS, &utc_micros())?;
         let kafka_ts = kafka_ts.as_primitive::<TimestampMicrosecondType>();
         let stored = StoredRecordParts::of(rows)?;
         let messages = (0..rows.num_rows())
             .filter(|&i| has_payload.value(i))
             .map(|i| Message {
-                partition: partitions.value(i),
-                offset: offsets.value(i),
+                partition: positions[i].0,
+                offset: positions[i].1,
                 kafka_ts: kafka_ts.is_valid(i).then(|| kafka_ts.value(i) / 1000),
                 payload: Some(payloads.value(i).to_vec()),
                 key: stored.key(i),
@@ -661,7 +657,7 @@ fn restore_events(
             })
             .collect();
         let batch = MicroBatch {
-            topic: topic.to_owned(),
+            topics: topics.clone(),
             messages,
         };
         let decoded = decoder.decode_as_ingested(&batch, schemas, Utc::now())?;
