@@ -213,6 +213,60 @@ def test_confluent_serializer_evolution_and_refusals(broker, registry, tmp_path)
     assert "schema ID 999 refused: 1 messages" in status, status
 
 
+def test_a_contract_taken_from_the_registry_subject(broker, registry, tmp_path):
+    """A job that leaves `schema.fields` out takes them from its subject's
+    newest Avro schema when it starts: the record's flat fields become columns
+    (the nested `device` has no column type yet and is named in the log),
+    and Confluent-serialized v1 events land with their values. Once v2 (a
+    field added, price widened) is the newest, a restart adds `referrer` as
+    a column, null for the v1 rows."""
+    broker.create_topic("orders", 2)
+    data = tmp_path / "data"
+    job = avro_job(tmp_path, broker, "orders", data, registry)
+    job.write_text(re.sub(r"\nfields = \[.*?\n\]\n", "\n", job.read_text(), flags=re.S))
+    assert "fields" not in job.read_text().split("[schema]")[1].split("[dedup]")[0]
+    now_ms = int(time.time() * 1000)
+    v1 = [click(i, 1, now_ms) for i in range(300)]
+    send(broker, "orders", serialized(registry, CLICK_V1, "orders", v1))
+
+    def run_until(count, log):
+        with open(log, "w") as out:
+            proc = start_run(job, out)
+            wait_for_count(data, count, 120, proc)
+            assert stop_gracefully(proc) == 0, log.read_text()
+        return log.read_text()
+
+    logged = run_until(len(v1), tmp_path / "v1.log")
+    assert "device (record)" in logged and "orders-value" in logged, logged
+    con = duckdb_connection()
+    raw = table_path(data, "clickstream", "raw")
+    columns = dict(con.sql(f"SELECT column_name, column_type FROM "
+                           f"(DESCRIBE SELECT * FROM delta_scan('{raw}'))").fetchall())
+    assert {c: columns[c] for c in ("event_id", "user_id", "page", "action", "price")} == {
+        "event_id": "VARCHAR", "user_id": "VARCHAR", "page": "VARCHAR", "action": "VARCHAR",
+        "price": "DOUBLE"}, columns
+    assert "device" not in columns and "referrer" not in columns, columns
+
+    def stored():
+        return sorted(con.sql(f"SELECT event_id, epoch_ms(ts), user_id, page, action, country, "
+                              f"price, {'referrer' if 'referrer' in columns else 'NULL'} "
+                              f"FROM delta_scan('{raw}')").fetchall())
+
+    want = sorted((e["event_id"], e["ts"], e["user_id"], e["page"], e["action"], e["country"],
+                   e["price"], e.get("referrer")) for e in v1)
+    assert stored() == want
+
+    v2 = [click(i, 2, now_ms) for i in range(200)]
+    send(broker, "orders", serialized(registry, CLICK_V2, "orders", v2))
+    run_until(len(v1) + len(v2), tmp_path / "v2.log")
+    columns = dict(con.sql(f"SELECT column_name, column_type FROM "
+                           f"(DESCRIBE SELECT * FROM delta_scan('{raw}'))").fetchall())
+    assert columns.get("referrer") == "VARCHAR", columns
+    want = sorted((e["event_id"], e["ts"], e["user_id"], e["page"], e["action"], e["country"],
+                   e["price"], e.get("referrer")) for e in v1 + v2)
+    assert stored() == want
+
+
 def metric(port, name) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     values = [float(line.split()[-1]) for line in text.splitlines()

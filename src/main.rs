@@ -20,6 +20,7 @@ use weir::config::{Brokers, Choice, Format as SourceFormat, Job, JobError, Overr
 use weir::fault::Faults;
 use weir::ingest::source::framing::Framing;
 use weir::ingest::source::generator::{self, Generator, Limits, Mix};
+use weir::ingest::source::registry::Subjects;
 use weir::telemetry::LogFormat;
 use weir::upkeep::maintain;
 use weir::upkeep::reprocess;
@@ -441,7 +442,7 @@ async fn cli_main() -> ExitCode {
 /// Loads `path`, or the built-in example job when there is none.
 fn load_job(path: Option<&Path>, overrides: &Overrides) -> Result<Job, JobError> {
     match path {
-        Some(path) => Job::load(path, overrides),
+        Some(path) => Job::load_with(path, overrides, &Subjects),
         None => Job::parse(
             DEFAULT_JOB,
             Path::new("jobs/clickstream.toml (built in)"),
@@ -504,7 +505,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut jobs: Vec<Job> = Vec::new();
     for file in &files {
-        let job = Job::load(file, &args.job_args.overrides())?;
+        let job = Job::load_with(file, &args.job_args.overrides(), &Subjects)?;
         if let Brokers::Embedded = job.source.brokers {
             bail!(Usage(format!(
                 "{}: source.brokers is \"embedded\"; `weir run` needs a real broker. \
@@ -573,7 +574,7 @@ async fn query_command(args: QueryArgs) -> anyhow::Result<()> {
         data: args.data,
         ..Overrides::default()
     };
-    let job = Job::load(&args.job, &overrides)?;
+    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
     let (schema, batches) = query::run(&job, &args.sql).await.map_err(|e| {
         if let (true, query::QueryError::Sql(sql)) = (e.is_usage(), &e) {
             anyhow::Error::new(Usage(sql.find_root().to_string()))
@@ -590,7 +591,7 @@ async fn maintain_command(args: MaintainArgs) -> anyhow::Result<()> {
         data: args.data,
         ..Overrides::default()
     };
-    let job = Job::load(&args.job, &overrides)?;
+    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
     let faults = faults_from_env()?;
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
@@ -617,7 +618,7 @@ async fn range_request(
         data: args.data.clone(),
         ..Overrides::default()
     };
-    let job = Job::load(&args.job, &overrides)?;
+    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
     let range = reprocess::DateRange::new(args.from, args.to).map_err(reprocess_failure)?;
     let targets = reprocess::targets(&job, &args.outputs)
         .await
@@ -680,7 +681,7 @@ async fn verify_command(args: VerifyArgs) -> anyhow::Result<()> {
 
 async fn status_command(args: StatusArgs) -> anyhow::Result<()> {
     let job = match &args.job {
-        Some(path) => Some(Job::load(path, &args.job_args.overrides())?),
+        Some(path) => Some(Job::load_with(path, &args.job_args.overrides(), &Subjects)?),
         None => None,
     };
     match (args.from, job) {
@@ -744,7 +745,7 @@ async fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
         brokers: args.sweep.brokers.clone(),
         ..Overrides::default()
     };
-    let job = Job::load(&args.job, &overrides)?;
+    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
     let rate = match (args.rate, &job.source.brokers) {
         (Some(rate), _) => rate,
         (None, Brokers::Embedded) => bail!(Usage(
@@ -789,7 +790,7 @@ fn views_command(args: ViewsArgs) -> anyhow::Result<()> {
         data: args.data,
         ..Overrides::default()
     };
-    let job = Job::load(&args.job, &overrides)?;
+    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
     print!("{}", views::render(&job, args.dialect));
     Ok(())
 }

@@ -313,6 +313,15 @@ async fn run_once(
     let pipeline = Arc::new(Pipeline::start(&job, &bootstrap, faults, metrics.clone()).await?);
     metrics.set_health(Ok(()));
     info!(job = %job.name, brokers = %bootstrap, topics = %job.source.topics, "running");
+    if let Some(from) = &job.contract_from {
+        info!(
+            job = %job.name,
+            subject = %from.subject,
+            schema_id = from.schema_id,
+            left_out = ?from.left_out,
+            "the contract's fields come from the registry subject's latest schema; fields left out have no column type yet and stay in _payload"
+        );
+    }
     let _relay = {
         let (pipeline, stop) = (pipeline.clone(), stop.clone());
         AbortOnDrop::spawn(async move {

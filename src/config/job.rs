@@ -661,6 +661,9 @@ pub struct Job {
     pub probe_every: Option<Duration>,
     /// Dimension tables the outputs may join (`[[lookups]]`).
     pub lookups: Vec<Lookup>,
+    /// The registry subject `schema.fields` were taken from, when the spec
+    /// left them out.
+    pub contract_from: Option<FromRegistry>,
 }
 
 /// A dimension table read beside each trigger's events: `sql` outputs,

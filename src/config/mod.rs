@@ -17,6 +17,7 @@ mod choice;
 #[cfg(test)]
 pub(crate) mod fixture;
 mod job;
+mod registry_fields;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ mod validate;
 
 pub use choice::Choice;
 pub use job::*;
+pub use registry_fields::{FromRegistry, NoRegistry, SubjectSchema, SubjectSchemas};
 pub use topics::{MAX_TOPICS, Offsets, SourcePartition, TopicIndex, Topics};
 
 /// Why a job spec was refused. Every variant names the file.

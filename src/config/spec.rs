@@ -269,6 +269,8 @@ pub(super) struct SchemaSpec {
     pub(super) event_time_range: String,
     #[serde(default)]
     pub(super) payload: Payload,
+    /// Empty: taken from the registry subject (Avro only).
+    #[serde(default)]
     pub(super) fields: Vec<FieldSpec>,
     #[serde(default)]
     pub(super) derived: Vec<DerivedSpec>,

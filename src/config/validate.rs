@@ -14,15 +14,36 @@ use super::*;
 impl Job {
     /// Reads, parses and validates a job spec file, then applies the overrides.
     pub fn load(file: &Path, overrides: &Overrides) -> Result<Job, JobError> {
+        Self::load_with(file, overrides, &NoRegistry)
+    }
+
+    /// [`Job::load`] of a spec that may take its fields from a registry
+    /// subject, read through `subjects`.
+    pub fn load_with(
+        file: &Path,
+        overrides: &Overrides,
+        subjects: &dyn SubjectSchemas,
+    ) -> Result<Job, JobError> {
         let text = std::fs::read_to_string(file).map_err(|source| JobError::Read {
             file: file.to_owned(),
             source,
         })?;
-        Self::parse(&text, file, overrides)
+        Self::parse_with(&text, file, overrides, subjects)
     }
 
     /// Parses and validates spec text; `file` is only used to name errors.
     pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Job, JobError> {
+        Self::parse_with(text, file, overrides, &NoRegistry)
+    }
+
+    /// [`Job::parse`], reading a registry subject through `subjects` when
+    /// the spec leaves `schema.fields` out.
+    pub fn parse_with(
+        text: &str,
+        file: &Path,
+        overrides: &Overrides,
+        subjects: &dyn SubjectSchemas,
+    ) -> Result<Job, JobError> {
         let mut spec: JobSpec = toml::from_str(text).map_err(|e| JobError::Parse {
             file: file.to_owned(),
             source: Box::new(e),
@@ -38,10 +59,15 @@ impl Job {
             spec.source.topics = None;
         }
         let spec_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
-        Self::from_spec(spec, file, spec_hash)
+        Self::from_spec(spec, file, spec_hash, subjects)
     }
 
-    fn from_spec(spec: JobSpec, file: &Path, spec_hash: String) -> Result<Job, JobError> {
+    fn from_spec(
+        mut spec: JobSpec,
+        file: &Path,
+        spec_hash: String,
+        subjects: &dyn SubjectSchemas,
+    ) -> Result<Job, JobError> {
         let invalid = |key: &str, expected: &str, found: String| JobError::Invalid {
             file: file.to_owned(),
             key: key.to_owned(),
@@ -60,6 +86,10 @@ impl Job {
         let source = validate_source(spec.source, &spec.name, &invalid)?;
         // Rows say their partition only with their topic once there are several.
         kafka.topic |= source.topics.several();
+        let contract_from = match spec.schema.fields.is_empty() {
+            true => fields_from_registry(&mut spec.schema, &source, subjects, &invalid)?,
+            false => None,
+        };
         let contract = Contract {
             kafka,
             ..validate_schema(spec.schema, &invalid)?
@@ -148,8 +178,46 @@ impl Job {
             outputs,
             expectations,
             monitors,
+            contract_from,
         })
     }
+}
+
+/// Fills `schema.fields` from the registry subject of a job that reads Avro
+/// and left them out; `None` (and nothing filled) for any other job.
+fn fields_from_registry(
+    schema: &mut SchemaSpec,
+    source: &Source,
+    subjects: &dyn SubjectSchemas,
+    invalid: &Invalid,
+) -> Result<Option<FromRegistry>, JobError> {
+    let Format::Avro(registry) = &source.format else {
+        return Ok(None);
+    };
+    let subject = &registry.subject;
+    let refused = |why: String| {
+        invalid(
+            "schema.fields",
+            "fields, or an Avro record schema in the registry subject to take them from",
+            format!("none, and subject `{subject}`: {why}"),
+        )
+    };
+    let found = subjects.latest(registry).map_err(refused)?;
+    if found.schema_type != "AVRO" {
+        return Err(refused(format!(
+            "schema ID {} is {}",
+            found.id, found.schema_type
+        )));
+    }
+    let (fields, left_out) =
+        registry_fields::avro_fields(&found.schema, &schema.event_id, &schema.event_time)
+            .map_err(|why| refused(format!("schema ID {}: {why}", found.id)))?;
+    schema.fields = fields;
+    Ok(Some(FromRegistry {
+        subject: subject.clone(),
+        schema_id: found.id,
+        left_out,
+    }))
 }
 
 pub(super) fn validate_monitors(
@@ -592,7 +660,7 @@ pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Con
     if spec.fields.is_empty() {
         return Err(invalid(
             "schema.fields",
-            "at least one field",
+            "at least one field (a job reading Avro through a registry may leave them to its subject)",
             "none".into(),
         ));
     }

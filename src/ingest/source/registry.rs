@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::warn;
 use url::Url;
 
-use crate::config::{Format, Registry};
+use crate::config::{Format, Registry, SubjectSchema, SubjectSchemas};
 use crate::ingest::decode::Encoding;
 use crate::ingest::decode::framed::{WriterSchema, WriterSchemas, schema_id};
 use crate::metrics::JobMetrics;
@@ -57,6 +57,29 @@ struct SchemaById {
 #[derive(Deserialize)]
 struct Registered {
     id: u32,
+}
+
+#[derive(Deserialize)]
+struct SubjectVersion {
+    id: u32,
+    schema: String,
+    #[serde(rename = "schemaType")]
+    schema_type: Option<String>,
+}
+
+/// Reads registry subjects for [`Job::load_with`](crate::config::Job::load_with),
+/// which is synchronous: from a thread of a multi-threaded runtime (the CLI's),
+/// blocking it while the registry answers.
+pub struct Subjects;
+
+impl SubjectSchemas for Subjects {
+    fn latest(&self, registry: &Registry) -> Result<SubjectSchema, String> {
+        let client = SchemaRegistry::new(registry, Encoding::Avro).map_err(|e| e.to_string())?;
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| "no async runtime to ask the registry from".to_owned())?;
+        tokio::task::block_in_place(|| handle.block_on(client.latest(&registry.subject)))
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl SchemaRegistry {
@@ -206,6 +229,28 @@ impl SchemaRegistry {
         let registered: Registered =
             serde_json::from_str(&text).map_err(|e| refused(format!("{e}: {text}")))?;
         Ok(registered.id)
+    }
+
+    /// The newest version of `subject`'s schema.
+    pub async fn latest(&self, subject: &str) -> Result<SubjectSchema, RegistryError> {
+        let url = self.join(&format!("subjects/{subject}/versions/latest"))?;
+        let response = self
+            .authorized(self.http.get(url.clone()))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        if !status.is_success() {
+            return Err(self.unreachable(&format!("{status} for {url}: {text}")));
+        }
+        let found: SubjectVersion = serde_json::from_str(&text)
+            .map_err(|e| self.unreachable(&format!("unreadable answer for {url}: {e}")))?;
+        Ok(SubjectSchema {
+            id: found.id,
+            schema_type: found.schema_type.unwrap_or_else(|| "AVRO".into()),
+            schema: found.schema,
+        })
     }
 
     fn join(&self, path: &str) -> Result<Url, RegistryError> {
