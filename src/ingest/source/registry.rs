@@ -175,24 +175,13 @@ impl SchemaRegistry {
     /// that it is not Avro, gives a refusal (those messages go to the DLQ);
     /// anything else is unreachable and worth another try.
     async fn fetch(&self, id: u32) -> Result<WriterSchema, RegistryError> {
-        let url = self.join(&format!("schemas/ids/{id}"))?;
-        let response = self
-            .authorized(self.http.get(url.clone()))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let (url, status, body) = self.get(&format!("schemas/ids/{id}")).await?;
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(WriterSchema::Refused(
                 format!("schema ID {id} is not in the registry").into(),
             ));
         }
-        if !status.is_success() {
-            return Err(self.unreachable(&format!("{status} for {url}")));
-        }
-        let found: SchemaById = serde_json::from_slice(&body)
-            .map_err(|e| self.unreachable(&format!("unreadable answer for {url}: {e}")))?;
+        let found: SchemaById = self.answer(&url, status, &body)?;
         let found_type = found.schema_type.as_deref().unwrap_or("AVRO");
         let wanted = self.encoding.schema_type();
         Ok(match found_type == wanted {
@@ -233,24 +222,47 @@ impl SchemaRegistry {
 
     /// The newest version of `subject`'s schema.
     pub async fn latest(&self, subject: &str) -> Result<SubjectSchema, RegistryError> {
-        let url = self.join(&format!("subjects/{subject}/versions/latest"))?;
+        let (url, status, body) = self
+            .get(&format!("subjects/{subject}/versions/latest"))
+            .await?;
+        let found: SubjectVersion = self.answer(&url, status, &body)?;
+        Ok(SubjectSchema {
+            id: found.id,
+            schema_type: found.schema_type.unwrap_or_else(|| "AVRO".into()),
+            schema: found.schema,
+        })
+    }
+
+    /// GETs `path`; the URL asked, the status and the body.
+    async fn get(
+        &self,
+        path: &str,
+    ) -> Result<(Url, reqwest::StatusCode, bytes::Bytes), RegistryError> {
+        let url = self.join(path)?;
         let response = self
             .authorized(self.http.get(url.clone()))
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        Ok((url, status, body))
+    }
+
+    /// A successful answer's JSON body; anything else is the registry not
+    /// (yet) serving, worth another try.
+    fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &Url,
+        status: reqwest::StatusCode,
+        body: &[u8],
+    ) -> Result<T, RegistryError> {
         if !status.is_success() {
+            let text = String::from_utf8_lossy(body);
             return Err(self.unreachable(&format!("{status} for {url}: {text}")));
         }
-        let found: SubjectVersion = serde_json::from_str(&text)
-            .map_err(|e| self.unreachable(&format!("unreadable answer for {url}: {e}")))?;
-        Ok(SubjectSchema {
-            id: found.id,
-            schema_type: found.schema_type.unwrap_or_else(|| "AVRO".into()),
-            schema: found.schema,
-        })
+        serde_json::from_slice(body)
+            .map_err(|e| self.unreachable(&format!("unreadable answer for {url}: {e}")))
     }
 
     fn join(&self, path: &str) -> Result<Url, RegistryError> {
