@@ -248,6 +248,8 @@ def main():
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--latency-only", action="store_true",
+                        help="measure latency alone (at a rate every peer sustains, say)")
     args = parser.parse_args()
     peers = args.peers.split(",")
     if "spark" in peers:
@@ -260,8 +262,10 @@ def main():
             for run in range(1, args.runs + 1):
                 for name in peers:
                     peer = Peer(name, work / name, broker)
-                    rate = drain(peer, broker, f"{name}-drain-{run}", args.events)
-                    pace = backlog(peer, broker, f"{name}-backlog-{run}", args.backlog)
+                    rate = pace = float("nan")
+                    if not args.latency_only:
+                        rate = drain(peer, broker, f"{name}-drain-{run}", args.events)
+                        pace = backlog(peer, broker, f"{name}-backlog-{run}", args.backlog)
                     p50, p99 = latency(peer, broker, f"{name}-latency-{run}", args.rate,
                                        args.seconds)
                     for key, value in (("drain", rate), ("backlog", pace), ("p50", p50),
