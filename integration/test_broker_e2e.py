@@ -2,6 +2,7 @@
 DuckDB's delta extension and polars: a known set lands exactly once, and keeps
 landing exactly once while the weir process is SIGKILLed again and again."""
 
+import contextlib
 import datetime
 import json
 import math
@@ -59,6 +60,19 @@ def start_run(job, log):
 def stop_gracefully(proc) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def running(job, log):
+    """`weir run` for the `with` block; killed at its end if still running, so
+    a failed assertion leaves no process behind to load the tests after it."""
+    proc = start_run(job, log)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def assert_exactly_once(data, report):

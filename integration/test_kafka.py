@@ -13,7 +13,7 @@ import pytest
 
 from conftest import (duckdb_connection, free_port, read_report, table_path, weir,
                       with_source_properties, write_job)
-from test_broker_e2e import start_run, stop_gracefully, wait_for_count
+from test_broker_e2e import running, start_run, stop_gracefully, wait_for_count
 from test_operate import scrape, start, value, wait_until
 
 def produce(broker, report, count, seed):
@@ -34,8 +34,7 @@ def ingest(job, data, expected, log, settle=0.0, while_running=None):
     """Runs `weir run` until the tables hold `expected` rows and `settle`
     seconds more (time to commit what it should not), then `while_running()`,
     then stops it."""
-    with open(log, "a") as out:
-        proc = start_run(job, out)
+    with open(log, "a") as out, running(job, out) as proc:
         wait_for_count(data, expected, 120, proc)
         time.sleep(settle)
         if while_running:

@@ -22,7 +22,7 @@ from conftest import (WEIR, duckdb_connection, free_port, read_report, table_pat
                       write_job)
 from schema_registry import Registry
 from test_broker_e2e import (assert_exactly_once, assert_outputs_match_oracle, run_command,
-                             start_run, stop_gracefully, stored, wait_for_count)
+                             running, start_run, stop_gracefully, stored, wait_for_count)
 
 
 @pytest.fixture
@@ -230,8 +230,7 @@ def test_a_contract_taken_from_the_registry_subject(broker, registry, tmp_path):
     send(broker, "orders", serialized(registry, CLICK_V1, "orders", v1))
 
     def run_until(count, log):
-        with open(log, "w") as out:
-            proc = start_run(job, out)
+        with open(log, "w") as out, running(job, out) as proc:
             wait_for_count(data, count, 120, proc)
             assert stop_gracefully(proc) == 0, log.read_text()
         return log.read_text()
