@@ -122,6 +122,14 @@ impl Topics {
         }
     }
 
+    /// `partitions` as logs and errors name them.
+    pub fn labels<'p>(
+        &self,
+        partitions: impl IntoIterator<Item = &'p SourcePartition>,
+    ) -> Vec<String> {
+        partitions.into_iter().map(|&p| self.label(p)).collect()
+    }
+
     /// `offsets` keyed as logs name partitions.
     pub fn labelled<T: Copy>(&self, offsets: &BTreeMap<SourcePartition, T>) -> BTreeMap<String, T> {
         offsets.iter().map(|(&p, &v)| (self.label(p), v)).collect()

@@ -22,7 +22,7 @@ use foldhash::fast::RandomState;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::{Contract, Job, SourcePartition, Topics};
-use crate::ingest::decode::{EVENT_DATE, OFFSET, PARTITION, TOPIC, positions};
+use crate::ingest::decode::{EVENT_DATE, OFFSET, PARTITION, partition_columns, positions};
 use crate::table::{RestoreError, TableError, TableId, Tables};
 
 /// Where an accepted event was read from.
@@ -256,18 +256,12 @@ pub async fn seeds(
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
     };
-    let topic = if topics.several() {
-        format!(", {TOPIC}")
-    } else {
-        String::new()
-    };
+    let partition = partition_columns(topics);
     let selects: Vec<String> = seed
         .tables
         .iter()
         .filter_map(|t| t.ingest_name())
-        .map(|table| {
-            format!("SELECT {id}, {ts}, {PARTITION}, {OFFSET}{topic} FROM {table}{filter}")
-        })
+        .map(|table| format!("SELECT {id}, {ts}, {partition}, {OFFSET} FROM {table}{filter}"))
         .collect();
     tables
         .query(seed.tables, &selects.join(" UNION ALL "))

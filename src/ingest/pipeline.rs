@@ -113,7 +113,7 @@ async fn restore(
         let unread = unread(job, bootstrap, sink, &idle).await?;
         if !unread.is_empty() {
             info!(
-                partitions = ?labels(job, &unread),
+                partitions = ?job.source.topics.labels(&unread),
                 "partitions whose stored messages are old but which have messages left to read hold the restored watermark"
             );
             (watermark, idle) = Watermark::restored(job, sink, &unread).await?;
@@ -121,7 +121,7 @@ async fn restore(
     }
     if !idle.is_empty() {
         info!(
-            partitions = ?labels(job, &idle),
+            partitions = ?job.source.topics.labels(&idle),
             "partitions idle when the job stopped do not hold the restored watermark"
         );
     }
@@ -163,14 +163,6 @@ async fn unread(
         .copied()
         .filter(|p| high.get(p).copied().unwrap_or(0) > resume.get(p).copied().unwrap_or(0))
         .collect())
-}
-
-/// `partitions` as logs name them.
-fn labels(job: &Job, partitions: &[SourcePartition]) -> Vec<String> {
-    partitions
-        .iter()
-        .map(|&p| job.source.topics.label(p))
-        .collect()
 }
 
 /// The broker's high watermark of each partition of the job's topics (of
@@ -674,7 +666,7 @@ impl Pipeline {
             breaches = Breaches(without_partitions(&breaches.0, &moved, topics)?);
             info!(
                 dropped = before - polled.batch.len(),
-                moved = ?labels(&self.job, &moved),
+                moved = ?self.job.source.topics.labels(&moved),
                 "dropped decoded messages of partitions revoked since they were polled; their owner re-reads them"
             );
         }
@@ -709,7 +701,7 @@ impl Pipeline {
         for batch in &batches {
             dedup.seed(batch)?;
         }
-        debug!(partitions = ?labels(&self.job, &fresh), ids = dedup.index().len(), "dedup seeded for newly assigned partitions");
+        debug!(partitions = ?self.job.source.topics.labels(&fresh), ids = dedup.index().len(), "dedup seeded for newly assigned partitions");
         seeded.clear();
         seeded.extend(current);
         Ok(())

@@ -137,10 +137,7 @@ async fn await_visible(
         });
         if started.elapsed() > DEADLINE {
             metrics.probe_failures.inc_by(pending.len() as u64);
-            let labels: Vec<String> = pending
-                .keys()
-                .map(|&p| job.source.topics.label(p))
-                .collect();
+            let labels = job.source.topics.labels(pending.keys());
             warn!(job = %job.name, partitions = ?labels, "latency probes not visible in raw within the deadline");
             return Ok(());
         }

@@ -33,7 +33,8 @@ use tracing::debug;
 use crate::config::{Contract, Job, WatermarkPolicy};
 use crate::config::{Offsets, SourcePartition, Topics};
 use crate::ingest::decode::{
-    INGEST_TS, KAFKA_TS, OFFSET, PARTITION, TOPIC, partitions, positions, raw_schema, utc_micros,
+    INGEST_TS, KAFKA_TS, OFFSET, PARTITION, partition_columns, partitions, positions, raw_schema,
+    utc_micros,
 };
 use crate::table::{TableError, TableId, Tables};
 
@@ -62,11 +63,7 @@ pub fn late_schema(contract: &Contract) -> SchemaRef {
 /// [`newest_rows`]).
 fn newest_sql(contract: &Contract, topics: &Topics) -> String {
     let ts = format!("\"{}\"", contract.event_time_name());
-    let by = if topics.several() {
-        format!("{TOPIC}, {PARTITION}")
-    } else {
-        PARTITION.to_owned()
-    };
+    let by = partition_columns(topics);
     format!("SELECT max({ts}), max({KAFKA_TS}), {by} FROM raw GROUP BY {by}")
 }
 
@@ -143,9 +140,9 @@ impl Settled {
                     format!("({partition} AND {OFFSET} >= {lo} AND {OFFSET} < {hi})")
                 })
                 .collect();
-            let topic = if topics.several() { ", _topic" } else { "" };
             let sql = format!(
-                "SELECT {PARTITION}, {OFFSET}{topic} FROM raw WHERE {}",
+                "SELECT {}, {OFFSET} FROM raw WHERE {}",
+                partition_columns(topics),
                 conditions.join(" OR ")
             );
             for batch in tables.query(&[TableId::Raw], &sql).await? {

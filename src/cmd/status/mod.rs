@@ -251,9 +251,8 @@ pub async fn status(job: &Job) -> Result<Status, StatusError> {
         .map(|(&p, _)| p)
         .collect();
     let (clocks, idle) = Watermark::restored(job, &mut Tiered::new(job), &unread).await?;
-    let label = |p: SourcePartition| topics.label(p);
-    let idle: Vec<String> = idle.into_iter().map(label).collect();
-    flag_clocks(&mut rows, clocks.holder().map(label), &idle);
+    let holder = clocks.holder().map(|p| topics.label(p));
+    flag_clocks(&mut rows, holder, &topics.labels(&idle));
     let watermark = clocks
         .current_us()
         .and_then(DateTime::from_timestamp_micros);

@@ -123,6 +123,16 @@ pub fn partitions(rows: &RecordBatch, topics: &Topics) -> Result<Vec<SourceParti
         .collect())
 }
 
+/// The SQL columns [`partitions`] reads a row's partition from: `_partition`,
+/// and `_topic` before it for a job of several topics.
+pub fn partition_columns(topics: &Topics) -> String {
+    if topics.several() {
+        format!("{TOPIC}, {PARTITION}")
+    } else {
+        PARTITION.to_owned()
+    }
+}
+
 /// Each row's partition and offset (see [`partitions`]).
 pub fn positions(
     rows: &RecordBatch,

@@ -217,7 +217,7 @@ impl ConsumerContext for WeirContext {
                 assigned.and_then(|()| consumer.resume(tpl))
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                info!(partitions = ?self.labels(&partitions), "partitions revoked");
+                info!(partitions = ?self.topics.labels(&partitions), "partitions revoked");
                 self.revoke(&partitions);
                 if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -261,7 +261,7 @@ impl WeirContext {
             .resolver
             .resume_positions(partitions)
             .map_err(|reason| SourceError::Resume {
-                partitions: self.labels(partitions),
+                partitions: self.topics.labels(partitions),
                 reason,
             })?;
         let unknown: Vec<SourcePartition> = partitions
@@ -281,13 +281,8 @@ impl WeirContext {
             }
         }
         let resume = self.topics.labelled(&positions);
-        info!(partitions = ?self.labels(partitions), ?resume, "partitions assigned");
+        info!(partitions = ?self.topics.labels(partitions), ?resume, "partitions assigned");
         Ok(())
-    }
-
-    /// `partitions` as logs and errors name them.
-    fn labels(&self, partitions: &[SourcePartition]) -> Vec<String> {
-        partitions.iter().map(|&p| self.topics.label(p)).collect()
     }
 
     /// Where `start_from` begins each of `partitions` (which no table knows).
@@ -318,7 +313,7 @@ impl WeirContext {
                 let found = consumer
                     .offsets_for_times(asked, WATERMARKS_TIMEOUT)
                     .map_err(|e| SourceError::Resume {
-                        partitions: self.labels(partitions),
+                        partitions: self.topics.labels(partitions),
                         reason: format!(
                             "asking the broker for the offsets at start_from's time: {e}"
                         ),
@@ -349,7 +344,7 @@ impl WeirContext {
         consumer
             .fetch_watermarks(topic, partition.partition, WATERMARKS_TIMEOUT)
             .map_err(|e| SourceError::Resume {
-                partitions: self.labels(&[partition]),
+                partitions: self.topics.labels(&[partition]),
                 reason: format!("asking the broker for the partition's offsets: {e}"),
             })
     }
@@ -679,7 +674,7 @@ impl Batches {
             if !moved.is_empty() {
                 info!(
                     dropped = before - polled.batch.len(),
-                    moved = ?moved.iter().map(|&p| polled.batch.topics.label(p)).collect::<Vec<_>>(),
+                    moved = ?polled.batch.topics.labels(&moved),
                     "dropped queued messages of partitions reassigned since; their owner re-reads them"
                 );
             }
@@ -1059,7 +1054,7 @@ impl Poller {
                 if before != messages.len() {
                     info!(
                         dropped = before - messages.len(),
-                        revoked = ?revoked.iter().map(|&p| self.topics.label(p)).collect::<Vec<_>>(),
+                        revoked = ?self.topics.labels(&revoked),
                         "dropped uncommitted messages of revoked partitions; their new owner re-reads them"
                     );
                 }
