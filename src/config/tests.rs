@@ -655,3 +655,78 @@ fn derived_columns_take_new_names_and_a_type_and_serve_outputs() {
         assert!(err.contains(key), "{name} {ty}: {err}");
     }
 }
+
+/// A registry answering one subject with `found`.
+struct Answers(Result<SubjectSchema, String>);
+
+impl SubjectSchemas for Answers {
+    fn latest(&self, _: &Registry) -> Result<SubjectSchema, String> {
+        self.0.clone()
+    }
+}
+
+#[test]
+fn an_avro_job_without_fields_takes_them_from_its_subject_or_names_why_not() {
+    let text = "name = \"clicks\"\n[source]\nbrokers = \"localhost:9092\"\ntopic = \"clicks\"\n\
+                format = \"avro\"\nregistry = { url = \"http://sr:8081\" }\n\
+                [schema]\nevent_id = \"id\"\nevent_time = \"ts\"\n\
+                [storage]\nroot = \"/tmp/weir-test\"\n";
+    let with = |answer| {
+        Job::parse_with(
+            text,
+            Path::new("jobs/t.toml"),
+            &Overrides::default(),
+            &answer,
+        )
+    };
+    let avro = |schema: &str, ty: &str| SubjectSchema {
+        id: 7,
+        schema_type: ty.into(),
+        schema: schema.into(),
+    };
+    let record = r#"{"type": "record", "name": "C", "fields": [
+        {"name": "id", "type": "string"}, {"name": "ts", "type": "long"},
+        {"name": "tags", "type": {"type": "array", "items": "string"}}]}"#;
+    let job = with(Answers(Ok(avro(record, "AVRO")))).unwrap();
+    let names: Vec<&str> = job
+        .contract
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(names, ["id", "ts"]);
+    assert_eq!(job.contract.fields[1].ty, FieldType::Timestamp);
+    assert_eq!(
+        job.contract_from,
+        Some(FromRegistry {
+            subject: "clicks-value".into(),
+            schema_id: 7,
+            left_out: vec!["tags (array)".into()],
+        })
+    );
+    let refusals = [
+        (
+            Answers(Err("connection refused".into())),
+            "connection refused",
+        ),
+        (
+            Answers(Ok(avro("syntax = \"proto3\";", "PROTOBUF"))),
+            "schema ID 7 is PROTOBUF",
+        ),
+        (
+            Answers(Ok(avro(r#""string""#, "AVRO"))),
+            "not an Avro record",
+        ),
+    ];
+    for (answer, says) in refusals {
+        let err = with(answer).unwrap_err().to_string();
+        assert!(
+            err.contains("schema.fields") && err.contains("subject `clicks-value`"),
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+    }
+    // Without a registry to ask, a missing field list is the usual error.
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("this command reads no registry"), "{err}");
+}
