@@ -213,21 +213,44 @@ def test_confluent_serializer_evolution_and_refusals(broker, registry, tmp_path)
     assert "schema ID 999 refused: 1 messages" in status, status
 
 
+# The click with an array and a decimal besides its nested record.
+NESTED_V1 = {**CLICK_V1, "fields": [
+    *CLICK_V1["fields"],
+    {"name": "tags", "type": {"type": "array", "items": "string"}, "default": []},
+    {"name": "total", "type": ["null", {"type": "bytes", "logicalType": "decimal",
+                                        "precision": 9, "scale": 2}], "default": None},
+    {"name": "attributes", "type": {"type": "map", "values": "string"}, "default": {}},
+]}
+NESTED_V2 = {**NESTED_V1, "fields": [
+    *[f for f in NESTED_V1["fields"] if f["name"] != "price"],
+    {"name": "price", "type": ["null", "double"], "default": None},
+    {"name": "referrer", "type": ["null", "string"], "default": None},
+]}
+
+
+def nested_click(i, version, now_ms):
+    from decimal import Decimal
+
+    return {**click(i, version, now_ms), "tags": [f"t{j}" for j in range(i % 3)],
+            "total": None if i % 5 == 0 else Decimal(i * 25) / 100, "attributes": {"a": str(i)}}
+
+
 def test_a_contract_taken_from_the_registry_subject(broker, registry, tmp_path):
     """A job that leaves `schema.fields` out takes them from its subject's
-    newest Avro schema when it starts: the record's flat fields become columns
-    (the nested `device` has no column type yet and is named in the log),
-    and Confluent-serialized v1 events land with their values. Once v2 (a
-    field added, price widened) is the newest, a restart adds `referrer` as
-    a column, null for the v1 rows."""
+    newest Avro schema when it starts: the record's scalars become columns,
+    the nested `device` a struct, `tags` a list, `total` a decimal (the map
+    has no column type yet and is named in the log), and Confluent-serialized
+    v1 events land with their values, read back by DuckDB and polars. Once
+    v2 (a field added, price widened) is the newest, a restart adds
+    `referrer` as a column, null for the v1 rows."""
     broker.create_topic("orders", 2)
     data = tmp_path / "data"
     job = avro_job(tmp_path, broker, "orders", data, registry)
     job.write_text(re.sub(r"\nfields = \[.*?\n\]\n", "\n", job.read_text(), flags=re.S))
     assert "fields" not in job.read_text().split("[schema]")[1].split("[dedup]")[0]
     now_ms = int(time.time() * 1000)
-    v1 = [click(i, 1, now_ms) for i in range(300)]
-    send(broker, "orders", serialized(registry, CLICK_V1, "orders", v1))
+    v1 = [nested_click(i, 1, now_ms) for i in range(300)]
+    send(broker, "orders", serialized(registry, NESTED_V1, "orders", v1))
 
     def run_until(count, log):
         with open(log, "w") as out, running(job, out) as proc:
@@ -236,34 +259,65 @@ def test_a_contract_taken_from_the_registry_subject(broker, registry, tmp_path):
         return log.read_text()
 
     logged = run_until(len(v1), tmp_path / "v1.log")
-    assert "device (record)" in logged and "orders-value" in logged, logged
+    assert "attributes (map)" in logged and "orders-value" in logged, logged
     con = duckdb_connection()
     raw = table_path(data, "clickstream", "raw")
-    columns = dict(con.sql(f"SELECT column_name, column_type FROM "
-                           f"(DESCRIBE SELECT * FROM delta_scan('{raw}'))").fetchall())
-    assert {c: columns[c] for c in ("event_id", "user_id", "page", "action", "price")} == {
+
+    def columns():
+        return dict(con.sql(f"SELECT column_name, column_type FROM "
+                            f"(DESCRIBE SELECT * FROM delta_scan('{raw}'))").fetchall())
+
+    assert {c: columns()[c] for c in ("event_id", "user_id", "page", "action", "price",
+                                      "device", "tags", "total")} == {
         "event_id": "VARCHAR", "user_id": "VARCHAR", "page": "VARCHAR", "action": "VARCHAR",
-        "price": "DOUBLE"}, columns
-    assert "device" not in columns and "referrer" not in columns, columns
+        "price": "DOUBLE", "device": "STRUCT(os VARCHAR, model VARCHAR)",
+        "tags": "VARCHAR[]", "total": "DECIMAL(9,2)"}, columns()
+    assert "attributes" not in columns() and "referrer" not in columns()
 
     def stored():
-        return sorted(con.sql(f"SELECT event_id, epoch_ms(ts), user_id, page, action, country, "
-                              f"price, {'referrer' if 'referrer' in columns else 'NULL'} "
-                              f"FROM delta_scan('{raw}')").fetchall())
+        referrer = "referrer" if "referrer" in columns() else "NULL"
+        return sorted(con.sql(
+            f"SELECT event_id, epoch_ms(ts), user_id, page, action, country, price, "
+            f"{referrer}, device.os, device.model, tags, total FROM delta_scan('{raw}')"
+        ).fetchall())
 
-    want = sorted((e["event_id"], e["ts"], e["user_id"], e["page"], e["action"], e["country"],
-                   e["price"], e.get("referrer")) for e in v1)
-    assert stored() == want
+    def wanted(events):
+        return sorted((e["event_id"], e["ts"], e["user_id"], e["page"], e["action"],
+                       e["country"], e["price"], e.get("referrer"), e["device"]["os"],
+                       e["device"]["model"], e["tags"], e["total"]) for e in events)
 
-    v2 = [click(i, 2, now_ms) for i in range(200)]
-    send(broker, "orders", serialized(registry, CLICK_V2, "orders", v2))
+    assert stored() == wanted(v1)
+
+    import polars as pl
+
+    frame = pl.read_delta(str(raw)).sort("event_id")
+    by_id = {e["event_id"]: e for e in v1}
+    assert frame["device"].struct.field("model").to_list() == [
+        by_id[i]["device"]["model"] for i in frame["event_id"]]
+    assert frame["tags"].to_list() == [by_id[i]["tags"] for i in frame["event_id"]]
+    assert frame["total"].to_list() == [by_id[i]["total"] for i in frame["event_id"]]
+
+    v2 = [nested_click(i, 2, now_ms) for i in range(200)]
+    send(broker, "orders", serialized(registry, NESTED_V2, "orders", v2))
     run_until(len(v1) + len(v2), tmp_path / "v2.log")
-    columns = dict(con.sql(f"SELECT column_name, column_type FROM "
-                           f"(DESCRIBE SELECT * FROM delta_scan('{raw}'))").fetchall())
-    assert columns.get("referrer") == "VARCHAR", columns
-    want = sorted((e["event_id"], e["ts"], e["user_id"], e["page"], e["action"], e["country"],
-                   e["price"], e.get("referrer")) for e in v1 + v2)
-    assert stored() == want
+    assert columns().get("referrer") == "VARCHAR", columns()
+    assert stored() == wanted(v1 + v2)
+
+    # v3's device record gained a field: a restart keeps the stored struct
+    # (a stored type never changes) and names the new field in the log.
+    device = {"type": "record", "name": "Device", "fields": [
+        {"name": "os", "type": "string"}, {"name": "model", "type": "string"},
+        {"name": "screen", "type": "string", "default": ""}]}
+    nested_v3 = {**NESTED_V2, "fields": [
+        {**f, "type": device} if f["name"] == "device" else f for f in NESTED_V2["fields"]]}
+    v3 = [nested_click(i, 2, now_ms) for i in range(200, 260)]
+    for event in v3:
+        event["device"]["screen"] = "hd"
+    send(broker, "orders", serialized(registry, nested_v3, "orders", v3))
+    logged = run_until(len(v1) + len(v2) + len(v3), tmp_path / "v3.log")
+    assert "device.screen (added inside a record" in logged, logged
+    assert columns()["device"] == "STRUCT(os VARCHAR, model VARCHAR)", columns()
+    assert stored() == wanted(v1 + v2 + v3)
 
 
 def metric(port, name) -> float:

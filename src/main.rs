@@ -21,6 +21,7 @@ use weir::fault::Faults;
 use weir::ingest::source::framing::Framing;
 use weir::ingest::source::generator::{self, Generator, Limits, Mix};
 use weir::ingest::source::registry::Subjects;
+use weir::table::delta::keep_stored_records;
 use weir::telemetry::LogFormat;
 use weir::upkeep::maintain;
 use weir::upkeep::reprocess;
@@ -440,14 +441,25 @@ async fn cli_main() -> ExitCode {
 }
 
 /// Loads `path`, or the built-in example job when there is none.
-fn load_job(path: Option<&Path>, overrides: &Overrides) -> Result<Job, JobError> {
+/// Job `path`, its fields from its registry subject where it leaves them
+/// out, and the records its `raw` table already stores kept as they are.
+fn load_with_registry(path: &Path, overrides: &Overrides) -> anyhow::Result<Job> {
+    let mut job = Job::load_with(path, overrides, &Subjects)?;
+    if job.contract_from.is_some() {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| handle.block_on(keep_stored_records(&mut job)))?;
+    }
+    Ok(job)
+}
+
+fn load_job(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Job> {
     match path {
-        Some(path) => Job::load_with(path, overrides, &Subjects),
-        None => Job::parse(
+        Some(path) => load_with_registry(path, overrides),
+        None => Ok(Job::parse(
             DEFAULT_JOB,
             Path::new("jobs/clickstream.toml (built in)"),
             overrides,
-        ),
+        )?),
     }
 }
 
@@ -505,7 +517,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut jobs: Vec<Job> = Vec::new();
     for file in &files {
-        let job = Job::load_with(file, &args.job_args.overrides(), &Subjects)?;
+        let job = load_with_registry(file, &args.job_args.overrides())?;
         if let Brokers::Embedded = job.source.brokers {
             bail!(Usage(format!(
                 "{}: source.brokers is \"embedded\"; `weir run` needs a real broker. \
@@ -574,7 +586,7 @@ async fn query_command(args: QueryArgs) -> anyhow::Result<()> {
         data: args.data,
         ..Overrides::default()
     };
-    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
+    let job = load_with_registry(&args.job, &overrides)?;
     let (schema, batches) = query::run(&job, &args.sql).await.map_err(|e| {
         if let (true, query::QueryError::Sql(sql)) = (e.is_usage(), &e) {
             anyhow::Error::new(Usage(sql.find_root().to_string()))
@@ -591,7 +603,7 @@ async fn maintain_command(args: MaintainArgs) -> anyhow::Result<()> {
         data: args.data,
         ..Overrides::default()
     };
-    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
+    let job = load_with_registry(&args.job, &overrides)?;
     let faults = faults_from_env()?;
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
@@ -618,7 +630,7 @@ async fn range_request(
         data: args.data.clone(),
         ..Overrides::default()
     };
-    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
+    let job = load_with_registry(&args.job, &overrides)?;
     let range = reprocess::DateRange::new(args.from, args.to).map_err(reprocess_failure)?;
     let targets = reprocess::targets(&job, &args.outputs)
         .await
@@ -681,7 +693,7 @@ async fn verify_command(args: VerifyArgs) -> anyhow::Result<()> {
 
 async fn status_command(args: StatusArgs) -> anyhow::Result<()> {
     let job = match &args.job {
-        Some(path) => Some(Job::load_with(path, &args.job_args.overrides(), &Subjects)?),
+        Some(path) => Some(load_with_registry(path, &args.job_args.overrides())?),
         None => None,
     };
     match (args.from, job) {
@@ -745,7 +757,7 @@ async fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
         brokers: args.sweep.brokers.clone(),
         ..Overrides::default()
     };
-    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
+    let job = load_with_registry(&args.job, &overrides)?;
     let rate = match (args.rate, &job.source.brokers) {
         (Some(rate), _) => rate,
         (None, Brokers::Embedded) => bail!(Usage(
@@ -790,7 +802,7 @@ fn views_command(args: ViewsArgs) -> anyhow::Result<()> {
         data: args.data,
         ..Overrides::default()
     };
-    let job = Job::load_with(&args.job, &overrides, &Subjects)?;
+    let job = load_with_registry(&args.job, &overrides)?;
     print!("{}", views::render(&job, args.dialect));
     Ok(())
 }
@@ -823,6 +835,12 @@ async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
         (Some("protobuf"), Some(registry)) => SourceFormat::Protobuf(registry.clone()),
         (Some(_), Some(registry)) => SourceFormat::JsonSchema(registry.clone()),
     };
+    if let (Some(from), Some(_)) = (&job.contract_from, format.registry()) {
+        bail!(Usage(format!(
+            "the job's fields come from subject `{}` (schema ID {}), and weir produce registers              a schema made from a spec's fields, which would replace it: produce with your own              serializer, or pass --format json",
+            from.subject, from.schema_id
+        )));
+    }
     let mut framing = Framing::for_job(&job.contract, &format).await?;
     let mut generator = Generator::new(job.contract, mix, args.seed.unwrap_or_else(rand::random));
     if let (Some(span), Some(count)) = (args.backfill, args.count) {

@@ -381,7 +381,6 @@ impl FieldType {
         }
     }
 
-    /// The type written to Delta (Delta timestamps are microseconds, UTC).
     /// Whether it holds numbers a monitor can bound.
     pub fn is_numeric(self) -> bool {
         matches!(
@@ -390,6 +389,7 @@ impl FieldType {
         )
     }
 
+    /// The type written to Delta (Delta timestamps are microseconds, UTC).
     pub fn stored_type(self) -> DataType {
         match self {
             Self::String => DataType::Utf8,
@@ -427,6 +427,21 @@ pub struct Contract {
     pub payload: Payload,
     /// What of each Kafka record besides its value `raw` keeps (`source.columns`).
     pub kafka: KafkaColumns,
+    /// Columns after the fields, of types only an Avro subject gives them.
+    pub structured: Vec<Structured>,
+}
+
+/// A column of a type only an Avro writer schema gives (a record, an array,
+/// a decimal), taken from the registry subject with the fields. Only the
+/// Avro decoder fills it (a job that has one reads Avro), it is always
+/// nullable (a writer may drop it), and no aggregate takes it: outputs reach
+/// into it through SQL (`get_field(address, 'city')`, `tags[1]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Structured {
+    pub name: String,
+    /// Its stored type: structs of nullable fields, lists of nullable items
+    /// named `element` (as Delta names them), decimals, and scalars within.
+    pub ty: DataType,
 }
 
 /// The Kafka record's own parts a job stores as columns of `raw`
@@ -480,12 +495,17 @@ impl Contract {
         &self.fields[self.event_time].name
     }
 
-    /// The user fields as stored in Delta.
+    /// The user fields as stored in Delta, then the structured columns.
     pub fn stored_fields(&self) -> Vec<Field> {
-        self.fields
+        let fields = self
+            .fields
             .iter()
-            .map(|f| Field::new(&f.name, f.ty.stored_type(), f.nullable))
-            .collect()
+            .map(|f| Field::new(&f.name, f.ty.stored_type(), f.nullable));
+        let structured = self
+            .structured
+            .iter()
+            .map(|s| Field::new(&s.name, s.ty.clone(), true));
+        fields.chain(structured).collect()
     }
 }
 

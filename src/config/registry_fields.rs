@@ -11,15 +11,22 @@
 //! the event ID and time is nullable (a writer may make a field optional or
 //! drop one that has a default).
 //!
-//! What is mapped is what weir's column types hold; nested records, arrays,
-//! maps, bytes, fixed and decimals are left out of the columns (named in
-//! [`FromRegistry::left_out`] and logged), as the JSON reader reads past
-//! them: the framed bytes stay in `_payload`, so a reprocess can add them
-//! once weir stores them.
+//! Scalars become fields of weir's column types. Records, arrays and
+//! decimals become [`Structured`] columns: structs (of nullable fields,
+//! matched by name, so a writer may add or drop one inside), lists and
+//! decimal128. Maps, bytes, fixed, times of day, unions of several types
+//! and recursive records have no column: they are left out (named in
+//! [`FromRegistry::left_out`] and logged), the framed bytes stay in
+//! `_payload`, so a reprocess can add them once weir stores them.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field};
 use serde_json::Value;
 
 use super::spec::FieldSpec;
+use super::{FieldType, Structured};
 
 /// The registry's latest schema of a subject.
 #[derive(Debug, Clone)]
@@ -54,6 +61,17 @@ pub struct FromRegistry {
     pub left_out: Vec<String>,
 }
 
+/// What the fields of a subject's record schema become.
+#[derive(Debug)]
+pub(super) struct AvroColumns {
+    /// Fields of weir's column types, as a spec would declare them.
+    pub(super) fields: Vec<FieldSpec>,
+    /// Records, arrays and decimals, as their stored types.
+    pub(super) structured: Vec<Structured>,
+    /// Fields (dotted paths inside records) that have no column, with why.
+    pub(super) left_out: Vec<String>,
+}
+
 /// The columns of an Avro record schema, and the fields left out. The
 /// field named `event_time`, when a plain `long`, holds epoch milliseconds
 /// (as a JSON number does) and becomes the timestamp it stands for.
@@ -61,79 +79,212 @@ pub(super) fn avro_fields(
     schema: &str,
     event_id: &str,
     event_time: &str,
-) -> Result<(Vec<FieldSpec>, Vec<String>), String> {
+) -> Result<AvroColumns, String> {
     let schema: Value =
         serde_json::from_str(schema).map_err(|e| format!("not an Avro schema (JSON): {e}"))?;
     if schema.get("type").and_then(Value::as_str) != Some("record") {
         return Err("the subject's schema is not an Avro record".into());
     }
-    let fields = schema
+    let fields = record_fields(&schema)?;
+    let mut types = AvroTypes::default();
+    types.enter(&schema);
+    let mut columns = AvroColumns {
+        fields: Vec::new(),
+        structured: Vec::new(),
+        left_out: Vec::new(),
+    };
+    for field in fields {
+        let (name, ty) = name_and_type(field)?;
+        if name.starts_with('_') {
+            let why = "names starting with `_` are weir's";
+            columns.left_out.push(format!("{name} ({why})"));
+            continue;
+        }
+        let Some(stored) = types.stored(ty, name, &mut columns.left_out) else {
+            columns
+                .left_out
+                .push(format!("{name} ({})", avro_type_name(ty)));
+            continue;
+        };
+        match scalar_name(&stored) {
+            Some(weir_type) => columns.fields.push(FieldSpec {
+                name: name.to_owned(),
+                ty: match weir_type {
+                    "int64" if name == event_time => "timestamp",
+                    other => other,
+                }
+                .to_owned(),
+                nullable: name != event_id && name != event_time,
+            }),
+            None => columns.structured.push(Structured {
+                name: name.to_owned(),
+                ty: stored,
+            }),
+        }
+    }
+    Ok(columns)
+}
+
+fn record_fields(record: &Value) -> Result<&Vec<Value>, String> {
+    record
         .get("fields")
         .and_then(Value::as_array)
-        .ok_or("the record has no `fields`")?;
-    let (mut columns, mut left_out) = (Vec::new(), Vec::new());
-    for field in fields {
-        let name = field
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or("a field without a name")?;
-        let ty = field.get("type").unwrap_or(&Value::Null);
-        match column_type(ty) {
-            Some(_) if name.starts_with('_') => {
-                left_out.push(format!("{name} (names starting with `_` are weir's)"));
-            }
-            Some(mut weir_type) => {
-                if name == event_time && weir_type == "int64" {
-                    weir_type = "timestamp";
+        .ok_or_else(|| "a record has no `fields`".into())
+}
+
+fn name_and_type(field: &Value) -> Result<(&str, &Value), String> {
+    let name = field
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("a field without a name")?;
+    Ok((name, field.get("type").unwrap_or(&Value::Null)))
+}
+
+/// The weir type a stored scalar is declared as; `None` for structured ones.
+fn scalar_name(stored: &DataType) -> Option<&'static str> {
+    FieldType::ALL
+        .into_iter()
+        .filter(|t| !matches!(t, FieldType::Int32 | FieldType::Float32))
+        .find(|t| &t.stored_type() == stored)
+        .map(FieldType::name)
+}
+
+/// The named types (records, enums, fixed) a schema defined so far, which
+/// later fields may name instead of spelling out.
+#[derive(Default)]
+struct AvroTypes<'s> {
+    named: HashMap<String, &'s Value>,
+    /// Records being mapped: one naming itself is recursive, which no
+    /// column type holds.
+    open: Vec<String>,
+    namespace: Option<&'s str>,
+}
+
+impl<'s> AvroTypes<'s> {
+    /// Defines `ty`'s name, if it has one, both short and full (a type
+    /// without a namespace of its own is in the top record's).
+    fn define(&mut self, ty: &'s Value) -> Option<String> {
+        let name = ty.get("name").and_then(Value::as_str)?;
+        let namespace = ty.get("namespace").and_then(Value::as_str);
+        let short = short_name(name);
+        if let Some(namespace) = namespace.or(self.namespace) {
+            self.named.insert(format!("{namespace}.{short}"), ty);
+        }
+        self.named.insert(name.to_owned(), ty);
+        self.named.insert(short.to_owned(), ty);
+        Some(short.to_owned())
+    }
+
+    /// Defines the top record and marks it open.
+    fn enter(&mut self, record: &'s Value) {
+        self.namespace = record.get("namespace").and_then(Value::as_str);
+        if let Some(name) = self.define(record) {
+            self.open.push(name);
+        }
+    }
+
+    /// The stored type of Avro type `ty` at `path` (a union with null: of
+    /// its other branch); `None` where no column type holds it. Fields of
+    /// records that have none are added to `left_out`.
+    fn stored(
+        &mut self,
+        ty: &'s Value,
+        path: &str,
+        left_out: &mut Vec<String>,
+    ) -> Option<DataType> {
+        match ty {
+            Value::Array(branches) => {
+                let others: Vec<&Value> = branches.iter().filter(|b| *b != "null").collect();
+                match others.as_slice() {
+                    [one] => self.stored(one, path, left_out),
+                    _ => None,
                 }
-                columns.push(FieldSpec {
-                    name: name.to_owned(),
-                    ty: weir_type.to_owned(),
-                    nullable: name != event_id && name != event_time,
-                });
             }
-            None => left_out.push(format!("{name} ({})", avro_type_name(ty))),
+            Value::String(name) => match primitive_type(name, None) {
+                Some(stored) => Some(stored),
+                None if self.open.iter().any(|open| open == short_name(name)) => None,
+                None => {
+                    let defined = *self.named.get(name.as_str())?;
+                    self.stored(defined, path, left_out)
+                }
+            },
+            Value::Object(complex) => {
+                let base = complex.get("type").and_then(Value::as_str)?;
+                self.define(ty);
+                match base {
+                    "record" => self.record(ty, path, left_out),
+                    "array" => {
+                        let items = self.stored(complex.get("items")?, path, left_out)?;
+                        Some(DataType::List(Arc::new(Field::new("element", items, true))))
+                    }
+                    "enum" => Some(DataType::Utf8),
+                    _ => decimal_type(complex).or_else(|| {
+                        let logical = complex.get("logicalType").and_then(Value::as_str);
+                        primitive_type(base, logical)
+                    }),
+                }
+            }
+            _ => None,
         }
     }
-    Ok((columns, left_out))
-}
 
-/// The weir type of an Avro field type (a union with null: of its other
-/// branch); `None` for types weir has no column for.
-fn column_type(ty: &Value) -> Option<&'static str> {
-    match ty {
-        Value::Array(branches) => {
-            let others: Vec<&Value> = branches.iter().filter(|b| *b != "null").collect();
-            match others.as_slice() {
-                [one] => column_type(one),
-                _ => None,
+    /// A record as a struct of its fields that have a column type (all
+    /// nullable); `None` when none has.
+    fn record(
+        &mut self,
+        record: &'s Value,
+        path: &str,
+        left_out: &mut Vec<String>,
+    ) -> Option<DataType> {
+        let name = record.get("name").and_then(Value::as_str).unwrap_or(path);
+        self.open.push(short_name(name).to_owned());
+        let mut fields = Vec::new();
+        for field in record_fields(record).ok()? {
+            let Ok((child, ty)) = name_and_type(field) else {
+                continue;
+            };
+            let at = format!("{path}.{child}");
+            match self.stored(ty, &at, left_out) {
+                Some(stored) => fields.push(Field::new(child, stored, true)),
+                None => left_out.push(format!("{at} ({})", avro_type_name(ty))),
             }
         }
-        Value::String(primitive) => primitive_type(primitive, None),
-        Value::Object(complex) => {
-            let base = complex.get("type").and_then(Value::as_str)?;
-            let logical = complex.get("logicalType").and_then(Value::as_str);
-            match base {
-                "enum" => Some("string"),
-                _ => primitive_type(base, logical),
-            }
-        }
-        _ => None,
+        self.open.pop();
+        (!fields.is_empty()).then(|| DataType::Struct(fields.into()))
     }
 }
 
-fn primitive_type(base: &str, logical: Option<&str>) -> Option<&'static str> {
-    Some(match (base, logical) {
-        ("long", Some(l)) if l.contains("timestamp") => "timestamp",
-        ("int", Some("date")) => "date",
-        // Decimals and times of day have no column type yet.
+/// A full name's last part: `Click` of `shop.Click`.
+fn short_name(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+/// A decimal's stored type (up to 38 digits, as Delta holds them).
+fn decimal_type(complex: &serde_json::Map<String, Value>) -> Option<DataType> {
+    if complex.get("logicalType")?.as_str()? != "decimal" {
+        return None;
+    }
+    let precision = complex.get("precision")?.as_u64()?;
+    let scale = complex.get("scale").map_or(Some(0), Value::as_u64)?;
+    let fits = (1..=38).contains(&precision) && scale <= precision;
+    fits.then_some(DataType::Decimal128(precision as u8, scale as i8))
+}
+
+/// The stored type of an Avro primitive, widened so that Avro's
+/// promotions (int → long, float → double) never change a column's type.
+fn primitive_type(base: &str, logical: Option<&str>) -> Option<DataType> {
+    let weir = match (base, logical) {
+        ("long", Some(l)) if l.contains("timestamp") => FieldType::Timestamp,
+        ("int", Some("date")) => FieldType::Date,
+        // Times of day have no column type yet.
         (_, Some("decimal" | "time-millis" | "time-micros")) => return None,
-        ("string", _) => "string",
-        ("boolean", _) => "bool",
-        ("int" | "long", _) => "int64",
-        ("float" | "double", _) => "float64",
+        ("string", _) => FieldType::String,
+        ("boolean", _) => FieldType::Bool,
+        ("int" | "long", _) => FieldType::Int64,
+        ("float" | "double", _) => FieldType::Float64,
         _ => return None,
-    })
+    };
+    Some(weir.stored_type())
 }
 
 /// How a left-out field's type is named.
@@ -161,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_record_becomes_columns_and_what_has_none_is_named() {
-        let schema = r#"{"type": "record", "name": "Click", "fields": [
+        let schema = r#"{"type": "record", "name": "Click", "namespace": "shop", "fields": [
             {"name": "event_id", "type": "string"},
             {"name": "ts", "type": "long"},
             {"name": "at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
@@ -171,14 +322,23 @@ mod tests {
             {"name": "n", "type": "int"},
             {"name": "price", "type": ["double", "null"]},
             {"name": "ok", "type": "boolean"},
-            {"name": "address", "type": {"type": "record", "name": "A", "fields": []}},
-            {"name": "tags", "type": {"type": "array", "items": "string"}},
-            {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9}},
+            {"name": "again", "type": "shop.K"},
+            {"name": "address", "type": {"type": "record", "name": "A", "fields": [
+                {"name": "city", "type": "string"},
+                {"name": "geo", "type": {"type": "map", "values": "double"}},
+                {"name": "next", "type": ["null", "A"]}]}},
+            {"name": "tags", "type": {"type": "array", "items": ["null", "int"]}},
+            {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+            {"name": "huge", "type": {"type": "bytes", "logicalType": "decimal", "precision": 60}},
+            {"name": "home", "type": "A"},
+            {"name": "empty", "type": {"type": "record", "name": "Z", "fields": []}},
+            {"name": "loop", "type": ["null", "shop.Click"]},
             {"name": "either", "type": ["null", "string", "long"]},
             {"name": "_x", "type": "string"}
         ]}"#;
-        let (columns, left_out) = avro_fields(schema, "event_id", "ts").unwrap();
+        let columns = avro_fields(schema, "event_id", "ts").unwrap();
         let got: Vec<(&str, &str, bool)> = columns
+            .fields
             .iter()
             .map(|f| (f.name.as_str(), f.ty.as_str(), f.nullable))
             .collect();
@@ -194,14 +354,35 @@ mod tests {
                 ("n", "int64", true),
                 ("price", "float64", true),
                 ("ok", "bool", true),
+                ("again", "string", true),
+            ]
+        );
+        let address = DataType::Struct(vec![Field::new("city", DataType::Utf8, true)].into());
+        let tags = DataType::List(Arc::new(Field::new("element", DataType::Int64, true)));
+        let structured: Vec<(&str, &DataType)> = columns
+            .structured
+            .iter()
+            .map(|s| (s.name.as_str(), &s.ty))
+            .collect();
+        assert_eq!(
+            structured,
+            [
+                ("address", &address),
+                ("tags", &tags),
+                ("amount", &DataType::Decimal128(9, 2)),
+                ("home", &address),
             ]
         );
         assert_eq!(
-            left_out,
+            columns.left_out,
             [
-                "address (record)",
-                "tags (array)",
-                "amount (bytes decimal)",
+                "address.geo (map)",
+                "address.next (union of null, A)",
+                "huge (bytes decimal)",
+                "home.geo (map)",
+                "home.next (union of null, A)",
+                "empty (record)",
+                "loop (union of null, shop.Click)",
                 "either (union of null, string, long)",
                 "_x (names starting with `_` are weir's)",
             ]

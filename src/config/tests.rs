@@ -686,7 +686,8 @@ fn an_avro_job_without_fields_takes_them_from_its_subject_or_names_why_not() {
     };
     let record = r#"{"type": "record", "name": "C", "fields": [
         {"name": "id", "type": "string"}, {"name": "ts", "type": "long"},
-        {"name": "tags", "type": {"type": "array", "items": "string"}}]}"#;
+        {"name": "tags", "type": {"type": "array", "items": "string"}},
+        {"name": "geo", "type": {"type": "map", "values": "double"}}]}"#;
     let job = with(Answers(Ok(avro(record, "AVRO")))).unwrap();
     let names: Vec<&str> = job
         .contract
@@ -696,12 +697,23 @@ fn an_avro_job_without_fields_takes_them_from_its_subject_or_names_why_not() {
         .collect();
     assert_eq!(names, ["id", "ts"]);
     assert_eq!(job.contract.fields[1].ty, FieldType::Timestamp);
+    let stored: Vec<String> = job
+        .contract
+        .stored_fields()
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(
+        stored[2].contains("\"tags\"") && stored[2].contains("List"),
+        "{stored:?}"
+    );
     assert_eq!(
         job.contract_from,
         Some(FromRegistry {
             subject: "clicks-value".into(),
             schema_id: 7,
-            left_out: vec!["tags (array)".into()],
+            left_out: vec!["geo (map)".into()],
         })
     );
     let refusals = [

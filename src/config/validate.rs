@@ -86,13 +86,13 @@ impl Job {
         let source = validate_source(spec.source, &spec.name, &invalid)?;
         // Rows say their partition only with their topic once there are several.
         kafka.topic |= source.topics.several();
-        let contract_from = match spec.schema.fields.is_empty() {
+        let (contract_from, structured) = match spec.schema.fields.is_empty() {
             true => fields_from_registry(&mut spec.schema, &source, subjects, &invalid)?,
-            false => None,
+            false => (None, Vec::new()),
         };
         let contract = Contract {
             kafka,
-            ..validate_schema(spec.schema, &invalid)?
+            ..validate_schema(spec.schema, structured, &invalid)?
         };
         let batching = validate_batching(spec.batching, &invalid)?;
         let dedup_horizon = duration_key(
@@ -184,15 +184,16 @@ impl Job {
 }
 
 /// Fills `schema.fields` from the registry subject of a job that reads Avro
-/// and left them out; `None` (and nothing filled) for any other job.
+/// and left them out, and gives the structured columns beside them; `None`
+/// (and nothing filled) for any other job.
 fn fields_from_registry(
     schema: &mut SchemaSpec,
     source: &Source,
     subjects: &dyn SubjectSchemas,
     invalid: &Invalid,
-) -> Result<Option<FromRegistry>, JobError> {
+) -> Result<(Option<FromRegistry>, Vec<Structured>), JobError> {
     let Format::Avro(registry) = &source.format else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
     let subject = &registry.subject;
     let refused = |why: String| {
@@ -209,15 +210,15 @@ fn fields_from_registry(
             found.id, found.schema_type
         )));
     }
-    let (fields, left_out) =
-        registry_fields::avro_fields(&found.schema, &schema.event_id, &schema.event_time)
-            .map_err(|why| refused(format!("schema ID {}: {why}", found.id)))?;
-    schema.fields = fields;
-    Ok(Some(FromRegistry {
+    let columns = registry_fields::avro_fields(&found.schema, &schema.event_id, &schema.event_time)
+        .map_err(|why| refused(format!("schema ID {}: {why}", found.id)))?;
+    schema.fields = columns.fields;
+    let from = FromRegistry {
         subject: subject.clone(),
         schema_id: found.id,
-        left_out,
-    }))
+        left_out: columns.left_out,
+    };
+    Ok((Some(from), columns.structured))
 }
 
 pub(super) fn validate_monitors(
@@ -403,11 +404,12 @@ fn expression_type(sql: &str, contract: &Contract) -> Result<FieldType, String> 
     use datafusion::common::DFSchema;
     use datafusion::logical_expr::ExprSchemable;
 
-    let fields: Vec<arrow::datatypes::Field> = contract
-        .fields
-        .iter()
-        .chain(contract.derived.iter().map(|d| &d.field))
-        .map(|f| arrow::datatypes::Field::new(&f.name, f.ty.stored_type(), true))
+    let derived = contract.derived.iter().map(|d| &d.field);
+    let derived = derived.map(|f| arrow::datatypes::Field::new(&f.name, f.ty.stored_type(), true));
+    let fields: Vec<_> = contract
+        .stored_fields()
+        .into_iter()
+        .chain(derived)
         .collect();
     let schema =
         DFSchema::try_from(arrow::datatypes::Schema::new(fields)).map_err(|e| e.to_string())?;
@@ -656,7 +658,13 @@ pub(super) fn is_host_port(s: &str) -> bool {
     }
 }
 
-pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Contract, JobError> {
+/// The contract of `spec`'s fields, with the `structured` columns a
+/// registry subject gave beside them.
+pub(super) fn validate_schema(
+    spec: SchemaSpec,
+    structured: Vec<Structured>,
+    invalid: &Invalid,
+) -> Result<Contract, JobError> {
     if spec.fields.is_empty() {
         return Err(invalid(
             "schema.fields",
@@ -735,7 +743,12 @@ pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Con
         (60, 100 * 366 * DAY),
         "a duration between 1min and 100years, like \"10years\" or \"30days\"",
     )?;
-    let derived = validate_derived(spec.derived, &fields, invalid)?;
+    let columns: Vec<&str> = fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .chain(structured.iter().map(|s| s.name.as_str()))
+        .collect();
+    let derived = validate_derived(spec.derived, &columns, invalid)?;
     Ok(Contract {
         fields,
         derived,
@@ -744,6 +757,7 @@ pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Con
         event_time_range,
         payload: spec.payload,
         kafka: KafkaColumns::default(),
+        structured,
     })
 }
 
@@ -751,13 +765,13 @@ pub(super) fn validate_schema(spec: SchemaSpec, invalid: &Invalid) -> Result<Con
 /// its type, is checked when the outputs are planned.
 fn validate_derived(
     specs: Vec<DerivedSpec>,
-    fields: &[FieldDef],
+    columns: &[&str],
     invalid: &Invalid,
 ) -> Result<Vec<Derived>, JobError> {
     let mut derived: Vec<Derived> = Vec::with_capacity(specs.len());
     for (i, spec) in specs.into_iter().enumerate() {
         let key = |k: &str| format!("schema.derived[{i}].{k}");
-        let taken = fields.iter().any(|f| f.name == spec.name)
+        let taken = columns.contains(&spec.name.as_str())
             || derived.iter().any(|d| d.field.name == spec.name);
         if !is_identifier(&spec.name) || spec.name.starts_with('_') || taken {
             return Err(invalid(

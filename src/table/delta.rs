@@ -20,8 +20,8 @@ use serde_json::json;
 use tracing::info;
 use url::Url;
 
-use super::schema::{EVENT_ID_PROPERTY, Shape};
-use super::{TableError, TableSpec};
+use super::schema::{EVENT_ID_PROPERTY, Shape, within};
+use super::{TableError, TableId, TableSpec};
 use crate::config::{Job, Offsets, SourcePartition};
 
 /// Commits between Delta checkpoints, so the log stays cheap to read.
@@ -110,6 +110,39 @@ pub fn register_as(
 pub fn stored_schema(table: &DeltaTable) -> Result<SchemaRef, DeltaTableError> {
     let schema = table.snapshot()?.schema();
     Ok(Arc::new(schema.as_ref().try_into_arrow()?))
+}
+
+/// Keeps the stored type of each structured column of `job` (taken from a
+/// registry subject) whose record gained fields since its `raw` table was
+/// made: the job then writes what the table holds, and the added fields
+/// are named in the job's `left_out`. Without a `raw` table, nothing.
+pub async fn keep_stored_records(job: &mut Job) -> Result<(), TableError> {
+    if job.contract_from.is_none() || job.contract.structured.is_empty() {
+        return Ok(());
+    }
+    let name = TableId::Raw.name(job).to_owned();
+    let url = job.storage.hot_table(&job.name, &name);
+    let name = name.as_str();
+    let table = match open(name, &url).await {
+        Ok(table) => table,
+        Err(TableError::Missing { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let stored = stored_schema(&table).map_err(|source| TableError::delta(name, &url, source))?;
+    let from = job.contract_from.as_mut().expect("checked above");
+    for column in &mut job.contract.structured {
+        let Ok(kept) = stored.field_with_name(&column.name) else {
+            continue;
+        };
+        let mut added = Vec::new();
+        if within(kept.data_type(), &column.ty, &column.name, &mut added) {
+            column.ty = kept.data_type().clone();
+            let why = "(added inside a record the table already stores)";
+            from.left_out
+                .extend(added.into_iter().map(|a| format!("{a} {why}")));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the Delta table at `url`, creating it from `spec` if there is none,

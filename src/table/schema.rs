@@ -10,7 +10,7 @@
 
 use arrow::array::{RecordBatch, new_null_array};
 use arrow::compute::{cast, concat_batches};
-use arrow::datatypes::{Field, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
@@ -106,6 +106,36 @@ pub fn evolve(stored: Shape<'_>, wanted: Shape<'_>) -> Result<Vec<StructField>, 
         .filter(|f| stored.schema.field(f.name()).is_none())
         .map(|f| StructField::new(f.name(), f.data_type().clone(), true))
         .collect())
+}
+
+/// Whether a column stored as `stored` can keep that type for a job that
+/// now declares `wanted` (a registry subject whose record gained fields):
+/// true when `wanted` only adds fields inside records, each added one
+/// named (from `path`) in `added`. A stored type never changes, so the job
+/// keeps writing `stored` and the added fields stay in `_payload`.
+pub fn within(stored: &DataType, wanted: &DataType, path: &str, added: &mut Vec<String>) -> bool {
+    match (stored, wanted) {
+        (DataType::Struct(kept), DataType::Struct(now)) => {
+            let kept_all = kept.iter().all(|k| {
+                now.iter().any(|n| {
+                    n.name() == k.name()
+                        && within(
+                            k.data_type(),
+                            n.data_type(),
+                            &format!("{path}.{}", k.name()),
+                            added,
+                        )
+                })
+            });
+            let new = now.iter().filter(|n| kept.find(n.name()).is_none());
+            added.extend(new.map(|n| format!("{path}.{}", n.name())));
+            kept_all
+        }
+        (DataType::List(kept), DataType::List(now)) => {
+            within(kept.data_type(), now.data_type(), path, added)
+        }
+        _ => stored == wanted,
+    }
 }
 
 /// Casts query results to `schema` (a table's) by column name, as one batch. By
@@ -239,5 +269,52 @@ mod tests {
             ("page", PrimitiveType::String, true),
         ]);
         assert!(check(&v1, &relaxed, ID).is_err());
+    }
+}
+
+#[cfg(test)]
+mod within_tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{DataType, Field};
+
+    use super::within;
+
+    fn record(fields: &[(&str, DataType)]) -> DataType {
+        let fields: Vec<Field> = fields
+            .iter()
+            .map(|(n, t)| Field::new(*n, t.clone(), true))
+            .collect();
+        DataType::Struct(fields.into())
+    }
+
+    fn list(item: DataType) -> DataType {
+        DataType::List(Arc::new(Field::new("element", item, true)))
+    }
+
+    #[test]
+    fn a_record_that_gained_fields_keeps_its_stored_shape_and_names_them() {
+        let inner = record(&[("x", DataType::Int64)]);
+        let stored = record(&[("os", DataType::Utf8), ("pts", list(inner.clone()))]);
+        let grown_inner = record(&[("x", DataType::Int64), ("y", DataType::Utf8)]);
+        let wanted = record(&[
+            ("os", DataType::Utf8),
+            ("pts", list(grown_inner)),
+            ("screen", DataType::Utf8),
+        ]);
+        let mut added = Vec::new();
+        assert!(within(&stored, &wanted, "device", &mut added));
+        assert_eq!(added, ["device.pts.y", "device.screen"]);
+
+        let retyped = record(&[("os", DataType::Int64), ("pts", list(inner))]);
+        assert!(!within(&stored, &retyped, "device", &mut Vec::new()));
+        let dropped = record(&[("os", DataType::Utf8)]);
+        assert!(!within(&stored, &dropped, "device", &mut Vec::new()));
+        assert!(!within(
+            &DataType::Utf8,
+            &DataType::Int64,
+            "n",
+            &mut Vec::new()
+        ));
     }
 }

@@ -17,7 +17,9 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, StructArray, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options, concat_batches};
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow_avro::reader::{Decoder as StreamDecoder, ReaderBuilder};
@@ -183,18 +185,128 @@ fn conform(
         };
         columns.push(column);
     }
+    for structured in &contract.structured {
+        let column = match batch.column_by_name(&structured.name) {
+            None => new_null_array(&structured.ty, batch.num_rows()),
+            Some(column) => reshaped_rows(column, &structured.ty, &structured.name, &mut unfit)?,
+        };
+        columns.push(column);
+    }
     Ok((columns, unfit))
+}
+
+/// Why a writer's column cannot become a structured column.
+enum Misfit {
+    /// The writer schema's type cannot: every message of it is refused.
+    Schema(String),
+    /// A value cannot (it overflows its stored type): its row is refused.
+    Value(String),
+}
+
+/// `column` [`reshape`]d; rows whose values do not fit are found one at a
+/// time (only in a batch that has one), marked in `unfit` and left null.
+fn reshaped_rows(
+    column: &ArrayRef,
+    to: &DataType,
+    name: &str,
+    unfit: &mut [Option<String>],
+) -> Result<ArrayRef, String> {
+    let field = |why: String| format!("field `{name}`: {why}");
+    match reshape(column, to) {
+        Ok(done) => return Ok(done),
+        Err(Misfit::Schema(why)) => return Err(field(why)),
+        Err(Misfit::Value(_)) => {}
+    }
+    let mut rows = Vec::with_capacity(column.len());
+    for (r, unfit) in unfit.iter_mut().enumerate() {
+        rows.push(match reshape(&column.slice(r, 1), to) {
+            Ok(row) => row,
+            Err(Misfit::Schema(why) | Misfit::Value(why)) => {
+                unfit.get_or_insert(field(why));
+                new_null_array(to, 1)
+            }
+        });
+    }
+    let rows: Vec<&dyn Array> = rows.iter().map(|r| r.as_ref()).collect();
+    arrow::compute::concat(&rows).map_err(|e| e.to_string())
+}
+
+/// `column` (of a writer schema's shape) as stored type `to`: a record's
+/// fields matched by name (one the writer lacks is null, one it added is
+/// not kept), an array's items and each scalar as [`promote`] takes them.
+fn reshape(column: &ArrayRef, to: &DataType) -> Result<ArrayRef, Misfit> {
+    match (column.data_type(), to) {
+        (DataType::Struct(_), DataType::Struct(fields)) => {
+            let record = column.as_struct();
+            let children = fields
+                .iter()
+                .map(|f| match record.column_by_name(f.name()) {
+                    Some(child) => reshape(child, f.data_type()).map_err(|m| m.within(f.name())),
+                    None => Ok(new_null_array(f.data_type(), column.len())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            StructArray::try_new(fields.clone(), children, record.nulls().cloned())
+                .map(|a| Arc::new(a) as ArrayRef)
+                .map_err(|e| Misfit::Schema(e.to_string()))
+        }
+        (DataType::List(_), DataType::List(item)) => {
+            let list = column.as_list::<i32>();
+            let items = reshape(list.values(), item.data_type())?;
+            ListArray::try_new(
+                item.clone(),
+                list.offsets().clone(),
+                items,
+                list.nulls().cloned(),
+            )
+            .map(|a| Arc::new(a) as ArrayRef)
+            .map_err(|e| Misfit::Schema(e.to_string()))
+        }
+        (from, to)
+            if promotes(from, to)
+                || matches!(
+                    (from, to),
+                    (DataType::Decimal128(..), DataType::Decimal128(..))
+                ) =>
+        {
+            promoted(column, to, false).map_err(Misfit::Value)
+        }
+        (from, to) => Err(Misfit::Schema(format!(
+            "is {from} in the writer schema, which its column ({to}) cannot take"
+        ))),
+    }
+}
+
+impl Misfit {
+    /// The misfit of a record's field `name`, said from the record.
+    fn within(self, name: &str) -> Self {
+        match self {
+            Self::Schema(why) => Self::Schema(format!("`{name}` {why}")),
+            Self::Value(why) => Self::Value(format!("`{name}`: {why}")),
+        }
+    }
 }
 
 /// `column` cast to the contract's type where Avro's schema resolution
 /// would promote it. A value that does not fit becomes null ([`conform`]
 /// refuses its row).
 fn promote(field: &FieldDef, column: &ArrayRef, target: &DataType) -> Result<ArrayRef, String> {
-    use DataType::*;
     let from = column.data_type();
-    let promotes = from == target
+    if !promotes(from, target) {
+        return Err(format!(
+            "field `{}` is {from} in the writer schema, which the contract's {} cannot take",
+            field.name,
+            field.ty.name()
+        ));
+    }
+    promoted(column, target, true)
+}
+
+/// Whether Avro's schema resolution promotes a writer's `from` to `to`.
+fn promotes(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    from == to
         || matches!(
-            (from, target),
+            (from, to),
             (Int32, Int64 | Float32 | Float64)
                 | (Int64 | Float32, Float64)
                 | (
@@ -204,27 +316,26 @@ fn promote(field: &FieldDef, column: &ArrayRef, target: &DataType) -> Result<Arr
                 | (Timestamp(_, _), Timestamp(_, _))
                 | (Int64, Timestamp(_, _))
         )
-        || matches!((from, target), (Dictionary(_, v), Utf8) if **v == Utf8);
-    if !promotes {
-        return Err(format!(
-            "field `{}` is {from} in the writer schema, which the contract's {} cannot take",
-            field.name,
-            field.ty.name()
-        ));
-    }
+        || matches!((from, to), (Dictionary(_, v), Utf8) if **v == Utf8)
+}
+
+/// `column` cast to `to`, which [`promotes`] takes it to; `safe`: a value
+/// that does not fit becomes null, else it is an error.
+fn promoted(column: &ArrayRef, to: &DataType, safe: bool) -> Result<ArrayRef, String> {
+    use DataType::*;
     // A long in a timestamp field holds epoch milliseconds, as a JSON number does.
-    let column = match from {
-        Int64 if matches!(target, Timestamp(_, _)) => {
-            cast(column, &Timestamp(TimeUnit::Millisecond, None))?
+    let column = match column.data_type() {
+        Int64 if matches!(to, Timestamp(_, _)) => {
+            cast(column, &Timestamp(TimeUnit::Millisecond, None), safe)?
         }
         _ => column.clone(),
     };
-    cast(&column, target)
+    cast(&column, to, safe)
 }
 
-fn cast(column: &ArrayRef, to: &DataType) -> Result<ArrayRef, String> {
+fn cast(column: &ArrayRef, to: &DataType, safe: bool) -> Result<ArrayRef, String> {
     let options = CastOptions {
-        safe: true,
+        safe,
         ..Default::default()
     };
     cast_with_options(column, to, &options).map_err(|e| e.to_string())

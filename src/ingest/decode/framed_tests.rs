@@ -323,3 +323,129 @@ fn protobuf_messages_are_read_by_the_type_their_indexes_name() {
         "{e:?}"
     );
 }
+
+/// A record and an array beside the contract's fields: `addr` has a field
+/// the structured column lacks (`extra`) and lacks one it has (`country`).
+const V4: &str = r#"{"type":"record","name":"E","fields":[
+    {"name":"id","type":"string"},
+    {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+    {"name":"n","type":"int"},
+    {"name":"addr","type":["null",{"type":"record","name":"A","fields":[
+        {"name":"city","type":"string"},
+        {"name":"zip","type":"int"},
+        {"name":"seen","type":{"type":"long","logicalType":"timestamp-millis"}},
+        {"name":"extra","type":"string"}]}],"default":null},
+    {"name":"tags","type":{"type":"array","items":"string"}}]}"#;
+/// `tags` became an array of longs, which the column of strings cannot take.
+const V5: &str = r#"{"type":"record","name":"E","fields":[
+    {"name":"id","type":"string"},
+    {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+    {"name":"n","type":"int"},
+    {"name":"tags","type":{"type":"array","items":"long"}}]}"#;
+
+fn structured_contract() -> Contract {
+    use arrow::datatypes::Field;
+    let mut contract = spec().job().contract;
+    let address = vec![
+        Field::new("city", DataType::Utf8, true),
+        Field::new("zip", DataType::Int64, true),
+        Field::new("seen", utc_micros(), true),
+        Field::new("country", DataType::Utf8, true),
+    ];
+    let tags = Field::new("element", DataType::Utf8, true);
+    contract.structured = vec![
+        crate::config::Structured {
+            name: "addr".into(),
+            ty: DataType::Struct(address.into()),
+        },
+        crate::config::Structured {
+            name: "tags".into(),
+            ty: DataType::List(Arc::new(tags)),
+        },
+    ];
+    contract
+}
+
+fn v4(id: &str, address: Option<(&str, i64, i64)>, tags: &[&str]) -> Vec<u8> {
+    let address = match address {
+        None => long(0),
+        Some((city, zip, seen)) => {
+            [long(1), string(city), long(zip), long(seen), string("x")].concat()
+        }
+    };
+    let mut items = vec![];
+    if !tags.is_empty() {
+        items.push(long(tags.len() as i64));
+        items.extend(tags.iter().map(|t| string(t)));
+    }
+    items.push(long(0));
+    framed(
+        4,
+        &[string(id), long(TS_MS), long(1), address, items.concat()],
+    )
+}
+
+#[test]
+fn records_and_arrays_become_struct_and_list_columns_by_field_name() {
+    use arrow::array::StructArray;
+    let mut schemas = schemas();
+    schemas.insert(4, WriterSchema::Avro(V4.into()));
+    schemas.insert(5, WriterSchema::Avro(V5.into()));
+    let decoder = Decoder::new(structured_contract(), 1 << 20, Encoding::Avro);
+    let payloads = [
+        v4("a", Some(("Oslo", 150, TS_MS)), &["x", "y"]),
+        v4("b", None, &[]),
+        // Epoch milliseconds no microsecond column holds.
+        v4("c", Some(("Rome", 1, i64::MAX / 10)), &["z"]),
+        framed(
+            5,
+            &[string("d"), long(TS_MS), long(1), long(1), long(7), long(0)],
+        ),
+        v4("e", Some(("Lima", 2, TS_MS + 1)), &["w"]),
+    ];
+    let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+    let d = decoder.decode(&batch(&refs), &schemas, now()).unwrap();
+
+    assert_eq!(offsets(&d.valid), vec![100, 101, 104]);
+    let why = errors(&d);
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(
+        why[0].contains("field `addr`") && why[0].contains("`seen`"),
+        "{why:?}"
+    );
+    assert!(
+        why[1].contains("schema ID 5") && why[1].contains("field `tags`"),
+        "{why:?}"
+    );
+
+    let addr = d.valid.column_by_name("addr").unwrap();
+    let addr: &StructArray = addr.as_struct();
+    assert_eq!(addr.nulls().map(|n| n.null_count()), Some(1));
+    let city = addr.column_by_name("city").unwrap().as_string::<i32>();
+    assert_eq!((city.value(0), city.value(2)), ("Oslo", "Lima"));
+    let zip = addr
+        .column_by_name("zip")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!((zip.value(0), zip.value(2)), (150, 2));
+    let seen = addr.column_by_name("seen").unwrap();
+    let seen = seen.as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(seen.value(2), (TS_MS + 1) * 1000);
+    assert_eq!(addr.column_by_name("country").unwrap().null_count(), 3);
+    assert!(addr.column_by_name("extra").is_none());
+
+    let tags = d.valid.column_by_name("tags").unwrap().as_list::<i32>();
+    let row = |r: usize| -> Vec<String> {
+        let items = tags.value(r);
+        items
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        (row(0), row(1), row(2)),
+        (vec!["x".into(), "y".into()], vec![], vec!["w".into()])
+    );
+}

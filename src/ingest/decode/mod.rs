@@ -424,14 +424,14 @@ impl Decoder {
             None,
         )?;
         self.contract
-            .fields
+            .stored_fields()
             .iter()
             .enumerate()
             .map(|(f, field)| {
                 let parts: Vec<&dyn arrow::array::Array> =
                     groups.iter().map(|g| g[f].as_ref()).collect();
                 let all = match parts.is_empty() {
-                    true => arrow::array::new_empty_array(&field.ty.stored_type()),
+                    true => arrow::array::new_empty_array(field.data_type()),
                     false => compute::concat(&parts)?,
                 };
                 compute::take(&all, &order, None)
