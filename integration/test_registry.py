@@ -49,6 +49,30 @@ def avro_job(tmp_path, broker, topic, data, registry, fields=(), max_events=200,
     return job
 
 
+def without_fields(job):
+    """`job` with no `schema.fields`: it takes them from its registry subject."""
+    job.write_text(re.sub(r"\nfields = \[.*?\n\]\n", "\n", job.read_text(), flags=re.S))
+    assert "fields" not in job.read_text().split("[schema]")[1].split("[dedup]")[0]
+    return job
+
+
+# The click's columns as a Protobuf or JSON Schema subject gives them.
+SUBJECT_COLUMNS = {"event_id": "VARCHAR", "ts": "TIMESTAMP WITH TIME ZONE", "user_id": "VARCHAR",
+                   "page": "VARCHAR", "action": "VARCHAR", "country": "VARCHAR",
+                   "price": "DOUBLE"}
+
+
+def stored_columns(con, raw):
+    """The table's columns and DuckDB types, weir's own (`_…`) left out."""
+    return {name: ty for name, ty in con.sql(
+        f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM delta_scan('{raw}'))"
+    ).fetchall() if not name.startswith("_")}
+
+
+FIELDS_FROM = pytest.mark.parametrize("from_subject", [False, True],
+                                      ids=["spec-fields", "subject-fields"])
+
+
 @pytest.mark.parametrize("format,schema_type",
                          [("avro", None), ("protobuf", "PROTOBUF"), ("json_schema", "JSON")])
 def test_weir_produce_lands_exactly_once_through_a_kill(broker, registry, tmp_path, format,
@@ -245,9 +269,7 @@ def test_a_contract_taken_from_the_registry_subject(broker, registry, tmp_path):
     `referrer` as a column, null for the v1 rows."""
     broker.create_topic("orders", 2)
     data = tmp_path / "data"
-    job = avro_job(tmp_path, broker, "orders", data, registry)
-    job.write_text(re.sub(r"\nfields = \[.*?\n\]\n", "\n", job.read_text(), flags=re.S))
-    assert "fields" not in job.read_text().split("[schema]")[1].split("[dedup]")[0]
+    job = without_fields(avro_job(tmp_path, broker, "orders", data, registry))
     now_ms = int(time.time() * 1000)
     v1 = [nested_click(i, 1, now_ms) for i in range(300)]
     send(broker, "orders", serialized(registry, NESTED_V1, "orders", v1))
@@ -387,13 +409,15 @@ CLICK_JSON_SCHEMA = {
 }
 
 
+@FIELDS_FROM
 def test_json_schema_messages_are_validated_against_their_writer_schema(broker, registry,
-                                                                       tmp_path):
+                                                                       tmp_path, from_subject):
     """Confluent's JSONSerializer writes events under a JSON Schema; weir
     validates each against the schema its ID names: a country longer than
     the schema allows (the contract alone would take it) goes to the DLQ with
     the schema ID and the path, as does a message naming an Avro schema, an
-    unframed one and one naming an ID the registry lacks."""
+    unframed one and one naming an ID the registry lacks. The same holds for
+    a job that takes its fields from the subject's JSON Schema."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.json_schema import JSONSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
@@ -401,6 +425,8 @@ def test_json_schema_messages_are_validated_against_their_writer_schema(broker, 
     broker.create_topic("events", 2)
     data = tmp_path / "data"
     job = avro_job(tmp_path, broker, "events", data, registry, format="json_schema")
+    if from_subject:
+        without_fields(job)
     now_ms = int(time.time() * 1000)
     events = [{k: v for k, v in click(i, 1, now_ms).items() if k != "device"}
               for i in range(300)]
@@ -424,6 +450,8 @@ def test_json_schema_messages_are_validated_against_their_writer_schema(broker, 
         assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
     con = duckdb_connection()
     raw = table_path(data, "clickstream", "raw")
+    if from_subject:
+        assert stored_columns(con, raw) == SUBJECT_COLUMNS
     got = con.sql(f"SELECT event_id, epoch_ms(ts), price FROM delta_scan('{raw}') "
                   f"ORDER BY event_id").fetchall()
     assert got == sorted((e["event_id"], e["ts"], e["price"]) for e in events)
@@ -474,13 +502,16 @@ def click_proto():
             for name in ("Click", "Other")]
 
 
+@FIELDS_FROM
 def test_protobuf_messages_of_two_types_through_confluents_serializer(broker, registry,
-                                                                      tmp_path):
+                                                                      tmp_path, from_subject):
     """Confluent's ProtobufSerializer writes shop.Click (a Timestamp, an enum,
     optional fields, a nested message) and shop.Other (the second type in
     the file: its event ID is an int64): Click rows land with every value
     (microsecond times, enum names, absent optionals null), Other's go to
-    the DLQ naming the schema ID and the field, so does a truncated body."""
+    the DLQ naming the schema ID and the field, so does a truncated body.
+    The same holds for a job that takes its fields from the subject's first
+    message type (the nested message left out)."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
@@ -489,6 +520,8 @@ def test_protobuf_messages_of_two_types_through_confluents_serializer(broker, re
     broker.create_topic("protos", 2)
     data = tmp_path / "data"
     job = avro_job(tmp_path, broker, "protos", data, registry, format="protobuf")
+    if from_subject:
+        without_fields(job)
     client = SchemaRegistryClient({"url": registry.url})
     context = SerializationContext("protos", MessageField.VALUE)
     now_us = int(time.time() * 1_000_000)
@@ -518,6 +551,9 @@ def test_protobuf_messages_of_two_types_through_confluents_serializer(broker, re
         assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
     con = duckdb_connection()
     raw = table_path(data, "clickstream", "raw")
+    if from_subject:
+        assert stored_columns(con, raw) == SUBJECT_COLUMNS
+        assert "device (shop.Click.Device)" in (tmp_path / "run.log").read_text()
     got = con.sql(f"SELECT event_id, epoch_us(ts), user_id, action, price "
                   f"FROM delta_scan('{raw}') ORDER BY event_id").fetchall()
     want = sorted(events)

@@ -17,6 +17,7 @@ mod choice;
 #[cfg(test)]
 pub(crate) mod fixture;
 mod job;
+mod proto_schema;
 mod registry_fields;
 mod spec;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod validate;
 
 pub use choice::Choice;
 pub use job::*;
+pub use proto_schema::ProtoSchema;
 pub use registry_fields::{FromRegistry, NoRegistry, SubjectSchema, SubjectSchemas};
 pub use topics::{MAX_TOPICS, Offsets, SourcePartition, TopicIndex, Topics};
 

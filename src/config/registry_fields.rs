@@ -1,6 +1,7 @@
-//! A contract taken from the schema registry: a job that reads Avro through
-//! a registry may omit `schema.fields`, and its fields are those of the
-//! subject's latest record schema, read when the job is loaded.
+//! A contract taken from the schema registry: a job that reads through a
+//! registry may omit `schema.fields`, and its fields are those of the
+//! subject's latest schema (an Avro record, a Protobuf file's first message
+//! type, a JSON Schema object), read when the job is loaded.
 //!
 //! Only the registry's answer is I/O, and the caller supplies it
 //! ([`SubjectSchemas`]): the config layer never connects anywhere itself.
@@ -11,8 +12,9 @@
 //! the event ID and time is nullable (a writer may make a field optional or
 //! drop one that has a default).
 //!
-//! Scalars become fields of weir's column types. Records, arrays and
-//! decimals become [`Structured`] columns: structs (of nullable fields,
+//! Scalars become fields of weir's column types. In Avro, records, arrays
+//! and decimals become [`Structured`] columns (only the Avro reader fills
+//! them): structs (of nullable fields,
 //! matched by name, so a writer may add or drop one inside), lists and
 //! decimal128. Maps, bytes, fixed, times of day, unions of several types
 //! and recursive records have no column: they are left out (named in
@@ -26,7 +28,7 @@ use arrow::datatypes::{DataType, Field};
 use serde_json::Value;
 
 use super::spec::FieldSpec;
-use super::{FieldType, Structured};
+use super::{FieldType, ProtoSchema, Structured};
 
 /// The registry's latest schema of a subject.
 #[derive(Debug, Clone)]
@@ -61,53 +63,46 @@ pub struct FromRegistry {
     pub left_out: Vec<String>,
 }
 
-/// What the fields of a subject's record schema become.
+/// What the fields of a subject's schema become.
 #[derive(Debug)]
-pub(super) struct AvroColumns {
+pub(super) struct SubjectColumns<'k> {
     /// Fields of weir's column types, as a spec would declare them.
     pub(super) fields: Vec<FieldSpec>,
-    /// Records, arrays and decimals, as their stored types.
+    /// Records, arrays and decimals (Avro only), as their stored types.
     pub(super) structured: Vec<Structured>,
     /// Fields (dotted paths inside records) that have no column, with why.
     pub(super) left_out: Vec<String>,
+    /// The spec's event ID and event time field names.
+    keys: (&'k str, &'k str),
 }
 
-/// The columns of an Avro record schema, and the fields left out. The
-/// field named `event_time`, when a plain `long`, holds epoch milliseconds
-/// (as a JSON number does) and becomes the timestamp it stands for.
-pub(super) fn avro_fields(
-    schema: &str,
-    event_id: &str,
-    event_time: &str,
-) -> Result<AvroColumns, String> {
-    let schema: Value =
-        serde_json::from_str(schema).map_err(|e| format!("not an Avro schema (JSON): {e}"))?;
-    if schema.get("type").and_then(Value::as_str) != Some("record") {
-        return Err("the subject's schema is not an Avro record".into());
+impl<'k> SubjectColumns<'k> {
+    fn new(event_id: &'k str, event_time: &'k str) -> Self {
+        Self {
+            fields: Vec::new(),
+            structured: Vec::new(),
+            left_out: Vec::new(),
+            keys: (event_id, event_time),
+        }
     }
-    let fields = record_fields(&schema)?;
-    let mut types = AvroTypes::default();
-    types.enter(&schema);
-    let mut columns = AvroColumns {
-        fields: Vec::new(),
-        structured: Vec::new(),
-        left_out: Vec::new(),
-    };
-    for field in fields {
-        let (name, ty) = name_and_type(field)?;
+
+    /// Adds field `name` as a column of `stored` type; `None`: it has no
+    /// column type, and `described` names the type it has. The event-time
+    /// field, when an integer, holds epoch milliseconds (as a JSON number
+    /// does) and becomes the timestamp it stands for.
+    fn add(&mut self, name: &str, stored: Option<DataType>, described: impl FnOnce() -> String) {
         if name.starts_with('_') {
             let why = "names starting with `_` are weir's";
-            columns.left_out.push(format!("{name} ({why})"));
-            continue;
+            self.left_out.push(format!("{name} ({why})"));
+            return;
         }
-        let Some(stored) = types.stored(ty, name, &mut columns.left_out) else {
-            columns
-                .left_out
-                .push(format!("{name} ({})", avro_type_name(ty)));
-            continue;
+        let Some(stored) = stored else {
+            self.left_out.push(format!("{name} ({})", described()));
+            return;
         };
+        let (event_id, event_time) = self.keys;
         match scalar_name(&stored) {
-            Some(weir_type) => columns.fields.push(FieldSpec {
+            Some(weir_type) => self.fields.push(FieldSpec {
                 name: name.to_owned(),
                 ty: match weir_type {
                     "int64" if name == event_time => "timestamp",
@@ -116,13 +111,136 @@ pub(super) fn avro_fields(
                 .to_owned(),
                 nullable: name != event_id && name != event_time,
             }),
-            None => columns.structured.push(Structured {
+            None => self.structured.push(Structured {
                 name: name.to_owned(),
                 ty: stored,
             }),
         }
     }
+}
+
+/// The columns of a subject's latest schema, read as its type says.
+pub(super) fn subject_columns<'k>(
+    found: &SubjectSchema,
+    event_id: &'k str,
+    event_time: &'k str,
+) -> Result<SubjectColumns<'k>, String> {
+    let mut columns = SubjectColumns::new(event_id, event_time);
+    match found.schema_type.as_str() {
+        "AVRO" => avro_fields(&found.schema, &mut columns)?,
+        "PROTOBUF" => proto_fields(&found.schema, &mut columns)?,
+        "JSON" => json_schema_fields(&found.schema, &mut columns)?,
+        other => return Err(format!("a schema of type {other}")),
+    }
     Ok(columns)
+}
+
+/// The columns of an Avro record schema, and the fields left out.
+fn avro_fields(schema: &str, columns: &mut SubjectColumns) -> Result<(), String> {
+    let schema: Value =
+        serde_json::from_str(schema).map_err(|e| format!("not an Avro schema (JSON): {e}"))?;
+    if schema.get("type").and_then(Value::as_str) != Some("record") {
+        return Err("the subject's schema is not an Avro record".into());
+    }
+    let fields = record_fields(&schema)?;
+    let mut types = AvroTypes::default();
+    types.enter(&schema);
+    for field in fields {
+        let (name, ty) = name_and_type(field)?;
+        let stored = types.stored(ty, name, &mut columns.left_out);
+        columns.add(name, stored, || avro_type_name(ty));
+    }
+    Ok(())
+}
+
+/// The columns of a Protobuf schema's first message type (Confluent's
+/// default): scalars and `google.protobuf.Timestamp` fields, widened as
+/// Avro's are; messages, repeated fields, maps and bytes have no column
+/// the Protobuf reader fills, so they are left out.
+fn proto_fields(schema: &str, columns: &mut SubjectColumns) -> Result<(), String> {
+    use prost_reflect::Kind;
+    let compiled = ProtoSchema::compile(schema).map_err(|e| format!("not a .proto: {e}"))?;
+    let message = compiled
+        .message(&[0])
+        .ok_or("the subject's schema has no message type")?;
+    for field in message.fields() {
+        let kind = field.kind();
+        let weir = match &kind {
+            _ if field.is_list() || field.is_map() => None,
+            Kind::String | Kind::Enum(_) => Some(FieldType::String),
+            Kind::Bool => Some(FieldType::Bool),
+            Kind::Float | Kind::Double => Some(FieldType::Float64),
+            Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
+                Some(FieldType::Timestamp)
+            }
+            Kind::Message(_) | Kind::Bytes => None,
+            _ => Some(FieldType::Int64),
+        };
+        let described = || match &kind {
+            _ if field.is_map() => "map".to_owned(),
+            _ if field.is_list() => "repeated".to_owned(),
+            Kind::Message(m) => m.full_name().to_owned(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        columns.add(field.name(), weir.map(FieldType::stored_type), described);
+    }
+    Ok(())
+}
+
+/// The columns of a JSON Schema object's `properties`: `string` (a
+/// `date-time` format a timestamp, `date` a date), `integer` int64,
+/// `number` float64, `boolean` bool, each alone or with `null`, and an
+/// `enum` of strings a string; a string
+/// or integer event time is a timestamp (RFC 3339 or epoch milliseconds,
+/// as JSON jobs read it). Objects, arrays and the rest are left out.
+fn json_schema_fields(schema: &str, columns: &mut SubjectColumns) -> Result<(), String> {
+    let schema: Value =
+        serde_json::from_str(schema).map_err(|e| format!("not a JSON Schema (JSON): {e}"))?;
+    let properties = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .ok_or("the subject's JSON Schema has no `properties`")?;
+    let event_time = columns.keys.1;
+    for (name, property) in properties {
+        let types: Vec<&str> = match property.get("type") {
+            Some(Value::String(one)) => vec![one.as_str()],
+            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let mut types: Vec<&str> = types.into_iter().filter(|t| *t != "null").collect();
+        let words = |values: &Vec<Value>| values.iter().all(Value::is_string);
+        if types.is_empty()
+            && property
+                .get("enum")
+                .and_then(Value::as_array)
+                .is_some_and(words)
+        {
+            types.push("string");
+        }
+        let format = property.get("format").and_then(Value::as_str);
+        let weir = match (types.as_slice(), format) {
+            (["string"] | ["integer"] | ["string", "integer"] | ["integer", "string"], _)
+                if name == event_time =>
+            {
+                Some(FieldType::Timestamp)
+            }
+            (["string"], Some("date-time")) => Some(FieldType::Timestamp),
+            (["string"], Some("date")) => Some(FieldType::Date),
+            (["string"], _) => Some(FieldType::String),
+            (["integer"], _) => Some(FieldType::Int64),
+            (["number"] | ["integer", "number"] | ["number", "integer"], _) => {
+                Some(FieldType::Float64)
+            }
+            (["boolean"], _) => Some(FieldType::Bool),
+            _ => None,
+        };
+        let described = || match types.as_slice() {
+            [] => "no type".to_owned(),
+            named => named.join(" or "),
+        };
+        columns.add(name, weir.map(FieldType::stored_type), described);
+    }
+    Ok(())
 }
 
 fn record_fields(record: &Value) -> Result<&Vec<Value>, String> {
@@ -336,7 +454,7 @@ mod tests {
             {"name": "either", "type": ["null", "string", "long"]},
             {"name": "_x", "type": "string"}
         ]}"#;
-        let columns = avro_fields(schema, "event_id", "ts").unwrap();
+        let columns = columns("AVRO", schema).unwrap();
         let got: Vec<(&str, &str, bool)> = columns
             .fields
             .iter()
@@ -389,9 +507,131 @@ mod tests {
         );
     }
 
+    fn columns(schema_type: &str, schema: &str) -> Result<SubjectColumns<'static>, String> {
+        let found = SubjectSchema {
+            id: 1,
+            schema_type: schema_type.into(),
+            schema: schema.into(),
+        };
+        subject_columns(&found, "event_id", "ts")
+    }
+
+    fn declared(columns: &SubjectColumns) -> Vec<(String, String, bool)> {
+        let fields = columns.fields.iter();
+        fields
+            .map(|f| (f.name.clone(), f.ty.clone(), f.nullable))
+            .collect()
+    }
+
+    fn owned(fields: &[(&str, &str, bool)]) -> Vec<(String, String, bool)> {
+        let fields = fields.iter();
+        fields
+            .map(|(n, t, null)| (n.to_string(), t.to_string(), *null))
+            .collect()
+    }
+
+    #[test]
+    fn a_protobuf_message_becomes_flat_columns() {
+        let proto = r#"syntax = "proto3";
+            package shop;
+            import "google/protobuf/timestamp.proto";
+            message Click {
+              string event_id = 1;
+              google.protobuf.Timestamp ts = 2;
+              optional string page = 3;
+              int32 n = 4;
+              uint64 big = 5;
+              float price = 6;
+              bool ok = 7;
+              enum Kind { A = 0; B = 1; }
+              Kind kind = 8;
+              message Device { string os = 1; }
+              Device device = 9;
+              repeated string tags = 10;
+              map<string, string> attributes = 11;
+              bytes blob = 12;
+            }
+            message Other { int64 id = 1; }"#;
+        let got = columns("PROTOBUF", proto).unwrap();
+        assert_eq!(
+            declared(&got),
+            owned(&[
+                ("event_id", "string", false),
+                ("ts", "timestamp", false),
+                ("page", "string", true),
+                ("n", "int64", true),
+                ("big", "int64", true),
+                ("price", "float64", true),
+                ("ok", "bool", true),
+                ("kind", "string", true),
+            ])
+        );
+        assert_eq!(
+            got.left_out,
+            [
+                "device (shop.Click.Device)",
+                "tags (repeated)",
+                "attributes (map)",
+                "blob (bytes)"
+            ]
+        );
+        assert!(got.structured.is_empty());
+        assert!(
+            columns("PROTOBUF", "message {")
+                .unwrap_err()
+                .contains(".proto")
+        );
+    }
+
+    #[test]
+    fn a_json_schema_object_becomes_flat_columns() {
+        let schema = r#"{"type": "object", "properties": {
+            "event_id": {"type": "string"},
+            "ts": {"type": ["string", "integer"]},
+            "at": {"type": "string", "format": "date-time"},
+            "day": {"type": ["null", "string"], "format": "date"},
+            "n": {"type": "integer"},
+            "price": {"type": ["number", "null"]},
+            "ok": {"type": "boolean"},
+            "kind": {"enum": ["a", "b"]},
+            "device": {"type": "object", "properties": {}},
+            "tags": {"type": "array"},
+            "either": {"type": ["string", "boolean"]},
+            "anything": {}
+        }}"#;
+        let got = columns("JSON", schema).unwrap();
+        let mut fields = declared(&got);
+        fields.sort();
+        assert_eq!(
+            fields,
+            owned(&[
+                ("at", "timestamp", true),
+                ("day", "date", true),
+                ("event_id", "string", false),
+                ("kind", "string", true),
+                ("n", "int64", true),
+                ("ok", "bool", true),
+                ("price", "float64", true),
+                ("ts", "timestamp", false),
+            ])
+        );
+        let mut left_out = got.left_out.clone();
+        left_out.sort();
+        assert_eq!(
+            left_out,
+            [
+                "anything (no type)",
+                "device (object)",
+                "either (string or boolean)",
+                "tags (array)"
+            ]
+        );
+        assert!(columns("JSON", "[]").unwrap_err().contains("properties"));
+    }
+
     #[test]
     fn what_is_not_a_record_is_refused() {
-        let refusal = |schema| avro_fields(schema, "event_id", "ts").unwrap_err();
+        let refusal = |schema| columns("AVRO", schema).unwrap_err();
         assert!(refusal(r#""string""#).contains("record"));
         assert!(refusal("{").contains("JSON"));
     }

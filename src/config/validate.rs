@@ -183,34 +183,37 @@ impl Job {
     }
 }
 
-/// Fills `schema.fields` from the registry subject of a job that reads Avro
-/// and left them out, and gives the structured columns beside them; `None`
-/// (and nothing filled) for any other job.
+/// Fills `schema.fields` from the registry subject of a job that reads
+/// through a registry and left them out, and gives the structured columns
+/// beside them; `None` (and nothing filled) for a JSON job.
 fn fields_from_registry(
     schema: &mut SchemaSpec,
     source: &Source,
     subjects: &dyn SubjectSchemas,
     invalid: &Invalid,
 ) -> Result<(Option<FromRegistry>, Vec<Structured>), JobError> {
-    let Format::Avro(registry) = &source.format else {
-        return Ok((None, Vec::new()));
+    let (registry, schema_type) = match &source.format {
+        Format::Json => return Ok((None, Vec::new())),
+        Format::Avro(r) => (r, "AVRO"),
+        Format::Protobuf(r) => (r, "PROTOBUF"),
+        Format::JsonSchema(r) => (r, "JSON"),
     };
     let subject = &registry.subject;
     let refused = |why: String| {
         invalid(
             "schema.fields",
-            "fields, or an Avro record schema in the registry subject to take them from",
+            "fields, or a schema in the registry subject to take them from",
             format!("none, and subject `{subject}`: {why}"),
         )
     };
     let found = subjects.latest(registry).map_err(refused)?;
-    if found.schema_type != "AVRO" {
+    if found.schema_type != schema_type {
         return Err(refused(format!(
-            "schema ID {} is {}",
+            "schema ID {} is {}, and the job reads {schema_type}",
             found.id, found.schema_type
         )));
     }
-    let columns = registry_fields::avro_fields(&found.schema, &schema.event_id, &schema.event_time)
+    let columns = registry_fields::subject_columns(&found, &schema.event_id, &schema.event_time)
         .map_err(|why| refused(format!("schema ID {}: {why}", found.id)))?;
     schema.fields = columns.fields;
     let from = FromRegistry {
@@ -668,7 +671,7 @@ pub(super) fn validate_schema(
     if spec.fields.is_empty() {
         return Err(invalid(
             "schema.fields",
-            "at least one field (a job reading Avro through a registry may leave them to its subject)",
+            "at least one field (a job reading through a registry may leave them to its subject)",
             "none".into(),
         ));
     }
