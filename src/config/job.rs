@@ -427,15 +427,14 @@ pub struct Contract {
     pub payload: Payload,
     /// What of each Kafka record besides its value `raw` keeps (`source.columns`).
     pub kafka: KafkaColumns,
-    /// Columns after the fields, of types only an Avro subject gives them.
+    /// Columns after the fields, of types only a registry subject gives them.
     pub structured: Vec<Structured>,
 }
 
-/// A column of a type only an Avro writer schema gives (a record, an array,
-/// a decimal), taken from the registry subject with the fields. Only the
-/// Avro decoder fills it (a job that has one reads Avro), it is always
-/// nullable (a writer may drop it), and no aggregate takes it: outputs reach
-/// into it through SQL (`get_field(address, 'city')`, `tags[1]`).
+/// A column of a type a registry subject gives and a spec cannot declare
+/// (a record, an array, a decimal), taken from the subject with the
+/// fields. It is always nullable (a writer may drop it), its value is
+/// matched to its type by field name, and no aggregate takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Structured {
     pub name: String,

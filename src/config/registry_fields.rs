@@ -12,12 +12,12 @@
 //! the event ID and time is nullable (a writer may make a field optional or
 //! drop one that has a default).
 //!
-//! Scalars become fields of weir's column types. In Avro, records, arrays
-//! and decimals become [`Structured`] columns (only the Avro reader fills
-//! them): structs (of nullable fields,
-//! matched by name, so a writer may add or drop one inside), lists and
-//! decimal128. Maps, bytes, fixed, times of day, unions of several types
-//! and recursive records have no column: they are left out (named in
+//! Scalars become fields of weir's column types. Records (Avro), nested
+//! messages (Protobuf) and objects (JSON Schema) become [`Structured`]
+//! struct columns (of nullable fields, matched by name, so a writer may add
+//! or drop one inside), arrays and repeated fields lists, Avro decimals
+//! decimal128. Maps, bytes, fixed, times of day, unions of several types and
+//! recursive records have no column: they are left out (named in
 //! [`FromRegistry::left_out`] and logged), the framed bytes stay in
 //! `_payload`, so a reprocess can add them once weir stores them.
 
@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
+use prost_reflect::FieldDescriptor;
 use serde_json::Value;
 
 use super::spec::FieldSpec;
@@ -154,45 +155,89 @@ fn avro_fields(schema: &str, columns: &mut SubjectColumns) -> Result<(), String>
 }
 
 /// The columns of a Protobuf schema's first message type (Confluent's
-/// default): scalars and `google.protobuf.Timestamp` fields, widened as
-/// Avro's are; messages, repeated fields, maps and bytes have no column
-/// the Protobuf reader fills, so they are left out.
+/// default): scalars and `google.protobuf.Timestamp` fields widened as
+/// Avro's are, nested messages as structs and repeated fields as lists of
+/// the same; maps, bytes and messages that contain themselves are left out.
 fn proto_fields(schema: &str, columns: &mut SubjectColumns) -> Result<(), String> {
-    use prost_reflect::Kind;
     let compiled = ProtoSchema::compile(schema).map_err(|e| format!("not a .proto: {e}"))?;
     let message = compiled
         .message(&[0])
         .ok_or("the subject's schema has no message type")?;
+    let mut open = vec![message.full_name().to_owned()];
     for field in message.fields() {
-        let kind = field.kind();
-        let weir = match &kind {
-            _ if field.is_list() || field.is_map() => None,
-            Kind::String | Kind::Enum(_) => Some(FieldType::String),
-            Kind::Bool => Some(FieldType::Bool),
-            Kind::Float | Kind::Double => Some(FieldType::Float64),
-            Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
-                Some(FieldType::Timestamp)
-            }
-            Kind::Message(_) | Kind::Bytes => None,
-            _ => Some(FieldType::Int64),
-        };
-        let described = || match &kind {
-            _ if field.is_map() => "map".to_owned(),
-            _ if field.is_list() => "repeated".to_owned(),
-            Kind::Message(m) => m.full_name().to_owned(),
-            other => format!("{other:?}").to_lowercase(),
-        };
-        columns.add(field.name(), weir.map(FieldType::stored_type), described);
+        let stored = proto_type(&field, field.name(), &mut open, &mut columns.left_out);
+        columns.add(field.name(), stored, || proto_type_name(&field));
     }
     Ok(())
 }
 
+/// The stored type of a Protobuf field at `path`; `None` where no column
+/// type holds it. Fields of messages that have none go to `left_out`.
+fn proto_type(
+    field: &FieldDescriptor,
+    path: &str,
+    open: &mut Vec<String>,
+    left_out: &mut Vec<String>,
+) -> Option<DataType> {
+    use prost_reflect::Kind;
+    let item = match field.kind() {
+        _ if field.is_map() => return None,
+        Kind::String | Kind::Enum(_) => FieldType::String.stored_type(),
+        Kind::Bool => FieldType::Bool.stored_type(),
+        Kind::Float | Kind::Double => FieldType::Float64.stored_type(),
+        Kind::Bytes => return None,
+        Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
+            FieldType::Timestamp.stored_type()
+        }
+        Kind::Message(m) if open.iter().any(|o| o == m.full_name()) => return None,
+        Kind::Message(m) => {
+            open.push(m.full_name().to_owned());
+            let mut fields = Vec::new();
+            for child in m.fields() {
+                let at = format!("{path}.{}", child.name());
+                match proto_type(&child, &at, open, left_out) {
+                    Some(stored) => fields.push(Field::new(child.name(), stored, true)),
+                    None => left_out.push(format!("{at} ({})", proto_type_name(&child))),
+                }
+            }
+            open.pop();
+            match fields.is_empty() {
+                true => return None,
+                false => DataType::Struct(fields.into()),
+            }
+        }
+        _ => FieldType::Int64.stored_type(),
+    };
+    Some(match field.is_list() {
+        true => list_of(item),
+        false => item,
+    })
+}
+
+fn proto_type_name(field: &FieldDescriptor) -> String {
+    let kind = match field.kind() {
+        prost_reflect::Kind::Message(m) => m.full_name().to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    match (field.is_map(), field.is_list()) {
+        (true, _) => "map".into(),
+        (false, true) => format!("repeated {kind}"),
+        (false, false) => kind,
+    }
+}
+
+/// A list of nullable items, named `element` as Delta names them.
+fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("element", item, true)))
+}
+
 /// The columns of a JSON Schema object's `properties`: `string` (a
 /// `date-time` format a timestamp, `date` a date), `integer` int64,
-/// `number` float64, `boolean` bool, each alone or with `null`, and an
-/// `enum` of strings a string; a string
-/// or integer event time is a timestamp (RFC 3339 or epoch milliseconds,
-/// as JSON jobs read it). Objects, arrays and the rest are left out.
+/// `number` float64, `boolean` bool, an `enum` of strings a string, an
+/// `object` with `properties` a struct of them and an `array` with `items`
+/// a list, each alone or with `null`; a string or integer event time is a
+/// timestamp (RFC 3339 or epoch milliseconds, as JSON jobs read it). The
+/// rest (`$ref`s, mixed types) is left out.
 fn json_schema_fields(schema: &str, columns: &mut SubjectColumns) -> Result<(), String> {
     let schema: Value =
         serde_json::from_str(schema).map_err(|e| format!("not a JSON Schema (JSON): {e}"))?;
@@ -202,45 +247,73 @@ fn json_schema_fields(schema: &str, columns: &mut SubjectColumns) -> Result<(), 
         .ok_or("the subject's JSON Schema has no `properties`")?;
     let event_time = columns.keys.1;
     for (name, property) in properties {
-        let types: Vec<&str> = match property.get("type") {
-            Some(Value::String(one)) => vec![one.as_str()],
-            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
-        let mut types: Vec<&str> = types.into_iter().filter(|t| *t != "null").collect();
-        let words = |values: &Vec<Value>| values.iter().all(Value::is_string);
-        if types.is_empty()
-            && property
-                .get("enum")
-                .and_then(Value::as_array)
-                .is_some_and(words)
-        {
-            types.push("string");
-        }
-        let format = property.get("format").and_then(Value::as_str);
-        let weir = match (types.as_slice(), format) {
-            (["string"] | ["integer"] | ["string", "integer"] | ["integer", "string"], _)
+        let types = json_types(property);
+        let stored = match types.as_slice() {
+            ["string" | "integer"] | ["string", "integer"] | ["integer", "string"]
                 if name == event_time =>
             {
-                Some(FieldType::Timestamp)
+                Some(FieldType::Timestamp.stored_type())
             }
-            (["string"], Some("date-time")) => Some(FieldType::Timestamp),
-            (["string"], Some("date")) => Some(FieldType::Date),
-            (["string"], _) => Some(FieldType::String),
-            (["integer"], _) => Some(FieldType::Int64),
-            (["number"] | ["integer", "number"] | ["number", "integer"], _) => {
-                Some(FieldType::Float64)
-            }
-            (["boolean"], _) => Some(FieldType::Bool),
-            _ => None,
+            _ => json_type(property, name, &mut columns.left_out),
         };
-        let described = || match types.as_slice() {
-            [] => "no type".to_owned(),
-            named => named.join(" or "),
-        };
-        columns.add(name, weir.map(FieldType::stored_type), described);
+        columns.add(name, stored, || json_type_name(&types));
     }
     Ok(())
+}
+
+/// A property's types, `null` left out; an `enum` of strings is a string.
+fn json_types(property: &Value) -> Vec<&str> {
+    let mut types: Vec<&str> = match property.get("type") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    types.retain(|t| *t != "null");
+    let words = |values: &Vec<Value>| values.iter().all(Value::is_string);
+    if types.is_empty()
+        && property
+            .get("enum")
+            .and_then(Value::as_array)
+            .is_some_and(words)
+    {
+        types.push("string");
+    }
+    types
+}
+
+fn json_type_name(types: &[&str]) -> String {
+    match types {
+        [] => "no type".to_owned(),
+        named => named.join(" or "),
+    }
+}
+
+/// The stored type of a JSON Schema property at `path`; `None` where no
+/// column type holds it. Properties of objects that have none go to `left_out`.
+fn json_type(property: &Value, path: &str, left_out: &mut Vec<String>) -> Option<DataType> {
+    let format = property.get("format").and_then(Value::as_str);
+    let weir = match (json_types(property).as_slice(), format) {
+        (["string"], Some("date-time")) => FieldType::Timestamp,
+        (["string"], Some("date")) => FieldType::Date,
+        (["string"], _) => FieldType::String,
+        (["integer"], _) => FieldType::Int64,
+        (["number"] | ["integer", "number"] | ["number", "integer"], _) => FieldType::Float64,
+        (["boolean"], _) => FieldType::Bool,
+        (["array"], _) => return Some(list_of(json_type(property.get("items")?, path, left_out)?)),
+        (["object"], _) => {
+            let mut fields = Vec::new();
+            for (name, child) in property.get("properties")?.as_object()? {
+                let at = format!("{path}.{name}");
+                match json_type(child, &at, left_out) {
+                    Some(stored) => fields.push(Field::new(name, stored, true)),
+                    None => left_out.push(format!("{at} ({})", json_type_name(&json_types(child)))),
+                }
+            }
+            return (!fields.is_empty()).then(|| DataType::Struct(fields.into()));
+        }
+        _ => return None,
+    };
+    Some(weir.stored_type())
 }
 
 fn record_fields(record: &Value) -> Result<&Vec<Value>, String> {
@@ -331,10 +404,11 @@ impl<'s> AvroTypes<'s> {
                 self.define(ty);
                 match base {
                     "record" => self.record(ty, path, left_out),
-                    "array" => {
-                        let items = self.stored(complex.get("items")?, path, left_out)?;
-                        Some(DataType::List(Arc::new(Field::new("element", items, true))))
-                    }
+                    "array" => Some(list_of(self.stored(
+                        complex.get("items")?,
+                        path,
+                        left_out,
+                    )?)),
                     "enum" => Some(DataType::Utf8),
                     _ => decimal_type(complex).or_else(|| {
                         let logical = complex.get("logicalType").and_then(Value::as_str);
@@ -477,11 +551,7 @@ mod tests {
         );
         let address = DataType::Struct(vec![Field::new("city", DataType::Utf8, true)].into());
         let tags = DataType::List(Arc::new(Field::new("element", DataType::Int64, true)));
-        let structured: Vec<(&str, &DataType)> = columns
-            .structured
-            .iter()
-            .map(|s| (s.name.as_str(), &s.ty))
-            .collect();
+        let structured = structured_of(&columns);
         assert_eq!(
             structured,
             [
@@ -505,6 +575,19 @@ mod tests {
                 "_x (names starting with `_` are weir's)",
             ]
         );
+    }
+
+    fn structured_of<'c>(columns: &'c SubjectColumns) -> Vec<(&'c str, &'c DataType)> {
+        let structured = columns.structured.iter();
+        structured.map(|s| (s.name.as_str(), &s.ty)).collect()
+    }
+
+    fn record(fields: &[(&str, DataType)]) -> DataType {
+        let fields = fields.iter();
+        let fields: Vec<Field> = fields
+            .map(|(n, t)| Field::new(*n, t.clone(), true))
+            .collect();
+        DataType::Struct(fields.into())
     }
 
     fn columns(schema_type: &str, schema: &str) -> Result<SubjectColumns<'static>, String> {
@@ -531,7 +614,7 @@ mod tests {
     }
 
     #[test]
-    fn a_protobuf_message_becomes_flat_columns() {
+    fn a_protobuf_message_becomes_columns_its_messages_structs() {
         let proto = r#"syntax = "proto3";
             package shop;
             import "google/protobuf/timestamp.proto";
@@ -545,7 +628,7 @@ mod tests {
               bool ok = 7;
               enum Kind { A = 0; B = 1; }
               Kind kind = 8;
-              message Device { string os = 1; }
+              message Device { string os = 1; repeated int32 dims = 2; Device parent = 3; }
               Device device = 9;
               repeated string tags = 10;
               map<string, string> attributes = 11;
@@ -569,13 +652,17 @@ mod tests {
         assert_eq!(
             got.left_out,
             [
-                "device (shop.Click.Device)",
-                "tags (repeated)",
+                "device.parent (shop.Click.Device)",
                 "attributes (map)",
                 "blob (bytes)"
             ]
         );
-        assert!(got.structured.is_empty());
+        let device = record(&[("os", DataType::Utf8), ("dims", list_of(DataType::Int64))]);
+        let structured = structured_of(&got);
+        assert_eq!(
+            structured,
+            [("device", &device), ("tags", &list_of(DataType::Utf8))]
+        );
         assert!(
             columns("PROTOBUF", "message {")
                 .unwrap_err()
@@ -584,7 +671,7 @@ mod tests {
     }
 
     #[test]
-    fn a_json_schema_object_becomes_flat_columns() {
+    fn a_json_schema_object_becomes_columns_its_objects_structs() {
         let schema = r#"{"type": "object", "properties": {
             "event_id": {"type": "string"},
             "ts": {"type": ["string", "integer"]},
@@ -594,8 +681,11 @@ mod tests {
             "price": {"type": ["number", "null"]},
             "ok": {"type": "boolean"},
             "kind": {"enum": ["a", "b"]},
-            "device": {"type": "object", "properties": {}},
-            "tags": {"type": "array"},
+            "device": {"type": "object", "properties": {
+                "os": {"type": "string"}, "size": {"type": ["integer", "null"]},
+                "any": {"type": "object"}}},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "loose": {"type": "array"},
             "either": {"type": ["string", "boolean"]},
             "anything": {}
         }}"#;
@@ -621,10 +711,17 @@ mod tests {
             left_out,
             [
                 "anything (no type)",
-                "device (object)",
+                "device.any (object)",
                 "either (string or boolean)",
-                "tags (array)"
+                "loose (array)",
             ]
+        );
+        let device = record(&[("os", DataType::Utf8), ("size", DataType::Int64)]);
+        let mut structured = structured_of(&got);
+        structured.sort_by_key(|(name, _)| *name);
+        assert_eq!(
+            structured,
+            [("device", &device), ("tags", &list_of(DataType::Utf8))]
         );
         assert!(columns("JSON", "[]").unwrap_err().contains("properties"));
     }

@@ -5,11 +5,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int32Builder,
-    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int32Builder,
+    Int64Builder, StringBuilder, TimestampMicrosecondBuilder, new_empty_array, new_null_array,
 };
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::error::ArrowError;
 
-use crate::config::FieldType;
+use crate::config::{Contract, FieldType};
 
 /// One contract field's value in one message, already of its column's type.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +31,26 @@ pub(super) enum Value<'a> {
     TimestampMs(i64),
     /// Epoch microseconds (a Protobuf `Timestamp`), within the column's range.
     TimestampUs(i64),
+    /// A structured column's value: one row of its stored type.
+    Structured(ArrayRef),
+}
+
+/// A structured column's value written as JSON (a JSON message's, or a
+/// Protobuf message's in its JSON mapping), as one row of stored type `ty`,
+/// read by arrow-json's rules: a field the type lacks is skipped, one the
+/// value lacks is null, and a value of another kind is refused.
+pub(super) fn structured(json: &str, ty: &DataType) -> Result<ArrayRef, String> {
+    let schema = Arc::new(Schema::new(vec![Field::new("v", ty.clone(), true)]));
+    let mut decoder = arrow::json::ReaderBuilder::new(schema)
+        .with_batch_size(1)
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    let row = format!("{{\"v\":{json}}}");
+    decoder.decode(row.as_bytes()).map_err(|e| e.to_string())?;
+    match decoder.flush().map_err(|e| e.to_string())? {
+        Some(batch) if batch.num_rows() == 1 => Ok(batch.column(0).clone()),
+        _ => Err("not one value".into()),
+    }
 }
 
 impl Value<'_> {
@@ -52,6 +74,8 @@ enum Builder {
     Float64(Float64Builder),
     Date(Date32Builder),
     TimestampUs(TimestampMicrosecondBuilder),
+    /// A structured column: its rows, one array each, joined at the end.
+    Structured(DataType, Vec<ArrayRef>),
 }
 
 impl Builder {
@@ -82,6 +106,7 @@ impl Builder {
             (Self::Date(b), Value::Date(v)) => b.append_value(v),
             (Self::TimestampUs(b), Value::TimestampMs(v)) => b.append_value(v * 1000),
             (Self::TimestampUs(b), Value::TimestampUs(v)) => b.append_value(v),
+            (Self::Structured(_, rows), Value::Structured(row)) => rows.push(row),
             (builder, Value::Null) => builder.append_null(),
             (_, value) => unreachable!("{value:?} read for a column of another type"),
         }
@@ -97,11 +122,12 @@ impl Builder {
             Self::Float64(b) => b.append_null(),
             Self::Date(b) => b.append_null(),
             Self::TimestampUs(b) => b.append_null(),
+            Self::Structured(ty, rows) => rows.push(new_null_array(ty, 1)),
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    fn finish(&mut self) -> Result<ArrayRef, ArrowError> {
+        Ok(match self {
             Self::Str(b) => Arc::new(b.finish()),
             Self::Bool(b) => Arc::new(b.finish()),
             Self::Int32(b) => Arc::new(b.finish()),
@@ -110,7 +136,16 @@ impl Builder {
             Self::Float64(b) => Arc::new(b.finish()),
             Self::Date(b) => Arc::new(b.finish()),
             Self::TimestampUs(b) => Arc::new(b.finish()),
-        }
+            Self::Structured(ty, rows) => {
+                let parts: Vec<&dyn Array> = rows.iter().map(|r| r.as_ref()).collect();
+                let joined = match parts.is_empty() {
+                    true => new_empty_array(ty),
+                    false => arrow::compute::concat(&parts)?,
+                };
+                rows.clear();
+                joined
+            }
+        })
     }
 }
 
@@ -120,9 +155,23 @@ pub(super) struct Columns {
 }
 
 impl Columns {
-    pub(super) fn new(types: impl IntoIterator<Item = FieldType>, rows: usize) -> Self {
+    /// Builders for the contract's fields, then its structured columns.
+    pub(super) fn new(contract: &Contract, rows: usize) -> Self {
+        let fields = contract.fields.iter().map(|f| f.ty);
+        Self::of(fields, contract.structured.iter().map(|s| &s.ty), rows)
+    }
+
+    pub(super) fn of<'t>(
+        fields: impl IntoIterator<Item = FieldType>,
+        structured: impl IntoIterator<Item = &'t DataType>,
+        rows: usize,
+    ) -> Self {
+        let fields = fields.into_iter().map(|ty| Builder::new(ty, rows));
+        let structured = structured
+            .into_iter()
+            .map(|ty| Builder::Structured(ty.clone(), Vec::with_capacity(rows)));
         Self {
-            builders: types.into_iter().map(|ty| Builder::new(ty, rows)).collect(),
+            builders: fields.chain(structured).collect(),
         }
     }
 
@@ -135,7 +184,7 @@ impl Columns {
     }
 
     /// The contract's columns, in its order and of its stored types.
-    pub(super) fn finish(mut self) -> Vec<ArrayRef> {
+    pub(super) fn finish(mut self) -> Result<Vec<ArrayRef>, ArrowError> {
         self.builders.iter_mut().map(Builder::finish).collect()
     }
 }

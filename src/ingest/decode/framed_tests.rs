@@ -7,7 +7,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
 use super::framed::{WriterSchema, WriterSchemas};
-use super::tests::{batch, errors, now, offsets, spec};
+use super::tests::{batch, errors, now, offsets, spec, structured_contract};
 use super::*;
 
 /// `n` an int (promoted to long), `x` a nullable float, no `s`, millisecond times.
@@ -342,29 +342,6 @@ const V5: &str = r#"{"type":"record","name":"E","fields":[
     {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
     {"name":"n","type":"int"},
     {"name":"tags","type":{"type":"array","items":"long"}}]}"#;
-
-fn structured_contract() -> Contract {
-    use arrow::datatypes::Field;
-    let mut contract = spec().job().contract;
-    let address = vec![
-        Field::new("city", DataType::Utf8, true),
-        Field::new("zip", DataType::Int64, true),
-        Field::new("seen", utc_micros(), true),
-        Field::new("country", DataType::Utf8, true),
-    ];
-    let tags = Field::new("element", DataType::Utf8, true);
-    contract.structured = vec![
-        crate::config::Structured {
-            name: "addr".into(),
-            ty: DataType::Struct(address.into()),
-        },
-        crate::config::Structured {
-            name: "tags".into(),
-            ty: DataType::List(Arc::new(tags)),
-        },
-    ];
-    contract
-}
 
 fn v4(id: &str, address: Option<(&str, i64, i64)>, tags: &[&str]) -> Vec<u8> {
     let address = match address {

@@ -305,17 +305,17 @@ impl Decoder {
         let read = match self.encoding {
             Encoding::Json => self.read_rows(messages, reference, &mut |bytes| {
                 json_object(bytes).and_then(|b| self.shape.read(b))
-            }),
+            })?,
             Encoding::JsonSchema => self.read_rows(messages, reference, &mut |bytes| {
                 framed::validated_json(bytes, schemas)
                     .and_then(json_object)
                     .and_then(|b| self.shape.read(b))
-            }),
+            })?,
             Encoding::Protobuf => {
                 let mut reader = protobuf::Reader::new(&self.contract);
                 self.read_rows(messages, reference, &mut |bytes| {
                     reader.read(bytes, schemas)
-                })
+                })?
             }
             Encoding::Avro => self.read_avro(messages, schemas, reference)?,
         };
@@ -332,11 +332,10 @@ impl Decoder {
         messages: &[Message],
         reference: &dyn Fn(&Message) -> Option<i64>,
         read: &mut ReadMessage,
-    ) -> Read {
+    ) -> Result<Read, ArrowError> {
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut rows = Vec::with_capacity(messages.len());
-        let types = self.contract.fields.iter().map(|f| f.ty);
-        let mut columns = Columns::new(types, messages.len());
+        let mut columns = Columns::new(&self.contract, messages.len());
         let event_time = self.contract.event_time;
         for (i, m) in messages.iter().enumerate() {
             let read = self.precheck(m).and_then(&mut *read);
@@ -353,11 +352,11 @@ impl Decoder {
                 Err(reason) => rejected.push((i, reason)),
             }
         }
-        Read {
-            columns: columns.finish(),
+        Ok(Read {
+            columns: columns.finish()?,
             rows,
             rejected,
-        }
+        })
     }
 
     /// Avro messages decoded group by group ([`avro`]), the row rules

@@ -12,7 +12,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value as Proto};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value as Proto,
+};
 
 use super::columns::Value;
 use super::framed::{WriterSchema, WriterSchemas, unframe};
@@ -53,6 +55,8 @@ fn message_indexes(mut body: &[u8]) -> Option<(Vec<i32>, &[u8])> {
 struct Plan {
     message: MessageDescriptor,
     fields: Vec<Option<FieldDescriptor>>,
+    /// For each structured column, the field it reads (none: null).
+    structured: Vec<Option<FieldDescriptor>>,
 }
 
 impl Plan {
@@ -82,7 +86,15 @@ impl Plan {
                 )),
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { message, fields })
+        let structured = contract.structured.iter();
+        let structured = structured
+            .map(|s| message.get_field_by_name(&s.name))
+            .collect();
+        Ok(Self {
+            message,
+            fields,
+            structured,
+        })
     }
 }
 
@@ -145,18 +157,95 @@ impl<'c> Reader<'c> {
             .map_err(|why| format!("schema ID {id}: {why}"))?;
         let message = DynamicMessage::decode(plan.message.clone(), body)
             .map_err(|e| format!("schema ID {id}: malformed Protobuf body: {e}"))?;
-        contract
-            .fields
-            .iter()
-            .zip(&plan.fields)
-            .map(|(f, field)| match field {
-                Some(field) if !field.supports_presence() || message.has_field(field) => {
-                    convert(f.ty, &message.get_field(field), field)
-                        .map_err(|why| format!("field `{}`: {why}", f.name))
+        let present = |field: &FieldDescriptor| {
+            let set = !field.supports_presence() || message.has_field(field);
+            set.then(|| message.get_field(field))
+        };
+        let fields = contract.fields.iter().zip(&plan.fields).map(|(f, field)| {
+            match field
+                .as_ref()
+                .and_then(|field| Some((field, present(field)?)))
+            {
+                Some((field, value)) => {
+                    convert(f.ty, &value, field).map_err(|why| format!("field `{}`: {why}", f.name))
                 }
-                _ => Ok(Value::Null),
-            })
-            .collect()
+                None => Ok(Value::Null),
+            }
+        });
+        let structured = contract
+            .structured
+            .iter()
+            .zip(&plan.structured)
+            .map(|(s, field)| {
+                match field
+                    .as_ref()
+                    .and_then(|field| Some((field, present(field)?)))
+                {
+                    Some((field, value)) => {
+                        let json = as_json(&value, &field.kind()).to_string();
+                        let row = super::columns::structured(&json, &s.ty)
+                            .map_err(|why| format!("field `{}`: {why}", s.name))?;
+                        Ok(Value::Structured(row))
+                    }
+                    None => Ok(Value::Null),
+                }
+            });
+        fields.chain(structured).collect()
+    }
+}
+
+/// A field's value in Protobuf's JSON mapping (field names as declared,
+/// enums by name, timestamps in RFC 3339, 64-bit integers as numbers):
+/// what a structured column's value is read from.
+fn as_json(value: &Proto, kind: &Kind) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        Proto::Bool(b) => Json::from(*b),
+        Proto::I32(n) => Json::from(*n),
+        Proto::I64(n) => Json::from(*n),
+        Proto::U32(n) => Json::from(*n),
+        Proto::U64(n) => Json::from(*n),
+        Proto::F32(x) => Json::from(*x),
+        Proto::F64(x) => Json::from(*x),
+        Proto::String(s) => Json::from(s.as_str()),
+        Proto::Bytes(b) => Json::from(String::from_utf8_lossy(b)),
+        Proto::EnumNumber(n) => match kind.as_enum().and_then(|e| e.get_value(*n)) {
+            Some(v) => Json::from(v.name()),
+            None => Json::from(*n),
+        },
+        Proto::Message(m) if m.descriptor().full_name() == "google.protobuf.Timestamp" => {
+            let us = timestamp_us(m).and_then(chrono::DateTime::from_timestamp_micros);
+            us.map_or(Json::Null, |t| Json::from(t.to_rfc3339()))
+        }
+        Proto::Message(m) => {
+            // As at the top level, a field without presence reads as its default.
+            let descriptor = m.descriptor();
+            let set = descriptor.fields();
+            let set = set.filter(|f| !f.supports_presence() || m.has_field(f));
+            let fields = set.map(|f| (f.name().to_owned(), as_json(&m.get_field(&f), &f.kind())));
+            Json::Object(fields.collect())
+        }
+        Proto::List(items) => Json::Array(items.iter().map(|i| as_json(i, kind)).collect()),
+        Proto::Map(entries) => {
+            let value_kind = kind.as_message().map(|m| m.map_entry_value_field().kind());
+            let value_kind = value_kind.unwrap_or_else(|| kind.clone());
+            let entries = entries
+                .iter()
+                .map(|(k, v)| (map_key(k), as_json(v, &value_kind)));
+            Json::Object(entries.collect())
+        }
+    }
+}
+
+fn map_key(key: &prost_reflect::MapKey) -> String {
+    use prost_reflect::MapKey;
+    match key {
+        MapKey::Bool(b) => b.to_string(),
+        MapKey::I32(n) => n.to_string(),
+        MapKey::I64(n) => n.to_string(),
+        MapKey::U32(n) => n.to_string(),
+        MapKey::U64(n) => n.to_string(),
+        MapKey::String(s) => s.clone(),
     }
 }
 

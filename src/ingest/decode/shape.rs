@@ -15,17 +15,17 @@ use std::borrow::Cow;
 use std::fmt;
 
 use arrow::compute::kernels::cast_utils::{Parser, string_to_datetime};
-use arrow::datatypes::{Date32Type, Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow::datatypes::{DataType, Date32Type, Float32Type, Float64Type, Int32Type, Int64Type};
 use chrono::Utc;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::columns::Value;
+use super::columns::{self, Value};
 use crate::config::{Contract, FieldType};
 
-/// How deep objects and arrays may nest in a message. Contract fields are
-/// scalars, so nesting only ever sits in fields weir ignores; a bound keeps
-/// hostile input (100,000 levels) from costing the decoders anything.
+/// How deep objects and arrays may nest in a field weir ignores: a bound
+/// keeps hostile input (100,000 levels) from costing the decoders anything.
+/// (A structured column's value is bounded by serde_json's own limit.)
 pub(super) const MAX_DEPTH: usize = 64;
 
 /// The largest epoch milliseconds a timestamp column (microseconds in an i64) holds.
@@ -39,6 +39,8 @@ const EXACT_FLOAT_INTEGER: f64 = (1u64 << 53) as f64;
 #[derive(Debug, Clone)]
 pub(super) struct Shape {
     fields: Vec<(String, FieldType)>,
+    /// The structured columns, numbered after the fields.
+    structured: Vec<(String, DataType)>,
 }
 
 /// What a JSON value is, as far as the contract cares.
@@ -98,6 +100,22 @@ impl Shape {
                 .iter()
                 .map(|f| (f.name.clone(), f.ty))
                 .collect(),
+            structured: contract
+                .structured
+                .iter()
+                .map(|s| (s.name.clone(), s.ty.clone()))
+                .collect(),
+        }
+    }
+
+    /// The value of column `column` (a field or a structured column).
+    fn value<'a>(&self, column: usize, raw: &'a RawValue) -> Result<Value<'a>, Misfit> {
+        match column.checked_sub(self.fields.len()) {
+            None => value(column, raw, self.fields[column].1),
+            Some(_) if Kind::of(raw) == Kind::Null => Ok(Value::Null),
+            Some(s) => columns::structured(raw.get(), &self.structured[s].1)
+                .map(Value::Structured)
+                .map_err(|why| Misfit::Structured(column, why)),
         }
     }
 
@@ -136,6 +154,10 @@ impl Shape {
                 format!("does not fit the schema: `{name}` is {number}, {why} ({ty} field)")
             }
             Misfit::Nested(name) => format!("{name} is nested more than {MAX_DEPTH} levels deep"),
+            Misfit::Structured(column, why) => {
+                let (name, _) = &self.structured[column - self.fields.len()];
+                format!("does not match the schema: `{name}`: {why}")
+            }
         }
     }
 }
@@ -152,6 +174,8 @@ enum Misfit {
     Number(usize, String, &'static str),
     /// A value nested past [`MAX_DEPTH`], and its key as the message says it.
     Nested(String),
+    /// A structured column's value that its type cannot take, and why.
+    Structured(usize, String),
 }
 
 /// The value of contract field `field`, of type `ty`, as its column holds it.
@@ -313,13 +337,14 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut read: Read<'de> = Ok(vec![Value::Null; self.0.fields.len()]);
+        let columns = self.0.fields.len() + self.0.structured.len();
+        let mut read: Read<'de> = Ok(vec![Value::Null; columns]);
         while let Some(field) = map.next_key_seed(FieldSeed(self.0))? {
             let raw = map.next_value::<&'de RawValue>()?;
             let Ok(values) = &mut read else { continue };
             match field {
                 // A key given twice: the last value counts, as in arrow-json.
-                Ok(field) => match value(field, raw, self.0.fields[field].1) {
+                Ok(field) => match self.0.value(field, raw) {
                     Ok(v) => values[field] = v,
                     Err(misfit) => read = Err(misfit),
                 },
@@ -375,7 +400,12 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
 
 impl FieldSeed<'_> {
     fn index(&self, key: &str) -> Option<usize> {
-        self.0.fields.iter().position(|(name, _)| name == key)
+        let field = self.0.fields.iter().position(|(name, _)| name == key);
+        let structured = || {
+            let at = self.0.structured.iter().position(|(name, _)| name == key);
+            at.map(|s| self.0.fields.len() + s)
+        };
+        field.or_else(structured)
     }
 }
 
@@ -432,6 +462,7 @@ mod tests {
     fn shape_of(ty: FieldType) -> Shape {
         Shape {
             fields: vec![("v".into(), ty)],
+            structured: vec![],
         }
     }
 
@@ -452,9 +483,9 @@ mod tests {
 
     fn reads(ty: FieldType, message: &str) -> Result<ArrayRef, String> {
         let values = shape_of(ty).read(message.as_bytes())?;
-        let mut columns = Columns::new([ty], 1);
+        let mut columns = Columns::of([ty], [], 1);
         columns.push(values);
-        Ok(columns.finish().remove(0))
+        Ok(columns.finish().unwrap().remove(0))
     }
 
     /// The reader's promise: what it takes, arrow-json takes as the same
@@ -551,6 +582,7 @@ mod tests {
                 ("id".into(), FieldType::String),
                 ("ts".into(), FieldType::Timestamp),
             ],
+            structured: vec![],
         };
         assert_eq!(
             shape.read(br#"{"id":"a","ts":{"no":1}}"#),

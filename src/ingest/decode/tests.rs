@@ -19,6 +19,76 @@ pub(super) fn spec() -> Spec<'static> {
     }
 }
 
+/// The test contract with a record `addr` (city, zip, seen, country) and
+/// a list of strings `tags` beside its fields.
+pub(super) fn structured_contract() -> Contract {
+    use arrow::datatypes::Field;
+    let mut contract = spec().job().contract;
+    let address = vec![
+        Field::new("city", DataType::Utf8, true),
+        Field::new("zip", DataType::Int64, true),
+        Field::new("seen", utc_micros(), true),
+        Field::new("country", DataType::Utf8, true),
+    ];
+    let tags = Field::new("element", DataType::Utf8, true);
+    contract.structured = vec![
+        crate::config::Structured {
+            name: "addr".into(),
+            ty: DataType::Struct(address.into()),
+        },
+        crate::config::Structured {
+            name: "tags".into(),
+            ty: DataType::List(Arc::new(tags)),
+        },
+    ];
+    contract
+}
+
+#[test]
+fn json_objects_and_arrays_fill_structured_columns_and_misfits_are_refused() {
+    let decoder = Decoder::new(structured_contract(), 1 << 10, Encoding::Json);
+    let head = r#"{"ts":"2026-11-21T11:59:00Z","n":1,"id":"#;
+    let message = |rest: &str| format!("{head}{rest}}}").into_bytes();
+    let payloads = [
+        message(r#""a","addr":{"city":"Oslo","zip":150,"extra":[1]},"tags":["x","y"]"#),
+        message(r#""b""#),
+        message(r#""c","addr":"Rome""#),
+        message(r#""d","tags":[1,2]"#),
+        message(r#""e","addr":{"seen":"2026-11-21T11:00:00Z"},"tags":[],"addr2":{}"#),
+    ];
+    let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+    let d = decoder
+        .decode(&batch(&refs), &Default::default(), now())
+        .unwrap();
+
+    assert_eq!(offsets(&d.valid), vec![100, 101, 104]);
+    let why = errors(&d);
+    assert!(
+        why[0].contains("`addr`") && why[1].contains("`tags`"),
+        "{why:?}"
+    );
+    let addr = d.valid.column_by_name("addr").unwrap().as_struct();
+    assert_eq!(
+        (addr.is_valid(0), addr.is_null(1), addr.is_valid(2)),
+        (true, true, true)
+    );
+    let city = addr.column_by_name("city").unwrap().as_string::<i32>();
+    assert_eq!((city.value(0), city.is_null(2)), ("Oslo", true));
+    let zip = addr
+        .column_by_name("zip")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!(zip.value(0), 150);
+    let seen = addr.column_by_name("seen").unwrap();
+    let seen = seen.as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(seen.value(2), 1_795_258_800_000_000);
+    let tags = d.valid.column_by_name("tags").unwrap().as_list::<i32>();
+    assert_eq!(
+        (tags.value(0).len(), tags.is_null(1), tags.value(2).len()),
+        (2, true, 0)
+    );
+}
+
 fn decoder() -> Decoder {
     let job = spec().job();
     Decoder::new(job.contract, job.source.max_message_bytes, Encoding::Json)
