@@ -2,6 +2,7 @@
 //! [`super::shape`] read out of each message: no second parse of the JSON.
 
 use std::borrow::Cow;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -36,10 +37,13 @@ pub(super) enum Value<'a> {
 }
 
 /// A structured column's value written as JSON (a JSON message's, or a
-/// Protobuf message's in its JSON mapping), as one row of stored type `ty`,
-/// read by arrow-json's rules: a field the type lacks is skipped, one the
-/// value lacks is null, and a value of another kind is refused.
+/// Protobuf message's in its JSON mapping), as one row of stored type `ty`:
+/// a field the type lacks is skipped, one the value lacks is null, and a
+/// value its type cannot hold as written is refused ([`fits`]) before
+/// arrow-json reads it (which would truncate `1.9` in an integer).
 pub(super) fn structured(json: &str, ty: &DataType) -> Result<ArrayRef, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    fits(&value, ty, "")?;
     let schema = Arc::new(Schema::new(vec![Field::new("v", ty.clone(), true)]));
     let mut decoder = arrow::json::ReaderBuilder::new(schema)
         .with_batch_size(1)
@@ -61,6 +65,56 @@ impl Value<'_> {
             Self::TimestampUs(us) => Some(us.div_euclid(1000)),
             _ => None,
         }
+    }
+}
+
+/// Whether `value` (at `path` inside a structured value) is one that
+/// `ty` holds exactly: the right kind, integers whole and in range, floats
+/// finite, timestamps and dates that parse.
+fn fits(value: &serde_json::Value, ty: &DataType, path: &str) -> Result<(), String> {
+    use serde_json::Value as Json;
+    let fits = match (value, ty) {
+        (Json::Null, _) => true,
+        (Json::Object(fields), DataType::Struct(types)) => {
+            for field in types {
+                if let Some(child) = fields.get(field.name()) {
+                    fits(
+                        child,
+                        field.data_type(),
+                        &format!("{path}.{}", field.name()),
+                    )?;
+                }
+            }
+            true
+        }
+        (Json::Array(items), DataType::List(item)) => {
+            for (i, child) in items.iter().enumerate() {
+                fits(child, item.data_type(), &format!("{path}[{i}]"))?;
+            }
+            true
+        }
+        (Json::String(_), DataType::Utf8) | (Json::Bool(_), DataType::Boolean) => true,
+        (Json::Number(n), DataType::Int64) => n.as_i64().is_some(),
+        (Json::Number(n), DataType::Float64) => n.as_f64().is_some_and(f64::is_finite),
+        (Json::Number(n), DataType::Timestamp(..)) => n
+            .as_i64()
+            .is_some_and(|ms| ms.unsigned_abs() <= super::shape::MAX_TIMESTAMP_MS as u64),
+        (Json::String(s), DataType::Timestamp(..)) => {
+            arrow::compute::kernels::cast_utils::string_to_datetime(&chrono::Utc, s).is_ok()
+        }
+        (Json::String(s), DataType::Date32) => chrono::NaiveDate::from_str(s).is_ok(),
+        _ => false,
+    };
+    match fits {
+        true => Ok(()),
+        false => Err(format!("{} is {value}, which {ty} cannot hold", at(path))),
+    }
+}
+
+fn at(path: &str) -> String {
+    match path {
+        "" => "the value".to_owned(),
+        path => format!("`{}`", path.trim_start_matches('.')),
     }
 }
 

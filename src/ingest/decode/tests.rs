@@ -55,6 +55,8 @@ fn json_objects_and_arrays_fill_structured_columns_and_misfits_are_refused() {
         message(r#""c","addr":"Rome""#),
         message(r#""d","tags":[1,2]"#),
         message(r#""e","addr":{"seen":"2026-11-21T11:00:00Z"},"tags":[],"addr2":{}"#),
+        // arrow-json would store 1 here.
+        message(r#""f","addr":{"zip":1.9}"#),
     ];
     let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
     let d = decoder
@@ -67,6 +69,7 @@ fn json_objects_and_arrays_fill_structured_columns_and_misfits_are_refused() {
         why[0].contains("`addr`") && why[1].contains("`tags`"),
         "{why:?}"
     );
+    assert!(why[2].contains("`addr`: `zip` is 1.9"), "{why:?}");
     let addr = d.valid.column_by_name("addr").unwrap().as_struct();
     assert_eq!(
         (addr.is_valid(0), addr.is_null(1), addr.is_valid(2)),
