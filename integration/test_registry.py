@@ -605,3 +605,69 @@ def test_reprocess_and_verify_decode_avro_payloads_through_the_registry(broker, 
     down = subprocess.run([WEIR, "reprocess", "--job", str(job), *span], capture_output=True,
                           text=True, timeout=240)
     assert down.returncode != 0 and "schema registry" in down.stderr, down.stderr
+
+
+KEY_SCHEMA = {"type": "record", "name": "ClickKey", "namespace": "shop",
+              "fields": [{"name": "user", "type": "string"}, {"name": "region", "type": "int"}]}
+
+
+def test_avro_keys_through_the_registry_become_a_typed_key_column(broker, registry, tmp_path):
+    """Confluent's AvroSerializer writes the keys (a record, under
+    `keyed-key`) and the values: `_key` is a struct DuckDB reads field by
+    field, equal to each sent key; a key that is not framed Avro sends its
+    message to the DLQ naming the key. An output that selects `_key` gets
+    the same, and `weir reprocess` of the day rebuilds it with every stored
+    key (put back decoded, not read again)."""
+    import datetime
+
+    from confluent_kafka import Producer
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    broker.create_topic("keyed", 2)
+    data = tmp_path / "data"
+    job = avro_job(tmp_path, broker, "keyed", data, registry)
+    job.write_text(job.read_text().replace(
+        'format = "avro"', 'format = "avro"\ncolumns = ["key"]\nkey_format = "avro"')
+        + '\n[[outputs]]\nname = "keyed"\nsql = "SELECT event_id, ts, _key FROM batch"\n')
+    # Three days old, so that day can be reprocessed once the two newest
+    # events (one per partition, sent last) have moved the watermark on.
+    now_ms = int(time.time() * 1000)
+    events = [click(i, 1, now_ms - 3 * 86_400_000) for i in range(200)]
+    events += [click(1000 + p, 1, now_ms) for p in range(2)]
+    keys = [{"user": f"u{i % 13}", "region": i % 4} for i in range(len(events))]
+    values = serialized(registry, CLICK_V1, "keyed", events)
+    key_serializer = AvroSerializer(SchemaRegistryClient({"url": registry.url}),
+                                    json.dumps(KEY_SCHEMA))
+    context = SerializationContext("keyed", MessageField.KEY)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
+    for i, (key, value) in enumerate(zip(keys, values)):
+        partition = {"partition": i - 200} if i >= 200 else {}
+        producer.produce("keyed", key=key_serializer(key, context), value=value, **partition)
+    producer.produce("keyed", key=b"plain", value=values[0])
+    assert producer.flush(30) == 0
+
+    with open(tmp_path / "run.log", "w") as log, running(job, log) as proc:
+        wait_for_count(data, len(events) + 1, 120, proc)
+        assert stop_gracefully(proc) == 0, (tmp_path / "run.log").read_text()
+    con = duckdb_connection()
+    raw = table_path(data, "clickstream", "raw")
+    want = sorted((e["event_id"], k["user"], k["region"]) for e, k in zip(events, keys))
+
+    keyed = table_path(data, "clickstream", "keyed")
+
+    def stored(table=raw):
+        return sorted(con.sql(f"SELECT event_id, _key.user, _key.region "
+                              f"FROM delta_scan('{table}')").fetchall())
+
+    assert stored() == want and stored(keyed) == want
+    dlq = table_path(data, "clickstream", "dlq")
+    [(reason,)] = con.sql(f"SELECT error FROM delta_scan('{dlq}')").fetchall()
+    assert reason.startswith("the Kafka key: ") and "wire format" in reason, reason
+
+    day = datetime.datetime.fromtimestamp(events[0]["ts"] / 1000, datetime.timezone.utc)
+    day = day.date().isoformat()
+    report = weir("reprocess", "--job", job, "--from", day, "--to", day, timeout=240).stdout
+    assert "replaced" in report and "keyed" in report, report
+    assert stored() == want and stored(keyed) == want

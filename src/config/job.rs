@@ -445,7 +445,7 @@ pub struct Structured {
 
 /// The Kafka record's own parts a job stores as columns of `raw`
 /// (`_key`, `_headers`, `_topic`); its timestamp is always kept (`_kafka_ts`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KafkaColumns {
     pub key: Option<KeyFormat>,
     pub headers: bool,
@@ -453,12 +453,27 @@ pub struct KafkaColumns {
 }
 
 /// How a stored Kafka key reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyFormat {
     /// The key's bytes as sent.
     Bytes,
     /// UTF-8 text; a key that is not UTF-8 sends its message to the DLQ.
     String,
+    /// Avro in the Confluent wire format, stored as this type (that of the
+    /// key subject's newest schema, matched as values are); a key that
+    /// cannot be read as it sends its message to the DLQ.
+    Avro(DataType),
+}
+
+impl KeyFormat {
+    /// The `_key` column's type.
+    pub fn stored_type(&self) -> DataType {
+        match self {
+            Self::Bytes => DataType::Binary,
+            Self::String => DataType::Utf8,
+            Self::Avro(ty) => ty.clone(),
+        }
+    }
 }
 
 /// A column computed from an event's fields by a SQL expression, as the

@@ -316,6 +316,22 @@ fn json_type(property: &Value, path: &str, left_out: &mut Vec<String>) -> Option
     Some(weir.stored_type())
 }
 
+/// The stored type of a key subject's Avro schema: a primitive, a record,
+/// any type a column holds.
+pub(super) fn avro_key_type(schema: &str) -> Result<DataType, String> {
+    let schema: Value =
+        serde_json::from_str(schema).map_err(|e| format!("not an Avro schema (JSON): {e}"))?;
+    let mut types = AvroTypes::default();
+    types.enter(&schema);
+    let stored = types.stored(&schema, "key", &mut Vec::new());
+    stored.ok_or_else(|| {
+        format!(
+            "a key of type {}, which no column holds",
+            avro_type_name(&schema)
+        )
+    })
+}
+
 fn record_fields(record: &Value) -> Result<&Vec<Value>, String> {
     record
         .get("fields")

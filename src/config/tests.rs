@@ -1,3 +1,4 @@
+use arrow::datatypes::DataType;
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -537,9 +538,14 @@ fn kafka_columns_are_named_once_and_a_key_format_needs_the_key() {
         ("columns = [\"partition\"]", "`partition`"),
         ("key_format = \"string\"", "a key format only beside"),
         (
-            "columns = [\"key\"]\nkey_format = \"avro\"",
-            "`bytes` or `string`",
+            "columns = [\"key\"]\nkey_format = \"protobuf\"",
+            "`bytes`, `string` or `avro`",
         ),
+        (
+            "columns = [\"key\"]\nkey_format = \"avro\"",
+            "`avro` keys need `source.format = \"avro\"`",
+        ),
+        ("key_format = \"avro\"", "a key format only beside"),
     ] {
         let err = error_of(&with(source));
         assert!(err.contains(says), "{source}: {err}");
@@ -716,6 +722,19 @@ fn an_avro_job_without_fields_takes_them_from_its_subject_or_names_why_not() {
             left_out: vec!["geo (map)".into()],
         })
     );
+    let keyed = text.replace(
+        "format = \"avro\"\n",
+        "format = \"avro\"\ncolumns = [\"key\"]\nkey_format = \"avro\"\n",
+    );
+    let keyed =
+        |answer| Job::parse_with(&keyed, Path::new("t.toml"), &Overrides::default(), &answer);
+    let job = keyed(Answers(Ok(avro(record, "AVRO")))).unwrap();
+    let Some(KeyFormat::Avro(DataType::Struct(key))) = &job.contract.kafka.key else {
+        panic!("{:?}", job.contract.kafka);
+    };
+    assert_eq!(key.len(), 3, "the record the key subject holds: {key:?}");
+    let err = keyed(Answers(Ok(avro("syntax = \"proto3\";", "PROTOBUF")))).unwrap_err();
+    assert!(err.to_string().contains("clicks-key"), "{err}");
     let refusals = [
         (
             Answers(Err("connection refused".into())),

@@ -1,6 +1,7 @@
 //! From the raw spec to the validated job: everything TOML cannot express
 //! (cross-field rules, ranges, names), each refusal naming the file and the key.
 
+use arrow::datatypes::DataType;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
@@ -82,8 +83,10 @@ impl Job {
                 format!("`{}`", spec.name),
             ));
         }
-        let mut kafka = validate_columns(&spec.source.columns, &spec.source.key_format, &invalid)?;
+        let (columns, key_format) = (spec.source.columns.clone(), spec.source.key_format.clone());
         let source = validate_source(spec.source, &spec.name, &invalid)?;
+        let avro_key = || key_from_registry(&source, subjects, &invalid);
+        let mut kafka = validate_columns(&columns, &key_format, &avro_key, &invalid)?;
         // Rows say their partition only with their topic once there are several.
         kafka.topic |= source.topics.several();
         let (contract_from, structured) = match spec.schema.fields.is_empty() {
@@ -809,19 +812,59 @@ fn validate_derived(
     Ok(derived)
 }
 
+/// The stored type of an Avro key: the newest schema of the first topic's
+/// `<topic>-key` subject (Confluent's TopicNameStrategy for keys).
+fn key_from_registry(
+    source: &Source,
+    subjects: &dyn SubjectSchemas,
+    invalid: &Invalid,
+) -> Result<DataType, JobError> {
+    let Format::Avro(registry) = &source.format else {
+        return Err(invalid(
+            "source.key_format",
+            "`bytes` or `string` (`avro` keys need `source.format = \"avro\"`)",
+            "`avro`".into(),
+        ));
+    };
+    let registry = Registry {
+        subject: format!("{}-key", source.topics.first()),
+        ..registry.clone()
+    };
+    let refused = |why: String| {
+        let found = format!("`avro`, and subject `{}`: {why}", registry.subject);
+        invalid(
+            "source.key_format",
+            "an Avro schema in the key subject",
+            found,
+        )
+    };
+    let found = subjects.latest(&registry).map_err(refused)?;
+    if found.schema_type != "AVRO" {
+        let why = format!("schema ID {} is {}", found.id, found.schema_type);
+        return Err(refused(why));
+    }
+    registry_fields::avro_key_type(&found.schema)
+        .map_err(|why| refused(format!("schema ID {}: {why}", found.id)))
+}
+
 fn validate_columns(
     columns: &[String],
     key_format: &str,
+    avro_key: &dyn Fn() -> Result<DataType, JobError>,
     invalid: &Invalid,
 ) -> Result<KafkaColumns, JobError> {
     let mut kafka = KafkaColumns::default();
+    let keys_stored = columns.iter().any(|c| c == "key");
     let format = match key_format {
         "bytes" => KeyFormat::Bytes,
         "string" => KeyFormat::String,
+        "avro" if keys_stored => KeyFormat::Avro(avro_key()?),
+        // Refused below: a key format without the key column.
+        "avro" => KeyFormat::Bytes,
         other => {
             return Err(invalid(
                 "source.key_format",
-                "`bytes` or `string`",
+                "`bytes`, `string` or `avro`",
                 format!("`{other}`"),
             ));
         }
@@ -835,7 +878,7 @@ fn validate_columns(
             ));
         }
         match column.as_str() {
-            "key" => kafka.key = Some(format),
+            "key" => kafka.key = Some(format.clone()),
             "headers" => kafka.headers = true,
             "topic" => kafka.topic = true,
             // Always stored, as `_kafka_ts`; naming it is allowed.

@@ -22,7 +22,7 @@ use datafusion::error::DataFusionError;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
-use crate::config::{Job, Offsets, SourcePartition};
+use crate::config::{Job, KeyFormat, Offsets, SourcePartition};
 use crate::fault::Faults;
 use crate::ingest::adaptive::{BatchCap, Controller, Observation};
 use crate::ingest::decode::framed::WriterSchemas;
@@ -502,9 +502,12 @@ impl Pipeline {
         let Some(registry) = &self.registry else {
             return Ok(WriterSchemas::default());
         };
-        let payloads = batch.messages.iter().filter_map(|m| m.payload.as_deref());
+        let avro_keys = matches!(self.job.contract.kafka.key, Some(KeyFormat::Avro(_)));
+        let keys = batch.messages.iter().filter(|_| avro_keys);
+        let framed = batch.messages.iter().filter_map(|m| m.payload.as_deref());
+        let framed = framed.chain(keys.filter_map(|m| m.key.as_deref()));
         let stopping = || self.stop.load(Ordering::Relaxed);
-        registry.resolve(payloads, &self.metrics, &stopping).await
+        registry.resolve(framed, &self.metrics, &stopping).await
     }
 
     fn prepare(&self, polled: Polled, schemas: &WriterSchemas) -> Result<Prepared, PipelineError> {

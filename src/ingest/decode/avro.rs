@@ -14,7 +14,7 @@
 //! again: each good message costs at most two decodes however hostile the
 //! batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use std::sync::Arc;
@@ -42,13 +42,12 @@ pub(super) struct Group {
 /// Messages of one writer schema: micro-batch index and framed bytes.
 type Framed<'m> = Vec<(usize, &'m [u8])>;
 
-/// Splits `messages` (micro-batch index, bytes that passed the precheck)
-/// into groups by writer schema and refusals.
-pub(super) fn decode(
-    contract: &Contract,
-    messages: Vec<(usize, &[u8])>,
-    schemas: &WriterSchemas,
-) -> Result<(Vec<Group>, Vec<Rejection>), arrow::error::ArrowError> {
+/// Framed messages (micro-batch index, bytes) grouped by the Avro writer
+/// schema each names, and those that name none.
+fn by_writer_schema<'m, 's>(
+    messages: Vec<(usize, &'m [u8])>,
+    schemas: &'s WriterSchemas,
+) -> (BTreeMap<u32, (&'s str, Framed<'m>)>, Vec<Rejection>) {
     let mut rejected = Vec::new();
     let mut by_id: BTreeMap<u32, (&str, Framed)> = BTreeMap::new();
     for (i, bytes) in messages {
@@ -61,6 +60,57 @@ pub(super) fn decode(
             Err(why) => rejected.push((i, why)),
         }
     }
+    (by_id, rejected)
+}
+
+/// Framed Avro keys (micro-batch index, bytes) as stored type `ty`: each
+/// key's one-row array by index, and the keys refused, with why. A key's
+/// writer schema may be any Avro type: its body is decoded as the one field
+/// of a record around it (a record's encoding is its fields').
+pub(super) fn keys(
+    keys: Vec<(usize, &[u8])>,
+    ty: &DataType,
+    schemas: &WriterSchemas,
+) -> Result<(HashMap<usize, ArrayRef>, Vec<Rejection>), arrow::error::ArrowError> {
+    let (by_id, mut rejected) = by_writer_schema(keys, schemas);
+    let mut decoded = HashMap::new();
+    for (id, (schema, group)) in by_id {
+        let record = format!(
+            r#"{{"type":"record","name":"weir_key","fields":[{{"name":"key","type":{schema}}}]}}"#
+        );
+        let keyed = decode_group(id, &record, &group).and_then(|(rows, batch, bad)| {
+            let mut unfit = vec![None; rows.len()];
+            let column = reshaped_rows(batch.column(0), ty, "key", &mut unfit)
+                .map_err(|why| format!("schema ID {id}: {why}"))?;
+            Ok((rows, column, unfit, bad))
+        });
+        match keyed {
+            Err(why) => rejected.extend(group.iter().map(|(i, _)| (*i, why.clone()))),
+            Ok((rows, column, unfit, bad)) => {
+                rejected.extend(bad);
+                for (r, (i, unfit)) in rows.into_iter().zip(unfit).enumerate() {
+                    match unfit {
+                        Some(why) => rejected.push((i, why)),
+                        None => drop(decoded.insert(i, column.slice(r, 1))),
+                    }
+                }
+            }
+        }
+    }
+    let named = rejected
+        .into_iter()
+        .map(|(i, why)| (i, format!("the Kafka key: {why}")));
+    Ok((decoded, named.collect()))
+}
+
+/// Splits `messages` (micro-batch index, bytes that passed the precheck)
+/// into groups by writer schema and refusals.
+pub(super) fn decode(
+    contract: &Contract,
+    messages: Vec<(usize, &[u8])>,
+    schemas: &WriterSchemas,
+) -> Result<(Vec<Group>, Vec<Rejection>), arrow::error::ArrowError> {
+    let (by_id, mut rejected) = by_writer_schema(messages, schemas);
     let mut groups = Vec::new();
     for (id, (schema, group)) in by_id {
         let refuse_all = |why: String| group.iter().map(move |(i, _)| (*i, why.clone()));

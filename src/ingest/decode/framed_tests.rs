@@ -426,3 +426,58 @@ fn records_and_arrays_become_struct_and_list_columns_by_field_name() {
         (vec!["x".into(), "y".into()], vec![], vec!["w".into()])
     );
 }
+
+#[test]
+fn avro_keys_of_any_writer_schema_become_the_key_column_or_refuse_their_message() {
+    use arrow::datatypes::Field;
+    let mut contract = spec().job().contract;
+    let key = vec![
+        Field::new("user", DataType::Utf8, true),
+        Field::new("region", DataType::Int64, true),
+    ];
+    contract.kafka.key = Some(KeyFormat::Avro(DataType::Struct(key.into())));
+    let decoder = Decoder::new(contract, 1 << 20, Encoding::Avro);
+    let mut schemas = schemas();
+    let record = r#"{"type":"record","name":"K","fields":[
+        {"name":"user","type":"string"},{"name":"region","type":"int"}]}"#;
+    schemas.insert(6, WriterSchema::Avro(record.into()));
+    schemas.insert(7, WriterSchema::Avro(r#""string""#.into()));
+    let payloads = [
+        v1("a", 1, None),
+        v1("b", 2, None),
+        v1("c", 3, None),
+        v1("d", 4, None),
+    ];
+    let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+    let mut input = batch(&refs);
+    let keys = [
+        Some(framed(6, &[string("ann"), long(3)])),
+        None,
+        // A string where the key column is a record: refused, with the message.
+        Some(framed(7, &[string("bob")])),
+        Some(framed(6, &[string("cy")])),
+    ];
+    for (m, k) in input.messages.iter_mut().zip(keys) {
+        m.key = k;
+    }
+    let d = decoder.decode(&input, &schemas, now()).unwrap();
+
+    assert_eq!(offsets(&d.valid), vec![100, 101]);
+    let why = errors(&d);
+    assert!(
+        why[0].starts_with("the Kafka key: ") && why[0].contains("schema ID 7"),
+        "{why:?}"
+    );
+    assert!(
+        why[1].starts_with("the Kafka key: ") && why[1].contains("malformed"),
+        "{why:?}"
+    );
+    let key = d.valid.column_by_name(KEY).unwrap().as_struct();
+    let user = key.column_by_name("user").unwrap().as_string::<i32>();
+    let region = key.column_by_name("region").unwrap();
+    let region = region.as_primitive::<Int64Type>();
+    assert_eq!(
+        (user.value(0), region.value(0), key.is_null(1)),
+        ("ann", 3, true)
+    );
+}

@@ -178,9 +178,9 @@ pub fn raw_schema(contract: &Contract) -> SchemaRef {
         Field::new(KAFKA_TS, utc_micros(), true),
         Field::new(PAYLOAD, DataType::Binary, true),
     ]);
-    let kafka = contract.kafka;
-    if let Some(format) = kafka.key {
-        fields.push(Field::new(KEY, key_type(format), true));
+    let kafka = &contract.kafka;
+    if let Some(format) = &kafka.key {
+        fields.push(Field::new(KEY, format.stored_type(), true));
     }
     if kafka.headers {
         fields.push(Field::new(HEADERS, headers_type(), true));
@@ -189,13 +189,6 @@ pub fn raw_schema(contract: &Contract) -> SchemaRef {
         fields.push(Field::new(TOPIC, DataType::Utf8, true));
     }
     Arc::new(Schema::new(fields))
-}
-
-fn key_type(format: KeyFormat) -> DataType {
-    match format {
-        KeyFormat::Bytes => DataType::Binary,
-        KeyFormat::String => DataType::Utf8,
-    }
 }
 
 /// One header: a name and an optional value.
@@ -319,8 +312,9 @@ impl Decoder {
             }
             Encoding::Avro => self.read_avro(messages, schemas, reference)?,
         };
+        let (read, key) = self.with_keys(read, messages, schemas)?;
         Ok(Decoded {
-            valid: self.to_raw(read.columns, &read.rows, batch)?,
+            valid: self.to_raw(read.columns, &read.rows, key, batch)?,
             rejected: self.to_dlq(&read.rejected, batch, now)?,
         })
     }
@@ -438,6 +432,61 @@ impl Decoder {
             .collect()
     }
 
+    /// `read` and the `_key` column of its rows, for a job that keeps keys:
+    /// Avro keys decoded (their writer schemas in `schemas`), the messages
+    /// whose key cannot be read moved to the refused.
+    fn with_keys(
+        &self,
+        mut read: Read,
+        messages: &[Message],
+        schemas: &WriterSchemas,
+    ) -> Result<(Read, Option<ArrayRef>), ArrowError> {
+        let picked = read.rows.iter().map(|&i| messages[i].key.as_deref());
+        let ty = match &self.contract.kafka.key {
+            None => return Ok((read, None)),
+            Some(KeyFormat::Bytes) => {
+                let bytes: ArrayRef = Arc::new(BinaryArray::from_iter(picked));
+                return Ok((read, Some(bytes)));
+            }
+            // `precheck` refused the keys that are not UTF-8.
+            Some(KeyFormat::String) => {
+                let text = picked.map(|k| k.and_then(|k| std::str::from_utf8(k).ok()));
+                let text: ArrayRef = Arc::new(StringArray::from_iter(text));
+                return Ok((read, Some(text)));
+            }
+            Some(KeyFormat::Avro(ty)) => ty,
+        };
+        let framed = read
+            .rows
+            .iter()
+            .filter_map(|&i| Some((i, messages[i].key.as_deref()?)));
+        let (decoded, refused) = avro::keys(framed.collect(), ty, schemas)?;
+        if !refused.is_empty() {
+            let gone: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+            let keep: arrow::array::BooleanArray =
+                read.rows.iter().map(|i| Some(!gone.contains(i))).collect();
+            read.columns = read
+                .columns
+                .iter()
+                .map(|c| compute::filter(c, &keep))
+                .collect::<Result<_, _>>()?;
+            read.rows.retain(|i| !gone.contains(i));
+            read.rejected.extend(refused);
+            read.rejected.sort_unstable_by_key(|(i, _)| *i);
+        }
+        let null = arrow::array::new_null_array(ty, 1);
+        let rows: Vec<&dyn Array> = read
+            .rows
+            .iter()
+            .map(|i| decoded.get(i).unwrap_or(&null).as_ref())
+            .collect();
+        let key = match rows.is_empty() {
+            true => arrow::array::new_empty_array(ty),
+            false => compute::concat(&rows)?,
+        };
+        Ok((read, Some(key)))
+    }
+
     /// Rules that need no parsing.
     fn precheck<'m>(&self, m: &'m Message) -> Result<&'m [u8], String> {
         let Some(bytes) = m.payload.as_deref() else {
@@ -509,6 +558,7 @@ impl Decoder {
         &self,
         mut columns: Vec<ArrayRef>,
         rows: &[usize],
+        key: Option<ArrayRef>,
         batch: &MicroBatch,
     ) -> Result<RecordBatch, ArrowError> {
         let messages = &batch.messages;
@@ -528,17 +578,8 @@ impl Decoder {
             Payload::Kept => Arc::new(payloads(picked())),
             Payload::None => arrow::array::new_null_array(&DataType::Binary, rows.len()),
         });
-        let kafka = self.contract.kafka;
-        if let Some(format) = kafka.key {
-            let keys = picked().map(|m| m.key.as_deref());
-            columns.push(match format {
-                KeyFormat::Bytes => Arc::new(BinaryArray::from_iter(keys)),
-                // `precheck` refused the keys that are not UTF-8.
-                KeyFormat::String => Arc::new(StringArray::from_iter(
-                    keys.map(|k| k.and_then(|k| std::str::from_utf8(k).ok())),
-                )),
-            });
-        }
+        let kafka = &self.contract.kafka;
+        columns.extend(key);
         if kafka.headers {
             columns.push(Arc::new(headers(picked())));
         }

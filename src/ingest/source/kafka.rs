@@ -609,7 +609,7 @@ impl KafkaSource {
         let poller = Poller {
             consumer: consumer.clone(),
             topics: job.source.topics.clone(),
-            kept: job.contract.kafka,
+            kept: job.contract.kafka.clone(),
             batching: job.batching,
             cap: cap.clone(),
             metrics: metrics.clone(),
@@ -1035,7 +1035,7 @@ impl Poller {
             Some(Ok(m)) => match self.topics.partition(m.topic(), m.partition()) {
                 Some(partition) => {
                     self.delivered.insert(partition, m.offset() + 1);
-                    Some(to_message(partition, &m, self.kept))
+                    Some(to_message(partition, &m, &self.kept))
                 }
                 // The consumer subscribes to the job's topics only.
                 None => None,
@@ -1083,7 +1083,7 @@ fn payload_bytes(messages: &[Message]) -> usize {
 }
 
 /// The record as weir keeps it; its key and headers only when the job stores them.
-fn to_message(partition: SourcePartition, m: &BorrowedMessage<'_>, kept: KafkaColumns) -> Message {
+fn to_message(partition: SourcePartition, m: &BorrowedMessage<'_>, kept: &KafkaColumns) -> Message {
     let headers = |h: &BorrowedHeaders| {
         h.iter()
             .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))

@@ -32,6 +32,7 @@ pub use stage::DEFAULT_MEMORY_MIB;
 
 pub use verify::{Diff, VerifyReport, verify};
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::config::{Job, JobError, Tier, Topics};
+use crate::config::{Job, JobError, KeyFormat, SourcePartition, Tier, Topics};
 use crate::fault::{FaultError, Faults};
 use crate::ingest::decode::framed::WriterSchemas;
 use crate::ingest::decode::{
@@ -568,16 +569,19 @@ async fn writer_schemas(
 }
 
 /// The Kafka keys and headers `raw` kept (`source.columns`), to put back
-/// into the messages decoded again: the rebuilt rows keep them.
+/// into the messages decoded again: the rebuilt rows keep them. Avro keys
+/// are kept decoded, not as bytes: they are put back into the rebuilt rows
+/// instead ([`StoredRecordParts::decoded_keys`]).
 struct StoredRecordParts {
     keys: Option<ArrayRef>,
     headers: Option<ListArray>,
 }
 
 impl StoredRecordParts {
-    fn of(rows: &RecordBatch) -> Result<Self, ArrowError> {
+    fn of(rows: &RecordBatch, avro_keys: bool) -> Result<Self, ArrowError> {
         let keys = rows
             .column_by_name(KEY)
+            .filter(|_| !avro_keys)
             .map(|k| cast(k, &DataType::Binary))
             .transpose()?;
         let headers = rows
@@ -643,7 +647,8 @@ fn restore_events(
         let positions = positions(rows, topics)?;
         let kafka_ts = column(KAFKA_TS, &utc_micros())?;
         let kafka_ts = kafka_ts.as_primitive::<TimestampMicrosecondType>();
-        let stored = StoredRecordParts::of(rows)?;
+        let avro_keys = matches!(decoder.contract().kafka.key, Some(KeyFormat::Avro(_)));
+        let stored = StoredRecordParts::of(rows, avro_keys)?;
         let messages = (0..rows.num_rows())
             .filter(|&i| has_payload.value(i))
             .map(|i| Message {
@@ -662,7 +667,10 @@ fn restore_events(
         };
         let decoded = decoder.decode_as_ingested(&batch, schemas, Utc::now())?;
         stats.note_refusals(&decoded.rejected);
-        parts.push(decoded.valid);
+        parts.push(match avro_keys {
+            true => with_stored_keys(decoded.valid, rows, &positions, topics)?,
+            false => decoded.valid,
+        });
     }
     let without = arrow::compute::not(&has_payload)?;
     if without.true_count() > 0 {
@@ -671,6 +679,35 @@ fn restore_events(
         parts.push(conform(vec![stored], decoder.raw_schema())?);
     }
     Ok(concat_batches(decoder.raw_schema(), &parts)?)
+}
+
+/// `rebuilt` rows with the `_key` of the `stored` row at the same
+/// position (`stored_at` holds the stored rows' positions).
+fn with_stored_keys(
+    rebuilt: RecordBatch,
+    stored: &RecordBatch,
+    stored_at: &[(SourcePartition, i64)],
+    topics: &Topics,
+) -> Result<RecordBatch, ArrowError> {
+    let (Some(at), Some(keys)) = (
+        rebuilt.schema().index_of(KEY).ok(),
+        stored.column_by_name(KEY),
+    ) else {
+        return Ok(rebuilt);
+    };
+    let row_of: HashMap<_, _> = stored_at
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, i as u64))
+        .collect();
+    let rows: arrow::array::UInt64Array = positions(&rebuilt, topics)?
+        .iter()
+        .map(|p| row_of.get(p).copied())
+        .collect();
+    let mut columns = rebuilt.columns().to_vec();
+    let taken = arrow::compute::take(keys, &rows, None)?;
+    columns[at] = cast(&taken, rebuilt.schema().field(at).data_type())?;
+    RecordBatch::try_new(rebuilt.schema(), columns)
 }
 
 /// Stages a target's rows for `day` from its staged partials: windows
