@@ -198,6 +198,29 @@ def broker(tmp_path):
     stop_kafka(kafka)
 
 
+# Long-running weir processes a test started (`spawn`), killed when it ends.
+_SPAWNED: list[subprocess.Popen] = []
+
+
+def spawn(command, **kwargs) -> subprocess.Popen:
+    """Starts `command`; if it still runs when the test ends (a failed
+    assertion skipped its stop), it is killed then, so that no process is
+    left behind to load the tests after it."""
+    proc = subprocess.Popen(command, **kwargs)
+    _SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def weir(*args, **kwargs) -> subprocess.CompletedProcess:
     """Runs the weir binary to completion, failing the test on a non-zero exit."""
     result = subprocess.run([WEIR, *map(str, args)], capture_output=True, text=True, **kwargs)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from conftest import duckdb_offsets, read_report, weir, write_job
+from conftest import duckdb_offsets, read_report, spawn, weir, write_job
 from test_broker_e2e import (assert_exactly_once, run_command, stored, wait_for_count)
 
 
@@ -44,8 +44,8 @@ def test_until_caught_up_ends_by_itself_exactly_once_through_a_kill(broker, tmp_
         second = produce(broker, job, tmp_path / "second.csv", 3000, 2, 0.02, 0.02)
         # Each trigger slowed, so the kill lands mid-stream.
         slowed = {**os.environ, "WEIR_FAULTS": "sink.after_commit.raw@*:sleep=200"}
-        proc = subprocess.Popen([*run_command(job), "--until", "caught-up"], stdout=log,
-                                stderr=subprocess.STDOUT, env=slowed)
+        proc = spawn([*run_command(job), "--until", "caught-up"], stdout=log,
+                     stderr=subprocess.STDOUT, env=slowed)
         wait_for_count(data, stored(first) + 300, 120, proc)
         assert proc.poll() is None, "the bounded run ended before the kill"
         proc.send_signal(signal.SIGKILL)

@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from conftest import (WEIR, duckdb_connection, duckdb_offsets, duckdb_with_views, free_port,
-                      polars_offsets, read_report, table_path, weir, write_job)
+                      polars_offsets, read_report, spawn, table_path, weir, write_job)
 
 
 
@@ -54,7 +54,7 @@ def run_command(job):
 
 
 def start_run(job, log):
-    return subprocess.Popen(run_command(job), stdout=log, stderr=subprocess.STDOUT)
+    return spawn(run_command(job), stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop_gracefully(proc) -> int:
@@ -194,7 +194,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(broker, tmp_path
         proc = start_run(job, log)
         wait_for_count(data, stored(read_report(warmup)), 120, proc)
         assert stop_gracefully(proc) == 0
-    producer = subprocess.Popen(
+    producer = spawn(
         [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "300",
          "--seconds", "45", "--malformed-ratio", "0.02", "--duplicate-ratio", "0.02",
          "--late-ratio", "0.03", "--report", str(report)],
@@ -207,8 +207,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(broker, tmp_path
                 hit = rng.randint(1, 5)
                 table = rng.choice(["raw", "page_views"])
                 env = {**os.environ, "WEIR_FAULTS": f"sink.after_commit.{table}@{hit}:crash"}
-                proc = subprocess.Popen(run_command(job), stdout=log,
-                                        stderr=subprocess.STDOUT, env=env)
+                proc = spawn(run_command(job), stdout=log,
+                             stderr=subprocess.STDOUT, env=env)
                 assert proc.wait(timeout=90) != 0, "the injected crash did not happen"
             else:
                 before = committed_count(data)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import (WEIR, duckdb_connection, free_port, read_report, table_path,
+from conftest import (WEIR, duckdb_connection, free_port, read_report, spawn, table_path,
                       with_source_properties, write_job)
 from test_broker_e2e import assert_exactly_once, assert_outputs_match_oracle, stored
 from test_operate import committed, start, wait_until
@@ -94,7 +94,7 @@ def test_chaos_keeps_every_event_exactly_once(broker, tmp_path, seed):
     # in raw, which needs a lateness above the longest stall the churn causes.
     job.write_text(job.read_text().replace('allowed_lateness = "1m"', 'allowed_lateness = "10m"'))
     fleet = Fleet(job, tmp_path, rng)
-    producer = subprocess.Popen(
+    producer = spawn(
         [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", str(RATE),
          "--seconds", str(SECONDS), "--late-ratio", "0", "--seed", str(seed),
          "--report", str(tmp_path / "sent.csv")],

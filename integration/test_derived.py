@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 
-from conftest import duckdb_connection, duckdb_with_views, read_report, weir
+from conftest import duckdb_connection, duckdb_with_views, read_report, spawn, weir
 from test_bounded import run_until_caught_up
 from test_broker_e2e import event_ms, run_command, stored
 from test_operate import committed, wait_until
@@ -103,8 +103,8 @@ def test_tpch_q1_as_a_job_gives_duckdbs_answers(broker, tmp_path):
         # mid-stream even on a loaded machine, where each look at the tables
         # takes a while.
         slowed = {**os.environ, "WEIR_FAULTS": "sink.after_commit.raw@*:sleep=1500"}
-        proc = subprocess.Popen(run_command(job), stdout=log, stderr=subprocess.STDOUT,
-                                env=slowed)
+        proc = spawn(run_command(job), stdout=log, stderr=subprocess.STDOUT,
+                     env=slowed)
         wait_until(lambda: committed(tmp_path / "data", "lineitem") > 0, 120, proc,
                    "a first trigger")
         proc.send_signal(signal.SIGKILL)

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 
-from conftest import (WEIR, duckdb_connection, free_port, read_report, table_path, weir,
+from conftest import (WEIR, duckdb_connection, free_port, read_report, spawn, table_path, weir,
                       write_job)
 from test_broker_e2e import stored
 from test_operate import committed, scrape, value, wait_until
@@ -78,7 +78,7 @@ sql = "SELECT b.event_id, p.section FROM batch b JOIN pages p ON b.page = p.page
     produce(broker, first_report, 1500)
     first = read_report(first_report)
     with open(tmp_path / "run-1.log", "w") as log:
-        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        run = spawn(command, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: committed(data, "clickstream") == stored(first), 120, run, "phase 1")
         write_pages(pages, sections("v2"))
         wait_until(lambda: metric(port, "weir_lookup_loads_total") == 2, 30, run, "the refresh")
@@ -90,7 +90,7 @@ sql = "SELECT b.event_id, p.section FROM batch b JOIN pages p ON b.page = p.page
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=10)
     with open(tmp_path / "run-2.log", "w") as log:
-        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        run = spawn(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             producer.join()
             second = read_report(second_report)

@@ -12,7 +12,7 @@ import time
 import polars as pl
 
 from conftest import (ROOT, WEIR, crash_after_each, duckdb_connection, duckdb_with_views,
-                      kill_at_random_moments, read_report, table_path, weir, write_job)
+                      kill_at_random_moments, read_report, spawn, table_path, weir, write_job)
 from test_broker_e2e import (assert_outputs_match_oracle, positions,
                              start_run, stop_gracefully, wait_for_count, stored)
 
@@ -133,7 +133,7 @@ def upkeep_job(tmp_path, broker, data, root=None):
 
 
 def produce_in_background(broker, report, rate, seconds):
-    return subprocess.Popen(
+    return spawn(
         [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", str(rate),
          "--seconds", str(seconds), "--late-ratio", "0", "--report", str(report)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (WEIR, duckdb_connection, free_port, read_report, table_path, weir,
+from conftest import (WEIR, duckdb_connection, free_port, read_report, spawn, table_path, weir,
                       with_source_properties, write_job)
 from test_broker_e2e import (assert_exactly_once, assert_outputs_match_oracle,
                              stored)
@@ -50,7 +50,7 @@ def wait_until(predicate, timeout, proc=None, what="condition"):
 def running(command, log_path):
     """`weir run` as a process for the block; then SIGTERM, and it must exit 0."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             yield proc
         finally:
@@ -61,7 +61,7 @@ def running(command, log_path):
 def killed_once(command, log_path, until, what):
     """`weir run` as a process, SIGKILLed once `until()` holds."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn(command, stdout=log, stderr=subprocess.STDOUT)
         wait_until(until, 60, proc, what)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -125,9 +125,8 @@ def test_supervisor_metrics_status_and_secrets(broker, tmp_path):
            "WEIR_FAULTS": "sink.after_commit.raw@1-3:error"}
     log_path = tmp_path / "run.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([WEIR, "run", str(clicks), str(orders), "--metrics-addr",
-                                 f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = spawn([WEIR, "run", str(clicks), str(orders), "--metrics-addr",
+                      f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_until(lambda: committed(data, "clickstream") == stored(sent_clicks)
                    and committed(data, "orders") == stored(sent_orders), 180, proc, "ingest")
         # Lag is measured from librdkafka's statistics (every 5 s), which may
@@ -211,10 +210,10 @@ def test_backpressure_bounds_memory_and_loses_nothing(broker, tmp_path):
     port = free_port()
     env = {**os.environ, "WEIR_FAULTS": "sink.after_commit.raw@1-40:sleep=700"}
     with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = spawn([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                     stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_until(lambda: healthy(port), 60, proc, "the job to run")
-        producer = subprocess.Popen(
+        producer = spawn(
             [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "2500",
              "--seconds", "8", "--late-ratio", "0", "--report", str(tmp_path / "sent.csv")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -244,8 +243,8 @@ def healthy(port):
 
 def start(job, port, log, faults=""):
     env = {**os.environ, "WEIR_FAULTS": faults}
-    return subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    return spawn([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                 stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def test_a_panicking_job_is_restarted_and_loses_nothing(broker, tmp_path):
@@ -336,7 +335,7 @@ def test_scale_out_survives_sigkill_and_sigterm(broker, tmp_path, strategy):
     logs = [open(tmp_path / f"p{i}.log", "w") for i in range(3)]
     try:
         procs = [start(job, port, log) for port, log in zip(ports, logs)]
-        producer = subprocess.Popen(
+        producer = spawn(
             [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "300",
              "--seconds", "24", "--late-ratio", "0", "--report", str(tmp_path / "sent.csv")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

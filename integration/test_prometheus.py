@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, WEIR, free_port, weir, write_job
+from conftest import ROOT, WEIR, free_port, spawn, weir, write_job
 
 DEPLOY = ROOT / "deploy"
 PROMTOOL = shutil.which("promtool")
@@ -91,15 +91,14 @@ def test_a_real_prometheus_fires_the_lag_alert_when_the_sink_is_slowed(broker, t
     slowed = {**os.environ, "WEIR_FAULTS": "sink.after_commit.raw@*:sleep=1500"}
     with open(tmp_path / "weir.log", "w") as weir_log, \
             open(tmp_path / "prometheus.log", "w") as prometheus_log:
-        run = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr",
-                                f"127.0.0.1:{weir_port}"], stdout=weir_log,
-                               stderr=subprocess.STDOUT, env=slowed)
-        prometheus = subprocess.Popen(
+        run = spawn([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{weir_port}"],
+                    stdout=weir_log, stderr=subprocess.STDOUT, env=slowed)
+        prometheus = spawn(
             [PROMETHEUS, f"--config.file={config / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{prometheus_port}"],
             stdout=prometheus_log, stderr=subprocess.STDOUT)
-        producer = subprocess.Popen(
+        producer = spawn(
             [WEIR, "produce", "--job", str(job), "--brokers", broker.bootstrap, "--topic",
              "clicks", "--rate", "1500", "--seconds", "120", "--malformed-ratio", "0",
              "--duplicate-ratio", "0", "--late-ratio", "0"],

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from conftest import (WEIR, duckdb_connection, duckdb_offsets, free_port, read_report,
+from conftest import (WEIR, duckdb_connection, duckdb_offsets, free_port, read_report, spawn,
                       table_path, weir, write_job)
 from test_broker_e2e import positions, run_command
 
@@ -136,8 +136,8 @@ def test_monitors_catch_a_producer_that_drifts(broker, tmp_path):
     no_price.write_text(spec.replace('  { name = "price",    type = "float64" },', ""))
     port = free_port()
     with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                     stdout=log, stderr=subprocess.STDOUT)
         try:
             def produce(spec, rate, seed):
                 weir("produce", "--job", spec, "--brokers", broker.bootstrap, "--topic",

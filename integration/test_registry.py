@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest import (WEIR, duckdb_connection, free_port, read_report, table_path, weir,
+from conftest import (WEIR, duckdb_connection, free_port, read_report, spawn, table_path, weir,
                       write_job)
 from schema_registry import Registry
 from test_broker_e2e import (assert_exactly_once, assert_outputs_match_oracle, run_command,
@@ -371,8 +371,8 @@ def test_a_registry_down_for_ten_seconds_loses_nothing(broker, registry, tmp_pat
     v2 = serialized(registry, CLICK_V2, "clicks", [click(i, 2, now_ms) for i in range(300)])
     port = free_port()
     with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                     stdout=log, stderr=subprocess.STDOUT)
         wait_for_count(data, 200, 120, proc)
         registry.stop()
         send(broker, "clicks", v2)

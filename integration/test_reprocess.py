@@ -15,8 +15,8 @@ import time
 import polars as pl
 import pytest
 
-from conftest import (WEIR, clickstream_job, crash_after_each, kill_at_random_moments,
-                      read_report, weir, write_job)
+from conftest import (WEIR, clickstream_job, crash_after_each, kill_at_random_moments, read_report,
+                      spawn, weir, write_job)
 from test_broker_e2e import (event_ms, oracle, start_run, stop_gracefully,
                              stored, wait_for_count)
 from test_operate import rss_peak_mib
@@ -209,7 +209,7 @@ def peak_rss(*args) -> tuple[str, float]:
     ru_maxrss: Linux keeps a high-water mark across exec, so a child forked
     from a large pytest process would report pytest's size."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([WEIR, *map(str, args)], stdout=out, stderr=err, text=True)
+        proc = spawn([WEIR, *map(str, args)], stdout=out, stderr=err, text=True)
         peak = 0.0
         while proc.poll() is None:
             try:
@@ -288,7 +288,7 @@ def test_a_move_that_raced_a_reprocess_moves_the_reprocessed_rows(tmp_path):
     span = ["--from", day.isoformat(), "--to", day.isoformat(), "--output", "page_views"]
     before = outputs_by_day(old, data)
 
-    stalled = subprocess.Popen(
+    stalled = spawn(
         [WEIR, "reprocess", "--job", str(new), "--data", str(data), *span],
         env={**os.environ, "WEIR_FAULTS": "reprocess.after_plan.page_views@1:sleep=8000"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -343,7 +343,7 @@ def test_reprocess_beside_live_ingest_and_late_events(broker, tmp_path):
     with open(tmp_path / "run.log", "w") as log:
         proc = start_run(old, log)
         wait_for_count(data, stored(history), 120, proc)
-        live = subprocess.Popen(
+        live = spawn(
             [WEIR, "produce", "--brokers", broker.bootstrap, "--topic", "clicks", "--rate", "100",
              "--seconds", "15", "--late-ratio", "0", "--report", str(tmp_path / "live.csv")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

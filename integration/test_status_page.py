@@ -14,7 +14,7 @@ import subprocess
 
 from playwright.sync_api import sync_playwright
 
-from conftest import (WEIR, duckdb_connection, free_port, read_report, table_path, weir,
+from conftest import (WEIR, duckdb_connection, free_port, read_report, spawn, table_path, weir,
                       write_job)
 from test_broker_e2e import stored
 from test_operate import (committed, count_rows, get, reported_high_watermark, scrape, value,
@@ -48,8 +48,8 @@ def test_the_status_page_agrees_with_metrics_and_tables(broker, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn([WEIR, "run", str(job), "--metrics-addr", f"127.0.0.1:{port}"],
+                     stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: committed(data, "clickstream") == stored(sent), 180, proc,
                        "ingest")

@@ -12,7 +12,7 @@ import time
 import polars as pl
 import pytest
 
-from conftest import WEIR, clickstream_job, crash_after_each, duckdb_with_views, weir
+from conftest import WEIR, clickstream_job, crash_after_each, duckdb_with_views, spawn, weir
 from test_maintain import rows, totals_never_change
 
 
@@ -86,8 +86,8 @@ def test_moves_keep_every_answer_through_crashes_and_concurrent_reads(remote, re
         rng = random.Random()
         for _ in range(4):
             time.sleep(2)  # let rows age, so every round has something to move
-            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            proc = spawn(command, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0.1, 1.0))
             proc.kill()
             proc.wait()

@@ -16,7 +16,7 @@ use weir::cmd::demo::{self, DemoOptions};
 use weir::cmd::query::{self, Format};
 use weir::cmd::run::Until;
 use weir::cmd::views::{self, Dialect};
-use weir::config::{Brokers, Choice, Format as SourceFormat, Job, JobError, Overrides};
+use weir::config::{Brokers, Choice, Format as SourceFormat, Job, JobError, KeyFormat, Overrides};
 use weir::fault::Faults;
 use weir::ingest::source::framing::Framing;
 use weir::ingest::source::generator::{self, Generator, Limits, Mix};
@@ -840,6 +840,13 @@ async fn produce_command(args: ProduceArgs) -> anyhow::Result<()> {
             "the job's fields come from subject `{}` (schema ID {}), and weir produce registers              a schema made from a spec's fields, which would replace it: produce with your own              serializer, or pass --format json",
             from.subject, from.schema_id
         )));
+    }
+    if matches!(job.contract.kafka.key, Some(KeyFormat::Avro(_))) {
+        bail!(Usage(
+            "the job reads Avro keys (source.key_format = \"avro\"), and weir produce sends \
+             text keys, which it would refuse: produce with your own key serializer"
+                .into()
+        ));
     }
     let mut framing = Framing::for_job(&job.contract, &format).await?;
     let mut generator = Generator::new(job.contract, mix, args.seed.unwrap_or_else(rand::random));

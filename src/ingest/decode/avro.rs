@@ -71,7 +71,7 @@ pub(super) fn keys(
     keys: Vec<(usize, &[u8])>,
     ty: &DataType,
     schemas: &WriterSchemas,
-) -> Result<(HashMap<usize, ArrayRef>, Vec<Rejection>), arrow::error::ArrowError> {
+) -> (HashMap<usize, ArrayRef>, Vec<Rejection>) {
     let (by_id, mut rejected) = by_writer_schema(keys, schemas);
     let mut decoded = HashMap::new();
     for (id, (schema, group)) in by_id {
@@ -100,7 +100,7 @@ pub(super) fn keys(
     let named = rejected
         .into_iter()
         .map(|(i, why)| (i, format!("the Kafka key: {why}")));
-    Ok((decoded, named.collect()))
+    (decoded, named.collect())
 }
 
 /// Splits `messages` (micro-batch index, bytes that passed the precheck)

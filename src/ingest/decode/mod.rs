@@ -460,7 +460,7 @@ impl Decoder {
             .rows
             .iter()
             .filter_map(|&i| Some((i, messages[i].key.as_deref()?)));
-        let (decoded, refused) = avro::keys(framed.collect(), ty, schemas)?;
+        let (decoded, refused) = avro::keys(framed.collect(), ty, schemas);
         if !refused.is_empty() {
             let gone: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
             let keep: arrow::array::BooleanArray =
