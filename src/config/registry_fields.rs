@@ -69,7 +69,7 @@ pub struct FromRegistry {
 pub(super) struct SubjectColumns<'k> {
     /// Fields of weir's column types, as a spec would declare them.
     pub(super) fields: Vec<FieldSpec>,
-    /// Records, arrays and decimals (Avro only), as their stored types.
+    /// Records, arrays and decimals, as their stored types.
     pub(super) structured: Vec<Structured>,
     /// Fields (dotted paths inside records) that have no column, with why.
     pub(super) left_out: Vec<String>,
@@ -192,19 +192,14 @@ fn proto_type(
         Kind::Message(m) if open.iter().any(|o| o == m.full_name()) => return None,
         Kind::Message(m) => {
             open.push(m.full_name().to_owned());
-            let mut fields = Vec::new();
+            let mut members = Members::new(path);
             for child in m.fields() {
-                let at = format!("{path}.{}", child.name());
-                match proto_type(&child, &at, open, left_out) {
-                    Some(stored) => fields.push(Field::new(child.name(), stored, true)),
-                    None => left_out.push(format!("{at} ({})", proto_type_name(&child))),
-                }
+                let at = members.at(child.name());
+                let stored = proto_type(&child, &at, open, left_out);
+                members.add(child.name(), stored, left_out, || proto_type_name(&child));
             }
             open.pop();
-            match fields.is_empty() {
-                true => return None,
-                false => DataType::Struct(fields.into()),
-            }
+            members.finish()?
         }
         _ => FieldType::Int64.stored_type(),
     };
@@ -301,15 +296,14 @@ fn json_type(property: &Value, path: &str, left_out: &mut Vec<String>) -> Option
         (["boolean"], _) => FieldType::Bool,
         (["array"], _) => return Some(list_of(json_type(property.get("items")?, path, left_out)?)),
         (["object"], _) => {
-            let mut fields = Vec::new();
+            let mut members = Members::new(path);
             for (name, child) in property.get("properties")?.as_object()? {
-                let at = format!("{path}.{name}");
-                match json_type(child, &at, left_out) {
-                    Some(stored) => fields.push(Field::new(name, stored, true)),
-                    None => left_out.push(format!("{at} ({})", json_type_name(&json_types(child)))),
-                }
+                let stored = json_type(child, &members.at(name), left_out);
+                members.add(name, stored, left_out, || {
+                    json_type_name(&json_types(child))
+                });
             }
-            return (!fields.is_empty()).then(|| DataType::Struct(fields.into()));
+            return members.finish();
         }
         _ => return None,
     };
@@ -446,19 +440,58 @@ impl<'s> AvroTypes<'s> {
     ) -> Option<DataType> {
         let name = record.get("name").and_then(Value::as_str).unwrap_or(path);
         self.open.push(short_name(name).to_owned());
-        let mut fields = Vec::new();
+        let mut members = Members::new(path);
         for field in record_fields(record).ok()? {
             let Ok((child, ty)) = name_and_type(field) else {
                 continue;
             };
-            let at = format!("{path}.{child}");
-            match self.stored(ty, &at, left_out) {
-                Some(stored) => fields.push(Field::new(child, stored, true)),
-                None => left_out.push(format!("{at} ({})", avro_type_name(ty))),
-            }
+            let stored = self.stored(ty, &members.at(child), left_out);
+            members.add(child, stored, left_out, || avro_type_name(ty));
         }
         self.open.pop();
-        (!fields.is_empty()).then(|| DataType::Struct(fields.into()))
+        members.finish()
+    }
+}
+
+/// A struct being built from the members of an Avro record, a Protobuf
+/// message or a JSON Schema object at `path`: each with a column type
+/// becomes a nullable field, each without is named in `left_out`.
+struct Members<'p> {
+    path: &'p str,
+    fields: Vec<Field>,
+}
+
+impl<'p> Members<'p> {
+    fn new(path: &'p str) -> Self {
+        Self {
+            path,
+            fields: Vec::new(),
+        }
+    }
+
+    /// Where member `name` is: the path its own members are named by.
+    fn at(&self, name: &str) -> String {
+        format!("{}.{name}", self.path)
+    }
+
+    /// Adds member `name` of `stored` type; `None`: it has no column type,
+    /// and `described` names the type it has.
+    fn add(
+        &mut self,
+        name: &str,
+        stored: Option<DataType>,
+        left_out: &mut Vec<String>,
+        described: impl FnOnce() -> String,
+    ) {
+        match stored {
+            Some(stored) => self.fields.push(Field::new(name, stored, true)),
+            None => left_out.push(format!("{} ({})", self.at(name), described())),
+        }
+    }
+
+    /// The struct; `None` when no member had a column type.
+    fn finish(self) -> Option<DataType> {
+        (!self.fields.is_empty()).then(|| DataType::Struct(self.fields.into()))
     }
 }
 
