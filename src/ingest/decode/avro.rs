@@ -311,15 +311,7 @@ fn reshape(column: &ArrayRef, to: &DataType) -> Result<ArrayRef, Misfit> {
             .map(|a| Arc::new(a) as ArrayRef)
             .map_err(|e| Misfit::Schema(e.to_string()))
         }
-        (from, to)
-            if promotes(from, to)
-                || matches!(
-                    (from, to),
-                    (DataType::Decimal128(..), DataType::Decimal128(..))
-                ) =>
-        {
-            promoted(column, to, false).map_err(Misfit::Value)
-        }
+        (from, to) if promotes(from, to) => promoted(column, to, false).map_err(Misfit::Value),
         (from, to) => Err(Misfit::Schema(format!(
             "is {from} in the writer schema, which its column ({to}) cannot take"
         ))),
@@ -365,6 +357,7 @@ fn promotes(from: &DataType, to: &DataType) -> bool {
                 )
                 | (Timestamp(_, _), Timestamp(_, _))
                 | (Int64, Timestamp(_, _))
+                | (Decimal128(..), Decimal128(..))
         )
         || matches!((from, to), (Dictionary(_, v), Utf8) if **v == Utf8)
 }

@@ -36,21 +36,26 @@ pub(super) enum Value<'a> {
     Structured(ArrayRef),
 }
 
-/// A structured column's value written as JSON (a JSON message's, or a
-/// Protobuf message's in its JSON mapping), as one row of stored type `ty`:
-/// a field the type lacks is skipped, one the value lacks is null, and a
-/// value its type cannot hold as written is refused ([`fits`]) before
-/// arrow-json reads it (which would truncate `1.9` in an integer).
-pub(super) fn structured(json: &str, ty: &DataType) -> Result<ArrayRef, String> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    fits(&value, ty, "")?;
+/// A structured column's value as JSON (a JSON message's, or a Protobuf
+/// message's in its JSON mapping), as one row of stored type `ty`: a field
+/// the type lacks is skipped, one the value lacks is null, and a value its
+/// type cannot hold as written is refused ([`fits`]) before arrow-json
+/// reads it (which would truncate `1.9` in an integer).
+pub(super) fn structured(value: &serde_json::Value, ty: &DataType) -> Result<ArrayRef, String> {
+    /// The one-column row arrow-json reads the value from.
+    #[derive(serde::Serialize)]
+    struct Row<'v> {
+        v: &'v serde_json::Value,
+    }
+    fits(value, ty, "")?;
     let schema = Arc::new(Schema::new(vec![Field::new("v", ty.clone(), true)]));
     let mut decoder = arrow::json::ReaderBuilder::new(schema)
         .with_batch_size(1)
         .build_decoder()
         .map_err(|e| e.to_string())?;
-    let row = format!("{{\"v\":{json}}}");
-    decoder.decode(row.as_bytes()).map_err(|e| e.to_string())?;
+    decoder
+        .serialize(&[Row { v: value }])
+        .map_err(|e| e.to_string())?;
     match decoder.flush().map_err(|e| e.to_string())? {
         Some(batch) if batch.num_rows() == 1 => Ok(batch.column(0).clone()),
         _ => Err("not one value".into()),

@@ -182,7 +182,7 @@ impl<'c> Reader<'c> {
                     .and_then(|field| Some((field, present(field)?)))
                 {
                     Some((field, value)) => {
-                        let json = as_json(&value, &field.kind()).to_string();
+                        let json = as_json(&value, &field.kind());
                         let row = super::columns::structured(&json, &s.ty)
                             .map_err(|why| format!("field `{}`: {why}", s.name))?;
                         Ok(Value::Structured(row))

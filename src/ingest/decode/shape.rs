@@ -113,7 +113,9 @@ impl Shape {
         match column.checked_sub(self.fields.len()) {
             None => value(column, raw, self.fields[column].1),
             Some(_) if Kind::of(raw) == Kind::Null => Ok(Value::Null),
-            Some(s) => columns::structured(raw.get(), &self.structured[s].1)
+            Some(s) => serde_json::from_str(raw.get())
+                .map_err(|e| e.to_string())
+                .and_then(|json| columns::structured(&json, &self.structured[s].1))
                 .map(Value::Structured)
                 .map_err(|why| Misfit::Structured(column, why)),
         }
