@@ -2,7 +2,8 @@
 """Soak: `weir run` (the example job, default batching) against the test suite's
 Apache Kafka broker at a steady rate for many minutes, sampled once a minute.
 
-Per minute it records what must stay flat in a long run: the process's RSS,
+Per minute it records what must stay flat in a long run: the process's RSS
+(at the minute's end, and the most of samples every 2 s within it),
 the dedup index (entries and bytes: the one thing that grows, until event
 time has covered the dedup horizon), the mean time of a trigger's commits,
 raw's log versions since its newest checkpoint (checkpoint lag), raw's live
@@ -32,8 +33,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "integration"))
 from conftest import free_port, start_kafka, stop_kafka, stop_process, write_job  # noqa: E402
 
-COLUMNS = ["minute", "events", "events_per_s", "rss_mib", "dedup_ids", "dedup_mib",
-           "bytes_per_id", "commit_ms", "checkpoint_lag", "raw_versions", "raw_files",
+COLUMNS = ["minute", "events", "events_per_s", "rss_mib", "rss_max_mib", "dedup_ids",
+           "dedup_mib", "bytes_per_id", "commit_ms", "checkpoint_lag", "raw_versions", "raw_files",
            "consumer_lag"]
 
 
@@ -123,8 +124,11 @@ def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path) -> list[di
     samples, before = [], None
     started = time.monotonic()
     for minute in range(1, args.minutes + 1):
-        time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
-        assert run.poll() is None, f"weir run exited with {run.returncode}"
+        peak = 0.0
+        while (left := started + minute * 60 - time.monotonic()) > 0:
+            time.sleep(min(left, 2.0))
+            assert run.poll() is None, f"weir run exited with {run.returncode}"
+            peak = max(peak, rss_mib(run.pid))
         m = metrics(port)
         newest, lag, files = raw_log(raw)
         events = m.get("weir_events_in_total", 0.0)
@@ -136,6 +140,7 @@ def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path) -> list[di
             "events": int(events),
             "events_per_s": round((events - prev_events) / 60),
             "rss_mib": round(rss_mib(run.pid)),
+            "rss_max_mib": round(peak),
             "dedup_ids": int(ids),
             "dedup_mib": round(m.get("weir_dedup_index_bytes", 0.0) / 2**20, 1),
             "bytes_per_id": round(m.get("weir_dedup_index_bytes", 0.0) / ids, 1) if ids else 0,
