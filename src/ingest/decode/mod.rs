@@ -12,6 +12,7 @@
 //! This stage is a pure function: the caller passes the ingest time in.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -159,7 +160,14 @@ pub struct Decoder {
     max_message_bytes: usize,
     raw_schema: SchemaRef,
     dlq_schema: SchemaRef,
+    /// How many threads may read one micro-batch's messages.
+    threads: NonZeroUsize,
 }
+
+/// The fewest messages worth a thread of their own: below it, starting the
+/// thread and concatenating its columns cost more than they save, and a
+/// small batch (the latency path) is read where it is.
+const MESSAGES_PER_SLICE: usize = 4096;
 
 /// The one timestamp type weir stores: UTC microseconds, which every reader shares.
 pub fn utc_micros() -> DataType {
@@ -233,6 +241,35 @@ struct Read {
     rejected: Vec<Rejection>,
 }
 
+impl Read {
+    /// The reads of consecutive slices of `per_slice` messages as one read
+    /// of them all: columns concatenated, indices shifted by each slice's start.
+    fn joined(reads: Vec<Read>, per_slice: usize) -> Result<Read, ArrowError> {
+        let width = reads.first().map_or(0, |read| read.columns.len());
+        let columns = (0..width)
+            .map(|c| {
+                let parts: Vec<&dyn Array> = reads.iter().map(|r| r.columns[c].as_ref()).collect();
+                compute::concat(&parts)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut rows = Vec::new();
+        let mut rejected = Vec::new();
+        for (n, read) in reads.into_iter().enumerate() {
+            let start = n * per_slice;
+            rows.extend(read.rows.into_iter().map(|i| i + start));
+            rejected.extend(read.rejected.into_iter().map(|(i, why)| (i + start, why)));
+        }
+        Ok(Read {
+            columns,
+            rows,
+            rejected,
+        })
+    }
+}
+
+/// What an event time is judged against, per message (epoch ms), if anything.
+type Reference = dyn Fn(&Message) -> Option<i64> + Sync;
+
 impl Decoder {
     pub fn new(contract: Contract, max_message_bytes: usize, encoding: Encoding) -> Self {
         Self {
@@ -242,7 +279,15 @@ impl Decoder {
             shape: Shape::new(&contract),
             contract,
             max_message_bytes,
+            threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         }
+    }
+
+    /// The same decoder reading a micro-batch on at most `threads` threads
+    /// (by default, as many as the process may run on).
+    pub fn with_threads(mut self, threads: NonZeroUsize) -> Self {
+        self.threads = threads;
+        self
     }
 
     pub fn raw_schema(&self) -> &SchemaRef {
@@ -268,7 +313,7 @@ impl Decoder {
         now: DateTime<Utc>,
     ) -> Result<Decoded, ArrowError> {
         let now_ms = now.timestamp_millis();
-        self.decode_judged(batch, schemas, now, &|_| Some(now_ms))
+        self.decode_judged(batch, schemas, now, &move |_| Some(now_ms))
     }
 
     /// [`Self::decode`] of messages read again long after they were ingested
@@ -292,10 +337,52 @@ impl Decoder {
         batch: &MicroBatch,
         schemas: &WriterSchemas,
         now: DateTime<Utc>,
-        reference: &dyn Fn(&Message) -> Option<i64>,
+        reference: &Reference,
     ) -> Result<Decoded, ArrowError> {
-        let messages = &batch.messages;
-        let read = match self.encoding {
+        let read = self.read_in_slices(&batch.messages, schemas, reference)?;
+        let (read, key) = self.with_keys(read, &batch.messages, schemas)?;
+        Ok(Decoded {
+            valid: self.to_raw(read.columns, &read.rows, key, batch)?,
+            rejected: self.to_dlq(&read.rejected, batch, now)?,
+        })
+    }
+
+    /// Reads a large micro-batch in consecutive slices on threads of their
+    /// own, one per core at most, and joins what they read in message
+    /// order: decoding is the stage whose cost grows with every byte, and
+    /// messages are read independently of each other.
+    fn read_in_slices(
+        &self,
+        messages: &[Message],
+        schemas: &WriterSchemas,
+        reference: &Reference,
+    ) -> Result<Read, ArrowError> {
+        let slices = (messages.len() / MESSAGES_PER_SLICE).clamp(1, self.threads.get());
+        if slices == 1 {
+            return self.read(messages, schemas, reference);
+        }
+        let per_slice = messages.len().div_ceil(slices);
+        let reads = std::thread::scope(|scope| {
+            let threads: Vec<_> = messages
+                .chunks(per_slice)
+                .map(|slice| scope.spawn(|| self.read(slice, schemas, reference)))
+                .collect();
+            let joined = threads.into_iter().map(|t| t.join());
+            joined
+                .map(|read| read.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Read::joined(reads, per_slice)
+    }
+
+    /// Reads `messages` on this thread.
+    fn read(
+        &self,
+        messages: &[Message],
+        schemas: &WriterSchemas,
+        reference: &Reference,
+    ) -> Result<Read, ArrowError> {
+        Ok(match self.encoding {
             Encoding::Json => self.read_rows(messages, reference, &mut |bytes| {
                 json_object(bytes).and_then(|b| self.shape.read(b))
             })?,
@@ -311,11 +398,6 @@ impl Decoder {
                 })?
             }
             Encoding::Avro => self.read_avro(messages, schemas, reference)?,
-        };
-        let (read, key) = self.with_keys(read, messages, schemas)?;
-        Ok(Decoded {
-            valid: self.to_raw(read.columns, &read.rows, key, batch)?,
-            rejected: self.to_dlq(&read.rejected, batch, now)?,
         })
     }
 
@@ -324,7 +406,7 @@ impl Decoder {
     fn read_rows(
         &self,
         messages: &[Message],
-        reference: &dyn Fn(&Message) -> Option<i64>,
+        reference: &Reference,
         read: &mut ReadMessage,
     ) -> Result<Read, ArrowError> {
         let mut rejected: Vec<Rejection> = Vec::new();
@@ -359,7 +441,7 @@ impl Decoder {
         &self,
         messages: &[Message],
         schemas: &WriterSchemas,
-        reference: &dyn Fn(&Message) -> Option<i64>,
+        reference: &Reference,
     ) -> Result<Read, ArrowError> {
         let mut rejected = Vec::new();
         let mut passed = Vec::with_capacity(messages.len());

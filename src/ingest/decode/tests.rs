@@ -322,6 +322,37 @@ fn a_large_mixed_batch_splits_exactly() {
     assert_eq!(offsets(&d.valid), expected_good);
 }
 
+/// A batch read in slices on several threads decodes to exactly what one
+/// thread reads: the same rows in message order, the same refusals.
+#[test]
+fn a_batch_read_on_several_threads_decodes_as_on_one() {
+    let payloads: Vec<Vec<u8>> = (0..3 * MESSAGES_PER_SLICE + 17)
+        .map(|i| match i % 29 {
+            3 => b"{oops".to_vec(),
+            7 => format!(r#"{{"id":"e{i}","ts":"2026-11-21T11:00:00Z","n":"x"}}"#).into_bytes(),
+            _ => format!(r#"{{"id":"e{i}","ts":"2026-11-21T11:59:00Z","n":{i},"s":"v{i}"}}"#)
+                .into_bytes(),
+        })
+        .collect();
+    let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+    let batch = batch(&refs);
+    let on = |threads: usize| {
+        let threads = NonZeroUsize::new(threads).unwrap();
+        let decoder = decoder().with_threads(threads);
+        decoder
+            .decode(&batch, &WriterSchemas::default(), now())
+            .unwrap()
+    };
+    let (one, four) = (on(1), on(4));
+    assert_eq!(one.valid, four.valid);
+    assert_eq!(one.rejected, four.rejected);
+    let bad = (0..refs.len())
+        .filter(|i| [3, 7].contains(&(i % 29)))
+        .count();
+    assert_eq!(one.rejected.num_rows(), bad);
+    assert_eq!(one.valid.num_rows(), refs.len() - bad);
+}
+
 #[test]
 fn an_empty_batch_decodes_to_empty_tables() {
     let d = decoder()
