@@ -37,13 +37,16 @@ aggregates = [
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
-    """The job and two copies of its data: right after a 20-second demo
-    (`demo`, everything hot), and after one `weir maintain` (`maintained`)."""
+    """The job and two copies of its data: right after a 40-second demo
+    (`demo`, everything hot), and after one `weir maintain` (`maintained`).
+    `dlq` is aged by when rows were read, so its hot tier keeps only what the
+    demo read in the last `hot` seconds before the maintain reaches it: 15 s
+    leaves room for a loaded machine between the demo's end and that move."""
     tmp = tmp_path_factory.mktemp("engines")
-    job = tier_job(tmp / "job.toml")
+    job = tier_job(tmp / "job.toml", hot="15s", warm="25s")
     job.write_text(job.read_text() + SESSIONS)
     maintained = tmp / "maintained"
-    weir("demo", "--job", job, "--seconds", 20, "--rate", 300, "--data", maintained,
+    weir("demo", "--job", job, "--seconds", 40, "--rate", 300, "--data", maintained,
          timeout=240)
     demo = tmp / "demo"
     shutil.copytree(maintained, demo)

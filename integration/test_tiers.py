@@ -16,14 +16,14 @@ from conftest import WEIR, clickstream_job, crash_after_each, duckdb_with_views,
 from test_maintain import rows, totals_never_change
 
 
-def tier_job(path, warm_root=None, cold_root=None):
+def tier_job(path, warm_root=None, cold_root=None, hot="5s", warm="10s"):
     """The clickstream job aged in seconds: 2 s windows, lateness and dedup
-    horizon; hot keeps 5 s, warm 10 s, cold the rest."""
+    horizon; hot keeps `hot`, warm `warm`, cold the rest."""
     return clickstream_job(path, (('window = "1m"', 'window = "2s"'),
                                   ('allowed_lateness = "1m"', 'allowed_lateness = "2s"'),
                                   ('horizon = "1h"', 'horizon = "2s"'),
-                                  ('max_age = "24h"', 'max_age = "5s"'),
-                                  ('max_age = "30days"', 'max_age = "10s"')),
+                                  ('max_age = "24h"', f'max_age = "{hot}"'),
+                                  ('max_age = "30days"', f'max_age = "{warm}"')),
                            warm_root, cold_root)
 
 
