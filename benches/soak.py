@@ -129,6 +129,8 @@ def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path) -> list[di
             time.sleep(min(left, 2.0))
             assert run.poll() is None, f"weir run exited with {run.returncode}"
             peak = max(peak, rss_mib(run.pid))
+        rss = rss_mib(run.pid)
+        peak = max(peak, rss)
         m = metrics(port)
         newest, lag, files = raw_log(raw)
         events = m.get("weir_events_in_total", 0.0)
@@ -139,7 +141,7 @@ def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path) -> list[di
             "minute": minute,
             "events": int(events),
             "events_per_s": round((events - prev_events) / 60),
-            "rss_mib": round(rss_mib(run.pid)),
+            "rss_mib": round(rss),
             "rss_max_mib": round(peak),
             "dedup_ids": int(ids),
             "dedup_mib": round(m.get("weir_dedup_index_bytes", 0.0) / 2**20, 1),

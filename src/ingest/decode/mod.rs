@@ -164,9 +164,11 @@ pub struct Decoder {
     threads: NonZeroUsize,
 }
 
-/// The fewest messages worth a thread of their own: below it, starting the
-/// thread and concatenating its columns cost more than they save, and a
-/// small batch (the latency path) is read where it is.
+/// The fewest messages a slice read on a thread of its own holds: a batch
+/// under twice this (the latency path) is read where it is, and a slice is
+/// large beside the cost of starting its thread and concatenating its
+/// columns. A choice, not a measured optimum: on two busy cores slices
+/// changed nothing measurable either way (benches/README.md).
 const MESSAGES_PER_SLICE: usize = 4096;
 
 /// The one timestamp type weir stores: UTC microseconds, which every reader shares.
@@ -367,9 +369,12 @@ impl Decoder {
                 .chunks(per_slice)
                 .map(|slice| scope.spawn(|| self.read(slice, schemas, reference)))
                 .collect();
-            let joined = threads.into_iter().map(|t| t.join());
-            joined
-                .map(|read| read.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
                 .collect::<Result<Vec<_>, _>>()
         })?;
         Read::joined(reads, per_slice)
