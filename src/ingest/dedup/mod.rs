@@ -11,19 +11,21 @@
 //! event time so memory is bounded by the horizon: buckets older than
 //! `watermark − horizon` are dropped whole.
 
-use std::collections::{BTreeMap, HashMap};
+mod id_map;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute;
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
-use foldhash::fast::RandomState;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::{Contract, Job, SourcePartition, Topics};
 use crate::ingest::decode::{EVENT_DATE, OFFSET, PARTITION, partition_columns, positions};
 use crate::table::{RestoreError, TableError, TableId, Tables};
+use id_map::IdMap;
 
 /// Where an accepted event was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +48,8 @@ pub struct Candidate {
 pub struct DedupIndex {
     horizon_ms: i64,
     bucket_ms: i64,
-    /// Keys are already hashes, so the map's own hashing need only be
-    /// cheap; foldhash is several times faster than std's SipHash here and
-    /// still seeded per process, so crafted IDs cannot aim at one bucket.
-    seen: HashMap<u128, Origin, RandomState>,
+    seen: IdMap,
+    /// The IDs accepted per slice of event time, to evict a slice at once.
     buckets: BTreeMap<i64, Vec<u128>>,
 }
 
@@ -62,7 +62,7 @@ impl DedupIndex {
         Self {
             horizon_ms,
             bucket_ms: (horizon_ms / BUCKETS_PER_HORIZON).max(1),
-            seen: HashMap::default(),
+            seen: IdMap::default(),
             buckets: BTreeMap::new(),
         }
     }
@@ -74,10 +74,9 @@ impl DedupIndex {
     }
 
     fn accept(&mut self, c: &Candidate) -> bool {
-        match self.seen.get(&c.id_hash) {
-            Some(origin) => *origin == c.origin,
+        match self.seen.remember(c.id_hash, c.origin) {
+            Some(origin) => origin == c.origin,
             None => {
-                self.seen.insert(c.id_hash, c.origin);
                 let bucket = c.time_ms.div_euclid(self.bucket_ms) * self.bucket_ms;
                 self.buckets.entry(bucket).or_default().push(c.id_hash);
                 true
@@ -93,9 +92,10 @@ impl DedupIndex {
                 break;
             }
             for id in entry.remove() {
-                self.seen.remove(&id);
+                self.seen.remove(id);
             }
         }
+        self.seen.shrink();
     }
 
     /// IDs remembered.
@@ -104,13 +104,14 @@ impl DedupIndex {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.seen.len() == 0
     }
 
-    /// Approximate memory held, for the metric.
+    /// Memory held: the table's and the buckets' allocations (not the
+    /// bucket tree's few nodes).
     pub fn bytes(&self) -> usize {
-        let per_id = size_of::<u128>() * 2 + size_of::<Origin>();
-        self.seen.capacity() * per_id + self.buckets.len() * size_of::<Vec<u128>>()
+        let listed: usize = self.buckets.values().map(Vec::capacity).sum();
+        self.seen.bytes() + listed * size_of::<u128>()
     }
 }
 
