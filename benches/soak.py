@@ -6,8 +6,10 @@ Per minute it records what must stay flat in a long run: the process's RSS
 (at the minute's end, and the most of samples every 2 s within it),
 the dedup index (entries and bytes: the one thing that grows, until event
 time has covered the dedup horizon), the mean time of a trigger's commits,
-raw's log versions since its newest checkpoint (checkpoint lag), raw's live
-files (small-file merging keeping up) and the consumer lag. Run it with the
+raw's log versions since its newest checkpoint (checkpoint lag) and the size
+of that checkpoint, raw's live files (small-file merging keeping up) and the
+consumer lag. `--trace` keeps every 2-s RSS sample and `--log` weir's log
+(merges are logged with their time), to place a step in memory. Run it with the
 test venv's Python after integration/setup.sh and a release build:
 
     cargo build --release
@@ -23,10 +25,12 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -34,8 +38,8 @@ sys.path.insert(0, str(ROOT / "integration"))
 from conftest import free_port, start_kafka, stop_kafka, stop_process, write_job  # noqa: E402
 
 COLUMNS = ["minute", "events", "events_per_s", "rss_mib", "rss_max_mib", "dedup_ids",
-           "dedup_mib", "bytes_per_id", "commit_ms", "checkpoint_lag", "raw_versions", "raw_files",
-           "consumer_lag"]
+           "dedup_mib", "bytes_per_id", "commit_ms", "checkpoint_lag", "checkpoint_kib",
+           "raw_versions", "raw_files", "consumer_lag"]
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -59,15 +63,18 @@ def rss_mib(pid: int) -> float:
     return kib / 1024
 
 
-def raw_log(table: pathlib.Path) -> tuple[int, int, int]:
-    """raw's newest version, versions since its newest checkpoint, and live files."""
+def raw_log(table: pathlib.Path) -> tuple[int, int, int, int]:
+    """raw's newest version, versions since its newest checkpoint, that
+    checkpoint's size in KiB, and live files."""
     from deltalake import DeltaTable
     log = table / "_delta_log"
     newest = max((int(p.stem) for p in log.glob("*.json") if p.stem.isdigit()), default=0)
     last = log / "_last_checkpoint"
     checkpoint = json.loads(last.read_text())["version"] if last.exists() else -1
+    parquet = log / f"{checkpoint:020}.checkpoint.parquet"
+    kib = round(parquet.stat().st_size / 1024) if parquet.exists() else 0
     files = len(DeltaTable(str(table)).file_uris())
-    return newest, newest - checkpoint, files
+    return newest, newest - checkpoint, kib, files
 
 
 def main() -> None:
@@ -82,6 +89,9 @@ def main() -> None:
     parser.add_argument("--weir", default=str(pathlib.Path(
         os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "weir"))
     parser.add_argument("--csv", type=pathlib.Path, help="where to write the samples")
+    parser.add_argument("--trace", type=pathlib.Path,
+                        help="where to write every 2-s RSS sample (UTC time, MiB)")
+    parser.add_argument("--log", type=pathlib.Path, help="where to copy weir run's log")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="weir-soak-") as workdir:
@@ -112,6 +122,8 @@ def main() -> None:
             for proc in procs:
                 stop_process(proc)
             stop_kafka(broker)
+            if args.log:
+                shutil.copy(work / "run.log", args.log)
     if args.csv:
         with open(args.csv, "w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=COLUMNS)
@@ -122,17 +134,21 @@ def main() -> None:
 def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path) -> list[dict]:
     print("  ".join(f"{c:>12}" for c in COLUMNS), flush=True)
     samples, before = [], None
+    trace = open(args.trace, "w") if args.trace else None
     started = time.monotonic()
     for minute in range(1, args.minutes + 1):
         peak = 0.0
         while (left := started + minute * 60 - time.monotonic()) > 0:
             time.sleep(min(left, 2.0))
             assert run.poll() is None, f"weir run exited with {run.returncode}"
-            peak = max(peak, rss_mib(run.pid))
+            now = rss_mib(run.pid)
+            peak = max(peak, now)
+            if trace:
+                print(f"{datetime.now(timezone.utc):%H:%M:%S},{now:.0f}", file=trace, flush=True)
         rss = rss_mib(run.pid)
         peak = max(peak, rss)
         m = metrics(port)
-        newest, lag, files = raw_log(raw)
+        newest, lag, checkpoint_kib, files = raw_log(raw)
         events = m.get("weir_events_in_total", 0.0)
         commits = (m.get("weir_stage_seconds_sum", 0.0), m.get("weir_stage_seconds_count", 0.0))
         prev_events, prev_commits = before or (0.0, (0.0, 0.0))
@@ -149,6 +165,7 @@ def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path) -> list[di
             "commit_ms": round(1000 * (commits[0] - prev_commits[0])
                                / max(1.0, commits[1] - prev_commits[1]), 1),
             "checkpoint_lag": lag,
+            "checkpoint_kib": checkpoint_kib,
             "raw_versions": newest,
             "raw_files": files,
             "consumer_lag": int(m.get("weir_consumer_lag", 0.0)),

@@ -78,10 +78,23 @@ impl DedupIndex {
             Some(origin) => origin == c.origin,
             None => {
                 let bucket = c.time_ms.div_euclid(self.bucket_ms) * self.bucket_ms;
-                self.buckets.entry(bucket).or_default().push(c.id_hash);
+                self.bucket(bucket).push(c.id_hash);
                 true
             }
         }
+    }
+
+    /// The IDs of the bucket that starts at `start`. Opening a newer bucket
+    /// trims the newest one to its length: lists grow by doubling and events
+    /// seldom come back to a slice of event time already passed, so a list
+    /// costs 16 bytes per ID and not up to 32.
+    fn bucket(&mut self, start: i64) -> &mut Vec<u128> {
+        if let Some(mut newest) = self.buckets.last_entry()
+            && *newest.key() < start
+        {
+            newest.get_mut().shrink_to_fit();
+        }
+        self.buckets.entry(start).or_default()
     }
 
     /// Forgets IDs whose event time is older than `watermark_ms − horizon`.
@@ -346,6 +359,20 @@ mod tests {
         assert_eq!(index.len(), 1, "id 1 is older than watermark − horizon");
         assert_eq!(keep(&mut index, &[c(1, 3 * hour, 0, 2)]), vec![true]);
         assert_eq!(keep(&mut index, &[c(2, 3 * hour, 0, 3)]), vec![false]);
+    }
+
+    #[test]
+    fn lists_of_passed_buckets_keep_no_spare_room() {
+        // 1-s buckets; ten seconds of 1,000 IDs each, in time order.
+        let mut index = DedupIndex::new(Duration::from_secs(64));
+        let cs: Vec<Candidate> = (0..10_000).map(|i| c(i, i as i64, 0, i as i64)).collect();
+        index.apply(&cs);
+        let capacities: Vec<usize> = index.buckets.values().map(Vec::capacity).collect();
+        assert_eq!(capacities[..9], [1000; 9]);
+        assert_eq!(
+            index.bytes(),
+            index.seen.bytes() + (9000 + capacities[9]) * size_of::<u128>()
+        );
     }
 
     #[test]
