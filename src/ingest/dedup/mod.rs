@@ -9,8 +9,10 @@
 //!
 //! IDs are kept as 128-bit hashes (a collision would take ~2^64 IDs), bucketed by
 //! event time so memory is bounded by the horizon: buckets older than
-//! `watermark − horizon` are dropped whole.
+//! `watermark − horizon` are dropped whole. They are looked up in [`id_map`]'s
+//! table, which, unlike std's map, keeps its size while IDs turn over.
 
+mod id_list;
 mod id_map;
 
 use std::collections::BTreeMap;
@@ -25,6 +27,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::config::{Contract, Job, SourcePartition, Topics};
 use crate::ingest::decode::{EVENT_DATE, OFFSET, PARTITION, partition_columns, positions};
 use crate::table::{RestoreError, TableError, TableId, Tables};
+use id_list::IdList;
 use id_map::IdMap;
 
 /// Where an accepted event was read from.
@@ -50,7 +53,7 @@ pub struct DedupIndex {
     bucket_ms: i64,
     seen: IdMap,
     /// The IDs accepted per slice of event time, to evict a slice at once.
-    buckets: BTreeMap<i64, Vec<u128>>,
+    buckets: BTreeMap<i64, IdList>,
 }
 
 /// Buckets per horizon: eviction granularity is horizon / 64.
@@ -78,23 +81,10 @@ impl DedupIndex {
             Some(origin) => origin == c.origin,
             None => {
                 let bucket = c.time_ms.div_euclid(self.bucket_ms) * self.bucket_ms;
-                self.bucket(bucket).push(c.id_hash);
+                self.buckets.entry(bucket).or_default().push(c.id_hash);
                 true
             }
         }
-    }
-
-    /// The IDs of the bucket that starts at `start`. Opening a newer bucket
-    /// trims the newest one to its length: lists grow by doubling and events
-    /// seldom come back to a slice of event time already passed, so a list
-    /// costs 16 bytes per ID and not up to 32.
-    fn bucket(&mut self, start: i64) -> &mut Vec<u128> {
-        if let Some(mut newest) = self.buckets.last_entry()
-            && *newest.key() < start
-        {
-            newest.get_mut().shrink_to_fit();
-        }
-        self.buckets.entry(start).or_default()
     }
 
     /// Forgets IDs whose event time is older than `watermark_ms − horizon`.
@@ -104,7 +94,7 @@ impl DedupIndex {
             if entry.key() + self.bucket_ms > cutoff {
                 break;
             }
-            for id in entry.remove() {
+            for id in entry.remove().into_ids() {
                 self.seen.remove(id);
             }
         }
@@ -123,8 +113,8 @@ impl DedupIndex {
     /// Memory held: the table's and the buckets' allocations (not the
     /// bucket tree's few nodes).
     pub fn bytes(&self) -> usize {
-        let listed: usize = self.buckets.values().map(Vec::capacity).sum();
-        self.seen.bytes() + listed * size_of::<u128>()
+        let listed: usize = self.buckets.values().map(IdList::bytes).sum();
+        self.seen.bytes() + listed
     }
 }
 
@@ -359,20 +349,6 @@ mod tests {
         assert_eq!(index.len(), 1, "id 1 is older than watermark − horizon");
         assert_eq!(keep(&mut index, &[c(1, 3 * hour, 0, 2)]), vec![true]);
         assert_eq!(keep(&mut index, &[c(2, 3 * hour, 0, 3)]), vec![false]);
-    }
-
-    #[test]
-    fn lists_of_passed_buckets_keep_no_spare_room() {
-        // 1-s buckets; ten seconds of 1,000 IDs each, in time order.
-        let mut index = DedupIndex::new(Duration::from_secs(64));
-        let cs: Vec<Candidate> = (0..10_000).map(|i| c(i, i as i64, 0, i as i64)).collect();
-        index.apply(&cs);
-        let capacities: Vec<usize> = index.buckets.values().map(Vec::capacity).collect();
-        assert_eq!(capacities[..9], [1000; 9]);
-        assert_eq!(
-            index.bytes(),
-            index.seen.bytes() + (9000 + capacities[9]) * size_of::<u128>()
-        );
     }
 
     #[test]
