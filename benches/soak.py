@@ -20,6 +20,7 @@ Nothing here asserts: the figures and what they mean are in benches/README.md.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from typing import TextIO
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -117,7 +119,8 @@ def main() -> None:
                  "--rate", str(args.rate), "--seconds", str(args.minutes * 60)],
                 stdout=subprocess.DEVNULL, stderr=open(work / "produce.log", "w"))
             procs.append(produce)
-            samples = sample(args, run, port, data / "hot" / "clickstream" / "raw")
+            with open(args.trace, "w") if args.trace else contextlib.nullcontext() as trace:
+                samples = sample(args, run, port, data / "hot" / "clickstream" / "raw", trace)
         finally:
             for proc in procs:
                 stop_process(proc)
@@ -131,10 +134,10 @@ def main() -> None:
             writer.writerows(samples)
 
 
-def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path) -> list[dict]:
+def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path,
+           trace: TextIO | None) -> list[dict]:
     print("  ".join(f"{c:>12}" for c in COLUMNS), flush=True)
     samples, before = [], None
-    trace = open(args.trace, "w") if args.trace else None
     started = time.monotonic()
     for minute in range(1, args.minutes + 1):
         peak = 0.0
