@@ -88,6 +88,10 @@ def main() -> None:
                         help="dedup.horizon: a short one shows the index level off within the run")
     parser.add_argument("--compact-after", type=int, default=64,
                         help="maintenance.compact_after_files (0: no merging beside ingest)")
+    parser.add_argument("--every", default="10m", help="maintenance.every")
+    parser.add_argument("--hot-retention", default="1h",
+                        help="maintenance.hot_vacuum_retention: a short one, with a short "
+                             "--every, shows raw's checkpoint level off within the run")
     parser.add_argument("--weir", default=str(pathlib.Path(
         os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "weir"))
     parser.add_argument("--csv", type=pathlib.Path, help="where to write the samples")
@@ -107,6 +111,9 @@ def main() -> None:
                             interval_ms=1000)
             job.write_text(job.read_text()
                            .replace('horizon = "1h"', f'horizon = "{args.horizon}"')
+                           .replace('every = "10m"', f'every = "{args.every}"')
+                           .replace('hot_vacuum_retention = "1h"',
+                                    f'hot_vacuum_retention = "{args.hot_retention}"')
                            .replace("target_file_mib = 128", "target_file_mib = 128\n"
                                     f"compact_after_files = {args.compact_after}"))
             port = free_port()

@@ -5,6 +5,7 @@ not while `weir run` keeps ingesting."""
 import contextlib
 import dataclasses
 import json
+import pathlib
 import subprocess
 import threading
 import time
@@ -202,3 +203,35 @@ def test_a_crash_anywhere_in_maintenance_changes_no_answer(tmp_path):
     assert snapshot(job, data) == before
     for table in TABLES:
         assert set(active_files(data, table).values()) == {1}, table
+
+
+def data_files(path) -> set[str]:
+    """The Parquet files under a table's folder, outside its log."""
+    return {str(p.resolve()) for p in path.rglob("*.parquet") if "_delta_log" not in p.parts}
+
+
+def test_vacuum_deletes_what_merges_removed(tmp_path):
+    """With hot tables keeping removed files 0 s, one round of upkeep merges each
+    table's small files and deletes the merged-away ones from storage: every
+    Parquet file left is one the log holds, readers get every row, and each
+    table's log keeps removals for the retention plus two rounds and ten minutes."""
+    from deltalake import DeltaTable
+
+    job = fast_job(tmp_path / "job.toml")
+    job.write_text(job.read_text().replace('hot_vacuum_retention = "1h"',
+                                           'hot_vacuum_retention = "0s"'))
+    data = tmp_path / "data"
+    weir("demo", "--job", job, "--seconds", 12, "--rate", 400, "--data", data, timeout=240)
+    before = snapshot(job, data)
+    paths = {t: table_path(data, "clickstream", t) for t in TABLES}
+    files_before = {t: data_files(p) for t, p in paths.items()}
+    weir("maintain", "--job", job, "--data", data, "--once", timeout=240)
+
+    assert snapshot(job, data) == before, "maintenance changed what a reader sees"
+    for table, path in paths.items():
+        log = DeltaTable(str(path))
+        active = {str(pathlib.Path(u.removeprefix("file://")).resolve()) for u in log.file_uris()}
+        assert data_files(path) == active, table
+        assert len(files_before[table]) > len(active), (table, files_before[table])
+        retention = log.metadata().configuration["delta.deletedFileRetentionDuration"]
+        assert retention == f"interval {2 * 600 + 600} seconds", (table, retention)

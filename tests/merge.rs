@@ -8,14 +8,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{AsArray, Date32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Date32Type, Field, Int64Type, Schema};
 use deltalake::DeltaTable;
+use deltalake::checkpoints::create_checkpoint;
 use deltalake::kernel::{DataType as DeltaType, PrimitiveType, StructField};
 use deltalake::protocol::SaveMode;
 use weir::config::{Job, Tier};
-use weir::table::delta::is_commit_conflict;
+use weir::table::delta::{is_commit_conflict, keep_removals_for};
 use weir::upkeep::merge::{Merged, merge_properties, merge_small_files};
 
 const DAYS: [i32; 2] = [20_000, 20_001];
@@ -173,4 +175,44 @@ async fn a_delete_planned_before_a_merge_is_refused_after_it() {
     let mut latest = table;
     latest.load().await.unwrap();
     assert_eq!(rows(&latest).await, expected());
+}
+
+/// How many `remove` actions the checkpoint at `version` carries.
+fn removals_in_checkpoint(table: &DeltaTable, version: u64) -> usize {
+    let root = table.table_url().to_file_path().unwrap();
+    let path = root.join(format!("_delta_log/{version:020}.checkpoint.parquet"));
+    let file = std::fs::File::open(&path).unwrap();
+    parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
+        .unwrap()
+        .map(|batch| {
+            let batch = batch.unwrap();
+            let remove = batch.column_by_name("remove").unwrap();
+            remove.len() - remove.null_count()
+        })
+        .sum()
+}
+
+/// A merge's removals stay in checkpoints for the retention the table was
+/// given, and no longer: what keeps a hot table's checkpoint from growing
+/// with every file its merges removed over a week.
+#[tokio::test]
+async fn checkpoints_keep_removals_for_the_set_retention() {
+    let removals_after = |retention: Duration| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let job = common::job(dir.path(), 100);
+        let table = small_files(dir.path()).await;
+        let table = keep_removals_for(table, retention).await.unwrap();
+        let version = table.version();
+        let table = keep_removals_for(table, retention).await.unwrap();
+        assert_eq!(table.version(), version, "the retention is set once");
+        let Merged::Done { table, removed, .. } = merge(&job, &table).await else {
+            panic!("the merge lands");
+        };
+        assert_eq!(removed, 10);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        create_checkpoint(&table, None).await.unwrap();
+        removals_in_checkpoint(&table, table.version().unwrap())
+    };
+    assert_eq!(removals_after(Duration::from_secs(1)).await, 0);
+    assert_eq!(removals_after(Duration::from_secs(3600)).await, 10);
 }

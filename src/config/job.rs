@@ -538,14 +538,42 @@ pub struct WatermarkPolicy {
 pub struct Maintenance {
     pub every: Duration,
     pub target_file_bytes: u64,
-    /// Files a commit removed are deleted once they are this old.
+    /// Files a commit removed from a warm or cold table are deleted once
+    /// they are this old.
     pub vacuum_retention: Duration,
+    /// The same for hot tables, whose triggers and merges remove a file
+    /// every second or so: each removal stays in every checkpoint until it
+    /// is vacuumed (see [`Self::tombstone_retention`]), so a week of them
+    /// would make every reader of the table replay megabytes of them.
+    pub hot_vacuum_retention: Duration,
     /// Log entries older than this (and older than a checkpoint) are deleted.
     pub log_retention: Duration,
     /// A hot table's small files are merged once it gained this many since
     /// its last merge (see [`crate::upkeep::compact`]); `None`: only by
     /// the rounds every `every`.
     pub compact_after_files: Option<NonZeroUsize>,
+}
+
+impl Maintenance {
+    /// How long files removed from a `tier` table are kept for readers of
+    /// older versions before the vacuum deletes them.
+    pub fn vacuum_retention(&self, tier: Tier) -> Duration {
+        match tier {
+            Tier::Hot => self.hot_vacuum_retention,
+            Tier::Warm | Tier::Cold => self.vacuum_retention,
+        }
+    }
+
+    /// How long a `tier` table's checkpoints keep the removal of a file
+    /// (its `delta.deletedFileRetentionDuration`). The vacuum finds the files
+    /// it deletes through those removals, so one must outlast the retention
+    /// until the next round has seen it: rounds start `every` after the last
+    /// one ended, and the other `every` and ten minutes cover that round's
+    /// own length. Kept longer, every checkpoint grows with them; dropped
+    /// sooner, the file is never deleted.
+    pub fn tombstone_retention(&self, tier: Tier) -> Duration {
+        self.vacuum_retention(tier) + 2 * self.every + Duration::from_secs(600)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

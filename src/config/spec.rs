@@ -188,6 +188,8 @@ pub(super) struct MaintenanceSpec {
     pub(super) target_file_mib: u64,
     #[serde(default = "default_vacuum_retention")]
     pub(super) vacuum_retention: String,
+    #[serde(default = "default_hot_vacuum_retention")]
+    pub(super) hot_vacuum_retention: String,
     #[serde(default = "default_log_retention")]
     pub(super) log_retention: String,
     #[serde(default = "default_compact_after_files")]
@@ -200,6 +202,7 @@ impl Default for MaintenanceSpec {
             every: default_maintenance_every(),
             target_file_mib: default_target_file_mib(),
             vacuum_retention: default_vacuum_retention(),
+            hot_vacuum_retention: default_hot_vacuum_retention(),
             log_retention: default_log_retention(),
             compact_after_files: default_compact_after_files(),
         }
@@ -214,6 +217,9 @@ pub(super) fn default_target_file_mib() -> u64 {
 }
 pub(super) fn default_vacuum_retention() -> String {
     "7days".into()
+}
+pub(super) fn default_hot_vacuum_retention() -> String {
+    "1h".into()
 }
 pub(super) fn default_log_retention() -> String {
     "30days".into()

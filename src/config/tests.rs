@@ -111,6 +111,24 @@ fn good_spec_gets_defaults() {
     );
 }
 
+/// Hot tables keep removed files an hour, the others a week; their logs keep
+/// the removals two rounds and ten minutes longer, for the vacuum to find them.
+#[test]
+fn removed_files_are_kept_by_tier() {
+    let minutes = |n: u64| Duration::from_secs(60 * n);
+    let m = parse(&GOOD).unwrap().maintenance;
+    assert_eq!(m.vacuum_retention(Tier::Hot), minutes(60));
+    assert_eq!(m.vacuum_retention(Tier::Cold), minutes(7 * 24 * 60));
+    assert_eq!(m.tombstone_retention(Tier::Hot), minutes(60 + 20 + 10));
+    let spec = GOOD.replace(
+        "[storage]",
+        "[maintenance]\nhot_vacuum_retention = \"0s\"\nevery = \"1m\"\n[storage]",
+    );
+    let m = parse(&spec).unwrap().maintenance;
+    assert_eq!(m.tombstone_retention(Tier::Hot), minutes(12));
+    assert_eq!(m.tombstone_retention(Tier::Warm), minutes(7 * 24 * 60 + 12));
+}
+
 #[test]
 fn overrides_replace_spec_values() {
     let overrides = Overrides {
@@ -269,6 +287,13 @@ fn impossible_values_are_named() {
         (
             GOOD.replace("[storage]", "[maintenance]\ntarget_file_mib = 0\n[storage]"),
             "maintenance.target_file_mib",
+        ),
+        (
+            GOOD.replace(
+                "[storage]",
+                "[maintenance]\nhot_vacuum_retention = \"-1h\"\n[storage]",
+            ),
+            "maintenance.hot_vacuum_retention",
         ),
         (GOOD.replace("name = \"clicks\"", "name = \"a/b\""), "name"),
         (

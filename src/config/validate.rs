@@ -976,20 +976,18 @@ pub(super) fn validate_maintenance(
         (1, 7 * DAY),
         "a duration between 1s and 7days, like \"10m\"",
     )?;
-    let vacuum_retention = duration_key(
-        invalid,
-        "maintenance.vacuum_retention",
-        &spec.vacuum_retention,
-        (0, 3650 * DAY),
-        "a duration between 0s and 3650days, like \"7days\"",
-    )?;
-    let log_retention = duration_key(
-        invalid,
-        "maintenance.log_retention",
-        &spec.log_retention,
-        (0, 3650 * DAY),
-        "a duration between 0s and 3650days, like \"30days\"",
-    )?;
+    let retention = |key: &str, text: &str, like: &str| {
+        duration_key(
+            invalid,
+            &format!("maintenance.{key}"),
+            text,
+            (0, 3650 * DAY),
+            &format!("a duration between 0s and 3650days, like \"{like}\""),
+        )
+    };
+    let vacuum_retention = retention("vacuum_retention", &spec.vacuum_retention, "7days")?;
+    let hot_vacuum_retention = retention("hot_vacuum_retention", &spec.hot_vacuum_retention, "1h")?;
+    let log_retention = retention("log_retention", &spec.log_retention, "30days")?;
     if !(1..=4096).contains(&spec.target_file_mib) {
         return Err(invalid(
             "maintenance.target_file_mib",
@@ -1008,6 +1006,7 @@ pub(super) fn validate_maintenance(
         every,
         target_file_bytes: spec.target_file_mib * 1024 * 1024,
         vacuum_retention,
+        hot_vacuum_retention,
         log_retention,
         compact_after_files: NonZeroUsize::new(spec.compact_after_files as usize),
     })

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::catalog::TableProvider;
@@ -244,16 +245,43 @@ async fn evolve(
     }
     let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
     info!(table = %spec.name, %url, columns = ?names, "adding the job's new fields as nullable columns");
-    let commit = CommitProperties::default().with_metadata([
-        ("weir.operation".to_owned(), json!("evolve")),
-        ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
-    ]);
     table
         .add_columns()
         .with_fields(added)
-        .with_commit_properties(commit)
+        .with_commit_properties(metadata_commit("evolve"))
         .await
         .map_err(fail)
+}
+
+/// Sets how long `table`'s checkpoints keep the removal of a file
+/// (`delta.deletedFileRetentionDuration`) to `retention`, unless it holds it
+/// already: a metadata commit only when the job's retention changed.
+pub async fn keep_removals_for(
+    table: DeltaTable,
+    retention: Duration,
+) -> Result<DeltaTable, DeltaTableError> {
+    let key = TableProperty::DeletedFileRetentionDuration.as_ref();
+    let wanted = format!("interval {} seconds", retention.as_secs());
+    let metadata = table.snapshot()?.metadata();
+    let held = metadata.configuration().get(key).cloned();
+    if held.as_ref() == Some(&wanted) {
+        return Ok(table);
+    }
+    let name = metadata.name().unwrap_or_default().to_owned();
+    info!(table = name, ?held, %wanted, "setting how long the log keeps removed files for the vacuum");
+    table
+        .set_tbl_properties()
+        .with_properties([(key.to_owned(), wanted)].into())
+        .with_commit_properties(metadata_commit("retention"))
+        .await
+}
+
+/// What a commit that changes only a table's metadata says of itself.
+fn metadata_commit(operation: &str) -> CommitProperties {
+    CommitProperties::default().with_metadata([
+        ("weir.operation".to_owned(), json!(operation)),
+        ("weir.version".to_owned(), json!(env!("CARGO_PKG_VERSION"))),
+    ])
 }
 
 /// Binary columns (payloads) have no useful order: neither the log nor the

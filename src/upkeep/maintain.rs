@@ -1,12 +1,15 @@
 //! Table upkeep: what keeps a streaming job's tables cheap to read after
 //! months of one small commit per trigger.
 //!
-//! Per table, in order: fold the partials of closed windows into one row per
-//! (window, keys); merge small files into large ones; write a checkpoint and
-//! delete log entries older than the log retention; vacuum files removed longer
-//! ago than the vacuum retention. None of it changes what a reader sees: a fold
-//! replaces the closed windows' partials with their merge in one commit, and
-//! file merges rewrite rows unchanged.
+//! Per table, in order: set how long its log keeps removals (see
+//! [`crate::config::Maintenance::tombstone_retention`]); fold the partials of
+//! closed windows into one row per (window, keys); merge small files into
+//! large ones; write a checkpoint and delete log entries older than the log
+//! retention; vacuum files removed longer ago than the vacuum retention. The
+//! vacuum reads the removals from the snapshot taken before that checkpoint,
+//! so a retention just shortened drops none it has not seen. None of it
+//! changes what a reader sees: a fold replaces the closed windows' partials
+//! with their merge in one commit, and file merges rewrite rows unchanged.
 //!
 //! Ingest is never blocked or failed by upkeep. Ingest commits are blind appends
 //! carrying txn actions, which never conflict with a file merge; a fold replaces
@@ -33,7 +36,9 @@ use crate::fault::{FaultError, Faults};
 use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::transform::{WINDOW_END, WindowAggregate};
 use crate::ingest::watermark::Watermark;
-use crate::table::delta::{is_lost_race, open_or_create, register, stored_schema};
+use crate::table::delta::{
+    is_lost_race, keep_removals_for, open_or_create, register, stored_schema,
+};
 use crate::table::schema::conform;
 use crate::table::tier::{self, Tiered};
 use crate::table::{Catalog, TableError};
@@ -252,6 +257,10 @@ async fn maintain_table(
             source: Box::new(source),
         }
     };
+    let retention = job.maintenance.tombstone_retention(tier);
+    table = keep_removals_for(table, retention)
+        .await
+        .map_err(delta("setting the removal retention"))?;
     let mut report = TableReport {
         table: name.to_owned(),
         tier,
@@ -301,7 +310,7 @@ async fn maintain_table(
             .map_err(delta("cleaning up the log"))?;
     step.done("checkpoint and log cleanup", "checkpoint")?;
 
-    let retention = chrono::Duration::from_std(job.maintenance.vacuum_retention)
+    let retention = chrono::Duration::from_std(job.maintenance.vacuum_retention(tier))
         .unwrap_or(chrono::Duration::MAX);
     let (vacuumed, metrics) = table
         .vacuum()
