@@ -155,6 +155,8 @@ def assert_upkeep_ran_and_outputs_exact(job, log, produced, late):
     the on-time events. With a 5 s lateness some stragglers are late: which
     ones is weir's call (`late`), and exactly those must be missing."""
     assert "maintenance round failed" not in log, log
+    # Upkeep's commits never refuse ingest's: the job never restarts.
+    assert "job failed" not in log, log
     assert "folded=Some" in log, "no maintenance round folded closed windows"
     assert late <= set(positions(produced, lambda k: k == "valid"))
     on_time = [dataclasses.replace(s, kind="late") if s.position in late else s for s in produced]

@@ -1,7 +1,8 @@
 //! Merging small files beside other writers: two processes of a job merge the
 //! same hot table at once, and a merge races the other rewrites of upkeep.
 //! Of two commits that remove the same files the second is refused, and no
-//! row is ever stored twice.
+//! row is ever stored twice. And what a merge removed: how long checkpoints
+//! keep it, set once for every opener of the table.
 
 mod common;
 
@@ -17,7 +18,8 @@ use deltalake::checkpoints::create_checkpoint;
 use deltalake::kernel::{DataType as DeltaType, PrimitiveType, StructField};
 use deltalake::protocol::SaveMode;
 use weir::config::{Job, Tier};
-use weir::table::delta::{is_commit_conflict, keep_removals_for};
+use weir::table::delta::{is_commit_conflict, keep_removals_for, open_or_create_in};
+use weir::table::{TableId, TableSpec};
 use weir::upkeep::merge::{Merged, merge_properties, merge_small_files};
 
 const DAYS: [i32; 2] = [20_000, 20_001];
@@ -215,4 +217,31 @@ async fn checkpoints_keep_removals_for_the_set_retention() {
     };
     assert_eq!(removals_after(Duration::from_secs(1)).await, 0);
     assert_eq!(removals_after(Duration::from_secs(3600)).await, 10);
+}
+
+/// Ingest, upkeep and tier moves open a job's tables through one function,
+/// which sets the removal retention of the job and the tier: so none of them
+/// commits metadata that would refuse another's commit, and opening a table
+/// again commits nothing.
+#[tokio::test]
+async fn opening_a_table_again_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = common::job(dir.path(), 100);
+    let spec = TableSpec {
+        id: TableId::Dlq,
+        name: "dlq".into(),
+        schema: Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)])),
+        partition_columns: vec![],
+        event_id: None,
+    };
+    for tier in Tier::ALL {
+        let first = open_or_create_in(&job, tier, &spec).await.unwrap();
+        let again = open_or_create_in(&job, tier, &spec).await.unwrap();
+        assert_eq!(again.version(), first.version(), "{tier:?}");
+        let seconds = job.maintenance.tombstone_retention(tier).as_secs();
+        let held = again.snapshot().unwrap().metadata().configuration()
+            ["delta.deletedFileRetentionDuration"]
+            .clone();
+        assert_eq!(held, format!("interval {seconds} seconds"), "{tier:?}");
+    }
 }

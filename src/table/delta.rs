@@ -23,7 +23,7 @@ use url::Url;
 
 use super::schema::{EVENT_ID_PROPERTY, Shape, within};
 use super::{TableError, TableId, TableSpec};
-use crate::config::{Job, Offsets, SourcePartition};
+use crate::config::{Job, Offsets, SourcePartition, Tier};
 
 /// Commits between Delta checkpoints, so the log stays cheap to read.
 pub const CHECKPOINT_INTERVAL: u64 = 100;
@@ -148,7 +148,26 @@ pub async fn keep_stored_records(job: &mut Job) -> Result<(), TableError> {
 
 /// Opens the Delta table at `url`, creating it from `spec` if there is none,
 /// and evolving it if the job's contract gained fields ([`super::schema`]).
-pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, TableError> {
+/// Opens (creating where needed) `spec`'s table of `tier` where `job` keeps
+/// it, its log keeping removals for as long as the job's upkeep needs them.
+pub async fn open_or_create_in(
+    job: &Job,
+    tier: Tier,
+    spec: &TableSpec,
+) -> Result<DeltaTable, TableError> {
+    let url = job.storage.table(tier, &job.name, &spec.name);
+    open_or_create(url, spec, job.maintenance.tombstone_retention(tier)).await
+}
+
+/// Opens the table at `url`, creating it from `spec` or evolving it to it,
+/// with its log keeping removals for `removals_kept` (see
+/// [`keep_removals_for`]). Setting that here, before any trigger commits,
+/// spares ingest the metadata commit that upkeep would otherwise race.
+pub async fn open_or_create(
+    url: Url,
+    spec: &TableSpec,
+    removals_kept: Duration,
+) -> Result<DeltaTable, TableError> {
     super::storage::register();
     let fail = |source| TableError::delta(&spec.name, &url, source);
     if url.scheme() == "file"
@@ -167,12 +186,18 @@ pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, Ta
         .try_into_kernel()
         .map_err(|e| fail(DeltaTableError::from(e)))?;
     if table.version().is_some() {
-        return evolve(table, spec, &url, &columns).await;
+        return evolve(table, spec, &url, &columns, removals_kept).await;
     }
     let mut configuration = vec![
         (
             TableProperty::CheckpointInterval.as_ref().to_owned(),
             Some(CHECKPOINT_INTERVAL.to_string()),
+        ),
+        (
+            TableProperty::DeletedFileRetentionDuration
+                .as_ref()
+                .to_owned(),
+            Some(interval(removals_kept)),
         ),
         (
             TableProperty::DataSkippingStatsColumns.as_ref().to_owned(),
@@ -203,14 +228,29 @@ pub async fn open_or_create(url: Url, spec: &TableSpec) -> Result<DeltaTable, Ta
             if table.version().is_none() {
                 return Err(fail(e));
             }
-            evolve(table, spec, &url, &columns).await
+            evolve(table, spec, &url, &columns, removals_kept).await
         }
     }
 }
 
+/// Adds the columns the job's contract gained to an existing table (or
+/// refuses a change the table cannot take), and sets how long its log keeps
+/// removals if that changed.
+async fn evolve(
+    table: DeltaTable,
+    spec: &TableSpec,
+    url: &Url,
+    columns: &StructType,
+    removals_kept: Duration,
+) -> Result<DeltaTable, TableError> {
+    let fail = |source| TableError::delta(&spec.name, url, source);
+    let table = add_columns(table, spec, url, columns).await?;
+    keep_removals_for(table, removals_kept).await.map_err(fail)
+}
+
 /// Adds the columns the job's contract gained to an existing table, or
 /// refuses a change the table cannot take.
-async fn evolve(
+async fn add_columns(
     table: DeltaTable,
     spec: &TableSpec,
     url: &Url,
@@ -261,7 +301,7 @@ pub async fn keep_removals_for(
     retention: Duration,
 ) -> Result<DeltaTable, DeltaTableError> {
     let key = TableProperty::DeletedFileRetentionDuration.as_ref();
-    let wanted = format!("interval {} seconds", retention.as_secs());
+    let wanted = interval(retention);
     let metadata = table.snapshot()?.metadata();
     let held = metadata.configuration().get(key).cloned();
     if held.as_ref() == Some(&wanted) {
@@ -274,6 +314,11 @@ pub async fn keep_removals_for(
         .with_properties([(key.to_owned(), wanted)].into())
         .with_commit_properties(metadata_commit("retention"))
         .await
+}
+
+/// `duration` as a Delta table property's interval, which Spark reads too.
+fn interval(duration: Duration) -> String {
+    format!("interval {} seconds", duration.as_secs())
 }
 
 /// What a commit that changes only a table's metadata says of itself.

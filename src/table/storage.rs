@@ -233,9 +233,10 @@ mod tests {
             partition_columns: vec![],
             event_id: None,
         };
-        let created = crate::table::delta::open_or_create(url.clone(), &spec)
-            .await
-            .unwrap();
+        let created =
+            crate::table::delta::open_or_create(url.clone(), &spec, std::time::Duration::ZERO)
+                .await
+                .unwrap();
         let opened = crate::table::delta::open("t", &url).await.unwrap();
         for table in [created, opened] {
             let store = table.log_store();

@@ -17,7 +17,7 @@ use arrow::array::RecordBatch;
 use chrono::{DateTime, SecondsFormat, Utc};
 use datafusion::prelude::SessionContext;
 
-use super::delta::{open, open_or_create, register, register_as};
+use super::delta::{open, open_or_create_in, register, register_as};
 use super::{Catalog, TableError, TableId, Tables};
 use crate::config::{Job, Output, Tier};
 use crate::ingest::decode::INGEST_TS;
@@ -191,7 +191,7 @@ pub async fn create_colder_tiers(job: &Job, catalog: &Catalog) -> Result<(), Tab
     for spec in catalog.specs() {
         for &tier in tiers_of(job, spec.id) {
             if tier != Tier::Hot {
-                open_or_create(job.storage.table(tier, &job.name, &spec.name), spec).await?;
+                open_or_create_in(job, tier, spec).await?;
             }
         }
     }

@@ -1,15 +1,16 @@
 //! Table upkeep: what keeps a streaming job's tables cheap to read after
 //! months of one small commit per trigger.
 //!
-//! Per table, in order: set how long its log keeps removals (see
-//! [`crate::config::Maintenance::tombstone_retention`]); fold the partials of
-//! closed windows into one row per (window, keys); merge small files into
-//! large ones; write a checkpoint and delete log entries older than the log
-//! retention; vacuum files removed longer ago than the vacuum retention. The
-//! vacuum reads the removals from the snapshot taken before that checkpoint,
-//! so a retention just shortened drops none it has not seen. None of it
-//! changes what a reader sees: a fold replaces the closed windows' partials
-//! with their merge in one commit, and file merges rewrite rows unchanged.
+//! Per table, in order: fold the partials of closed windows into one row per
+//! (window, keys); merge small files into large ones; write a checkpoint and
+//! delete log entries older than the log retention; vacuum files removed
+//! longer ago than the vacuum retention, found through the removals the log
+//! keeps (for [`crate::config::Maintenance::tombstone_retention`], set when
+//! the table is opened). The vacuum reads them from the snapshot taken before
+//! that checkpoint, so a retention just shortened drops none it has not seen.
+//! None of it changes what a reader sees: a fold replaces the closed windows'
+//! partials with their merge in one commit, and file merges rewrite rows
+//! unchanged.
 //!
 //! Ingest is never blocked or failed by upkeep. Ingest commits are blind appends
 //! carrying txn actions, which never conflict with a file merge; a fold replaces
@@ -36,9 +37,7 @@ use crate::fault::{FaultError, Faults};
 use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::transform::{WINDOW_END, WindowAggregate};
 use crate::ingest::watermark::Watermark;
-use crate::table::delta::{
-    is_lost_race, keep_removals_for, open_or_create, register, stored_schema,
-};
+use crate::table::delta::{is_lost_race, open_or_create_in, register, stored_schema};
 use crate::table::schema::conform;
 use crate::table::tier::{self, Tiered};
 use crate::table::{Catalog, TableError};
@@ -184,8 +183,7 @@ pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainErro
                 let Some(cutoff) = tier::cutoff_us(job, &age, from, watermark) else {
                     continue;
                 };
-                let url = job.storage.table(from, &job.name, name);
-                let source = open_or_create(url, spec).await?;
+                let source = open_or_create_in(job, from, spec).await?;
                 let route = Route {
                     job,
                     spec,
@@ -197,8 +195,7 @@ pub async fn run_once(job: &Job, faults: &Faults) -> Result<Report, MaintainErro
             }
         }
         for &tier in tier::tiers_of(job, spec.id) {
-            let url = job.storage.table(tier, &job.name, name);
-            let table = open_or_create(url, spec).await?;
+            let table = open_or_create_in(job, tier, spec).await?;
             let step = Step {
                 name,
                 progress: &progress,
@@ -257,10 +254,6 @@ async fn maintain_table(
             source: Box::new(source),
         }
     };
-    let retention = job.maintenance.tombstone_retention(tier);
-    table = keep_removals_for(table, retention)
-        .await
-        .map_err(delta("setting the removal retention"))?;
     let mut report = TableReport {
         table: name.to_owned(),
         tier,

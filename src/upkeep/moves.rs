@@ -28,7 +28,7 @@ use tracing::warn;
 use crate::config::{Job, Tier};
 use crate::fault::Faults;
 use crate::table::TableSpec;
-use crate::table::delta::{open_or_create, register, stored_schema, txn_version};
+use crate::table::delta::{open_or_create_in, register, stored_schema, txn_version};
 use crate::table::tier::{Age, literal, move_app_id, pending};
 use crate::upkeep::maintain::MaintainError;
 
@@ -74,8 +74,7 @@ pub async fn move_rows(
             source: Box::new(source),
         }
     };
-    let dest_url = job.storage.table(to, &job.name, name);
-    let dest = open_or_create(dest_url, spec).await?;
+    let dest = open_or_create_in(job, to, spec).await?;
     let moved_in = txn_version(&dest, &app_id)
         .await
         .map_err(delta("reading txn"))?;

@@ -98,10 +98,12 @@ mod checkpoint;
 
 use checkpoint::Checkpointer;
 
-use crate::config::{Job, Offsets, SourcePartition};
+use crate::config::{Job, Offsets, SourcePartition, Tier};
 use crate::fault::{FaultError, Faults};
 use crate::metrics::JobMetrics;
-use crate::table::delta::{is_binary, is_commit_conflict, open_or_create, register, stored_schema};
+use crate::table::delta::{
+    is_binary, is_commit_conflict, open_or_create_in, register, stored_schema,
+};
 use crate::table::schema::conform;
 use crate::table::{TableError, TableId, TableSpec, Tables};
 
@@ -175,12 +177,13 @@ pub struct TableSink {
 
 impl TableSink {
     async fn open(
-        url: Url,
+        job: &Job,
         spec: TableSpec,
         faults: &Faults,
         metrics: &JobMetrics,
     ) -> Result<Self, SinkError> {
-        let table = open_or_create(url.clone(), &spec).await?;
+        let url = job.storage.hot_table(&job.name, &spec.name);
+        let table = open_or_create_in(job, Tier::Hot, &spec).await?;
         let fail = |e| delta_error(&spec, &url, e);
         let stored = stored_schema(&table).map_err(fail)?;
         let head = table.snapshot().map_err(fail)?.version();
@@ -593,8 +596,7 @@ impl Sink {
     ) -> Result<Self, SinkError> {
         let mut tables = Vec::with_capacity(specs.len());
         for spec in specs.iter().cloned() {
-            let url = job.storage.hot_table(&job.name, &spec.name);
-            tables.push(TableSink::open(url, spec, &faults, &metrics).await?);
+            tables.push(TableSink::open(job, spec, &faults, &metrics).await?);
         }
         Ok(Self {
             job: job.clone(),

@@ -68,7 +68,7 @@ use crate::ingest::source::{Headers, Message, MicroBatch};
 use crate::ingest::transform::{Transform, WINDOW_START};
 use crate::ingest::watermark::Watermark;
 use crate::metrics::JobMetrics;
-use crate::table::delta::{open_or_create, register, stored_schema, txn_version};
+use crate::table::delta::{open_or_create_in, register, stored_schema, txn_version};
 use crate::table::schema::{conform, conform_frame};
 use crate::table::tier::Tiered;
 use crate::table::tier::{self, literal, rfc3339_micros};
@@ -985,8 +985,7 @@ async fn replace_tiers(
     let name = target.name();
     let mut tables = Vec::new();
     for &t in tier::tiers_of(job, target.spec.id) {
-        let url = job.storage.table(t, &job.name, name);
-        tables.push((t, open_or_create(url, &target.spec).await?));
+        tables.push((t, open_or_create_in(job, t, &target.spec).await?));
     }
     let spans = spans(job, name, &tables).await?;
     if !dry_run {

@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
@@ -173,7 +174,8 @@ async fn write_scratch(
     let _ = std::fs::remove_dir_all(&dir);
     let url = Url::from_directory_path(std::path::absolute(&dir).unwrap_or(dir.clone()))
         .expect("an absolute path");
-    let table = open_or_create(url, &target.spec).await?;
+    // A scratch table is read once and deleted: removals need no keeping.
+    let table = open_or_create(url, &target.spec, Duration::ZERO).await?;
     let stored = stored_schema(&table).map_err(fail("reading the schema"))?;
     let rows = rebuilt.rows(index, target).await?;
     rebuilt
