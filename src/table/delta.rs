@@ -146,8 +146,6 @@ pub async fn keep_stored_records(job: &mut Job) -> Result<(), TableError> {
     Ok(())
 }
 
-/// Opens the Delta table at `url`, creating it from `spec` if there is none,
-/// and evolving it if the job's contract gained fields ([`super::schema`]).
 /// Opens (creating where needed) `spec`'s table of `tier` where `job` keeps
 /// it, its log keeping removals for as long as the job's upkeep needs them.
 pub async fn open_or_create_in(
@@ -159,7 +157,8 @@ pub async fn open_or_create_in(
     open_or_create(url, spec, job.maintenance.tombstone_retention(tier)).await
 }
 
-/// Opens the table at `url`, creating it from `spec` or evolving it to it,
+/// Opens the Delta table at `url`, creating it from `spec` if there is none,
+/// and evolving it if the job's contract gained fields ([`super::schema`]),
 /// with its log keeping removals for `removals_kept` (see
 /// [`keep_removals_for`]). Setting that here, before any trigger commits,
 /// spares ingest the metadata commit that upkeep would otherwise race.
