@@ -238,7 +238,7 @@ async fn opening_a_table_again_commits_nothing() {
         let first = open_or_create_in(&job, tier, &spec).await.unwrap();
         let again = open_or_create_in(&job, tier, &spec).await.unwrap();
         assert_eq!(again.version(), first.version(), "{tier:?}");
-        let seconds = job.maintenance.tombstone_retention(tier).as_secs();
+        let seconds = job.maintenance.removals_kept(tier).as_secs();
         let held = again.snapshot().unwrap().metadata().configuration()
             ["delta.deletedFileRetentionDuration"]
             .clone();

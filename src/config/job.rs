@@ -543,7 +543,7 @@ pub struct Maintenance {
     pub vacuum_retention: Duration,
     /// The same for hot tables, whose triggers and merges remove a file
     /// every second or so: each removal stays in every checkpoint until it
-    /// is vacuumed (see [`Self::tombstone_retention`]), so a week of them
+    /// is vacuumed (see [`Self::removals_kept`]), so a week of them
     /// would make every reader of the table replay megabytes of them.
     pub hot_vacuum_retention: Duration,
     /// Log entries older than this (and older than a checkpoint) are deleted.
@@ -571,7 +571,7 @@ impl Maintenance {
     /// one ended, and the other `every` and ten minutes cover that round's
     /// own length. Kept longer, every checkpoint grows with them; dropped
     /// sooner, the file is never deleted.
-    pub fn tombstone_retention(&self, tier: Tier) -> Duration {
+    pub fn removals_kept(&self, tier: Tier) -> Duration {
         self.vacuum_retention(tier) + 2 * self.every + Duration::from_secs(600)
     }
 }

@@ -119,14 +119,14 @@ fn removed_files_are_kept_by_tier() {
     let m = parse(&GOOD).unwrap().maintenance;
     assert_eq!(m.vacuum_retention(Tier::Hot), minutes(60));
     assert_eq!(m.vacuum_retention(Tier::Cold), minutes(7 * 24 * 60));
-    assert_eq!(m.tombstone_retention(Tier::Hot), minutes(60 + 20 + 10));
+    assert_eq!(m.removals_kept(Tier::Hot), minutes(60 + 20 + 10));
     let spec = GOOD.replace(
         "[storage]",
         "[maintenance]\nhot_vacuum_retention = \"0s\"\nevery = \"1m\"\n[storage]",
     );
     let m = parse(&spec).unwrap().maintenance;
-    assert_eq!(m.tombstone_retention(Tier::Hot), minutes(12));
-    assert_eq!(m.tombstone_retention(Tier::Warm), minutes(7 * 24 * 60 + 12));
+    assert_eq!(m.removals_kept(Tier::Hot), minutes(12));
+    assert_eq!(m.removals_kept(Tier::Warm), minutes(7 * 24 * 60 + 12));
 }
 
 #[test]

@@ -154,7 +154,7 @@ pub async fn open_or_create_in(
     spec: &TableSpec,
 ) -> Result<DeltaTable, TableError> {
     let url = job.storage.table(tier, &job.name, &spec.name);
-    open_or_create(url, spec, job.maintenance.tombstone_retention(tier)).await
+    open_or_create(url, spec, job.maintenance.removals_kept(tier)).await
 }
 
 /// Opens the Delta table at `url`, creating it from `spec` if there is none,

@@ -5,7 +5,7 @@
 //! (window, keys); merge small files into large ones; write a checkpoint and
 //! delete log entries older than the log retention; vacuum files removed
 //! longer ago than the vacuum retention, found through the removals the log
-//! keeps (for [`crate::config::Maintenance::tombstone_retention`], set when
+//! keeps (for [`crate::config::Maintenance::removals_kept`], set when
 //! the table is opened). The vacuum reads them from the snapshot taken before
 //! that checkpoint, so a retention just shortened drops none it has not seen.
 //! None of it changes what a reader sees: a fold replaces the closed windows'
