@@ -102,6 +102,11 @@ impl Progress {
     }
 }
 
+/// A duration in milliseconds, as logs and reports print them.
+pub fn ms(took: Duration) -> f64 {
+    took.as_secs_f64() * 1e3
+}
+
 /// The `q`-quantile (0.0–1.0) of `samples` by nearest rank; `None` when empty.
 pub fn quantile(samples: &[Duration], q: f64) -> Option<Duration> {
     if samples.is_empty() {

@@ -46,7 +46,7 @@ use crate::metrics::JobMetrics;
 use crate::table::tier::create_colder_tiers;
 use crate::table::{Catalog, RestoreError, TableError, TableId};
 use crate::task::AbortOnDrop;
-use crate::telemetry::quantile;
+use crate::telemetry::{ms, quantile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -412,8 +412,11 @@ impl Pipeline {
         // handed over only when the trigger yields.
         let mut preparing = AbortOnDrop::spawn(Arc::clone(self).prepare_into(tx));
         let committed = async {
+            let mut idle = Instant::now();
             while let Some(prepared) = rx.recv().await {
-                self.trigger(prepared).await?;
+                let waited = idle.elapsed();
+                self.trigger(prepared, waited).await?;
+                idle = Instant::now();
             }
             Ok(())
         }
@@ -474,14 +477,16 @@ impl Pipeline {
         prepared: tokio::sync::mpsc::Sender<Prepared>,
     ) -> Result<(), PipelineError> {
         loop {
+            let clock = Instant::now();
             let Some(mut polled) = self.batches.lock().await.next_batch().await? else {
                 return Ok(());
             };
+            let waited = clock.elapsed();
             polled.strip_probes();
             self.seed_reassigned().await?;
             let schemas = self.writer_schemas(&polled.batch).await?;
             let stage = Arc::clone(&self);
-            let next = tokio::task::spawn_blocking(move || stage.prepare(polled, &schemas))
+            let next = tokio::task::spawn_blocking(move || stage.prepare(polled, &schemas, waited))
                 .await
                 .expect("decoding and dedup do not panic")?;
             self.metrics.queue(
@@ -510,11 +515,20 @@ impl Pipeline {
         registry.resolve(framed, &self.metrics, &stopping).await
     }
 
-    fn prepare(&self, polled: Polled, schemas: &WriterSchemas) -> Result<Prepared, PipelineError> {
+    /// Decodes and deduplicates one micro-batch, `waited` after the last
+    /// (the times go to the metrics and, at debug level, to the log: what
+    /// shows which stage a machine's cores leave serial).
+    fn prepare(
+        &self,
+        polled: Polled,
+        schemas: &WriterSchemas,
+        waited: Duration,
+    ) -> Result<Prepared, PipelineError> {
         let clock = Instant::now();
         let now = Utc::now();
         let mut decoded = self.decoder.decode(&polled.batch, schemas, now)?;
-        self.metrics.stage("decode", clock.elapsed());
+        let decoding = clock.elapsed();
+        self.metrics.stage("decode", decoding);
         let judged = self.expectations.apply(decoded.valid)?;
         if !judged.dropped.is_empty() {
             let refused = self.decoder.refuse(&polled.batch, &judged.dropped, now)?;
@@ -522,7 +536,15 @@ impl Pipeline {
         }
         let clock = Instant::now();
         let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&judged.kept)?;
-        self.metrics.stage("dedup", clock.elapsed());
+        let deduplicating = clock.elapsed();
+        self.metrics.stage("dedup", deduplicating);
+        debug!(
+            events = polled.batch.len(),
+            source_wait_ms = ms(waited),
+            decode_ms = ms(decoding),
+            dedup_ms = ms(deduplicating),
+            "batch prepared"
+        );
         let breaches = judged.counted(&accepted)?;
         decoded.valid = accepted;
         Ok(Prepared {
@@ -534,8 +556,9 @@ impl Pipeline {
         })
     }
 
-    /// One trigger after decoding and dedup: judge, transform, commit.
-    async fn trigger(&self, prepared: Prepared) -> Result<(), PipelineError> {
+    /// One trigger after decoding and dedup, `waited` after the last:
+    /// judge, transform, commit.
+    async fn trigger(&self, prepared: Prepared, waited: Duration) -> Result<(), PipelineError> {
         let mut sink = self.sink.lock().await;
         let Some(Prepared {
             polled,
@@ -584,11 +607,13 @@ impl Pipeline {
             let rows = quality_batch(&quality)?;
             staged.insert(TableId::Quality, sink.stage(TableId::Quality, rows)?);
         }
+        let judging = clock.elapsed();
         for (i, rows) in outputs.await?.into_iter().enumerate() {
             let id = TableId::Output(i);
             staged.insert(id, sink.stage(id, rows)?);
         }
-        m.stage("transform", clock.elapsed());
+        let transforming = clock.elapsed();
+        m.stage("transform", transforming);
 
         sink.derived_with(&derivation.lookups.versions());
         let report = sink.commit_staged(staged, &first, &next).await;
@@ -603,6 +628,14 @@ impl Pipeline {
         })?;
         m.stage("commit", report.elapsed);
         m.commit_retries.inc_by(report.retries as u64);
+        debug!(
+            events = batch.len(),
+            prepared_wait_ms = ms(waited),
+            judge_ms = ms(judging),
+            queries_ms = ms(transforming - judging),
+            commit_ms = ms(report.elapsed),
+            "trigger timed"
+        );
         self.report_breaches(&quality);
         drop(sink);
         self.source.commit_offsets(&next);

@@ -106,6 +106,7 @@ use crate::table::delta::{
 };
 use crate::table::schema::conform;
 use crate::table::{TableError, TableId, TableSpec, Tables};
+use crate::telemetry::ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -499,8 +500,8 @@ impl TableSink {
         debug!(
             table = self.spec.name,
             rows = staged.rows,
-            write_ms = written.as_secs_f64() * 1e3,
-            commit_ms = (staged.started.elapsed() - written).as_secs_f64() * 1e3,
+            write_ms = ms(written),
+            commit_ms = ms(staged.started.elapsed() - written),
             "table appended"
         );
         metrics.rows_out(&self.spec.name).inc_by(staged.rows as u64);
