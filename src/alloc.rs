@@ -14,7 +14,8 @@
 /// Blocks from this size up get a mapping of their own, unmapped when freed.
 const MMAP_THRESHOLD: i32 = 1 << 20;
 
-/// Caps glibc's malloc arenas at two and fixes its mmap threshold at 1 MiB.
+/// Caps glibc's malloc arenas at two (unless `MALLOC_ARENA_MAX` sets the cap,
+/// which glibc has read already) and fixes its mmap threshold at 1 MiB.
 /// Must run before any other thread is started: a thread takes its arena on
 /// its first allocation. Elsewhere than glibc, does nothing.
 pub fn set_up_heap() {
@@ -22,7 +23,9 @@ pub fn set_up_heap() {
     // SAFETY: mallopt only sets malloc parameters; called before any other
     // thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }

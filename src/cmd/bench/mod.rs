@@ -31,10 +31,10 @@ use crate::ingest::pipeline::{Pipeline, PipelineError};
 use crate::ingest::source::embedded::EmbeddedBroker;
 use crate::ingest::source::framing::Framing;
 use crate::ingest::source::generator::{self, Generator, Limits, Mix};
-use crate::ingest::source::kafka::client_config;
+use crate::ingest::source::kafka::{bound_prefetch, client_config};
 use crate::ingest::stats::Samples;
 use crate::metrics::JobMetrics;
-use crate::telemetry::{Progress, quantile};
+use crate::telemetry::{Progress, ms, quantile};
 
 pub mod plot;
 pub mod tune;
@@ -169,10 +169,6 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "job",
     "broker",
 ];
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 impl BenchReport {
     pub fn to_csv(&self) -> String {
@@ -381,6 +377,7 @@ async fn sweep(
             bootstrap: &bootstrap,
             size,
         };
+        info!(batch = size, "throughput phase: draining the backlog");
         let throughput = drain
             .throughput(&backlog, options.seconds_per_point)
             .await?;
@@ -394,6 +391,11 @@ async fn sweep(
             bootstrap: &bootstrap,
             size,
         };
+        info!(
+            batch = size,
+            rate = options.rate,
+            "latency phase: a fresh topic at the offered rate"
+        );
         let latency = offered.latency(options).await?;
         let point = latency.into_point(size, throughput, raw_consume, options.rate);
         progress.advance(format!(
@@ -681,13 +683,14 @@ fn median_consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Resul
 /// for). Counts what it reads: the embedded broker keeps only the newest few
 /// MiB of each partition, so the oldest part of a large backlog may be gone.
 fn consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, BenchError> {
-    let consumer: BaseConsumer = client
-        .clone()
+    let mut config = client.clone();
+    config
         .set("group.id", "weir-bench-raw")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("queued.max.messages.kbytes", "16384")
-        .create()?;
+        .set("enable.partition.eof", "false");
+    // Prefetching as the pipeline's consumer does, so the two compare.
+    bound_prefetch(&mut config);
+    let consumer: BaseConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for &p in sent.ends.keys() {
         assignment.add_partition_offset(topic, p.partition, Offset::Beginning)?;

@@ -565,10 +565,8 @@ impl KafkaSource {
             // data arrives (librdkafka's mock cluster, tansu) would then deliver
             // in half-second bursts; Apache Kafka answers early and only sees
             // more fetches while the topic is idle.
-            .set("fetch.wait.max.ms", "10")
-            // What librdkafka may prefetch: with the queue's batches, the bound
-            // on buffered input whatever the input rate.
-            .set("queued.max.messages.kbytes", "16384");
+            .set("fetch.wait.max.ms", "10");
+        bound_prefetch(&mut config);
         for (key, value) in job.kafka_properties()? {
             config.set(key, value);
         }
@@ -693,6 +691,20 @@ impl Drop for Batches {
         // runtime, and blocking here could starve it.
         self.queue.close();
     }
+}
+
+/// What librdkafka may prefetch: with the queue's batches, the bound on
+/// buffered input whatever the input rate. Once the prefetch queue is over
+/// that bound librdkafka postpones each partition's next fetch by
+/// `fetch.queue.backoff.ms`, 1 s by default: a consumer that drains its queue
+/// faster than that (any backlog, on a machine with cores to spare) then
+/// stalls up to a second every few MiB. Measured on a 16-core machine
+/// (`benches/README.md`, "Cores"): 0.8-s gaps every 180,000 events, more than
+/// half of a backlog drain's time.
+pub fn bound_prefetch(config: &mut ClientConfig) {
+    config
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "10");
 }
 
 /// A client of `bootstrap` with a job's `[source.properties]` (security,
@@ -1110,6 +1122,22 @@ mod tests {
 
     use super::{Gap, Message, MicroBatch, Polled};
     use crate::config::{SourcePartition, Topics};
+
+    #[test]
+    fn a_bounded_prefetch_refills_without_a_second_long_pause() {
+        let mut config = rdkafka::ClientConfig::new();
+        super::bound_prefetch(&mut config);
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("16384"));
+        let backoff: u64 = config
+            .get("fetch.queue.backoff.ms")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            backoff <= 10,
+            "librdkafka's default of 1000 ms stalls a drain"
+        );
+    }
 
     #[test]
     fn probes_leave_the_batch_and_move_its_positions_past_them() {
