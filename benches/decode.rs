@@ -59,7 +59,7 @@ fn decode_framed(c: &mut Criterion) {
             let mut input =
                 common::micro_batch(&mut common::generator(&job, 0.0, 0.0, 11), size, 0);
             for m in &mut input.messages {
-                m.payload = m.payload.as_deref().map(|json| framing.frame(json));
+                m.payload = m.payload.as_deref().map(|json| framing.frame(json).into());
             }
             group.throughput(Throughput::Elements(size as u64));
             group.bench_with_input(BenchmarkId::new("clean", size), &input, |b, input| {

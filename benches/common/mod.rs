@@ -34,7 +34,7 @@ pub fn micro_batch(generator: &mut Generator, size: usize, first_offset: i64) ->
                 partition: SourcePartition::first(0),
                 offset: first_offset + i as i64,
                 kafka_ts: Some(0),
-                payload: Some(generator.next_message().payload),
+                payload: Some(generator.next_message().payload.into()),
                 ..Message::default()
             })
             .collect(),

@@ -334,7 +334,7 @@ mod tests {
                 offset: i as i64,
                 payload: Some(
                     format!(r#"{{"id":"e{i}","ts":{ts},"price":{price},"country":{country}}}"#)
-                        .into_bytes(),
+                        .into(),
                 ),
                 ..Message::default()
             })

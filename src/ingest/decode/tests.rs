@@ -111,7 +111,7 @@ pub(super) fn batch(payloads: &[Option<&[u8]>]) -> MicroBatch {
                 partition: SourcePartition::first((i % 3) as i32),
                 offset: 100 + i as i64,
                 kafka_ts: Some(1_700_000_000_000 + i as i64),
-                payload: p.map(<[u8]>::to_vec),
+                payload: p.map(bytes::Bytes::copy_from_slice),
                 ..Message::default()
             })
             .collect(),

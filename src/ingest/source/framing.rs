@@ -153,7 +153,7 @@ impl Framing {
         let batch = MicroBatch {
             topics: Topics::single("t"),
             messages: vec![Message {
-                payload: Some(json.to_vec()),
+                payload: Some(bytes::Bytes::copy_from_slice(json)),
                 ..Message::default()
             }],
         };
@@ -319,7 +319,7 @@ mod tests {
             let message = |payload| Message {
                 offset,
                 kafka_ts: Some(Utc::now().timestamp_millis()),
-                payload: Some(payload),
+                payload: Some(bytes::Bytes::from(payload)),
                 ..Message::default()
             };
             framed.push(message(framing.frame(&json)));

@@ -33,7 +33,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Message, MicroBatch, Offsets, PROBE_HEADER};
+use super::{Message, MicroBatch, Offsets, PROBE_HEADER, Payloads};
 use crate::config::{
     Batching, Job, JobError, KafkaColumns, OnDataLoss, SourcePartition, StartFrom, Topics,
 };
@@ -608,6 +608,7 @@ impl KafkaSource {
             consumer: consumer.clone(),
             topics: job.source.topics.clone(),
             kept: job.contract.kafka.clone(),
+            payloads: Payloads::default(),
             batching: job.batching,
             cap: cap.clone(),
             metrics: metrics.clone(),
@@ -768,6 +769,7 @@ struct Poller {
     topics: Topics,
     /// What of each record besides its value the job stores.
     kept: KafkaColumns,
+    payloads: Payloads,
     batching: Batching,
     /// The batch cap in force: `max_events`, or the adaptive controller's.
     cap: BatchCap,
@@ -1047,7 +1049,7 @@ impl Poller {
             Some(Ok(m)) => match self.topics.partition(m.topic(), m.partition()) {
                 Some(partition) => {
                     self.delivered.insert(partition, m.offset() + 1);
-                    Some(to_message(partition, &m, &self.kept))
+                    Some(to_message(partition, &m, &self.kept, &mut self.payloads))
                 }
                 // The consumer subscribes to the job's topics only.
                 None => None,
@@ -1095,7 +1097,12 @@ fn payload_bytes(messages: &[Message]) -> usize {
 }
 
 /// The record as weir keeps it; its key and headers only when the job stores them.
-fn to_message(partition: SourcePartition, m: &BorrowedMessage<'_>, kept: &KafkaColumns) -> Message {
+fn to_message(
+    partition: SourcePartition,
+    m: &BorrowedMessage<'_>,
+    kept: &KafkaColumns,
+    payloads: &mut Payloads,
+) -> Message {
     let headers = |h: &BorrowedHeaders| {
         h.iter()
             .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
@@ -1105,7 +1112,7 @@ fn to_message(partition: SourcePartition, m: &BorrowedMessage<'_>, kept: &KafkaC
         partition,
         offset: m.offset(),
         kafka_ts: m.timestamp().to_millis(),
-        payload: m.payload().map(<[u8]>::to_vec),
+        payload: m.payload().map(|p| payloads.copy(p)),
         key: m.key().filter(|_| kept.key.is_some()).map(<[u8]>::to_vec),
         headers: kept
             .headers

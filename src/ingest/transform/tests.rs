@@ -77,7 +77,7 @@ fn events(job: &Job, rows: &[(i64, &str, &str, Option<f64>)]) -> RecordBatch {
                 partition: crate::config::SourcePartition::first(0),
                 offset: i as i64,
                 kafka_ts: None,
-                payload: Some(json.into_bytes()),
+                payload: Some(json.into()),
                 ..Message::default()
             }
         })

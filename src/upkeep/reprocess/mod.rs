@@ -655,7 +655,7 @@ fn restore_events(
                 partition: positions[i].0,
                 offset: positions[i].1,
                 kafka_ts: kafka_ts.is_valid(i).then(|| kafka_ts.value(i) / 1000),
-                payload: Some(payloads.value(i).to_vec()),
+                payload: Some(bytes::Bytes::copy_from_slice(payloads.value(i))),
                 key: stored.key(i),
                 headers: stored.headers(i),
                 probe: false,
