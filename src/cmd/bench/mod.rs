@@ -356,7 +356,12 @@ async fn sweep(
         count: Some(options.backlog),
         duration: None,
     };
+    let filling = Instant::now();
     let backlog = send(job, &bootstrap, &backlog_topic, limits).await?;
+    info!(
+        events_per_s = (options.backlog as f64 / filling.elapsed().as_secs_f64()) as u64,
+        "backlog filled"
+    );
 
     let raw_consume = {
         let (client, topic) = (
