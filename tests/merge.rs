@@ -14,11 +14,12 @@ use std::time::Duration;
 use arrow::array::{AsArray, Date32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Date32Type, Field, Int64Type, Schema};
 use deltalake::DeltaTable;
-use deltalake::checkpoints::create_checkpoint;
 use deltalake::kernel::{DataType as DeltaType, PrimitiveType, StructField};
 use deltalake::protocol::SaveMode;
 use weir::config::{Job, Tier};
-use weir::table::delta::{is_commit_conflict, keep_removals_for, open_or_create_in};
+use weir::table::delta::{
+    is_commit_conflict, keep_removals_for, open_or_create_in, write_checkpoint,
+};
 use weir::table::{TableId, TableSpec};
 use weir::upkeep::merge::{Merged, merge_properties, merge_small_files};
 
@@ -212,7 +213,8 @@ async fn checkpoints_keep_removals_for_the_set_retention() {
         };
         assert_eq!(removed, 10);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        create_checkpoint(&table, None).await.unwrap();
+        let version = table.version().unwrap();
+        write_checkpoint(&table.log_store(), version).await.unwrap();
         removals_in_checkpoint(&table, table.version().unwrap())
     };
     assert_eq!(removals_after(Duration::from_secs(1)).await, 0);

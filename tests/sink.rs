@@ -219,7 +219,7 @@ async fn queries_see_every_commit_after_upkeep_cleaned_the_log() {
     // the sink's snapshot (version 0, from opening) would have replayed.
     let table = table(&job).await;
     assert_eq!(table.version(), Some(3));
-    deltalake::checkpoints::create_checkpoint(&table, None)
+    weir::table::delta::write_checkpoint(&table.log_store(), 3)
         .await
         .unwrap();
     let log = common::table_url(&job, "numbers")

@@ -26,7 +26,7 @@ use arrow::datatypes::Int64Type;
 use chrono::Utc;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
-use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
+use deltalake::checkpoints::cleanup_expired_logs_for;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -37,7 +37,9 @@ use crate::fault::{FaultError, Faults};
 use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::transform::{WINDOW_END, WindowAggregate};
 use crate::ingest::watermark::Watermark;
-use crate::table::delta::{is_lost_race, open_or_create_in, register, stored_schema};
+use crate::table::delta::{
+    is_lost_race, open_or_create_in, register, stored_schema, write_checkpoint,
+};
 use crate::table::schema::conform;
 use crate::table::tier::{self, Tiered};
 use crate::table::{Catalog, TableError};
@@ -292,10 +294,10 @@ async fn maintain_table(
     }
     step.done("merge small files", "merge")?;
 
-    create_checkpoint(&table, None)
+    let version = table.version().unwrap_or(0);
+    write_checkpoint(&table.log_store(), version)
         .await
         .map_err(delta("checkpointing"))?;
-    let version = table.version().unwrap_or(0);
     let cutoff = Utc::now().timestamp_millis() - job.maintenance.log_retention.as_millis() as i64;
     report.logs_removed =
         cleanup_expired_logs_for(version, table.log_store().as_ref(), cutoff, None)

@@ -11,8 +11,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use deltalake::DeltaTable;
-use deltalake::checkpoints::create_checkpoint;
 use deltalake::kernel::Version;
 use deltalake::logstore::LogStoreRef;
 use prometheus::IntGauge;
@@ -22,6 +20,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use crate::fault::Faults;
+use crate::table::delta::write_checkpoint;
 
 /// Which checkpoint comes next, shared by the trigger that asks and the
 /// task that writes.
@@ -120,12 +119,8 @@ impl Checkpointer {
                 let Some(version) = rounds.lock().unwrap().next() else {
                     return;
                 };
-                let mut at_version = DeltaTable::new(log_store.clone());
                 let made = match faults.check(&format!("sink.checkpoint.{table}")) {
-                    Ok(()) => match at_version.load_version(version).await {
-                        Ok(()) => create_checkpoint(&at_version, None).await,
-                        Err(e) => Err(e),
-                    },
+                    Ok(()) => write_checkpoint(&log_store, version).await,
                     Err(e) => Err(deltalake::DeltaTableError::Generic(e.to_string())),
                 };
                 match made {
