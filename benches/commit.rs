@@ -1,9 +1,9 @@
 //! Commit stage throughput: one trigger's Delta commits (raw, dlq, late and
 //! every output, each with its txn offsets) for micro-batches of 100, 1,000 and
 //! 10,000 events, on local disk. The events are decoded and the outputs
-//! computed once, outside the measurement. Then a checkpoint of `raw` over the
-//! 100 commits since its previous one, as the sink writes it beside ingest and
-//! as delta-rs's `create_checkpoint` would from a loaded table.
+//! computed once, outside the measurement. Then the first checkpoint of a fresh
+//! `raw` after 100 triggers of 1,000 events, as the sink writes it beside
+//! ingest and as delta-rs's `create_checkpoint` would from a loaded table.
 
 mod common;
 
@@ -16,8 +16,7 @@ use chrono::Utc;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use deltalake::DeltaTable;
 use deltalake::checkpoints::create_checkpoint;
-use weir::config::Job;
-use weir::config::SourcePartition;
+use weir::config::{Job, SourcePartition};
 use weir::fault::Faults;
 use weir::ingest::decode::Decoder;
 use weir::ingest::sink::{CommitReport, Sink};

@@ -112,9 +112,11 @@ pub const LATE_MS: std::ops::Range<i64> = 600_000..3_600_000;
 /// Generates messages for a contract. Deterministic for a given seed, except
 /// for event times, which follow the wall clock like a real stream's.
 pub struct Generator {
-    contract: Contract,
     /// How each of the contract's fields is made, worked out once.
     fields: Arc<[FieldGen]>,
+    /// The contract's event ID and event time fields (indices into `fields`).
+    id_field: usize,
+    time_field: usize,
     /// Field indices in name order: the order of the JSON object's keys.
     by_name: Vec<usize>,
     mix: Mix,
@@ -133,33 +135,17 @@ struct FieldGen {
     key: Vec<u8>,
     ty: FieldType,
     nullable: bool,
-    role: Role,
-}
-
-#[derive(Clone, Copy)]
-enum Role {
-    EventId,
-    EventTime,
-    Other,
 }
 
 impl FieldGen {
-    fn new(contract: &Contract, i: usize, field: &FieldDef) -> Self {
+    fn new(field: &FieldDef) -> Self {
         let mut key = serde_json::to_vec(&field.name).expect("JSON serializes");
         key.push(b':');
-        let role = if i == contract.event_id {
-            Role::EventId
-        } else if i == contract.event_time {
-            Role::EventTime
-        } else {
-            Role::Other
-        };
         Self {
             name: field.name.clone(),
             key,
             ty: field.ty,
             nullable: field.nullable,
-            role,
         }
     }
 }
@@ -169,17 +155,13 @@ const RECENT: usize = 1000;
 
 impl Generator {
     pub fn new(contract: Contract, mix: Mix, seed: u64) -> Self {
-        let fields: Arc<[FieldGen]> = contract
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, field)| FieldGen::new(&contract, i, field))
-            .collect();
+        let fields: Arc<[FieldGen]> = contract.fields.iter().map(FieldGen::new).collect();
         let mut by_name: Vec<usize> = (0..fields.len()).collect();
         by_name.sort_by(|&a, &b| fields[a].name.cmp(&fields[b].name));
         Self {
-            contract,
             fields,
+            id_field: contract.event_id,
+            time_field: contract.event_time,
             by_name,
             mix,
             rng: StdRng::seed_from_u64(seed),
@@ -279,12 +261,16 @@ impl Generator {
         let fields = Arc::clone(&self.fields);
         fields
             .iter()
-            .map(|field| {
-                Some(match field.role {
-                    Role::EventId => self.event_id(field.ty),
-                    Role::EventTime => event_time(now - delay_ms, &mut self.rng),
-                    Role::Other if field.nullable && self.rng.random_bool(0.05) => return None,
-                    Role::Other => self.value(&field.name, field.ty, now),
+            .enumerate()
+            .map(|(i, field)| {
+                Some(if i == self.id_field {
+                    self.event_id(field.ty)
+                } else if i == self.time_field {
+                    event_time(now - delay_ms, &mut self.rng)
+                } else if field.nullable && self.rng.random_bool(0.05) {
+                    return None;
+                } else {
+                    self.value(&field.name, field.ty, now)
                 })
             })
             .collect()
@@ -367,7 +353,7 @@ impl Generator {
     fn malformed(&mut self, kind: Malformed) -> Vec<u8> {
         let delay = self.straggle();
         let mut event = self.event(delay);
-        let (id, time) = (self.contract.event_id, self.contract.event_time);
+        let (id, time) = (self.id_field, self.time_field);
         match kind {
             Malformed::NotJson => {
                 let text = self.to_json(&event);
