@@ -7,15 +7,20 @@
 //! triggers allocate and free a batch's worth of buffers on whichever of
 //! tokio's and DataFusion's threads runs them, and merging a table's small
 //! files a table's worth: with glibc's defaults, `weir run` at 12,000
-//! events/s grew by about 110 MiB a minute with a flat dedup index; with two
-//! arenas by about 60, and with large blocks mapped on their own too by about
-//! 15 (benches/soak.py; benches/README.md, "Memory over a long run").
+//! events/s on two cores grew by about 110 MiB a minute with a flat dedup
+//! index; with two arenas by about 60, and with large blocks mapped on their
+//! own too by about 15 (benches/soak.py; benches/README.md, "Memory over a
+//! long run"). Fewer arenas than cores costs throughput instead: on 16 cores
+//! with two arenas, the poll thread waited on the arena locks that decoding
+//! and writing threads held, and drained half of what one arena per core did
+//! (benches/README.md, "Cores"). So: one arena per core the process may run on.
 
 /// Blocks from this size up get a mapping of their own, unmapped when freed.
 const MMAP_THRESHOLD: i32 = 1 << 20;
 
-/// Caps glibc's malloc arenas at two (unless `MALLOC_ARENA_MAX` sets the cap,
-/// which glibc has read already) and fixes its mmap threshold at 1 MiB.
+/// Caps glibc's malloc arenas at one per core (see the module doc) and fixes
+/// its mmap threshold at 1 MiB, unless `MALLOC_ARENA_MAX` or
+/// `MALLOC_MMAP_THRESHOLD_` set them (glibc has read those already).
 /// Must run before any other thread is started: a thread takes its arena on
 /// its first allocation. Elsewhere than glibc, does nothing.
 pub fn set_up_heap() {
@@ -24,8 +29,18 @@ pub fn set_up_heap() {
     // thread exists.
     unsafe {
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_ARENA_MAX, arenas());
         }
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
     }
+}
+
+/// One arena per core this process may run on (its affinity and cgroup
+/// quota), two at least.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn arenas() -> i32 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    i32::try_from(cores).unwrap_or(i32::MAX).max(2)
 }
