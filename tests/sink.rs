@@ -147,6 +147,35 @@ async fn a_commit_racing_another_writer_lands_after_its_commit() {
 }
 
 #[tokio::test]
+async fn a_large_trigger_on_many_cores_commits_its_slices_as_files_of_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = common::job(dir.path(), 100);
+    let cores = std::num::NonZeroUsize::new(16).unwrap();
+    let mut sink = open(&job).await.with_cores(cores);
+    let (rows, first, next) = trigger(0, 10_000);
+    let report = sink.commit(rows, &first, &next).await.unwrap();
+    assert_eq!(report.commits, 1);
+
+    let table = table(&job).await;
+    assert_eq!(table.version(), Some(1), "create, then one commit");
+    let files = table.snapshot().unwrap().log_data().iter().count();
+    assert_eq!(files, 2, "10,000 rows: two slices of 5,000");
+    let mut offsets: Vec<i64> = common::read_table(&job, "numbers")
+        .await
+        .iter()
+        .flat_map(|b| {
+            let o = b.column_by_name("o").unwrap();
+            let o = o.as_any().downcast_ref::<Int64Array>().unwrap();
+            o.values().to_vec()
+        })
+        .collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..10_000).collect::<Vec<_>>(), "each row once");
+    let versions = common::txn_versions(&job, "numbers", &[0]).await;
+    assert_eq!(versions, BTreeMap::from([(0, 10_000)]));
+}
+
+#[tokio::test]
 async fn a_writer_whose_partition_another_committed_is_fenced() {
     let dir = tempfile::tempdir().unwrap();
     let job = common::job(dir.path(), 100);

@@ -1,8 +1,9 @@
 //! Continuous compaction of the hot tier: a table's small files are merged as
 //! they accumulate, beside ingest, not only at the next round of upkeep.
 //!
-//! Ingest adds one file per table with rows per trigger (one a second at the
-//! default interval): 86,400 a day, which every reader and every checkpoint
+//! Ingest adds a file per table with rows per trigger (one a second at the
+//! default interval; a large trigger on many cores adds a few: see
+//! `file_slices` in the sink): 86,400 a day, which every reader and every checkpoint
 //! would pay for. Once a hot table has gained `maintenance.compact_after_files`
 //! files since it was last merged, its files under `maintenance.target_file_mib`
 //! are merged into files of about that size ([`super::merge`], which skips

@@ -90,6 +90,7 @@ use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use serde_json::json;
+use tokio::task::JoinHandle;
 use tracing::debug;
 use url::Url;
 use uuid::Uuid;
@@ -171,6 +172,9 @@ pub struct TableSink {
     retries: usize,
     /// Checkpoints written beside the ingest path.
     checkpoints: Checkpointer,
+    /// The cores this process may run on: how many files a large trigger
+    /// is written as at most ([`file_slices`]).
+    cores: usize,
     /// The lookup versions the rows being committed were derived with,
     /// stamped into each commit's info as `weir.lookups`.
     lookups: BTreeMap<String, String>,
@@ -203,6 +207,7 @@ impl TableSink {
             synced: head,
             retries: 0,
             checkpoints,
+            cores: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             lookups: BTreeMap::new(),
         })
     }
@@ -452,30 +457,38 @@ impl TableSink {
         Ok(())
     }
 
-    /// Starts encoding and uploading `rows` as data files in a task of its
-    /// own, so a trigger's tables (and its outputs' queries) share the cores;
+    /// Starts encoding and uploading `rows` as data files in tasks of their
+    /// own, so a trigger's tables (and its outputs' queries) share the cores,
+    /// and a large batch's slices ([`file_slices`]) are encoded side by side;
     /// nothing is visible until [`Self::append`] commits them.
     fn stage(&self, rows: RecordBatch) -> Staged {
         let count = rows.num_rows();
-        let writer = (count > 0).then(|| {
-            RecordBatchWriter::for_table(&self.table)
-                .map(|w| w.with_writer_properties(self.properties.clone()))
-        });
-        let stored = self.stored.clone();
-        let files = tokio::spawn(async move {
-            let Some(writer) = writer else {
-                return Ok(Vec::new());
-            };
-            let mut writer = writer?;
-            writer.write(conform(vec![rows], &stored)?).await?;
-            let adds = writer.flush().await?;
-            Ok(adds.into_iter().map(Action::Add).collect())
-        });
+        let slices = file_slices(count, self.cores);
+        let per_slice = count.div_ceil(slices.max(1));
+        let files = (0..slices)
+            .map(|i| {
+                let offset = i * per_slice;
+                self.write(rows.slice(offset, per_slice.min(count - offset)))
+            })
+            .collect();
         Staged {
             rows: count,
             started: Instant::now(),
             files,
         }
+    }
+
+    /// Encodes and uploads `rows` as a data file, in a task of its own.
+    fn write(&self, rows: RecordBatch) -> JoinHandle<Result<Vec<Action>, DeltaTableError>> {
+        let writer = RecordBatchWriter::for_table(&self.table)
+            .map(|w| w.with_writer_properties(self.properties.clone()));
+        let stored = self.stored.clone();
+        tokio::spawn(async move {
+            let mut writer = writer?;
+            writer.write(conform(vec![rows], &stored)?).await?;
+            let adds = writer.flush().await?;
+            Ok(adds.into_iter().map(Action::Add).collect())
+        })
     }
 
     /// Commits the `staged` files with the txn versions `next` (and, for
@@ -490,11 +503,11 @@ impl TableSink {
         faults: &Faults,
         metrics: &JobMetrics,
     ) -> Result<(usize, bool), SinkError> {
-        let actions = staged
-            .files
-            .await
-            .expect("writing data files does not panic")
-            .map_err(|e| self.fail(e))?;
+        let mut actions = Vec::new();
+        for files in staged.files {
+            let written = files.await.expect("writing data files does not panic");
+            actions.extend(written.map_err(|e| self.fail(e))?);
+        }
         let written = staged.started.elapsed();
         let committed = self.commit(job, actions, next, vouches).await?;
         debug!(
@@ -516,7 +529,27 @@ impl TableSink {
 pub struct Staged {
     rows: usize,
     started: Instant,
-    files: tokio::task::JoinHandle<Result<Vec<Action>, DeltaTableError>>,
+    /// Per slice of the rows, its files' `add` actions.
+    files: Vec<JoinHandle<Result<Vec<Action>, DeltaTableError>>>,
+}
+
+/// The fewest rows a data file written beside others of the same trigger
+/// holds: a trigger under twice this writes one file per table.
+const ROWS_PER_FILE: usize = 4096;
+
+/// Into how many slices, each a file encoded on a core of its own, a table's
+/// `rows` of one trigger are cut, the process running on `cores`: one per
+/// [`ROWS_PER_FILE`], and one per two cores at most, since the other tables'
+/// files, the outputs' queries and the next batch's decoding run meanwhile.
+/// On 16 cores with every batch in one file, `raw`'s file was most of a
+/// 10,000-event trigger (benches/README.md, "Cores"); on two cores nothing is
+/// cut (cutting was measured there and bought nothing), so a small machine
+/// writes as few files as ever. No rows, no file.
+fn file_slices(rows: usize, cores: usize) -> usize {
+    if rows == 0 {
+        return 0;
+    }
+    (rows / ROWS_PER_FILE).clamp(1, (cores / 2).max(1))
 }
 
 /// delta-rs's defaults (snappy, a dictionary and page statistics for every
@@ -605,6 +638,15 @@ impl Sink {
             faults,
             metrics,
         })
+    }
+
+    /// Writes a large trigger's files as if the process ran on `cores` (by
+    /// default it asks the OS): for a test or a bench that fixes them.
+    pub fn with_cores(mut self, cores: std::num::NonZeroUsize) -> Self {
+        for table in &mut self.tables {
+            table.cores = cores.get();
+        }
+        self
     }
 
     /// Stamps the commits that follow with the lookup versions their rows
@@ -822,6 +864,18 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+
+    #[test]
+    fn a_large_trigger_is_cut_into_files_by_half_the_cores() {
+        assert_eq!(file_slices(0, 16), 0, "no rows, no file");
+        assert_eq!(file_slices(1, 16), 1);
+        assert_eq!(file_slices(2 * ROWS_PER_FILE - 1, 16), 1);
+        assert_eq!(file_slices(10_000, 16), 2);
+        assert_eq!(file_slices(100_000, 16), 8);
+        for cores in [1, 2, 3] {
+            assert_eq!(file_slices(100_000, cores), 1, "{cores} cores: one file");
+        }
+    }
 
     #[test]
     fn unique_and_binary_columns_are_written_without_dictionaries() {
