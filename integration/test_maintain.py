@@ -5,6 +5,7 @@ not while `weir run` keeps ingesting."""
 import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 import subprocess
 import threading
@@ -237,3 +238,35 @@ def test_vacuum_deletes_what_merges_removed(tmp_path):
         assert len(files_before[table]) > len(active), (table, files_before[table])
         retention = log.metadata().configuration["delta.deletedFileRetentionDuration"]
         assert retention == f"interval {2 * 600 + 600} seconds", (table, retention)
+
+
+def test_vacuum_deletes_files_no_commit_holds_once_a_day_old(tmp_path):
+    """A data file in a table's folder that no commit holds (a writer killed
+    between writing it and committing it) is deleted by upkeep once it is a
+    day old; a younger one is kept, since it may be about to be committed, and
+    so are the files a merge removed within the retention. Readers see the
+    same rows throughout."""
+    job = fast_job(tmp_path / "job.toml")
+    data = tmp_path / "data"
+    weir("demo", "--job", job, "--seconds", 4, "--rate", 400, "--data", data, timeout=240)
+    before = snapshot(job, data)
+    paths = {t: table_path(data, "clickstream", t) for t in ("raw", "page_views")}
+    files_before, old, young = {}, {}, {}
+    two_days_ago = time.time() - 2 * 86400
+    for table, path in paths.items():
+        files_before[table] = data_files(path)
+        # Beside a committed file: in its partition's folder, where a killed
+        # trigger leaves its file.
+        source = pathlib.Path(min(files_before[table]))
+        old[table] = source.with_name("part-00000-orphan-old.snappy.parquet")
+        young[table] = source.with_name("part-00000-orphan-young.snappy.parquet")
+        for orphan in (old[table], young[table]):
+            orphan.write_bytes(source.read_bytes())
+        os.utime(old[table], (two_days_ago, two_days_ago))
+    weir("maintain", "--job", job, "--data", data, "--once", timeout=240)
+
+    assert snapshot(job, data) == before, "maintenance changed what a reader sees"
+    for table, path in paths.items():
+        assert not old[table].exists(), table
+        assert young[table].exists(), table
+        assert files_before[table] <= data_files(path), (table, "a committed or merged-away file went")

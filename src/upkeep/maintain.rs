@@ -28,6 +28,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use deltalake::checkpoints::cleanup_expired_logs_for;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use tracing::{info, warn};
@@ -305,18 +306,56 @@ async fn maintain_table(
             .map_err(delta("cleaning up the log"))?;
     step.done("checkpoint and log cleanup", "checkpoint")?;
 
-    let retention = chrono::Duration::from_std(job.maintenance.vacuum_retention(tier))
-        .unwrap_or(chrono::Duration::MAX);
-    let (vacuumed, metrics) = table
-        .vacuum()
-        .with_retention_period(retention)
-        .with_enforce_retention_duration(false)
+    let (vacuumed, deleted) = vacuum(table, job.maintenance.vacuum_retention(tier))
         .await
-        .map_err(delta("vacuuming"))?;
-    report.files_vacuumed = metrics.files_deleted.len();
+        .map_err(|(step, e)| delta(step)(e))?;
+    report.files_vacuumed = deleted;
     report.files_after = file_count(&vacuumed);
     step.done("vacuum", "vacuum")?;
     Ok(report)
+}
+
+/// How old a data file no commit of the table holds must be before the
+/// vacuum deletes it. Such a file is left by a writer killed between writing
+/// it and committing it (a trigger, a merge, a fold, a move, a reprocess), or
+/// was removed by a commit whose removal a checkpoint dropped before any
+/// round saw it; but a file younger than a writer's longest stretch from
+/// write to commit may be one that is about to be committed.
+const ORPHAN_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Deletes the files removed longer than `retention` ago, through the
+/// removals the log keeps; then every data file in the table's folder that
+/// no commit holds, once it is [`ORPHAN_AGE`] old (or `retention`, if
+/// longer), which takes a listing of the folder. Returns the table and the
+/// files deleted, or the failed step.
+async fn vacuum(
+    table: DeltaTable,
+    retention: Duration,
+) -> Result<(DeltaTable, usize), (&'static str, DeltaTableError)> {
+    let age = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let (table, removed) = table
+        .vacuum()
+        .with_retention_period(age(retention))
+        .with_enforce_retention_duration(false)
+        .await
+        .map_err(|e| ("vacuuming", e))?;
+    let (table, orphans) = table
+        .vacuum()
+        .with_mode(VacuumMode::Full)
+        .with_retention_period(age(retention.max(ORPHAN_AGE)))
+        .with_enforce_retention_duration(false)
+        .await
+        .map_err(|e| ("vacuuming files no commit holds", e))?;
+    if !orphans.files_deleted.is_empty() {
+        info!(
+            files = orphans.files_deleted.len(),
+            "deleted data files no commit holds (left by a writer stopped before its commit)"
+        );
+    }
+    Ok((
+        table,
+        removed.files_deleted.len() + orphans.files_deleted.len(),
+    ))
 }
 
 /// Replaces the partials of windows that ended at or before the watermark with
