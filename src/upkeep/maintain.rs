@@ -7,7 +7,8 @@
 //! longer ago than the vacuum retention, found through the removals the log
 //! keeps (for [`crate::config::Maintenance::removals_kept`], set when
 //! the table is opened). The vacuum reads them from the snapshot taken before
-//! that checkpoint, so a retention just shortened drops none it has not seen.
+//! that checkpoint, so a retention just shortened drops none it has not seen;
+//! then it sweeps the folder for files no commit holds, a day old ([`ORPHAN_AGE`]).
 //! None of it changes what a reader sees: a fold replaces the closed windows'
 //! partials with their merge in one commit, and file merges rewrite rows
 //! unchanged.
