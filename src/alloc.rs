@@ -41,6 +41,7 @@ pub fn set_up_heap() {
 /// quota), two at least.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn arenas() -> i32 {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    i32::try_from(cores).unwrap_or(i32::MAX).max(2)
+    i32::try_from(crate::task::cores().get())
+        .unwrap_or(i32::MAX)
+        .max(2)
 }

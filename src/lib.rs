@@ -36,7 +36,8 @@
 //! - [`cmd`]: one module per command, each a thin layer over the above.
 //!
 //! Beside them: [`metrics`] (Prometheus), [`telemetry`] (logs, progress),
-//! [`fault`] (fault points for crash tests), [`task`], [`alloc`] (the heap, set up
+//! [`fault`] (fault points for crash tests), [`task`] (tasks aborted on drop, the
+//! process's cores), [`alloc`] (the heap, set up
 //! before any thread starts).
 
 pub mod alloc;

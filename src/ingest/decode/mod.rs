@@ -281,7 +281,7 @@ impl Decoder {
             shape: Shape::new(&contract),
             contract,
             max_message_bytes,
-            threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            threads: crate::task::cores(),
         }
     }
 

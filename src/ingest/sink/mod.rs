@@ -71,6 +71,7 @@
 //! own newest commits.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,7 +175,7 @@ pub struct TableSink {
     checkpoints: Checkpointer,
     /// The cores this process may run on: how many files a large trigger
     /// is written as at most ([`file_slices`]).
-    cores: usize,
+    cores: NonZeroUsize,
     /// The lookup versions the rows being committed were derived with,
     /// stamped into each commit's info as `weir.lookups`.
     lookups: BTreeMap<String, String>,
@@ -207,7 +208,7 @@ impl TableSink {
             synced: head,
             retries: 0,
             checkpoints,
-            cores: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            cores: crate::task::cores(),
             lookups: BTreeMap::new(),
         })
     }
@@ -463,7 +464,7 @@ impl TableSink {
     /// nothing is visible until [`Self::append`] commits them.
     fn stage(&self, rows: RecordBatch) -> Staged {
         let count = rows.num_rows();
-        let slices = file_slices(count, self.cores);
+        let slices = file_slices(count, self.cores.get());
         let per_slice = count.div_ceil(slices.max(1));
         let files = (0..slices)
             .map(|i| {
@@ -642,9 +643,9 @@ impl Sink {
 
     /// Writes a large trigger's files as if the process ran on `cores` (by
     /// default it asks the OS): for a test or a bench that fixes them.
-    pub fn with_cores(mut self, cores: std::num::NonZeroUsize) -> Self {
+    pub fn with_cores(mut self, cores: NonZeroUsize) -> Self {
         for table in &mut self.tables {
-            table.cores = cores.get();
+            table.cores = cores;
         }
         self
     }
