@@ -13,6 +13,7 @@ COLUMNS = [
     "batch_events", "throughput_eps", "raw_consume_eps", "ratio_to_raw", "offered_eps",
     "committed_share", "e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms", "commit_p50_ms",
     "commit_p95_ms", "commit_p99_ms", "batches", "mean_batch_events", "job", "broker",
+    "poll_cpu_ns_per_event", "raw_cpu_ns_per_event",
 ]
 
 
@@ -27,12 +28,17 @@ def check_sweep(result, csv_path, png_path, sizes):
     """The printed table, the CSV's rows and the PNG agree with each other and
     with what a sweep must measure."""
     for header in ("batch", "events/s", "ratio", "offered", "committed", "e2e p50", "p95", "p99",
-                   "commit", "mean", "raw consume"):
+                   "commit", "mean", "raw consume", "poll ns"):
         assert header in result.stdout, header
     rows = read_csv(csv_path)
     assert [int(r["batch_events"]) for r in rows] == sizes
     raw = {float(r["raw_consume_eps"]) for r in rows}
     assert len(raw) == 1 and raw.pop() > 0
+    # CPU per event of the raw consumer's thread (one figure for the run) and
+    # of the pipeline's poll thread (per drain): measured, never zero.
+    raw_cpu = {int(r["raw_cpu_ns_per_event"]) for r in rows}
+    assert len(raw_cpu) == 1 and raw_cpu.pop() > 0
+    assert all(int(r["poll_cpu_ns_per_event"]) > 0 for r in rows), rows
     for r in rows:
         size, throughput = int(r["batch_events"]), float(r["throughput_eps"])
         assert throughput > 0, r

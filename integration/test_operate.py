@@ -151,6 +151,7 @@ def test_supervisor_metrics_status_and_secrets(broker, tmp_path):
         assert value(samples, "weir_batch_events_count", job=job) > 0
         for stage in ("poll", "decode", "dedup", "transform", "commit"):
             assert value(samples, "weir_stage_seconds_count", job=job, stage=stage) > 0, stage
+        assert value(samples, "weir_poll_cpu_seconds_total", job=job) > 0
         assert value(samples, "weir_end_to_end_seconds_count", job=job, clock="event") > 0
         assert value(samples, "weir_watermark_seconds", job=job) > 1.7e9
         assert value(samples, "weir_dedup_index_entries", job=job) > 0

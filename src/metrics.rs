@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The default address of `/metrics` and `/healthz`: loopback only, unless
@@ -40,6 +41,7 @@ pub struct Metrics {
     batch_events: HistogramVec,
     batch_cap: IntGaugeVec,
     stage_seconds: HistogramVec,
+    poll_cpu: CounterVec,
     end_to_end_seconds: HistogramVec,
     lag: IntGaugeVec,
     high_watermark: IntGaugeVec,
@@ -70,28 +72,32 @@ pub struct Metrics {
     health: Mutex<BTreeMap<String, Result<(), String>>>,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// Registers `metric`, made from names and help texts fixed in this file.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("registered once");
-    c
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn counter_f64(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    register(registry, CounterVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("registered once");
-    g
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge_f64(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("registered once");
-    g
+    register(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram(
@@ -102,11 +108,7 @@ fn histogram(
     buckets: &[f64],
 ) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    let h = HistogramVec::new(opts, labels).expect("valid metric");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("registered once");
-    h
+    register(registry, HistogramVec::new(opts, labels))
 }
 
 impl Metrics {
@@ -162,6 +164,12 @@ impl Metrics {
                 "Time per micro-batch in each stage (poll, decode, dedup, transform, commit)",
                 &["job", "stage"],
                 LATENCY,
+            ),
+            poll_cpu: counter_f64(
+                &r,
+                "weir_poll_cpu_seconds_total",
+                "CPU time of the poll thread, which reads every partition of the process: near one second per second, the consumer bounds the process whatever its cores",
+                &["job"],
             ),
             end_to_end_seconds: histogram(
                 &r,
@@ -353,6 +361,7 @@ impl Metrics {
             last_maintenance: self.last_maintenance.with_label_values(&[job]),
             probe_latency: self.probe_latency.with_label_values(&[job]),
             probe_failures: self.probe_failures.with_label_values(&[job]),
+            poll_cpu: self.poll_cpu.with_label_values(&[job]),
         }
     }
 
@@ -412,6 +421,8 @@ pub struct JobMetrics {
     pub last_maintenance: Gauge,
     pub probe_latency: Histogram,
     pub probe_failures: IntCounter,
+    /// Seconds of CPU the poll thread used (`weir_poll_cpu_seconds_total`).
+    pub poll_cpu: Counter,
 }
 
 impl JobMetrics {

@@ -5,6 +5,7 @@
 //! partitions that no one reads.
 
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -14,6 +15,26 @@ use tokio::task::JoinHandle;
 /// sized by.
 pub fn cores() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// CPU time the calling thread has used so far: what one thread costs per
+/// event, where wall time would count its waits too (the poll thread is
+/// the one whose CPU bounds a process on many cores).
+pub fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec the call writes into; the clock id
+    // is a constant every Linux and macOS kernel weir runs on supports.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut now) };
+    if read != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or_default(),
+        u32::try_from(now.tv_nsec).unwrap_or_default(),
+    )
 }
 
 /// A spawned task that is aborted when this handle is dropped.
@@ -42,5 +63,28 @@ impl<T> AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn thread_cpu_counts_work_and_not_sleep() {
+        let start = super::thread_cpu();
+        std::thread::sleep(Duration::from_millis(50));
+        let slept = super::thread_cpu() - start;
+        let spinning = Instant::now();
+        let mut x = 0u64;
+        while spinning.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let worked = super::thread_cpu() - start - slept;
+        assert!(slept < Duration::from_millis(20), "{slept:?} while asleep");
+        assert!(
+            worked >= Duration::from_millis(25),
+            "{worked:?} while spinning"
+        );
     }
 }

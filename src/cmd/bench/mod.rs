@@ -138,6 +138,9 @@ pub struct Point {
     /// Triggers in the latency phase and their mean size.
     pub batches: usize,
     pub mean_batch: f64,
+    /// CPU the poll thread used per event while draining: one thread polls
+    /// every partition, so this bounds the process however many cores it has.
+    pub poll_cpu: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,11 +150,14 @@ pub struct BenchReport {
     /// Events per second a consumer that discards everything reads (the
     /// median of [`RAW_CONSUME_PASSES`] passes).
     pub raw_consume: f64,
+    /// CPU its polling thread used per event (the median of the passes): the
+    /// floor under [`Point::poll_cpu`].
+    pub raw_cpu: Duration,
     pub points: Vec<Point>,
 }
 
 /// The CSV's header; one row per batch size follows.
-pub const CSV_COLUMNS: [&str; 16] = [
+pub const CSV_COLUMNS: [&str; 18] = [
     "batch_events",
     "throughput_eps",
     "raw_consume_eps",
@@ -168,6 +174,8 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "mean_batch_events",
     "job",
     "broker",
+    "poll_cpu_ns_per_event",
+    "raw_cpu_ns_per_event",
 ];
 
 impl BenchReport {
@@ -192,6 +200,8 @@ impl BenchReport {
                 format!("{:.1}", p.mean_batch),
                 self.job.clone(),
                 self.broker.clone(),
+                p.poll_cpu.as_nanos().to_string(),
+                self.raw_cpu.as_nanos().to_string(),
             ];
             out.push_str(&row.join(","));
             out.push('\n');
@@ -216,15 +226,19 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "weir bench: job `{}` on {}; raw consume {:.0} events/s",
-            self.job, self.broker, self.raw_consume
+            "weir bench: job `{}` on {}; raw consume {:.0} events/s ({} ns of CPU per event polled)",
+            self.job,
+            self.broker,
+            self.raw_consume,
+            self.raw_cpu.as_nanos()
         )?;
         writeln!(
             f,
-            "{:>7} {:>10} {:>6} {:>9} {:>9} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6}",
+            "{:>7} {:>10} {:>6} {:>7} {:>9} {:>9} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6}",
             "batch",
             "events/s",
             "ratio",
+            "poll ns",
             "offered",
             "committed",
             "e2e p50",
@@ -239,10 +253,11 @@ impl fmt::Display for BenchReport {
             let (e, c) = (p.end_to_end, p.commit);
             writeln!(
                 f,
-                "{:>7} {:>10.0} {:>5.0}% {:>9.0} {:>8.0}% | {:>5.0}ms {:>5.0}ms {:>5.0}ms | {:>5.0}ms {:>5.0}ms {:>5.0}ms | {:>6.0}",
+                "{:>7} {:>10.0} {:>5.0}% {:>7} {:>9.0} {:>8.0}% | {:>5.0}ms {:>5.0}ms {:>5.0}ms | {:>5.0}ms {:>5.0}ms {:>5.0}ms | {:>6.0}",
                 p.batch_events,
                 p.throughput,
                 p.ratio * 100.0,
+                p.poll_cpu.as_nanos(),
                 p.offered,
                 p.committed_share * 100.0,
                 ms(e.p50),
@@ -256,7 +271,7 @@ impl fmt::Display for BenchReport {
         }
         write!(
             f,
-            "(events/s: draining a backlog; latencies: at the offered rate, per event produced → committed and per trigger's commits; mean: events per batch)"
+            "(events/s: draining a backlog; poll ns: CPU of the poll thread per event drained; latencies: at the offered rate, per event produced → committed and per trigger's commits; mean: events per batch)"
         )
     }
 }
@@ -363,7 +378,7 @@ async fn sweep(
         "backlog filled"
     );
 
-    let raw_consume = {
+    let raw = {
         let (client, topic) = (
             client_config(&bootstrap, &properties),
             backlog_topic.clone(),
@@ -372,7 +387,11 @@ async fn sweep(
         tokio::task::spawn_blocking(move || median_consume_rate(&client, &topic, &backlog))
             .await??
     };
-    info!(events_per_s = raw_consume as u64, "raw consume rate");
+    info!(
+        events_per_s = raw.rate as u64,
+        cpu_ns_per_event = raw.cpu.as_nanos() as u64,
+        "raw consume rate"
+    );
 
     let mut points = Vec::new();
     for &size in &options.batch_sizes {
@@ -402,7 +421,7 @@ async fn sweep(
             "latency phase: a fresh topic at the offered rate"
         );
         let latency = offered.latency(options).await?;
-        let point = latency.into_point(size, throughput, raw_consume, options.rate);
+        let point = latency.into_point(size, throughput, raw.rate, options.rate);
         progress.advance(format!(
             "batch {size}: {:.0} events/s, p99 {:.0} ms",
             point.throughput,
@@ -413,7 +432,8 @@ async fn sweep(
     Ok(BenchReport {
         job: job.name.clone(),
         broker: broker.describe(),
-        raw_consume,
+        raw_consume: raw.rate,
+        raw_cpu: raw.cpu,
         points,
     })
 }
@@ -491,6 +511,12 @@ struct Phase<'a> {
     size: usize,
 }
 
+/// What the throughput phase measured.
+struct Drained {
+    rate: f64,
+    poll_cpu: Duration,
+}
+
 /// What the latency phase measured.
 struct Latency {
     samples: Samples,
@@ -498,7 +524,8 @@ struct Latency {
 }
 
 impl Latency {
-    fn into_point(self, size: usize, throughput: f64, raw: f64, rate: f64) -> Point {
+    fn into_point(self, size: usize, drain: Drained, raw: f64, rate: f64) -> Point {
+        let throughput = drain.rate;
         let committed: usize = self.samples.triggers.iter().map(|t| t.events).sum();
         let commits: Vec<Duration> = self.samples.triggers.iter().map(|t| t.commit).collect();
         let batches = self.samples.triggers.len();
@@ -512,6 +539,7 @@ impl Latency {
             commit: Quantiles::of(&commits),
             batches,
             mean_batch: committed as f64 / batches.max(1) as f64,
+            poll_cpu: drain.poll_cpu,
         }
     }
 }
@@ -522,23 +550,28 @@ fn drain_timeout(seconds: Duration) -> Duration {
 }
 
 impl Phase<'_> {
-    async fn start(&self) -> Result<(Arc<Pipeline>, PipelineTask), BenchError> {
+    async fn start(&self) -> Result<(Arc<Pipeline>, PipelineTask, JobMetrics), BenchError> {
         let metrics = JobMetrics::detached(&self.job.name);
-        let pipeline =
-            Arc::new(Pipeline::start(&self.job, self.bootstrap, Faults::default(), metrics).await?);
+        let pipeline = Pipeline::start(
+            &self.job,
+            self.bootstrap,
+            Faults::default(),
+            metrics.clone(),
+        );
+        let pipeline = Arc::new(pipeline.await?);
         pipeline.stats().keep_samples();
         let task = {
             let pipeline = pipeline.clone();
             tokio::spawn(async move { pipeline.run().await })
         };
-        Ok((pipeline, task))
+        Ok((pipeline, task, metrics))
     }
 
     /// Events per second committed while draining the backlog, from the first
     /// trigger's commit (the consumer group has joined) to the last, over at
     /// most `seconds` once the first commit is in.
-    async fn throughput(&self, backlog: &Sent, seconds: Duration) -> Result<f64, BenchError> {
-        let (pipeline, task) = self.start().await?;
+    async fn throughput(&self, backlog: &Sent, seconds: Duration) -> Result<Drained, BenchError> {
+        let (pipeline, task, metrics) = self.start().await?;
         let stats = pipeline.stats();
         let timeout = drain_timeout(seconds);
         let deadline = Instant::now() + timeout;
@@ -558,7 +591,11 @@ impl Phase<'_> {
                 timeout,
             });
         }
-        Ok(drain_rate(&samples, self.size))
+        let events: usize = samples.triggers.iter().map(|t| t.events).sum();
+        Ok(Drained {
+            rate: drain_rate(&samples, self.size),
+            poll_cpu: per_event(Duration::from_secs_f64(metrics.poll_cpu.get()), events),
+        })
     }
 
     /// Feeds the topic at the offered rate after a warm-up (the consumer
@@ -567,7 +604,7 @@ impl Phase<'_> {
     /// the time they had waited so far: a lower bound, so a pipeline that
     /// falls behind shows its latency growing instead of hiding it.
     async fn latency(&self, options: &BenchOptions) -> Result<Latency, BenchError> {
-        let (pipeline, task) = self.start().await?;
+        let (pipeline, task, _) = self.start().await?;
         let stats = pipeline.stats();
         let warm = Limits {
             rate: None,
@@ -674,20 +711,43 @@ fn connection_only(properties: &[(String, String)]) -> Vec<(String, String)> {
 const RAW_CONSUME_PASSES: usize = 5;
 
 /// The median of [`RAW_CONSUME_PASSES`] passes of [`consume_rate`].
-fn median_consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, BenchError> {
-    let mut rates = (0..RAW_CONSUME_PASSES)
+/// What a consumer that discards everything reads, and what its thread costs.
+struct RawConsume {
+    rate: f64,
+    cpu: Duration,
+}
+
+/// Each the median of its passes.
+fn median_consume_rate(
+    client: &ClientConfig,
+    topic: &str,
+    sent: &Sent,
+) -> Result<RawConsume, BenchError> {
+    let passes = (0..RAW_CONSUME_PASSES)
         .map(|_| consume_rate(client, topic, sent))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut rates: Vec<f64> = passes.iter().map(|p| p.rate).collect();
+    let mut cpus: Vec<Duration> = passes.iter().map(|p| p.cpu).collect();
     rates.sort_by(f64::total_cmp);
-    debug!(?rates, "raw consume passes");
-    Ok(rates[rates.len() / 2])
+    cpus.sort();
+    debug!(?rates, ?cpus, "raw consume passes");
+    Ok(RawConsume {
+        rate: rates[rates.len() / 2],
+        cpu: cpus[cpus.len() / 2],
+    })
+}
+
+/// `cpu` over `events`, zero for none.
+fn per_event(cpu: Duration, events: usize) -> Duration {
+    cpu.checked_div(u32::try_from(events).unwrap_or(u32::MAX))
+        .unwrap_or_default()
 }
 
 /// Events per second a consumer reads from `topic` and throws away, from its
 /// first message to the last one sent (no consumer group: no join to wait
 /// for). Counts what it reads: the embedded broker keeps only the newest few
 /// MiB of each partition, so the oldest part of a large backlog may be gone.
-fn consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, BenchError> {
+fn consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<RawConsume, BenchError> {
     let mut config = client.clone();
     config
         .set("group.id", "weir-bench-raw")
@@ -705,6 +765,7 @@ fn consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, 
     let deadline = Instant::now() + timeout;
     let mut read = 0u64;
     let mut first: Option<Instant> = None;
+    let cpu = crate::task::thread_cpu();
     // Bench jobs read one topic: a partition's number names it.
     let mut behind: std::collections::BTreeMap<i32, i64> = sent
         .ends
@@ -728,9 +789,10 @@ fn consume_rate(client: &ClientConfig, topic: &str, sent: &Sent) -> Result<f64, 
         }
     }
     match first {
-        Some(first) if behind.is_empty() && read > 1 => {
-            Ok((read - 1) as f64 / first.elapsed().as_secs_f64().max(1e-9))
-        }
+        Some(first) if behind.is_empty() && read > 1 => Ok(RawConsume {
+            rate: (read - 1) as f64 / first.elapsed().as_secs_f64().max(1e-9),
+            cpu: per_event(crate::task::thread_cpu() - cpu, read as usize),
+        }),
         _ => Err(BenchError::RawConsume {
             read,
             expected: sent.events,

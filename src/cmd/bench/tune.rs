@@ -169,6 +169,7 @@ mod tests {
             commit: q(20),
             batches: 10,
             mean_batch: batch as f64,
+            poll_cpu: Duration::from_nanos(300),
         }
     }
 
@@ -177,6 +178,7 @@ mod tests {
             job: "j".into(),
             broker: "b".into(),
             raw_consume: 100_000.0,
+            raw_cpu: Duration::from_nanos(200),
             points,
         }
     }

@@ -787,6 +787,7 @@ struct Poller {
 impl Poller {
     fn run(mut self, queue: &mpsc::Sender<Queued>, stop: &AtomicBool) {
         let mut carried = Vec::new();
+        let mut cpu = crate::task::thread_cpu();
         loop {
             if queue.is_closed() {
                 return;
@@ -819,6 +820,11 @@ impl Poller {
                     continue;
                 }
                 self.metrics.stage("poll", started.elapsed());
+                let used = crate::task::thread_cpu();
+                self.metrics
+                    .poll_cpu
+                    .inc_by(used.saturating_sub(cpu).as_secs_f64());
+                cpu = used;
             }
             if !self.enqueue(queue, polled, &mut carried) || failed {
                 return;
