@@ -320,9 +320,10 @@ def test_a_gap_that_opens_while_the_job_runs_stops_it(broker, tmp_path, start_fr
 
 def test_keys_headers_and_topic_round_trip_byte_for_byte(broker, tmp_path):
     """With `source.columns`, every record's key and headers (binary, a name
-    repeated, a null value, none at all) land in raw exactly as sent, with
-    the topic; DuckDB and polars read them; an SQL output selects them, and
-    `weir reprocess` rebuilds that output with them intact."""
+    repeated, a null value, none at all, a probe's header on an event) land in
+    raw exactly as sent, with the topic; DuckDB and polars read them; an SQL
+    output selects them, and `weir reprocess` rebuilds that output with them
+    intact."""
     import datetime
     import random
 
@@ -346,6 +347,10 @@ def test_keys_headers_and_topic_round_trip_byte_for_byte(broker, tmp_path):
         headers = [] if i % 5 == 0 else [
             ("trace", bytes(rng.randrange(256) for _ in range(4))), ("trace", b"\x00"),
             ("empty", None), ("ü-name", "wert".encode())]
+        if i == 3:
+            # Probes are empty records; one with a value is an event whatever
+            # its headers say, and is stored, not stepped over.
+            headers = [("weir-probe", b"someone")]
         event = {"event_id": f"e{i}", "ts": start_ms + i * 1000, "page": "/p", "action": "view"}
         producer.produce("clicks", value=json.dumps(event).encode(), key=key, headers=headers)
         sent[f"e{i}"] = (key, headers)

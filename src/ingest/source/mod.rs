@@ -34,9 +34,9 @@ pub struct Message {
     pub probe: bool,
 }
 
-/// The header that marks a record as a latency probe of `weir run`
-/// (`probes.every`), whatever job sent it: every weir job reading the topic
-/// steps over it, so probes never reach `raw`, the DLQ or an output.
+/// The header that marks a record with an empty value as a latency probe of
+/// `weir run` (`probes.every`), whatever job sent it: every weir job reading
+/// the topic steps over it, so probes never reach `raw`, the DLQ or an output.
 pub const PROBE_HEADER: &str = "weir-probe";
 
 /// Kafka record headers: names with optional values, repeats allowed.
