@@ -20,6 +20,9 @@ fi
 # --all-targets also runs each criterion bench once, so a broken bench fails here.
 # It builds the `weir` binary too ($WEIR_BIN), which pytest drives.
 cargo test --all-targets
+# The module docs are the map of the code (README, Layout): a link that no
+# longer resolves fails here.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
 # Two files at a time: most of a test is waiting (brokers, JVMs, triggers), and a
 # file's tests share its fixtures, so files (not tests) are spread over the workers.
 "$WEIR_VENV/bin/python" -m pytest integration -n 2 --dist loadfile -v -p no:cacheprovider "$@"

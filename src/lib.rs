@@ -39,6 +39,11 @@
 //! [`fault`] (fault points for crash tests), [`task`] (tasks aborted on drop, the
 //! process's cores), [`alloc`] (the heap, set up
 //! before any thread starts).
+//!
+//! These docs are for whoever works on weir, not an API for other crates:
+//! a module's doc links to its private parts, which render with
+//! `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod alloc;
 pub mod cmd;

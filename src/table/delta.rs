@@ -364,7 +364,7 @@ pub(crate) fn is_binary(field: &Field) -> bool {
 
 /// Min/max statistics are kept for every column but binary ones (see
 /// [`is_binary`]; delta-rs warns on every file it would skip them in).
-fn stats_columns(schema: &SchemaRef) -> String {
+pub(crate) fn stats_columns(schema: &SchemaRef) -> String {
     schema
         .fields()
         .iter()

@@ -13,7 +13,7 @@
 //!   expectations). Reading it costs Delta log reads, so one reading serves
 //!   every request for [`TABLES_FRESH`].
 //!
-//! The page ([`page`]) is rendered on the server and reads without
+//! The page ([`mod@page`]) is rendered on the server and reads without
 //! JavaScript; a small script, served inline, refreshes it and reads out
 //! chart values under the pointer. Nothing comes from outside the process.
 

@@ -557,7 +557,7 @@ fn file_slices(rows: usize, cores: usize) -> usize {
 /// column), except where they cost a trigger's write time for nothing: the
 /// event ID is unique and a payload nearly so, so their dictionaries overflow
 /// and are thrown away after every value was hashed into them; and min/max of
-/// binary columns is never read (see [`stats_columns`]).
+/// binary columns is never read (see [`crate::table::delta::stats_columns`]).
 fn writer_properties(schema: &SchemaRef, event_id: Option<&str>) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))

@@ -571,7 +571,7 @@ async fn writer_schemas(
 /// The Kafka keys and headers `raw` kept (`source.columns`), to put back
 /// into the messages decoded again: the rebuilt rows keep them. Avro keys
 /// are kept decoded, not as bytes: they are put back into the rebuilt rows
-/// instead ([`StoredRecordParts::decoded_keys`]).
+/// instead ([`with_stored_keys`]).
 struct StoredRecordParts {
     keys: Option<ArrayRef>,
     headers: Option<ListArray>,
