@@ -1050,8 +1050,7 @@ impl Poller {
         timeout: Duration,
         held: impl IntoIterator<Item = &'a mut Vec<Message>>,
     ) -> Result<Option<Message>, SourceError> {
-        let consumer = Arc::clone(&self.consumer);
-        let polled = match consumer.poll(timeout) {
+        let polled = match self.consumer.poll(timeout) {
             Some(Ok(m)) => match self.partition_of(&m) {
                 Some(partition) => {
                     self.delivered.insert(partition, m.offset() + 1);
