@@ -37,7 +37,7 @@
 //!
 //! Beside them: [`metrics`] (Prometheus), [`telemetry`] (logs, progress),
 //! [`fault`] (fault points for crash tests), [`task`] (tasks aborted on drop, the
-//! process's cores), [`alloc`] (the heap, set up
+//! process's cores, a thread's CPU clock), [`alloc`] (the heap, set up
 //! before any thread starts).
 //!
 //! These docs are for whoever works on weir, not an API for other crates:

@@ -710,14 +710,14 @@ fn connection_only(properties: &[(String, String)]) -> Vec<(String, String)> {
 /// being whichever pass the machine was busy during.
 const RAW_CONSUME_PASSES: usize = 5;
 
-/// The median of [`RAW_CONSUME_PASSES`] passes of [`consume_rate`].
 /// What a consumer that discards everything reads, and what its thread costs.
 struct RawConsume {
     rate: f64,
     cpu: Duration,
 }
 
-/// Each the median of its passes.
+/// The rate and the CPU per event, each the median of [`RAW_CONSUME_PASSES`]
+/// passes of [`consume_rate`].
 fn median_consume_rate(
     client: &ClientConfig,
     topic: &str,
