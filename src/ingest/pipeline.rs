@@ -33,7 +33,7 @@ use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::monitor::{MONITOR, Monitors};
 use crate::ingest::quality::{QualityRow, quality_batch};
 use crate::ingest::replay::{filter_replayed, without_partitions};
-use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError};
+use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError, Staged};
 use crate::ingest::source::MicroBatch;
 use crate::ingest::source::kafka::{
     Batches, KafkaSource, Polled, Rebalance, SourceError, high_watermarks,
@@ -228,6 +228,25 @@ struct Outcome<'a> {
     committed_us: i64,
     /// Per message, produced → committed.
     produced: Vec<Duration>,
+}
+
+/// A trigger's rows judged and being written as files: what its commit
+/// takes, and what the trigger reports once it is made.
+struct Staging {
+    /// Per table (every one of the sink's), its files being written.
+    staged: BTreeMap<TableId, Staged>,
+    /// The events stored in `raw`: the accepted ones the watermark let in.
+    on_time: RecordBatch,
+    /// The quality rows being written: breaches and monitors.
+    quality: Vec<QualityRow>,
+    /// Rows dropped because their table already held them.
+    replayed: usize,
+    /// The lookup versions the outputs were derived with.
+    lookups: BTreeMap<String, String>,
+    /// From the start of staging to the ingest tables' rows staged, and to
+    /// the outputs' too.
+    judging: Duration,
+    transforming: Duration,
 }
 
 /// A job's running trigger loop.
@@ -557,86 +576,30 @@ impl Pipeline {
     }
 
     /// One trigger after decoding and dedup, `waited` after the last:
-    /// judge, transform, commit.
+    /// judge, transform, commit, under the sink's lock (which a revocation
+    /// takes too, so what [`Self::still_assigned`] passes is this process's
+    /// to commit); then the offsets to Kafka and the counts.
     async fn trigger(&self, prepared: Prepared, waited: Duration) -> Result<(), PipelineError> {
         let mut sink = self.sink.lock().await;
-        let Some(Prepared {
-            polled,
-            decoded,
-            breaches,
-            duplicates,
-            now,
-        }) = self.still_assigned(prepared)?
-        else {
+        let Some(prepared) = self.still_assigned(prepared)? else {
             return Ok(());
         };
-        let accepted = decoded.valid;
-        let m = &self.metrics;
-        let first = polled.first_offsets();
-        let next = polled.next_offsets();
+        let polled = &prepared.polled;
+        let (first, next) = (polled.first_offsets(), polled.next_offsets());
+        let staging = self.stage_tables(&mut sink, &prepared).await?;
+        let report = self
+            .commit(&mut sink, staging.staged, &staging.lookups, &first, &next)
+            .await?;
         let batch = &polled.batch;
-
-        let clock = Instant::now();
-        let below = sink.held(TableId::Raw);
-        let settled = Settled::read(&mut *sink, below, &accepted, &self.job.source.topics).await?;
-        let split = self.judge(&accepted, &settled, now)?;
-        let derivation = self.outputs.lock().unwrap().clone();
-        let inputs = (0..derivation.transforms.len())
-            .map(|i| fresh(&sink, TableId::Output(i), &split.on_time))
-            .collect::<Result<_, _>>()?;
-        let outputs = apply_outputs(&derivation.transforms, inputs);
-        let ingest = [
-            (TableId::Raw, &split.on_time),
-            (TableId::Dlq, &decoded.rejected),
-            (TableId::Late, &split.late),
-        ];
-        let mut staged = BTreeMap::new();
-        let mut replayed = 0;
-        for (id, rows) in ingest {
-            let kept = fresh(&sink, id, rows)?;
-            replayed += rows.num_rows() - kept.num_rows();
-            staged.insert(id, sink.stage(id, kept)?);
-        }
-        let mut quality = Vec::new();
-        if self.job.has_quality() {
-            let breaches = Breaches(fresh(&sink, TableId::Quality, &breaches.0)?);
-            quality = self
-                .expectations
-                .quality_rows(&breaches, now.timestamp_micros());
-            quality.extend(self.monitors.lock().unwrap().observe(&accepted, now));
-            let rows = quality_batch(&quality)?;
-            staged.insert(TableId::Quality, sink.stage(TableId::Quality, rows)?);
-        }
-        let judging = clock.elapsed();
-        for (i, rows) in outputs.await?.into_iter().enumerate() {
-            let id = TableId::Output(i);
-            staged.insert(id, sink.stage(id, rows)?);
-        }
-        let transforming = clock.elapsed();
-        m.stage("transform", transforming);
-
-        sink.derived_with(&derivation.lookups.versions());
-        let report = sink.commit_staged(staged, &first, &next).await;
-        let report = report.inspect_err(|e| {
-            if e.is_conflict() {
-                m.commit_conflicts.inc();
-                warn!(
-                    error = %e,
-                    "a concurrent commit refused this one: the partition moved to another process (this one is fenced) or upkeep raced it; the batch is dropped and re-read from the tables' positions"
-                );
-            }
-        })?;
-        m.stage("commit", report.elapsed);
-        m.commit_retries.inc_by(report.retries as u64);
         debug!(
             events = batch.len(),
             prepared_wait_ms = ms(waited),
-            judge_ms = ms(judging),
-            queries_ms = ms(transforming - judging),
+            judge_ms = ms(staging.judging),
+            queries_ms = ms(staging.transforming - staging.judging),
             commit_ms = ms(report.elapsed),
             "trigger timed"
         );
-        self.report_breaches(&quality);
+        self.report_breaches(&staging.quality);
         drop(sink);
         self.source.commit_offsets(&next);
         let committed_us = Utc::now().timestamp_micros();
@@ -648,15 +611,107 @@ impl Pipeline {
             batch,
             Outcome {
                 report: &report,
-                on_time: &split.on_time,
-                duplicates,
-                replayed,
+                on_time: &staging.on_time,
+                duplicates: prepared.duplicates,
+                replayed: staging.replayed,
                 next: &next,
                 committed_us,
                 produced,
             },
         );
         Ok(())
+    }
+
+    /// Judges a prepared batch's events by the watermark and the fates raw
+    /// settled, and starts writing every table's rows of it, each free of
+    /// what its table already holds: the ingest tables', the quality rows'
+    /// and, from queries that run meanwhile, the outputs'.
+    async fn stage_tables(
+        &self,
+        sink: &mut Sink,
+        prepared: &Prepared,
+    ) -> Result<Staging, PipelineError> {
+        let Prepared {
+            decoded,
+            breaches,
+            now,
+            ..
+        } = prepared;
+        let (accepted, now) = (&decoded.valid, *now);
+        let clock = Instant::now();
+        let below = sink.held(TableId::Raw);
+        let settled = Settled::read(&mut *sink, below, accepted, &self.job.source.topics).await?;
+        let split = self.judge(accepted, &settled, now)?;
+        let derivation = self.outputs.lock().unwrap().clone();
+        let inputs = (0..derivation.transforms.len())
+            .map(|i| fresh(sink, TableId::Output(i), &split.on_time))
+            .collect::<Result<_, _>>()?;
+        let outputs = apply_outputs(&derivation.transforms, inputs);
+        let ingest = [
+            (TableId::Raw, &split.on_time),
+            (TableId::Dlq, &decoded.rejected),
+            (TableId::Late, &split.late),
+        ];
+        let mut staged = BTreeMap::new();
+        let mut replayed = 0;
+        for (id, rows) in ingest {
+            let kept = fresh(sink, id, rows)?;
+            replayed += rows.num_rows() - kept.num_rows();
+            staged.insert(id, sink.stage(id, kept)?);
+        }
+        let mut quality = Vec::new();
+        if self.job.has_quality() {
+            let breaches = Breaches(fresh(sink, TableId::Quality, &breaches.0)?);
+            quality = self
+                .expectations
+                .quality_rows(&breaches, now.timestamp_micros());
+            quality.extend(self.monitors.lock().unwrap().observe(accepted, now));
+            let rows = quality_batch(&quality)?;
+            staged.insert(TableId::Quality, sink.stage(TableId::Quality, rows)?);
+        }
+        let judging = clock.elapsed();
+        for (i, rows) in outputs.await?.into_iter().enumerate() {
+            let id = TableId::Output(i);
+            staged.insert(id, sink.stage(id, rows)?);
+        }
+        let transforming = clock.elapsed();
+        self.metrics.stage("transform", transforming);
+        Ok(Staging {
+            staged,
+            on_time: split.on_time,
+            quality,
+            replayed,
+            lookups: derivation.lookups.versions(),
+            judging,
+            transforming,
+        })
+    }
+
+    /// Commits a trigger's `staged` files with its batch's `first` and `next`
+    /// offsets, stamped with the `lookups` its outputs were derived with.
+    async fn commit(
+        &self,
+        sink: &mut Sink,
+        staged: BTreeMap<TableId, Staged>,
+        lookups: &BTreeMap<String, String>,
+        first: &Offsets,
+        next: &Offsets,
+    ) -> Result<CommitReport, PipelineError> {
+        let m = &self.metrics;
+        sink.derived_with(lookups);
+        let report = sink.commit_staged(staged, first, next).await;
+        let report = report.inspect_err(|e| {
+            if e.is_conflict() {
+                m.commit_conflicts.inc();
+                warn!(
+                    error = %e,
+                    "a concurrent commit refused this one: the partition moved to another process (this one is fenced) or upkeep raced it; the batch is dropped and re-read from the tables' positions"
+                );
+            }
+        })?;
+        m.stage("commit", report.elapsed);
+        m.commit_retries.inc_by(report.retries as u64);
+        Ok(report)
     }
 
     /// The committed `quality` rows of a trigger, as metrics and log lines.
