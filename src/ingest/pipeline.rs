@@ -243,9 +243,9 @@ struct Staging {
     replayed: usize,
     /// The lookup versions the outputs were derived with.
     lookups: BTreeMap<String, String>,
-    /// From the start of staging to the ingest tables' rows staged, and to
-    /// the outputs' too.
+    /// From the start of staging to the ingest tables' rows staged.
     judging: Duration,
+    /// From the start of staging to the outputs' rows staged too.
     transforming: Duration,
 }
 
