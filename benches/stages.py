@@ -2,39 +2,42 @@
 """Where a `weir bench` drain spends each trigger: medians of the stage times
 its debug log holds (RUST_LOG=weir=debug, as `benches/scaling.sh` runs it).
 
-For each log: the throughput phase only (the backlog drained as fast as the
-pipeline goes), without its first two triggers (the consumer group's join and
-the tables' first commits). A stage whose median is near the trigger period is
+For each log: the first throughput phase (the backlog drained as fast as the
+pipeline goes), or with --latency the first latency phase (events at the
+offered rate; its p50 and p99 too), without its first two triggers (the
+consumer group's join and the tables' first commits). A stage whose median is near the trigger period is
 the one that bounds throughput; `*_wait` near zero means the stage before it
 keeps up. `untimed_ms` is what a trigger spends outside its timers: from the
 end of the last trigger to this one's commit, less its wait for a batch, its
 judge and its commit (dropping the last batch, the sink's lock, the
-assignment check).
+assignment check). `oldest_age_ms` and `newest_age_ms` are how long before
+its decode a batch's oldest and newest events were produced: the newest's is
+the way in (producer, broker, poll), the oldest's that and the batch filling.
 
-Usage: benches/stages.py LOG [LOG…]
+Usage: benches/stages.py [--latency] LOG [LOG…]
 """
 
 import re
-import statistics
 import sys
 from datetime import datetime
 
 FIELD = re.compile(r"(\w+)=([0-9.]+)")
 STAMP = re.compile(r"^(\S+?)Z")
-PREPARED = ("source_wait_ms", "decode_ms", "dedup_ms")
+PREPARED = ("source_wait_ms", "oldest_age_ms", "newest_age_ms", "decode_ms", "dedup_ms")
+PHASES = ("throughput phase", "latency phase")
 TRIGGER = ("prepared_wait_ms", "judge_ms", "queries_ms", "commit_ms")
 # Consecutive spans of a trigger (its queries overlap its commit).
 TIMED = ("prepared_wait_ms", "judge_ms", "commit_ms")
 
 
-def drain_lines(path):
-    """The log lines of the throughput phase."""
+def phase_lines(path, phase):
+    """The log lines of the first `phase` (one of PHASES)."""
     inside = False
     with open(path, encoding="utf-8") as log:
         for line in log:
-            if "throughput phase" in line:
+            if phase in line:
                 inside = True
-            elif "latency phase" in line:
+            elif any(p in line for p in PHASES) and inside:
                 return
             elif inside:
                 yield line
@@ -48,10 +51,15 @@ def stamp(line):
     return datetime.fromisoformat(STAMP.match(line).group(1))
 
 
-def summary(path):
+def quantile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(path, phase="throughput phase", quantiles=(0.5,)):
     prepared, triggers, raw_writes, untimed = [], [], [], []
     ended = None
-    for line in drain_lines(path):
+    for line in phase_lines(path, phase):
         if "batch prepared" in line:
             prepared.append(fields(line))
         elif "trigger timed" in line:
@@ -67,7 +75,7 @@ def summary(path):
     prepared, triggers, raw_writes = prepared[2:], triggers[2:], raw_writes[2:]
     untimed = untimed[1:]
     if len(triggers) < 3:
-        return f"{path}: fewer than 3 triggers in the drain"
+        return f"{path}: fewer than 3 triggers in the {phase}"
     periods = [
         (b[0] - a[0]).total_seconds() * 1e3 for a, b in zip(triggers, triggers[1:])
     ]
@@ -76,12 +84,17 @@ def summary(path):
         columns[key] = [p[key] for p in prepared if key in p]
     for key in TRIGGER:
         columns[key] = [t[key] for _, t in triggers if key in t]
-    medians = "  ".join(
-        f"{k} {statistics.median(v):6.1f}" for k, v in columns.items() if v
+    figures = "  ".join(
+        f"{k} " + "/".join(f"{quantile(v, q):.1f}" for q in quantiles)
+        for k, v in columns.items()
+        if v
     )
-    return f"{path}: {len(triggers)} triggers  {medians}"
+    return f"{path}: {len(triggers)} triggers  {figures}"
 
 
 if __name__ == "__main__":
+    latency = "--latency" in sys.argv[1:]
+    phase, quantiles = (PHASES[1], (0.5, 0.99)) if latency else (PHASES[0], (0.5,))
     for arg in sys.argv[1:]:
-        print(summary(arg))
+        if arg != "--latency":
+            print(summary(arg, phase, quantiles))

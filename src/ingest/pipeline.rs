@@ -204,16 +204,16 @@ fn accepted_within_horizon<'a>(
     }
 }
 
-/// Per message with a Kafka timestamp, how long ago (from `committed_us`) it
-/// was produced.
-fn produced_to_committed(batch: &MicroBatch, committed_us: i64) -> Vec<Duration> {
+/// Per message with a Kafka timestamp, how long before `at_us` it was
+/// produced: at the commit, its end-to-end latency.
+fn produced_ago(batch: &MicroBatch, at_us: i64) -> Vec<Duration> {
     batch
         .messages
         .iter()
         .filter_map(|m| m.kafka_ts)
         .map(|ms| {
             let produced_us = ms.saturating_mul(1000);
-            Duration::from_micros(committed_us.saturating_sub(produced_us).max(0) as u64)
+            Duration::from_micros(at_us.saturating_sub(produced_us).max(0) as u64)
         })
         .collect()
 }
@@ -557,9 +557,18 @@ impl Pipeline {
         let (accepted, duplicates) = self.dedup.lock().unwrap().apply(&judged.kept)?;
         let deduplicating = clock.elapsed();
         self.metrics.stage("dedup", deduplicating);
+        // How old the batch's oldest and newest events are as it is decoded:
+        // the newest's age is the way in (producer, broker, poll), the
+        // oldest's that plus the batch filling; what the latency tail is
+        // made of before a trigger starts (benches/stages.py).
+        let ages = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| produced_ago(&polled.batch, now.timestamp_micros()))
+            .unwrap_or_default();
         debug!(
             events = polled.batch.len(),
             source_wait_ms = ms(waited),
+            oldest_age_ms = ages.iter().max().copied().map(ms),
+            newest_age_ms = ages.iter().min().copied().map(ms),
             decode_ms = ms(decoding),
             dedup_ms = ms(deduplicating),
             "batch prepared"
@@ -603,7 +612,7 @@ impl Pipeline {
         drop(sink);
         self.source.commit_offsets(&next);
         let committed_us = Utc::now().timestamp_micros();
-        let produced = produced_to_committed(batch, committed_us);
+        let produced = produced_ago(batch, committed_us);
         if !batch.is_empty() {
             self.adapt(batch.len(), &produced);
         }
