@@ -3,7 +3,10 @@ on the embedded broker and on Apache Kafka; tune's recommendation recomputed
 from the CSV it wrote."""
 
 import csv
+import os
 import re
+import subprocess
+import sys
 
 from PIL import Image
 
@@ -125,3 +128,26 @@ def test_tune_reaches_the_broker_with_the_jobs_properties(tmp_path, broker):
     assert result.returncode == 1, result.stderr
     assert "fetch.wait.max.ms" in result.stderr and "soon" in result.stderr, result.stderr
     assert "nothing arrived" not in result.stderr
+
+
+def test_the_debug_log_says_how_old_each_batch_is_and_stages_sums_it_up(tmp_path):
+    """A batch's debug line carries the ages of its oldest and newest events
+    at decode; in the latency phase the oldest is older by about the time
+    the batch took to fill (500 events at 25,000 events/s: 20 ms), and
+    benches/stages.py --latency prints p50/p99 of both."""
+    env = {**os.environ, "RUST_LOG": "weir=debug"}
+    result = weir("bench", "--batch-sizes", "500", "--seconds-per-point", "3", "--rate", "25000",
+                  cwd=tmp_path, env=env, timeout=600)
+    log = tmp_path / "bench.log"
+    log.write_text(result.stderr)
+    latency = result.stderr.split("latency phase", 1)[1]
+    ages = [(float(m.group(1)), float(m.group(2))) for m in re.finditer(
+        r"batch prepared events=\d+ \S+ oldest_age_ms=([0-9.]+) newest_age_ms=([0-9.]+)", latency)]
+    assert len(ages) >= 20, latency[-2000:]
+    assert all(oldest >= newest >= 0 for oldest, newest in ages), ages
+    spreads = sorted(oldest - newest for oldest, newest in ages)
+    assert 10 <= spreads[len(spreads) // 2] <= 60, spreads
+    summary = subprocess.run([sys.executable, ROOT / "benches" / "stages.py", "--latency", log],
+                             capture_output=True, text=True, check=True).stdout
+    for field in ("oldest_age_ms", "newest_age_ms", "commit_ms"):
+        assert re.search(rf"{field} [0-9.]+/[0-9.]+", summary), summary
