@@ -5,8 +5,8 @@ its debug log holds (RUST_LOG=weir=debug, as `benches/scaling.sh` runs it).
 For each log: the first throughput phase (the backlog drained as fast as the
 pipeline goes), or with --latency the first latency phase (events at the
 offered rate; its p50 and p99 too), without its first two triggers (the
-consumer group's join and the tables' first commits). A stage whose median is near the trigger period is
-the one that bounds throughput; `*_wait` near zero means the stage before it
+consumer group's join and the tables' first commits). A stage whose median
+is near the trigger period is the one that bounds throughput; `*_wait` near zero means the stage before it
 keeps up. `untimed_ms` is what a trigger spends outside its timers: from the
 end of the last trigger to this one's commit, less its wait for a batch, its
 judge and its commit (dropping the last batch, the sink's lock, the
