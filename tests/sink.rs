@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Int32Array, Int64Array, RecordBatch};
+use arrow::array::{Date32Array, Int32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
@@ -173,6 +173,92 @@ async fn a_large_trigger_on_many_cores_commits_its_slices_as_files_of_one_commit
     assert_eq!(offsets, (0..10_000).collect::<Vec<_>>(), "each row once");
     let versions = common::txn_versions(&job, "numbers", &[0]).await;
     assert_eq!(versions, BTreeMap::from([(0, 10_000)]));
+}
+
+/// `numbers` partitioned by a day column `d`, as `raw` is by event date.
+fn dated_spec() -> TableSpec {
+    let mut fields = spec().schema.fields().to_vec();
+    fields.push(Arc::new(Field::new("d", DataType::Date32, false)));
+    TableSpec {
+        schema: Arc::new(Schema::new(fields)),
+        partition_columns: vec!["d".into()],
+        ..spec()
+    }
+}
+
+/// The day (days since 1970) of each row of `table`'s files, per file, and
+/// each file's partition value.
+fn files_by_day(table: &DeltaTable) -> Vec<(String, i64)> {
+    let mut files: Vec<(String, i64)> = table
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| {
+            let day = f.partition_values_map()["d"].clone().unwrap();
+            (day, f.num_records().unwrap() as i64)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Rows all of one partition skip delta-rs's split (src/table/files.rs);
+/// rows of several still get a file per partition. Either way every row
+/// lands once, in the partition of its own day.
+#[tokio::test]
+async fn rows_of_one_day_or_of_two_land_in_their_days_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = common::job(dir.path(), 100);
+    let mut sink = Sink::open(
+        &job,
+        &[dated_spec()],
+        Faults::default(),
+        JobMetrics::detached(&job.name),
+    )
+    .await
+    .unwrap();
+    let dated = |from: i64, to: i64, days: &dyn Fn(i64) -> i32| {
+        let rows = RecordBatch::try_new(
+            dated_spec().schema,
+            vec![
+                Arc::new(Int32Array::from(vec![0; (to - from) as usize])),
+                Arc::new(Int64Array::from((from..to).collect::<Vec<_>>())),
+                Arc::new(Date32Array::from((from..to).map(days).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        let (first, next) = (BTreeMap::from([(p(0), from)]), BTreeMap::from([(p(0), to)]));
+        (BTreeMap::from([(NUMBERS, rows)]), first, next)
+    };
+    // 2026-12-05 is day 20,792.
+    let (rows, first, next) = dated(0, 10, &|_| 20_792);
+    sink.commit(rows, &first, &next).await.unwrap();
+    let (rows, first, next) = dated(10, 25, &|o| 20_792 + i32::from(o % 2 == 1));
+    sink.commit(rows, &first, &next).await.unwrap();
+
+    let table = table(&job).await;
+    let expected = [("2026-12-05", 8), ("2026-12-05", 10), ("2026-12-06", 7)];
+    let expected: Vec<(String, i64)> = expected.map(|(d, n)| (d.into(), n)).into();
+    assert_eq!(files_by_day(&table), expected);
+    let mut rows: Vec<(i64, i32)> = common::read_table(&job, "numbers")
+        .await
+        .iter()
+        .flat_map(|b| {
+            let o = b.column_by_name("o").unwrap();
+            let o = o.as_any().downcast_ref::<Int64Array>().unwrap();
+            let d = b.column_by_name("d").unwrap();
+            let d = d.as_any().downcast_ref::<Date32Array>().unwrap();
+            o.values()
+                .iter()
+                .copied()
+                .zip(d.values().iter().copied())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort_unstable();
+    let day = |o: i64| 20_792 + i32::from(o >= 10 && o % 2 == 1);
+    assert_eq!(rows, (0..25).map(|o| (o, day(o))).collect::<Vec<_>>());
 }
 
 #[tokio::test]

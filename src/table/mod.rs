@@ -8,6 +8,7 @@
 //! upkeep and the commands all read and write tables through this layer.
 //!
 //! - [`delta`]: open, create, evolve, register for DataFusion, txn versions.
+//! - [`files`]: rows into a table's data files.
 //! - [`schema`]: what a stored table may become (evolution) and rows conformed to it.
 //! - [`storage`]: the object stores Delta reads and writes through (file, S3).
 //! - [`tier`]: how tables age through hot, warm and cold, and read as one.
@@ -19,6 +20,7 @@
 //! from the data, never kept beside it.
 
 pub mod delta;
+pub mod files;
 mod id;
 pub mod schema;
 pub mod storage;

@@ -43,7 +43,7 @@ use futures::TryStreamExt;
 
 use crate::config::{Job, Tier};
 use crate::table::delta::{is_lost_race, stored_schema};
-use crate::table::schema::conform;
+use crate::table::files::write_rows;
 
 /// What one merge of a table's small files did.
 pub enum Merged {
@@ -75,6 +75,7 @@ pub async fn merge_small_files(
         return Ok(Merged::Nothing);
     }
     let stored = stored_schema(table)?;
+    let partition_columns = table.snapshot()?.metadata().partition_columns();
     let store = table.log_store().object_store(None);
     let mut actions = Vec::new();
     let removed = bins.iter().map(Vec::len).sum();
@@ -82,7 +83,7 @@ pub async fn merge_small_files(
         let mut writer =
             RecordBatchWriter::for_table(table)?.with_writer_properties(properties.clone());
         for file in bin {
-            copy_rows(&store, file, &stored, &mut writer).await?;
+            copy_rows(&store, file, &stored, partition_columns, &mut writer).await?;
             actions.push(Action::Remove(file.remove_action(false)));
         }
         actions.extend(writer.flush().await?.into_iter().map(|mut add| {
@@ -168,6 +169,7 @@ async fn copy_rows(
     store: &ObjectStoreRef,
     file: &LogicalFileView,
     stored: &SchemaRef,
+    partition_columns: &[String],
     writer: &mut RecordBatchWriter,
 ) -> Result<(), DeltaTableError> {
     let mut batches = ParquetFileReader::new(store.clone())
@@ -176,7 +178,7 @@ async fn copy_rows(
     let partition = file.partition_values_map();
     while let Some(batch) = batches.try_next().await? {
         let batch = with_partition_values(batch, &partition, stored)?;
-        writer.write(conform(vec![batch], stored)?).await?;
+        write_rows(writer, batch, stored, partition_columns).await?;
     }
     Ok(())
 }

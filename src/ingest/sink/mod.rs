@@ -106,7 +106,7 @@ use crate::metrics::JobMetrics;
 use crate::table::delta::{
     is_binary, is_commit_conflict, open_or_create_in, register, stored_schema,
 };
-use crate::table::schema::conform;
+use crate::table::files::write_rows;
 use crate::table::{TableError, TableId, TableSpec, Tables};
 use crate::telemetry::ms;
 
@@ -484,9 +484,10 @@ impl TableSink {
         let writer = RecordBatchWriter::for_table(&self.table)
             .map(|w| w.with_writer_properties(self.properties.clone()));
         let stored = self.stored.clone();
+        let partition_columns = self.spec.partition_columns.clone();
         tokio::spawn(async move {
             let mut writer = writer?;
-            writer.write(conform(vec![rows], &stored)?).await?;
+            write_rows(&mut writer, rows, &stored, &partition_columns).await?;
             let adds = writer.flush().await?;
             Ok(adds.into_iter().map(Action::Add).collect())
         })
