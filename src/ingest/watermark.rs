@@ -77,7 +77,6 @@ pub struct Newest {
     pub sent_us: Option<i64>,
 }
 
-/// The rows of [`newest_sql`]'s result.
 /// The rows of [`newest_sql`]'s result, one per partition (rows stored
 /// without a topic and rows of the first topic are one partition's).
 fn newest_rows(batches: &[RecordBatch], topics: &Topics) -> Result<Vec<Newest>, ArrowError> {

@@ -775,8 +775,19 @@ fn headers<'a>(messages: impl Iterator<Item = &'a Message>) -> ListArray {
     builder.finish()
 }
 
-fn payloads<'a>(messages: impl Iterator<Item = &'a Message>) -> BinaryArray {
-    BinaryArray::from_iter(messages.map(|m| m.payload.as_deref()))
+/// The messages' payloads as they came, in one buffer sized for all of
+/// them up front, not grown by doubling through a batch's megabytes.
+fn payloads<'a>(messages: impl Iterator<Item = &'a Message> + Clone) -> BinaryArray {
+    let bytes = messages
+        .clone()
+        .filter_map(|m| m.payload.as_ref())
+        .map(|p| p.len())
+        .sum();
+    let mut builder = BinaryBuilder::with_capacity(messages.size_hint().0, bytes);
+    for m in messages {
+        builder.append_option(m.payload.as_deref());
+    }
+    builder.finish()
 }
 
 fn format_ms(ms: i64) -> String {

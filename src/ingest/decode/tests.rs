@@ -167,6 +167,27 @@ fn valid_messages_become_raw_rows_with_weir_columns() {
     assert!(d.valid.column_by_name("x").unwrap().is_null(1));
 }
 
+/// `_payload` holds each message's bytes as they came, in `raw` and in the
+/// DLQ, and null for a message that had none.
+#[test]
+fn payloads_are_stored_as_they_came() {
+    let second = br#"{"id":"b","ts":1795262400000,"n":2}"#;
+    let input = batch(&[Some(GOOD), None, Some(b"{"), Some(second)]);
+    let d = decoder()
+        .decode(&input, &WriterSchemas::default(), now())
+        .unwrap();
+    let stored = |b: &RecordBatch, column: &str| -> Vec<Option<Vec<u8>>> {
+        let bytes = b.column_by_name(column).unwrap().as_binary::<i32>();
+        bytes.iter().map(|p| p.map(<[u8]>::to_vec)).collect()
+    };
+    let (good, second) = (GOOD.to_vec(), second.to_vec());
+    assert_eq!(stored(&d.valid, PAYLOAD), vec![Some(good), Some(second)]);
+    assert_eq!(
+        stored(&d.rejected, "payload"),
+        vec![None, Some(b"{".to_vec())]
+    );
+}
+
 /// A job that keeps no payloads stores the same rows with `_payload` null;
 /// the DLQ still keeps the bytes of what it refused.
 #[test]
