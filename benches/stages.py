@@ -17,8 +17,8 @@ the way in (producer, broker, poll), the oldest's that and the batch filling.
 Usage: benches/stages.py [--latency] LOG [LOG…]
 """
 
+import argparse
 import re
-import sys
 from datetime import datetime
 
 FIELD = re.compile(r"(\w+)=([0-9.]+)")
@@ -92,9 +92,21 @@ def summary(path, phase="throughput phase", quantiles=(0.5,)):
     return f"{path}: {len(triggers)} triggers  {figures}"
 
 
+def arguments():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--latency", action="store_true", help="the latency phase, p50 and p99"
+    )
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="a bench's debug log")
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    latency = "--latency" in sys.argv[1:]
+    args = arguments()
+    latency = args.latency
     phase, quantiles = (PHASES[1], (0.5, 0.99)) if latency else (PHASES[0], (0.5,))
-    for arg in sys.argv[1:]:
-        if arg != "--latency":
-            print(summary(arg, phase, quantiles))
+    for log in args.logs:
+        print(summary(log, phase, quantiles))

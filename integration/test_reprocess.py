@@ -232,7 +232,7 @@ def test_reprocess_and_verify_hold_bounded_memory_on_a_day_20_times_larger(tmp_p
     need more than the day itself. Verify finds the live tables equal."""
     job = history_job(tmp_path / "job.toml")
     data = tmp_path / "data"
-    weir("demo", "--job", job, "--seconds", 60, "--rate", 50000, "--partitions", 8,
+    weir("demo", "--job", job, "--seconds", 80, "--rate", 50000, "--partitions", 8,
          "--backfill", "3days", "--data", data, timeout=600)
     # The fullest day the watermark has closed (every window in it ended,
     # with the allowed lateness): which day that is depends on the time of
