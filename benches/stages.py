@@ -106,7 +106,6 @@ def arguments():
 
 if __name__ == "__main__":
     args = arguments()
-    latency = args.latency
-    phase, quantiles = (PHASES[1], (0.5, 0.99)) if latency else (PHASES[0], (0.5,))
+    phase, quantiles = (PHASES[1], (0.5, 0.99)) if args.latency else (PHASES[0], (0.5,))
     for log in args.logs:
         print(summary(log, phase, quantiles))
