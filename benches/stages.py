@@ -6,13 +6,14 @@ For each log: the first throughput phase (the backlog drained as fast as the
 pipeline goes), or with --latency the first latency phase (events at the
 offered rate; its p50 and p99 too), without its first two triggers (the
 consumer group's join and the tables' first commits). A stage whose median
-is near the trigger period is the one that bounds throughput; `*_wait` near zero means the stage before it
-keeps up. `untimed_ms` is what a trigger spends outside its timers: from the
-end of the last trigger to this one's commit, less its wait for a batch, its
-judge and its commit (dropping the last batch, the sink's lock, the
-assignment check). `oldest_age_ms` and `newest_age_ms` are how long before
-its decode a batch's oldest and newest events were produced: the newest's is
-the way in (producer, broker, poll), the oldest's that and the batch filling.
+is near the trigger period is the one that bounds throughput; `*_wait` near
+zero means the stage before it keeps up. `untimed_ms` is what a trigger
+spends outside its timers: from the end of the last trigger to this one's
+commit, less its wait for a batch, its judge and its commit (dropping the
+last batch, the sink's lock, the assignment check). `oldest_age_ms` and
+`newest_age_ms` are how long before its decode a batch's oldest and newest
+events were produced: the newest's is the way in (producer, broker, poll),
+the oldest's that and the batch filling.
 
 Usage: benches/stages.py [--latency] LOG [LOG…]
 """
@@ -56,7 +57,7 @@ def quantile(values, q):
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def summary(path, phase="throughput phase", quantiles=(0.5,)):
+def summary(path, phase=PHASES[0], quantiles=(0.5,)):
     prepared, triggers, raw_writes, untimed = [], [], [], []
     ended = None
     for line in phase_lines(path, phase):
