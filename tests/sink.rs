@@ -186,8 +186,8 @@ fn dated_spec() -> TableSpec {
     }
 }
 
-/// The day (days since 1970) of each row of `table`'s files, per file, and
-/// each file's partition value.
+/// Each of `table`'s files as its partition value of `d` and its row
+/// count, in order.
 fn files_by_day(table: &DeltaTable) -> Vec<(String, i64)> {
     let mut files: Vec<(String, i64)> = table
         .snapshot()
@@ -218,24 +218,26 @@ async fn rows_of_one_day_or_of_two_land_in_their_days_partitions() {
     )
     .await
     .unwrap();
-    let dated = |from: i64, to: i64, days: &dyn Fn(i64) -> i32| {
+    // Offsets 0..10 of day 20,792 (2026-12-05); from 10 on, the odd ones of
+    // the day after.
+    let day = |o: i64| 20_792 + i32::from(o >= 10 && o % 2 == 1);
+    let dated = |from: i64, to: i64| {
         let rows = RecordBatch::try_new(
             dated_spec().schema,
             vec![
                 Arc::new(Int32Array::from(vec![0; (to - from) as usize])),
                 Arc::new(Int64Array::from((from..to).collect::<Vec<_>>())),
-                Arc::new(Date32Array::from((from..to).map(days).collect::<Vec<_>>())),
+                Arc::new(Date32Array::from((from..to).map(day).collect::<Vec<_>>())),
             ],
         )
         .unwrap();
         let (first, next) = (BTreeMap::from([(p(0), from)]), BTreeMap::from([(p(0), to)]));
         (BTreeMap::from([(NUMBERS, rows)]), first, next)
     };
-    // 2026-12-05 is day 20,792.
-    let (rows, first, next) = dated(0, 10, &|_| 20_792);
-    sink.commit(rows, &first, &next).await.unwrap();
-    let (rows, first, next) = dated(10, 25, &|o| 20_792 + i32::from(o % 2 == 1));
-    sink.commit(rows, &first, &next).await.unwrap();
+    for (from, to) in [(0, 10), (10, 25)] {
+        let (rows, first, next) = dated(from, to);
+        sink.commit(rows, &first, &next).await.unwrap();
+    }
 
     let table = table(&job).await;
     let expected = [("2026-12-05", 8), ("2026-12-05", 10), ("2026-12-06", 7)];
@@ -257,7 +259,6 @@ async fn rows_of_one_day_or_of_two_land_in_their_days_partitions() {
         })
         .collect();
     rows.sort_unstable();
-    let day = |o: i64| 20_792 + i32::from(o >= 10 && o % 2 == 1);
     assert_eq!(rows, (0..25).map(|o| (o, day(o))).collect::<Vec<_>>());
 }
 
