@@ -32,7 +32,7 @@ use crate::ingest::expect::{Breaches, ExpectError, Expectations};
 use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::monitor::{MONITOR, Monitors};
 use crate::ingest::quality::{QualityRow, quality_batch};
-use crate::ingest::replay::{filter_replayed, without_partitions};
+use crate::ingest::replay::{filter_replayed, may_replay, without_partitions};
 use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError, Staged};
 use crate::ingest::source::MicroBatch;
 use crate::ingest::source::kafka::{
@@ -94,9 +94,19 @@ struct Prepared {
     now: chrono::DateTime<Utc>,
 }
 
-/// `rows` without those table `id` already holds.
-fn fresh(sink: &Sink, id: TableId, rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    filter_replayed(rows, &sink.held(id), sink.topics())
+/// `rows` without those table `id` already holds; `lowest` bounds each
+/// partition's offsets in `rows` from below (see [`may_replay`]).
+fn fresh(
+    sink: &Sink,
+    id: TableId,
+    rows: &RecordBatch,
+    lowest: &Offsets,
+) -> Result<RecordBatch, ArrowError> {
+    let held = sink.held(id);
+    if !may_replay(&held, lowest) {
+        return Ok(rows.clone());
+    }
+    filter_replayed(rows, &held, sink.topics())
 }
 
 /// Restores the watermark and the dedup index from the tables: each
@@ -641,6 +651,7 @@ impl Pipeline {
         prepared: &Prepared,
     ) -> Result<Staging, PipelineError> {
         let Prepared {
+            polled,
             decoded,
             breaches,
             now,
@@ -648,12 +659,15 @@ impl Pipeline {
         } = prepared;
         let (accepted, now) = (&decoded.valid, *now);
         let clock = Instant::now();
+        // Every row below is of one of the batch's messages.
+        let lowest = polled.batch.first_offsets();
         let below = sink.held(TableId::Raw);
-        let settled = Settled::read(&mut *sink, below, accepted, &self.job.source.topics).await?;
+        let topics = &self.job.source.topics;
+        let settled = Settled::read(&mut *sink, below, accepted, &lowest, topics).await?;
         let split = self.judge(accepted, &settled, now)?;
         let derivation = self.outputs.lock().unwrap().clone();
         let inputs = (0..derivation.transforms.len())
-            .map(|i| fresh(sink, TableId::Output(i), &split.on_time))
+            .map(|i| fresh(sink, TableId::Output(i), &split.on_time, &lowest))
             .collect::<Result<_, _>>()?;
         let outputs = apply_outputs(&derivation.transforms, inputs);
         let ingest = [
@@ -664,13 +678,13 @@ impl Pipeline {
         let mut staged = BTreeMap::new();
         let mut replayed = 0;
         for (id, rows) in ingest {
-            let kept = fresh(sink, id, rows)?;
+            let kept = fresh(sink, id, rows, &lowest)?;
             replayed += rows.num_rows() - kept.num_rows();
             staged.insert(id, sink.stage(id, kept)?);
         }
         let mut quality = Vec::new();
         if self.job.has_quality() {
-            let breaches = Breaches(fresh(sink, TableId::Quality, &breaches.0)?);
+            let breaches = Breaches(fresh(sink, TableId::Quality, &breaches.0, &lowest)?);
             quality = self
                 .expectations
                 .quality_rows(&breaches, now.timestamp_micros());

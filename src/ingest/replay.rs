@@ -29,6 +29,17 @@ pub fn filter_replayed(
     compute::filter_record_batch(rows, &keep)
 }
 
+/// Whether rows whose offsets are at least `lowest` (per partition; every
+/// row's partition is in it) may include some that a table holding `held`
+/// already has. A trigger's rows start at its batch's first offsets, which
+/// are nearly always at or past what every table holds: then no row's
+/// position needs a look.
+pub fn may_replay(held: &Offsets, lowest: &Offsets) -> bool {
+    lowest
+        .iter()
+        .any(|(p, first)| held.get(p).is_some_and(|h| first < h))
+}
+
 /// The rows of `rows` not of `partitions`: what is left of a batch when
 /// those partitions moved to another process, which holds (or will hold)
 /// every offset of them.
@@ -101,6 +112,18 @@ mod tests {
         let left = without_partitions(&batch, &moved, &topics).unwrap();
         assert_eq!(left.column(2).as_string::<i32>().value(0), "b");
         assert_eq!(left.num_rows(), 2);
+    }
+
+    #[test]
+    fn rows_from_where_every_table_is_or_past_it_are_not_replays() {
+        let p = SourcePartition::first;
+        let held = BTreeMap::from([(p(0), 6), (p(1), 100)]);
+        let lowest = |firsts: &[(i32, i64)]| firsts.iter().map(|&(q, o)| (p(q), o)).collect();
+        assert!(!may_replay(&held, &lowest(&[(0, 6), (1, 100)])));
+        assert!(!may_replay(&held, &lowest(&[(0, 7), (2, 0)])));
+        assert!(may_replay(&held, &lowest(&[(0, 6), (1, 99)])));
+        assert!(may_replay(&held, &lowest(&[(0, 5)])));
+        assert!(!may_replay(&BTreeMap::new(), &lowest(&[(0, 0)])));
     }
 
     #[test]

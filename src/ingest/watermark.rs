@@ -36,6 +36,7 @@ use crate::ingest::decode::{
     INGEST_TS, KAFKA_TS, OFFSET, PARTITION, partition_columns, partitions, positions, raw_schema,
     utc_micros,
 };
+use crate::ingest::replay::may_replay;
 use crate::table::{TableError, TableId, Tables};
 
 /// The watermark an event was judged against (null when a stored decision was reused).
@@ -112,14 +113,20 @@ pub struct Settled {
 impl Settled {
     /// The stored fate of the `accepted` events that `raw` has already
     /// settled (offsets below `below`, raw's txn versions): those in `raw`
-    /// were on time, the others late. Only re-reads after a restart or
-    /// rebalance hit the table.
+    /// were on time, the others late. `lowest` bounds each partition's
+    /// offsets in `accepted` from below; when no partition starts below
+    /// `below`, nothing is settled and no event's position is read. Only
+    /// re-reads after a restart or rebalance hit the table.
     pub async fn read(
         tables: &mut impl Tables,
         below: Offsets,
         accepted: &RecordBatch,
+        lowest: &Offsets,
         topics: &Topics,
     ) -> Result<Settled, TableError> {
+        if !may_replay(&below, lowest) {
+            return Ok(Settled::default());
+        }
         let Ok(accepted) = positions(accepted, topics) else {
             return Ok(Settled::default());
         };
@@ -296,11 +303,15 @@ impl Watermark {
         ingest: DateTime<Utc>,
     ) -> Result<Split, ArrowError> {
         let times = self.times(events)?;
-        let positions = positions(events, &self.topics)?;
+        // Settling nothing (nearly every trigger), no event's position is read.
+        let positions = match settled.below.is_empty() {
+            true => Vec::new(),
+            false => positions(events, &self.topics)?,
+        };
         let mut reused = Vec::new();
         let late: BooleanArray = (0..events.num_rows())
             .map(|i| {
-                let fate = settled.fate(positions[i].0, positions[i].1);
+                let fate = positions.get(i).and_then(|&(p, o)| settled.fate(p, o));
                 reused.push(fate.is_some());
                 Some(match fate {
                     Some(on_time) => !on_time,
