@@ -26,8 +26,9 @@ impl IdList {
         }
     }
 
-    pub fn into_ids(self) -> impl Iterator<Item = u128> {
-        self.chunks.into_iter().flatten()
+    /// The IDs, a chunk at a time (in the order pushed).
+    pub fn chunks(&self) -> impl Iterator<Item = &[u128]> {
+        self.chunks.iter().map(Vec::as_slice)
     }
 
     /// Bytes held by the chunks and the list of them.
@@ -48,6 +49,6 @@ mod tests {
         let chunks = 10_000usize.div_ceil(CHUNK);
         let headers = list.chunks.capacity() * size_of::<Vec<u128>>();
         assert_eq!(list.bytes(), chunks * CHUNK * 16 + headers);
-        assert!(list.into_ids().eq(0..10_000));
+        assert!(list.chunks().flatten().copied().eq(0..10_000));
     }
 }

@@ -74,6 +74,17 @@ impl IdMap {
         }
     }
 
+    /// Starts loading the slot where `id`'s search begins, without waiting.
+    /// A long run's table is far larger than the CPU's caches, so each search
+    /// waits on memory (a churn of 10,000 IDs through a table of 2 M took
+    /// 2.3 ms: benches/dedup.rs); a search started [`AHEAD`] IDs early
+    /// overlaps those waits. Only a hint: it changes no answer.
+    pub fn prefetch(&self, id: u128) {
+        if let Some(id) = NonZeroU128::new(id).filter(|_| !self.slots.is_empty()) {
+            prefetch_read(&self.slots[self.home(id)]);
+        }
+    }
+
     pub fn remove(&mut self, id: u128) {
         let Some(id) = NonZeroU128::new(id) else {
             self.zero = None;
@@ -142,6 +153,23 @@ impl IdMap {
         }
     }
 }
+
+/// How many IDs ahead of the one searched for [`IdMap::prefetch`] is asked
+/// for: enough to cover a load from memory (about 100 ns) with the searches
+/// between, few enough that the slots stay cached until searched.
+pub const AHEAD: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+fn prefetch_read<T>(value: &T) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    // SAFETY: SSE is part of every x86_64 CPU, and a prefetch only hints at
+    // an address (here a valid reference's): it reads nothing and cannot fault.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast()) };
+}
+
+/// Elsewhere the searches wait as they did.
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch_read<T>(_: &T) {}
 
 #[cfg(test)]
 mod tests {

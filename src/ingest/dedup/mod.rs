@@ -28,7 +28,7 @@ use crate::config::{Contract, Job, SourcePartition, Topics};
 use crate::ingest::decode::{EVENT_DATE, OFFSET, PARTITION, partition_columns, positions};
 use crate::table::{RestoreError, TableError, TableId, Tables};
 use id_list::IdList;
-use id_map::IdMap;
+use id_map::{AHEAD, IdMap};
 
 /// Where an accepted event was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,17 @@ impl DedupIndex {
     /// Decides, in order, which candidates to keep, and remembers the kept ones.
     /// Returns the keep mask (false = duplicate).
     pub fn apply(&mut self, candidates: &[Candidate]) -> BooleanArray {
-        candidates.iter().map(|c| Some(self.accept(c))).collect()
+        let ahead = candidates.iter().skip(AHEAD).map(Some).chain([None; AHEAD]);
+        candidates
+            .iter()
+            .zip(ahead)
+            .map(|(c, next)| {
+                if let Some(next) = next {
+                    self.seen.prefetch(next.id_hash);
+                }
+                Some(self.accept(c))
+            })
+            .collect()
     }
 
     fn accept(&mut self, c: &Candidate) -> bool {
@@ -94,8 +104,13 @@ impl DedupIndex {
             if entry.key() + self.bucket_ms > cutoff {
                 break;
             }
-            for id in entry.remove().into_ids() {
-                self.seen.remove(id);
+            for ids in entry.remove().chunks() {
+                for (i, &id) in ids.iter().enumerate() {
+                    if let Some(&next) = ids.get(i + AHEAD) {
+                        self.seen.prefetch(next);
+                    }
+                    self.seen.remove(id);
+                }
             }
         }
         self.seen.shrink();
