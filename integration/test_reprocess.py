@@ -123,7 +123,7 @@ def verify_counts(stdout, output):
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "s3"])
-def test_reprocess_one_day_under_a_new_definition(remote, request, tmp_path):
+def test_reprocess_one_day_under_a_new_definition(remote, request, tmp_path, monkeypatch):
     roots = {}
     if remote:
         bucket = request.getfixturevalue("s3")
@@ -157,13 +157,19 @@ def test_reprocess_one_day_under_a_new_definition(remote, request, tmp_path):
     dry = weir("reprocess", "--job", new, "--data", data, *span, "--dry-run").stdout
     assert "would replace" in dry and outputs_by_day(old, data) == before
 
-    # Crashes right after a commit, and SIGKILLs at random moments.
+    # Crashes right after a commit, and SIGKILLs at random moments. A killed
+    # run leaves its stage in the temporary folder; the next run removes it.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     command = [WEIR, "reprocess", "--job", str(new), "--data", str(data), *span]
     crash_after_each(command, ["reprocess.after_commit.page_views.warm",
                                "reprocess.after_commit.revenue.warm"])
+    assert len(list(temporary.glob("weir-stage-*"))) == 1, "the last crash's stage"
     kill_at_random_moments(command, 3, 0.2, 1.5)
     report = weir(*command[1:], timeout=240).stdout
     assert "replaced" in report, report
+    assert not list(temporary.glob("weir-stage-*")), list(temporary.iterdir())
 
     after = outputs_by_day(new, data)
     assert after[("page_views", day)] == expected_page_views(raw, day)

@@ -417,9 +417,10 @@ pub async fn rebuild(
     targets: &[Target],
     memory_bytes: usize,
 ) -> Result<Rebuilt, ReprocessError> {
-    let ctx = bounded_session(memory_bytes)?;
+    let stage = Stage::new().map_err(DataFusionError::from)?;
+    let ctx = bounded_session(memory_bytes, &stage)?;
     let mut rebuilt = Rebuilt {
-        stage: Stage::new().map_err(DataFusionError::from)?,
+        stage,
         ctx: ctx.clone(),
         stats: Rebuild::default(),
     };
