@@ -7,11 +7,10 @@
 //! whole day or range at once (the sort of `raw` by event time, the fold of
 //! window partials, the comparison of verify) runs in a DataFusion session
 //! whose memory pool is bounded ([`bounded_session`]): past the bound its
-//! sorts and aggregations spill to the system's temporary folder instead of
-//! growing, into the stage's folder. The stage's folder is removed when the
-//! stage is dropped, on success and on error alike; a process killed before
-//! that leaves it behind, and the next stage made on the machine removes it
-//! ([`Stage::new`]).
+//! sorts and aggregations spill into the stage's folder instead of growing.
+//! The stage's folder is removed when the stage is dropped, on success and on
+//! error alike; a process killed before that leaves it behind, and the next
+//! stage made on the machine removes it ([`Stage::new`]).
 
 use std::fs::File;
 use std::io::ErrorKind;
