@@ -873,14 +873,16 @@ impl Pipeline {
         m.duplicates.inc_by(duplicates as u64);
         m.replayed.inc_by(replayed as u64);
         let since = |us: i64| (committed_us - us).max(0) as f64 / 1e6;
-        let event = m.end_to_end("event");
+        // Two observations per event: counted locally and added to the shared
+        // histograms once each (when dropped), not with atomics per event.
+        let event = m.end_to_end("event").local();
         if let Some(times) = on_time
             .column_by_name(self.decoder.contract().event_time_name())
             .map(|c| c.as_primitive::<TimestampMicrosecondType>())
         {
             times.values().iter().for_each(|t| event.observe(since(*t)));
         }
-        let kafka = m.end_to_end("kafka");
+        let kafka = m.end_to_end("kafka").local();
         produced.iter().for_each(|d| kafka.observe(d.as_secs_f64()));
         let dedup = self.dedup.lock().unwrap();
         m.dedup_entries.set(dedup.index().len() as i64);
