@@ -304,9 +304,10 @@ impl Watermark {
     ) -> Result<Split, ArrowError> {
         let times = self.times(events)?;
         // Settling nothing (nearly every trigger), no event's position is read.
-        let positions = match settled.below.is_empty() {
-            true => Vec::new(),
-            false => positions(events, &self.topics)?,
+        let positions = if settled.below.is_empty() {
+            Vec::new()
+        } else {
+            positions(events, &self.topics)?
         };
         let mut reused = Vec::new();
         let late: BooleanArray = (0..events.num_rows())

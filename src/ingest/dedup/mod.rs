@@ -73,12 +73,11 @@ impl DedupIndex {
     /// Decides, in order, which candidates to keep, and remembers the kept ones.
     /// Returns the keep mask (false = duplicate).
     pub fn apply(&mut self, candidates: &[Candidate]) -> BooleanArray {
-        let ahead = candidates.iter().skip(AHEAD).map(Some).chain([None; AHEAD]);
         candidates
             .iter()
-            .zip(ahead)
-            .map(|(c, next)| {
-                if let Some(next) = next {
+            .enumerate()
+            .map(|(i, c)| {
+                if let Some(next) = candidates.get(i + AHEAD) {
                     self.seen.prefetch(next.id_hash);
                 }
                 Some(self.accept(c))
