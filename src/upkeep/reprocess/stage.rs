@@ -116,7 +116,9 @@ impl Stage {
         let name = unlocked.path().file_name().unwrap_or_default();
         let suffix = name.to_string_lossy().replacen(UNLOCKED_PREFIX, "", 1);
         let dir = tmp.join(format!("{PREFIX}{suffix}"));
-        std::fs::rename(unlocked.keep(), &dir)?;
+        // Released only once moved: if the rename fails, the folder goes.
+        std::fs::rename(unlocked.path(), &dir)?;
+        let _moved = unlocked.keep();
         Ok(Self { dir, _lock: lock })
     }
 
