@@ -10,7 +10,9 @@ is near the trigger period is the one that bounds throughput; `*_wait` near
 zero means the stage before it keeps up. `untimed_ms` is what a trigger
 spends outside its timers: from the end of the last trigger to this one's
 commit, less its wait for a batch, its judge and its commit (dropping the
-last batch, the sink's lock, the assignment check). `oldest_age_ms` and
+last batch, the sink's lock, the assignment check; counted only for triggers
+not staged ahead, whose judge ran before the trigger ahead of them committed,
+of which `staged_ahead` gives the share). `oldest_age_ms` and
 `newest_age_ms` are how long before its decode a batch's oldest and newest
 events were produced: the newest's is the way in (producer, broker, poll),
 the oldest's that and the batch filling.
@@ -58,7 +60,7 @@ def quantile(values, q):
 
 
 def summary(path, phase=PHASES[0], quantiles=(0.5,)):
-    prepared, triggers, raw_writes, untimed = [], [], [], []
+    prepared, triggers, raw_writes, untimed, ahead = [], [], [], [], []
     ended = None
     for line in phase_lines(path, phase):
         if "batch prepared" in line:
@@ -66,7 +68,8 @@ def summary(path, phase=PHASES[0], quantiles=(0.5,)):
         elif "trigger timed" in line:
             at, timed = stamp(line), fields(line)
             triggers.append((at, timed))
-            if ended is not None:
+            ahead.append("staged_ahead=true" in line)
+            if ended is not None and not ahead[-1]:
                 span = (at - ended).total_seconds() * 1e3
                 untimed.append(span - sum(timed[k] for k in TIMED))
         elif "trigger events=" in line:
@@ -74,6 +77,7 @@ def summary(path, phase=PHASES[0], quantiles=(0.5,)):
         elif "table appended" in line and 'table="raw"' in line:
             raw_writes.append(fields(line)["write_ms"])
     prepared, triggers, raw_writes = prepared[2:], triggers[2:], raw_writes[2:]
+    ahead = ahead[2:]
     untimed = untimed[1:]
     if len(triggers) < 3:
         return f"{path}: fewer than 3 triggers in the {phase}"
@@ -90,7 +94,8 @@ def summary(path, phase=PHASES[0], quantiles=(0.5,)):
         for k, v in columns.items()
         if v
     )
-    return f"{path}: {len(triggers)} triggers  {figures}"
+    share = sum(ahead) / len(ahead)
+    return f"{path}: {len(triggers)} triggers  staged_ahead {share:.0%}  {figures}"
 
 
 def arguments():

@@ -7,6 +7,30 @@
 //! reads the Delta tables through the shared sink's lock, so it never races a
 //! commit. A stop request is honoured between batches: the open batch is
 //! committed first, so a stop never leaves a half-committed trigger.
+//!
+//! # Triggers that overlap
+//!
+//! While batches arrive faster than triggers commit (a backlog, a burst),
+//! each trigger is judged and its files started before the trigger ahead of
+//! it makes its log commits, so that on many cores the files of two triggers
+//! are encoded at once while the commits stay in order, per table and across
+//! tables:
+//!
+//! ```text
+//!  lock ──────────────────────────────────────────────────────────────────►
+//!  N      judge, start files ··· files encoding ··· ─► commits of N
+//!  N+1                           judge, start files ··· files encoding ··· ─► commits of N+1
+//! ```
+//!
+//! What judging reads from the tables (the replay filters, the fates raw
+//! settled) is the same before and after the commit ahead, except for rows
+//! that re-read offsets that commit holds: a batch with such rows waits for
+//! it ([`may_stage_ahead`]). The watermark and dedup are the loop's own and
+//! have already moved past the trigger ahead; the vouches for tables without
+//! rows are worked out as each trigger commits. A staged trigger never
+//! outlives the lock it was judged under (a revocation waits for it), and a
+//! failed commit ends the pipeline with the staged files uncommitted, as a
+//! crash would.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +56,7 @@ use crate::ingest::expect::{Breaches, ExpectError, Expectations};
 use crate::ingest::lookup::{LookupError, Lookups};
 use crate::ingest::monitor::{MONITOR, Monitors};
 use crate::ingest::quality::{QualityRow, quality_batch};
-use crate::ingest::replay::{filter_replayed, may_replay, without_partitions};
+use crate::ingest::replay::{filter_replayed, may_replay, may_stage_ahead, without_partitions};
 use crate::ingest::sink::{CommitReport, SharedSink, Sink, SinkError, Staged};
 use crate::ingest::source::MicroBatch;
 use crate::ingest::source::kafka::{
@@ -259,6 +283,21 @@ struct Staging {
     transforming: Duration,
 }
 
+/// A trigger judged and its files being written, not yet committed: held
+/// only under the sink's lock, since its rows were judged against the
+/// assignment and the tables as that lock saw them.
+struct Pending {
+    prepared: Prepared,
+    staging: Staging,
+    /// Its batch's first and next offsets per partition.
+    first: Offsets,
+    next: Offsets,
+    /// How long the trigger loop waited for its batch.
+    waited: Duration,
+    /// Whether it was staged before the trigger ahead of it committed.
+    ahead: bool,
+}
+
 /// A job's running trigger loop.
 pub struct Pipeline {
     job: Job,
@@ -272,7 +311,7 @@ pub struct Pipeline {
     outputs: Mutex<Derivation>,
     source: KafkaSource,
     batches: tokio::sync::Mutex<Batches>,
-    sink: SharedSink,
+    sink: Arc<SharedSink>,
     stats: Arc<Stats>,
     metrics: JobMetrics,
     stop: Arc<AtomicBool>,
@@ -295,7 +334,7 @@ struct Derivation {
 
 /// The rebalance callback's view of the tables, through the shared sink.
 struct SinkPositions {
-    sink: SharedSink,
+    sink: Arc<SharedSink>,
     runtime: Handle,
 }
 
@@ -345,7 +384,7 @@ impl Pipeline {
             info!(table = name, %url, "table ready");
         }
         let (watermark, dedup) = restore(job, bootstrap, &mut sink).await?;
-        let sink = Arc::new(tokio::sync::Mutex::new(sink));
+        let sink = Arc::new(SharedSink::new(sink));
         let resolver = Arc::new(SinkPositions {
             sink: sink.clone(),
             runtime: Handle::current(),
@@ -394,7 +433,7 @@ impl Pipeline {
         self.stats.clone()
     }
 
-    pub fn sink(&self) -> SharedSink {
+    pub fn sink(&self) -> Arc<SharedSink> {
         self.sink.clone()
     }
 
@@ -430,9 +469,10 @@ impl Pipeline {
     /// next one rebuilds the index from `raw`); judging and transforming
     /// stay with the commits:
     /// the watermark's settled fates and the replay filter read the versions
-    /// the previous commit left. Within a trigger, the outputs' queries and
-    /// every table's file writes run as tasks of their own; only the log
-    /// commits are in order.
+    /// the previous commit left (or, when they cannot matter, run before it:
+    /// the module doc). Within a trigger, the outputs' queries and every
+    /// table's file writes run as tasks of their own; only the log commits
+    /// are in order.
     pub async fn run(self: &Arc<Self>) -> Result<(), PipelineError> {
         let _refresh = (!self.job.lookups.is_empty())
             .then(|| AbortOnDrop::spawn(Arc::clone(self).refresh_lookups()));
@@ -444,7 +484,7 @@ impl Pipeline {
             let mut idle = Instant::now();
             while let Some(prepared) = rx.recv().await {
                 let waited = idle.elapsed();
-                self.trigger(prepared, waited).await?;
+                self.triggers(prepared, waited, &mut rx).await?;
                 idle = Instant::now();
             }
             Ok(())
@@ -594,32 +634,87 @@ impl Pipeline {
         })
     }
 
-    /// One trigger after decoding and dedup, `waited` after the last:
-    /// judge, transform, commit, under the sink's lock (which a revocation
-    /// takes too, so what [`Self::still_assigned`] passes is this process's
-    /// to commit); then the offsets to Kafka and the counts.
-    async fn trigger(&self, prepared: Prepared, waited: Duration) -> Result<(), PipelineError> {
+    /// Triggers from `prepared` (`waited` for after the last) on, under one
+    /// hold of the sink's lock (which a revocation takes too, so what
+    /// [`Self::still_assigned`] passes is this process's to commit). While
+    /// the next batch is prepared already and no one waits for the sink, it
+    /// is judged and its files started before the trigger ahead of it
+    /// commits, when [`may_stage_ahead`] says the commit cannot change what
+    /// it reads; otherwise after that commit.
+    async fn triggers(
+        &self,
+        prepared: Prepared,
+        waited: Duration,
+        rx: &mut tokio::sync::mpsc::Receiver<Prepared>,
+    ) -> Result<(), PipelineError> {
         let mut sink = self.sink.lock().await;
+        let mut pending = self.stage(&mut sink, prepared, waited).await?;
+        while let Some(current) = pending.take() {
+            let next = match self.sink.wanted() {
+                true => None,
+                false => rx.try_recv().ok(),
+            };
+            let Some(next) = next else {
+                return self.finish(&mut sink, current).await;
+            };
+            if may_stage_ahead(&current.next, &next.polled.batch.first_offsets()) {
+                pending = self.stage(&mut sink, next, Duration::ZERO).await?;
+                pending.iter_mut().for_each(|p| p.ahead = true);
+                self.finish(&mut sink, current).await?;
+            } else {
+                self.finish(&mut sink, current).await?;
+                pending = self.stage(&mut sink, next, Duration::ZERO).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges `prepared` and starts writing its files (`None` when none of
+    /// its partitions is still assigned).
+    async fn stage(
+        &self,
+        sink: &mut Sink,
+        prepared: Prepared,
+        waited: Duration,
+    ) -> Result<Option<Pending>, PipelineError> {
         let Some(prepared) = self.still_assigned(prepared)? else {
-            return Ok(());
+            return Ok(None);
         };
-        let polled = &prepared.polled;
-        let (first, next) = (polled.first_offsets(), polled.next_offsets());
-        let staging = self.stage_tables(&mut sink, &prepared).await?;
+        let staging = self.stage_tables(sink, &prepared).await?;
+        Ok(Some(Pending {
+            first: prepared.polled.first_offsets(),
+            next: prepared.polled.next_offsets(),
+            prepared,
+            staging,
+            waited,
+            ahead: false,
+        }))
+    }
+
+    /// Commits a staged trigger, then the offsets to Kafka and the counts.
+    async fn finish(&self, sink: &mut Sink, pending: Pending) -> Result<(), PipelineError> {
+        let Pending {
+            prepared,
+            staging,
+            first,
+            next,
+            waited,
+            ahead,
+        } = pending;
         let report = self
-            .commit(&mut sink, staging.staged, &staging.lookups, &first, &next)
+            .commit(sink, staging.staged, &staging.lookups, &first, &next)
             .await?;
-        let batch = &polled.batch;
+        let batch = &prepared.polled.batch;
         debug!(
             events = batch.len(),
             prepared_wait_ms = ms(waited),
             judge_ms = ms(staging.judging),
             queries_ms = ms(staging.transforming - staging.judging),
             commit_ms = ms(report.elapsed),
+            staged_ahead = ahead,
             "trigger timed"
         );
         self.report_breaches(&staging.quality);
-        drop(sink);
         self.source.commit_offsets(&next);
         let committed_us = Utc::now().timestamp_micros();
         let produced = produced_ago(batch, committed_us);

@@ -40,6 +40,21 @@ pub fn may_replay(held: &Offsets, lowest: &Offsets) -> bool {
         .any(|(p, first)| held.get(p).is_some_and(|h| first < h))
 }
 
+/// Whether a batch whose offsets start at `lowest` may be judged and staged
+/// before the trigger ahead of it, which ends at `next`, has committed.
+///
+/// That commit changes, for each partition of it, only what the tables hold
+/// below `next`: rows there, and each table's held offset raised to `next`
+/// at most. A row at or past `next` is a replay for a table before that
+/// commit exactly when it is after it, and the rows raw holds that could
+/// settle its fate are not among those the commit adds. So a batch whose
+/// every row is at or past `next` reads the same from the tables either way
+/// (the replay filters, the settled fates), and only a batch that re-reads
+/// offsets of the trigger ahead of it must wait for its commit.
+pub fn may_stage_ahead(next: &Offsets, lowest: &Offsets) -> bool {
+    !may_replay(next, lowest)
+}
+
 /// The rows of `rows` not of `partitions`: what is left of a batch when
 /// those partitions moved to another process, which holds (or will hold)
 /// every offset of them.
@@ -124,6 +139,19 @@ mod tests {
         assert!(may_replay(&held, &lowest(&[(0, 6), (1, 99)])));
         assert!(may_replay(&held, &lowest(&[(0, 5)])));
         assert!(!may_replay(&BTreeMap::new(), &lowest(&[(0, 0)])));
+    }
+
+    #[test]
+    fn a_batch_is_staged_ahead_only_past_what_the_trigger_before_commits() {
+        let p = SourcePartition::first;
+        let offsets = |o: &[(i32, i64)]| -> Offsets { o.iter().map(|&(q, v)| (p(q), v)).collect() };
+        let next = offsets(&[(0, 20), (1, 10)]);
+        // It continues where the trigger before ends, or on another partition.
+        assert!(may_stage_ahead(&next, &offsets(&[(0, 20), (1, 10)])));
+        assert!(may_stage_ahead(&next, &offsets(&[(0, 25), (2, 0)])));
+        // It re-reads what the trigger before is committing.
+        assert!(!may_stage_ahead(&next, &offsets(&[(0, 15)])));
+        assert!(!may_stage_ahead(&next, &offsets(&[(0, 20), (1, 9)])));
     }
 
     #[test]

@@ -72,7 +72,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -97,8 +96,10 @@ use url::Url;
 use uuid::Uuid;
 
 mod checkpoint;
+mod shared;
 
 use checkpoint::Checkpointer;
+pub use shared::SharedSink;
 
 use crate::config::{Job, Offsets, SourcePartition, Tier};
 use crate::fault::{FaultError, Faults};
@@ -858,11 +859,10 @@ impl Tables for Sink {
     }
 }
 
-/// Shares one sink between the trigger loop and the consumer's rebalance callback.
-pub type SharedSink = Arc<tokio::sync::Mutex<Sink>>;
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
