@@ -14,34 +14,37 @@ use tokio::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::Sink;
 
-/// A [`Sink`] behind a lock that knows whether someone waits for it.
-pub struct SharedSink {
-    sink: Mutex<Sink>,
+/// The [`Sink`] behind a lock that knows whether someone waits for it.
+pub type SharedSink = Shared<Sink>;
+
+/// A value behind a lock that knows whether someone waits for it.
+pub struct Shared<T> {
+    value: Mutex<T>,
     waiting: AtomicUsize,
 }
 
-impl SharedSink {
-    pub fn new(sink: Sink) -> Self {
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
         Self {
-            sink: Mutex::new(sink),
+            value: Mutex::new(value),
             waiting: AtomicUsize::new(0),
         }
     }
 
-    /// Waits for the sink, counted among those waiting until it has it (or
+    /// Waits for the value, counted among those waiting until it has it (or
     /// gives up: the count is the waiter's, dropped with it).
-    pub async fn lock(&self) -> MutexGuard<'_, Sink> {
+    pub async fn lock(&self) -> MutexGuard<'_, T> {
         let _waiting = Waiting::on(&self.waiting);
-        self.sink.lock().await
+        self.value.lock().await
     }
 
-    /// The sink, if no one holds it.
-    pub fn try_lock(&self) -> Result<MutexGuard<'_, Sink>, TryLockError> {
-        self.sink.try_lock()
+    /// The value, if no one holds it.
+    pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, TryLockError> {
+        self.value.try_lock()
     }
 
-    /// Whether someone is waiting for the sink: its holder should let go at
-    /// the next point where its state is whole.
+    /// Whether someone is waiting for the value: its holder should let go
+    /// at the next point where its state is whole.
     pub fn wanted(&self) -> bool {
         self.waiting.load(Ordering::Acquire) > 0
     }
@@ -60,5 +63,34 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_waiter_is_counted_until_it_holds_the_value_or_gives_up() {
+        let shared = std::sync::Arc::new(Shared::new(0));
+        let held = shared.lock().await;
+        assert!(!shared.wanted(), "the holder is not waiting");
+        let waiter = tokio::spawn({
+            let shared = shared.clone();
+            async move { *shared.lock().await += 1 }
+        });
+        while !shared.wanted() {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        waiter.await.unwrap();
+        assert!(!shared.wanted());
+        assert_eq!(*shared.try_lock().unwrap(), 1);
+
+        let held = shared.lock().await;
+        let gives_up = tokio::time::timeout(std::time::Duration::from_millis(10), shared.lock());
+        assert!(gives_up.await.is_err());
+        assert!(!shared.wanted(), "a waiter that gave up is not counted");
+        drop(held);
     }
 }
