@@ -10,6 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -58,6 +59,7 @@ async fn partitions_moving_between_live_pipelines_land_exactly_once() {
     // `a`'s commits are slow, so its queues stay full of decoded batches.
     let slow = Faults::parse("sink.after_commit.raw@*:sleep=150").unwrap();
     let a = start(&job, &bootstrap, slow).await;
+    let stats = a.stats();
     let running_a = run(&a);
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -71,6 +73,8 @@ async fn partitions_moving_between_live_pipelines_land_exactly_once() {
     }
     wait_for_raw(&job, &ends).await;
     stop(a, running_a).await;
+    // The window held triggers judged while the one ahead still committed.
+    assert!(stats.staged_ahead.load(Ordering::Relaxed) > 0);
 
     let raw = offsets(&job, "raw").await;
     let dlq = offsets(&job, "dlq").await;

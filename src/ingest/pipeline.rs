@@ -715,6 +715,9 @@ impl Pipeline {
             "trigger timed"
         );
         self.report_breaches(&staging.quality);
+        if ahead {
+            self.stats.staged_ahead.fetch_add(1, Ordering::Relaxed);
+        }
         self.source.commit_offsets(&next);
         let committed_us = Utc::now().timestamp_micros();
         let produced = produced_ago(batch, committed_us);

@@ -22,6 +22,9 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Rows re-read after a restart that the tables already held.
     pub replayed: AtomicU64,
+    /// Triggers judged before the trigger ahead of them committed (the
+    /// pipeline's module doc): how often batches waited for the commits.
+    pub staged_ahead: AtomicU64,
     /// Per partition, the next offset every table holds.
     pub positions: Mutex<Offsets>,
     /// Exact per-trigger and per-event samples, kept only when asked for (the
