@@ -650,9 +650,10 @@ impl Pipeline {
         let mut sink = self.sink.lock().await;
         let mut pending = self.stage(&mut sink, prepared, waited).await?;
         while let Some(current) = pending.take() {
-            let next = match self.sink.wanted() {
-                true => None,
-                false => rx.try_recv().ok(),
+            let next = if self.sink.wanted() {
+                None
+            } else {
+                rx.try_recv().ok()
             };
             let Some(next) = next else {
                 return self.finish(&mut sink, current).await;
