@@ -9,14 +9,17 @@ time has covered the dedup horizon), the mean time of a trigger's commits,
 raw's log versions since its newest checkpoint (checkpoint lag) and the size
 of that checkpoint, raw's live files (small-file merging keeping up) and the
 consumer lag. `--trace` keeps every 2-s RSS sample and `--log` weir's log
-(merges are logged with their time), to place a step in memory. Run it with the
+(merges are logged with their time), to place a step in memory. Once the
+producer is done and weir has read everything, it says whether every message
+produced is in exactly one place (raw, late, the DLQ, or dropped as a
+duplicate) and times `count(*)` over raw, with no `weir maintain`. Run it with the
 test venv's Python after integration/setup.sh and a release build:
 
     cargo build --release
     ~/.cache/weir-venv/bin/python benches/soak.py --rate 12000 --minutes 10 \\
         --csv benches/results/soak.csv
 
-Nothing here asserts: the figures and what they mean are in benches/README.md.
+Nothing here fails on a figure: the figures and what they mean are in benches/README.md.
 """
 
 import argparse
@@ -124,10 +127,11 @@ def main() -> None:
             produce = subprocess.Popen(
                 [args.weir, "produce", "--brokers", broker.bootstrap, "--topic", "clicks",
                  "--rate", str(args.rate), "--seconds", str(args.minutes * 60)],
-                stdout=subprocess.DEVNULL, stderr=open(work / "produce.log", "w"))
+                stdout=subprocess.PIPE, stderr=open(work / "produce.log", "w"), text=True)
             procs.append(produce)
             with open(args.trace, "w") if args.trace else contextlib.nullcontext() as trace:
                 samples = sample(args, run, port, data / "hot" / "clickstream" / "raw", trace)
+            settle(args, job, port, produce)
         finally:
             for proc in procs:
                 stop_process(proc)
@@ -184,6 +188,43 @@ def sample(args, run: subprocess.Popen, port: int, raw: pathlib.Path,
         samples.append(row)
         print("  ".join(f"{row[c]:>12}" for c in COLUMNS), flush=True)
     return samples
+
+
+def query(args, job: pathlib.Path, sql: str) -> list[str]:
+    """The one row `sql` answers over the job's tables, as CSV fields."""
+    out = subprocess.run([args.weir, "query", "--job", str(job), "--format", "csv", sql],
+                         check=True, capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1].split(",")
+
+
+def settle(args, job: pathlib.Path, port: int, produce: subprocess.Popen) -> None:
+    """Once the producer has sent its last event and weir has read up to it:
+    whether every message produced is in exactly one place (stored in raw,
+    late or the DLQ, or dropped as a duplicate), and how long `count(*)` over
+    raw takes after the whole run, with no `weir maintain`."""
+    stdout, _ = produce.communicate(timeout=300)
+    found = re.search(r"produced (\d+) messages", stdout)
+    assert found, f"weir produce said: {stdout!r}"
+    produced = int(found.group(1))
+    deadline = time.monotonic() + 600
+    while (m := metrics(port)).get("weir_events_in_total", 0.0) < produced \
+            or m.get("weir_consumer_lag", 0.0) > 0:
+        assert time.monotonic() < deadline, "weir did not read every produced message in 10 min"
+        time.sleep(2)
+    raw, late, dlq = (int(n) for n in query(
+        args, job, "SELECT (SELECT count(*) FROM raw) AS raw, (SELECT count(*) FROM late) "
+                   "AS late, (SELECT count(*) FROM dlq) AS dlq"))
+    duplicates = int(metrics(port).get("weir_duplicates_total", 0.0))
+    stored = raw + late + dlq + duplicates
+    verdict = "ok" if stored == produced else f"MISMATCH: {stored - produced:+d}"
+    print(f"settled: produced {produced} = raw {raw} + late {late} + dlq {dlq} + duplicates "
+          f"{duplicates}: {verdict}", flush=True)
+    timings = []
+    for _ in range(3):
+        started = time.monotonic()
+        query(args, job, "SELECT count(*) FROM raw")
+        timings.append(f"{time.monotonic() - started:.2f}")
+    print(f"count(*) over raw ({raw} rows, no weir maintain): {', '.join(timings)} s", flush=True)
 
 
 if __name__ == "__main__":
