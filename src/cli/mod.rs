@@ -77,7 +77,6 @@ fn positive(x: f64) -> bool {
 #[error("{0}")]
 pub struct Usage(String);
 
-/// Loads `path`, or the built-in example job when there is none.
 /// Job `path`, its fields from its registry subject where it leaves them
 /// out, and the records its `raw` table already stores kept as they are.
 fn load_with_registry(path: &Path, overrides: &Overrides) -> anyhow::Result<Job> {
@@ -89,6 +88,7 @@ fn load_with_registry(path: &Path, overrides: &Overrides) -> anyhow::Result<Job>
     Ok(job)
 }
 
+/// Loads `path`, or the built-in example job when there is none.
 fn load_job(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Job> {
     match path {
         Some(path) => load_with_registry(path, overrides),
